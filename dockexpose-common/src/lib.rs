@@ -1,0 +1,233 @@
+//! Types shared by the kernel programs (dockexpose-ebpf) and the daemon (dockexpose).
+//!
+//! Every type here is `#[repr(C)]` with its padding spelled out (no `bool`, no implicit
+//! holes), so that both sides agree byte for byte. Sizes are checked by tests on the
+//! userspace side and by `const` assertions here, which the kernel build evaluates too.
+//! Ports are in host byte order everywhere; addresses are in network byte order, IPv4
+//! in the first four bytes of a 16-byte array and the rest zero.
+#![no_std]
+
+/// Names of the maps in the eBPF object, used by the daemon to find them.
+pub mod map_names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const LOCAL_V4: &str = "LOCAL_V4";
+    pub const LOCAL_V6: &str = "LOCAL_V6";
+    pub const FLOWS: &str = "FLOWS";
+    pub const ATTEMPTS: &str = "ATTEMPTS";
+    pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// TCX egress on a container bridge: what reached a container.
+    pub const BRIDGE_EGRESS: &str = "bridge_egress";
+    /// TCX ingress on a container bridge: flows containers open, so that replies to
+    /// them (a DNS answer, say) are not taken for new inbound UDP flows.
+    pub const BRIDGE_INGRESS: &str = "bridge_ingress";
+    /// XDP on an uplink: what was attempted, before any firewall.
+    pub const UPLINK_XDP: &str = "uplink_xdp";
+}
+
+/// Names of the read-only globals the daemon sets at load time.
+pub mod global_names {
+    /// A UDP flow idle for this long counts as new again (nanoseconds).
+    pub const UDP_IDLE_NS: &str = "UDP_IDLE_NS";
+    /// An attempt from the same (source, port, protocol) within this window is not
+    /// reported again (nanoseconds): SYN retransmits are one attempt.
+    pub const ATTEMPT_DEDUP_NS: &str = "ATTEMPT_DEDUP_NS";
+}
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `ConnEvent::stage`: where in the path the connection was seen.
+pub const STAGE_ATTEMPTED: u8 = 1;
+pub const STAGE_REACHED: u8 = 2;
+
+/// `ConnEvent::flags`: `orig_dst_addr`/`orig_dst_port` hold the pre-DNAT destination
+/// found in the uplink program's attempt map.
+pub const FLAG_HAS_ORIG_DST: u8 = 1;
+
+/// Values in the LOCAL_V4/LOCAL_V6 prefix tries.
+pub const PREFIX_LOCAL: u8 = 1;
+pub const PREFIX_TRUSTED: u8 = 2;
+
+/// Capacities of the kernel maps. Every map an outsider can fill is LRU and bounded.
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+pub const FLOWS_MAX: u32 = 65_536;
+pub const ATTEMPTS_MAX: u32 = 65_536;
+pub const PREFIXES_MAX: u32 = 4_096;
+pub const PUBLISHED_PORTS_MAX: u32 = 8_192;
+
+/// One new inbound connection seen by a kernel program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEvent {
+    /// `bpf_ktime_get_ns()` when seen (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    pub src_addr: [u8; 16],
+    /// Destination as seen at the hook: the container side for `reached`.
+    pub dst_addr: [u8; 16],
+    /// Pre-DNAT destination (host side) when `flags & FLAG_HAS_ORIG_DST`.
+    pub orig_dst_addr: [u8; 16],
+    pub ifindex: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub orig_dst_port: u16,
+    pub family: u8,
+    pub proto: u8,
+    pub stage: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+impl ConnEvent {
+    pub const fn zeroed() -> Self {
+        Self {
+            ktime_ns: 0,
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            orig_dst_addr: [0; 16],
+            ifindex: 0,
+            src_port: 0,
+            dst_port: 0,
+            orig_dst_port: 0,
+            family: 0,
+            proto: 0,
+            stage: 0,
+            flags: 0,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Key of the FLOWS map: a flow as it looks inbound (source = the remote end,
+/// destination = the container or host side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of the ATTEMPTS map: what survives DNAT unchanged on the way in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AttemptKey {
+    pub src_addr: [u8; 16],
+    pub src_port: u16,
+    pub family: u8,
+    pub proto: u8,
+}
+
+/// Value of the ATTEMPTS map: the destination before DNAT.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptValue {
+    pub ktime_ns: u64,
+    pub orig_dst_addr: [u8; 16],
+    pub orig_dst_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Key of the PUBLISHED_PORTS map: a host port Docker publishes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Indexes of the per-CPU COUNTERS array. Stable: the daemon names them by index.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Packets the bridge egress program saw.
+    BridgePackets = 0,
+    /// New inbound flows (TCP SYN, new UDP flow) on a bridge, before the source check.
+    BridgeNewFlows = 1,
+    /// New flows dropped from reporting because the source is local or trusted.
+    BridgeLocalOrTrusted = 2,
+    /// `reached` records written to the ring buffer.
+    ReachedEmitted = 3,
+    /// UDP packets of a flow already known (deduplicated, or replies to container flows).
+    UdpDeduplicated = 4,
+    /// Records lost because the ring buffer was full.
+    RingbufFull = 5,
+    /// Packets the uplink XDP program saw.
+    UplinkPackets = 6,
+    /// `attempted` records written to the ring buffer.
+    AttemptsEmitted = 7,
+    /// Repeated attempts (SYN retransmits, later UDP packets) not reported again.
+    AttemptsDeduplicated = 8,
+    /// IP packets whose transport header could not be reached (IPv6 extension
+    /// headers, truncated frames): not inspected, so possibly missed.
+    Unparsed = 9,
+    /// `reached` records that carry the pre-DNAT destination from the uplink.
+    ReachedJoined = 10,
+    /// Flows that could not be remembered (map update failed).
+    MapUpdateFailed = 11,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 12;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::BridgePackets,
+        Counter::BridgeNewFlows,
+        Counter::BridgeLocalOrTrusted,
+        Counter::ReachedEmitted,
+        Counter::UdpDeduplicated,
+        Counter::RingbufFull,
+        Counter::UplinkPackets,
+        Counter::AttemptsEmitted,
+        Counter::AttemptsDeduplicated,
+        Counter::Unparsed,
+        Counter::ReachedJoined,
+        Counter::MapUpdateFailed,
+    ];
+
+    /// Name used in reports and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::BridgePackets => "bridge_packets",
+            Counter::BridgeNewFlows => "bridge_new_flows",
+            Counter::BridgeLocalOrTrusted => "bridge_local_or_trusted",
+            Counter::ReachedEmitted => "reached_emitted",
+            Counter::UdpDeduplicated => "udp_deduplicated",
+            Counter::RingbufFull => "ringbuf_full_lost",
+            Counter::UplinkPackets => "uplink_packets",
+            Counter::AttemptsEmitted => "attempts_emitted",
+            Counter::AttemptsDeduplicated => "attempts_deduplicated",
+            Counter::Unparsed => "unparsed",
+            Counter::ReachedJoined => "reached_joined",
+            Counter::MapUpdateFailed => "map_update_failed",
+        }
+    }
+}
+
+// Layouts are a contract between two compilers: fail the build if they drift.
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<AttemptKey>() == 20);
+const _: () = assert!(core::mem::size_of::<AttemptValue>() == 32);
+const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all fields are integers or integer arrays, `#[repr(C)]`, no implicit padding
+    // (the size assertions above prove it), so every bit pattern is valid.
+    unsafe impl aya::Pod for super::ConnEvent {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::AttemptKey {}
+    unsafe impl aya::Pod for super::AttemptValue {}
+    unsafe impl aya::Pod for super::PortKey {}
+}

@@ -1,0 +1,73 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "dockexpose", version, about = "Tells which Docker published ports the outside world really reaches, from the kernel")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch container bridges and report every new inbound connection from outside.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct WatchArgs {
+    /// Container bridge to watch (repeatable). Without it, every Linux bridge that
+    /// carries an address is watched, including ones that appear later.
+    #[arg(long = "bridge", value_name = "IFACE")]
+    pub bridges: Vec<String>,
+
+    /// Source network never reported (repeatable), e.g. an admin VPN: 10.8.0.0/24.
+    #[arg(long = "trusted", value_name = "CIDR")]
+    pub trusted: Vec<String>,
+
+    /// Write the JSON-lines audit log here (appended); `-` for stdout.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// A UDP flow silent for this many seconds counts as new again.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub udp_idle: u64,
+
+    /// Print kernel counters every this many seconds (0: only at exit).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub stats_interval: u64,
+
+    /// No human line per connection on stderr (alerts and warnings stay).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("dockexpose").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn repeatable_bridges_and_trusted_networks() {
+        let cli = parse(&["watch", "--bridge", "docker0", "--bridge", "br-1", "--trusted", "10.8.0.0/24", "--json", "-"]).unwrap();
+        let Command::Watch(w) = cli.command;
+        assert_eq!(w.bridges, ["docker0", "br-1"]);
+        assert_eq!(w.trusted, ["10.8.0.0/24"]);
+        assert_eq!(w.json.as_deref(), Some(std::path::Path::new("-")));
+        assert_eq!((w.udp_idle, w.stats_interval, w.quiet), (30, 60, false));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(parse(&["watch", "--udp-idle", "soon"]).is_err());
+        assert!(parse(&["watch", "--bridge"]).is_err());
+        assert!(parse(&["frobnicate"]).is_err());
+        assert!(parse(&[]).is_err());
+    }
+}

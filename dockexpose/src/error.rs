@@ -1,0 +1,58 @@
+//! The crate's one error type. Each message says what failed, on what, and what to do.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "missing privileges: dockexpose lacks {missing}, which it needs to load and attach its \
+         kernel programs.\n  \
+         Fix: run it as root (sudo dockexpose ...), or grant the capabilities: \
+         setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v dockexpose)"
+    )]
+    MissingPrivileges { missing: String },
+
+    #[error("unknown interface {name:?}: no network interface of that name exists on this host.\n  Fix: pick one from `ip -br link`{hint}")]
+    UnknownInterface { name: String, hint: String },
+
+    #[error("invalid CIDR {input:?} for {option}: {reason}.\n  Fix: write an address or a prefix such as 198.51.100.0/24, 10.1.2.3 or 2001:db8::/32")]
+    InvalidCidr { option: &'static str, input: String, reason: String },
+
+    #[error("cannot write the JSON audit log {path}: {source}.\n  Fix: choose a path in a folder that exists and is writable, or `--json -` for stdout")]
+    JsonOutput { path: PathBuf, source: std::io::Error },
+
+    #[error("writing the JSON audit log failed: {0}; records would be lost, so dockexpose stops")]
+    JsonWrite(#[source] std::io::Error),
+
+    #[error("nothing to watch: {0}")]
+    NothingToWatch(String),
+
+    #[error("loading the eBPF object into the kernel failed: {0}.\n  Fix: check that the kernel has BPF and BTF support (5.8 or newer) and that dockexpose runs as root")]
+    LoadObject(#[from] aya::EbpfError),
+
+    #[error("loading kernel program {program} failed: {source}")]
+    LoadProgram { program: &'static str, source: aya::programs::ProgramError },
+
+    #[error("attaching {program} to {iface} failed: {source}.\n  Fix: check that {iface} is up and that no other tool holds its {hook} hook exclusively")]
+    Attach { program: &'static str, iface: String, hook: &'static str, source: aya::programs::ProgramError },
+
+    #[error("kernel map {map}: {source}")]
+    Map { map: &'static str, source: aya::maps::MapError },
+
+    #[error("kernel map {0} is missing from the eBPF object (built from another version?)")]
+    MissingMap(&'static str),
+
+    #[error("reading the host's interfaces failed: {0}")]
+    Interfaces(#[source] std::io::Error),
+
+    #[error("setting up signal handling failed: {0}")]
+    Signals(#[source] std::io::Error),
+
+    #[error("the ring-buffer reader failed: {0}")]
+    RingBuffer(#[source] std::io::Error),
+
+    #[error("invalid setting {name}: {reason}")]
+    InvalidSetting { name: &'static str, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,121 @@
+//! The host's interfaces and addresses, read with getifaddrs(3) and /sys/class/net.
+//! Polled by the watcher (cheap: one syscall batch) so that address changes and
+//! vanished interfaces are noticed within a second.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::Path,
+};
+
+use nix::{ifaddrs::getifaddrs, net::if_::InterfaceFlags};
+
+use crate::{
+    error::{Error, Result},
+    net::prefix::Prefix,
+};
+
+/// One network interface as the watcher needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    /// A Linux bridge (has /sys/class/net/NAME/bridge).
+    pub is_bridge: bool,
+    /// Enslaved to a bridge (a container's veth, say).
+    pub is_bridge_port: bool,
+    pub is_loopback: bool,
+    pub is_up: bool,
+    /// Addresses with their prefix lengths (the interface's subnets).
+    pub addresses: Vec<Prefix>,
+    pub host_addresses: Vec<IpAddr>,
+}
+
+impl Interface {
+    /// Subnets of the interface, host bits cleared (what a bridge serves).
+    pub fn subnets(&self) -> impl Iterator<Item = Prefix> + '_ {
+        self.addresses.iter().copied()
+    }
+}
+
+/// All interfaces by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostSnapshot {
+    pub interfaces: BTreeMap<String, Interface>,
+}
+
+impl HostSnapshot {
+    pub fn read() -> Result<Self> {
+        let mut interfaces: BTreeMap<String, Interface> = BTreeMap::new();
+        let addrs = getifaddrs().map_err(|e| Error::Interfaces(e.into()))?;
+        for ifa in addrs {
+            let entry = interfaces.entry(ifa.interface_name.clone()).or_insert_with(|| {
+                let sys = Path::new("/sys/class/net").join(&ifa.interface_name);
+                Interface {
+                    name: ifa.interface_name.clone(),
+                    is_bridge: sys.join("bridge").exists(),
+                    is_bridge_port: sys.join("brport").exists(),
+                    ..Default::default()
+                }
+            });
+            entry.is_loopback |= ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK);
+            entry.is_up |= ifa.flags.contains(InterfaceFlags::IFF_UP);
+            let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else { continue };
+            let (ip, len) = if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                (IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones() as u8)
+            } else if let (Some(a), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+                (IpAddr::V6(a.ip()), u128::from(m.ip()).count_ones() as u8)
+            } else {
+                continue;
+            };
+            entry.host_addresses.push(ip);
+            if let Some(p) = Prefix::new(ip, len) {
+                entry.addresses.push(p);
+            }
+        }
+        Ok(Self { interfaces })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Interface> {
+        self.interfaces.get(name)
+    }
+
+    /// Every address of the host, on any interface.
+    pub fn all_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.interfaces.values().flat_map(|i| i.host_addresses.iter().copied())
+    }
+
+    /// Linux bridges that carry an address: candidates for container bridges.
+    pub fn addressed_bridges(&self) -> Vec<String> {
+        self.interfaces
+            .values()
+            .filter(|i| i.is_bridge && !i.addresses.is_empty())
+            .map(|i| i.name.clone())
+            .collect()
+    }
+
+    /// Interfaces whose names are close to `name`, for an "unknown interface" hint.
+    pub fn suggest(&self, name: &str) -> String {
+        let close: Vec<&str> = self
+            .interfaces
+            .keys()
+            .filter(|k| k.starts_with(name.get(..2).unwrap_or(name)) || name.starts_with(k.as_str()))
+            .map(String::as_str)
+            .collect();
+        if close.is_empty() {
+            String::new()
+        } else {
+            format!(" (similar names here: {})", close.join(", "))
+        }
+    }
+}
+
+/// True when an interface of that name exists, addressed or not (getifaddrs lists
+/// interfaces without addresses only through AF_PACKET entries, so ask /sys).
+pub fn exists(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
+}
+
+/// True when the named interface is a Linux bridge.
+pub fn is_bridge(name: &str) -> bool {
+    exists(name) && Path::new("/sys/class/net").join(name).join("bridge").exists()
+}

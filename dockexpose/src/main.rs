@@ -1,0 +1,20 @@
+use clap::Parser;
+use dockexpose::cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = match cli.command {
+        Command::Watch(args) => runtime.block_on(dockexpose::watch::run(args)),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,3 @@
+//! Address arithmetic shared by the rest of the daemon.
+
+pub mod prefix;

@@ -1,0 +1,222 @@
+//! IP prefixes (CIDR): parsing, containment, and which sources count as local or trusted.
+//! The kernel does the same classification with LPM tries filled from `PrefixTable`.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
+
+/// An address prefix, stored with its host bits cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Prefix {
+    /// A prefix of `len` bits; host bits of `addr` are cleared. None if `len` is too long.
+    pub fn new(addr: IpAddr, len: u8) -> Option<Self> {
+        let max = max_len(&addr);
+        if len > max {
+            return None;
+        }
+        let addr = match addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(mask_u32(u32::from(a), len))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(mask_u128(u128::from(a), len))),
+        };
+        Some(Self { addr, len })
+    }
+
+    /// The single-address prefix (/32 or /128).
+    pub fn host(addr: IpAddr) -> Self {
+        Self { addr, len: max_len(&addr) }
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => mask_u32(u32::from(ip), self.len) == u32::from(net),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => mask_u128(u128::from(ip), self.len) == u128::from(net),
+            _ => false,
+        }
+    }
+}
+
+fn max_len(addr: &IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
+}
+
+fn mask_u32(v: u32, len: u8) -> u32 {
+    if len == 0 { 0 } else { v & (u32::MAX << (32 - u32::from(len))) }
+}
+
+fn mask_u128(v: u128, len: u8) -> u128 {
+    if len == 0 { 0 } else { v & (u128::MAX << (128 - u32::from(len))) }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Why a prefix did not parse; becomes `Error::InvalidCidr` with the option's name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PrefixParseError(pub String);
+
+impl FromStr for Prefix {
+    type Err = PrefixParseError;
+
+    /// Accepts `addr/len` or a bare address (a host prefix). Host bits set under the
+    /// mask are cleared, as `ip route` does: 10.1.2.3/8 means 10.0.0.0/8.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| PrefixParseError(format!("{addr:?} is not an IPv4 or IPv6 address")))?;
+        let len = match len {
+            None => max_len(&addr),
+            Some(l) => l.parse::<u8>().map_err(|_| {
+                PrefixParseError(format!("prefix length {l:?} is not a number from 0 to {}", max_len(&addr)))
+            })?,
+        };
+        Prefix::new(addr, len).ok_or_else(|| {
+            PrefixParseError(format!("prefix length {len} is longer than {} bits", max_len(&addr)))
+        })
+    }
+}
+
+/// Why a source is not reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SourceKind {
+    /// The host itself: its addresses, loopback, the watched bridges' subnets.
+    Local,
+    /// Given with `--trusted`.
+    Trusted,
+}
+
+/// The set of prefixes the kernel treats as local or trusted (what goes in the LPM tries).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrefixTable {
+    entries: BTreeMap<Prefix, SourceKind>,
+}
+
+impl PrefixTable {
+    /// Adds a prefix; where the same prefix is both local and trusted, local wins.
+    pub fn insert(&mut self, prefix: Prefix, kind: SourceKind) {
+        let slot = self.entries.entry(prefix).or_insert(kind);
+        *slot = (*slot).min(kind);
+    }
+
+    /// The longest matching prefix's kind, as the kernel's LPM lookup gives it.
+    pub fn classify(&self, ip: IpAddr) -> Option<SourceKind> {
+        self.entries
+            .iter()
+            .filter(|(p, _)| p.contains(ip))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, k)| *k)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Prefix, &SourceKind)> {
+        self.entries.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// What to remove and what to add (or change) to go from `self` to `next`.
+    pub fn diff<'a>(&'a self, next: &'a PrefixTable) -> (Vec<Prefix>, Vec<(Prefix, SourceKind)>) {
+        let removed = self.entries.keys().filter(|p| !next.entries.contains_key(p)).copied().collect();
+        let added = next
+            .entries
+            .iter()
+            .filter(|(p, k)| self.entries.get(p) != Some(k))
+            .map(|(p, k)| (*p, *k))
+            .collect();
+        (removed, added)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_prefixes_and_bare_addresses() {
+        assert_eq!(p("198.18.0.0/15").to_string(), "198.18.0.0/15");
+        assert_eq!(p("10.1.2.3").to_string(), "10.1.2.3/32");
+        assert_eq!(p("2001:db8::1").to_string(), "2001:db8::1/128");
+        assert_eq!(p("fd42::/16").len(), 16);
+        // Host bits under the mask are cleared, as `ip route` does.
+        assert_eq!(p("10.1.2.3/8").to_string(), "10.0.0.0/8");
+        assert_eq!(p("0.0.0.0/0").to_string(), "0.0.0.0/0");
+    }
+
+    #[test]
+    fn rejects_bad_prefixes_with_a_reason() {
+        for bad in ["", "10.0.0.0/33", "fd00::/129", "10.0.0/8", "10.0.0.0/x", "example.com", "10.0.0.0/-1"] {
+            let err = bad.parse::<Prefix>().unwrap_err();
+            assert!(!err.0.is_empty(), "{bad:?} gave an empty reason");
+        }
+        assert!("10.0.0.0/33".parse::<Prefix>().unwrap_err().0.contains("longer than 32"));
+    }
+
+    #[test]
+    fn containment_respects_family_and_length() {
+        let net = p("198.18.0.0/15");
+        assert!(net.contains("198.19.255.255".parse().unwrap()));
+        assert!(!net.contains("198.20.0.0".parse().unwrap()));
+        assert!(!net.contains("::ffff:198.18.0.1".parse().unwrap()));
+        assert!(p("::/0").contains("fd42::1".parse().unwrap()));
+        assert!(!p("::/0").contains("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn classification_takes_the_longest_match_and_local_wins_ties() {
+        let mut t = PrefixTable::default();
+        t.insert(p("10.0.0.0/8"), SourceKind::Trusted);
+        t.insert(p("10.1.0.0/16"), SourceKind::Local);
+        t.insert(p("10.1.2.3/32"), SourceKind::Trusted);
+        t.insert(p("10.1.2.3/32"), SourceKind::Local);
+        assert_eq!(t.classify("10.2.0.1".parse().unwrap()), Some(SourceKind::Trusted));
+        assert_eq!(t.classify("10.1.9.9".parse().unwrap()), Some(SourceKind::Local));
+        assert_eq!(t.classify("10.1.2.3".parse().unwrap()), Some(SourceKind::Local));
+        assert_eq!(t.classify("198.18.0.2".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn diff_lists_removals_and_changes() {
+        let mut a = PrefixTable::default();
+        a.insert(p("10.0.0.1"), SourceKind::Local);
+        a.insert(p("10.0.0.2"), SourceKind::Local);
+        let mut b = PrefixTable::default();
+        b.insert(p("10.0.0.2"), SourceKind::Local);
+        b.insert(p("10.0.0.3"), SourceKind::Trusted);
+        let (removed, added) = a.diff(&b);
+        assert_eq!(removed, vec![p("10.0.0.1")]);
+        assert_eq!(added, vec![(p("10.0.0.3"), SourceKind::Trusted)]);
+        assert_eq!(b.diff(&b), (vec![], vec![]));
+    }
+}

@@ -1,0 +1,5 @@
+//! What dockexpose says: the JSON-lines audit log (a contract) and human lines.
+
+pub mod human;
+pub mod record;
+pub mod sink;
