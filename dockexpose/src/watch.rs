@@ -106,8 +106,8 @@ struct Watcher {
 pub async fn run(args: WatchArgs) -> Result<()> {
     let host = HostSnapshot::read()?;
     let settings = validate(&args, &host)?;
-    privileges::check()?;
     let sink = JsonSink::open(args.json.as_deref())?;
+    privileges::check()?;
     let (kernel, ring) = Kernel::load(settings.kernel)?;
 
     let mut w = Watcher {

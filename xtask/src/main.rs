@@ -1,1 +1,458 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+//!
+//! Plain `std::process::Command` calls, each printed before it runs, so that a fresh
+//! machine needs nothing but cargo to get from a clone to a running detector, and so
+//! that a CI log shows exactly what was done. See /work/shared/docs/toolchain.md for
+//! why the toolchain is put together this way.
+
+use std::{
+    env,
+    ffi::OsStr,
+    fs,
+    io::ErrorKind,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// What a fresh Debian 12 machine lacks: Debian's rustc with its library source (for
+/// `-Z build-std=core`), LLVM 22 and friends (to build bpf-linker), and the tools the
+/// integration tests drive (ip, iptables, busybox for a tiny container side, bpftool).
+const DEB_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "rust-web-src",
+    "cargo-web",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "iproute2",
+    "iptables",
+    "busybox-static",
+    "bpftool",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_LINKER_SERIES: &str = "0.13";
+/// Without it bpf-linker's build looks for LLVM under /usr and fails on `-lLLVM`.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPFFS: &str = "/sys/fs/bpf";
+
+macro_rules! say {
+    ($($arg:tt)*) => { println!("xtask: {}", format_args!($($arg)*)) };
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Build, run, test and bench dockexpose")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what this machine lacks (Debian packages, bpf-linker) and mount bpffs.
+    Setup,
+    /// Setup, then build target/release/dockexpose.
+    Build,
+    /// Build, then run dockexpose as root with ARGS (default: `watch`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then run the tests one at a time; ARGS go to the test binaries.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run `dockexpose bench` as root with ARGS.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run_task(Cli::parse().task) {
+        eprintln!("xtask: error: {e:?}");
+        std::process::exit(1);
+    }
+}
+
+fn run_task(task: Task) -> Result<()> {
+    let root = is_root()?;
+    match task {
+        Task::Setup => setup(root),
+        Task::Build => build(root).map(drop),
+        Task::Run { mut args } => {
+            let bin = build(root)?;
+            if args.is_empty() {
+                args.push("watch".into());
+            }
+            exec_privileged(root, &bin, &args)
+        }
+        Task::Test { args } => test(root, &args),
+        Task::Bench { args } => {
+            let bin = build(root)?;
+            let args: Vec<String> = std::iter::once("bench".to_string()).chain(args).collect();
+            exec_privileged(root, &bin, &args)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Tasks
+
+fn setup(root: bool) -> Result<()> {
+    say!("setup: checking this machine (running as {})", if root { "root" } else { "a normal user" });
+    ensure_debian_packages(root)?;
+    ensure_bpf_linker()?;
+    report_ebpf_compiler();
+    ensure_bpffs(root);
+    say!("setup: done");
+    Ok(())
+}
+
+fn build(root: bool) -> Result<PathBuf> {
+    setup(root)?;
+    run(
+        cargo().args(["build", "--release", "--package", "dockexpose"]),
+        "see the compiler errors above; `cargo xtask setup` installs the prerequisites",
+    )?;
+    let bin = target_dir().join("release").join("dockexpose");
+    say!("built {}", bin.display());
+    Ok(bin)
+}
+
+fn test(root: bool, args: &[String]) -> Result<()> {
+    setup(root)?;
+    let mut cmd = cargo();
+    // One test at a time: the integration tests share kernel state (bpffs, TCX links,
+    // iptables rules, network namespaces).
+    cmd.args(["test", "--release", "--package", "dockexpose-common", "--package", "dockexpose"])
+        .args(["--package", "xtask", "--", "--test-threads=1"])
+        .args(args);
+    if env::var_os("CI").is_some() {
+        // In CI a skipped privileged test would hide a broken runner: make it fail.
+        say!("CI is set: tests that need root or Docker fail instead of skipping");
+        cmd.env("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS", "1");
+    }
+    if !root {
+        say!("note: not root, so the integration tests that need root will skip");
+    }
+    run(&mut cmd, "the tests failed; see the failures above")
+}
+
+/// Replaces xtask with dockexpose, so that its signals and exit code are its own. Not
+/// root: only dockexpose goes through `sudo -E`, not cargo, so that target/ does not
+/// fill with files owned by root.
+fn exec_privileged(root: bool, bin: &Path, args: &[String]) -> Result<()> {
+    let mut cmd = if root {
+        Command::new(bin)
+    } else if let Some(sudo) = find_in_path("sudo") {
+        say!("not root: loading eBPF programs needs root, so dockexpose runs through sudo");
+        let mut c = Command::new(sudo);
+        c.arg("-E").arg(bin);
+        c
+    } else {
+        bail!(
+            "dockexpose needs root (or CAP_BPF + CAP_NET_ADMIN) to load its eBPF programs, \
+             and sudo was not found.\n  Fix: run `cargo xtask` as root, or run {} as root.",
+            bin.display()
+        );
+    };
+    cmd.args(args);
+    say!("running: {}", describe(&cmd));
+    let err = cmd.exec(); // returns only if the exec failed
+    Err(err).with_context(|| format!("could not start `{}`; run `cargo xtask build` and check the path", describe(&cmd)))
+}
+
+// ---------------------------------------------------------------------------------
+// Setup steps
+
+fn ensure_debian_packages(root: bool) -> Result<()> {
+    say!("checking Debian packages: {}", DEB_PACKAGES.join(" "));
+    let mut missing = Vec::new();
+    for &pkg in DEB_PACKAGES {
+        let out = match Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]).output() {
+            Ok(out) => out,
+            // Not Debian: the build still says which prerequisite it misses.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                say!("warning: dpkg-query not found (not a Debian system?): skipping the package check");
+                say!("warning: install the equivalents of these yourself: {}", DEB_PACKAGES.join(" "));
+                return Ok(());
+            }
+            Err(e) => return Err(e).context("could not run dpkg-query"),
+        };
+        // dpkg-query exits non-zero for a package it never heard of: that is missing too.
+        let installed = dpkg_installed(&String::from_utf8_lossy(&out.stdout));
+        say!("  {pkg}: {}", if installed { "installed" } else { "MISSING" });
+        if !installed {
+            missing.push(pkg);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !root {
+        bail!(
+            "missing Debian packages: {list}\n  Fix: sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive \
+             apt-get install -y --no-install-recommends {list}\n  (or run `cargo xtask setup` as root)"
+        );
+    }
+    say!("installing the missing Debian packages: {list}");
+    let apt_fix = "check the network and the sources in /etc/apt/sources.list(.d)";
+    run(Command::new("apt-get").arg("update"), apt_fix)?;
+    run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+        apt_fix,
+    )
+}
+
+/// The build script (dockexpose/build.rs) takes the first bpf-linker found on PATH, then
+/// in $CARGO_HOME/bin, then in ~/.cargo/bin: check that same one.
+fn ensure_bpf_linker() -> Result<()> {
+    say!("checking bpf-linker {BPF_LINKER_SERIES}.x (on PATH, then in $CARGO_HOME/bin or ~/.cargo/bin)");
+    match first_bpf_linker() {
+        Some((path, version)) if is_wanted_bpf_linker(&version) => {
+            say!("  {}: {}", path.display(), version.trim());
+            return Ok(());
+        }
+        Some((path, version)) => say!("  {}: {:?}, not {BPF_LINKER_SERIES}.x", path.display(), version.trim()),
+        None => say!("  not found"),
+    }
+    say!("installing bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22 (takes about a minute)");
+    run(
+        cargo()
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22", "--locked"])
+            // --force: replaces a bpf-linker of another version or not installed by cargo.
+            .arg("--force"),
+        "check access to crates.io and that llvm-22-dev, libpolly-22-dev, zlib1g-dev, libzstd-dev are installed",
+    )?;
+    match first_bpf_linker() {
+        Some((_, version)) if is_wanted_bpf_linker(&version) => Ok(()),
+        Some((path, version)) => bail!(
+            "{} ({}) comes before the bpf-linker just installed in {}.\n  Fix: remove it, or put {} first in PATH.",
+            path.display(),
+            version.trim(),
+            cargo_home().join("bin").display(),
+            cargo_home().join("bin").display()
+        ),
+        None => bail!("bpf-linker was installed but is not found in {}", cargo_home().join("bin").display()),
+    }
+}
+
+/// Which compiler dockexpose/build.rs will use for the eBPF crate (it decides the same way).
+fn report_ebpf_compiler() {
+    if env::var("DOCKEXPOSE_EBPF_ROUTE").as_deref() == Ok("debian") {
+        say!("DOCKEXPOSE_EBPF_ROUTE=debian: the eBPF crate will be built with Debian's /usr/bin/rustc");
+    } else if let Some(sysroot) = nightly_with_rust_src() {
+        say!("rustup nightly with rust-src found ({sysroot}): the eBPF crate will be built with it");
+        return;
+    } else {
+        say!("no rustup nightly with rust-src: the eBPF crate will be built with Debian's /usr/bin/rustc");
+    }
+    for needed in ["/usr/bin/rustc", "/usr/lib/rustlib/src/rust/library/core"] {
+        if !Path::new(needed).exists() {
+            say!("warning: {needed} is missing: install rustc-web and rust-web-src");
+        }
+    }
+}
+
+fn nightly_with_rust_src() -> Option<String> {
+    let out = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output().ok()?;
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let has_src = out.status.success() && Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").exists();
+    has_src.then_some(sysroot)
+}
+
+/// Best effort: only pinning needs bpffs, and it is not mounted at boot on these machines.
+fn ensure_bpffs(root: bool) {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if bpffs_mounted(&mounts) {
+        say!("bpffs: mounted at {BPFFS}");
+        return;
+    }
+    if !root {
+        say!("warning: bpffs is not mounted at {BPFFS}; as root run: mount -t bpf bpf {BPFFS}");
+        return;
+    }
+    say!("bpffs: not mounted at {BPFFS}; mounting it");
+    if let Err(e) = run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]), "is bpffs in this kernel?") {
+        say!("warning: could not mount bpffs: {e:#}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Helpers
+
+/// The workspace root: xtask/ sits directly in it.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
+}
+
+/// The cargo that runs us (cargo sets CARGO), working in the workspace root.
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// CARGO_TARGET_DIR, if set, is relative to the workspace root where cargo runs.
+fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+}
+
+fn is_root() -> Result<bool> {
+    let out = Command::new("id").arg("-u").output().context("could not run `id -u` (coreutils)")?;
+    let uid = String::from_utf8_lossy(&out.stdout);
+    let uid: u32 = uid.trim().parse().with_context(|| format!("`id -u` printed {uid:?}, not a user id"))?;
+    Ok(uid == 0)
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    env::split_paths(&env::var_os("PATH").unwrap_or_default()).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// The first bpf-linker in the order dockexpose/build.rs looks, with its `--version`.
+fn first_bpf_linker() -> Option<(PathBuf, String)> {
+    let mut dirs: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect();
+    dirs.push(cargo_home().join("bin"));
+    dirs.push(PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo/bin"));
+    let path = dirs.into_iter().map(|d| d.join("bpf-linker")).find(|p| p.is_file())?;
+    let version = Command::new(&path)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    Some((path, version))
+}
+
+/// Prints the command, runs it, and fails with `fix` unless it exits 0.
+fn run(cmd: &mut Command, fix: &str) -> Result<()> {
+    let shown = describe(cmd);
+    say!("running: {shown}");
+    let status = cmd.status().with_context(|| format!("could not start `{shown}`; is it installed and on PATH?"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})\n  Fix: {fix}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Pure helpers (unit-tested)
+
+/// `dpkg-query -W -f='${Status}'` prints e.g. "install ok installed"; anything else
+/// (nothing, "deinstall ok config-files", "install ok half-configured") is not usable.
+fn dpkg_installed(status: &str) -> bool {
+    status.contains("install ok installed")
+}
+
+/// `bpf-linker --version` prints "bpf-linker 0.13.0": want the 0.13 series.
+fn is_wanted_bpf_linker(version_output: &str) -> bool {
+    version_output
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|v| v == BPF_LINKER_SERIES || v.starts_with(&format!("{BPF_LINKER_SERIES}.")))
+}
+
+/// /proc/mounts lines are "device mountpoint fstype options 0 0".
+fn bpffs_mounted(mounts: &str) -> bool {
+    mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
+    })
+}
+
+/// A command as one could paste it into a shell: `cd DIR && VAR=value prog args`.
+fn describe(cmd: &Command) -> String {
+    let mut parts = Vec::new();
+    if let Some(dir) = cmd.get_current_dir() {
+        parts.extend(["cd".to_string(), quote(dir.as_os_str()), "&&".to_string()]);
+    }
+    for (key, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            parts.push(format!("{}={}", key.to_string_lossy(), quote(value)));
+        }
+    }
+    parts.push(quote(cmd.get_program()));
+    parts.extend(cmd.get_args().map(quote));
+    parts.join(" ")
+}
+
+fn quote(s: &OsStr) -> String {
+    let s = s.to_string_lossy();
+    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_status() {
+        assert!(dpkg_installed("install ok installed"));
+        assert!(!dpkg_installed(""));
+        assert!(!dpkg_installed("deinstall ok config-files"));
+        assert!(!dpkg_installed("install ok half-configured"));
+    }
+
+    #[test]
+    fn bpf_linker_version() {
+        assert!(is_wanted_bpf_linker("bpf-linker 0.13.0\n"));
+        assert!(is_wanted_bpf_linker("bpf-linker 0.13.2"));
+        assert!(!is_wanted_bpf_linker("bpf-linker 0.12.4"));
+        assert!(!is_wanted_bpf_linker("bpf-linker 0.130.0"));
+        assert!(!is_wanted_bpf_linker("bpf-linker 10.13.0"));
+        assert!(!is_wanted_bpf_linker(""));
+    }
+
+    #[test]
+    fn bpffs_in_proc_mounts() {
+        let without = "sysfs /sys sysfs rw,nosuid 0 0\nproc /proc proc rw 0 0\n";
+        assert!(!bpffs_mounted(without));
+        assert!(bpffs_mounted(&format!("{without}bpf /sys/fs/bpf bpf rw,relatime 0 0\n")));
+        // Something else mounted on the path is not bpffs.
+        assert!(!bpffs_mounted("tmpfs /sys/fs/bpf tmpfs rw 0 0\n"));
+    }
+
+    #[test]
+    fn describe_quotes_what_a_shell_would_split() {
+        let mut cmd = Command::new("dpkg-query");
+        cmd.args(["-W", "-f=${Status}", "it's"]).env("LLVM_PREFIX", "/usr/lib/llvm-22").current_dir("/w");
+        assert_eq!(describe(&cmd), r"cd /w && LLVM_PREFIX=/usr/lib/llvm-22 dpkg-query -W '-f=${Status}' 'it'\''s'");
+    }
+
+    #[test]
+    fn trailing_args_reach_the_task() {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).unwrap().task;
+        let Task::Run { args } = parse(&["run", "--", "watch", "--json", "-"]) else { panic!() };
+        assert_eq!(args, ["watch", "--json", "-"]);
+        let Task::Run { args } = parse(&["run"]) else { panic!() };
+        assert!(args.is_empty());
+        let Task::Test { args } = parse(&["test", "--", "--exact", "some_test"]) else { panic!() };
+        assert_eq!(args, ["--exact", "some_test"]);
+        let Task::Bench { args } = parse(&["bench", "--iterations", "10"]) else { panic!() };
+        assert_eq!(args, ["--iterations", "10"]);
+    }
+}

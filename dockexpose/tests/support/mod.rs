@@ -1,0 +1,514 @@
+//! Test bed for the root integration tests: network namespaces, bridges, veths,
+//! iptables rules and the watcher process, each removed by a guard on drop (also
+//! when a test fails). Addresses: 10.251.N.0/24 and fd42:251:N::/64 for the
+//! simulated container bridge, 198.18.N.0/24 and fd42:198:N::/64 for outside hosts
+//! (N differs per run). Never 192.0.2.0/24 or 203.0.113.0/24 (the machine's own).
+#![allow(dead_code, reason = "each test binary uses a different part of the test bed")]
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// True when privileged tests can run. Otherwise prints why they are skipped, or
+/// panics when the run demands them (CI sets DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS).
+pub fn privileged(test: &str) -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    let why = format!("{test}: SKIPPED: needs root (network namespaces, iptables, eBPF)");
+    if std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some() {
+        panic!("{why}, and DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS is set");
+    }
+    eprintln!("{why}");
+    false
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command, ignoring failure (for cleanup).
+pub fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+/// Commands run in reverse order on drop: the undo log of a test bed.
+#[derive(Default)]
+pub struct Undo(Vec<Vec<String>>);
+
+impl Undo {
+    pub fn push(&mut self, args: &[&str]) {
+        self.0.push(args.iter().map(|s| s.to_string()).collect());
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        while let Some(cmd) = self.0.pop() {
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            sh_quiet(&args);
+        }
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_netns(ns, f).join().expect("netns thread panicked")
+}
+
+pub fn spawn_in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// A small TCP and UDP echo service inside a namespace, stopped on drop.
+pub struct Services {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Services {
+    /// Listens on [::]:tcp_port and [::]:udp_port (dual stack) in `ns`.
+    pub fn start(ns: &str, tcp_port: u16, udp_port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let s = stop.clone();
+        let r = ready_tx.clone();
+        let tcp = spawn_in_netns(ns, move || {
+            let l = TcpListener::bind(("::", tcp_port)).expect("bind tcp");
+            l.set_nonblocking(true).unwrap();
+            r.send(()).unwrap();
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.write_all(b"ok");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        let s = stop.clone();
+        let udp = spawn_in_netns(ns, move || {
+            let u = UdpSocket::bind(("::", udp_port)).expect("bind udp");
+            u.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 512];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = u.recv_from(&mut buf) {
+                    let _ = u.send_to(&buf[..n], from);
+                }
+            }
+        });
+        for _ in 0..2 {
+            ready_rx.recv_timeout(Duration::from_secs(5)).expect("service did not start");
+        }
+        Self { stop, threads: vec![tcp, udp] }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects over TCP from `ns` (optionally from a given source address), reads the
+/// greeting. Returns the local port used, or the error.
+pub fn tcp_connect(ns: &str, bind: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<u16> {
+    in_netns(ns, move || {
+        let stream = match bind {
+            None => TcpStream::connect_timeout(&dst, Duration::from_secs(2))?,
+            Some(src) => {
+                // std has no bind-before-connect: go through a raw socket.
+                let domain = if src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+                // SAFETY: plain socket syscalls on an fd we own.
+                let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM, 0) };
+                assert!(fd >= 0);
+                let (sa, len) = sockaddr(SocketAddr::new(src, 0));
+                let rc = unsafe { libc::bind(fd, sa.as_ptr().cast(), len) };
+                assert_eq!(rc, 0, "bind {src}: {}", std::io::Error::last_os_error());
+                let (da, dlen) = sockaddr(dst);
+                let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+                unsafe {
+                    libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as u32);
+                }
+                let rc = unsafe { libc::connect(fd, da.as_ptr().cast(), dlen) };
+                // SAFETY: fd is a socket we own from here on.
+                let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                stream
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let port = stream.local_addr()?.port();
+        let mut buf = [0u8; 2];
+        (&stream).read_exact(&mut buf)?;
+        Ok(port)
+    })
+}
+
+fn sockaddr(addr: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            let bytes = unsafe { std::slice::from_raw_parts((&sin as *const libc::sockaddr_in).cast::<u8>(), size_of::<libc::sockaddr_in>()) };
+            (bytes.to_vec(), size_of::<libc::sockaddr_in>() as u32)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            let bytes = unsafe { std::slice::from_raw_parts((&sin6 as *const libc::sockaddr_in6).cast::<u8>(), size_of::<libc::sockaddr_in6>()) };
+            (bytes.to_vec(), size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+/// Sends `count` datagrams from one socket in `ns` and waits for each echo.
+/// Returns the local port and how many echoes came back.
+/// `bind` picks the source address (IPv6 source selection may otherwise pick
+/// another of the host's addresses).
+pub fn udp_exchange(ns: &str, bind: Option<IpAddr>, dst: SocketAddr, count: usize) -> (u16, usize) {
+    in_netns(ns, move || {
+        let any: IpAddr = if dst.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
+        let u = UdpSocket::bind(SocketAddr::new(bind.unwrap_or(any), 0)).unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut echoed = 0;
+        for i in 0..count {
+            u.send_to(format!("ping {i}").as_bytes(), dst).unwrap();
+            let mut buf = [0u8; 64];
+            if u.recv_from(&mut buf).is_ok() {
+                echoed += 1;
+            }
+        }
+        (u.local_addr().unwrap().port(), echoed)
+    })
+}
+
+/// A running `dockexpose watch`, killed on drop if the test did not stop it.
+pub struct Watcher {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    pub json: PathBuf,
+}
+
+impl Watcher {
+    /// Starts the watcher and waits until it says it is watching.
+    pub fn start(args: &[&str], json: PathBuf) -> Self {
+        let _ = std::fs::remove_file(&json);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dockexpose"))
+            .arg("watch")
+            .args(args)
+            .arg("--json")
+            .arg(&json)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dockexpose");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("  [dockexpose] {line}");
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut w = Self { child, stderr, json };
+        w.wait_for_line("dockexpose: watching", Duration::from_secs(30));
+        w
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for a stderr line containing `needle`; panics with what it printed if none.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("dockexpose exited ({status}) before printing {needle:?}:\n{}", self.lines().join("\n"));
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} from dockexpose in {timeout:?}:\n{}", self.lines().join("\n"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then waits; returns the JSON records written and the exit status.
+    pub fn stop(mut self) -> (Vec<serde_json::Value>, std::process::ExitStatus, Vec<String>) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "dockexpose did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let text = std::fs::read_to_string(&self.json).unwrap_or_default();
+        let records = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect();
+        let lines = self.lines();
+        (records, status, lines)
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A number for this run's names and addresses (two runs never share one).
+pub fn run_id() -> u32 {
+    20 + std::process::id() % 200
+}
+
+/// Fails clearly when a test prefix would collide with a route the host already has.
+pub fn assert_unrouted(prefix: &str) {
+    let v6 = prefix.contains(':');
+    let fam = if v6 { "-6" } else { "-4" };
+    let mut out = sh(&["ip", fam, "route", "show", "match", prefix]);
+    out.push_str(&sh(&["ip", fam, "route", "show", "root", prefix]));
+    let clash: Vec<&str> = out.lines().filter(|l| !l.starts_with("default")).collect();
+    assert!(clash.is_empty(), "test prefix {prefix} overlaps existing routes {clash:?}: pick another range");
+}
+
+/// The seed story's network on one machine: a bridge with two "containers", an
+/// "outside host" on its own veth (the uplink), DNAT for published ports, FORWARD
+/// allowed for the bridge, and INPUT dropping all but SSH and established traffic
+/// from the outside host (UFW's effect, scoped to the test's uplink so that a
+/// crashed test cannot lock the machine out).
+pub struct Bed {
+    pub n: u32,
+    pub bridge: String,
+    pub uplink: String,
+    pub outside_ns: String,
+    pub c1_ns: String,
+    pub c2_ns: String,
+    undo: Undo,
+}
+
+pub const C_TCP: u16 = 80;
+pub const C_UDP: u16 = 5300;
+pub const HOST_TCP: u16 = 18080;
+pub const HOST_UDP: u16 = 15300;
+/// A port the host itself listens on (INPUT path), which the firewall must block.
+pub const HOST_INPUT_TCP: u16 = 18081;
+
+impl Bed {
+    pub fn v4(&self, net: &str, host: u32) -> String {
+        format!("{net}.{}.{host}", self.n)
+    }
+    pub fn v6(&self, net: &str, host: u32) -> String {
+        format!("fd42:{net}:{}::{host}", self.n)
+    }
+    pub fn bridge_v4(&self, host: u32) -> String {
+        self.v4("10.251", host)
+    }
+    pub fn bridge_v6(&self, host: u32) -> String {
+        self.v6("251", host)
+    }
+    pub fn out_v4(&self, host: u32) -> String {
+        self.v4("198.18", host)
+    }
+    pub fn out_v6(&self, host: u32) -> String {
+        self.v6("198", host)
+    }
+
+    pub fn new(tag: &str) -> Self {
+        let n = run_id();
+        let mut undo = Undo::default();
+        let name = |role: &str| format!("dx{tag}{role}{n}");
+        let (bridge, uplink) = (name("b"), name("u"));
+        let (outside_ns, c1_ns, c2_ns) = (name("o"), name("c1-"), name("c2-"));
+        let mut bed = Bed { n, bridge: bridge.clone(), uplink: uplink.clone(), outside_ns: outside_ns.clone(), c1_ns, c2_ns, undo: Undo::default() };
+        for prefix in [format!("10.251.{n}.0/24"), format!("198.18.{n}.0/24"), format!("fd42:251:{n}::/64"), format!("fd42:198:{n}::/64")] {
+            assert_unrouted(&prefix);
+        }
+        // IPv6 forwarding is off on this host by default; restore what it was.
+        let fwd6 = sh(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).trim().to_string();
+        undo.push(&["sysctl", "-qw", &format!("net.ipv6.conf.all.forwarding={fwd6}")]);
+        sh(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+
+        sh(&["ip", "link", "add", &bridge, "type", "bridge"]);
+        undo.push(&["ip", "link", "del", &bridge]);
+        sh(&["ip", "addr", "add", &bed.bridge_v4(1).add("/24"), "dev", &bridge]);
+        sh(&["ip", "addr", "add", &bed.bridge_v6(1).add("/64"), "dev", &bridge, "nodad"]);
+        sh(&["ip", "link", "set", &bridge, "up"]);
+
+        for (i, ns) in [bed.c1_ns.clone(), bed.c2_ns.clone()].iter().enumerate() {
+            let host = 2 + i as u32;
+            let (veth, peer) = (format!("dx{tag}v{n}{i}"), format!("dx{tag}p{n}{i}"));
+            sh(&["ip", "netns", "add", ns]);
+            undo.push(&["ip", "netns", "del", ns]);
+            sh(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+            undo.push(&["ip", "link", "del", &veth]);
+            sh(&["ip", "link", "set", &veth, "master", &bridge, "up"]);
+            sh(&["ip", "link", "set", &peer, "netns", ns]);
+            let ip = |args: &[&str]| {
+                let mut full = vec!["ip", "-n", ns.as_str()];
+                full.extend_from_slice(args);
+                sh(&full);
+            };
+            ip(&["link", "set", "lo", "up"]);
+            ip(&["link", "set", &peer, "name", "eth0"]);
+            ip(&["addr", "add", &format!("{}/24", bed.bridge_v4(host)), "dev", "eth0"]);
+            ip(&["addr", "add", &format!("{}/64", bed.bridge_v6(host)), "dev", "eth0", "nodad"]);
+            ip(&["link", "set", "eth0", "up"]);
+            ip(&["route", "add", "default", "via", &bed.bridge_v4(1)]);
+            ip(&["-6", "route", "add", "default", "via", &bed.bridge_v6(1)]);
+        }
+
+        // The outside host: its veth's host side is the uplink.
+        sh(&["ip", "netns", "add", &outside_ns]);
+        undo.push(&["ip", "netns", "del", &outside_ns]);
+        sh(&["ip", "link", "add", &uplink, "type", "veth", "peer", "name", &name("x")]);
+        undo.push(&["ip", "link", "del", &uplink]);
+        sh(&["ip", "link", "set", &name("x"), "netns", &outside_ns]);
+        sh(&["ip", "addr", "add", &format!("{}/24", bed.out_v4(1)), "dev", &uplink]);
+        sh(&["ip", "addr", "add", &format!("{}/64", bed.out_v6(1)), "dev", &uplink, "nodad"]);
+        sh(&["ip", "link", "set", &uplink, "up"]);
+        let o = |args: &[&str]| {
+            let mut full = vec!["ip", "-n", outside_ns.as_str()];
+            full.extend_from_slice(args);
+            sh(&full);
+        };
+        o(&["link", "set", "lo", "up"]);
+        o(&["link", "set", &name("x"), "name", "eth0"]);
+        for host in [2, 3] {
+            o(&["addr", "add", &format!("{}/24", bed.out_v4(host)), "dev", "eth0"]);
+            o(&["addr", "add", &format!("{}/64", bed.out_v6(host)), "dev", "eth0", "nodad"]);
+        }
+        o(&["link", "set", "eth0", "up"]);
+        o(&["route", "add", "default", "via", &bed.out_v4(1)]);
+        o(&["-6", "route", "add", "default", "via", &bed.out_v6(1)]);
+
+        // Firewall, in chains of our own so that cleanup is exact.
+        for (tool, c_tcp, c_udp, host_ip) in [
+            ("iptables", format!("{}:{C_TCP}", bed.bridge_v4(2)), format!("{}:{C_UDP}", bed.bridge_v4(2)), bed.out_v4(1)),
+            ("ip6tables", format!("[{}]:{C_TCP}", bed.bridge_v6(2)), format!("[{}]:{C_UDP}", bed.bridge_v6(2)), bed.out_v6(1)),
+        ] {
+            let (nat, fwd, inp) = (format!("DXN{tag}{n}"), format!("DXF{tag}{n}"), format!("DXI{tag}{n}"));
+            sh(&[tool, "-t", "nat", "-N", &nat]);
+            undo.push(&[tool, "-t", "nat", "-X", &nat]);
+            undo.push(&[tool, "-t", "nat", "-F", &nat]);
+            sh(&[tool, "-t", "nat", "-A", &nat, "-d", &host_ip, "-p", "tcp", "--dport", &HOST_TCP.to_string(), "-j", "DNAT", "--to-destination", &c_tcp]);
+            sh(&[tool, "-t", "nat", "-A", &nat, "-d", &host_ip, "-p", "udp", "--dport", &HOST_UDP.to_string(), "-j", "DNAT", "--to-destination", &c_udp]);
+            sh(&[tool, "-t", "nat", "-I", "PREROUTING", "1", "-i", &uplink, "-j", &nat]);
+            undo.push(&[tool, "-t", "nat", "-D", "PREROUTING", "-i", &uplink, "-j", &nat]);
+
+            sh(&[tool, "-N", &fwd]);
+            undo.push(&[tool, "-X", &fwd]);
+            undo.push(&[tool, "-F", &fwd]);
+            sh(&[tool, "-A", &fwd, "-i", &uplink, "-o", &bridge, "-j", "ACCEPT"]);
+            sh(&[tool, "-A", &fwd, "-i", &bridge, "-o", &uplink, "-j", "ACCEPT"]);
+            sh(&[tool, "-A", &fwd, "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"]);
+            sh(&[tool, "-I", "FORWARD", "1", "-j", &fwd]);
+            undo.push(&[tool, "-D", "FORWARD", "-j", &fwd]);
+
+            sh(&[tool, "-N", &inp]);
+            undo.push(&[tool, "-X", &inp]);
+            undo.push(&[tool, "-F", &inp]);
+            sh(&[tool, "-A", &inp, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]);
+            sh(&[tool, "-A", &inp, "-p", "tcp", "--dport", "22", "-j", "ACCEPT"]);
+            if tool == "ip6tables" {
+                // As UFW's before6.rules: without ICMPv6, neighbour discovery dies.
+                sh(&[tool, "-A", &inp, "-p", "ipv6-icmp", "-j", "ACCEPT"]);
+            }
+            sh(&[tool, "-A", &inp, "-j", "DROP"]);
+            sh(&[tool, "-I", "INPUT", "1", "-i", &uplink, "-j", &inp]);
+            undo.push(&[tool, "-D", "INPUT", "-i", &uplink, "-j", &inp]);
+        }
+        bed.undo = undo;
+        bed
+    }
+
+    pub fn host_tcp_v4(&self) -> SocketAddr {
+        SocketAddr::new(self.out_v4(1).parse().unwrap(), HOST_TCP)
+    }
+    pub fn host_tcp_v6(&self) -> SocketAddr {
+        SocketAddr::new(self.out_v6(1).parse().unwrap(), HOST_TCP)
+    }
+    pub fn host_udp_v4(&self) -> SocketAddr {
+        SocketAddr::new(self.out_v4(1).parse().unwrap(), HOST_UDP)
+    }
+    pub fn host_udp_v6(&self) -> SocketAddr {
+        SocketAddr::new(self.out_v6(1).parse().unwrap(), HOST_UDP)
+    }
+}
+
+trait Add {
+    fn add(&self, s: &str) -> String;
+}
+
+impl Add for String {
+    fn add(&self, s: &str) -> String {
+        format!("{self}{s}")
+    }
+}
+
+/// Programs attached to an interface's TCX hook (egress or ingress), by name.
+pub fn tcx_programs(iface: &str, egress: bool) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let kind = if egress { TcAttachType::Egress } else { TcAttachType::Ingress };
+    match SchedClassifier::query_tcx(iface, kind) {
+        Ok((_, progs)) => progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_string()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
