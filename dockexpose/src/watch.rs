@@ -4,21 +4,30 @@
 //! and attaches the kernel programs, then one task reads the ring buffer while this
 //! loop turns records into output, keeps the kernel maps current, and reports counters.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use dockexpose_common::ConnEvent;
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    sync::{mpsc, watch},
     time::{interval, MissedTickBehavior},
 };
 
 use crate::{
     cli::WatchArgs,
+    correlate,
     error::{Error, Result},
     host::{
         interfaces::{self, HostSnapshot},
         local, privileges,
+    },
+    inventory::{
+        docker::{self, DockerState},
+        model::Inventory,
     },
     kernel::{
         event::{KernelClock, Observation},
@@ -26,7 +35,7 @@ use crate::{
         reader::{self, ReaderLoss},
     },
     net::prefix::Prefix,
-    output::{human, record::Record, sink::JsonSink},
+    output::{alerts::Alerter, human, sink::JsonSink},
     stats::{LossTracker, PipelineCounters},
 };
 
@@ -35,18 +44,16 @@ use crate::{
 const CHANNEL_CAPACITY: usize = 8192;
 /// How often interfaces and addresses are re-read.
 const HOST_REFRESH: Duration = Duration::from_secs(1);
-
-/// Which bridges to watch.
-enum BridgeSelection {
-    /// Named by the operator; one that vanishes is dropped.
-    Fixed(Vec<String>),
-    /// Every addressed Linux bridge, now and later.
-    Discover,
-}
+/// How long start-up waits for Docker's first answer before choosing bridges.
+const DOCKER_FIRST_ANSWER: Duration = Duration::from_secs(3);
 
 /// The options, validated.
 struct Settings {
-    selection: BridgeSelection,
+    /// Bridges named with --bridge; one that vanishes is dropped.
+    explicit_bridges: Vec<String>,
+    /// None with --no-docker.
+    docker_endpoint: Option<String>,
+    alert_window: Duration,
     trusted: Vec<Prefix>,
     stats_interval: Option<Duration>,
     quiet: bool,
@@ -76,10 +83,13 @@ fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
     if args.udp_idle == 0 {
         return Err(Error::InvalidSetting { name: "--udp-idle", reason: "must be at least 1 second".into() });
     }
-    let selection =
-        if args.bridges.is_empty() { BridgeSelection::Discover } else { BridgeSelection::Fixed(args.bridges.clone()) };
+    if args.alert_window == 0 {
+        return Err(Error::InvalidSetting { name: "--alert-window", reason: "must be at least 1 second".into() });
+    }
     Ok(Settings {
-        selection,
+        explicit_bridges: args.bridges.clone(),
+        docker_endpoint: (!args.no_docker).then(|| docker::endpoint(args.docker_host.as_deref())),
+        alert_window: Duration::from_secs(args.alert_window),
         trusted,
         stats_interval: (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval)),
         quiet: args.quiet,
@@ -101,6 +111,14 @@ struct Watcher {
     clock: KernelClock,
     reader_loss: ReaderLoss,
     losses: LossTracker,
+    /// Last inventory Docker gave; kept while Docker is unreachable.
+    inventory: Option<Inventory>,
+    docker_connected: bool,
+    /// The last Docker problem told to the operator (each is said once).
+    docker_problem: Option<String>,
+    /// Bridges that went away while named with --bridge: not re-attached.
+    dropped: BTreeSet<String>,
+    alerter: Alerter,
 }
 
 pub async fn run(args: WatchArgs) -> Result<()> {
@@ -110,6 +128,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     privileges::check()?;
     let (kernel, ring) = Kernel::load(settings.kernel)?;
 
+    let alerter = Alerter::new(settings.alert_window);
     let mut w = Watcher {
         kernel,
         settings,
@@ -119,14 +138,32 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         clock: KernelClock::now(),
         reader_loss: ReaderLoss::default(),
         losses: LossTracker::default(),
+        inventory: None,
+        docker_connected: false,
+        docker_problem: None,
+        dropped: BTreeSet::new(),
+        alerter,
     };
-    let initial: Vec<String> = match &w.settings.selection {
-        BridgeSelection::Fixed(list) => list.clone(),
-        BridgeSelection::Discover => w.host.addressed_bridges(),
+    // Docker first: its networks decide which bridges to watch.
+    let mut docker_rx = match w.settings.docker_endpoint.clone() {
+        Some(endpoint) => {
+            let (tx, mut rx) = watch::channel(DockerState::Starting);
+            tokio::spawn(docker::run(endpoint, tx));
+            let _ = tokio::time::timeout(DOCKER_FIRST_ANSWER, rx.wait_for(|s| *s != DockerState::Starting)).await;
+            let state = rx.borrow_and_update().clone();
+            w.docker_changed(state)?;
+            Some(rx)
+        }
+        None => {
+            eprintln!("dockexpose: --no-docker: running without container identity");
+            None
+        }
     };
-    for bridge in &initial {
-        w.attach_bridge(bridge)?;
+    // The operator's bridges must attach, or nothing is watched where they expect.
+    for bridge in w.settings.explicit_bridges.clone() {
+        w.attach_bridge(&bridge)?;
     }
+    w.reconcile_bridges();
     w.sync_prefixes()?;
 
     let (tx, mut rx) = mpsc::channel::<ConnEvent>(CHANNEL_CAPACITY);
@@ -142,16 +179,14 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     eprintln!(
         "dockexpose: watching {} ({}); JSON log: {}",
         if watched.is_empty() { "no bridge yet".to_string() } else { watched.join(", ") },
-        match w.settings.selection {
-            BridgeSelection::Fixed(_) => "as given",
-            BridgeSelection::Discover => "discovered; new bridges are picked up",
-        },
+        w.bridge_source(),
         args.json.as_deref().map_or("off".into(), |p| if p == Path::new("-") { "stdout".into() } else { p.display().to_string() }),
     );
 
     let outcome = loop {
         tokio::select! {
             Some(ev) = rx.recv() => w.handle(&ev)?,
+            Some(state) = next_docker_state(&mut docker_rx) => w.docker_changed(state)?,
             _ = refresh.tick() => w.refresh_host()?,
             _ = stats.tick() => w.report_counters("counters")?,
             _ = sigint.recv() => break Ok("SIGINT"),
@@ -169,6 +204,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         w.handle(&ev)?;
     }
     let reason = outcome?;
+    for line in w.alerter.flush(Instant::now() + w.settings.alert_window) {
+        eprintln!("{line}");
+    }
     w.report_counters("final counters")?;
     let bridges: Vec<String> = w.kernel.bridges().map(str::to_string).collect();
     drop(w);
@@ -176,7 +214,102 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The next Docker state, or never when Docker is off.
+async fn next_docker_state(rx: &mut Option<watch::Receiver<DockerState>>) -> Option<DockerState> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 impl Watcher {
+    fn bridge_source(&self) -> &'static str {
+        match (self.inventory.is_some(), self.settings.explicit_bridges.is_empty()) {
+            (true, true) => "Docker's bridge networks, followed live",
+            (true, false) => "as given, plus Docker's bridge networks",
+            (false, true) => "bridges found on the host; new ones are picked up",
+            (false, false) => "as given",
+        }
+    }
+
+    /// Bridges that should be watched now.
+    fn desired_bridges(&self) -> BTreeSet<String> {
+        let mut want: BTreeSet<String> = self.settings.explicit_bridges.iter().cloned().collect();
+        match &self.inventory {
+            Some(inv) => want.extend(inv.bridges()),
+            // Without Docker's word, every addressed bridge is a candidate.
+            None if self.settings.explicit_bridges.is_empty() => want.extend(self.host.addressed_bridges()),
+            None => {}
+        }
+        want.retain(|b| !self.dropped.contains(b));
+        want
+    }
+
+    /// Attaches to desired bridges that exist, detaches from the others.
+    fn reconcile_bridges(&mut self) {
+        let want = self.desired_bridges();
+        let attached: Vec<String> = self.kernel.bridges().map(str::to_string).collect();
+        for b in attached {
+            let gone = !interfaces::exists(&b);
+            if gone || !want.contains(&b) {
+                self.kernel.detach_bridge(&b);
+                self.ifnames.retain(|_, n| n != &b);
+                let why = if gone { "disappeared" } else { "is no longer a Docker network" };
+                eprintln!("dockexpose: bridge {} {why}; no longer watched", human::escape_untrusted(&b));
+                if gone && self.settings.explicit_bridges.contains(&b) {
+                    self.dropped.insert(b);
+                }
+            }
+        }
+        for b in want {
+            if self.kernel.bridges().any(|w| w == b) || !interfaces::exists(&b) {
+                continue;
+            }
+            match self.attach_bridge(&b) {
+                Ok(()) => eprintln!("dockexpose: bridge {} watched", human::escape_untrusted(&b)),
+                Err(e) => eprintln!("warning: bridge {}: {e}", human::escape_untrusted(&b)),
+            }
+        }
+    }
+
+    /// Takes in what Docker says now; tells the operator when that changes.
+    fn docker_changed(&mut self, state: DockerState) -> Result<()> {
+        match state {
+            DockerState::Starting => {}
+            DockerState::Connected(inv) => {
+                if !self.docker_connected {
+                    eprintln!(
+                        "dockexpose: Docker inventory: {} running containers on {} bridge networks",
+                        inv.containers.len(),
+                        inv.networks.len()
+                    );
+                }
+                self.docker_connected = true;
+                self.docker_problem = None;
+                self.kernel.sync_published_ports(&inv.published_host_ports())?;
+                self.inventory = Some(inv);
+                self.reconcile_bridges();
+                self.sync_prefixes()?;
+            }
+            DockerState::Unavailable(reason) => {
+                if self.docker_problem.as_ref() != Some(&reason) {
+                    let keep = if self.inventory.is_some() {
+                        "keeping the kernel side and the last known inventory; reconnecting with backoff"
+                    } else {
+                        "running without container identity (records carry container: null); retrying in the background"
+                    };
+                    eprintln!("warning: {}; {keep}", human::escape_untrusted(&reason));
+                    self.docker_problem = Some(reason);
+                }
+                self.docker_connected = false;
+            }
+        }
+        Ok(())
+    }
+
     fn attach_bridge(&mut self, name: &str) -> Result<()> {
         self.kernel.attach_bridge(name)?;
         if let Ok(idx) = nix::net::if_::if_nametoindex(name) {
@@ -200,37 +333,26 @@ impl Watcher {
             }
         };
         let iface = self.ifnames.get(&obs.ifindex).cloned().unwrap_or_else(|| format!("if{}", obs.ifindex));
-        let rec = Record::from_observation(&obs, obs.stage, self.clock.wall(obs.ktime_ns), &iface);
+        let rec = correlate::record(&obs, obs.stage, self.clock.wall(obs.ktime_ns), &iface, self.inventory.as_ref());
         self.sink.write_line(&rec.to_json_line())?;
         if !self.settings.quiet {
             eprintln!("{}", human::connection_line(&rec));
         }
+        if let Some(alert) = self.alerter.observe(&rec, Instant::now()) {
+            eprintln!("{alert}");
+        }
         Ok(())
     }
 
-    /// Re-reads interfaces and addresses: drops vanished bridges, picks up new ones
-    /// (discovery mode), keeps the local prefixes current, and warns about loss.
+    /// Re-reads interfaces and addresses: drops vanished bridges, picks up new ones,
+    /// keeps the local prefixes current, closes alert windows, and warns about loss.
     fn refresh_host(&mut self) -> Result<()> {
-        let host = HostSnapshot::read()?;
-        let gone: Vec<String> =
-            self.kernel.bridges().filter(|b| !interfaces::exists(b)).map(str::to_string).collect();
-        for b in gone {
-            self.kernel.detach_bridge(&b);
-            self.ifnames.retain(|_, n| n != &b);
-            eprintln!("dockexpose: bridge {} disappeared; no longer watched", human::escape_untrusted(&b));
-        }
-        if matches!(self.settings.selection, BridgeSelection::Discover) {
-            for b in host.addressed_bridges() {
-                if !self.kernel.bridges().any(|w| w == b) {
-                    match self.attach_bridge(&b) {
-                        Ok(()) => eprintln!("dockexpose: new bridge {} watched", human::escape_untrusted(&b)),
-                        Err(e) => eprintln!("warning: new bridge {}: {e}", human::escape_untrusted(&b)),
-                    }
-                }
-            }
-        }
-        self.host = host;
+        self.host = HostSnapshot::read()?;
+        self.reconcile_bridges();
         self.sync_prefixes()?;
+        for line in self.alerter.flush(Instant::now()) {
+            eprintln!("{line}");
+        }
         self.warn_about_loss()
     }
 

@@ -95,6 +95,8 @@ mod tests {
             host_port: Some(8080),
             iface: "br0".into(),
             container: None,
+            exposure: "unknown",
+            published: Vec::new(),
         };
         assert_eq!(
             connection_line(&rec),

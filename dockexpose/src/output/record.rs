@@ -23,6 +23,13 @@ pub struct ContainerRef {
     pub compose_service: Option<String>,
 }
 
+/// One published host side a connection may have come through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HostSide {
+    pub host_ip: IpAddr,
+    pub host_port: u16,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Record {
     pub schema: u32,
@@ -42,6 +49,13 @@ pub struct Record {
     /// Interface where the kernel saw it.
     pub iface: String,
     pub container: Option<ContainerRef>,
+    /// `published` (through a published port), `loopback_only` (the port is published
+    /// only on 127.0.0.1/::1, yet reached from outside), `unpublished` (not published at
+    /// all, yet reached: direct routing), `unknown` (no container identity).
+    pub exposure: &'static str,
+    /// Every published host side that maps to the destination (several host ports may
+    /// map to one container port); `host_ip`/`host_port` say which one when known.
+    pub published: Vec<HostSide>,
 }
 
 impl Record {
@@ -61,6 +75,8 @@ impl Record {
             host_port: obs.orig_dst.map(|(_, port)| port),
             iface: iface.to_string(),
             container: None,
+            exposure: "unknown",
+            published: Vec::new(),
         }
     }
 

@@ -1,0 +1,170 @@
+//! Correlation: a kernel observation plus the Docker inventory give a connection with
+//! its container and published mapping. Pure functions, unit-tested.
+
+use std::time::SystemTime;
+
+use crate::{
+    inventory::model::{exposure_of, Exposure, Inventory, PublishedPort},
+    kernel::event::{Observation, Stage},
+    output::record::{ContainerRef, HostSide, Record},
+};
+
+/// Builds the record of an observation, enriched from the inventory when there is one.
+pub fn record(obs: &Observation, stage: Stage, at: SystemTime, iface: &str, inventory: Option<&Inventory>) -> Record {
+    let mut rec = Record::from_observation(obs, stage, at, iface);
+    let Some(inv) = inventory else { return rec };
+    match stage {
+        Stage::Reached => enrich_reached(&mut rec, obs, inv),
+        Stage::Attempted | Stage::Blocked => enrich_attempt(&mut rec, obs, inv),
+    }
+    rec
+}
+
+fn container_ref(c: &crate::inventory::model::Container) -> ContainerRef {
+    ContainerRef {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        image: c.image.clone(),
+        compose_project: c.compose_project.clone(),
+        compose_service: c.compose_service.clone(),
+    }
+}
+
+fn enrich_reached(rec: &mut Record, obs: &Observation, inv: &Inventory) {
+    let Some(c) = inv.container_at(obs.dst) else { return };
+    rec.container = Some(container_ref(c));
+    let mappings = inv.mappings(c, obs.dst_port, obs.proto);
+    rec.exposure = exposure_of(&mappings).as_str();
+    rec.published = candidates(&mappings, obs.src.is_ipv4());
+    if obs.orig_dst.is_some() {
+        // The kernel join already gave the exact host side.
+        return;
+    }
+    // Without the join, the host side is known only when one port fits.
+    let mut ports: Vec<u16> = rec.published.iter().map(|h| h.host_port).collect();
+    ports.dedup();
+    if let [port] = ports[..] {
+        rec.host_port = Some(port);
+        if let [only] = rec.published[..] {
+            rec.host_ip = Some(only.host_ip);
+        }
+    }
+}
+
+fn enrich_attempt(rec: &mut Record, obs: &Observation, inv: &Inventory) {
+    // An attempt is seen before DNAT: its destination is the host side.
+    rec.host_ip = Some(obs.dst);
+    rec.host_port = Some(obs.dst_port);
+    if let Some((c, p)) = inv.published_at(obs.dst, obs.dst_port, obs.proto) {
+        rec.container = Some(container_ref(c));
+        rec.exposure = exposure_of(&[p]).as_str();
+        rec.published = vec![HostSide { host_ip: p.host_ip, host_port: p.host_port }];
+    }
+}
+
+/// The published host sides of the same family as the connection (Docker lists both
+/// 0.0.0.0 and :: for one `-p`); all of them if none matches the family.
+fn candidates(mappings: &[&PublishedPort], ipv4: bool) -> Vec<HostSide> {
+    let same: Vec<HostSide> = mappings
+        .iter()
+        .filter(|m| m.host_ip.is_ipv4() == ipv4)
+        .map(|m| HostSide { host_ip: m.host_ip, host_port: m.host_port })
+        .collect();
+    if !same.is_empty() {
+        return same;
+    }
+    mappings.iter().map(|m| HostSide { host_ip: m.host_ip, host_port: m.host_port }).collect()
+}
+
+/// The exposure kind of a record, for alerts.
+pub fn exposure(rec: &Record) -> Exposure {
+    match rec.exposure {
+        "published" => Exposure::Published,
+        "loopback_only" => Exposure::LoopbackOnly,
+        "unpublished" => Exposure::Unpublished,
+        _ => Exposure::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{inventory::model::tests::sample, kernel::event::Proto};
+
+    fn reached(dst: &str, dport: u16, proto: Proto) -> Observation {
+        Observation {
+            ktime_ns: 0,
+            stage: Stage::Reached,
+            proto,
+            src: "198.18.3.2".parse().unwrap(),
+            src_port: 40000,
+            dst: dst.parse().unwrap(),
+            dst_port: dport,
+            orig_dst: None,
+            ifindex: 0,
+        }
+    }
+
+    fn rec(obs: &Observation, inv: Option<&Inventory>) -> Record {
+        record(obs, obs.stage, SystemTime::UNIX_EPOCH, "docker0", inv)
+    }
+
+    #[test]
+    fn reached_container_is_named_with_its_single_published_port() {
+        let inv = sample();
+        let r = rec(&reached("172.17.0.2", 53, Proto::Udp), Some(&inv));
+        let c = r.container.as_ref().unwrap();
+        assert_eq!((c.name.as_str(), c.image.as_str(), c.compose_project.as_deref()), ("web", "nginx:1.27", Some("shop")));
+        assert_eq!(r.host_port, Some(5353));
+        assert_eq!(r.host_ip, Some("0.0.0.0".parse().unwrap()));
+        assert_eq!(r.exposure, "published");
+    }
+
+    #[test]
+    fn several_host_ports_for_one_container_port_are_all_candidates() {
+        let inv = sample();
+        let r = rec(&reached("172.17.0.2", 80, Proto::Tcp), Some(&inv));
+        assert_eq!(r.published.iter().map(|h| h.host_port).collect::<Vec<_>>(), [8080, 8443]);
+        assert_eq!((r.host_ip, r.host_port), (None, None), "ambiguous without the kernel join");
+    }
+
+    #[test]
+    fn the_kernel_join_wins_over_candidates() {
+        let inv = sample();
+        let mut obs = reached("172.17.0.2", 80, Proto::Tcp);
+        obs.orig_dst = Some(("198.18.3.1".parse().unwrap(), 8443));
+        let r = rec(&obs, Some(&inv));
+        assert_eq!((r.host_ip, r.host_port), (Some("198.18.3.1".parse().unwrap()), Some(8443)));
+        assert_eq!(r.published.len(), 2);
+    }
+
+    #[test]
+    fn unpublished_and_loopback_only_reaches_are_marked() {
+        let inv = sample();
+        assert_eq!(rec(&reached("172.17.0.2", 22, Proto::Tcp), Some(&inv)).exposure, "unpublished");
+        assert_eq!(rec(&reached("172.17.0.3", 5432, Proto::Tcp), Some(&inv)).exposure, "unpublished");
+        let lo = rec(&reached("172.17.0.2", 9000, Proto::Tcp), Some(&inv));
+        assert_eq!(lo.exposure, "loopback_only");
+        assert_eq!(lo.host_port, Some(9000));
+    }
+
+    #[test]
+    fn unknown_destinations_and_missing_inventory_leave_nulls() {
+        let inv = sample();
+        let r = rec(&reached("172.17.0.99", 80, Proto::Tcp), Some(&inv));
+        assert!(r.container.is_none());
+        assert_eq!(r.exposure, "unknown");
+        let r = rec(&reached("172.17.0.2", 80, Proto::Tcp), None);
+        assert!(r.container.is_none() && r.published.is_empty());
+    }
+
+    #[test]
+    fn attempts_are_named_by_their_host_port() {
+        let inv = sample();
+        let mut obs = reached("198.18.3.1", 8443, Proto::Tcp);
+        obs.stage = Stage::Attempted;
+        let r = rec(&obs, Some(&inv));
+        assert_eq!(r.container.as_ref().unwrap().name, "web");
+        assert_eq!((r.host_ip, r.host_port), (Some("198.18.3.1".parse().unwrap()), Some(8443)));
+    }
+}
