@@ -27,6 +27,9 @@ pub mod program_names {
     pub const BRIDGE_INGRESS: &str = "bridge_ingress";
     /// XDP on an uplink: what was attempted, before any firewall.
     pub const UPLINK_XDP: &str = "uplink_xdp";
+    /// Baselines of the benchmark (`dockexpose bench`): empty programs, never attached.
+    pub const BENCH_EMPTY_CLASSIFIER: &str = "bench_empty_classifier";
+    pub const BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
 }
 
 /// Names of the read-only globals the daemon sets at load time.

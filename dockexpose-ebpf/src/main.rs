@@ -239,6 +239,20 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Baseline for `cargo xtask bench` / `dockexpose bench` (BPF_PROG_TEST_RUN): the cost of
+/// running an empty classifier. Exists only for the benchmark; never attached.
+#[classifier]
+pub fn bench_empty_classifier(_ctx: TcContext) -> i32 {
+    TC_ACT_PIPE
+}
+
+/// Baseline for `cargo xtask bench` / `dockexpose bench` (BPF_PROG_TEST_RUN): the cost of
+/// running an empty XDP program. Exists only for the benchmark; never attached.
+#[xdp]
+pub fn bench_empty_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -15,6 +15,20 @@ pub struct Cli {
 pub enum Command {
     /// Watch container bridges and report every new inbound connection from outside.
     Watch(WatchArgs),
+    /// Measure the kernel programs with BPF_PROG_TEST_RUN (run by `cargo xtask bench`).
+    #[command(hide = true)]
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Runs per measurement (the kernel's repeat count).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+
+    /// Rounds; every figure is the median over rounds.
+    #[arg(long, value_name = "R", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -43,6 +57,20 @@ pub struct WatchArgs {
     /// No human line per connection on stderr (alerts and warnings stay).
     #[arg(long)]
     pub quiet: bool,
+
+    /// Docker (or Podman) API endpoint: unix:///path/to.sock or tcp://host:port.
+    /// Default: $DOCKER_HOST, else unix:///var/run/docker.sock.
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
+
+    /// Do not ask Docker: no container identity, bridges found on the host.
+    #[arg(long, conflicts_with = "docker_host")]
+    pub no_docker: bool,
+
+    /// Alerts: one line per new (container, port, source) in this many seconds,
+    /// then a count.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub alert_window: u64,
 }
 
 #[cfg(test)]
@@ -56,11 +84,26 @@ mod tests {
     #[test]
     fn repeatable_bridges_and_trusted_networks() {
         let cli = parse(&["watch", "--bridge", "docker0", "--bridge", "br-1", "--trusted", "10.8.0.0/24", "--json", "-"]).unwrap();
-        let Command::Watch(w) = cli.command;
+        let Command::Watch(w) = cli.command else { panic!("expected the watch command") };
         assert_eq!(w.bridges, ["docker0", "br-1"]);
         assert_eq!(w.trusted, ["10.8.0.0/24"]);
         assert_eq!(w.json.as_deref(), Some(std::path::Path::new("-")));
         assert_eq!((w.udp_idle, w.stats_interval, w.quiet), (30, 60, false));
+    }
+
+    #[test]
+    fn bench_is_hidden_and_has_defaults() {
+        let Command::Bench(b) = parse(&["bench"]).unwrap().command else { panic!("expected the bench command") };
+        assert_eq!((b.repeat, b.rounds), (1_000_000, 5));
+        let Command::Bench(b) = parse(&["bench", "--repeat", "1000", "--rounds", "3"]).unwrap().command else {
+            panic!("expected the bench command")
+        };
+        assert_eq!((b.repeat, b.rounds), (1000, 3));
+        assert!(parse(&["bench", "--repeat", "0"]).is_err());
+        assert!(parse(&["bench", "--rounds", "0"]).is_err());
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let help = cmd.render_help().to_string();
+        assert!(!help.contains("bench"), "bench must stay out of --help:\n{help}");
     }
 
     #[test]

@@ -3,13 +3,19 @@
 //! Layout (see README "Architecture"):
 //! - `kernel/`: loading and attaching the eBPF programs, their maps, the ring-buffer reader;
 //! - `host/`: the host's interfaces, addresses and privileges;
+//! - `inventory/`: what Docker runs (bridge networks, containers, published ports), live;
+//! - `correlate`: kernel observation + inventory -> connection record;
 //! - `net/`: prefixes and source classification;
-//! - `output/`: the JSON audit record, human lines, the audit-log sink;
-//! - `watch`: the daemon loop that ties them together.
+//! - `output/`: the JSON audit record, human lines and alerts, the audit-log sink;
+//! - `watch`: the daemon loop that ties them together;
+//! - `bench`: the hidden `bench` command, the kernel programs measured with BPF_PROG_TEST_RUN.
 
+pub mod bench;
 pub mod cli;
+pub mod correlate;
 pub mod error;
 pub mod host;
+pub mod inventory;
 pub mod kernel;
 pub mod net;
 pub mod output;

@@ -11,7 +11,9 @@ fn main() {
         }
     };
     let result = match cli.command {
-        Command::Watch(args) => runtime.block_on(dockexpose::watch::run(args)),
+        Command::Watch(args) => runtime.block_on(dockexpose::watch::run(args)).map_err(|e| e.to_string()),
+        // `{:#}`: the whole chain (what failed, then the kernel's reason).
+        Command::Bench(args) => dockexpose::bench::run(&args).map_err(|e| format!("{e:#}")),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -1,0 +1,563 @@
+//! `dockexpose bench` (hidden; run by `cargo xtask bench`): what the kernel programs
+//! cost per packet, measured by the kernel itself with BPF_PROG_TEST_RUN.
+//!
+//! Every program runs `--repeat` times on a crafted frame, and the kernel reports the
+//! mean time per run (whole nanoseconds, test harness included). Each figure is set
+//! beside an empty program of the same type on the same kind of frame, which is what
+//! the harness alone costs: the ratio is the program's own weight.
+//!
+//! Fairness: within a round, empty and real programs alternate (empty, real, empty,
+//! real ...; the order is reversed every other round), and every figure is the median
+//! over `--rounds` rounds, printed with its min..max.
+//!
+//! The SYN that `bridge_egress` reports writes one ring-buffer record per run: the ring
+//! (1 MiB, 72-byte records + 8-byte headers) fills after ~13k runs, after which the
+//! program takes its "ring buffer full" path. So that figure is taken in batches of
+//! `SYN_BATCH` runs, draining the ring between batches, and is the mean weighted by
+//! batch size. The kernel counters read afterwards show the records really were made.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{Program, TestRun, TestRunOptions, TestRunResult},
+};
+use dockexpose_common::{program_names, Counter};
+
+use crate::{
+    cli::BenchArgs,
+    host::privileges,
+    kernel::loader::{CounterSnapshot, Kernel, KernelSettings},
+};
+
+/// Runs per BPF_PROG_TEST_RUN call for the record-writing SYN: well under the
+/// ~13k records the ring buffer holds.
+pub const SYN_BATCH: u32 = 8_192;
+
+/// Goal: the bridge fast path costs at most this many times the empty classifier.
+pub const GOAL_BRIDGE_FASTPATH: f64 = 2.0;
+/// Goal: the uplink program on traffic it does not report stays "close to" the empty
+/// XDP program, read as at most this many times it.
+pub const GOAL_XDP_CLOSE: f64 = 1.5;
+
+const TC_ACT_PIPE: u32 = 3;
+const XDP_PASS: u32 = 2;
+
+// ---------------------------------------------------------------------------------
+// Frames
+// ---------------------------------------------------------------------------------
+
+pub const ETH_HLEN: usize = 14;
+pub const IPV4_HLEN: usize = 20;
+pub const TCP_HLEN: usize = 20;
+pub const ARP_PAYLOAD_LEN: usize = 28;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// The outside host of every frame.
+pub const OUTSIDE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40_000);
+/// A container behind the bridge (after DNAT).
+pub const CONTAINER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 251, 0, 2), 80);
+/// The host's uplink address, on a port that is not published.
+pub const HOST_UNPUBLISHED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8080);
+
+/// RFC 1071 checksum of an IPv4 header whose checksum field is zero.
+pub fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Ethernet + IPv4 (20 bytes) + TCP (20 bytes, no options), no payload: 54 bytes.
+pub fn ipv4_tcp_frame(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(ETH_HLEN + IPV4_HLEN + TCP_HLEN);
+    f.extend_from_slice(&DST_MAC);
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+
+    let ip = f.len();
+    f.push(0x45); // version 4, IHL 5
+    f.push(0); // DSCP/ECN
+    f.extend_from_slice(&((IPV4_HLEN + TCP_HLEN) as u16).to_be_bytes());
+    f.extend_from_slice(&0u16.to_be_bytes()); // identification
+    f.extend_from_slice(&0x4000u16.to_be_bytes()); // DF, offset 0
+    f.push(64); // TTL
+    f.push(dockexpose_common::PROTO_TCP);
+    f.extend_from_slice(&[0, 0]); // checksum, filled below
+    f.extend_from_slice(&src.ip().octets());
+    f.extend_from_slice(&dst.ip().octets());
+    let csum = ipv4_checksum(&f[ip..]);
+    f[ip + 10..ip + 12].copy_from_slice(&csum.to_be_bytes());
+
+    f.extend_from_slice(&src.port().to_be_bytes());
+    f.extend_from_slice(&dst.port().to_be_bytes());
+    f.extend_from_slice(&1u32.to_be_bytes()); // sequence
+    let ack = if flags & TCP_ACK != 0 { 1u32 } else { 0 };
+    f.extend_from_slice(&ack.to_be_bytes());
+    f.push(((TCP_HLEN / 4) as u8) << 4); // data offset
+    f.push(flags);
+    f.extend_from_slice(&64_240u16.to_be_bytes()); // window
+    f.extend_from_slice(&[0, 0, 0, 0]); // checksum (not checked by the programs), urgent
+    f
+}
+
+/// An ARP request (Ethernet + 28-byte ARP payload): 42 bytes.
+pub fn arp_frame() -> Vec<u8> {
+    let mut f = Vec::with_capacity(ETH_HLEN + ARP_PAYLOAD_LEN);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    f.extend_from_slice(&1u16.to_be_bytes()); // hardware type: Ethernet
+    f.extend_from_slice(&ETH_P_IP.to_be_bytes()); // protocol type
+    f.push(6); // hardware address length
+    f.push(4); // protocol address length
+    f.extend_from_slice(&1u16.to_be_bytes()); // request
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&OUTSIDE.ip().octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&Ipv4Addr::new(10, 251, 0, 1).octets());
+    f
+}
+
+/// The frames the programs are measured on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A SYN from outside to a container: `bridge_egress` writes a record for it.
+    SynRecord,
+    /// An ACK of the same flow: the fast path, most traffic.
+    AckFastpath,
+    /// An ARP request: not IP.
+    NonIp,
+    /// A SYN to a host port nobody publishes: `uplink_xdp` looks it up and lets it be.
+    SynUnpublished,
+}
+
+impl FrameKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameKind::SynRecord => "syn_record",
+            FrameKind::AckFastpath => "ack_fastpath",
+            FrameKind::NonIp => "non_ip",
+            FrameKind::SynUnpublished => "syn_unpublished",
+        }
+    }
+
+    pub fn build(self) -> Vec<u8> {
+        match self {
+            FrameKind::SynRecord => ipv4_tcp_frame(OUTSIDE, CONTAINER, TCP_SYN),
+            FrameKind::AckFastpath => ipv4_tcp_frame(OUTSIDE, CONTAINER, TCP_ACK),
+            FrameKind::NonIp => arp_frame(),
+            FrameKind::SynUnpublished => ipv4_tcp_frame(OUTSIDE, HOST_UNPUBLISHED, TCP_SYN),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------------
+
+/// Median of the samples (mean of the middle two for an even count); None when empty.
+pub fn median(samples: &[f64]) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
+}
+
+/// Mean of per-batch means, weighted by each batch's run count.
+pub fn weighted_mean(batches: &[(f64, u32)]) -> Option<f64> {
+    let runs: u64 = batches.iter().map(|&(_, n)| u64::from(n)).sum();
+    if runs == 0 {
+        return None;
+    }
+    Some(batches.iter().map(|&(mean, n)| mean * f64::from(n)).sum::<f64>() / runs as f64)
+}
+
+/// Sizes of the batches that make `total` runs, none above `batch`.
+pub fn batches(total: u32, batch: u32) -> impl Iterator<Item = u32> {
+    let batch = batch.max(1);
+    let full = total / batch;
+    let rest = total % batch;
+    std::iter::repeat_n(batch, full as usize).chain((rest > 0).then_some(rest))
+}
+
+// ---------------------------------------------------------------------------------
+// What is measured
+// ---------------------------------------------------------------------------------
+
+struct Figure {
+    program: &'static str,
+    frame: FrameKind,
+    /// Index of the empty program this figure is compared with (None: it is one).
+    baseline: Option<usize>,
+    /// Runs in batches with the ring buffer drained between them.
+    batched: bool,
+    expected_retval: u32,
+    samples: Vec<f64>,
+}
+
+impl Figure {
+    fn new(program: &'static str, frame: FrameKind, baseline: Option<usize>, expected_retval: u32) -> Self {
+        Self { program, frame, baseline, batched: false, expected_retval, samples: Vec::new() }
+    }
+}
+
+const EMPTY_TC: usize = 0;
+const BRIDGE_ACK: usize = 1;
+const BRIDGE_SYN: usize = 2;
+const BRIDGE_NON_IP: usize = 3;
+const EMPTY_XDP_SYN: usize = 4;
+const XDP_SYN: usize = 5;
+const EMPTY_XDP_ACK: usize = 6;
+const XDP_ACK: usize = 7;
+
+fn figures() -> Vec<Figure> {
+    use program_names::*;
+    use FrameKind::*;
+    let mut syn = Figure::new(BRIDGE_EGRESS, SynRecord, Some(EMPTY_TC), TC_ACT_PIPE);
+    syn.batched = true;
+    vec![
+        Figure::new(BENCH_EMPTY_CLASSIFIER, AckFastpath, None, TC_ACT_PIPE),
+        Figure::new(BRIDGE_EGRESS, AckFastpath, Some(EMPTY_TC), TC_ACT_PIPE),
+        syn,
+        Figure::new(BRIDGE_EGRESS, NonIp, Some(EMPTY_TC), TC_ACT_PIPE),
+        Figure::new(BENCH_EMPTY_XDP, SynUnpublished, None, XDP_PASS),
+        Figure::new(UPLINK_XDP, SynUnpublished, Some(EMPTY_XDP_SYN), XDP_PASS),
+        Figure::new(BENCH_EMPTY_XDP, AckFastpath, None, XDP_PASS),
+        Figure::new(UPLINK_XDP, AckFastpath, Some(EMPTY_XDP_ACK), XDP_PASS),
+    ]
+}
+
+/// One round: each real program right after its empty counterpart.
+const ROUND: [usize; 10] =
+    [EMPTY_TC, BRIDGE_ACK, EMPTY_TC, BRIDGE_SYN, EMPTY_TC, BRIDGE_NON_IP, EMPTY_XDP_SYN, XDP_SYN, EMPTY_XDP_ACK, XDP_ACK];
+
+/// The order of round `r`: as written on even rounds, reversed on odd ones.
+pub fn round_order(r: u32) -> Vec<usize> {
+    let mut order = ROUND.to_vec();
+    if r % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+struct Bench {
+    kernel: Kernel,
+    ring: RingBuf<MapData>,
+    /// Records drained from the ring buffer since the last reset.
+    drained: u64,
+}
+
+impl Bench {
+    fn test_run(&mut self, name: &'static str, frame: &[u8], repeat: u32) -> Result<TestRunResult> {
+        let prog = self
+            .kernel
+            .program_mut(name)
+            .with_context(|| format!("kernel program {name} is missing from the eBPF object"))?;
+        let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
+        let result = match prog {
+            Program::SchedClassifier(p) => p.test_run(opts),
+            Program::Xdp(p) => p.test_run(opts),
+            _ => bail!("kernel program {name} is neither a classifier nor an XDP program"),
+        };
+        result.with_context(|| format!("BPF_PROG_TEST_RUN of {name} ({repeat} runs) failed"))
+    }
+
+    fn drain(&mut self) {
+        while let Some(record) = self.ring.next() {
+            drop(record);
+            self.drained += 1;
+        }
+    }
+
+    /// Mean ns per run of one figure over `repeat` runs.
+    fn measure(&mut self, fig: &Figure, frame: &[u8], repeat: u32) -> Result<f64> {
+        let sizes: Vec<u32> = if fig.batched { batches(repeat, SYN_BATCH).collect() } else { vec![repeat] };
+        let mut done = Vec::with_capacity(sizes.len());
+        for n in sizes {
+            if fig.batched {
+                self.drain();
+            }
+            let r = self.test_run(fig.program, frame, n)?;
+            if r.return_value != fig.expected_retval {
+                bail!(
+                    "{} on {} returned {} instead of {}: the program does not take the path measured",
+                    fig.program,
+                    fig.frame.name(),
+                    r.return_value,
+                    fig.expected_retval
+                );
+            }
+            done.push((r.duration.as_nanos() as f64, n));
+        }
+        if fig.batched {
+            self.drain();
+        }
+        weighted_mean(&done).context("no runs")
+    }
+}
+
+fn load_baselines(kernel: &mut Kernel) -> Result<()> {
+    for name in [program_names::BENCH_EMPTY_CLASSIFIER, program_names::BENCH_EMPTY_XDP] {
+        let prog = kernel
+            .program_mut(name)
+            .with_context(|| format!("kernel program {name} is missing from the eBPF object"))?;
+        let loaded = match prog {
+            Program::SchedClassifier(p) => p.load(),
+            Program::Xdp(p) => p.load(),
+            _ => bail!("kernel program {name} is neither a classifier nor an XDP program"),
+        };
+        loaded.with_context(|| format!("loading kernel program {name} failed"))?;
+    }
+    Ok(())
+}
+
+fn delta(after: &CounterSnapshot, before: &CounterSnapshot, c: Counter) -> u64 {
+    after.get(c).saturating_sub(before.get(c))
+}
+
+/// "1.45x" for a real figure, or the baseline mark.
+pub fn ratio(value: f64, baseline: f64) -> Option<f64> {
+    (baseline > 0.0).then(|| value / baseline)
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.repeat == 0 || args.rounds == 0 {
+        bail!("--repeat and --rounds must be at least 1");
+    }
+    privileges::check()?;
+    let (mut kernel, ring) = Kernel::load(KernelSettings {
+        udp_idle_ns: 30_000_000_000,
+        attempt_window_ns: 10_000_000_000,
+    })?;
+    load_baselines(&mut kernel)?;
+    let mut bench = Bench { kernel, ring, drained: 0 };
+    let mut figs = figures();
+    let frames: Vec<Vec<u8>> = figs.iter().map(|f| f.frame.build()).collect();
+
+    // Warm-up (not recorded): fault in the maps, the frames, the code paths.
+    let warm = args.repeat.min(10_000);
+    for (i, fig) in figs.iter().enumerate() {
+        bench.measure(fig, &frames[i], warm)?;
+    }
+
+    bench.drained = 0;
+    let before = bench.kernel.counters()?;
+    for r in 0..args.rounds {
+        for i in round_order(r) {
+            let ns = bench.measure(&figs[i], &frames[i], args.repeat)?;
+            figs[i].samples.push(ns);
+        }
+    }
+    let after = bench.kernel.counters()?;
+
+    print_report(args, &figs, &before, &after, bench.drained);
+    Ok(())
+}
+
+struct Summary {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn summarize(samples: &[f64]) -> Summary {
+    Summary {
+        median: median(samples).unwrap_or(f64::NAN),
+        min: samples.iter().copied().fold(f64::INFINITY, f64::min),
+        max: samples.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    }
+}
+
+fn print_report(args: &BenchArgs, figs: &[Figure], before: &CounterSnapshot, after: &CounterSnapshot, drained: u64) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "dockexpose bench: BPF_PROG_TEST_RUN, {} runs per measurement, {} rounds (kernel {})",
+        args.repeat,
+        args.rounds,
+        release.trim()
+    );
+    println!(
+        "figures: median over rounds of the kernel's mean ns/run (whole ns per measurement; \
+         test harness included, as in the empty programs)"
+    );
+    let sums: Vec<Summary> = figs.iter().map(|f| summarize(&f.samples)).collect();
+    let line = |i: usize| {
+        let f = &figs[i];
+        let s = &sums[i];
+        let vs = match f.baseline {
+            Some(b) => match ratio(s.median, sums[b].median) {
+                Some(x) => format!("{x:5.2}x empty"),
+                None => "    -x empty".to_string(),
+            },
+            None => "baseline".to_string(),
+        };
+        let batched = if f.batched { format!("  (batches of {SYN_BATCH}, ring drained between)") } else { String::new() };
+        println!(
+            "  {:<23} {:<16} {:6.1} ns/run (min {:6.1} max {:6.1})  {}{}",
+            f.program,
+            f.frame.name(),
+            s.median,
+            s.min,
+            s.max,
+            vs,
+            batched
+        );
+    };
+    println!();
+    println!("bridge (TC classifier):");
+    for i in [EMPTY_TC, BRIDGE_ACK, BRIDGE_SYN, BRIDGE_NON_IP] {
+        line(i);
+    }
+    println!();
+    println!("uplink (XDP):");
+    for i in [EMPTY_XDP_SYN, XDP_SYN, EMPTY_XDP_ACK, XDP_ACK] {
+        line(i);
+    }
+
+    let syn_runs = u64::from(args.repeat) * u64::from(args.rounds);
+    let emitted = delta(after, before, Counter::ReachedEmitted);
+    let lost = delta(after, before, Counter::RingbufFull);
+    println!();
+    println!(
+        "syn_record records: {}={} {}={} (over {} measured SYN runs; {} records drained)",
+        Counter::ReachedEmitted.name(),
+        emitted,
+        Counter::RingbufFull.name(),
+        lost,
+        syn_runs,
+        drained
+    );
+    if emitted != syn_runs || lost != 0 {
+        println!("  warning: not every SYN run wrote a record: the syn_record figure mixes in other paths");
+    }
+
+    let goal = |label: &str, i: usize, limit: f64| {
+        let b = figs[i].baseline.expect("goals compare real programs");
+        match ratio(sums[i].median, sums[b].median) {
+            Some(x) => {
+                let verdict = if x <= limit { "met" } else { "NOT met" };
+                println!("  {label} (<= {limit:.1}x {}): {x:.2}x  {verdict}", figs[b].program);
+            }
+            None => println!("  {label}: no baseline figure"),
+        }
+    };
+    println!();
+    println!("goals:");
+    goal("bridge_egress fast path (ack_fastpath) within 2x of empty", BRIDGE_ACK, GOAL_BRIDGE_FASTPATH);
+    goal("uplink_xdp on syn_unpublished close to empty", XDP_SYN, GOAL_XDP_CLOSE);
+    goal("uplink_xdp on ack_fastpath close to empty", XDP_ACK, GOAL_XDP_CLOSE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP_FLAGS_AT: usize = ETH_HLEN + IPV4_HLEN + 13;
+
+    fn ethertype(f: &[u8]) -> u16 {
+        u16::from_be_bytes([f[12], f[13]])
+    }
+
+    #[test]
+    fn tcp_frames_have_the_right_shape() {
+        for (kind, flags, dst) in [
+            (FrameKind::SynRecord, TCP_SYN, CONTAINER),
+            (FrameKind::AckFastpath, TCP_ACK, CONTAINER),
+            (FrameKind::SynUnpublished, TCP_SYN, HOST_UNPUBLISHED),
+        ] {
+            let f = kind.build();
+            assert_eq!(f.len(), 54, "{}", kind.name());
+            assert_eq!(ethertype(&f), ETH_P_IP);
+            let ip = &f[ETH_HLEN..ETH_HLEN + IPV4_HLEN];
+            assert_eq!(ip[0], 0x45);
+            assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 40);
+            assert_eq!(ip[9], 6);
+            assert_eq!(ip[12..16], [198, 18, 0, 2]);
+            assert_eq!(ip[16..20], dst.ip().octets());
+            let tcp = &f[ETH_HLEN + IPV4_HLEN..];
+            assert_eq!(tcp.len(), TCP_HLEN);
+            assert_eq!(u16::from_be_bytes([tcp[0], tcp[1]]), 40_000);
+            assert_eq!(u16::from_be_bytes([tcp[2], tcp[3]]), dst.port());
+            assert_eq!(tcp[12] >> 4, 5, "data offset: 20 bytes, no options");
+            assert_eq!(f[TCP_FLAGS_AT], flags);
+        }
+    }
+
+    #[test]
+    fn ip_checksum_verifies() {
+        let f = FrameKind::SynRecord.build();
+        // Summing a header including its checksum gives 0xffff, i.e. 0 once inverted.
+        assert_eq!(ipv4_checksum(&f[ETH_HLEN..ETH_HLEN + IPV4_HLEN]), 0);
+        // RFC 1071 example-style check on a known header.
+        let h = [0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0, 0, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7];
+        assert_eq!(ipv4_checksum(&h), 0xb861);
+    }
+
+    #[test]
+    fn arp_frame_is_not_ip() {
+        let f = FrameKind::NonIp.build();
+        assert_eq!(f.len(), ETH_HLEN + ARP_PAYLOAD_LEN);
+        assert_eq!(f.len(), 42);
+        assert_eq!(ethertype(&f), ETH_P_ARP);
+        assert_eq!(u16::from_be_bytes([f[14], f[15]]), 1);
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]), ETH_P_IP);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[9.0, 1.0, 5.0]), Some(5.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn weighted_means_and_batches() {
+        assert_eq!(weighted_mean(&[]), None);
+        assert_eq!(weighted_mean(&[(10.0, 3), (20.0, 1)]), Some(12.5));
+        assert_eq!(batches(20_000, 8_192).collect::<Vec<_>>(), [8_192, 8_192, 3_616]);
+        assert_eq!(batches(8_192, 8_192).collect::<Vec<_>>(), [8_192]);
+        assert_eq!(batches(5, 8_192).collect::<Vec<_>>(), [5]);
+        assert_eq!(batches(1_000_000, SYN_BATCH).map(u64::from).sum::<u64>(), 1_000_000);
+        // Under what the ring holds: 1 MiB / (72-byte record + 8-byte header).
+        assert!(u64::from(SYN_BATCH) < u64::from(dockexpose_common::EVENTS_RING_BYTES) / 80);
+    }
+
+    #[test]
+    fn rounds_alternate_empty_and_real() {
+        let figs = figures();
+        for r in 0..2 {
+            let order = round_order(r);
+            assert_eq!(order.len(), 10);
+            // Every real figure sits next to its own baseline.
+            for (pos, &i) in order.iter().enumerate() {
+                if let Some(b) = figs[i].baseline {
+                    let prev = pos.checked_sub(1).map(|p| order[p]);
+                    let next = order.get(pos + 1).copied();
+                    assert!(prev == Some(b) || next == Some(b), "round {r}: {} without its baseline", figs[i].program);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ratios() {
+        assert_eq!(ratio(15.0, 10.0), Some(1.5));
+        assert_eq!(ratio(15.0, 0.0), None);
+    }
+}
