@@ -62,18 +62,22 @@ fn enrich_attempt(rec: &mut Record, obs: &Observation, inv: &Inventory) {
     }
 }
 
-/// The published host sides of the same family as the connection (Docker lists both
-/// 0.0.0.0 and :: for one `-p`); all of them if none matches the family.
+/// The published host sides an outside connection can have come through: of the
+/// connection's family where there are some (Docker lists 0.0.0.0 and :: for one
+/// `-p`), and not the loopback-bound ones while others exist (those are what an
+/// outsider reaches; a reach of only loopback-bound ports is flagged as such).
 fn candidates(mappings: &[&PublishedPort], ipv4: bool) -> Vec<HostSide> {
-    let same: Vec<HostSide> = mappings
-        .iter()
-        .filter(|m| m.host_ip.is_ipv4() == ipv4)
+    let same_family = prefer(mappings.to_vec(), |m| m.host_ip.is_ipv4() == ipv4);
+    prefer(same_family, |m| !m.loopback_only())
+        .into_iter()
         .map(|m| HostSide { host_ip: m.host_ip, host_port: m.host_port })
-        .collect();
-    if !same.is_empty() {
-        return same;
-    }
-    mappings.iter().map(|m| HostSide { host_ip: m.host_ip, host_port: m.host_port }).collect()
+        .collect()
+}
+
+/// The items that pass `keep`, or all of them when none does.
+fn prefer<'a>(items: Vec<&'a PublishedPort>, keep: impl Fn(&PublishedPort) -> bool) -> Vec<&'a PublishedPort> {
+    let kept: Vec<&PublishedPort> = items.iter().copied().filter(|m| keep(m)).collect();
+    if kept.is_empty() { items } else { kept }
 }
 
 /// The exposure kind of a record, for alerts.
@@ -126,6 +130,22 @@ mod tests {
         let r = rec(&reached("172.17.0.2", 80, Proto::Tcp), Some(&inv));
         assert_eq!(r.published.iter().map(|h| h.host_port).collect::<Vec<_>>(), [8080, 8443]);
         assert_eq!((r.host_ip, r.host_port), (None, None), "ambiguous without the kernel join");
+    }
+
+    #[test]
+    fn loopback_bindings_do_not_make_an_outside_reach_ambiguous() {
+        let mut inv = sample();
+        let web = &mut inv.containers[0];
+        web.ports.retain(|p| p.host_port != 8443);
+        web.ports.push(crate::inventory::model::PublishedPort {
+            host_ip: "127.0.0.1".parse().unwrap(),
+            host_port: 8081,
+            container_port: 80,
+            proto: Proto::Tcp,
+        });
+        let r = rec(&reached("172.17.0.2", 80, Proto::Tcp), Some(&inv));
+        assert_eq!((r.host_ip, r.host_port), (Some("0.0.0.0".parse().unwrap()), Some(8080)));
+        assert_eq!(r.exposure, "published");
     }
 
     #[test]

@@ -44,6 +44,11 @@ use crate::{
 const CHANNEL_CAPACITY: usize = 8192;
 /// How often interfaces and addresses are re-read.
 const HOST_REFRESH: Duration = Duration::from_secs(1);
+/// How long a record that reached an address on a Docker network, but no known
+/// container, waits for the inventory to catch up (a connection right at start-up).
+const IDENTITY_GRACE: Duration = Duration::from_secs(1);
+/// Most records waiting for identity; past that they are written without.
+const MAX_PENDING: usize = 1024;
 /// How long start-up waits for Docker's first answer before choosing bridges.
 const DOCKER_FIRST_ANSWER: Duration = Duration::from_secs(3);
 
@@ -119,6 +124,8 @@ struct Watcher {
     /// Bridges that went away while named with --bridge: not re-attached.
     dropped: BTreeSet<String>,
     alerter: Alerter,
+    /// Records waiting (until the deadline) for the inventory to know their container.
+    pending: Vec<(Observation, String, Instant)>,
 }
 
 pub async fn run(args: WatchArgs) -> Result<()> {
@@ -143,6 +150,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         docker_problem: None,
         dropped: BTreeSet::new(),
         alerter,
+        pending: Vec::new(),
     };
     // Docker first: its networks decide which bridges to watch.
     let mut docker_rx = match w.settings.docker_endpoint.clone() {
@@ -203,6 +211,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     while let Ok(ev) = rx.try_recv() {
         w.handle(&ev)?;
     }
+    w.release_pending(true)?;
     let reason = outcome?;
     for line in w.alerter.flush(Instant::now() + w.settings.alert_window) {
         eprintln!("{line}");
@@ -293,6 +302,7 @@ impl Watcher {
                 self.inventory = Some(inv);
                 self.reconcile_bridges();
                 self.sync_prefixes()?;
+                self.release_pending(false)?;
             }
             DockerState::Unavailable(reason) => {
                 if self.docker_problem.as_ref() != Some(&reason) {
@@ -333,7 +343,39 @@ impl Watcher {
             }
         };
         let iface = self.ifnames.get(&obs.ifindex).cloned().unwrap_or_else(|| format!("if{}", obs.ifindex));
-        let rec = correlate::record(&obs, obs.stage, self.clock.wall(obs.ktime_ns), &iface, self.inventory.as_ref());
+        if self.awaits_identity(&obs) && self.pending.len() < MAX_PENDING {
+            self.pending.push((obs, iface, Instant::now() + IDENTITY_GRACE));
+            return Ok(());
+        }
+        self.emit(&obs, &iface)
+    }
+
+    /// A reach of an address on a Docker network that no known container holds: most
+    /// likely a container that just started, which the next inventory will name.
+    fn awaits_identity(&self, obs: &Observation) -> bool {
+        let Some(inv) = self.inventory.as_ref().filter(|_| self.docker_connected) else { return false };
+        obs.stage == crate::kernel::event::Stage::Reached
+            && inv.container_at(obs.dst).is_none()
+            && inv.networks.iter().flat_map(|n| &n.subnets).any(|p| p.contains(obs.dst))
+    }
+
+    /// Writes the records waiting for identity whose container is now known, or whose
+    /// time is up (all of them with `all`).
+    fn release_pending(&mut self, all: bool) -> Result<()> {
+        let now = Instant::now();
+        let waiting = std::mem::take(&mut self.pending);
+        for (obs, iface, deadline) in waiting {
+            if all || now >= deadline || !self.awaits_identity(&obs) {
+                self.emit(&obs, &iface)?;
+            } else {
+                self.pending.push((obs, iface, deadline));
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, obs: &Observation, iface: &str) -> Result<()> {
+        let rec = correlate::record(obs, obs.stage, self.clock.wall(obs.ktime_ns), iface, self.inventory.as_ref());
         self.sink.write_line(&rec.to_json_line())?;
         if !self.settings.quiet {
             eprintln!("{}", human::connection_line(&rec));
@@ -350,6 +392,7 @@ impl Watcher {
         self.host = HostSnapshot::read()?;
         self.reconcile_bridges();
         self.sync_prefixes()?;
+        self.release_pending(false)?;
         for line in self.alerter.flush(Instant::now()) {
             eprintln!("{line}");
         }

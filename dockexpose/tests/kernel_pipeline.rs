@@ -25,10 +25,10 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     let bed = Bed::new("k");
     let _c1 = Services::start(&bed.c1_ns, C_TCP, C_UDP);
     let _c2 = Services::start(&bed.c2_ns, C_TCP, C_UDP);
-    let _outside = Services::start(&bed.outside_ns, 5400, 5400);
+    let _outside = Services::start(&bed.outside.ns, 5400, 5400);
     let json = std::env::temp_dir().join(format!("dockexpose-test-{}.json", bed.n));
-    let trusted4 = format!("{}/32", bed.out_v4(3));
-    let trusted6 = format!("{}/128", bed.out_v6(3));
+    let trusted4 = format!("{}/32", bed.outside.v4(3));
+    let trusted6 = format!("{}/128", bed.outside.v6(3));
     let watcher = Watcher::start(
         &["--bridge", &bed.bridge, "--trusted", &trusted4, "--trusted", &trusted6, "--stats-interval", "0"],
         json,
@@ -41,18 +41,18 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     assert_eq!(tcx_programs(&bed.bridge, false), ["bridge_ingress"]);
 
     // The firewall holds for the host itself: INPUT drops the outside host...
-    let host_listener = std::net::TcpListener::bind((bed.out_v4(1).as_str(), HOST_INPUT_TCP)).unwrap();
-    let input_probe = tcp_connect(&bed.outside_ns, Some(bed.out_v4(2).parse().unwrap()), SocketAddr::new(bed.out_v4(1).parse().unwrap(), HOST_INPUT_TCP));
+    let host_listener = std::net::TcpListener::bind((bed.outside.v4(1).as_str(), HOST_INPUT_TCP)).unwrap();
+    let input_probe = tcp_connect(&bed.outside.ns, Some(bed.outside.v4(2).parse().unwrap()), SocketAddr::new(bed.outside.v4(1).parse().unwrap(), HOST_INPUT_TCP));
     assert!(input_probe.is_err(), "INPUT should drop the outside host, got {input_probe:?}");
     drop(host_listener);
 
     // ...but the published ports are reachable through DNAT and FORWARD.
     // The outside host also holds the trusted addresses: pick the source explicitly.
-    let (out4, out6): (IpAddr, IpAddr) = (bed.out_v4(2).parse().unwrap(), bed.out_v6(2).parse().unwrap());
-    let tcp4_port = tcp_connect(&bed.outside_ns, Some(out4), bed.host_tcp_v4()).expect("outside TCP over IPv4");
-    let tcp6_port = tcp_connect(&bed.outside_ns, Some(out6), bed.host_tcp_v6()).expect("outside TCP over IPv6");
-    let (udp4_port, echoed4) = udp_exchange(&bed.outside_ns, Some(out4), bed.host_udp_v4(), 3);
-    let (udp6_port, echoed6) = udp_exchange(&bed.outside_ns, Some(out6), bed.host_udp_v6(), 3);
+    let (out4, out6): (IpAddr, IpAddr) = (bed.outside.v4(2).parse().unwrap(), bed.outside.v6(2).parse().unwrap());
+    let tcp4_port = tcp_connect(&bed.outside.ns, Some(out4), bed.host_tcp_v4()).expect("outside TCP over IPv4");
+    let tcp6_port = tcp_connect(&bed.outside.ns, Some(out6), bed.host_tcp_v6()).expect("outside TCP over IPv6");
+    let (udp4_port, echoed4) = udp_exchange(&bed.outside.ns, Some(out4), bed.host_udp_v4(), 3);
+    let (udp6_port, echoed6) = udp_exchange(&bed.outside.ns, Some(out6), bed.host_udp_v6(), 3);
     assert_eq!((echoed4, echoed6), (3, 3), "UDP flows through DNAT must be answered");
 
     // None of these may be reported.
@@ -62,10 +62,10 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     tcp_connect_root(c1_v6).expect("host to container, IPv6");
     tcp_connect(&bed.c2_ns, None, c1_v4).expect("container to container");
     tcp_connect(&bed.c2_ns, None, c1_v6).expect("container to container, IPv6");
-    tcp_connect(&bed.outside_ns, Some(bed.out_v4(3).parse().unwrap()), bed.host_tcp_v4()).expect("trusted v4");
-    tcp_connect(&bed.outside_ns, Some(bed.out_v6(3).parse().unwrap()), bed.host_tcp_v6()).expect("trusted v6");
+    tcp_connect(&bed.outside.ns, Some(bed.outside.v4(3).parse().unwrap()), bed.host_tcp_v4()).expect("trusted v4");
+    tcp_connect(&bed.outside.ns, Some(bed.outside.v6(3).parse().unwrap()), bed.host_tcp_v6()).expect("trusted v6");
     // A container's own UDP flow out: the answer must not look like a new inbound flow.
-    let (_, echoed) = udp_exchange(&bed.c1_ns, None, SocketAddr::new(bed.out_v4(2).parse().unwrap(), 5400), 2);
+    let (_, echoed) = udp_exchange(&bed.c1_ns, None, SocketAddr::new(bed.outside.v4(2).parse().unwrap(), 5400), 2);
     assert_eq!(echoed, 2, "container's outbound UDP must be answered");
 
     std::thread::sleep(Duration::from_millis(500));
@@ -96,10 +96,10 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
         assert_eq!(m.len(), 1, "{proto}/{family}: {m:#?}");
         m[0]
     };
-    check(one("tcp", "ipv4"), "tcp", "ipv4", bed.out_v4(2), tcp4_port, bed.bridge_v4(2), C_TCP);
-    check(one("tcp", "ipv6"), "tcp", "ipv6", bed.out_v6(2), tcp6_port, bed.bridge_v6(2), C_TCP);
-    check(one("udp", "ipv4"), "udp", "ipv4", bed.out_v4(2), udp4_port, bed.bridge_v4(2), C_UDP);
-    check(one("udp", "ipv6"), "udp", "ipv6", bed.out_v6(2), udp6_port, bed.bridge_v6(2), C_UDP);
+    check(one("tcp", "ipv4"), "tcp", "ipv4", bed.outside.v4(2), tcp4_port, bed.bridge_v4(2), C_TCP);
+    check(one("tcp", "ipv6"), "tcp", "ipv6", bed.outside.v6(2), tcp6_port, bed.bridge_v6(2), C_TCP);
+    check(one("udp", "ipv4"), "udp", "ipv4", bed.outside.v4(2), udp4_port, bed.bridge_v4(2), C_UDP);
+    check(one("udp", "ipv6"), "udp", "ipv6", bed.outside.v6(2), udp6_port, bed.bridge_v6(2), C_UDP);
 
     // Counters at exit agree: 4 emitted, no loss, the repeated UDP packets deduplicated.
     let final_line = lines.iter().find(|l| l.contains("final counters")).expect("final counters line");

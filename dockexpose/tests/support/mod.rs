@@ -328,16 +328,101 @@ pub fn assert_unrouted(prefix: &str) {
     assert!(clash.is_empty(), "test prefix {prefix} overlaps existing routes {clash:?}: pick another range");
 }
 
-/// The seed story's network on one machine: a bridge with two "containers", an
-/// "outside host" on its own veth (the uplink), DNAT for published ports, FORWARD
-/// allowed for the bridge, and INPUT dropping all but SSH and established traffic
-/// from the outside host (UFW's effect, scoped to the test's uplink so that a
-/// crashed test cannot lock the machine out).
+/// An "outside host": a namespace joined to the host by a veth whose host side (the
+/// uplink) holds 198.18.N.1 and fd42:198:N::1; the namespace holds .2 and .3 (::2, ::3).
+/// INPUT drops all but SSH and established traffic from it: UFW's effect, scoped to
+/// the test's uplink so that a crashed test cannot lock the machine out.
+pub struct OutsideHost {
+    pub n: u32,
+    pub ns: String,
+    pub uplink: String,
+    undo: Undo,
+}
+
+impl OutsideHost {
+    pub fn new(tag: &str) -> Self {
+        let n = run_id();
+        let (ns, uplink, peer) = (format!("dx{tag}o{n}"), format!("dx{tag}u{n}"), format!("dx{tag}x{n}"));
+        for prefix in [format!("198.18.{n}.0/24"), format!("fd42:198:{n}::/64")] {
+            assert_unrouted(&prefix);
+        }
+        let mut undo = Undo::default();
+        // IPv6 forwarding is off on this host by default; restore what it was.
+        let fwd6 = sh(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).trim().to_string();
+        undo.push(&["sysctl", "-qw", &format!("net.ipv6.conf.all.forwarding={fwd6}")]);
+        sh(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+
+        sh(&["ip", "netns", "add", &ns]);
+        undo.push(&["ip", "netns", "del", &ns]);
+        sh(&["ip", "link", "add", &uplink, "type", "veth", "peer", "name", &peer]);
+        undo.push(&["ip", "link", "del", &uplink]);
+        sh(&["ip", "link", "set", &peer, "netns", &ns]);
+        let host = OutsideHost { n, ns: ns.clone(), uplink: uplink.clone(), undo: Undo::default() };
+        sh(&["ip", "addr", "add", &format!("{}/24", host.v4(1)), "dev", &uplink]);
+        sh(&["ip", "addr", "add", &format!("{}/64", host.v6(1)), "dev", &uplink, "nodad"]);
+        sh(&["ip", "link", "set", &uplink, "up"]);
+        let o = |args: &[&str]| {
+            let mut full = vec!["ip", "-n", ns.as_str()];
+            full.extend_from_slice(args);
+            sh(&full);
+        };
+        o(&["link", "set", "lo", "up"]);
+        o(&["link", "set", &peer, "name", "eth0"]);
+        for h in [2, 3] {
+            o(&["addr", "add", &format!("{}/24", host.v4(h)), "dev", "eth0"]);
+            o(&["addr", "add", &format!("{}/64", host.v6(h)), "dev", "eth0", "nodad"]);
+        }
+        o(&["link", "set", "eth0", "up"]);
+        o(&["route", "add", "default", "via", &host.v4(1)]);
+        o(&["-6", "route", "add", "default", "via", &host.v6(1)]);
+
+        for tool in ["iptables", "ip6tables"] {
+            let inp = format!("DXI{tag}{n}");
+            sh(&[tool, "-N", &inp]);
+            undo.push(&[tool, "-X", &inp]);
+            undo.push(&[tool, "-F", &inp]);
+            sh(&[tool, "-A", &inp, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]);
+            sh(&[tool, "-A", &inp, "-p", "tcp", "--dport", "22", "-j", "ACCEPT"]);
+            if tool == "ip6tables" {
+                // As UFW's before6.rules: without ICMPv6, neighbour discovery dies.
+                sh(&[tool, "-A", &inp, "-p", "ipv6-icmp", "-j", "ACCEPT"]);
+            }
+            sh(&[tool, "-A", &inp, "-j", "DROP"]);
+            sh(&[tool, "-I", "INPUT", "1", "-i", &uplink, "-j", &inp]);
+            undo.push(&[tool, "-D", "INPUT", "-i", &uplink, "-j", &inp]);
+        }
+        OutsideHost { undo, ..host }
+    }
+
+    pub fn v4(&self, host: u32) -> String {
+        format!("198.18.{}.{host}", self.n)
+    }
+    pub fn v6(&self, host: u32) -> String {
+        format!("fd42:198:{}::{host}", self.n)
+    }
+    /// The outside host's main addresses (it also holds .3 / ::3 for "trusted" tests).
+    pub fn src4(&self) -> IpAddr {
+        self.v4(2).parse().unwrap()
+    }
+    pub fn src6(&self) -> IpAddr {
+        self.v6(2).parse().unwrap()
+    }
+    /// The host's address on the uplink, and a port on it.
+    pub fn host4(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.v4(1).parse().unwrap(), port)
+    }
+    pub fn host6(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.v6(1).parse().unwrap(), port)
+    }
+}
+
+/// The seed story on one machine without Docker: a bridge with two "containers",
+/// an outside host, DNAT for published ports, FORWARD allowed for the bridge.
 pub struct Bed {
     pub n: u32,
     pub bridge: String,
-    pub uplink: String,
-    pub outside_ns: String,
+    pub outside: OutsideHost,
     pub c1_ns: String,
     pub c2_ns: String,
     undo: Undo,
@@ -351,45 +436,26 @@ pub const HOST_UDP: u16 = 15300;
 pub const HOST_INPUT_TCP: u16 = 18081;
 
 impl Bed {
-    pub fn v4(&self, net: &str, host: u32) -> String {
-        format!("{net}.{}.{host}", self.n)
-    }
-    pub fn v6(&self, net: &str, host: u32) -> String {
-        format!("fd42:{net}:{}::{host}", self.n)
-    }
     pub fn bridge_v4(&self, host: u32) -> String {
-        self.v4("10.251", host)
+        format!("10.251.{}.{host}", self.n)
     }
     pub fn bridge_v6(&self, host: u32) -> String {
-        self.v6("251", host)
-    }
-    pub fn out_v4(&self, host: u32) -> String {
-        self.v4("198.18", host)
-    }
-    pub fn out_v6(&self, host: u32) -> String {
-        self.v6("198", host)
+        format!("fd42:251:{}::{host}", self.n)
     }
 
     pub fn new(tag: &str) -> Self {
-        let n = run_id();
+        let outside = OutsideHost::new(tag);
+        let n = outside.n;
         let mut undo = Undo::default();
-        let name = |role: &str| format!("dx{tag}{role}{n}");
-        let (bridge, uplink) = (name("b"), name("u"));
-        let (outside_ns, c1_ns, c2_ns) = (name("o"), name("c1-"), name("c2-"));
-        let mut bed = Bed { n, bridge: bridge.clone(), uplink: uplink.clone(), outside_ns: outside_ns.clone(), c1_ns, c2_ns, undo: Undo::default() };
-        for prefix in [format!("10.251.{n}.0/24"), format!("198.18.{n}.0/24"), format!("fd42:251:{n}::/64"), format!("fd42:198:{n}::/64")] {
+        let bridge = format!("dx{tag}b{n}");
+        for prefix in [format!("10.251.{n}.0/24"), format!("fd42:251:{n}::/64")] {
             assert_unrouted(&prefix);
         }
-        // IPv6 forwarding is off on this host by default; restore what it was.
-        let fwd6 = sh(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).trim().to_string();
-        undo.push(&["sysctl", "-qw", &format!("net.ipv6.conf.all.forwarding={fwd6}")]);
-        sh(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-        sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-
+        let mut bed = Bed { n, bridge: bridge.clone(), outside, c1_ns: format!("dx{tag}c1-{n}"), c2_ns: format!("dx{tag}c2-{n}"), undo: Undo::default() };
         sh(&["ip", "link", "add", &bridge, "type", "bridge"]);
         undo.push(&["ip", "link", "del", &bridge]);
-        sh(&["ip", "addr", "add", &bed.bridge_v4(1).add("/24"), "dev", &bridge]);
-        sh(&["ip", "addr", "add", &bed.bridge_v6(1).add("/64"), "dev", &bridge, "nodad"]);
+        sh(&["ip", "addr", "add", &format!("{}/24", bed.bridge_v4(1)), "dev", &bridge]);
+        sh(&["ip", "addr", "add", &format!("{}/64", bed.bridge_v6(1)), "dev", &bridge, "nodad"]);
         sh(&["ip", "link", "set", &bridge, "up"]);
 
         for (i, ns) in [bed.c1_ns.clone(), bed.c2_ns.clone()].iter().enumerate() {
@@ -415,36 +481,13 @@ impl Bed {
             ip(&["-6", "route", "add", "default", "via", &bed.bridge_v6(1)]);
         }
 
-        // The outside host: its veth's host side is the uplink.
-        sh(&["ip", "netns", "add", &outside_ns]);
-        undo.push(&["ip", "netns", "del", &outside_ns]);
-        sh(&["ip", "link", "add", &uplink, "type", "veth", "peer", "name", &name("x")]);
-        undo.push(&["ip", "link", "del", &uplink]);
-        sh(&["ip", "link", "set", &name("x"), "netns", &outside_ns]);
-        sh(&["ip", "addr", "add", &format!("{}/24", bed.out_v4(1)), "dev", &uplink]);
-        sh(&["ip", "addr", "add", &format!("{}/64", bed.out_v6(1)), "dev", &uplink, "nodad"]);
-        sh(&["ip", "link", "set", &uplink, "up"]);
-        let o = |args: &[&str]| {
-            let mut full = vec!["ip", "-n", outside_ns.as_str()];
-            full.extend_from_slice(args);
-            sh(&full);
-        };
-        o(&["link", "set", "lo", "up"]);
-        o(&["link", "set", &name("x"), "name", "eth0"]);
-        for host in [2, 3] {
-            o(&["addr", "add", &format!("{}/24", bed.out_v4(host)), "dev", "eth0"]);
-            o(&["addr", "add", &format!("{}/64", bed.out_v6(host)), "dev", "eth0", "nodad"]);
-        }
-        o(&["link", "set", "eth0", "up"]);
-        o(&["route", "add", "default", "via", &bed.out_v4(1)]);
-        o(&["-6", "route", "add", "default", "via", &bed.out_v6(1)]);
-
-        // Firewall, in chains of our own so that cleanup is exact.
+        // DNAT and FORWARD, in chains of our own so that cleanup is exact.
+        let uplink = bed.outside.uplink.clone();
         for (tool, c_tcp, c_udp, host_ip) in [
-            ("iptables", format!("{}:{C_TCP}", bed.bridge_v4(2)), format!("{}:{C_UDP}", bed.bridge_v4(2)), bed.out_v4(1)),
-            ("ip6tables", format!("[{}]:{C_TCP}", bed.bridge_v6(2)), format!("[{}]:{C_UDP}", bed.bridge_v6(2)), bed.out_v6(1)),
+            ("iptables", format!("{}:{C_TCP}", bed.bridge_v4(2)), format!("{}:{C_UDP}", bed.bridge_v4(2)), bed.outside.v4(1)),
+            ("ip6tables", format!("[{}]:{C_TCP}", bed.bridge_v6(2)), format!("[{}]:{C_UDP}", bed.bridge_v6(2)), bed.outside.v6(1)),
         ] {
-            let (nat, fwd, inp) = (format!("DXN{tag}{n}"), format!("DXF{tag}{n}"), format!("DXI{tag}{n}"));
+            let (nat, fwd) = (format!("DXN{tag}{n}"), format!("DXF{tag}{n}"));
             sh(&[tool, "-t", "nat", "-N", &nat]);
             undo.push(&[tool, "-t", "nat", "-X", &nat]);
             undo.push(&[tool, "-t", "nat", "-F", &nat]);
@@ -461,45 +504,22 @@ impl Bed {
             sh(&[tool, "-A", &fwd, "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"]);
             sh(&[tool, "-I", "FORWARD", "1", "-j", &fwd]);
             undo.push(&[tool, "-D", "FORWARD", "-j", &fwd]);
-
-            sh(&[tool, "-N", &inp]);
-            undo.push(&[tool, "-X", &inp]);
-            undo.push(&[tool, "-F", &inp]);
-            sh(&[tool, "-A", &inp, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]);
-            sh(&[tool, "-A", &inp, "-p", "tcp", "--dport", "22", "-j", "ACCEPT"]);
-            if tool == "ip6tables" {
-                // As UFW's before6.rules: without ICMPv6, neighbour discovery dies.
-                sh(&[tool, "-A", &inp, "-p", "ipv6-icmp", "-j", "ACCEPT"]);
-            }
-            sh(&[tool, "-A", &inp, "-j", "DROP"]);
-            sh(&[tool, "-I", "INPUT", "1", "-i", &uplink, "-j", &inp]);
-            undo.push(&[tool, "-D", "INPUT", "-i", &uplink, "-j", &inp]);
         }
         bed.undo = undo;
         bed
     }
 
     pub fn host_tcp_v4(&self) -> SocketAddr {
-        SocketAddr::new(self.out_v4(1).parse().unwrap(), HOST_TCP)
+        self.outside.host4(HOST_TCP)
     }
     pub fn host_tcp_v6(&self) -> SocketAddr {
-        SocketAddr::new(self.out_v6(1).parse().unwrap(), HOST_TCP)
+        self.outside.host6(HOST_TCP)
     }
     pub fn host_udp_v4(&self) -> SocketAddr {
-        SocketAddr::new(self.out_v4(1).parse().unwrap(), HOST_UDP)
+        self.outside.host4(HOST_UDP)
     }
     pub fn host_udp_v6(&self) -> SocketAddr {
-        SocketAddr::new(self.out_v6(1).parse().unwrap(), HOST_UDP)
-    }
-}
-
-trait Add {
-    fn add(&self, s: &str) -> String;
-}
-
-impl Add for String {
-    fn add(&self, s: &str) -> String {
-        format!("{self}{s}")
+        self.outside.host6(HOST_UDP)
     }
 }
 
@@ -512,3 +532,4 @@ pub fn tcx_programs(iface: &str, egress: bool) -> Vec<String> {
         Err(_) => Vec::new(),
     }
 }
+pub mod docker;

@@ -1,0 +1,110 @@
+//! The real Docker engine in tests: a locally built image, and containers and
+//! networks removed by guards. No registry is reachable: the image is a static echo
+//! server (tests/images/echo_server.rs) imported with `docker import`.
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use super::sh;
+
+/// True when the engine answers. Otherwise prints why the test is skipped, or
+/// panics when the run demands Docker tests (DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS).
+pub fn available(test: &str) -> bool {
+    let out = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
+    let why = match out {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => format!("no docker client: {e}"),
+    };
+    let msg = format!("{test}: SKIPPED: no Docker engine reachable ({why})");
+    if std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some() {
+        panic!("{msg}, and DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS is set");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+/// Builds (once per source version) the test image and returns its name.
+pub fn echo_image() -> String {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/images/echo_server.rs");
+    let text = std::fs::read(&src).unwrap();
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    let image = format!("dockexpose-test/echo:{:012x}", h.finish() & 0xffff_ffff_ffff);
+    let exists = Command::new("docker").args(["image", "inspect", &image]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if exists.map(|s| s.success()).unwrap_or(false) {
+        return image;
+    }
+    let dir = std::env::temp_dir().join(format!("dockexpose-image-{}", std::process::id()));
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    let bin = rootfs.join("echo_server");
+    sh(&["rustc", "--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o", bin.to_str().unwrap(), src.to_str().unwrap()]);
+    let tar = dir.join("rootfs.tar");
+    sh(&["tar", "-C", rootfs.to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."]);
+    sh(&["docker", "import", "--change", "ENTRYPOINT [\"/echo_server\"]", tar.to_str().unwrap(), &image]);
+    let _ = std::fs::remove_dir_all(&dir);
+    image
+}
+
+/// A container removed (with force) on drop.
+pub struct Container {
+    pub name: String,
+}
+
+impl Container {
+    /// `docker run -d --name NAME ARGS... IMAGE CMD...`
+    pub fn run(name: &str, args: &[&str], image: &str, cmd: &[&str]) -> Self {
+        let _ = Command::new("docker").args(["rm", "-f", name]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let mut full = vec!["docker", "run", "-d", "--name", name];
+        full.extend_from_slice(args);
+        full.push(image);
+        full.extend_from_slice(cmd);
+        sh(&full);
+        Self { name: name.to_string() }
+    }
+
+    pub fn id(&self) -> String {
+        sh(&["docker", "inspect", "-f", "{{.Id}}", &self.name]).trim().to_string()
+    }
+
+    /// The container's address on `network`.
+    pub fn ip(&self, network: &str) -> String {
+        let fmt = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+        sh(&["docker", "inspect", "-f", &fmt, &self.name]).trim().to_string()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        super::sh_quiet(&["docker", "rm", "-f", &self.name]);
+    }
+}
+
+/// A user-defined bridge network removed on drop.
+pub struct Network {
+    pub name: String,
+}
+
+impl Network {
+    pub fn create(name: &str, subnet: &str) -> Self {
+        super::sh_quiet(&["docker", "network", "rm", name]);
+        sh(&["docker", "network", "create", "--driver", "bridge", "--subnet", subnet, name]);
+        Self { name: name.to_string() }
+    }
+
+    /// The Linux bridge Docker made for it: br-<first 12 of the id>.
+    pub fn bridge(&self) -> String {
+        let id = sh(&["docker", "network", "inspect", "-f", "{{.Id}}", &self.name]);
+        format!("br-{}", &id.trim()[..12])
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        super::sh_quiet(&["docker", "network", "rm", &self.name]);
+    }
+}
