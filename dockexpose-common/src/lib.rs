@@ -27,6 +27,9 @@ pub mod program_names {
     pub const BRIDGE_INGRESS: &str = "bridge_ingress";
     /// XDP on an uplink: what was attempted, before any firewall.
     pub const UPLINK_XDP: &str = "uplink_xdp";
+    /// TCX egress on an uplink: the host answered an attempt (SYN-ACK, UDP reply),
+    /// whether through DNAT or through a proxy on the host (docker-proxy).
+    pub const UPLINK_EGRESS: &str = "uplink_egress";
     /// Baselines of the benchmark (`dockexpose bench`): empty programs, never attached.
     pub const BENCH_EMPTY_CLASSIFIER: &str = "bench_empty_classifier";
     pub const BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
@@ -49,6 +52,9 @@ pub const PROTO_UDP: u8 = 17;
 /// `ConnEvent::stage`: where in the path the connection was seen.
 pub const STAGE_ATTEMPTED: u8 = 1;
 pub const STAGE_REACHED: u8 = 2;
+/// An attempt the host answered (not a record of its own: it decides between
+/// "reached through a proxy" and "blocked" in userspace).
+pub const STAGE_ANSWERED: u8 = 3;
 
 /// `ConnEvent::flags`: `orig_dst_addr`/`orig_dst_port` hold the pre-DNAT destination
 /// found in the uplink program's attempt map.
@@ -63,7 +69,15 @@ pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 pub const FLOWS_MAX: u32 = 65_536;
 pub const ATTEMPTS_MAX: u32 = 65_536;
 pub const PREFIXES_MAX: u32 = 4_096;
-pub const PUBLISHED_PORTS_MAX: u32 = 8_192;
+/// PUBLISHED_PORTS is an array indexed by `published_port_index` (TCP ports, then UDP):
+/// an array lookup is inlined by the verifier, a hash lookup is a call.
+pub const PUBLISHED_PORTS_LEN: u32 = 2 * 65_536;
+
+/// Index of (port, protocol) in the PUBLISHED_PORTS array.
+#[inline(always)]
+pub const fn published_port_index(port: u16, proto: u8) -> u32 {
+    (if proto == PROTO_UDP { 65_536 } else { 0 }) + port as u32
+}
 
 /// One new inbound connection seen by a kernel program.
 #[repr(C)]
@@ -138,10 +152,12 @@ pub struct AttemptValue {
     pub ktime_ns: u64,
     pub orig_dst_addr: [u8; 16],
     pub orig_dst_port: u16,
-    pub _pad: [u8; 6],
+    /// 1 once the host answered it (reported once).
+    pub answered: u8,
+    pub _pad: [u8; 5],
 }
 
-/// Key of the PUBLISHED_PORTS map: a host port Docker publishes.
+/// A host port Docker publishes (userspace's view of PUBLISHED_PORTS).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -179,10 +195,14 @@ pub enum Counter {
     ReachedJoined = 10,
     /// Flows that could not be remembered (map update failed).
     MapUpdateFailed = 11,
+    /// Packets the uplink egress program saw.
+    UplinkEgressPackets = 12,
+    /// Attempts the host answered (SYN-ACK or UDP reply seen leaving the uplink).
+    AttemptsAnswered = 13,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::BridgePackets,
         Counter::BridgeNewFlows,
@@ -196,6 +216,8 @@ impl Counter {
         Counter::Unparsed,
         Counter::ReachedJoined,
         Counter::MapUpdateFailed,
+        Counter::UplinkEgressPackets,
+        Counter::AttemptsAnswered,
     ];
 
     /// Name used in reports and metrics.
@@ -213,6 +235,8 @@ impl Counter {
             Counter::Unparsed => "unparsed",
             Counter::ReachedJoined => "reached_joined",
             Counter::MapUpdateFailed => "map_update_failed",
+            Counter::UplinkEgressPackets => "uplink_egress_packets",
+            Counter::AttemptsAnswered => "attempts_answered",
         }
     }
 }

@@ -20,16 +20,16 @@ use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_PIPE},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
     Global,
 };
 use dockexpose_common::{
-    AttemptKey, AttemptValue, ConnEvent, Counter, FlowKey, PortKey, ATTEMPTS_MAX,
+    published_port_index, AttemptKey, AttemptValue, ConnEvent, Counter, FlowKey, ATTEMPTS_MAX,
     EVENTS_RING_BYTES, FAMILY_IPV4, FLAG_HAS_ORIG_DST, FLOWS_MAX, PREFIXES_MAX, PROTO_UDP,
-    PUBLISHED_PORTS_MAX, STAGE_ATTEMPTED, STAGE_REACHED,
+    PUBLISHED_PORTS_LEN, STAGE_ANSWERED, STAGE_ATTEMPTED, STAGE_REACHED,
 };
-use packet::{parse, Flow, Parsed};
+use packet::{parse, Flow, Parsed, TCP_SYN, TCP_SYN_ACK};
 
 /// A UDP flow idle for this long is new again. Set by the daemon at load time.
 #[no_mangle]
@@ -61,10 +61,10 @@ static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(FLOWS_MAX,
 static ATTEMPTS: LruHashMap<AttemptKey, AttemptValue> =
     LruHashMap::with_max_entries(ATTEMPTS_MAX, 0);
 
-/// Host ports Docker publishes (filled by the daemon from the Docker inventory).
+/// Host ports Docker publishes: 1 at `published_port_index(port, proto)` (filled by the
+/// daemon from the Docker inventory). An array: the lookup is inlined, no hashing.
 #[map]
-static PUBLISHED_PORTS: HashMap<PortKey, u8> =
-    HashMap::with_max_entries(PUBLISHED_PORTS_MAX, 0);
+static PUBLISHED_PORTS: Array<u8> = Array::with_max_entries(PUBLISHED_PORTS_LEN, 0);
 
 #[inline(always)]
 fn count(counter: Counter) {
@@ -151,7 +151,7 @@ fn emit(flow: &Flow, stage: u8, ifindex: u32, now: u64, orig: Option<&AttemptVal
 #[classifier]
 pub fn bridge_egress(ctx: TcContext) -> i32 {
     count(Counter::BridgePackets);
-    let Parsed::NewFlow(flow) = parse::<false>(ctx.data(), ctx.data_end()) else {
+    let Parsed::NewFlow(flow) = parse::<false, TCP_SYN>(ctx.data(), ctx.data_end()) else {
         // Not a new flow (the fast path), or not inspectable (counted in parse).
         return TC_ACT_PIPE;
     };
@@ -181,7 +181,7 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn bridge_ingress(ctx: TcContext) -> i32 {
     // A container sends: remember its UDP flow the way its replies will look inbound.
-    if let Parsed::NewFlow(flow) = parse::<true>(ctx.data(), ctx.data_end()) {
+    if let Parsed::NewFlow(flow) = parse::<true, TCP_SYN>(ctx.data(), ctx.data_end()) {
         {
             let reply = FlowKey {
                 src_addr: flow.dst,
@@ -202,11 +202,11 @@ pub fn bridge_ingress(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     count(Counter::UplinkPackets);
-    let Parsed::NewFlow(flow) = parse::<false>(ctx.data(), ctx.data_end()) else {
+    let Parsed::NewFlow(flow) = parse::<false, TCP_SYN>(ctx.data(), ctx.data_end()) else {
         return xdp_action::XDP_PASS;
     };
-    let port = PortKey { port: flow.dst_port, proto: flow.proto, _pad: 0 };
-    if unsafe { PUBLISHED_PORTS.get(port) }.is_none() || source_is_local_or_trusted(&flow) {
+    let published = PUBLISHED_PORTS.get(published_port_index(flow.dst_port, flow.proto));
+    if published.is_none_or(|p| *p == 0) || source_is_local_or_trusted(&flow) {
         return xdp_action::XDP_PASS;
     }
     let now = unsafe { bpf_ktime_get_ns() };
@@ -227,7 +227,8 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
         ktime_ns: now,
         orig_dst_addr: flow.dst,
         orig_dst_port: flow.dst_port,
-        _pad: [0; 6],
+        answered: 0,
+        _pad: [0; 5],
     };
     if ATTEMPTS.insert(key, value, 0).is_err() {
         count(Counter::MapUpdateFailed);
@@ -237,6 +238,47 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
         count(Counter::AttemptsEmitted);
     }
     xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn uplink_egress(ctx: TcContext) -> i32 {
+    count(Counter::UplinkEgressPackets);
+    // A SYN-ACK or a UDP datagram leaving towards an outside host: does it answer an
+    // attempt, from the very host address and port the attempt was made to?
+    let Parsed::NewFlow(reply) = parse::<false, TCP_SYN_ACK>(ctx.data(), ctx.data_end()) else {
+        return TC_ACT_PIPE;
+    };
+    let key = AttemptKey {
+        src_addr: reply.dst,
+        src_port: reply.dst_port,
+        family: reply.family,
+        proto: reply.proto,
+    };
+    let Some(attempt) = ATTEMPTS.get_ptr_mut(key) else {
+        return TC_ACT_PIPE;
+    };
+    let attempt = unsafe { &mut *attempt };
+    if attempt.answered != 0
+        || attempt.orig_dst_port != reply.src_port
+        || attempt.orig_dst_addr != reply.src
+    {
+        return TC_ACT_PIPE;
+    }
+    attempt.answered = 1;
+    count(Counter::AttemptsAnswered);
+    // Reported the way the attempt was: from the outside host to the host side.
+    let inbound = Flow {
+        src: reply.dst,
+        dst: reply.src,
+        src_port: reply.dst_port,
+        dst_port: reply.src_port,
+        family: reply.family,
+        proto: reply.proto,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    emit(&inbound, STAGE_ANSWERED, ifindex, now, None);
+    TC_ACT_PIPE
 }
 
 /// Baseline for `cargo xtask bench` / `dockexpose bench` (BPF_PROG_TEST_RUN): the cost of

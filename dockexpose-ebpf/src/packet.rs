@@ -55,23 +55,29 @@ fn read<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(start as *const T) })
 }
 
-/// Parses a frame. With `UDP_ONLY`, TCP is skipped as early as anything else (the
-/// bridge ingress program needs only UDP; a TCP flow it does not use also keeps the
-/// compiler from merging undefined values into paths the verifier then rejects).
+/// Which TCP segments `parse` returns.
+pub const TCP_SYN: u8 = TCP_FLAG_SYN;
+pub const TCP_SYN_ACK: u8 = TCP_FLAG_SYN | TCP_FLAG_ACK;
+
+/// Parses a frame: UDP datagrams, and TCP segments whose SYN/ACK flags are exactly
+/// `TCP_FLAGS` (TCP_SYN: a connection starts; TCP_SYN_ACK: it is answered). With
+/// `UDP_ONLY`, TCP is skipped as early as anything else (the bridge ingress program
+/// needs only UDP; a TCP flow it does not use also keeps the compiler from merging
+/// undefined values into paths the verifier then rejects).
 #[inline(always)]
-pub fn parse<const UDP_ONLY: bool>(data: usize, data_end: usize) -> Parsed {
+pub fn parse<const UDP_ONLY: bool, const TCP_FLAGS: u8>(data: usize, data_end: usize) -> Parsed {
     let Some(ether_type) = read::<[u8; 2]>(data, data_end, 12) else {
         return Parsed::Skip;
     };
     match u16::from_be_bytes(ether_type) {
-        ETH_P_IP => parse_ipv4::<UDP_ONLY>(data, data_end),
-        ETH_P_IPV6 => parse_ipv6::<UDP_ONLY>(data, data_end),
+        ETH_P_IP => parse_ipv4::<UDP_ONLY, TCP_FLAGS>(data, data_end),
+        ETH_P_IPV6 => parse_ipv6::<UDP_ONLY, TCP_FLAGS>(data, data_end),
         _ => Parsed::Skip,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<const UDP_ONLY: bool>(data: usize, data_end: usize) -> Parsed {
+fn parse_ipv4<const UDP_ONLY: bool, const TCP_FLAGS: u8>(data: usize, data_end: usize) -> Parsed {
     // The fixed header in one bounds check, taken at a constant offset: a check at the
     // variable transport offset alone would not let the verifier see the addresses.
     let Some(head) = read::<[u8; 20]>(data, data_end, ETH_HLEN) else {
@@ -90,7 +96,7 @@ fn parse_ipv4<const UDP_ONLY: bool>(data: usize, data_end: usize) -> Parsed {
         return unparsed();
     }
     let l4 = ETH_HLEN + ihl;
-    let Some((src_port, dst_port)) = transport(data, data_end, l4, proto) else {
+    let Some((src_port, dst_port)) = transport::<TCP_FLAGS>(data, data_end, l4, proto) else {
         return unparsed_or_skip(data, data_end, l4, proto);
     };
     let mut src = [0u8; 16];
@@ -101,7 +107,7 @@ fn parse_ipv4<const UDP_ONLY: bool>(data: usize, data_end: usize) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv6<const UDP_ONLY: bool>(data: usize, data_end: usize) -> Parsed {
+fn parse_ipv6<const UDP_ONLY: bool, const TCP_FLAGS: u8>(data: usize, data_end: usize) -> Parsed {
     // The whole fixed header in one bounds check, for the same reason as IPv4: no
     // later read of it can fail, so no half-built flow reaches the verifier.
     let Some(head) = read::<[u8; IPV6_HLEN]>(data, data_end, ETH_HLEN) else {
@@ -122,7 +128,7 @@ fn parse_ipv6<const UDP_ONLY: bool>(data: usize, data_end: usize) -> Parsed {
         };
     }
     let l4 = ETH_HLEN + IPV6_HLEN;
-    let Some((src_port, dst_port)) = transport(data, data_end, l4, next_hdr) else {
+    let Some((src_port, dst_port)) = transport::<TCP_FLAGS>(data, data_end, l4, next_hdr) else {
         return unparsed_or_skip(data, data_end, l4, next_hdr);
     };
     let mut src = [0u8; 16];
@@ -132,12 +138,12 @@ fn parse_ipv6<const UDP_ONLY: bool>(data: usize, data_end: usize) -> Parsed {
     Parsed::NewFlow(Flow { src, dst, src_port, dst_port, family: FAMILY_IPV6, proto: next_hdr })
 }
 
-/// Ports of a flow start, or None (not a SYN, or truncated).
+/// Ports of a UDP datagram or of a TCP segment with the wanted flags, or None.
 #[inline(always)]
-fn transport(data: usize, data_end: usize, l4: usize, proto: u8) -> Option<(u16, u16)> {
+fn transport<const TCP_FLAGS: u8>(data: usize, data_end: usize, l4: usize, proto: u8) -> Option<(u16, u16)> {
     if proto == PROTO_TCP {
         let head = read::<[u8; 14]>(data, data_end, l4)?;
-        if head[TCP_FLAGS_OFFSET] & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+        if head[TCP_FLAGS_OFFSET] & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAGS {
             return None;
         }
         Some((u16::from_be_bytes([head[0], head[1]]), u16::from_be_bytes([head[2], head[3]])))
@@ -147,7 +153,7 @@ fn transport(data: usize, data_end: usize, l4: usize, proto: u8) -> Option<(u16,
     }
 }
 
-/// After `transport` said no: a TCP segment that is simply not a SYN is skipped; a
+/// After `transport` said no: a TCP segment without the wanted flags is skipped; a
 /// transport header cut short is counted.
 #[inline(always)]
 fn unparsed_or_skip(data: usize, data_end: usize, l4: usize, proto: u8) -> Parsed {

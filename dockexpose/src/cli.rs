@@ -67,6 +67,19 @@ pub struct WatchArgs {
     #[arg(long, conflicts_with = "docker_host")]
     pub no_docker: bool,
 
+    /// Uplink to watch for attempts (repeatable). Without it: every interface that is up,
+    /// has a global address, and is not a bridge, a container veth or loopback.
+    #[arg(long = "uplink", value_name = "IFACE", conflicts_with = "no_uplinks")]
+    pub uplinks: Vec<String>,
+
+    /// No uplink programs: only what reaches containers is reported, no attempts.
+    #[arg(long)]
+    pub no_uplinks: bool,
+
+    /// An attempt neither reached nor answered within this many seconds is blocked.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2)]
+    pub blocked_after: u64,
+
     /// Alerts: one line per new (container, port, source) in this many seconds,
     /// then a count.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]

@@ -4,9 +4,10 @@
 use std::time::SystemTime;
 
 use crate::{
-    inventory::model::{exposure_of, Exposure, Inventory, PublishedPort},
+    inventory::model::{exposure_of, Inventory, PublishedPort},
     kernel::event::{Observation, Stage},
     output::record::{ContainerRef, HostSide, Record},
+    verdict::Verdict,
 };
 
 /// Builds the record of an observation, enriched from the inventory when there is one.
@@ -15,9 +16,24 @@ pub fn record(obs: &Observation, stage: Stage, at: SystemTime, iface: &str, inve
     let Some(inv) = inventory else { return rec };
     match stage {
         Stage::Reached => enrich_reached(&mut rec, obs, inv),
-        Stage::Attempted | Stage::Blocked => enrich_attempt(&mut rec, obs, inv),
+        Stage::Attempted | Stage::Blocked | Stage::Answered => enrich_attempt(&mut rec, obs, inv),
     }
     rec
+}
+
+/// The record of a verdict on an attempt that reached no bridge.
+pub fn verdict_record(verdict: &Verdict, clock: impl Fn(u64) -> SystemTime, inventory: Option<&Inventory>) -> Record {
+    match verdict {
+        Verdict::Blocked { attempt, iface } => record(attempt, Stage::Blocked, clock(attempt.ktime_ns), iface, inventory),
+        Verdict::ReachedViaProxy { attempt, iface } => {
+            // Described from the uplink: the destination is the host side the proxy
+            // answered on; the container comes from the published mapping.
+            let mut rec = record(attempt, Stage::Attempted, clock(attempt.ktime_ns), iface, inventory);
+            rec.stage = Stage::Reached.as_str();
+            rec.path = Some("proxy");
+            rec
+        }
+    }
 }
 
 fn container_ref(c: &crate::inventory::model::Container) -> ContainerRef {
@@ -78,16 +94,6 @@ fn candidates(mappings: &[&PublishedPort], ipv4: bool) -> Vec<HostSide> {
 fn prefer<'a>(items: Vec<&'a PublishedPort>, keep: impl Fn(&PublishedPort) -> bool) -> Vec<&'a PublishedPort> {
     let kept: Vec<&PublishedPort> = items.iter().copied().filter(|m| keep(m)).collect();
     if kept.is_empty() { items } else { kept }
-}
-
-/// The exposure kind of a record, for alerts.
-pub fn exposure(rec: &Record) -> Exposure {
-    match rec.exposure {
-        "published" => Exposure::Published,
-        "loopback_only" => Exposure::LoopbackOnly,
-        "unpublished" => Exposure::Unpublished,
-        _ => Exposure::Unknown,
-    }
 }
 
 #[cfg(test)]
@@ -176,6 +182,20 @@ mod tests {
         assert_eq!(r.exposure, "unknown");
         let r = rec(&reached("172.17.0.2", 80, Proto::Tcp), None);
         assert!(r.container.is_none() && r.published.is_empty());
+    }
+
+    #[test]
+    fn verdicts_become_blocked_or_proxied_reaches() {
+        let inv = sample();
+        let mut attempt = reached("198.18.3.1", 8080, Proto::Tcp);
+        attempt.stage = Stage::Attempted;
+        let clock = |_| SystemTime::UNIX_EPOCH;
+        let blocked = verdict_record(&Verdict::Blocked { attempt: attempt.clone(), iface: "eth0".into() }, clock, Some(&inv));
+        assert_eq!((blocked.stage, blocked.path, blocked.iface.as_str()), ("blocked", None, "eth0"));
+        assert_eq!(blocked.container.as_ref().unwrap().name, "web");
+        let proxied = verdict_record(&Verdict::ReachedViaProxy { attempt, iface: "eth0".into() }, clock, Some(&inv));
+        assert_eq!((proxied.stage, proxied.path), ("reached", Some("proxy")));
+        assert_eq!((proxied.host_port, proxied.exposure), (Some(8080), "published"));
     }
 
     #[test]

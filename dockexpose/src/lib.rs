@@ -5,6 +5,7 @@
 //! - `host/`: the host's interfaces, addresses and privileges;
 //! - `inventory/`: what Docker runs (bridge networks, containers, published ports), live;
 //! - `correlate`: kernel observation + inventory -> connection record;
+//! - `verdict`: attempted -> reached / reached through a proxy / blocked;
 //! - `net/`: prefixes and source classification;
 //! - `output/`: the JSON audit record, human lines and alerts, the audit-log sink;
 //! - `watch`: the daemon loop that ties them together;
@@ -20,4 +21,5 @@ pub mod kernel;
 pub mod net;
 pub mod output;
 pub mod stats;
+pub mod verdict;
 pub mod watch;

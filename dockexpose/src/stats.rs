@@ -10,6 +10,9 @@ pub struct PipelineCounters {
     pub kernel: CounterSnapshot,
     /// Records the ring-buffer reader could not hand over (channel full).
     pub reader_lost: u64,
+    /// Attempts at a published port number on an address it is not bound to (e.g. the
+    /// host address of a port published on 127.0.0.1 only): not reported.
+    pub unbound_attempts: u64,
 }
 
 impl PipelineCounters {
@@ -23,6 +26,7 @@ impl PipelineCounters {
         let mut parts: Vec<String> =
             Counter::ALL.iter().map(|c| format!("{}={}", c.name(), self.kernel.get(*c))).collect();
         parts.push(format!("reader_lost={}", self.reader_lost));
+        parts.push(format!("unbound_attempts={}", self.unbound_attempts));
         parts.join(" ")
     }
 }
@@ -71,7 +75,7 @@ mod tests {
         let mut k = CounterSnapshot::default();
         k.0[Counter::RingbufFull as usize] = ringbuf_full;
         k.0[Counter::ReachedEmitted as usize] = 7;
-        PipelineCounters { kernel: k, reader_lost }
+        PipelineCounters { kernel: k, reader_lost, unbound_attempts: 0 }
     }
 
     #[test]

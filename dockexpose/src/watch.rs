@@ -30,13 +30,14 @@ use crate::{
         model::Inventory,
     },
     kernel::{
-        event::{KernelClock, Observation},
-        loader::{Kernel, KernelSettings},
+        event::{KernelClock, Observation, Stage},
+        loader::{Kernel, KernelSettings, XdpAttachMode},
         reader::{self, ReaderLoss},
     },
     net::prefix::Prefix,
-    output::{alerts::Alerter, human, sink::JsonSink},
+    output::{alerts::Alerter, human, record::Record, sink::JsonSink},
     stats::{LossTracker, PipelineCounters},
+    verdict::AttemptTracker,
 };
 
 /// Records waiting between the reader and the outputs. A burst larger than this is
@@ -52,10 +53,22 @@ const MAX_PENDING: usize = 1024;
 /// How long start-up waits for Docker's first answer before choosing bridges.
 const DOCKER_FIRST_ANSWER: Duration = Duration::from_secs(3);
 
+/// Where attempts are watched for.
+enum UplinkSelection {
+    /// --no-uplinks.
+    Off,
+    /// --uplink: these; one that vanishes is dropped.
+    Given(Vec<String>),
+    /// Every up interface with a global address that is not a bridge, port or loopback.
+    Auto,
+}
+
 /// The options, validated.
 struct Settings {
     /// Bridges named with --bridge; one that vanishes is dropped.
     explicit_bridges: Vec<String>,
+    uplinks: UplinkSelection,
+    blocked_after_ns: u64,
     /// None with --no-docker.
     docker_endpoint: Option<String>,
     alert_window: Duration,
@@ -85,6 +98,20 @@ fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
             );
         }
     }
+    for name in &args.uplinks {
+        if !interfaces::exists(name) {
+            return Err(Error::UnknownInterface { name: name.clone(), hint: host.suggest(name) });
+        }
+        if interfaces::is_bridge(name) {
+            eprintln!(
+                "warning: uplink {} is a bridge; traffic from outside normally arrives on a physical or virtual NIC",
+                human::escape_untrusted(name)
+            );
+        }
+    }
+    if args.blocked_after == 0 {
+        return Err(Error::InvalidSetting { name: "--blocked-after", reason: "must be at least 1 second".into() });
+    }
     if args.udp_idle == 0 {
         return Err(Error::InvalidSetting { name: "--udp-idle", reason: "must be at least 1 second".into() });
     }
@@ -93,6 +120,14 @@ fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
     }
     Ok(Settings {
         explicit_bridges: args.bridges.clone(),
+        uplinks: if args.no_uplinks {
+            UplinkSelection::Off
+        } else if args.uplinks.is_empty() {
+            UplinkSelection::Auto
+        } else {
+            UplinkSelection::Given(args.uplinks.clone())
+        },
+        blocked_after_ns: args.blocked_after.saturating_mul(1_000_000_000),
         docker_endpoint: (!args.no_docker).then(|| docker::endpoint(args.docker_host.as_deref())),
         alert_window: Duration::from_secs(args.alert_window),
         trusted,
@@ -126,6 +161,10 @@ struct Watcher {
     alerter: Alerter,
     /// Records waiting (until the deadline) for the inventory to know their container.
     pending: Vec<(Observation, String, Instant)>,
+    /// Attempts awaiting their verdict.
+    attempts: AttemptTracker,
+    /// Attempts at a published port number on an address it is not bound to.
+    unbound_attempts: u64,
 }
 
 pub async fn run(args: WatchArgs) -> Result<()> {
@@ -136,6 +175,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let (kernel, ring) = Kernel::load(settings.kernel)?;
 
     let alerter = Alerter::new(settings.alert_window);
+    let blocked_after_ns = settings.blocked_after_ns;
     let mut w = Watcher {
         kernel,
         settings,
@@ -151,6 +191,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         dropped: BTreeSet::new(),
         alerter,
         pending: Vec::new(),
+        attempts: AttemptTracker::new(blocked_after_ns),
+        unbound_attempts: 0,
     };
     // Docker first: its networks decide which bridges to watch.
     let mut docker_rx = match w.settings.docker_endpoint.clone() {
@@ -172,6 +214,12 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         w.attach_bridge(&bridge)?;
     }
     w.reconcile_bridges();
+    if let UplinkSelection::Given(list) = &w.settings.uplinks {
+        for uplink in list.clone() {
+            w.attach_uplink(&uplink)?;
+        }
+    }
+    w.reconcile_uplinks();
     w.sync_prefixes()?;
 
     let (tx, mut rx) = mpsc::channel::<ConnEvent>(CHANNEL_CAPACITY);
@@ -184,10 +232,16 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     stats.tick().await;
 
     let watched: Vec<&str> = w.kernel.bridges().collect();
+    let uplinks: Vec<&str> = w.kernel.uplinks().collect();
     eprintln!(
-        "dockexpose: watching {} ({}); JSON log: {}",
+        "dockexpose: watching {} ({}); uplinks: {}; JSON log: {}",
         if watched.is_empty() { "no bridge yet".to_string() } else { watched.join(", ") },
         w.bridge_source(),
+        match w.settings.uplinks {
+            UplinkSelection::Off => "off (--no-uplinks)".to_string(),
+            _ if uplinks.is_empty() => "none yet".to_string(),
+            _ => uplinks.join(", "),
+        },
         args.json.as_deref().map_or("off".into(), |p| if p == Path::new("-") { "stdout".into() } else { p.display().to_string() }),
     );
 
@@ -212,12 +266,15 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         w.handle(&ev)?;
     }
     w.release_pending(true)?;
+    if !w.attempts.is_empty() {
+        eprintln!("dockexpose: {} attempts were still within their --blocked-after window at exit: no verdict", w.attempts.len());
+    }
     let reason = outcome?;
     for line in w.alerter.flush(Instant::now() + w.settings.alert_window) {
         eprintln!("{line}");
     }
     w.report_counters("final counters")?;
-    let bridges: Vec<String> = w.kernel.bridges().map(str::to_string).collect();
+    let bridges: Vec<String> = w.kernel.bridges().chain(w.kernel.uplinks()).map(str::to_string).collect();
     drop(w);
     eprintln!("dockexpose: {reason}: detached from {}", if bridges.is_empty() { "nothing".into() } else { bridges.join(", ") });
     Ok(())
@@ -284,6 +341,73 @@ impl Watcher {
         }
     }
 
+    /// Uplinks that should be watched now.
+    fn desired_uplinks(&self) -> BTreeSet<String> {
+        let mut want: BTreeSet<String> = match &self.settings.uplinks {
+            UplinkSelection::Off => BTreeSet::new(),
+            UplinkSelection::Given(list) => list.iter().cloned().collect(),
+            UplinkSelection::Auto => self.host.uplink_candidates().into_iter().collect(),
+        };
+        want.retain(|u| !self.dropped.contains(u) && !self.kernel.bridges().any(|b| b == u));
+        want
+    }
+
+    fn attach_uplink(&mut self, name: &str) -> Result<()> {
+        let mode = self.kernel.attach_uplink(name)?;
+        if let Ok(idx) = nix::net::if_::if_nametoindex(name) {
+            self.ifnames.insert(idx, name.to_string());
+        }
+        let how = match mode {
+            XdpAttachMode::Native => "XDP native",
+            XdpAttachMode::Generic => "XDP generic: the driver has no native XDP",
+        };
+        eprintln!("dockexpose: uplink {} watched for attempts ({how})", human::escape_untrusted(name));
+        Ok(())
+    }
+
+    /// Attaches to desired uplinks that exist, detaches from the others.
+    fn reconcile_uplinks(&mut self) {
+        let want = self.desired_uplinks();
+        let attached: Vec<String> = self.kernel.uplinks().map(str::to_string).collect();
+        for u in attached {
+            let gone = !interfaces::exists(&u);
+            if gone || !want.contains(&u) {
+                self.kernel.detach_uplink(&u);
+                self.ifnames.retain(|_, n| n != &u);
+                let why = if gone { "disappeared" } else { "is no longer an uplink (no global address)" };
+                eprintln!("dockexpose: uplink {} {why}; no longer watched", human::escape_untrusted(&u));
+                if gone && matches!(&self.settings.uplinks, UplinkSelection::Given(l) if l.contains(&u)) {
+                    self.dropped.insert(u);
+                }
+            }
+        }
+        for u in want {
+            if self.kernel.uplinks().any(|w| w == u) || !interfaces::exists(&u) {
+                continue;
+            }
+            if let Err(e) = self.attach_uplink(&u) {
+                eprintln!("warning: uplink {}: {e}", human::escape_untrusted(&u));
+            }
+        }
+    }
+
+    /// Verdicts on attempts whose window closed: blocked, or reached through a proxy.
+    fn decide_attempts(&mut self) -> Result<()> {
+        let clock = self.clock;
+        for verdict in self.attempts.expire(clock.ktime_now()) {
+            let rec = correlate::verdict_record(&verdict, |k| clock.wall(k), self.inventory.as_ref());
+            self.write(&rec)?;
+        }
+        let untracked = self.attempts.take_untracked();
+        if untracked > 0 {
+            eprintln!(
+                "WARNING: {untracked} attempts got no verdict: more than {} awaited one at once (a flood?); they are in the JSON log as attempted",
+                crate::verdict::MAX_TRACKED
+            );
+        }
+        Ok(())
+    }
+
     /// Takes in what Docker says now; tells the operator when that changes.
     fn docker_changed(&mut self, state: DockerState) -> Result<()> {
         match state {
@@ -343,6 +467,22 @@ impl Watcher {
             }
         };
         let iface = self.ifnames.get(&obs.ifindex).cloned().unwrap_or_else(|| format!("if{}", obs.ifindex));
+        match obs.stage {
+            Stage::Answered => {
+                self.attempts.answered(&obs);
+                return Ok(());
+            }
+            Stage::Attempted if !self.attempt_is_on_a_binding(&obs) => {
+                // The kernel knows published ports, not their bind addresses: an
+                // attempt at the host address of a port bound to 127.0.0.1 only is
+                // no attempt at anything published.
+                self.unbound_attempts += 1;
+                return Ok(());
+            }
+            Stage::Attempted => self.attempts.attempted(&obs, &iface),
+            Stage::Reached => self.attempts.reached(&obs),
+            Stage::Blocked => {}
+        }
         if self.awaits_identity(&obs) && self.pending.len() < MAX_PENDING {
             self.pending.push((obs, iface, Instant::now() + IDENTITY_GRACE));
             return Ok(());
@@ -350,11 +490,15 @@ impl Watcher {
         self.emit(&obs, &iface)
     }
 
+    fn attempt_is_on_a_binding(&self, obs: &Observation) -> bool {
+        self.inventory.as_ref().is_none_or(|inv| inv.published_at(obs.dst, obs.dst_port, obs.proto).is_some())
+    }
+
     /// A reach of an address on a Docker network that no known container holds: most
     /// likely a container that just started, which the next inventory will name.
     fn awaits_identity(&self, obs: &Observation) -> bool {
         let Some(inv) = self.inventory.as_ref().filter(|_| self.docker_connected) else { return false };
-        obs.stage == crate::kernel::event::Stage::Reached
+        obs.stage == Stage::Reached
             && inv.container_at(obs.dst).is_none()
             && inv.networks.iter().flat_map(|n| &n.subnets).any(|p| p.contains(obs.dst))
     }
@@ -376,11 +520,16 @@ impl Watcher {
 
     fn emit(&mut self, obs: &Observation, iface: &str) -> Result<()> {
         let rec = correlate::record(obs, obs.stage, self.clock.wall(obs.ktime_ns), iface, self.inventory.as_ref());
+        self.write(&rec)
+    }
+
+    /// One record out: the audit log, the connection line, the alert.
+    fn write(&mut self, rec: &Record) -> Result<()> {
         self.sink.write_line(&rec.to_json_line())?;
         if !self.settings.quiet {
-            eprintln!("{}", human::connection_line(&rec));
+            eprintln!("{}", human::connection_line(rec));
         }
-        if let Some(alert) = self.alerter.observe(&rec, Instant::now()) {
+        if let Some(alert) = self.alerter.observe(rec, Instant::now()) {
             eprintln!("{alert}");
         }
         Ok(())
@@ -391,8 +540,10 @@ impl Watcher {
     fn refresh_host(&mut self) -> Result<()> {
         self.host = HostSnapshot::read()?;
         self.reconcile_bridges();
+        self.reconcile_uplinks();
         self.sync_prefixes()?;
         self.release_pending(false)?;
+        self.decide_attempts()?;
         for line in self.alerter.flush(Instant::now()) {
             eprintln!("{line}");
         }
@@ -400,7 +551,11 @@ impl Watcher {
     }
 
     fn counters(&self) -> Result<PipelineCounters> {
-        Ok(PipelineCounters { kernel: self.kernel.counters()?, reader_lost: self.reader_loss.get() })
+        Ok(PipelineCounters {
+            kernel: self.kernel.counters()?,
+            reader_lost: self.reader_loss.get(),
+            unbound_attempts: self.unbound_attempts,
+        })
     }
 
     fn warn_about_loss(&mut self) -> Result<()> {

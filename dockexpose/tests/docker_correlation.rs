@@ -67,7 +67,7 @@ fn firewall_bypass_story_is_reported_with_container_and_ports() {
         &["80", "5300"],
     );
     let web_ip = web.ip("bridge");
-    let w = Watcher::start(&["--stats-interval", "0"], json_path("story"));
+    let w = Watcher::start(&["--stats-interval", "0", "--uplink", &outside.uplink], json_path("story"));
     assert!(w.lines().iter().any(|l| l.contains("Docker inventory")), "{:?}", w.lines());
 
     // UFW's INPUT policy holds for the host itself...
@@ -88,14 +88,21 @@ fn firewall_bypass_story_is_reported_with_container_and_ports() {
     std::thread::sleep(Duration::from_millis(500));
     let (records, status, lines) = w.stop();
     assert!(status.success());
-    assert_eq!(records.len(), 2, "exactly the TCP and the UDP connection from outside:\n{records:#?}");
-    let tcp = records.iter().find(|r| r["proto"] == "tcp").unwrap();
+    let reached: Vec<&Value> = records.iter().filter(|r| r["stage"] == "reached").collect();
+    assert_eq!(reached.len(), 2, "exactly the TCP and the UDP connection from outside:\n{records:#?}");
+    // The uplink saw both attempts first; the 127.0.0.1 binding's port: nothing at all.
+    let attempted: Vec<u64> = records.iter().filter(|r| r["stage"] == "attempted").filter_map(|r| r["host_port"].as_u64()).collect();
+    assert_eq!(attempted.len(), 2, "{records:#?}");
+    assert!(attempted.contains(&(web_port as u64)) && attempted.contains(&(udp_port as u64)));
+    assert!(!records.iter().any(|r| r["host_port"] == local_port || r["stage"] == "blocked"), "{records:#?}");
+    let tcp = *reached.iter().find(|r| r["proto"] == "tcp").unwrap();
     assert_eq!(tcp["stage"], "reached");
     assert_eq!(tcp["src_ip"], outside.v4(2).as_str());
     assert_eq!(tcp["src_port"], sport);
     assert_eq!(tcp["dst_ip"], web_ip.as_str());
     assert_eq!(tcp["dst_port"], 80);
     assert_eq!(tcp["host_port"], web_port, "the outside-reachable mapping, not the 127.0.0.1 one");
+    assert_eq!(tcp["host_ip"], outside.v4(1).as_str(), "the kernel join gives the address the outsider used");
     assert_eq!(tcp["iface"], "docker0");
     assert_eq!(tcp["exposure"], "published");
     let c = &tcp["container"];
@@ -103,11 +110,12 @@ fn firewall_bypass_story_is_reported_with_container_and_ports() {
     assert_eq!(c["id"], web.id().as_str());
     assert_eq!(c["image"], image.as_str());
     assert_eq!((c["compose_project"].as_str(), c["compose_service"].as_str()), (Some("dxstory"), Some("web")));
-    let udp = records.iter().find(|r| r["proto"] == "udp").unwrap();
+    assert_eq!(tcp["path"], "bridge");
+    let udp = *reached.iter().find(|r| r["proto"] == "udp").unwrap();
     assert_eq!((udp["src_port"].as_u64(), udp["dst_port"].as_u64(), udp["host_port"].as_u64()), (Some(uport as u64), Some(5300), Some(udp_port as u64)));
     assert_eq!(udp["container"]["name"], web.name.as_str());
 
-    let alert = format!("EXPOSED {} ({image}) 0.0.0.0:{web_port} -> 80/tcp reached from {}", web.name, outside.v4(2));
+    let alert = format!("EXPOSED {} ({image}) {}:{web_port} -> 80/tcp reached from {}", web.name, outside.v4(1), outside.v4(2));
     assert!(lines.iter().any(|l| l == &alert), "alert line {alert:?} missing in {lines:#?}");
 }
 
@@ -121,7 +129,7 @@ fn networks_and_containers_created_later_are_followed_live() {
     let n = outside.n;
     let subnet = format!("10.252.{n}.0/24");
     assert_unrouted(&subnet);
-    let mut w = Watcher::start(&["--stats-interval", "0"], json_path("live"));
+    let mut w = Watcher::start(&["--stats-interval", "0", "--uplink", &outside.uplink], json_path("live"));
 
     // A network created after start: its bridge is watched within a second.
     let net = docker::Network::create(&format!("dx-live-{n}"), &subnet);
@@ -160,7 +168,7 @@ fn networks_and_containers_created_later_are_followed_live() {
 
     let (records, status, _) = w.stop();
     assert!(status.success());
-    let by_port = |p: u16| -> Vec<&Value> { records.iter().filter(|r| r["host_port"] == p).collect() };
+    let by_port = |p: u16| -> Vec<&Value> { records.iter().filter(|r| r["host_port"] == p && r["stage"] == "reached").collect() };
     let a_recs = by_port(port_a);
     assert!(a_recs.len() >= 2, "two reaches of A: {records:#?}");
     for r in &a_recs {
@@ -182,7 +190,7 @@ fn without_a_docker_socket_detection_goes_on_and_says_why() {
     let bed = Bed::new("n");
     let _c1 = Services::start(&bed.c1_ns, C_TCP, C_UDP);
     let w = Watcher::start(
-        &["--docker-host", "unix:///nonexistent/docker.sock", "--bridge", &bed.bridge],
+        &["--docker-host", "unix:///nonexistent/docker.sock", "--bridge", &bed.bridge, "--uplink", &bed.outside.uplink],
         json_path("nodocker"),
     );
     let warned = w.lines().iter().any(|l| l.contains("running without container identity") && l.contains("/nonexistent/docker.sock"));

@@ -30,7 +30,7 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     let trusted4 = format!("{}/32", bed.outside.v4(3));
     let trusted6 = format!("{}/128", bed.outside.v6(3));
     let watcher = Watcher::start(
-        &["--bridge", &bed.bridge, "--trusted", &trusted4, "--trusted", &trusted6, "--stats-interval", "0"],
+        &["--bridge", &bed.bridge, "--uplink", &bed.outside.uplink, "--trusted", &trusted4, "--trusted", &trusted6, "--stats-interval", "0"],
         json,
     );
     if let Some(secs) = std::env::var("DOCKEXPOSE_TEST_HOLD").ok().and_then(|s| s.parse().ok()) {
@@ -39,6 +39,8 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     }
     assert_eq!(tcx_programs(&bed.bridge, true), ["bridge_egress"], "egress program attached while watching");
     assert_eq!(tcx_programs(&bed.bridge, false), ["bridge_ingress"]);
+    assert_eq!(tcx_programs(&bed.outside.uplink, true), ["uplink_egress"]);
+    assert!(xdp_attached(&bed.outside.uplink), "XDP on the uplink while watching");
 
     // The firewall holds for the host itself: INPUT drops the outside host...
     let host_listener = std::net::TcpListener::bind((bed.outside.v4(1).as_str(), HOST_INPUT_TCP)).unwrap();
@@ -111,7 +113,9 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     // Nothing stays attached, and a second run right after works.
     assert!(tcx_programs(&bed.bridge, true).is_empty(), "egress still attached after stop");
     assert!(tcx_programs(&bed.bridge, false).is_empty(), "ingress still attached after stop");
-    let again = Watcher::start(&["--bridge", &bed.bridge], std::env::temp_dir().join(format!("dockexpose-test-{}-2.json", bed.n)));
+    assert!(tcx_programs(&bed.outside.uplink, true).is_empty(), "uplink egress still attached after stop");
+    assert!(!xdp_attached(&bed.outside.uplink), "XDP still attached after stop");
+    let again = Watcher::start(&["--bridge", &bed.bridge, "--no-uplinks"], std::env::temp_dir().join(format!("dockexpose-test-{}-2.json", bed.n)));
     let (_, status, _) = again.stop();
     assert!(status.success());
     assert!(tcx_programs(&bed.bridge, true).is_empty());
@@ -143,7 +147,7 @@ fn a_bridge_that_disappears_is_dropped_without_a_crash() {
     sh(&["ip", "link", "add", &bridge, "type", "bridge"]);
     undo.push(&["ip", "link", "del", &bridge]);
     sh(&["ip", "link", "set", &bridge, "up"]);
-    let mut w = Watcher::start(&["--bridge", &bridge], std::env::temp_dir().join(format!("dockexpose-gone-{n}.json")));
+    let mut w = Watcher::start(&["--bridge", &bridge, "--no-uplinks"], std::env::temp_dir().join(format!("dockexpose-gone-{n}.json")));
     sh(&["ip", "link", "del", &bridge]);
     w.wait_for_line("disappeared", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(1500));
@@ -157,7 +161,7 @@ fn an_interface_that_is_not_a_bridge_gets_a_warning() {
     if !privileged("an_interface_that_is_not_a_bridge_gets_a_warning") {
         return;
     }
-    let w = Watcher::start(&["--bridge", "lo"], std::env::temp_dir().join(format!("dockexpose-lo-{}.json", run_id())));
+    let w = Watcher::start(&["--bridge", "lo", "--no-uplinks"], std::env::temp_dir().join(format!("dockexpose-lo-{}.json", run_id())));
     let (_, status, lines) = w.stop();
     assert!(status.success());
     assert!(lines.iter().any(|l| l.contains("warning: lo is not a Linux bridge")), "{lines:?}");

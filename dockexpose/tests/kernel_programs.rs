@@ -5,7 +5,10 @@ mod support;
 
 use std::net::IpAddr;
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+
+use std::collections::BTreeSet;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use dockexpose::{
     kernel::{
         event::Observation,
@@ -13,7 +16,7 @@ use dockexpose::{
     },
     net::prefix::{PrefixTable, SourceKind},
 };
-use dockexpose_common::{program_names, Counter};
+use dockexpose_common::{program_names, Counter, PortKey};
 use support::privileged;
 
 /// Ethernet + IPv4/IPv6 + a 20-byte TCP header (or 8-byte UDP header).
@@ -74,6 +77,17 @@ impl Loaded {
         out
     }
 
+    fn run_xdp(&mut self, frame: &[u8]) -> Vec<Observation> {
+        let prog: &mut Xdp = self.kernel.program_mut(program_names::UPLINK_XDP).unwrap().try_into().unwrap();
+        let res = prog.test_run(TestRunOptions { data_in: Some(frame), ..Default::default() }).unwrap();
+        assert_eq!(res.return_value, 2, "XDP fails open with XDP_PASS");
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            out.push(Observation::from_bytes(&item).unwrap());
+        }
+        out
+    }
+
     fn counter(&self, c: Counter) -> u64 {
         self.kernel.counters().unwrap().get(c)
     }
@@ -125,4 +139,45 @@ fn udp_flows_are_reported_once_and_replies_to_container_flows_not_at_all() {
     }
     assert_eq!(k.counter(Counter::ReachedEmitted), 2);
     assert_eq!(k.counter(Counter::UdpDeduplicated), 4);
+}
+
+#[test]
+fn uplink_attempt_joins_the_reach_and_the_answer_for_both_families() {
+    if !privileged("uplink_attempt_joins_the_reach_and_the_answer_for_both_families") {
+        return;
+    }
+    use dockexpose::kernel::event::Stage;
+    let mut k = Loaded::new(&["10.251.1.0/24", "fd42:251:1::/64", "198.18.1.1", "fd42:198:1::1"], &[]);
+    let ports: BTreeSet<PortKey> = [8080, 8443].iter().map(|p| PortKey { port: *p, proto: 6, _pad: 0 }).collect();
+    k.kernel.sync_published_ports(&ports).unwrap();
+    for (client, host, container) in [("198.18.1.2", "198.18.1.1", "10.251.1.2"), ("fd42:198:1::2", "fd42:198:1::1", "fd42:251:1::2")] {
+        // Not published: no attempt.
+        assert!(k.run_xdp(&frame(ip(client), 40000, ip(host), 9999, 6, 0x02)).is_empty());
+        // Two host ports to one container port: each reach carries its own.
+        for (sport, host_port) in [(41000u16, 8080u16), (41001, 8443)] {
+            let attempt = k.run_xdp(&frame(ip(client), sport, ip(host), host_port, 6, 0x02));
+            assert_eq!(attempt.len(), 1);
+            assert_eq!((attempt[0].stage, attempt[0].dst, attempt[0].dst_port), (Stage::Attempted, ip(host), host_port));
+            // The retransmitted SYN is the same attempt.
+            assert!(k.run_xdp(&frame(ip(client), sport, ip(host), host_port, 6, 0x02)).is_empty());
+            // After DNAT, on the bridge: the reach names the host side exactly.
+            let reach = k.run(program_names::BRIDGE_EGRESS, &frame(ip(client), sport, ip(container), 80, 6, 0x02));
+            assert_eq!(reach.len(), 1);
+            assert_eq!(reach[0].orig_dst, Some((ip(host), host_port)));
+            // The SYN-ACK leaving the uplink from the host side: answered, once.
+            let answer = k.run(program_names::UPLINK_EGRESS, &frame(ip(host), host_port, ip(client), sport, 6, 0x12));
+            assert_eq!(answer.len(), 1);
+            assert_eq!((answer[0].stage, answer[0].src, answer[0].src_port), (Stage::Answered, ip(client), sport));
+            assert!(k.run(program_names::UPLINK_EGRESS, &frame(ip(host), host_port, ip(client), sport, 6, 0x12)).is_empty());
+        }
+        // The host's own address as a source (a local client): no attempt.
+        assert!(k.run_xdp(&frame(ip(host), 42000, ip(host), 8080, 6, 0x02)).is_empty());
+    }
+    assert_eq!(k.counter(Counter::AttemptsEmitted), 4);
+    assert_eq!(k.counter(Counter::AttemptsDeduplicated), 4);
+    assert_eq!(k.counter(Counter::ReachedJoined), 4);
+    assert_eq!(k.counter(Counter::AttemptsAnswered), 4);
+    // Unpublishing a port takes it out of the uplink program's view.
+    k.kernel.sync_published_ports(&BTreeSet::new()).unwrap();
+    assert!(k.run_xdp(&frame(ip("198.18.1.2"), 43000, ip("198.18.1.1"), 8080, 6, 0x02)).is_empty());
 }

@@ -93,6 +93,17 @@ impl HostSnapshot {
             .collect()
     }
 
+    /// Interfaces that can bring traffic from outside: up, with a global address, and
+    /// neither a bridge, a bridge port (container veths), nor loopback.
+    pub fn uplink_candidates(&self) -> Vec<String> {
+        self.interfaces
+            .values()
+            .filter(|i| i.is_up && !i.is_bridge && !i.is_bridge_port && !i.is_loopback)
+            .filter(|i| i.host_addresses.iter().any(|a| is_global(*a)))
+            .map(|i| i.name.clone())
+            .collect()
+    }
+
     /// Interfaces whose names are close to `name`, for an "unknown interface" hint.
     pub fn suggest(&self, name: &str) -> String {
         let close: Vec<&str> = self
@@ -109,6 +120,14 @@ impl HostSnapshot {
     }
 }
 
+/// Not loopback, not link-local, not unspecified: an address outsiders can reach.
+pub fn is_global(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => !(a.is_loopback() || a.is_link_local() || a.is_unspecified()),
+        IpAddr::V6(a) => !(a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80),
+    }
+}
+
 /// True when an interface of that name exists, addressed or not (getifaddrs lists
 /// interfaces without addresses only through AF_PACKET entries, so ask /sys).
 pub fn exists(name: &str) -> bool {
@@ -118,4 +137,45 @@ pub fn exists(name: &str) -> bool {
 /// True when the named interface is a Linux bridge.
 pub fn is_bridge(name: &str) -> bool {
     exists(name) && Path::new("/sys/class/net").join(name).join("bridge").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, addrs: &[&str], f: impl FnOnce(&mut Interface)) -> (String, Interface) {
+        let mut i = Interface {
+            name: name.into(),
+            is_up: true,
+            host_addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ..Default::default()
+        };
+        f(&mut i);
+        (name.into(), i)
+    }
+
+    #[test]
+    fn uplinks_are_addressed_interfaces_that_are_not_bridges_ports_or_loopback() {
+        let host = HostSnapshot {
+            interfaces: [
+                iface("eth0", &["192.0.2.2", "fe80::1"], |_| {}),
+                iface("eth1", &["fe80::2"], |_| {}),
+                iface("eth2", &["fd00::2"], |i| i.is_up = false),
+                iface("wg0", &["10.8.0.1"], |_| {}),
+                iface("docker0", &["172.17.0.1"], |i| i.is_bridge = true),
+                iface("veth1", &[], |i| i.is_bridge_port = true),
+                iface("lo", &["127.0.0.1", "::1"], |i| i.is_loopback = true),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        assert_eq!(host.uplink_candidates(), ["eth0", "wg0"]);
+    }
+
+    #[test]
+    fn global_addresses() {
+        for (a, global) in [("198.18.0.1", true), ("169.254.1.1", false), ("127.0.0.1", false), ("fd00::2", true), ("fe80::1", false), ("::1", false)] {
+            assert_eq!(is_global(a.parse().unwrap()), global, "{a}");
+        }
+    }
 }

@@ -12,8 +12,8 @@ use bollard::{
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::model::{bridge_name, Container, Inventory, Network, PublishedPort};
-use crate::{kernel::event::Proto, net::prefix::Prefix};
+use super::model::{bridge_holding, bridge_name, Container, Inventory, Network, PublishedPort};
+use crate::{host::interfaces::HostSnapshot, kernel::event::Proto, net::prefix::Prefix};
 
 const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
@@ -37,14 +37,30 @@ pub fn endpoint(flag: Option<&str>) -> String {
     if raw.starts_with('/') { format!("unix://{raw}") } else { raw }
 }
 
-async fn connect(endpoint: &str) -> Result<Docker, String> {
+/// A connected engine: Docker, or Podman through its Docker-compatible API.
+pub struct Engine {
+    docker: Docker,
+    /// Podman names its bridges itself (podman0, podman1...) and does not say which in
+    /// the compatible API: they are found by the gateway address instead.
+    podman: bool,
+}
+
+impl Engine {
+    pub fn is_podman(&self) -> bool {
+        self.podman
+    }
+}
+
+pub async fn connect(endpoint: &str) -> Result<Engine, String> {
     let docker = Docker::connect_with_host(endpoint).map_err(|e| {
         format!("Docker API at {endpoint}: {e} (is the engine running? point --docker-host or DOCKER_HOST at its socket, or use --no-docker)")
     })?;
     // Older engines (20.10 speaks API 1.41) refuse newer client versions: agree on one.
     let docker = docker.negotiate_version().await.map_err(|e| explain(endpoint, &e))?;
     docker.ping().await.map_err(|e| explain(endpoint, &e))?;
-    Ok(docker)
+    let version = docker.version().await.map_err(|e| explain(endpoint, &e))?;
+    let podman = version.components.iter().flatten().any(|c| c.name.contains("Podman"));
+    Ok(Engine { docker, podman })
 }
 
 fn explain(endpoint: &str, e: &bollard::errors::Error) -> String {
@@ -62,9 +78,22 @@ fn explain(endpoint: &str, e: &bollard::errors::Error) -> String {
 }
 
 /// Lists bridge networks and running containers.
-pub async fn snapshot(docker: &Docker) -> Result<Inventory, bollard::errors::Error> {
-    let networks: Vec<Network> =
+pub async fn snapshot(engine: &Engine) -> Result<Inventory, bollard::errors::Error> {
+    let docker = &engine.docker;
+    let mut networks: Vec<Network> =
         docker.list_networks(None::<ListNetworksOptions>).await?.iter().filter_map(network_from).collect();
+    if engine.podman {
+        // The bridge is the interface holding the network's gateway; Podman creates it
+        // with the network's first running container, so one may not exist yet.
+        let host = HostSnapshot::read().unwrap_or_default();
+        networks.retain_mut(|n| match bridge_holding(&n.subnets, &host) {
+            Some(bridge) => {
+                n.bridge = bridge;
+                true
+            }
+            None => false,
+        });
+    }
     let containers = docker
         .list_containers(Some(ListContainersOptions { all: false, ..Default::default() }))
         .await?
@@ -177,12 +206,12 @@ pub async fn run(endpoint: String, tx: watch::Sender<DockerState>) {
 }
 
 /// Lists, then re-lists on every relevant event; returns why it stopped.
-async fn follow(docker: &Docker, tx: &watch::Sender<DockerState>) -> String {
+async fn follow(engine: &Engine, tx: &watch::Sender<DockerState>) -> String {
     // Subscribe first, so that nothing between the listing and the stream is missed.
-    let mut events = docker.events(Some(event_filters()));
+    let mut events = engine.docker.events(Some(event_filters()));
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     loop {
-        match snapshot(docker).await {
+        match snapshot(engine).await {
             Ok(inv) => {
                 let changed = !matches!(&*tx.borrow(), DockerState::Connected(old) if *old == inv);
                 if changed && tx.send(DockerState::Connected(inv)).is_err() {

@@ -9,7 +9,7 @@ use std::{
 
 use dockexpose_common::PortKey;
 
-use crate::{kernel::event::Proto, net::prefix::Prefix};
+use crate::{host::interfaces::HostSnapshot, kernel::event::Proto, net::prefix::Prefix};
 
 /// A Docker bridge network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +140,16 @@ pub fn exposure_of(mappings: &[&PublishedPort]) -> Exposure {
     }
 }
 
+/// The bridge that holds an address in one of `subnets` (its gateway): how Podman's
+/// bridges are found, since its compatible API does not name them.
+pub fn bridge_holding(subnets: &[Prefix], host: &HostSnapshot) -> Option<String> {
+    host.interfaces
+        .values()
+        .filter(|i| i.is_bridge)
+        .find(|i| i.addresses.iter().any(|a| subnets.iter().any(|s| s.len() == a.len() && s.contains(a.addr()))))
+        .map(|i| i.name.clone())
+}
+
 /// The Linux bridge of a Docker network, as Docker names it.
 pub fn bridge_name(network_id: &str, network_name: &str, bridge_option: Option<&str>) -> String {
     match bridge_option {
@@ -223,6 +233,20 @@ pub(crate) mod tests {
         let ports = sample().published_host_ports();
         assert_eq!(ports.len(), 4);
         assert!(ports.contains(&PortKey { port: 5353, proto: 17, _pad: 0 }));
+    }
+
+    #[test]
+    fn podman_bridges_are_found_by_their_gateway() {
+        use crate::host::interfaces::Interface;
+        let mut host = HostSnapshot::default();
+        for (name, is_bridge, addr) in [("podman0", true, "10.88.0.1/16"), ("eth0", false, "10.89.0.2/16"), ("podman1", true, "10.89.0.1/24")] {
+            let (ip, len) = addr.split_once('/').unwrap();
+            let p = Prefix::new(ip.parse().unwrap(), len.parse().unwrap()).unwrap();
+            host.interfaces.insert(name.into(), Interface { name: name.into(), is_bridge, addresses: vec![p], ..Default::default() });
+        }
+        assert_eq!(bridge_holding(&["10.88.0.0/16".parse().unwrap()], &host).as_deref(), Some("podman0"));
+        assert_eq!(bridge_holding(&["10.89.0.0/24".parse().unwrap()], &host).as_deref(), Some("podman1"));
+        assert_eq!(bridge_holding(&["10.90.0.0/24".parse().unwrap()], &host), None, "no container yet: no bridge");
     }
 
     #[test]

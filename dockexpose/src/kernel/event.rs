@@ -6,7 +6,8 @@ use std::{
 };
 
 use dockexpose_common::{
-    ConnEvent, FAMILY_IPV4, FLAG_HAS_ORIG_DST, PROTO_TCP, PROTO_UDP, STAGE_ATTEMPTED, STAGE_REACHED,
+    ConnEvent, FAMILY_IPV4, FLAG_HAS_ORIG_DST, PROTO_TCP, PROTO_UDP, STAGE_ANSWERED, STAGE_ATTEMPTED,
+    STAGE_REACHED,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,6 +45,8 @@ pub enum Stage {
     Attempted,
     Reached,
     Blocked,
+    /// The host answered an attempt (internal: it decides the verdict, no record).
+    Answered,
 }
 
 impl Stage {
@@ -52,6 +55,7 @@ impl Stage {
             Stage::Attempted => "attempted",
             Stage::Reached => "reached",
             Stage::Blocked => "blocked",
+            Stage::Answered => "answered",
         }
     }
 }
@@ -104,6 +108,7 @@ impl Observation {
         let stage = match ev.stage {
             STAGE_ATTEMPTED => Stage::Attempted,
             STAGE_REACHED => Stage::Reached,
+            STAGE_ANSWERED => Stage::Answered,
             s => return Err(DecodeError(format!("unknown stage {s}"))),
         };
         if ev.family != FAMILY_IPV4 && ev.family != dockexpose_common::FAMILY_IPV6 {

@@ -9,13 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        HashMap, MapData, PerCpuArray, RingBuf,
+        Array, MapData, PerCpuArray, RingBuf,
     },
     programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use dockexpose_common::{
-    global_names, map_names, program_names, Counter, PortKey, PREFIX_LOCAL, PREFIX_TRUSTED,
+    global_names, map_names, program_names, published_port_index, Counter, PortKey, PREFIX_LOCAL,
+    PREFIX_TRUSTED,
 };
 
 use crate::{
@@ -48,6 +49,11 @@ struct BridgeLinks {
     ingress: tc::SchedClassifierLinkId,
 }
 
+struct UplinkLinks {
+    xdp: aya::programs::xdp::XdpLinkId,
+    egress: tc::SchedClassifierLinkId,
+}
+
 /// How an XDP program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpAttachMode {
@@ -59,10 +65,10 @@ pub struct Kernel {
     ebpf: Ebpf,
     local_v4: LpmTrie<MapData, [u8; 4], u8>,
     local_v6: LpmTrie<MapData, [u8; 16], u8>,
-    published: HashMap<MapData, PortKey, u8>,
+    published: Array<MapData, u8>,
     counters: PerCpuArray<MapData, u64>,
     bridges: BTreeMap<String, BridgeLinks>,
-    uplinks: BTreeMap<String, aya::programs::xdp::XdpLinkId>,
+    uplinks: BTreeMap<String, UplinkLinks>,
     prefixes: PrefixTable,
     ports: BTreeSet<PortKey>,
 }
@@ -84,7 +90,7 @@ impl Kernel {
             .override_global(global_names::UDP_IDLE_NS, &settings.udp_idle_ns, true)
             .override_global(global_names::ATTEMPT_DEDUP_NS, &settings.attempt_window_ns, true)
             .load(EBPF_OBJECT)?;
-        for name in [program_names::BRIDGE_EGRESS, program_names::BRIDGE_INGRESS] {
+        for name in [program_names::BRIDGE_EGRESS, program_names::BRIDGE_INGRESS, program_names::UPLINK_EGRESS] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().map_err(|source| Error::LoadProgram { program: name, source })?;
         }
@@ -94,7 +100,7 @@ impl Kernel {
         let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?).map_err(map_err(map_names::EVENTS))?;
         let local_v4 = LpmTrie::try_from(take_map(&mut ebpf, map_names::LOCAL_V4)?).map_err(map_err(map_names::LOCAL_V4))?;
         let local_v6 = LpmTrie::try_from(take_map(&mut ebpf, map_names::LOCAL_V6)?).map_err(map_err(map_names::LOCAL_V6))?;
-        let published = HashMap::try_from(take_map(&mut ebpf, map_names::PUBLISHED_PORTS)?)
+        let published = Array::try_from(take_map(&mut ebpf, map_names::PUBLISHED_PORTS)?)
             .map_err(map_err(map_names::PUBLISHED_PORTS))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?).map_err(map_err(map_names::COUNTERS))?;
         let kernel = Self {
@@ -143,29 +149,40 @@ impl Kernel {
         }
     }
 
-    /// Attaches the uplink XDP program: native mode where the driver has it, generic otherwise.
+    /// Attaches the uplink programs: XDP (native mode where the driver has it, generic
+    /// otherwise) for attempts, TCX egress for the host's answers.
     pub fn attach_uplink(&mut self, iface: &str) -> Result<XdpAttachMode> {
+        if self.uplinks.contains_key(iface) {
+            return Ok(XdpAttachMode::Native);
+        }
+        let _ = tc::qdisc_add_clsact(iface);
+        let egress = attach_tc(&mut self.ebpf, program_names::UPLINK_EGRESS, iface, TcAttachType::Egress)?;
         let prog: &mut Xdp = program(&mut self.ebpf, program_names::UPLINK_XDP)?;
-        let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
-            Ok(id) => (id, XdpAttachMode::Native),
-            Err(_) => {
-                let id = prog.attach(iface, XdpMode::Skb).map_err(|source| Error::Attach {
-                    program: program_names::UPLINK_XDP,
-                    iface: iface.to_string(),
-                    hook: "XDP",
-                    source,
-                })?;
-                (id, XdpAttachMode::Generic)
-            }
+        let attached = match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => Ok((id, XdpAttachMode::Native)),
+            Err(_) => prog.attach(iface, XdpMode::Skb).map(|id| (id, XdpAttachMode::Generic)),
         };
-        self.uplinks.insert(iface.to_string(), id);
-        Ok(mode)
+        match attached {
+            Ok((xdp, mode)) => {
+                self.uplinks.insert(iface.to_string(), UplinkLinks { xdp, egress });
+                Ok(mode)
+            }
+            Err(source) => {
+                if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::UPLINK_EGRESS) {
+                    let _ = prog.detach(egress);
+                }
+                Err(Error::Attach { program: program_names::UPLINK_XDP, iface: iface.to_string(), hook: "XDP", source })
+            }
+        }
     }
 
     pub fn detach_uplink(&mut self, iface: &str) {
-        let Some(id) = self.uplinks.remove(iface) else { return };
+        let Some(links) = self.uplinks.remove(iface) else { return };
         if let Ok(prog) = program::<Xdp>(&mut self.ebpf, program_names::UPLINK_XDP) {
-            let _ = prog.detach(id);
+            let _ = prog.detach(links.xdp);
+        }
+        if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::UPLINK_EGRESS) {
+            let _ = prog.detach(links.egress);
         }
     }
 
@@ -212,11 +229,10 @@ impl Kernel {
 
     /// Makes the kernel's published-port set equal to `next`.
     pub fn sync_published_ports(&mut self, next: &BTreeSet<PortKey>) -> Result<()> {
-        for gone in self.ports.difference(next) {
-            let _ = self.published.remove(gone);
-        }
-        for new in next.difference(&self.ports) {
-            self.published.insert(*new, 1, 0).map_err(map_err(map_names::PUBLISHED_PORTS))?;
+        for (key, value) in self.ports.difference(next).map(|k| (k, 0)).chain(next.difference(&self.ports).map(|k| (k, 1))) {
+            self.published
+                .set(published_port_index(key.port, key.proto), value, 0)
+                .map_err(map_err(map_names::PUBLISHED_PORTS))?;
         }
         self.ports = next.clone();
         Ok(())

@@ -85,6 +85,10 @@ pub fn headline(rec: &Record) -> Option<(&'static str, String)> {
                 rec.src_ip
             ),
         ),
+        ("reached", _) if rec.path == Some("proxy") => (
+            "reached",
+            format!("EXPOSED {} {} reached from {} through a proxy on the host (docker-proxy)", who(rec), host_side(rec), rec.src_ip),
+        ),
         ("reached", _) => ("reached", format!("EXPOSED {} {} -> {target} reached from {}", who(rec), host_side(rec), rec.src_ip)),
         ("blocked", _) => (
             "blocked",

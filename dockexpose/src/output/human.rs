@@ -97,6 +97,7 @@ mod tests {
             container: None,
             exposure: "unknown",
             published: Vec::new(),
+            path: Some("bridge"),
         };
         assert_eq!(
             connection_line(&rec),

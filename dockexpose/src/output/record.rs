@@ -56,6 +56,10 @@ pub struct Record {
     /// Every published host side that maps to the destination (several host ports may
     /// map to one container port); `host_ip`/`host_port` say which one when known.
     pub published: Vec<HostSide>,
+    /// For `reached`: `bridge` (seen entering the container bridge) or `proxy` (answered
+    /// by the host itself, e.g. docker-proxy, which reaches the container from the
+    /// bridge gateway); null for `attempted` and `blocked`.
+    pub path: Option<&'static str>,
 }
 
 impl Record {
@@ -77,6 +81,7 @@ impl Record {
             container: None,
             exposure: "unknown",
             published: Vec::new(),
+            path: (stage == Stage::Reached).then_some("bridge"),
         }
     }
 

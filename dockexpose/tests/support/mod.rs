@@ -533,3 +533,9 @@ pub fn tcx_programs(iface: &str, egress: bool) -> Vec<String> {
     }
 }
 pub mod docker;
+
+/// True when an XDP program (native or generic) is attached to `iface`.
+pub fn xdp_attached(iface: &str) -> bool {
+    let out = sh(&["ip", "-d", "link", "show", "dev", iface]);
+    out.contains("xdp")
+}
