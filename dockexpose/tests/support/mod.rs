@@ -280,6 +280,10 @@ impl Watcher {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -538,4 +542,84 @@ pub mod docker;
 pub fn xdp_attached(iface: &str) -> bool {
     let out = sh(&["ip", "-d", "link", "show", "dev", iface]);
     out.contains("xdp")
+}
+
+/// Internet checksum (RFC 1071).
+fn checksum(chunks: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in chunks {
+        for pair in chunk.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends TCP SYNs from `ns` with spoofed sources (random hosts of `src_net`.0/24 and
+/// random ports) to `dst`, through a raw socket. Stops after `count` or `limit`;
+/// returns how many were sent.
+pub fn syn_flood(ns: &str, src_net: [u8; 3], dst: std::net::SocketAddrV4, count: usize, limit: Duration) -> usize {
+    in_netns(ns, move || {
+        // SAFETY: plain socket syscalls on an fd owned here and closed at the end.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let (da, dlen) = sockaddr(SocketAddr::V4(dst));
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let start = Instant::now();
+        let mut sent = 0;
+        while sent < count && start.elapsed() < limit {
+            let r = next();
+            let src = [src_net[0], src_net[1], src_net[2], (r % 254 + 1) as u8];
+            let sport = (1024 + (r >> 8) % 60000) as u16;
+            let mut tcp = [0u8; 20];
+            tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+            tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+            tcp[4..8].copy_from_slice(&((r >> 24) as u32).to_be_bytes());
+            tcp[12] = 0x50;
+            tcp[13] = 0x02;
+            tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+            let pseudo = [&src[..], &dst.ip().octets()[..], &[0, 6, 0, 20][..]].concat();
+            let sum = checksum(&[&pseudo, &tcp]);
+            tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+            let mut ip = [0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+            ip[8] = 64;
+            ip[9] = 6;
+            ip[12..16].copy_from_slice(&src);
+            ip[16..20].copy_from_slice(&dst.ip().octets());
+            let sum = checksum(&[&ip]);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            let packet = [&ip[..], &tcp[..]].concat();
+            let rc = unsafe { libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, da.as_ptr().cast(), dlen) };
+            if rc == packet.len() as isize {
+                sent += 1;
+            } else {
+                // ENOBUFS under load: let the queue drain.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        unsafe { libc::close(fd) };
+        sent
+    })
+}
+
+/// Peak resident memory of a process, in KiB (VmHWM).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
