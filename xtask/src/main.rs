@@ -97,7 +97,16 @@ fn run_task(task: Task) -> Result<()> {
         Task::Bench { args } => {
             let bin = build(root)?;
             let args: Vec<String> = std::iter::once("bench".to_string()).chain(args).collect();
-            exec_privileged(root, &bin, &args)
+            let mut kernel = privileged(root, &bin, &args)?;
+            run(&mut kernel, "the kernel-program benchmark failed")?;
+            // The rate of new connections, attached vs detached: an ignored test, so
+            // that it shares the namespace and Docker test bed with the tests.
+            say!("connection rate through a published port, attached vs detached (about 30 s)");
+            run(
+                cargo().args(["test", "--release", "--package", "dockexpose", "--test", "bench_rate"])
+                    .args(["--", "--ignored", "--nocapture", "--test-threads=1"]),
+                "the connection-rate benchmark failed (it needs root and Docker)",
+            )
         }
     }
 }
@@ -149,6 +158,14 @@ fn test(root: bool, args: &[String]) -> Result<()> {
 /// root: only dockexpose goes through `sudo -E`, not cargo, so that target/ does not
 /// fill with files owned by root.
 fn exec_privileged(root: bool, bin: &Path, args: &[String]) -> Result<()> {
+    let mut cmd = privileged(root, bin, args)?;
+    say!("running: {}", describe(&cmd));
+    let err = cmd.exec(); // returns only if the exec failed
+    Err(err).with_context(|| format!("could not start `{}`; run `cargo xtask build` and check the path", describe(&cmd)))
+}
+
+/// `bin ARGS` as root: directly when root, else through `sudo -E`.
+fn privileged(root: bool, bin: &Path, args: &[String]) -> Result<Command> {
     let mut cmd = if root {
         Command::new(bin)
     } else if let Some(sudo) = find_in_path("sudo") {
@@ -164,9 +181,7 @@ fn exec_privileged(root: bool, bin: &Path, args: &[String]) -> Result<()> {
         );
     };
     cmd.args(args);
-    say!("running: {}", describe(&cmd));
-    let err = cmd.exec(); // returns only if the exec failed
-    Err(err).with_context(|| format!("could not start `{}`; run `cargo xtask build` and check the path", describe(&cmd)))
+    Ok(cmd)
 }
 
 // ---------------------------------------------------------------------------------

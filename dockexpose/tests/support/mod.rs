@@ -623,3 +623,35 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Opens and closes TCP connections from `ns` (source `src`) to `dst` for `length`,
+/// one after another; returns how many completed (greeting read). Closed with RST
+/// (SO_LINGER 0) so that TIME_WAIT does not exhaust the source ports.
+pub fn connect_loop(ns: &str, src: IpAddr, dst: SocketAddr, length: Duration) -> usize {
+    in_netns(ns, move || {
+        let start = Instant::now();
+        let mut done = 0;
+        while start.elapsed() < length {
+            let domain = if src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+            // SAFETY: plain socket syscalls on an fd owned by the TcpStream below.
+            let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM, 0) };
+            let (sa, len) = sockaddr(SocketAddr::new(src, 0));
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            unsafe {
+                libc::bind(fd, sa.as_ptr().cast(), len);
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), size_of::<libc::linger>() as u32);
+            }
+            let (da, dlen) = sockaddr(dst);
+            let rc = unsafe { libc::connect(fd, da.as_ptr().cast(), dlen) };
+            let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            if rc == 0 {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut buf = [0u8; 2];
+                if (&stream).read_exact(&mut buf).is_ok() {
+                    done += 1;
+                }
+            }
+        }
+        done
+    })
+}
