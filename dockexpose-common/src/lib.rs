@@ -151,10 +151,13 @@ pub struct AttemptKey {
 pub struct AttemptValue {
     pub ktime_ns: u64,
     pub orig_dst_addr: [u8; 16],
+    /// The SYN's initial sequence number (0 for UDP): a retransmit carries the same,
+    /// a new connection from a reused source port another.
+    pub tcp_seq: u32,
     pub orig_dst_port: u16,
     /// 1 once the host answered it (reported once).
     pub answered: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
 }
 
 /// A host port Docker publishes (userspace's view of PUBLISHED_PORTS).

@@ -214,6 +214,7 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     if let Some(seen) = ATTEMPTS.get_ptr_mut(key) {
         let seen = unsafe { &mut *seen };
         if now.wrapping_sub(seen.ktime_ns) < ATTEMPT_DEDUP_NS.load()
+            && seen.tcp_seq == flow.seq
             && seen.orig_dst_port == flow.dst_port
             && seen.orig_dst_addr == flow.dst
         {
@@ -226,9 +227,10 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     let value = AttemptValue {
         ktime_ns: now,
         orig_dst_addr: flow.dst,
+        tcp_seq: flow.seq,
         orig_dst_port: flow.dst_port,
         answered: 0,
-        _pad: [0; 5],
+        _pad: 0,
     };
     if ATTEMPTS.insert(key, value, 0).is_err() {
         count(Counter::MapUpdateFailed);
@@ -270,6 +272,7 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     let inbound = Flow {
         src: reply.dst,
         dst: reply.src,
+        seq: 0,
         src_port: reply.dst_port,
         dst_port: reply.src_port,
         family: reply.family,

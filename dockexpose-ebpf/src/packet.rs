@@ -32,6 +32,8 @@ const IPV6_DEST_OPTS: u8 = 60;
 pub struct Flow {
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    /// TCP sequence number (0 for UDP).
+    pub seq: u32,
     pub src_port: u16,
     pub dst_port: u16,
     pub family: u8,
@@ -96,14 +98,14 @@ fn parse_ipv4<const UDP_ONLY: bool, const TCP_FLAGS: u8>(data: usize, data_end: 
         return unparsed();
     }
     let l4 = ETH_HLEN + ihl;
-    let Some((src_port, dst_port)) = transport::<TCP_FLAGS>(data, data_end, l4, proto) else {
+    let Some((src_port, dst_port, seq)) = transport::<TCP_FLAGS>(data, data_end, l4, proto) else {
         return unparsed_or_skip(data, data_end, l4, proto);
     };
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src[..4].copy_from_slice(&head[12..16]);
     dst[..4].copy_from_slice(&head[16..20]);
-    Parsed::NewFlow(Flow { src, dst, src_port, dst_port, family: FAMILY_IPV4, proto })
+    Parsed::NewFlow(Flow { src, dst, seq, src_port, dst_port, family: FAMILY_IPV4, proto })
 }
 
 #[inline(always)]
@@ -128,28 +130,30 @@ fn parse_ipv6<const UDP_ONLY: bool, const TCP_FLAGS: u8>(data: usize, data_end: 
         };
     }
     let l4 = ETH_HLEN + IPV6_HLEN;
-    let Some((src_port, dst_port)) = transport::<TCP_FLAGS>(data, data_end, l4, next_hdr) else {
+    let Some((src_port, dst_port, seq)) = transport::<TCP_FLAGS>(data, data_end, l4, next_hdr) else {
         return unparsed_or_skip(data, data_end, l4, next_hdr);
     };
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src.copy_from_slice(&head[8..24]);
     dst.copy_from_slice(&head[24..40]);
-    Parsed::NewFlow(Flow { src, dst, src_port, dst_port, family: FAMILY_IPV6, proto: next_hdr })
+    Parsed::NewFlow(Flow { src, dst, seq, src_port, dst_port, family: FAMILY_IPV6, proto: next_hdr })
 }
 
-/// Ports of a UDP datagram or of a TCP segment with the wanted flags, or None.
+/// Ports (and TCP sequence number) of a UDP datagram or of a TCP segment with the
+/// wanted flags, or None.
 #[inline(always)]
-fn transport<const TCP_FLAGS: u8>(data: usize, data_end: usize, l4: usize, proto: u8) -> Option<(u16, u16)> {
+fn transport<const TCP_FLAGS: u8>(data: usize, data_end: usize, l4: usize, proto: u8) -> Option<(u16, u16, u32)> {
     if proto == PROTO_TCP {
         let head = read::<[u8; 14]>(data, data_end, l4)?;
         if head[TCP_FLAGS_OFFSET] & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAGS {
             return None;
         }
-        Some((u16::from_be_bytes([head[0], head[1]]), u16::from_be_bytes([head[2], head[3]])))
+        let seq = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        Some((u16::from_be_bytes([head[0], head[1]]), u16::from_be_bytes([head[2], head[3]]), seq))
     } else {
         let head = read::<[u8; 4]>(data, data_end, l4)?;
-        Some((u16::from_be_bytes([head[0], head[1]]), u16::from_be_bytes([head[2], head[3]])))
+        Some((u16::from_be_bytes([head[0], head[1]]), u16::from_be_bytes([head[2], head[3]]), 0))
     }
 }
 
