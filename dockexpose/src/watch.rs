@@ -280,6 +280,28 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     Ok(())
 }
 
+/// What to change so that the attached interfaces become the wanted ones that exist.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    /// To detach, with whether the interface is gone (rather than no longer wanted).
+    detach: Vec<(String, bool)>,
+    attach: Vec<String>,
+}
+
+impl Plan {
+    fn new(attached: &[String], want: &BTreeSet<String>, exists: impl Fn(&str) -> bool) -> Self {
+        let detach = attached
+            .iter()
+            .filter_map(|a| {
+                let gone = !exists(a);
+                (gone || !want.contains(a)).then(|| (a.clone(), gone))
+            })
+            .collect();
+        let attach = want.iter().filter(|w| !attached.contains(w) && exists(w)).cloned().collect();
+        Self { detach, attach }
+    }
+}
+
 /// The next Docker state, or never when Docker is off.
 async fn next_docker_state(rx: &mut Option<watch::Receiver<DockerState>>) -> Option<DockerState> {
     match rx {
@@ -316,24 +338,18 @@ impl Watcher {
 
     /// Attaches to desired bridges that exist, detaches from the others.
     fn reconcile_bridges(&mut self) {
-        let want = self.desired_bridges();
         let attached: Vec<String> = self.kernel.bridges().map(str::to_string).collect();
-        for b in attached {
-            let gone = !interfaces::exists(&b);
-            if gone || !want.contains(&b) {
-                self.kernel.detach_bridge(&b);
-                self.ifnames.retain(|_, n| n != &b);
-                let why = if gone { "disappeared" } else { "is no longer a Docker network" };
-                eprintln!("dockexpose: bridge {} {why}; no longer watched", human::escape_untrusted(&b));
-                if gone && self.settings.explicit_bridges.contains(&b) {
-                    self.dropped.insert(b);
-                }
+        let plan = Plan::new(&attached, &self.desired_bridges(), interfaces::exists);
+        for (b, gone) in plan.detach {
+            self.kernel.detach_bridge(&b);
+            self.ifnames.retain(|_, n| n != &b);
+            let why = if gone { "disappeared" } else { "is no longer a Docker network" };
+            eprintln!("dockexpose: bridge {} {why}; no longer watched", human::escape_untrusted(&b));
+            if gone && self.settings.explicit_bridges.contains(&b) {
+                self.dropped.insert(b);
             }
         }
-        for b in want {
-            if self.kernel.bridges().any(|w| w == b) || !interfaces::exists(&b) {
-                continue;
-            }
+        for b in plan.attach {
             match self.attach_bridge(&b) {
                 Ok(()) => eprintln!("dockexpose: bridge {} watched", human::escape_untrusted(&b)),
                 Err(e) => eprintln!("warning: bridge {}: {e}", human::escape_untrusted(&b)),
@@ -367,24 +383,18 @@ impl Watcher {
 
     /// Attaches to desired uplinks that exist, detaches from the others.
     fn reconcile_uplinks(&mut self) {
-        let want = self.desired_uplinks();
         let attached: Vec<String> = self.kernel.uplinks().map(str::to_string).collect();
-        for u in attached {
-            let gone = !interfaces::exists(&u);
-            if gone || !want.contains(&u) {
-                self.kernel.detach_uplink(&u);
-                self.ifnames.retain(|_, n| n != &u);
-                let why = if gone { "disappeared" } else { "is no longer an uplink (no global address)" };
-                eprintln!("dockexpose: uplink {} {why}; no longer watched", human::escape_untrusted(&u));
-                if gone && matches!(&self.settings.uplinks, UplinkSelection::Given(l) if l.contains(&u)) {
-                    self.dropped.insert(u);
-                }
+        let plan = Plan::new(&attached, &self.desired_uplinks(), interfaces::exists);
+        for (u, gone) in plan.detach {
+            self.kernel.detach_uplink(&u);
+            self.ifnames.retain(|_, n| n != &u);
+            let why = if gone { "disappeared" } else { "is no longer an uplink (no global address)" };
+            eprintln!("dockexpose: uplink {} {why}; no longer watched", human::escape_untrusted(&u));
+            if gone && matches!(&self.settings.uplinks, UplinkSelection::Given(l) if l.contains(&u)) {
+                self.dropped.insert(u);
             }
         }
-        for u in want {
-            if self.kernel.uplinks().any(|w| w == u) || !interfaces::exists(&u) {
-                continue;
-            }
+        for u in plan.attach {
             if let Err(e) = self.attach_uplink(&u) {
                 eprintln!("warning: uplink {}: {e}", human::escape_untrusted(&u));
             }
@@ -570,5 +580,20 @@ impl Watcher {
         let now = self.counters()?;
         eprintln!("dockexpose: {label}: {}", now.format());
         self.warn_about_loss()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_detach_the_gone_and_unwanted_and_attach_the_new_that_exist() {
+        let attached = vec!["docker0".to_string(), "br-old".to_string(), "br-gone".to_string()];
+        let want: BTreeSet<String> = ["docker0", "br-gone", "br-new", "br-later"].iter().map(|s| s.to_string()).collect();
+        let exists = |n: &str| n != "br-gone" && n != "br-later";
+        let plan = Plan::new(&attached, &want, exists);
+        assert_eq!(plan.detach, vec![("br-old".to_string(), false), ("br-gone".to_string(), true)]);
+        assert_eq!(plan.attach, vec!["br-new".to_string()], "br-later waits until its interface exists");
     }
 }

@@ -8,13 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{docker, *};
 
-fn ready(test: &str) -> bool {
-    privileged(test) && docker::available(test)
-}
 
-fn json_path(tag: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("dockexpose-{tag}-{}.json", run_id()))
-}
 
 fn with_stage<'a>(records: &'a [Value], stage: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["stage"] == stage).collect()
@@ -22,7 +16,7 @@ fn with_stage<'a>(records: &'a [Value], stage: &str) -> Vec<&'a Value> {
 
 #[test]
 fn published_ports_are_attempted_then_reached_with_their_exact_host_port() {
-    if !ready("published_ports_are_attempted_then_reached_with_their_exact_host_port") {
+    if !docker::ready("published_ports_are_attempted_then_reached_with_their_exact_host_port") {
         return;
     }
     let image = docker::echo_image();
@@ -60,7 +54,7 @@ fn published_ports_are_attempted_then_reached_with_their_exact_host_port() {
 
 #[test]
 fn a_docker_user_drop_is_attempted_and_blocked_never_reached() {
-    if !ready("a_docker_user_drop_is_attempted_and_blocked_never_reached") {
+    if !docker::ready("a_docker_user_drop_is_attempted_and_blocked_never_reached") {
         return;
     }
     let image = docker::echo_image();
@@ -100,7 +94,7 @@ fn a_docker_user_drop_is_attempted_and_blocked_never_reached() {
 
 #[test]
 fn ipv6_relayed_by_docker_proxy_is_reached_through_the_proxy_or_blocked() {
-    if !ready("ipv6_relayed_by_docker_proxy_is_reached_through_the_proxy_or_blocked") {
+    if !docker::ready("ipv6_relayed_by_docker_proxy_is_reached_through_the_proxy_or_blocked") {
         return;
     }
     // Docker's IPv6 is off here: a published port answers IPv6 through docker-proxy on

@@ -22,7 +22,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[ignore = "a benchmark: run by `cargo xtask bench`"]
 fn connection_rate_attached_vs_detached() {
     let test = "connection_rate_attached_vs_detached";
-    if !(privileged(test) && docker::available(test)) {
+    if !docker::ready(test) {
         return;
     }
     let image = docker::echo_image();

@@ -12,21 +12,8 @@ use std::{
 use serde_json::Value;
 use support::{docker, *};
 
-fn ready(test: &str) -> bool {
-    privileged(test) && docker::available(test)
-}
 
-fn json_path(tag: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("dockexpose-{tag}-{}.json", run_id()))
-}
 
-fn tcp_connect_root(dst: SocketAddr) -> std::io::Result<()> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut buf = [0u8; 2];
-    s.read_exact(&mut buf)
-}
 
 /// Polls `f` until it returns true or `limit` passes; returns how long it took.
 fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
@@ -42,7 +29,7 @@ fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
 
 #[test]
 fn firewall_bypass_story_is_reported_with_container_and_ports() {
-    if !ready("firewall_bypass_story_is_reported_with_container_and_ports") {
+    if !docker::ready("firewall_bypass_story_is_reported_with_container_and_ports") {
         return;
     }
     let image = docker::echo_image();
@@ -121,7 +108,7 @@ fn firewall_bypass_story_is_reported_with_container_and_ports() {
 
 #[test]
 fn networks_and_containers_created_later_are_followed_live() {
-    if !ready("networks_and_containers_created_later_are_followed_live") {
+    if !docker::ready("networks_and_containers_created_later_are_followed_live") {
         return;
     }
     let image = docker::echo_image();

@@ -16,17 +16,11 @@ use support::{docker, *};
 const SYNS: usize = 100_000;
 const MAX_RSS_KIB: u64 = 256 * 1024;
 
-fn counter(line: &str, name: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no counter {name} in {line}"))
-}
 
 #[test]
 fn a_syn_flood_is_counted_bounded_and_survived() {
     let test = "a_syn_flood_is_counted_bounded_and_survived";
-    if !(privileged(test) && docker::available(test)) {
+    if !docker::ready(test) {
         return;
     }
     let image = docker::echo_image();

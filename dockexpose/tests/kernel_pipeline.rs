@@ -26,7 +26,7 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     let _c1 = Services::start(&bed.c1_ns, C_TCP, C_UDP);
     let _c2 = Services::start(&bed.c2_ns, C_TCP, C_UDP);
     let _outside = Services::start(&bed.outside.ns, 5400, 5400);
-    let json = std::env::temp_dir().join(format!("dockexpose-test-{}.json", bed.n));
+    let json = json_path("pipeline");
     let trusted4 = format!("{}/32", bed.outside.v4(3));
     let trusted6 = format!("{}/128", bed.outside.v6(3));
     let watcher = Watcher::start(
@@ -121,20 +121,7 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     assert!(tcx_programs(&bed.bridge, true).is_empty());
 }
 
-fn counter(line: &str, name: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no counter {name} in {line}"))
-}
 
-fn tcp_connect_root(dst: SocketAddr) -> std::io::Result<()> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut buf = [0u8; 2];
-    s.read_exact(&mut buf)
-}
 
 #[test]
 fn a_bridge_that_disappears_is_dropped_without_a_crash() {

@@ -27,6 +27,11 @@ pub fn available(test: &str) -> bool {
     false
 }
 
+/// Root and a Docker engine, or a printed reason to skip.
+pub fn ready(test: &str) -> bool {
+    super::privileged(test) && available(test)
+}
+
 /// Builds (once per source version) the test image and returns its name.
 pub fn echo_image() -> String {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/images/echo_server.rs");

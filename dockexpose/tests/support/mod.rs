@@ -655,3 +655,24 @@ pub fn connect_loop(ns: &str, src: IpAddr, dst: SocketAddr, length: Duration) ->
         done
     })
 }
+
+/// Where a test's watcher writes its audit log (unique per run).
+pub fn json_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("dockexpose-{tag}-{}.json", run_id()))
+}
+
+/// A counter's value from a "counters" line of the watcher.
+pub fn counter(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no counter {name} in {line}"))
+}
+
+/// Connects from the host itself (root namespace) and reads the greeting.
+pub fn tcp_connect_root(dst: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf)
+}
