@@ -6,6 +6,7 @@
 //! - a rustup nightly with `rust-src` (the usual developer set-up) when there is one;
 //! - otherwise Debian's `rustc-web` + `rust-web-src` (/usr/bin/rustc, sources under
 //!   /usr/lib/rustlib/src), unlocked with RUSTC_BOOTSTRAP=1.
+//!
 //! `cargo xtask setup` installs the second route and bpf-linker on a fresh machine.
 
 use std::{

@@ -91,7 +91,7 @@ fn candidates(mappings: &[&PublishedPort], ipv4: bool) -> Vec<HostSide> {
 }
 
 /// The items that pass `keep`, or all of them when none does.
-fn prefer<'a>(items: Vec<&'a PublishedPort>, keep: impl Fn(&PublishedPort) -> bool) -> Vec<&'a PublishedPort> {
+fn prefer(items: Vec<&PublishedPort>, keep: impl Fn(&PublishedPort) -> bool) -> Vec<&PublishedPort> {
     let kept: Vec<&PublishedPort> = items.iter().copied().filter(|m| keep(m)).collect();
     if kept.is_empty() { items } else { kept }
 }

@@ -28,16 +28,16 @@ pub enum Error {
     NothingToWatch(String),
 
     #[error("loading the eBPF object into the kernel failed: {0}.\n  Fix: check that the kernel has BPF and BTF support (5.8 or newer) and that dockexpose runs as root")]
-    LoadObject(#[from] aya::EbpfError),
+    LoadObject(Box<aya::EbpfError>),
 
     #[error("loading kernel program {program} failed: {source}")]
-    LoadProgram { program: &'static str, source: aya::programs::ProgramError },
+    LoadProgram { program: &'static str, source: Box<aya::programs::ProgramError> },
 
     #[error("attaching {program} to {iface} failed: {source}.\n  Fix: check that {iface} is up and that no other tool holds its {hook} hook exclusively")]
-    Attach { program: &'static str, iface: String, hook: &'static str, source: aya::programs::ProgramError },
+    Attach { program: &'static str, iface: String, hook: &'static str, source: Box<aya::programs::ProgramError> },
 
     #[error("kernel map {map}: {source}")]
-    Map { map: &'static str, source: aya::maps::MapError },
+    Map { map: &'static str, source: Box<aya::maps::MapError> },
 
     #[error("kernel map {0} is missing from the eBPF object (built from another version?)")]
     MissingMap(&'static str),
@@ -53,6 +53,13 @@ pub enum Error {
 
     #[error("invalid setting {name}: {reason}")]
     InvalidSetting { name: &'static str, reason: String },
+}
+
+impl From<aya::EbpfError> for Error {
+    fn from(e: aya::EbpfError) -> Self {
+        // Boxed: aya's error is large, and every Result of this crate would carry it.
+        Error::LoadObject(Box::new(e))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

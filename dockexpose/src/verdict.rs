@@ -6,6 +6,7 @@
 //!   reach: a proxy on the host (docker-proxy) relayed it, from the gateway address,
 //!   which a bridge hook cannot tie to the outside source: reached through the proxy;
 //! - or nothing: the firewall held, blocked.
+//!
 //! Pure bookkeeping on kernel timestamps; bounded.
 
 use std::{

@@ -78,7 +78,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
-    move |source| Error::Map { map, source }
+    move |source| Error::Map { map, source: Box::new(source) }
 }
 
 impl Kernel {
@@ -92,10 +92,10 @@ impl Kernel {
             .load(EBPF_OBJECT)?;
         for name in [program_names::BRIDGE_EGRESS, program_names::BRIDGE_INGRESS, program_names::UPLINK_EGRESS] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| Error::LoadProgram { program: name, source })?;
+            prog.load().map_err(|source| Error::LoadProgram { program: name, source: Box::new(source) })?;
         }
         let xdp: &mut Xdp = program(&mut ebpf, program_names::UPLINK_XDP)?;
-        xdp.load().map_err(|source| Error::LoadProgram { program: program_names::UPLINK_XDP, source })?;
+        xdp.load().map_err(|source| Error::LoadProgram { program: program_names::UPLINK_XDP, source: Box::new(source) })?;
 
         let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?).map_err(map_err(map_names::EVENTS))?;
         let local_v4 = LpmTrie::try_from(take_map(&mut ebpf, map_names::LOCAL_V4)?).map_err(map_err(map_names::LOCAL_V4))?;
@@ -171,7 +171,7 @@ impl Kernel {
                 if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::UPLINK_EGRESS) {
                     let _ = prog.detach(egress);
                 }
-                Err(Error::Attach { program: program_names::UPLINK_XDP, iface: iface.to_string(), hook: "XDP", source })
+                Err(Error::Attach { program: program_names::UPLINK_XDP, iface: iface.to_string(), hook: "XDP", source: Box::new(source) })
             }
         }
     }
@@ -273,9 +273,9 @@ where
 {
     let prog = ebpf.program_mut(name).ok_or_else(|| Error::LoadProgram {
         program: name,
-        source: aya::programs::ProgramError::UnexpectedProgramType,
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
     })?;
-    prog.try_into().map_err(|source| Error::LoadProgram { program: name, source })
+    prog.try_into().map_err(|source| Error::LoadProgram { program: name, source: Box::new(source) })
 }
 
 fn attach_tc(
@@ -289,7 +289,7 @@ fn attach_tc(
         program: name,
         iface: iface.to_string(),
         hook: if direction == TcAttachType::Egress { "TCX egress" } else { "TCX ingress" },
-        source,
+        source: Box::new(source),
     })
 }
 

@@ -38,6 +38,8 @@ impl Prefix {
         self.addr
     }
 
+    /// Prefix length in bits.
+    #[expect(clippy::len_without_is_empty, reason = "a prefix length, not a collection's")]
     pub fn len(&self) -> u8 {
         self.len
     }
