@@ -2,7 +2,9 @@
 //!
 //! Thin by design: parse, look up, count, emit. Every decision that can be taken in
 //! userspace is taken there. All programs fail open: they never drop or redirect a
-//! packet (TC_ACT_PIPE / XDP_PASS), whatever happens inside them.
+//! packet, whatever happens inside them. Classifiers return TCX_NEXT (TC_ACT_UNSPEC,
+//! -1): on a TCX hook any other verdict ends the chain, and the programs of other
+//! tools attached after ours (another monitor, a CNI) would never run.
 //!
 //! - `bridge_egress` (TCX egress on a container bridge): a new inbound flow that has
 //!   survived every firewall table and DNAT, i.e. it *reached* a container.
@@ -17,7 +19,7 @@
 mod packet;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_PIPE},
+    bindings::{xdp_action, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
@@ -32,6 +34,9 @@ use dockexpose_common::{
 use packet::{parse, Flow, Parsed, TCP_SYN, TCP_SYN_ACK};
 
 /// A UDP flow idle for this long is new again. Set by the daemon at load time.
+/// "Continue with the next program" on TCX; "default action" on legacy tc.
+const TCX_NEXT: i32 = TC_ACT_UNSPEC;
+
 #[no_mangle]
 static UDP_IDLE_NS: Global<u64> = Global::new(30_000_000_000);
 
@@ -153,17 +158,17 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
     count(Counter::BridgePackets);
     let Parsed::NewFlow(flow) = parse::<false, TCP_SYN>(ctx.data(), ctx.data_end()) else {
         // Not a new flow (the fast path), or not inspectable (counted in parse).
-        return TC_ACT_PIPE;
+        return TCX_NEXT;
     };
     let now = unsafe { bpf_ktime_get_ns() };
     if flow.proto == PROTO_UDP && udp_flow_is_known(&flow_key(&flow), now) {
         count(Counter::UdpDeduplicated);
-        return TC_ACT_PIPE;
+        return TCX_NEXT;
     }
     count(Counter::BridgeNewFlows);
     if source_is_local_or_trusted(&flow) {
         count(Counter::BridgeLocalOrTrusted);
-        return TC_ACT_PIPE;
+        return TCX_NEXT;
     }
     // The join: the uplink program saw this (source, port) before DNAT?
     let attempt = unsafe { ATTEMPTS.get(attempt_key(&flow)) }
@@ -175,7 +180,7 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
             count(Counter::ReachedJoined);
         }
     }
-    TC_ACT_PIPE
+    TCX_NEXT
 }
 
 #[classifier]
@@ -196,7 +201,7 @@ pub fn bridge_ingress(ctx: TcContext) -> i32 {
             udp_flow_is_known(&reply, now);
         }
     }
-    TC_ACT_PIPE
+    TCX_NEXT
 }
 
 #[xdp]
@@ -248,7 +253,7 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     // A SYN-ACK or a UDP datagram leaving towards an outside host: does it answer an
     // attempt, from the very host address and port the attempt was made to?
     let Parsed::NewFlow(reply) = parse::<false, TCP_SYN_ACK>(ctx.data(), ctx.data_end()) else {
-        return TC_ACT_PIPE;
+        return TCX_NEXT;
     };
     let key = AttemptKey {
         src_addr: reply.dst,
@@ -257,14 +262,14 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
         proto: reply.proto,
     };
     let Some(attempt) = ATTEMPTS.get_ptr_mut(key) else {
-        return TC_ACT_PIPE;
+        return TCX_NEXT;
     };
     let attempt = unsafe { &mut *attempt };
     if attempt.answered != 0
         || attempt.orig_dst_port != reply.src_port
         || attempt.orig_dst_addr != reply.src
     {
-        return TC_ACT_PIPE;
+        return TCX_NEXT;
     }
     attempt.answered = 1;
     count(Counter::AttemptsAnswered);
@@ -281,14 +286,14 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     emit(&inbound, STAGE_ANSWERED, ifindex, now, None);
-    TC_ACT_PIPE
+    TCX_NEXT
 }
 
 /// Baseline for `cargo xtask bench` / `dockexpose bench` (BPF_PROG_TEST_RUN): the cost of
 /// running an empty classifier. Exists only for the benchmark; never attached.
 #[classifier]
 pub fn bench_empty_classifier(_ctx: TcContext) -> i32 {
-    TC_ACT_PIPE
+    TCX_NEXT
 }
 
 /// Baseline for `cargo xtask bench` / `dockexpose bench` (BPF_PROG_TEST_RUN): the cost of

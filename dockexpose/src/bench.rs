@@ -41,7 +41,8 @@ pub const GOAL_BRIDGE_FASTPATH: f64 = 2.0;
 /// XDP program, read as at most this many times it.
 pub const GOAL_XDP_CLOSE: f64 = 2.0;
 
-const TC_ACT_PIPE: u32 = 3;
+/// TCX_NEXT (TC_ACT_UNSPEC, -1) as the test run reports it.
+const TCX_NEXT: u32 = u32::MAX;
 const XDP_PASS: u32 = 2;
 
 // ---------------------------------------------------------------------------------
@@ -228,13 +229,13 @@ const XDP_ACK: usize = 7;
 fn figures() -> Vec<Figure> {
     use program_names::*;
     use FrameKind::*;
-    let mut syn = Figure::new(BRIDGE_EGRESS, SynRecord, Some(EMPTY_TC), TC_ACT_PIPE);
+    let mut syn = Figure::new(BRIDGE_EGRESS, SynRecord, Some(EMPTY_TC), TCX_NEXT);
     syn.batched = true;
     vec![
-        Figure::new(BENCH_EMPTY_CLASSIFIER, AckFastpath, None, TC_ACT_PIPE),
-        Figure::new(BRIDGE_EGRESS, AckFastpath, Some(EMPTY_TC), TC_ACT_PIPE),
+        Figure::new(BENCH_EMPTY_CLASSIFIER, AckFastpath, None, TCX_NEXT),
+        Figure::new(BRIDGE_EGRESS, AckFastpath, Some(EMPTY_TC), TCX_NEXT),
         syn,
-        Figure::new(BRIDGE_EGRESS, NonIp, Some(EMPTY_TC), TC_ACT_PIPE),
+        Figure::new(BRIDGE_EGRESS, NonIp, Some(EMPTY_TC), TCX_NEXT),
         Figure::new(BENCH_EMPTY_XDP, SynUnpublished, None, XDP_PASS),
         Figure::new(UPLINK_XDP, SynUnpublished, Some(EMPTY_XDP_SYN), XDP_PASS),
         Figure::new(BENCH_EMPTY_XDP, AckFastpath, None, XDP_PASS),

@@ -74,6 +74,7 @@ fn firewall_bypass_story_is_reported_with_container_and_ports() {
 
     std::thread::sleep(Duration::from_millis(500));
     let (records, status, lines) = w.stop();
+    let records = outside.own(records);
     assert!(status.success());
     let reached: Vec<&Value> = records.iter().filter(|r| r["stage"] == "reached").collect();
     assert_eq!(reached.len(), 2, "exactly the TCP and the UDP connection from outside:\n{records:#?}");
@@ -154,6 +155,7 @@ fn networks_and_containers_created_later_are_followed_live() {
     assert!(within(Duration::from_secs(3), || w.lines().iter().any(|l| l.contains(&bridge) && l.contains("no longer"))).is_some());
 
     let (records, status, _) = w.stop();
+    let records = outside.own(records);
     assert!(status.success());
     let by_port = |p: u16| -> Vec<&Value> { records.iter().filter(|r| r["host_port"] == p && r["stage"] == "reached").collect() };
     let a_recs = by_port(port_a);
@@ -185,7 +187,79 @@ fn without_a_docker_socket_detection_goes_on_and_says_why() {
     tcp_connect(&bed.outside.ns, Some(bed.outside.src4()), bed.host_tcp_v4()).expect("reachable");
     std::thread::sleep(Duration::from_millis(300));
     let (records, status, _) = w.stop();
+    let records = bed.outside.own(records);
     assert!(status.success());
     assert_eq!(records.len(), 1, "{records:#?}");
     assert!(records[0]["container"].is_null());
+}
+
+#[test]
+fn a_docker_daemon_that_goes_away_and_returns_is_followed() {
+    if !docker::ready("a_docker_daemon_that_goes_away_and_returns_is_followed") {
+        return;
+    }
+    let image = docker::echo_image();
+    let outside = OutsideHost::new("r");
+    let n = outside.n;
+    let port = 31000 + n as u16;
+    let web = docker::Container::run(&format!("dx-relay-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    let sock = std::env::temp_dir().join(format!("dx-relay-{n}.sock"));
+    let mut relay = docker::SocketRelay::start(&sock);
+    let endpoint = format!("unix://{}", sock.display());
+    let mut w = Watcher::start(&["--docker-host", &endpoint, "--uplink", &outside.uplink, "--stats-interval", "0"], json_path("relay"));
+    assert!(w.lines().iter().any(|l| l.contains("Docker inventory: ")), "{:?}", w.lines());
+
+    // The daemon goes away: said once, and the kernel side keeps reporting, with the
+    // last known inventory.
+    relay.stop();
+    w.wait_for_line("keeping the kernel side and the last known inventory", Duration::from_secs(5));
+    let during = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("reachable while Docker is away");
+
+    // It comes back: listed again.
+    let _relay = docker::SocketRelay::start(&sock);
+    let start = Instant::now();
+    assert!(
+        within(Duration::from_secs(20), || w.lines().iter().filter(|l| l.contains("Docker inventory: ")).count() >= 2).is_some(),
+        "no reconnection: {:?}",
+        w.lines()
+    );
+    eprintln!("reconnected {:?} after the socket came back", start.elapsed());
+    let (records, status, _) = w.stop();
+    let records = outside.own(records);
+    assert!(status.success());
+    let r = records.iter().find(|r| r["stage"] == "reached" && r["src_port"] == during).expect("reach while Docker was away");
+    assert_eq!(r["container"]["name"], web.name.as_str());
+}
+
+#[test]
+fn direct_routing_to_an_unpublished_port_is_flagged() {
+    if !docker::ready("direct_routing_to_an_unpublished_port_is_flagged") {
+        return;
+    }
+    let image = docker::echo_image();
+    let outside = OutsideHost::new("u");
+    let n = outside.n;
+    // Nothing published; a DOCKER-USER accept lets the outside host route to the
+    // container address itself (as a flat network or a careless rule would).
+    let db = docker::Container::run(&format!("dx-direct-{n}"), &[], &image, &["5432", "5300"]);
+    let ip = db.ip("bridge");
+    let mut undo = Undo::default();
+    let rule = ["-i", outside.uplink.as_str(), "-o", "docker0", "-j", "ACCEPT"];
+    let mut insert = vec!["iptables", "-I", "DOCKER-USER", "1"];
+    insert.extend_from_slice(&rule);
+    sh(&insert);
+    let mut delete = vec!["iptables", "-D", "DOCKER-USER"];
+    delete.extend_from_slice(&rule);
+    undo.push(&delete);
+    let w = Watcher::start(&["--uplink", &outside.uplink, "--stats-interval", "0"], json_path("direct"));
+    let sport = tcp_connect(&outside.ns, Some(outside.src4()), SocketAddr::new(ip.parse().unwrap(), 5432)).expect("routed to the container");
+    std::thread::sleep(Duration::from_millis(300));
+    let (records, status, lines) = w.stop();
+    let records = outside.own(records);
+    assert!(status.success());
+    let r = records.iter().find(|r| r["src_port"] == sport).expect("record");
+    assert_eq!((r["stage"].as_str(), r["exposure"].as_str()), (Some("reached"), Some("unpublished")));
+    assert!(r["host_port"].is_null() && r["published"].as_array().unwrap().is_empty());
+    assert_eq!(r["container"]["name"], db.name.as_str());
+    assert!(lines.iter().any(|l| l.starts_with(&format!("EXPOSED UNPUBLISHED PORT {}", db.name))), "{lines:#?}");
 }

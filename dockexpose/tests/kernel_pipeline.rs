@@ -171,3 +171,24 @@ fn missing_privileges_are_named() {
     assert!(err.contains("CAP_BPF") && err.contains("CAP_NET_ADMIN"), "{err}");
     assert!(err.contains("Fix:"), "{err}");
 }
+
+#[test]
+fn programs_attached_after_ours_still_run() {
+    if !privileged("programs_attached_after_ours_still_run") {
+        return;
+    }
+    // Two watchers on one bridge: TCX runs the second only if the first says
+    // "next" (TCX_NEXT). Another monitor or a CNI after us must keep working.
+    let bed = Bed::new("t");
+    let _c1 = Services::start(&bed.c1_ns, C_TCP, C_UDP);
+    let first = Watcher::start(&["--bridge", &bed.bridge, "--no-uplinks", "--no-docker"], json_path("first"));
+    let second = Watcher::start(&["--bridge", &bed.bridge, "--no-uplinks", "--no-docker"], json_path("second"));
+    assert_eq!(tcx_programs(&bed.bridge, true), ["bridge_egress", "bridge_egress"]);
+    let sport = tcp_connect(&bed.outside.ns, Some(bed.outside.src4()), bed.host_tcp_v4()).expect("reachable");
+    std::thread::sleep(Duration::from_millis(300));
+    for w in [second, first] {
+        let (records, status, _) = w.stop();
+        assert!(status.success());
+        assert_eq!(records.iter().filter(|r| r["src_port"] == sport).count(), 1, "each watcher saw it: {records:#?}");
+    }
+}

@@ -113,3 +113,65 @@ impl Drop for Network {
         super::sh_quiet(&["docker", "network", "rm", &self.name]);
     }
 }
+
+/// A unix-socket relay to the Docker socket that a test can take away and bring
+/// back: the daemon going away and returning, without restarting the real engine.
+pub struct SocketRelay {
+    pub path: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    streams: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SocketRelay {
+    pub fn start(path: &std::path::Path) -> Self {
+        use std::{
+            os::unix::net::{UnixListener, UnixStream},
+            sync::{atomic::Ordering, Arc},
+        };
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).expect("bind relay socket");
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let streams = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, st) = (stop.clone(), streams.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(engine) = UnixStream::connect("/var/run/docker.sock") else { continue };
+                let mut list = st.lock().unwrap();
+                for (mut from, mut to) in [(client.try_clone().unwrap(), engine.try_clone().unwrap()), (engine.try_clone().unwrap(), client.try_clone().unwrap())] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+                list.push(client);
+                list.push(engine);
+            }
+        });
+        Self { path: path.to_path_buf(), stop, streams, thread: Some(thread) }
+    }
+
+    /// Takes the socket away and cuts every open connection (the daemon "dies").
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for SocketRelay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

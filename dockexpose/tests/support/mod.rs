@@ -402,6 +402,16 @@ impl OutsideHost {
     pub fn v4(&self, host: u32) -> String {
         format!("198.18.{}.{host}", self.n)
     }
+
+    /// The records whose source is this outside host: what this test caused, even
+    /// when another run on the machine sends traffic through docker0 meanwhile.
+    pub fn own(&self, records: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+        let (v4, v6) = (format!("198.18.{}.", self.n), format!("fd42:198:{}::", self.n));
+        records
+            .into_iter()
+            .filter(|r| r["src_ip"].as_str().is_some_and(|s| s.starts_with(&v4) || s.starts_with(&v6)))
+            .collect()
+    }
     pub fn v6(&self, host: u32) -> String {
         format!("fd42:198:{}::{host}", self.n)
     }
