@@ -13,6 +13,8 @@ use dockexpose_common::Counter;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
 const IPV6_HLEN: usize = 40;
 
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -74,6 +76,9 @@ pub fn parse<const UDP_ONLY: bool, const TCP_FLAGS: u8>(data: usize, data_end: u
     match u16::from_be_bytes(ether_type) {
         ETH_P_IP => parse_ipv4::<UDP_ONLY, TCP_FLAGS>(data, data_end),
         ETH_P_IPV6 => parse_ipv6::<UDP_ONLY, TCP_FLAGS>(data, data_end),
+        // VLAN tags are not walked (bridges hand untagged frames to their own hooks;
+        // a tagged uplink is rare): counted, so that nothing is missed silently.
+        ETH_P_8021Q | ETH_P_8021AD => unparsed(),
         _ => Parsed::Skip,
     }
 }

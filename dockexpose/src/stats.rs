@@ -13,6 +13,8 @@ pub struct PipelineCounters {
     /// Attempts at a published port number on an address it is not bound to (e.g. the
     /// host address of a port published on 127.0.0.1 only): not reported.
     pub unbound_attempts: u64,
+    /// "Answered" events received (they decide verdicts; no record of their own).
+    pub answers_received: u64,
 }
 
 impl PipelineCounters {
@@ -27,6 +29,7 @@ impl PipelineCounters {
             Counter::ALL.iter().map(|c| format!("{}={}", c.name(), self.kernel.get(*c))).collect();
         parts.push(format!("reader_lost={}", self.reader_lost));
         parts.push(format!("unbound_attempts={}", self.unbound_attempts));
+        parts.push(format!("answers_received={}", self.answers_received));
         parts.join(" ")
     }
 }
@@ -75,7 +78,7 @@ mod tests {
         let mut k = CounterSnapshot::default();
         k.0[Counter::RingbufFull as usize] = ringbuf_full;
         k.0[Counter::ReachedEmitted as usize] = 7;
-        PipelineCounters { kernel: k, reader_lost, unbound_attempts: 0 }
+        PipelineCounters { kernel: k, reader_lost, unbound_attempts: 0, answers_received: 0 }
     }
 
     #[test]

@@ -165,6 +165,7 @@ struct Watcher {
     attempts: AttemptTracker,
     /// Attempts at a published port number on an address it is not bound to.
     unbound_attempts: u64,
+    answers_received: u64,
 }
 
 pub async fn run(args: WatchArgs) -> Result<()> {
@@ -193,6 +194,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         pending: Vec::new(),
         attempts: AttemptTracker::new(blocked_after_ns),
         unbound_attempts: 0,
+        answers_received: 0,
     };
     // Docker first: its networks decide which bridges to watch.
     let mut docker_rx = match w.settings.docker_endpoint.clone() {
@@ -479,6 +481,7 @@ impl Watcher {
         let iface = self.ifnames.get(&obs.ifindex).cloned().unwrap_or_else(|| format!("if{}", obs.ifindex));
         match obs.stage {
             Stage::Answered => {
+                self.answers_received += 1;
                 self.attempts.answered(&obs);
                 return Ok(());
             }
@@ -565,6 +568,7 @@ impl Watcher {
             kernel: self.kernel.counters()?,
             reader_lost: self.reader_loss.get(),
             unbound_attempts: self.unbound_attempts,
+            answers_received: self.answers_received,
         })
     }
 

@@ -12,7 +12,8 @@ use std::{
     io::ErrorKind,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::Command,
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -151,7 +152,47 @@ fn test(root: bool, args: &[String]) -> Result<()> {
     if !root {
         say!("note: not root, so the integration tests that need root will skip");
     }
-    run(&mut cmd, "the tests failed; see the failures above")
+    // cargo prints one "test result" line per test binary; add them up into one
+    // closing line, so that the last word of a run is the whole run's count.
+    say!("running: {}", describe(&cmd));
+    let mut child = cmd.stdout(Stdio::piped()).spawn().context("could not start cargo test")?;
+    let mut total = TestTotals::default();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        total.add_line(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {} passed, {} failed, {} skipped", total.passed, total.failed, total.ignored);
+    if !status.success() {
+        bail!("`cargo test` failed ({status})\n  Fix: see the failures above");
+    }
+    Ok(())
+}
+
+/// Sums of cargo's "test result: ok. N passed; M failed; K ignored; ..." lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Replaces xtask with dockexpose, so that its signals and exit code are its own. Not
@@ -469,5 +510,14 @@ mod tests {
         assert_eq!(args, ["--exact", "some_test"]);
         let Task::Bench { args } = parse(&["bench", "--iterations", "10"]) else { panic!() };
         assert_eq!(args, ["--iterations", "10"]);
+    }
+
+    #[test]
+    fn test_result_lines_add_up() {
+        let mut t = TestTotals::default();
+        t.add_line("test result: ok. 61 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.08s");
+        t.add_line("test result: FAILED. 2 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1s");
+        t.add_line("running 3 tests");
+        assert_eq!(t, TestTotals { passed: 63, failed: 1, ignored: 1 });
     }
 }
