@@ -40,6 +40,8 @@ use crate::{
     verdict::AttemptTracker,
 };
 
+/// Most records handled before the audit log is flushed.
+const BATCH: usize = 1024;
 /// Records waiting between the reader and the outputs. A burst larger than this is
 /// counted as reader loss, never buffered without bound.
 const CHANNEL_CAPACITY: usize = 8192;
@@ -249,7 +251,14 @@ pub async fn run(args: WatchArgs) -> Result<()> {
 
     let outcome = loop {
         tokio::select! {
-            Some(ev) = rx.recv() => w.handle(&ev)?,
+            Some(ev) = rx.recv() => {
+                w.handle(&ev)?;
+                // Take the rest of a burst now; flushed below, once.
+                for _ in 0..BATCH {
+                    let Ok(ev) = rx.try_recv() else { break };
+                    w.handle(&ev)?;
+                }
+            }
             Some(state) = next_docker_state(&mut docker_rx) => w.docker_changed(state)?,
             _ = refresh.tick() => w.refresh_host()?,
             _ = stats.tick() => w.report_counters("counters")?,
@@ -261,6 +270,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 Err(e) => Err(Error::RingBuffer(std::io::Error::other(e))),
             },
         }
+        // Before waiting again, everything seen so far is written out.
+        w.sink.flush()?;
     };
     reader_task.abort();
     // What the reader handed over before stopping still gets written.
@@ -268,6 +279,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         w.handle(&ev)?;
     }
     w.release_pending(true)?;
+    w.sink.flush()?;
     if !w.attempts.is_empty() {
         eprintln!("dockexpose: {} attempts were still within their --blocked-after window at exit: no verdict", w.attempts.len());
     }

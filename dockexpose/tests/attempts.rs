@@ -65,15 +65,8 @@ fn a_docker_user_drop_is_attempted_and_blocked_never_reached() {
     let web = docker::Container::run(&format!("dx-blk-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
     // The rule that really holds: DOCKER-USER, before Docker's accepts (post-DNAT, so
     // matched on the original destination port).
-    let mut undo = Undo::default();
     let port_s = port.to_string();
-    let rule = ["-i", &outside.uplink, "-p", "tcp", "-m", "conntrack", "--ctorigdstport", &port_s, "-j", "DROP"];
-    let mut insert = vec!["iptables", "-I", "DOCKER-USER", "1"];
-    insert.extend_from_slice(&rule);
-    sh(&insert);
-    let mut delete = vec!["iptables", "-D", "DOCKER-USER"];
-    delete.extend_from_slice(&rule);
-    undo.push(&delete);
+    let _drop = docker::docker_user_rule(&["-i", &outside.uplink, "-p", "tcp", "-m", "conntrack", "--ctorigdstport", &port_s, "-j", "DROP"]);
 
     let w = Watcher::start(&["--uplink", &outside.uplink, "--blocked-after", "2", "--stats-interval", "0"], json_path("blk"));
     let r = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port));

@@ -243,14 +243,7 @@ fn direct_routing_to_an_unpublished_port_is_flagged() {
     // container address itself (as a flat network or a careless rule would).
     let db = docker::Container::run(&format!("dx-direct-{n}"), &[], &image, &["5432", "5300"]);
     let ip = db.ip("bridge");
-    let mut undo = Undo::default();
-    let rule = ["-i", outside.uplink.as_str(), "-o", "docker0", "-j", "ACCEPT"];
-    let mut insert = vec!["iptables", "-I", "DOCKER-USER", "1"];
-    insert.extend_from_slice(&rule);
-    sh(&insert);
-    let mut delete = vec!["iptables", "-D", "DOCKER-USER"];
-    delete.extend_from_slice(&rule);
-    undo.push(&delete);
+    let _accept = docker::docker_user_rule(&["-i", outside.uplink.as_str(), "-o", "docker0", "-j", "ACCEPT"]);
     let w = Watcher::start(&["--uplink", &outside.uplink, "--stats-interval", "0"], json_path("direct"));
     let sport = tcp_connect(&outside.ns, Some(outside.src4()), SocketAddr::new(ip.parse().unwrap(), 5432)).expect("routed to the container");
     std::thread::sleep(Duration::from_millis(300));

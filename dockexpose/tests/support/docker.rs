@@ -55,6 +55,19 @@ pub fn echo_image() -> String {
     image
 }
 
+/// Inserts `rule` at the top of DOCKER-USER (the chain Docker leaves to operators);
+/// the returned guard deletes it.
+pub fn docker_user_rule(rule: &[&str]) -> super::Undo {
+    let mut insert = vec!["iptables", "-I", "DOCKER-USER", "1"];
+    insert.extend_from_slice(rule);
+    sh(&insert);
+    let mut delete = vec!["iptables", "-D", "DOCKER-USER"];
+    delete.extend_from_slice(rule);
+    let mut undo = super::Undo::default();
+    undo.push(&delete);
+    undo
+}
+
 /// A container removed (with force) on drop.
 pub struct Container {
     pub name: String,

@@ -570,9 +570,10 @@ fn checksum(chunks: &[&[u8]]) -> u16 {
 }
 
 /// Sends TCP SYNs from `ns` with spoofed sources (random hosts of `src_net`.0/24 and
-/// random ports) to `dst`, through a raw socket. Stops after `count` or `limit`;
-/// returns how many were sent.
-pub fn syn_flood(ns: &str, src_net: [u8; 3], dst: std::net::SocketAddrV4, count: usize, limit: Duration) -> usize {
+/// random ports) to `dst`, through a raw socket, at about `per_second` (faster, the
+/// veth's small ring drops part of it before any hook runs). Stops after `count` or
+/// `limit`; returns how many were sent.
+pub fn syn_flood(ns: &str, src_net: [u8; 3], dst: std::net::SocketAddrV4, count: usize, per_second: u32, limit: Duration) -> usize {
     in_netns(ns, move || {
         // SAFETY: plain socket syscalls on an fd owned here and closed at the end.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
@@ -588,6 +589,10 @@ pub fn syn_flood(ns: &str, src_net: [u8; 3], dst: std::net::SocketAddrV4, count:
         let start = Instant::now();
         let mut sent = 0;
         while sent < count && start.elapsed() < limit {
+            if sent % 256 == 0 {
+                let due = start + Duration::from_secs_f64(sent as f64 / f64::from(per_second));
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
             let r = next();
             let src = [src_net[0], src_net[1], src_net[2], (r % 254 + 1) as u8];
             let sport = (1024 + (r >> 8) % 60000) as u16;
@@ -685,4 +690,12 @@ pub fn tcp_connect_root(dst: SocketAddr) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = [0u8; 2];
     s.read_exact(&mut buf)
+}
+
+/// Packets an interface dropped on transmit (`ip -s link`), e.g. a veth whose peer's
+/// XDP ring was full: lost before any hook of ours could see them.
+pub fn tx_dropped(ns: &str, dev: &str) -> u64 {
+    let out = sh(&["ip", "-n", ns, "-j", "-s", "link", "show", "dev", dev]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j output");
+    v[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
 }
