@@ -139,11 +139,7 @@ pub struct KernelClock {
 
 impl KernelClock {
     pub fn now() -> Self {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime writes into the timespec we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-        Self::from_pair(SystemTime::now(), mono)
+        Self::from_pair(SystemTime::now(), monotonic())
     }
 
     pub fn from_pair(wall: SystemTime, monotonic: Duration) -> Self {
@@ -154,10 +150,19 @@ impl KernelClock {
         self.boot_wall + Duration::from_nanos(ktime_ns)
     }
 
-    /// The kernel's clock now, in nanoseconds.
+    /// The kernel's clock now, in nanoseconds (read directly: a wall-clock step must
+    /// not move verdict deadlines).
     pub fn ktime_now(&self) -> u64 {
-        SystemTime::now().duration_since(self.boot_wall).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        monotonic().as_nanos() as u64
     }
+}
+
+/// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.
+fn monotonic() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 #[cfg(test)]
