@@ -30,13 +30,6 @@ pub struct Interface {
     pub host_addresses: Vec<IpAddr>,
 }
 
-impl Interface {
-    /// Subnets of the interface, host bits cleared (what a bridge serves).
-    pub fn subnets(&self) -> impl Iterator<Item = Prefix> + '_ {
-        self.addresses.iter().copied()
-    }
-}
-
 /// All interfaces by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostSnapshot {

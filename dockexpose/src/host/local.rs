@@ -23,8 +23,8 @@ pub fn source_table<'a>(
     }
     for bridge in watched_bridges {
         if let Some(iface) = host.get(bridge) {
-            for subnet in iface.subnets() {
-                table.insert(subnet, SourceKind::Local);
+            for subnet in &iface.addresses {
+                table.insert(*subnet, SourceKind::Local);
             }
         }
     }

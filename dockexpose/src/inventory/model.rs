@@ -2,10 +2,7 @@
 //! their addresses and published ports. Built by `docker.rs`, read by the correlation
 //! and the kernel-map sync. Pure: no I/O here, so everything is unit-tested.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use dockexpose_common::PortKey;
 
@@ -107,11 +104,6 @@ impl Inventory {
     /// Bridges of Docker's bridge networks.
     pub fn bridges(&self) -> BTreeSet<String> {
         self.networks.iter().map(|n| n.bridge.clone()).collect()
-    }
-
-    /// Subnets of the bridges, keyed by bridge (local sources).
-    pub fn subnets_by_bridge(&self) -> BTreeMap<&str, &[Prefix]> {
-        self.networks.iter().map(|n| (n.bridge.as_str(), n.subnets.as_slice())).collect()
     }
 
     /// Host ports published by any container, for the uplink program.

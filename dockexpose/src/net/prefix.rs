@@ -132,18 +132,6 @@ impl PrefixTable {
             .map(|(_, k)| *k)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Prefix, &SourceKind)> {
-        self.entries.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// What to remove and what to add (or change) to go from `self` to `next`.
     pub fn diff<'a>(&'a self, next: &'a PrefixTable) -> (Vec<Prefix>, Vec<(Prefix, SourceKind)>) {
         let removed = self.entries.keys().filter(|p| !next.entries.contains_key(p)).copied().collect();
