@@ -1,6 +1,11 @@
 //! Live alerts for operators: one line per new (container, port, source, kind) within a
 //! window, then a count when the window closes. Bounded in memory and in lines per
 //! second, so that a flood from random sources cannot flood the terminal as well.
+//!
+//! A flood cannot blind them either: the first alert for a new exposure (a container, or
+//! a destination address when no container is known, a port, a protocol and a kind) is
+//! always shown, whatever the rate and however full the tables. Only further sources at an
+//! exposure already alerted on are limited, and counted in a summary line.
 
 use std::{
     collections::HashMap,
@@ -11,18 +16,32 @@ use std::{
 
 use super::{human::escape_untrusted, record::Record};
 
-/// Most distinct alert keys tracked at once; past that, alerts are counted, not shown.
+/// Most (exposure, source) keys tracked at once; past that, new sources at a known
+/// exposure are counted, not shown, and a new exposure is shown but not tracked per source.
 const MAX_OPEN: usize = 50_000;
-/// Most new alert lines per second; past that, they are counted and summarised.
+/// Most exposures remembered at once. Real exposures are bounded by containers x ports x
+/// kinds; past this cap a new exposure is still shown, just not remembered.
+const MAX_EXPOSURES: usize = 65_536;
+/// Most alert lines a second for new sources at a known exposure; past that they are
+/// counted and summarised. New exposures count towards it but are never held back by it.
 const MAX_NEW_PER_SECOND: u32 = 50;
+/// Most sources shown per exposure and window, its first alert included; past that they
+/// are counted and summarised, so that a flood at one exposure shows a bounded number of lines.
+const MAX_SOURCES_PER_EXPOSURE: u32 = 50;
 
+/// What was exposed, whoever reached it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct AlertKey {
+struct ExposureKey {
     kind: &'static str,
     /// Container id, or the destination address when no container is known.
     target: String,
     port: u16,
     proto: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct AlertKey {
+    exposure: ExposureKey,
     src: IpAddr,
 }
 
@@ -32,12 +51,23 @@ struct Open {
     headline: String,
 }
 
+struct Exposure {
+    /// Start of the window in which `shown` sources were shown.
+    window_start: Instant,
+    /// Last connection: the exposure is forgotten a window after it.
+    last: Instant,
+    shown: u32,
+}
+
 pub struct Alerter {
     window: Duration,
     open: HashMap<AlertKey, Open>,
+    exposures: HashMap<ExposureKey, Exposure>,
     second_started: Option<Instant>,
     new_this_second: u32,
     suppressed: u64,
+    /// When the last summary line was shown: after the first, at most one a window.
+    last_summary: Option<Instant>,
 }
 
 fn endpoint(ip: IpAddr, port: u16) -> String {
@@ -101,19 +131,30 @@ pub fn headline(rec: &Record) -> Option<(&'static str, String)> {
 
 impl Alerter {
     pub fn new(window: Duration) -> Self {
-        Self { window, open: HashMap::new(), second_started: None, new_this_second: 0, suppressed: 0 }
+        Self {
+            window,
+            open: HashMap::new(),
+            exposures: HashMap::new(),
+            second_started: None,
+            new_this_second: 0,
+            suppressed: 0,
+            last_summary: None,
+        }
     }
 
     /// Registers a record; returns the line to show now, if any.
     pub fn observe(&mut self, rec: &Record, now: Instant) -> Option<String> {
         let (kind, line) = headline(rec)?;
-        let key = AlertKey {
+        let exposure = ExposureKey {
             kind,
             target: rec.container.as_ref().map_or_else(|| rec.dst_ip.to_string(), |c| c.id.clone()),
             port: rec.host_port.unwrap_or(rec.dst_port),
             proto: rec.proto,
-            src: rec.src_ip,
         };
+        if let Some(e) = self.exposures.get_mut(&exposure) {
+            e.last = now;
+        }
+        let key = AlertKey { exposure, src: rec.src_ip };
         if let Some(open) = self.open.get_mut(&key) {
             open.count += 1;
             return None;
@@ -122,17 +163,39 @@ impl Alerter {
             self.second_started = Some(now);
             self.new_this_second = 0;
         }
-        if self.open.len() >= MAX_OPEN || self.new_this_second >= MAX_NEW_PER_SECOND {
-            self.suppressed += 1;
-            return None;
+        match self.exposures.get_mut(&key.exposure) {
+            // A new exposure: always shown, remembered while there is room.
+            None => {
+                if self.exposures.len() < MAX_EXPOSURES {
+                    self.exposures.insert(key.exposure.clone(), Exposure { window_start: now, last: now, shown: 1 });
+                }
+            }
+            // A new source at a known exposure: limited per second and per exposure.
+            Some(e) => {
+                if now.duration_since(e.window_start) >= self.window {
+                    e.window_start = now;
+                    e.shown = 0;
+                }
+                if self.open.len() >= MAX_OPEN
+                    || self.new_this_second >= MAX_NEW_PER_SECOND
+                    || e.shown >= MAX_SOURCES_PER_EXPOSURE
+                {
+                    self.suppressed += 1;
+                    return None;
+                }
+                e.shown += 1;
+            }
         }
-        self.new_this_second += 1;
-        self.open.insert(key, Open { first: now, count: 1, headline: line.clone() });
+        self.new_this_second = self.new_this_second.saturating_add(1);
+        if self.open.len() < MAX_OPEN {
+            self.open.insert(key, Open { first: now, count: 1, headline: line.clone() });
+        }
         Some(line)
     }
 
     /// Closes the windows that are over: a count line for those seen more than once,
-    /// and a line for alerts held back by the rate limit.
+    /// and a line for alerts held back by the rate limits (the first at once, then at
+    /// most one a window). Forgets exposures quiet for a window.
     pub fn flush(&mut self, now: Instant) -> Vec<String> {
         let window = self.window;
         let mut out = Vec::new();
@@ -147,12 +210,15 @@ impl Alerter {
             }
             false
         });
-        if self.suppressed > 0 {
+        self.exposures.retain(|_, e| now.duration_since(e.last) < window);
+        if self.suppressed > 0 && self.last_summary.is_none_or(|t| now.duration_since(t) >= window) {
             out.push(format!(
-                "WARNING: {} more alerts not shown (over {MAX_NEW_PER_SECOND} new sources per second: a scan or a flood?); every connection is still in the JSON log",
-                self.suppressed
+                "WARNING: {} more alerts not shown (new sources at exposures already shown, over {MAX_NEW_PER_SECOND} per second or {MAX_SOURCES_PER_EXPOSURE} per exposure in {} s: a scan or a flood?); every connection is still in the JSON log",
+                self.suppressed,
+                window.as_secs()
             ));
             self.suppressed = 0;
+            self.last_summary = Some(now);
         }
         out.sort();
         out
@@ -228,6 +294,91 @@ mod tests {
         assert_eq!(shown, MAX_NEW_PER_SECOND as usize);
         let lines = a.flush(t0 + Duration::from_millis(1500));
         assert!(lines.iter().any(|l| l.contains("150 more alerts not shown")), "{lines:?}");
+    }
+
+    /// The i-th of up to 131 072 distinct spoofed sources (198.18.0.0/15).
+    fn spoofed(i: u32) -> IpAddr {
+        std::net::Ipv4Addr::from(0xC612_0000 + i).into()
+    }
+
+    /// The count in a "N more alerts not shown" line, 0 for any other line.
+    fn not_shown(line: &str) -> u64 {
+        line.strip_prefix("WARNING: ")
+            .and_then(|l| l.split_once(" more alerts not shown"))
+            .map_or(0, |(n, _)| n.parse().unwrap())
+    }
+
+    #[test]
+    fn a_new_exposure_alerts_through_a_flood_at_another() {
+        let mut a = Alerter::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        // 100 000 distinct spoofed sources at exposure A (web, 8080/tcp) within one second.
+        let mut flood = rec("198.18.3.2", "172.17.0.2", 80);
+        let mut shown = 0;
+        for i in 0..100_000u32 {
+            flood.src_ip = spoofed(i);
+            shown += usize::from(a.observe(&flood, t0 + Duration::from_micros(u64::from(i) * 9)).is_some());
+        }
+        assert!(shown <= MAX_NEW_PER_SECOND as usize, "{shown} lines for one exposure in one second");
+        assert!(a.open.len() <= MAX_OPEN && a.exposures.len() <= MAX_EXPOSURES);
+        let now = t0 + Duration::from_millis(950);
+        // Another container: its first connection is shown, however late in the second.
+        let db = a.observe(&rec("203.0.113.7", "172.17.0.3", 5432), now).expect("new exposure: another container");
+        assert!(db.starts_with("EXPOSED UNPUBLISHED PORT db (postgres) port 5432/tcp"), "{db}");
+        // Another port of the flooded container, and another kind on it.
+        let mut other_port = rec("203.0.113.7", "172.17.0.2", 80);
+        other_port.host_port = Some(8443);
+        assert!(a.observe(&other_port, now).is_some(), "new exposure: another port");
+        let lo = a.observe(&rec("203.0.113.7", "172.17.0.2", 9000), now).expect("new exposure: another kind");
+        assert!(lo.starts_with("EXPOSED LOOPBACK-ONLY PORT web"), "{lo}");
+        // Every alert of the flood is either shown or counted.
+        let lines = a.flush(t0 + Duration::from_millis(1500));
+        let counted: u64 = lines.iter().map(|l| not_shown(l)).sum();
+        assert_eq!(shown as u64 + counted, 100_000, "{lines:?}");
+    }
+
+    #[test]
+    fn a_flood_of_distinct_sources_at_one_exposure_stays_bounded() {
+        let window = Duration::from_secs(60);
+        let mut a = Alerter::new(window);
+        let t0 = Instant::now();
+        let mut flood = rec("198.18.3.2", "172.17.0.2", 80);
+        let (mut shown, mut lines) = (0u64, Vec::new());
+        // 100 000 distinct sources, 1 000 a second for 100 s, flushed every second.
+        for s in 0..100u32 {
+            for j in 0..1000u32 {
+                flood.src_ip = spoofed(s * 1000 + j);
+                let at = t0 + Duration::from_secs(s.into()) + Duration::from_millis(j.into());
+                shown += u64::from(a.observe(&flood, at).is_some());
+            }
+            lines.extend(a.flush(t0 + Duration::from_secs(u64::from(s) + 1)));
+            assert!(a.open.len() <= MAX_OPEN && a.exposures.len() <= MAX_EXPOSURES);
+        }
+        lines.extend(a.flush(t0 + Duration::from_secs(100) + window));
+        let counted: u64 = lines.iter().map(|l| not_shown(l)).sum();
+        assert_eq!(shown + counted, 100_000, "every alert is shown or counted: {lines:?}");
+        // Two windows: a bounded number of sources shown in each, and a few summary lines.
+        let total = shown as usize + lines.len();
+        assert!(total <= 2 * (MAX_SOURCES_PER_EXPOSURE as usize + 2), "{shown} alerts and {} summary lines", lines.len());
+        assert!(a.open.is_empty() && a.exposures.is_empty(), "everything closed at the end");
+    }
+
+    #[test]
+    fn a_new_exposure_alerts_even_when_the_tables_are_full() {
+        let mut a = Alerter::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        // 70 000 distinct destinations with no known container: each one a new exposure,
+        // more than either table holds. Each is shown, past any per-second budget.
+        let mut r = rec("198.18.3.2", "172.17.0.9", 80);
+        assert!(r.container.is_none());
+        for i in 0..70_000u32 {
+            r.dst_ip = std::net::Ipv4Addr::from(0x0A00_0000 + i).into();
+            let line = a.observe(&r, t0 + Duration::from_micros(i.into()));
+            assert!(line.is_some_and(|l| l.contains(&format!("unknown container at {}", r.dst_ip))), "exposure {i} not shown");
+        }
+        assert_eq!((a.open.len(), a.exposures.len()), (MAX_OPEN, MAX_EXPOSURES), "both tables full, never past their cap");
+        let db = a.observe(&rec("203.0.113.7", "172.17.0.3", 5432), t0 + Duration::from_millis(100));
+        assert!(db.is_some(), "a new exposure is shown even when the tables are full");
     }
 
     #[test]
