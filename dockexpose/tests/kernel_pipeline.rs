@@ -261,3 +261,20 @@ fn programs_attached_after_ours_still_run() {
         assert_eq!(records.iter().filter(|r| r["src_port"] == sport).count(), 1, "each watcher saw it: {records:#?}");
     }
 }
+
+#[test]
+fn a_failed_tcx_query_is_not_read_as_nothing_attached() {
+    if !privileged("a_failed_tcx_query_is_not_read_as_nothing_attached") {
+        return;
+    }
+    // An interface that does not exist has nothing attached...
+    assert!(tcx_programs(&format!("dxnone{}", run_id()), true).is_empty());
+    // ...an existing one answers (whatever is on it)...
+    let _ = tcx_programs("lo", false);
+    // ...and any other failure (here a name the kernel cannot even be asked about)
+    // panics rather than passing a detachment check.
+    let failed = std::panic::catch_unwind(|| tcx_programs("no\0such", true));
+    let msg = failed.expect_err("a failed query must panic");
+    let msg = msg.downcast_ref::<String>().map(String::as_str).unwrap_or("");
+    assert!(msg.contains("querying the TCX egress programs of"), "{msg}");
+}
