@@ -2,6 +2,11 @@
 //! what reaches a container from outside is reported once, with the right fields;
 //! what comes from the host, from another container, or from a trusted source is not.
 //! Needs root; run one at a time (`cargo xtask test` does).
+//!
+//! Where a "not reported" claim depends on the packet crossing the bridge's egress
+//! hook at all, the test reads the kernel counters of the attached program
+//! (`bridge_counters`) to show that it did: a packet the hook never sees is not
+//! reported whatever the program does, so "no record" alone would prove nothing.
 
 mod support;
 
@@ -10,11 +15,37 @@ use std::{
     time::Duration,
 };
 
+use dockexpose_common::{map_names, Counter};
 use serde_json::Value;
 use support::*;
 
 fn records_matching<'a>(records: &'a [Value], proto: &str, family: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["proto"] == proto && r["family"] == family).collect()
+}
+
+/// The kernel counters (summed over CPUs, by `Counter` index) of the one
+/// `bridge_egress` program attached to `bridge`, read from its own COUNTERS map:
+/// only what that bridge's hooks counted. Panics when it cannot be read.
+fn bridge_counters(bridge: &str) -> [u64; Counter::COUNT as usize] {
+    use aya::{
+        maps::{Map, MapData, MapInfo, PerCpuArray},
+        programs::{SchedClassifier, TcAttachType},
+    };
+    let (_, progs) = SchedClassifier::query_tcx(bridge, TcAttachType::Egress).unwrap_or_else(|e| panic!("TCX egress query of {bridge}: {e}"));
+    assert_eq!(progs.len(), 1, "one program on {bridge}'s egress");
+    let map_ids = progs[0].map_ids().unwrap_or_else(|e| panic!("map ids of bridge_egress: {e}")).expect("map ids (kernel >= 4.15)");
+    let id = map_ids
+        .into_iter()
+        .find(|id| MapInfo::from_id(*id).is_ok_and(|info| info.name_as_str() == Some(map_names::COUNTERS)))
+        .expect("bridge_egress uses a COUNTERS map");
+    let map = MapData::from_id(id).unwrap_or_else(|e| panic!("COUNTERS map {id}: {e}"));
+    let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(map)).expect("COUNTERS is a per-CPU array");
+    Counter::ALL.map(|c| counters.get(&(c as u32), 0).unwrap_or_else(|e| panic!("reading {}: {e}", c.name())).iter().sum())
+}
+
+/// How counter `c` grew from `before` to `after`.
+fn grew(before: &[u64; Counter::COUNT as usize], after: &[u64; Counter::COUNT as usize], c: Counter) -> u64 {
+    after[c as usize] - before[c as usize]
 }
 
 #[test]
@@ -62,8 +93,43 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     let c1_v6: SocketAddr = SocketAddr::new(bed.bridge_v6(2).parse().unwrap(), C_TCP);
     tcp_connect_root(c1_v4).expect("host to container, IPv4");
     tcp_connect_root(c1_v6).expect("host to container, IPv6");
-    tcp_connect(&bed.c2_ns, None, c1_v4).expect("container to container");
-    tcp_connect(&bed.c2_ns, None, c1_v6).expect("container to container, IPv6");
+
+    // Container to container on one bridge: switched from port to port, it never
+    // passes the bridge device's own egress (TCX there sees only what the host sends
+    // into the bridge), so not being reported says nothing about the program. The
+    // counters show that the hook saw no new flow at all.
+    let before = bridge_counters(&bed.bridge);
+    tcp_connect(&bed.c2_ns, None, c1_v4).expect("container to container, switched");
+    tcp_connect(&bed.c2_ns, None, c1_v6).expect("container to container, switched, IPv6");
+    let after = bridge_counters(&bed.bridge);
+    assert_eq!(grew(&before, &after, Counter::BridgeNewFlows), 0, "switched traffic between two ports of the bridge does not cross its egress hook");
+
+    // Container to container through the host: c2 reaches c1 by way of the gateway
+    // (the host routes it back into the bridge, as between two networks of one host),
+    // so it DOES cross the egress hook, with c2's address as the source: a watched
+    // bridge's subnet is local, so the program drops it from reporting
+    // (bridge_local_or_trusted) and no record follows. No NAT on the way, so
+    // br_netfilter's short cut for DNAT within one bridge does not apply.
+    let (c1_host4, c1_host6) = (format!("{}/32", bed.bridge_v4(2)), format!("{}/128", bed.bridge_v6(2)));
+    sh(&["ip", "-n", &bed.c2_ns, "route", "add", &c1_host4, "via", &bed.bridge_v4(1)]);
+    sh(&["ip", "-n", &bed.c2_ns, "-6", "route", "add", &c1_host6, "via", &bed.bridge_v6(1)]);
+    // The host's ICMP redirect ("c1 is on your link") must not shorten the path.
+    for key in ["net.ipv4.conf.all.accept_redirects", "net.ipv4.conf.eth0.accept_redirects", "net.ipv6.conf.all.accept_redirects", "net.ipv6.conf.eth0.accept_redirects"] {
+        sh(&["ip", "netns", "exec", &bed.c2_ns, "sysctl", "-qw", &format!("{key}=0")]);
+    }
+    for (family, dst) in [("IPv4", c1_v4), ("IPv6", c1_v6)] {
+        let before = bridge_counters(&bed.bridge);
+        tcp_connect(&bed.c2_ns, None, dst).unwrap_or_else(|e| panic!("container to container through the host, {family}: {e}"));
+        let after = bridge_counters(&bed.bridge);
+        let (new, local, emitted) = (
+            grew(&before, &after, Counter::BridgeNewFlows),
+            grew(&before, &after, Counter::BridgeLocalOrTrusted),
+            grew(&before, &after, Counter::ReachedEmitted),
+        );
+        eprintln!("container to container through the host, {family}: bridge_new_flows +{new}, bridge_local_or_trusted +{local}, reached_emitted +{emitted}");
+        assert!(local >= 1, "{family}: c2 -> c1 routed by the host must cross the bridge's egress hook as a local source (bridge_new_flows +{new}, bridge_local_or_trusted +{local})");
+        assert_eq!((new, emitted), (local, 0), "{family}: every new flow the hook saw was local, and none was emitted");
+    }
     tcp_connect(&bed.outside.ns, Some(bed.outside.v4(3).parse().unwrap()), bed.host_tcp_v4()).expect("trusted v4");
     tcp_connect(&bed.outside.ns, Some(bed.outside.v6(3).parse().unwrap()), bed.host_tcp_v6()).expect("trusted v6");
     // A container's own UDP flow out: the answer must not look like a new inbound flow.
@@ -78,6 +144,9 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     assert!(status.success(), "watcher exit: {status}");
     assert!(lines.iter().any(|l| l.contains("detached from")), "no detach message: {lines:?}");
     assert_eq!(records.len(), 4, "expected exactly 4 records, got:\n{records:#?}");
+    for c2 in [bed.bridge_v4(3), bed.bridge_v6(3)] {
+        assert!(records.iter().all(|r| r["src_ip"] != c2.as_str()), "container c2 ({c2}) reported:\n{records:#?}");
+    }
 
     let check = |r: &Value, proto: &str, family: &str, src: String, sport: u16, dst: String, dport: u16| {
         assert_eq!(r["stage"], "reached");
@@ -191,4 +260,21 @@ fn programs_attached_after_ours_still_run() {
         assert!(status.success());
         assert_eq!(records.iter().filter(|r| r["src_port"] == sport).count(), 1, "each watcher saw it: {records:#?}");
     }
+}
+
+#[test]
+fn a_failed_tcx_query_is_not_read_as_nothing_attached() {
+    if !privileged("a_failed_tcx_query_is_not_read_as_nothing_attached") {
+        return;
+    }
+    // An interface that does not exist has nothing attached...
+    assert!(tcx_programs(&format!("dxnone{}", run_id()), true).is_empty());
+    // ...an existing one answers (whatever is on it)...
+    let _ = tcx_programs("lo", false);
+    // ...and any other failure (here a name the kernel cannot even be asked about)
+    // panics rather than passing a detachment check.
+    let failed = std::panic::catch_unwind(|| tcx_programs("no\0such", true));
+    let msg = failed.expect_err("a failed query must panic");
+    let msg = msg.downcast_ref::<String>().map(String::as_str).unwrap_or("");
+    assert!(msg.contains("querying the TCX egress programs of"), "{msg}");
 }

@@ -21,7 +21,8 @@ use clap::{Parser, Subcommand};
 
 /// What a fresh Debian 12 machine lacks: Debian's rustc with its library source (for
 /// `-Z build-std=core`), LLVM 22 and friends (to build bpf-linker), and the tools the
-/// integration tests drive (ip, iptables, busybox for a tiny container side, bpftool).
+/// integration tests drive (ip, iptables, busybox for a tiny container side, bpftool,
+/// podman for tests/podman_compat.rs, pip for scapy).
 const DEB_PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
@@ -34,7 +35,17 @@ const DEB_PACKAGES: &[&str] = &[
     "iptables",
     "busybox-static",
     "bpftool",
+    // The Docker-compatible API of tests/podman_compat.rs. Named with netavark: without
+    // recommends apt satisfies podman's "container-network-stack" with the CNI plugins
+    // instead, and the tests are written against netavark's bridges and chains.
+    "podman",
+    "netavark",
+    // `python3 -m pip`, for scapy (see ensure_python_modules) when python3 is Debian's.
+    "python3-pip",
 ];
+/// Python modules the tests drive (scapy crafts packets from an outside namespace),
+/// as (module to import, PyPI package).
+const PYTHON_MODULES: &[(&str, &str)] = &[("scapy", "scapy")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_SERIES: &str = "0.13";
 /// Without it bpf-linker's build looks for LLVM under /usr and fails on `-lLLVM`.
@@ -54,7 +65,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install what this machine lacks (Debian packages, bpf-linker) and mount bpffs.
+    /// Install what this machine lacks (Debian packages, Python modules, bpf-linker) and mount bpffs.
     Setup,
     /// Setup, then build target/release/dockexpose.
     Build,
@@ -118,6 +129,7 @@ fn run_task(task: Task) -> Result<()> {
 fn setup(root: bool) -> Result<()> {
     say!("setup: checking this machine (running as {})", if root { "root" } else { "a normal user" });
     ensure_debian_packages(root)?;
+    ensure_python_modules(root)?;
     ensure_bpf_linker()?;
     report_ebpf_compiler();
     ensure_bpffs(root);
@@ -269,6 +281,52 @@ fn ensure_debian_packages(root: bool) -> Result<()> {
             .args(&missing),
         apt_fix,
     )
+}
+
+/// Each of PYTHON_MODULES that `python3 -c 'import MODULE'` cannot import is installed
+/// with `python3 -m pip install` (the python3 found first on PATH: the one the tests run).
+fn ensure_python_modules(root: bool) -> Result<()> {
+    let mut missing = Vec::new();
+    for &(module, package) in PYTHON_MODULES {
+        let probe = Command::new("python3").args(["-c", &format!("import {module}")]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let found = match probe {
+            Ok(status) => status.success(),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                bail!("python3 not found, needed for the Python module {module}\n  Fix: apt-get install python3 python3-pip")
+            }
+            Err(e) => return Err(e).context("could not run python3"),
+        };
+        say!("checking Python module {module} (`python3 -c 'import {module}'`): {}", if found { "found" } else { "MISSING" });
+        if !found {
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !root {
+        // Only the root integration tests use them, and those skip for a normal user.
+        say!("warning: missing Python packages: {list}; as root run: python3 -m pip install {list}");
+        return Ok(());
+    }
+    say!("installing the missing Python packages from PyPI: {list}");
+    run(
+        Command::new("python3")
+            // Debian's own python3 refuses pip installs (PEP 668, "externally managed"):
+            // on a test machine, install anyway. A pip that predates the setting ignores it.
+            .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"])
+            .args(&missing),
+        "check access to PyPI and that `python3 -m pip --version` works (Debian: apt-get install python3-pip)",
+    )?;
+    for &(module, _) in PYTHON_MODULES {
+        let ok = Command::new("python3").args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
+        if !ok {
+            bail!("`python3 -c 'import {module}'` still fails after the install\n  Fix: see pip's output above");
+        }
+    }
+    Ok(())
 }
 
 /// The build script (dockexpose/build.rs) takes the first bpf-linker found on PATH, then
