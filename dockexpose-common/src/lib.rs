@@ -16,6 +16,7 @@ pub mod map_names {
     pub const FLOWS: &str = "FLOWS";
     pub const ATTEMPTS: &str = "ATTEMPTS";
     pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
+    pub const LOCAL_IFACES: &str = "LOCAL_IFACES";
 }
 
 /// Names of the programs in the eBPF object.
@@ -27,9 +28,13 @@ pub mod program_names {
     pub const BRIDGE_INGRESS: &str = "bridge_ingress";
     /// XDP on an uplink: what was attempted, before any firewall.
     pub const UPLINK_XDP: &str = "uplink_xdp";
+    /// XDP on an L3 uplink (wg, tun, ipip, gre: no Ethernet header).
+    pub const UPLINK_XDP_L3: &str = "uplink_xdp_l3";
     /// TCX egress on an uplink: the host answered an attempt (SYN-ACK, UDP reply),
     /// whether through DNAT or through a proxy on the host (docker-proxy).
     pub const UPLINK_EGRESS: &str = "uplink_egress";
+    /// TCX egress on an L3 uplink.
+    pub const UPLINK_EGRESS_L3: &str = "uplink_egress_l3";
     /// Baselines of the benchmark (`dockexpose bench`): empty programs, never attached.
     pub const BENCH_EMPTY_CLASSIFIER: &str = "bench_empty_classifier";
     pub const BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
@@ -37,17 +42,35 @@ pub mod program_names {
 
 /// Names of the read-only globals the daemon sets at load time.
 pub mod global_names {
-    /// A UDP flow idle for this long counts as new again (nanoseconds).
+    /// A UDP flow idle for this long counts as new again (nanoseconds), on the
+    /// bridges and on the uplinks alike.
     pub const UDP_IDLE_NS: &str = "UDP_IDLE_NS";
-    /// An attempt from the same (source, port, protocol) within this window is not
-    /// reported again (nanoseconds): SYN retransmits are one attempt.
-    pub const ATTEMPT_DEDUP_NS: &str = "ATTEMPT_DEDUP_NS";
+    /// A TCP SYN or SCTP INIT with the same tuple and initial sequence number (or
+    /// initiate tag) within this window is a retransmit, not a new connection.
+    pub const RETRANSMIT_WINDOW_NS: &str = "RETRANSMIT_WINDOW_NS";
+    /// Offsets into the running kernel's `struct nf_conn`, from its BTF (Rust cannot
+    /// emit CO-RE relocations). `CT_ENABLED` 0: conntrack is not consulted.
+    pub const CT_ENABLED: &str = "CT_ENABLED";
+    pub const CT_STATUS_OFF: &str = "CT_STATUS_OFF";
+    pub const CT_ORIG_SRC_ADDR_OFF: &str = "CT_ORIG_SRC_ADDR_OFF";
+    pub const CT_ORIG_SRC_PORT_OFF: &str = "CT_ORIG_SRC_PORT_OFF";
+    pub const CT_ORIG_DST_ADDR_OFF: &str = "CT_ORIG_DST_ADDR_OFF";
+    pub const CT_ORIG_DST_PORT_OFF: &str = "CT_ORIG_DST_PORT_OFF";
+}
+
+/// Kernel functions (kfuncs) the bridge program calls; the loader patches their calls
+/// with the running kernel's BTF ids (aya 0.14 has no kfunc support).
+pub mod kfunc_names {
+    pub const CT_LOOKUP: &str = "bpf_skb_ct_lookup";
+    pub const CT_RELEASE: &str = "bpf_ct_release";
+    pub const ALL: [&str; 2] = [CT_LOOKUP, CT_RELEASE];
 }
 
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
 
 /// `ConnEvent::stage`: where in the path the connection was seen.
 pub const STAGE_ATTEMPTED: u8 = 1;
@@ -56,9 +79,21 @@ pub const STAGE_REACHED: u8 = 2;
 /// "reached through a proxy" and "blocked" in userspace).
 pub const STAGE_ANSWERED: u8 = 3;
 
-/// `ConnEvent::flags`: `orig_dst_addr`/`orig_dst_port` hold the pre-DNAT destination
-/// found in the uplink program's attempt map.
+/// `ConnEvent::flags`: `orig_dst_addr`/`orig_dst_port` hold the pre-DNAT destination,
+/// read from the connection's conntrack entry (the kernel's own NAT state).
 pub const FLAG_HAS_ORIG_DST: u8 = 1;
+/// The source lies in a local prefix (a host address, a watched bridge's subnet), yet
+/// the packet arrived from outside (an uplink, not the host or a container bridge).
+pub const FLAG_SPOOFED_LOCAL: u8 = 2;
+/// The packet was an IP fragment (the first one: it carries the ports).
+pub const FLAG_FRAGMENT: u8 = 4;
+/// IPv6 extension headers or IPv4 options stood before the transport header.
+pub const FLAG_IP_OPTIONS: u8 = 8;
+/// The transport flags were not in the packet (a first fragment cut before them):
+/// conntrack said it is the first packet of an unanswered connection from outside.
+pub const FLAG_BY_CONNTRACK: u8 = 16;
+/// The frame carried one or two VLAN tags.
+pub const FLAG_VLAN: u8 = 32;
 
 /// Values in the LOCAL_V4/LOCAL_V6 prefix tries.
 pub const PREFIX_LOCAL: u8 = 1;
@@ -68,15 +103,21 @@ pub const PREFIX_TRUSTED: u8 = 2;
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 pub const FLOWS_MAX: u32 = 65_536;
 pub const ATTEMPTS_MAX: u32 = 65_536;
+/// Ifindexes whose traffic is the host's own (the watched bridges, loopback).
+pub const LOCAL_IFACES_MAX: u32 = 1_024;
 pub const PREFIXES_MAX: u32 = 4_096;
-/// PUBLISHED_PORTS is an array indexed by `published_port_index` (TCP ports, then UDP):
-/// an array lookup is inlined by the verifier, a hash lookup is a call.
-pub const PUBLISHED_PORTS_LEN: u32 = 2 * 65_536;
+/// PUBLISHED_PORTS is an array indexed by `published_port_index` (TCP ports, then UDP,
+/// then SCTP): an array lookup is inlined by the verifier, a hash lookup is a call.
+pub const PUBLISHED_PORTS_LEN: u32 = 3 * 65_536;
 
 /// Index of (port, protocol) in the PUBLISHED_PORTS array.
 #[inline(always)]
 pub const fn published_port_index(port: u16, proto: u8) -> u32 {
-    (if proto == PROTO_UDP { 65_536 } else { 0 }) + port as u32
+    (match proto {
+        PROTO_UDP => 65_536,
+        PROTO_SCTP => 2 * 65_536,
+        _ => 0,
+    }) + port as u32
 }
 
 /// One new inbound connection seen by a kernel program.
@@ -99,6 +140,10 @@ pub struct ConnEvent {
     pub stage: u8,
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// TCP initial sequence number / SCTP initiate tag (0 for UDP): ties an attempt,
+    /// its reach and its answer to one connection, not just to one source port.
+    pub seq: u32,
+    pub _pad2: u32,
 }
 
 impl ConnEvent {
@@ -117,6 +162,8 @@ impl ConnEvent {
             stage: 0,
             flags: 0,
             _pad: [0; 2],
+            seq: 0,
+            _pad2: 0,
         }
     }
 }
@@ -135,29 +182,31 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Key of the ATTEMPTS map: what survives DNAT unchanged on the way in.
+/// Value of the FLOWS map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AttemptKey {
-    pub src_addr: [u8; 16],
-    pub src_port: u16,
-    pub family: u8,
-    pub proto: u8,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSeen {
+    pub ktime_ns: u64,
+    /// TCP initial sequence number or SCTP initiate tag (0 for UDP): a retransmit
+    /// carries the same, a new connection from a reused source port another.
+    pub seq: u32,
+    pub _pad: u32,
 }
 
-/// Value of the ATTEMPTS map: the destination before DNAT.
+/// Key of the ATTEMPTS map: the whole pre-DNAT tuple, as the uplink saw it. Two
+/// attempts from one source port to two host ports (a scanner's) are two entries.
+pub type AttemptKey = FlowKey;
+
+/// Value of the ATTEMPTS map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttemptValue {
     pub ktime_ns: u64,
-    pub orig_dst_addr: [u8; 16],
-    /// The SYN's initial sequence number (0 for UDP): a retransmit carries the same,
-    /// a new connection from a reused source port another.
-    pub tcp_seq: u32,
-    pub orig_dst_port: u16,
+    /// The SYN's initial sequence number (0 for UDP).
+    pub seq: u32,
     /// 1 once the host answered it (reported once).
     pub answered: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 3],
 }
 
 /// A host port Docker publishes (userspace's view of PUBLISHED_PORTS).
@@ -191,10 +240,12 @@ pub enum Counter {
     AttemptsEmitted = 7,
     /// Repeated attempts (SYN retransmits, later UDP packets) not reported again.
     AttemptsDeduplicated = 8,
-    /// IP packets whose transport header could not be reached (IPv6 extension
-    /// headers, truncated frames): not inspected, so possibly missed.
+    /// Uplink packets whose transport header could not be inspected (a chain of
+    /// extension headers too long, a truncated frame, a first fragment cut before the
+    /// TCP flags): no attempt recorded; what reaches a container is still reported by
+    /// the bridge program.
     Unparsed = 9,
-    /// `reached` records that carry the pre-DNAT destination from the uplink.
+    /// `reached` records that carry the pre-DNAT destination.
     ReachedJoined = 10,
     /// Flows that could not be remembered (map update failed).
     MapUpdateFailed = 11,
@@ -202,10 +253,22 @@ pub enum Counter {
     UplinkEgressPackets = 12,
     /// Attempts the host answered (SYN-ACK or UDP reply seen leaving the uplink).
     AttemptsAnswered = 13,
+    /// Packets on a container bridge from a non-local path whose transport header
+    /// could not be inspected (an extension-header chain too long, a truncated
+    /// header): they may have started a connection nobody saw. Raises a warning.
+    BridgeUninspected = 14,
+    /// New flows whose conntrack entry gave the exact pre-DNAT destination.
+    ConntrackJoined = 15,
+    /// First fragments without transport flags, told new by conntrack and reported.
+    ConntrackFirstPackets = 16,
+    /// Reported flows whose local source arrived from outside (spoofed).
+    SpoofedLocal = 17,
+    /// TCP SYN / SCTP INIT retransmits on a bridge (same tuple and ISN): not reported twice.
+    RetransmitsDeduplicated = 18,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::BridgePackets,
         Counter::BridgeNewFlows,
@@ -221,6 +284,11 @@ impl Counter {
         Counter::MapUpdateFailed,
         Counter::UplinkEgressPackets,
         Counter::AttemptsAnswered,
+        Counter::BridgeUninspected,
+        Counter::ConntrackJoined,
+        Counter::ConntrackFirstPackets,
+        Counter::SpoofedLocal,
+        Counter::RetransmitsDeduplicated,
     ];
 
     /// Name used in reports and metrics.
@@ -240,15 +308,20 @@ impl Counter {
             Counter::MapUpdateFailed => "map_update_failed",
             Counter::UplinkEgressPackets => "uplink_egress_packets",
             Counter::AttemptsAnswered => "attempts_answered",
+            Counter::BridgeUninspected => "bridge_uninspected",
+            Counter::ConntrackJoined => "conntrack_joined",
+            Counter::ConntrackFirstPackets => "conntrack_first_packets",
+            Counter::SpoofedLocal => "spoofed_local",
+            Counter::RetransmitsDeduplicated => "retransmits_deduplicated",
         }
     }
 }
 
 // Layouts are a contract between two compilers: fail the build if they drift.
-const _: () = assert!(core::mem::size_of::<ConnEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<AttemptKey>() == 20);
-const _: () = assert!(core::mem::size_of::<AttemptValue>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowSeen>() == 16);
+const _: () = assert!(core::mem::size_of::<AttemptValue>() == 16);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
 
 #[cfg(feature = "user")]
@@ -257,7 +330,7 @@ mod pod {
     // (the size assertions above prove it), so every bit pattern is valid.
     unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::AttemptKey {}
+    unsafe impl aya::Pod for super::FlowSeen {}
     unsafe impl aya::Pod for super::AttemptValue {}
     unsafe impl aya::Pod for super::PortKey {}
 }
@@ -271,7 +344,9 @@ mod tests {
         assert_eq!(published_port_index(0, PROTO_TCP), 0);
         assert_eq!(published_port_index(65_535, PROTO_TCP), 65_535);
         assert_eq!(published_port_index(0, PROTO_UDP), 65_536);
-        assert_eq!(published_port_index(65_535, PROTO_UDP), PUBLISHED_PORTS_LEN - 1);
+        assert_eq!(published_port_index(65_535, PROTO_UDP), 2 * 65_536 - 1);
+        assert_eq!(published_port_index(0, PROTO_SCTP), 2 * 65_536);
+        assert_eq!(published_port_index(65_535, PROTO_SCTP), PUBLISHED_PORTS_LEN - 1);
     }
 
     #[test]
@@ -286,10 +361,11 @@ mod tests {
 
     #[test]
     fn shared_types_have_no_padding_surprises() {
-        assert_eq!(core::mem::size_of::<ConnEvent>(), 72);
+        assert_eq!(core::mem::size_of::<ConnEvent>(), 80);
+        assert_eq!(core::mem::offset_of!(ConnEvent, seq), 72);
         assert_eq!(core::mem::offset_of!(ConnEvent, orig_dst_addr), 40);
-        assert_eq!(core::mem::offset_of!(AttemptValue, tcp_seq), 24);
-        assert_eq!(core::mem::offset_of!(AttemptValue, answered), 30);
+        assert_eq!(core::mem::offset_of!(AttemptValue, seq), 8);
+        assert_eq!(core::mem::offset_of!(AttemptValue, answered), 12);
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
     }
 }

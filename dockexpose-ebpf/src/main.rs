@@ -7,42 +7,66 @@
 //! tools attached after ours (another monitor, a CNI) would never run.
 //!
 //! - `bridge_egress` (TCX egress on a container bridge): a new inbound flow that has
-//!   survived every firewall table and DNAT, i.e. it *reached* a container.
+//!   survived every firewall table and DNAT, i.e. it *reached* a container. The
+//!   connection's conntrack entry (kfunc `bpf_skb_ct_lookup`) gives its pre-DNAT
+//!   destination exactly, whichever uplink it came through, and tells a first fragment
+//!   cut before the TCP flags from a later segment.
 //! - `bridge_ingress` (TCX ingress on a container bridge): UDP flows that containers
-//!   open themselves, remembered so their replies are not taken for new inbound flows.
-//! - `uplink_xdp` (XDP on an uplink): a new flow to a published host port, before any
-//!   firewall: it was *attempted*. Remembered by (source, port, protocol) so that the
-//!   bridge program can attach the pre-DNAT host address and port to the reach.
+//!   open themselves, remembered so their replies are not taken for new inbound flows
+//!   where conntrack cannot be asked.
+//! - `uplink_xdp` / `uplink_xdp_l3` (XDP on an Ethernet / L3 uplink): a new flow to a
+//!   published host port, before any firewall: it was *attempted*. Remembered by its
+//!   whole tuple, so that repeats are told from new attempts and the host's answer
+//!   (`uplink_egress` / `uplink_egress_l3`, TCX egress) is matched exactly.
 #![no_std]
 #![no_main]
 
 mod packet;
 
+use core::mem::size_of;
+
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, xdp_action, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
     Global,
 };
 use dockexpose_common::{
-    published_port_index, AttemptKey, AttemptValue, ConnEvent, Counter, FlowKey, ATTEMPTS_MAX,
-    EVENTS_RING_BYTES, FAMILY_IPV4, FLAG_HAS_ORIG_DST, FLOWS_MAX, PREFIXES_MAX, PROTO_UDP,
-    PUBLISHED_PORTS_LEN, STAGE_ANSWERED, STAGE_ATTEMPTED, STAGE_REACHED,
+    published_port_index, AttemptKey, AttemptValue, ConnEvent, Counter, FlowKey, FlowSeen, ATTEMPTS_MAX,
+    EVENTS_RING_BYTES, FAMILY_IPV4, FLAG_BY_CONNTRACK, FLAG_HAS_ORIG_DST, FLAG_SPOOFED_LOCAL, FLOWS_MAX,
+    LOCAL_IFACES_MAX, PREFIXES_MAX, PREFIX_TRUSTED, PROTO_TCP, PROTO_UDP, PUBLISHED_PORTS_LEN, STAGE_ANSWERED,
+    STAGE_ATTEMPTED, STAGE_REACHED,
 };
 use packet::{parse, Flow, Parsed, TCP_SYN, TCP_SYN_ACK};
 
-/// A UDP flow idle for this long is new again. Set by the daemon at load time.
 /// "Continue with the next program" on TCX; "default action" on legacy tc.
 const TCX_NEXT: i32 = TC_ACT_UNSPEC;
 
+/// A UDP flow idle for this long is new again, on bridges and uplinks alike. Set by
+/// the daemon at load time.
 #[no_mangle]
 static UDP_IDLE_NS: Global<u64> = Global::new(30_000_000_000);
 
-/// How long an attempt stays joinable and suppresses repeats (SYN retransmits).
+/// A SYN (INIT) with the same tuple and ISN within this window is a retransmit.
 #[no_mangle]
-static ATTEMPT_DEDUP_NS: Global<u64> = Global::new(10_000_000_000);
+static RETRANSMIT_WINDOW_NS: Global<u64> = Global::new(180_000_000_000);
+
+// Offsets into `struct nf_conn`, from the running kernel's BTF (set by the loader; the
+// verifier checks every access against that BTF, so a wrong offset is a load error).
+#[no_mangle]
+static CT_ENABLED: Global<u32> = Global::new(0);
+#[no_mangle]
+static CT_STATUS_OFF: Global<u32> = Global::new(0);
+#[no_mangle]
+static CT_ORIG_SRC_ADDR_OFF: Global<u32> = Global::new(0);
+#[no_mangle]
+static CT_ORIG_SRC_PORT_OFF: Global<u32> = Global::new(0);
+#[no_mangle]
+static CT_ORIG_DST_ADDR_OFF: Global<u32> = Global::new(0);
+#[no_mangle]
+static CT_ORIG_DST_PORT_OFF: Global<u32> = Global::new(0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
@@ -57,14 +81,21 @@ static LOCAL_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(PREFIXES_MAX, 
 #[map]
 static LOCAL_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PREFIXES_MAX, 0);
 
-/// UDP flows seen (inbound orientation) -> last packet time. Outsiders choose the keys: LRU.
+/// Interfaces whose packets are the host's own doing: the watched bridges (container
+/// to container through the host) and loopback. A local source arriving from anywhere
+/// else was spoofed. Filled by the daemon.
 #[map]
-static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(FLOWS_MAX, 0);
+static LOCAL_IFACES: HashMap<u32, u8> = HashMap::with_max_entries(LOCAL_IFACES_MAX, 0);
 
-/// Attempts seen on the uplinks, for the bridge join. Outsiders choose the keys: LRU.
+/// Flows seen on a bridge (inbound orientation) -> when, and with which ISN.
+/// Outsiders choose the keys: LRU.
 #[map]
-static ATTEMPTS: LruHashMap<AttemptKey, AttemptValue> =
-    LruHashMap::with_max_entries(ATTEMPTS_MAX, 0);
+static FLOWS: LruHashMap<FlowKey, FlowSeen> = LruHashMap::with_max_entries(FLOWS_MAX, 0);
+
+/// Attempts seen on the uplinks, by their whole pre-DNAT tuple: repeats are told from
+/// new attempts, and the host's answer is matched exactly. Outsiders choose the keys: LRU.
+#[map]
+static ATTEMPTS: LruHashMap<AttemptKey, AttemptValue> = LruHashMap::with_max_entries(ATTEMPTS_MAX, 0);
 
 /// Host ports Docker publishes: 1 at `published_port_index(port, proto)` (filled by the
 /// daemon from the Docker inventory). An array: the lookup is inlined, no hashing.
@@ -79,15 +110,16 @@ fn count(counter: Counter) {
     }
 }
 
-/// True when the source is one of the host's own prefixes or a trusted one.
+/// PREFIX_LOCAL, PREFIX_TRUSTED, or None for an outside source.
 #[inline(always)]
-fn source_is_local_or_trusted(flow: &Flow) -> bool {
-    if flow.family == FAMILY_IPV4 {
+fn source_kind(flow: &Flow) -> Option<u8> {
+    let kind = if flow.family == FAMILY_IPV4 {
         let addr = [flow.src[0], flow.src[1], flow.src[2], flow.src[3]];
-        LOCAL_V4.get(Key::new(32, addr)).is_some()
+        LOCAL_V4.get(Key::new(32, addr))
     } else {
-        LOCAL_V6.get(Key::new(128, flow.src)).is_some()
-    }
+        LOCAL_V6.get(Key::new(128, flow.src))
+    };
+    kind.copied()
 }
 
 fn flow_key(flow: &Flow) -> FlowKey {
@@ -102,33 +134,34 @@ fn flow_key(flow: &Flow) -> FlowKey {
     }
 }
 
-fn attempt_key(flow: &Flow) -> AttemptKey {
-    AttemptKey {
-        src_addr: flow.src,
-        src_port: flow.src_port,
-        family: flow.family,
-        proto: flow.proto,
-    }
-}
-
-/// Remembers a UDP flow; returns true when it was already known and still fresh.
+/// Remembers a flow; returns true when it was already known and still fresh: for
+/// UDP any packet within the idle time, for TCP/SCTP the same ISN (a retransmit).
 #[inline(always)]
-fn udp_flow_is_known(key: &FlowKey, now: u64) -> bool {
-    if let Some(last) = FLOWS.get_ptr_mut(key) {
-        let last = unsafe { &mut *last };
-        let fresh = now.wrapping_sub(*last) < UDP_IDLE_NS.load();
-        *last = now;
+fn flow_is_known(key: &FlowKey, seq: u32, now: u64) -> bool {
+    let window = if key.proto == PROTO_UDP { UDP_IDLE_NS.load() } else { RETRANSMIT_WINDOW_NS.load() };
+    if let Some(seen) = FLOWS.get_ptr_mut(key) {
+        let seen = unsafe { &mut *seen };
+        let fresh = now.wrapping_sub(seen.ktime_ns) < window && seen.seq == seq;
+        seen.ktime_ns = now;
+        seen.seq = seq;
         return fresh;
     }
-    if FLOWS.insert(key, now, 0).is_err() {
+    if FLOWS.insert(key, FlowSeen { ktime_ns: now, seq, _pad: 0 }, 0).is_err() {
         count(Counter::MapUpdateFailed);
     }
     false
 }
 
+/// The pre-DNAT destination of a record, and its flags.
+struct Extra {
+    orig_addr: [u8; 16],
+    orig_port: u16,
+    flags: u8,
+}
+
 /// Writes one record to the ring buffer, or counts it as lost.
 #[inline(always)]
-fn emit(flow: &Flow, stage: u8, ifindex: u32, now: u64, orig: Option<&AttemptValue>) -> bool {
+fn emit(flow: &Flow, stage: u8, ifindex: u32, now: u64, extra: &Extra) -> bool {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(Counter::RingbufFull);
         return false;
@@ -143,41 +176,220 @@ fn emit(flow: &Flow, stage: u8, ifindex: u32, now: u64, orig: Option<&AttemptVal
     ev.proto = flow.proto;
     ev.stage = stage;
     ev.ifindex = ifindex;
-    if let Some(orig) = orig {
-        ev.orig_dst_addr = orig.orig_dst_addr;
-        ev.orig_dst_port = orig.orig_dst_port;
-        ev.flags = FLAG_HAS_ORIG_DST;
-    }
+    ev.orig_dst_addr = extra.orig_addr;
+    ev.orig_dst_port = extra.orig_port;
+    ev.flags = extra.flags;
+    ev.seq = flow.seq;
     entry.write(ev);
     entry.submit(0);
     true
 }
 
+// ---------------------------------------------------------------------------------
+// Conntrack: the kernel's own view of the connection, whatever the packet's shape.
+
+/// `struct bpf_ct_opts` (16 bytes on 6.x kernels).
+#[repr(C)]
+struct BpfCtOpts {
+    netns_id: i32,
+    error: i32,
+    l4proto: u8,
+    dir: u8,
+    ct_zone_id: u16,
+    ct_zone_dir: u8,
+    reserved: [u8; 3],
+}
+
+const BPF_F_CURRENT_NETNS: i32 = -1;
+const IPS_SEEN_REPLY: u64 = 1 << 1;
+
+extern "C" {
+    // Kernel functions: the loader patches these calls with their BTF ids.
+    fn bpf_skb_ct_lookup(
+        skb: *mut __sk_buff,
+        tuple: *mut u8,
+        tuple_len: u32,
+        opts: *mut BpfCtOpts,
+        opts_len: u32,
+    ) -> *mut u8;
+    fn bpf_ct_release(ct: *mut u8);
+}
+
+/// What conntrack knows of the connection a bridge packet belongs to.
+enum Conntrack {
+    /// No entry (conntrack not consulted, not tracked, SCTP): judge by the packet.
+    Unknown,
+    /// The container opened it (a reply leaving towards it).
+    FromInside,
+    /// An outside end opened it, to `orig` before DNAT; `replied` once the container answered.
+    FromOutside { orig_addr: [u8; 16], orig_port: u16, replied: bool },
+}
+
+#[inline(always)]
+unsafe fn ct_read_u32(ct: *mut u8, off: u32) -> u32 {
+    core::ptr::read_volatile(ct.add(off as usize) as *const u32)
+}
+
+/// Looks the connection up by its reply tuple (the packet is past DNAT: container ->
+/// outside end is the reply direction of a connection the outside opened).
+#[inline(always)]
+fn conntrack(ctx: &TcContext, flow: &Flow) -> Conntrack {
+    if CT_ENABLED.load() == 0 || (flow.proto != PROTO_TCP && flow.proto != PROTO_UDP) {
+        return Conntrack::Unknown;
+    }
+    let mut tuple = [0u8; 36];
+    let len = if flow.family == FAMILY_IPV4 {
+        tuple[0..4].copy_from_slice(&flow.dst[0..4]);
+        tuple[4..8].copy_from_slice(&flow.src[0..4]);
+        tuple[8..10].copy_from_slice(&flow.dst_port.to_be_bytes());
+        tuple[10..12].copy_from_slice(&flow.src_port.to_be_bytes());
+        12
+    } else {
+        tuple[0..16].copy_from_slice(&flow.dst);
+        tuple[16..32].copy_from_slice(&flow.src);
+        tuple[32..34].copy_from_slice(&flow.dst_port.to_be_bytes());
+        tuple[34..36].copy_from_slice(&flow.src_port.to_be_bytes());
+        36
+    };
+    let mut opts = BpfCtOpts {
+        netns_id: BPF_F_CURRENT_NETNS,
+        error: 0,
+        l4proto: flow.proto,
+        dir: 0,
+        ct_zone_id: 0,
+        ct_zone_dir: 0,
+        reserved: [0; 3],
+    };
+    let ct = unsafe {
+        bpf_skb_ct_lookup(ctx.skb.skb, tuple.as_mut_ptr(), len, &mut opts, size_of::<BpfCtOpts>() as u32)
+    };
+    if ct.is_null() {
+        return Conntrack::Unknown;
+    }
+    // SAFETY: `ct` is a referenced nf_conn; offsets come from the kernel's BTF and the
+    // verifier checks each read against it.
+    let (status, src, src_port, orig_addr, orig_port) = unsafe {
+        let status = core::ptr::read_volatile(ct.add(CT_STATUS_OFF.load() as usize) as *const u64);
+        let so = CT_ORIG_SRC_ADDR_OFF.load();
+        let s = [ct_read_u32(ct, so), ct_read_u32(ct, so + 4), ct_read_u32(ct, so + 8), ct_read_u32(ct, so + 12)];
+        let sp = core::ptr::read_volatile(ct.add(CT_ORIG_SRC_PORT_OFF.load() as usize) as *const u16);
+        let d0 = CT_ORIG_DST_ADDR_OFF.load();
+        let d = [ct_read_u32(ct, d0), ct_read_u32(ct, d0 + 4), ct_read_u32(ct, d0 + 8), ct_read_u32(ct, d0 + 12)];
+        let dp = core::ptr::read_volatile(ct.add(CT_ORIG_DST_PORT_OFF.load() as usize) as *const u16);
+        bpf_ct_release(ct);
+        (status, s, sp, d, dp)
+    };
+    let mut src_addr = [0u8; 16];
+    let mut orig = [0u8; 16];
+    let words = if flow.family == FAMILY_IPV4 { 1 } else { 4 };
+    for i in 0..4 {
+        if i < words {
+            src_addr[i * 4..i * 4 + 4].copy_from_slice(&src[i].to_ne_bytes());
+            orig[i * 4..i * 4 + 4].copy_from_slice(&orig_addr[i].to_ne_bytes());
+        }
+    }
+    if src_addr != flow.src || u16::from_be(src_port) != flow.src_port {
+        return Conntrack::FromInside;
+    }
+    Conntrack::FromOutside { orig_addr: orig, orig_port: u16::from_be(orig_port), replied: status & IPS_SEEN_REPLY != 0 }
+}
+
+/// True when the packet is the host's own doing: sent by the host itself, or routed
+/// from a watched bridge or loopback.
+#[inline(always)]
+fn arrived_from_inside(ingress_ifindex: u32) -> bool {
+    ingress_ifindex == 0 || unsafe { LOCAL_IFACES.get(&ingress_ifindex) }.is_some()
+}
+
+// ---------------------------------------------------------------------------------
+// Programs
+
 #[classifier]
 pub fn bridge_egress(ctx: TcContext) -> i32 {
     count(Counter::BridgePackets);
-    let Parsed::NewFlow(flow) = parse::<false, TCP_SYN>(ctx.data(), ctx.data_end()) else {
-        // Not a new flow (the fast path), or not inspectable (counted in parse).
-        return TCX_NEXT;
+    let (flow, flags_hidden) = match parse::<true, false, TCP_SYN>(ctx.data(), ctx.data_end()) {
+        // Not a new flow: the fast path.
+        Parsed::Skip => return TCX_NEXT,
+        Parsed::NewFlow(flow) => (flow, false),
+        Parsed::FlagsHidden(flow) => (flow, true),
+        Parsed::Uninspectable => {
+            count(Counter::BridgeUninspected);
+            return TCX_NEXT;
+        }
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    if flow.proto == PROTO_UDP && udp_flow_is_known(&flow_key(&flow), now) {
+    let key = flow_key(&flow);
+    // UDP: the flow table first (most UDP packets belong to a known flow).
+    if flow.proto == PROTO_UDP && flow_is_known(&key, 0, now) {
         count(Counter::UdpDeduplicated);
         return TCX_NEXT;
     }
     count(Counter::BridgeNewFlows);
-    if source_is_local_or_trusted(&flow) {
-        count(Counter::BridgeLocalOrTrusted);
+    let mut flags = flow.shape;
+    match source_kind(&flow) {
+        None => {}
+        Some(PREFIX_TRUSTED) => {
+            count(Counter::BridgeLocalOrTrusted);
+            return TCX_NEXT;
+        }
+        Some(_) => {
+            let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+            if arrived_from_inside(ingress) {
+                count(Counter::BridgeLocalOrTrusted);
+                return TCX_NEXT;
+            }
+            // A local source from outside: spoofed, and reported as such.
+            flags |= FLAG_SPOOFED_LOCAL;
+        }
+    }
+    let mut extra = Extra { orig_addr: [0; 16], orig_port: 0, flags };
+    match conntrack(&ctx, &flow) {
+        Conntrack::FromOutside { orig_addr, orig_port, replied } => {
+            if flags_hidden && replied {
+                // A fragment of a connection already answered: nothing new.
+                return TCX_NEXT;
+            }
+            // Not DNAT'd (routed straight to the container): no host side to name.
+            if orig_addr != flow.dst || orig_port != flow.dst_port {
+                extra.orig_addr = orig_addr;
+                extra.orig_port = orig_port;
+                extra.flags |= FLAG_HAS_ORIG_DST;
+                count(Counter::ConntrackJoined);
+            }
+        }
+        Conntrack::FromInside => {
+            if flow.proto == PROTO_UDP || flags_hidden {
+                // A reply to a flow the container opened.
+                count(Counter::UdpDeduplicated);
+                return TCX_NEXT;
+            }
+        }
+        Conntrack::Unknown => {
+            if flags_hidden {
+                // No way to tell whether it starts a connection.
+                count(Counter::BridgeUninspected);
+                return TCX_NEXT;
+            }
+        }
+    }
+    if flags_hidden {
+        extra.flags |= FLAG_BY_CONNTRACK;
+    }
+    if flow.proto != PROTO_UDP && flow_is_known(&key, flow.seq, now) {
+        count(Counter::RetransmitsDeduplicated);
         return TCX_NEXT;
     }
-    // The join: the uplink program saw this (source, port) before DNAT?
-    let attempt = unsafe { ATTEMPTS.get(attempt_key(&flow)) }
-        .filter(|a| now.wrapping_sub(a.ktime_ns) < ATTEMPT_DEDUP_NS.load());
+    if flags_hidden {
+        count(Counter::ConntrackFirstPackets);
+    }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if emit(&flow, STAGE_REACHED, ifindex, now, attempt) {
+    if emit(&flow, STAGE_REACHED, ifindex, now, &extra) {
         count(Counter::ReachedEmitted);
-        if attempt.is_some() {
+        if extra.flags & FLAG_HAS_ORIG_DST != 0 {
             count(Counter::ReachedJoined);
+        }
+        if extra.flags & FLAG_SPOOFED_LOCAL != 0 {
+            count(Counter::SpoofedLocal);
         }
     }
     TCX_NEXT
@@ -185,90 +397,108 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn bridge_ingress(ctx: TcContext) -> i32 {
-    // A container sends: remember its UDP flow the way its replies will look inbound.
-    if let Parsed::NewFlow(flow) = parse::<true, TCP_SYN>(ctx.data(), ctx.data_end()) {
-        {
-            let reply = FlowKey {
-                src_addr: flow.dst,
-                dst_addr: flow.src,
-                src_port: flow.dst_port,
-                dst_port: flow.src_port,
-                family: flow.family,
-                proto: flow.proto,
-                _pad: [0; 2],
-            };
-            let now = unsafe { bpf_ktime_get_ns() };
-            udp_flow_is_known(&reply, now);
-        }
+    // A container sends: remember its UDP flow the way its replies will look inbound
+    // (for when conntrack cannot be consulted).
+    if let Parsed::NewFlow(flow) = parse::<true, true, TCP_SYN>(ctx.data(), ctx.data_end()) {
+        let reply = FlowKey {
+            src_addr: flow.dst,
+            dst_addr: flow.src,
+            src_port: flow.dst_port,
+            dst_port: flow.src_port,
+            family: flow.family,
+            proto: flow.proto,
+            _pad: [0; 2],
+        };
+        let now = unsafe { bpf_ktime_get_ns() };
+        flow_is_known(&reply, 0, now);
     }
     TCX_NEXT
 }
 
-#[xdp]
-pub fn uplink_xdp(ctx: XdpContext) -> u32 {
+/// An attempt at a published port, before any firewall.
+#[inline(always)]
+fn uplink_attempt<const ETHERNET: bool>(ctx: &XdpContext) -> u32 {
     count(Counter::UplinkPackets);
-    let Parsed::NewFlow(flow) = parse::<false, TCP_SYN>(ctx.data(), ctx.data_end()) else {
-        return xdp_action::XDP_PASS;
+    let flow = match parse::<ETHERNET, false, TCP_SYN>(ctx.data(), ctx.data_end()) {
+        Parsed::NewFlow(flow) => flow,
+        Parsed::Skip => return xdp_action::XDP_PASS,
+        // Not inspectable here; if it reaches a container, the bridge reports it.
+        Parsed::FlagsHidden(_) | Parsed::Uninspectable => {
+            count(Counter::Unparsed);
+            return xdp_action::XDP_PASS;
+        }
     };
     let published = PUBLISHED_PORTS.get(published_port_index(flow.dst_port, flow.proto));
-    if published.is_none_or(|p| *p == 0) || source_is_local_or_trusted(&flow) {
+    if published.is_none_or(|p| *p == 0) {
         return xdp_action::XDP_PASS;
     }
+    let mut flags = flow.shape;
+    match source_kind(&flow) {
+        None => {}
+        Some(PREFIX_TRUSTED) => return xdp_action::XDP_PASS,
+        // Arrived on an uplink, so from outside, whatever its source says.
+        Some(_) => flags |= FLAG_SPOOFED_LOCAL,
+    }
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = attempt_key(&flow);
-    if let Some(seen) = ATTEMPTS.get_ptr_mut(key) {
+    let key = flow_key(&flow);
+    let window = if flow.proto == PROTO_UDP { UDP_IDLE_NS.load() } else { RETRANSMIT_WINDOW_NS.load() };
+    if let Some(seen) = ATTEMPTS.get_ptr_mut(&key) {
         let seen = unsafe { &mut *seen };
-        if now.wrapping_sub(seen.ktime_ns) < ATTEMPT_DEDUP_NS.load()
-            && seen.tcp_seq == flow.seq
-            && seen.orig_dst_port == flow.dst_port
-            && seen.orig_dst_addr == flow.dst
-        {
-            // A retransmit or a later packet of the same UDP flow: keep it alive.
+        if now.wrapping_sub(seen.ktime_ns) < window && seen.seq == flow.seq {
+            // A retransmit, or a later packet of the same UDP flow: keep it alive.
             seen.ktime_ns = now;
             count(Counter::AttemptsDeduplicated);
             return xdp_action::XDP_PASS;
         }
     }
-    let value = AttemptValue {
-        ktime_ns: now,
-        orig_dst_addr: flow.dst,
-        tcp_seq: flow.seq,
-        orig_dst_port: flow.dst_port,
-        answered: 0,
-        _pad: 0,
-    };
-    if ATTEMPTS.insert(key, value, 0).is_err() {
+    let value = AttemptValue { ktime_ns: now, seq: flow.seq, answered: 0, _pad: [0; 3] };
+    if ATTEMPTS.insert(&key, &value, 0).is_err() {
         count(Counter::MapUpdateFailed);
     }
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    if emit(&flow, STAGE_ATTEMPTED, ifindex, now, None) {
+    let extra = Extra { orig_addr: [0; 16], orig_port: 0, flags };
+    if emit(&flow, STAGE_ATTEMPTED, ifindex, now, &extra) {
         count(Counter::AttemptsEmitted);
+        if flags & FLAG_SPOOFED_LOCAL != 0 {
+            count(Counter::SpoofedLocal);
+        }
     }
     xdp_action::XDP_PASS
 }
 
-#[classifier]
-pub fn uplink_egress(ctx: TcContext) -> i32 {
+#[xdp]
+pub fn uplink_xdp(ctx: XdpContext) -> u32 {
+    uplink_attempt::<true>(&ctx)
+}
+
+/// For L3 devices (wg, tun, ipip, gre): the data starts at the IP header.
+#[xdp]
+pub fn uplink_xdp_l3(ctx: XdpContext) -> u32 {
+    uplink_attempt::<false>(&ctx)
+}
+
+/// A SYN-ACK, SCTP INIT-ACK or UDP datagram leaving towards an outside host: does it
+/// answer an attempt, from the very host address and port the attempt was made to?
+#[inline(always)]
+fn uplink_answer<const ETHERNET: bool>(ctx: &TcContext) -> i32 {
     count(Counter::UplinkEgressPackets);
-    // A SYN-ACK or a UDP datagram leaving towards an outside host: does it answer an
-    // attempt, from the very host address and port the attempt was made to?
-    let Parsed::NewFlow(reply) = parse::<false, TCP_SYN_ACK>(ctx.data(), ctx.data_end()) else {
+    let Parsed::NewFlow(reply) = parse::<ETHERNET, false, TCP_SYN_ACK>(ctx.data(), ctx.data_end()) else {
         return TCX_NEXT;
     };
-    let key = AttemptKey {
+    let key = FlowKey {
         src_addr: reply.dst,
+        dst_addr: reply.src,
         src_port: reply.dst_port,
+        dst_port: reply.src_port,
         family: reply.family,
         proto: reply.proto,
+        _pad: [0; 2],
     };
-    let Some(attempt) = ATTEMPTS.get_ptr_mut(key) else {
+    let Some(attempt) = ATTEMPTS.get_ptr_mut(&key) else {
         return TCX_NEXT;
     };
     let attempt = unsafe { &mut *attempt };
-    if attempt.answered != 0
-        || attempt.orig_dst_port != reply.src_port
-        || attempt.orig_dst_addr != reply.src
-    {
+    if attempt.answered != 0 {
         return TCX_NEXT;
     }
     attempt.answered = 1;
@@ -277,16 +507,28 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     let inbound = Flow {
         src: reply.dst,
         dst: reply.src,
-        seq: 0,
+        seq: attempt.seq,
         src_port: reply.dst_port,
         dst_port: reply.src_port,
         family: reply.family,
         proto: reply.proto,
+        shape: 0,
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    emit(&inbound, STAGE_ANSWERED, ifindex, now, None);
+    emit(&inbound, STAGE_ANSWERED, ifindex, now, &Extra { orig_addr: [0; 16], orig_port: 0, flags: 0 });
     TCX_NEXT
+}
+
+#[classifier]
+pub fn uplink_egress(ctx: TcContext) -> i32 {
+    uplink_answer::<true>(&ctx)
+}
+
+/// For L3 devices: the data starts at the IP header.
+#[classifier]
+pub fn uplink_egress_l3(ctx: TcContext) -> i32 {
+    uplink_answer::<false>(&ctx)
 }
 
 /// Baseline for `cargo xtask bench` / `dockexpose bench` (BPF_PROG_TEST_RUN): the cost of

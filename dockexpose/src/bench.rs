@@ -341,10 +341,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--repeat and --rounds must be at least 1");
     }
     privileges::check()?;
-    let (mut kernel, ring) = Kernel::load(KernelSettings {
-        udp_idle_ns: 30_000_000_000,
-        attempt_window_ns: 10_000_000_000,
-    })?;
+    let (mut kernel, ring) = Kernel::load(KernelSettings::default())?;
     load_baselines(&mut kernel)?;
     let mut bench = Bench { kernel, ring, drained: 0 };
     let mut figs = figures();

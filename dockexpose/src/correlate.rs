@@ -112,6 +112,8 @@ mod tests {
             dst_port: dport,
             orig_dst: None,
             ifindex: 0,
+            seq: 0,
+            flags: 0,
         }
     }
 

@@ -30,6 +30,9 @@ pub enum Error {
     #[error("loading the eBPF object into the kernel failed: {0}.\n  Fix: check that the kernel has BPF and BTF support (5.8 or newer) and that dockexpose runs as root")]
     LoadObject(Box<aya::EbpfError>),
 
+    #[error("preparing the eBPF object failed: {0}.\n  Fix: rebuild dockexpose (cargo xtask build); the embedded object is damaged")]
+    Object(String),
+
     #[error("loading kernel program {program} failed: {source}")]
     LoadProgram { program: &'static str, source: Box<aya::programs::ProgramError> },
 

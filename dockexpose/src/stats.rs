@@ -15,6 +15,8 @@ pub struct PipelineCounters {
     pub unbound_attempts: u64,
     /// "Answered" events received (they decide verdicts; no record of their own).
     pub answers_received: u64,
+    /// Attempts that got no verdict because the tracker was full (a flood).
+    pub attempts_untracked: u64,
 }
 
 impl PipelineCounters {
@@ -30,6 +32,7 @@ impl PipelineCounters {
         parts.push(format!("reader_lost={}", self.reader_lost));
         parts.push(format!("unbound_attempts={}", self.unbound_attempts));
         parts.push(format!("answers_received={}", self.answers_received));
+        parts.push(format!("attempts_untracked={}", self.attempts_untracked));
         parts.join(" ")
     }
 }
@@ -39,6 +42,7 @@ impl PipelineCounters {
 pub struct LossTracker {
     lost: u64,
     map_failures: u64,
+    uninspected: u64,
 }
 
 impl LossTracker {
@@ -66,6 +70,18 @@ impl LossTracker {
             ));
             self.map_failures = failures;
         }
+        let uninspected = now.kernel.get(Counter::BridgeUninspected);
+        if uninspected > self.uninspected {
+            out.push(format!(
+                "WARNING: {} packets from outside reached a container bridge and could not be inspected \
+                 ({} in total, counter bridge_uninspected): an IPv6 extension-header chain longer than the \
+                 program walks, a truncated transport header, or a fragment conntrack could not place. \
+                 A connection may have started unseen",
+                uninspected - self.uninspected,
+                uninspected
+            ));
+            self.uninspected = uninspected;
+        }
         out
     }
 }
@@ -78,7 +94,7 @@ mod tests {
         let mut k = CounterSnapshot::default();
         k.0[Counter::RingbufFull as usize] = ringbuf_full;
         k.0[Counter::ReachedEmitted as usize] = 7;
-        PipelineCounters { kernel: k, reader_lost, unbound_attempts: 0, answers_received: 0 }
+        PipelineCounters { kernel: k, reader_lost, unbound_attempts: 0, answers_received: 0, attempts_untracked: 0 }
     }
 
     #[test]
@@ -100,5 +116,18 @@ mod tests {
         assert!(w[0].contains("4 connection records lost"), "{}", w[0]);
         assert!(t.warnings(&counters(3, 1)).is_empty());
         assert!(t.warnings(&counters(5, 1))[0].contains("2 connection records lost"));
+    }
+
+    #[test]
+    fn uninspected_packets_raise_their_own_warning() {
+        let mut t = LossTracker::default();
+        let mut c = counters(0, 0);
+        c.kernel.0[Counter::Unparsed as usize] = 40; // uplink-side: informational only
+        assert!(t.warnings(&c).is_empty());
+        c.kernel.0[Counter::BridgeUninspected as usize] = 2;
+        let w = t.warnings(&c);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("2 packets from outside reached a container bridge"), "{}", w[0]);
+        assert!(t.warnings(&c).is_empty(), "said once");
     }
 }

@@ -1,13 +1,17 @@
 //! Attempted, reached, blocked: the verdict on every attempt the uplink saw.
 //!
 //! An attempt (uplink XDP, before any firewall) is followed within the window by:
-//! - a reach on a bridge (same source address, port and protocol): it got through;
+//! - a reach on a bridge of the same connection: it got through. The reach names the
+//!   connection exactly: its pre-DNAT destination comes from conntrack, and TCP/SCTP
+//!   carry their initial sequence number, which DNAT leaves alone. Two SYNs from one
+//!   source port to two host ports (a scanner's) are two attempts, settled apart;
 //! - or an answer from the host (SYN-ACK / UDP reply leaving the uplink) without a
 //!   reach: a proxy on the host (docker-proxy) relayed it, from the gateway address,
 //!   which a bridge hook cannot tie to the outside source: reached through the proxy;
 //! - or nothing: the firewall held, blocked.
 //!
-//! Pure bookkeeping on kernel timestamps; bounded.
+//! Pure bookkeeping on kernel timestamps; bounded. Every attempt gets a verdict, or is
+//! counted: untracked (the table was full) or still open at exit.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -19,16 +23,34 @@ use crate::kernel::event::{Observation, Proto};
 /// Most attempts awaiting a verdict; past that, new ones are counted as untracked.
 pub const MAX_TRACKED: usize = 65_536;
 
+/// One connection attempt: its whole pre-DNAT tuple and its ISN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
     src: IpAddr,
     src_port: u16,
     proto: Proto,
+    host: IpAddr,
+    host_port: u16,
+    seq: u32,
+}
+
+/// What a reach without a known pre-DNAT destination can still be matched on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct SourceKey {
+    src: IpAddr,
+    src_port: u16,
+    proto: Proto,
+    seq: u32,
 }
 
 impl Key {
-    fn of(obs: &Observation) -> Self {
-        Self { src: obs.src, src_port: obs.src_port, proto: obs.proto }
+    /// An attempt or an answer: the destination is the host side.
+    fn of_attempt(obs: &Observation) -> Self {
+        Self { src: obs.src, src_port: obs.src_port, proto: obs.proto, host: obs.dst, host_port: obs.dst_port, seq: obs.seq }
+    }
+
+    fn source(&self) -> SourceKey {
+        SourceKey { src: self.src, src_port: self.src_port, proto: self.proto, seq: self.seq }
     }
 }
 
@@ -50,6 +72,8 @@ pub enum Verdict {
 pub struct AttemptTracker {
     window_ns: u64,
     waiting: HashMap<Key, Waiting>,
+    /// The waiting attempts by source, for reaches whose host side is unknown.
+    by_source: HashMap<SourceKey, Vec<Key>>,
     /// Keys in arrival order with their deadlines (an entry may be stale: the key
     /// was settled or re-attempted; checked against `waiting`).
     deadlines: VecDeque<(u64, Key)>,
@@ -58,26 +82,62 @@ pub struct AttemptTracker {
 
 impl AttemptTracker {
     pub fn new(window_ns: u64) -> Self {
-        Self { window_ns, waiting: HashMap::new(), deadlines: VecDeque::new(), untracked: 0 }
+        Self {
+            window_ns,
+            waiting: HashMap::new(),
+            by_source: HashMap::new(),
+            deadlines: VecDeque::new(),
+            untracked: 0,
+        }
     }
 
     pub fn attempted(&mut self, obs: &Observation, iface: &str) {
-        let key = Key::of(obs);
-        if !self.waiting.contains_key(&key) && self.waiting.len() >= MAX_TRACKED {
-            self.untracked += 1;
-            return;
+        let key = Key::of_attempt(obs);
+        if !self.waiting.contains_key(&key) {
+            if self.waiting.len() >= MAX_TRACKED {
+                self.untracked += 1;
+                return;
+            }
+            self.by_source.entry(key.source()).or_default().push(key);
         }
         self.waiting.insert(key, Waiting { attempt: obs.clone(), iface: iface.to_string(), answered: false });
         self.deadlines.push_back((obs.ktime_ns.saturating_add(self.window_ns), key));
     }
 
-    /// A reach settles the attempt from the same source.
-    pub fn reached(&mut self, obs: &Observation) {
-        self.waiting.remove(&Key::of(obs));
+    fn settle(&mut self, key: &Key) -> Option<Waiting> {
+        let w = self.waiting.remove(key)?;
+        let source = key.source();
+        if let Some(keys) = self.by_source.get_mut(&source) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.by_source.remove(&source);
+            }
+        }
+        Some(w)
+    }
+
+    /// A reach settles its attempt. With the host side known (conntrack), exactly that
+    /// one; without it, the attempts from the same source port and ISN, and when
+    /// there is exactly one, its host side is returned for the record.
+    pub fn reached(&mut self, obs: &Observation) -> Option<(IpAddr, u16)> {
+        if let Some((host, host_port)) = obs.orig_dst {
+            let key = Key { src: obs.src, src_port: obs.src_port, proto: obs.proto, host, host_port, seq: obs.seq };
+            self.settle(&key);
+            return None;
+        }
+        let source = SourceKey { src: obs.src, src_port: obs.src_port, proto: obs.proto, seq: obs.seq };
+        let keys = self.by_source.get(&source).cloned().unwrap_or_default();
+        for key in &keys {
+            self.settle(key);
+        }
+        match keys[..] {
+            [only] => Some((only.host, only.host_port)),
+            _ => None,
+        }
     }
 
     pub fn answered(&mut self, obs: &Observation) {
-        if let Some(w) = self.waiting.get_mut(&Key::of(obs)) {
+        if let Some(w) = self.waiting.get_mut(&Key::of_attempt(obs)) {
             w.answered = true;
         }
     }
@@ -94,7 +154,7 @@ impl AttemptTracker {
             if !due {
                 continue;
             }
-            let w = self.waiting.remove(&key).expect("checked above");
+            let w = self.settle(&key).expect("checked above");
             out.push(if w.answered {
                 Verdict::ReachedViaProxy { attempt: w.attempt, iface: w.iface }
             } else {
@@ -136,14 +196,63 @@ mod tests {
             dst_port: 8080,
             orig_dst: None,
             ifindex: 2,
+            seq: 7,
+            flags: 0,
         }
+    }
+
+    /// The reach of an attempt, past DNAT, with its host side from conntrack or not.
+    fn reach_of(attempt: &Observation, conntrack: bool) -> Observation {
+        Observation {
+            stage: Stage::Reached,
+            dst: "10.251.0.2".parse().unwrap(),
+            dst_port: 80,
+            orig_dst: conntrack.then_some((attempt.dst, attempt.dst_port)),
+            ktime_ns: attempt.ktime_ns + 1000,
+            ..attempt.clone()
+        }
+    }
+
+    #[test]
+    fn scanner_syns_from_one_source_port_to_two_host_ports_are_settled_apart() {
+        let mut t = AttemptTracker::new(2 * S);
+        let a = obs(Stage::Attempted, 1000, 10 * S);
+        let b = Observation { dst_port: 8443, seq: 99, ..a.clone() };
+        t.attempted(&a, "eth0");
+        t.attempted(&b, "eth0");
+        assert_eq!(t.len(), 2, "the later attempt does not overwrite the earlier");
+        // Only 8443 reaches (conntrack names it): 8080 is blocked, not settled by it.
+        assert_eq!(t.reached(&reach_of(&b, true)), None);
+        let v = t.expire(20 * S);
+        assert!(matches!(&v[..], [Verdict::Blocked { attempt, .. }] if attempt.dst_port == 8080), "{v:?}");
+    }
+
+    #[test]
+    fn without_conntrack_a_reach_takes_the_host_side_only_when_one_attempt_fits() {
+        let mut t = AttemptTracker::new(2 * S);
+        let a = obs(Stage::Attempted, 1000, 10 * S);
+        t.attempted(&a, "eth0");
+        assert_eq!(t.reached(&reach_of(&a, false)), Some((a.dst, 8080)));
+        assert!(t.is_empty());
+        // Two attempts with the same ISN (a crafted scan): settled, host side unknown.
+        let b = Observation { dst_port: 8443, ..a.clone() };
+        t.attempted(&a, "eth0");
+        t.attempted(&b, "eth0");
+        assert_eq!(t.reached(&reach_of(&a, false)), None);
+        assert!(t.is_empty());
+        // Another ISN from the same port is another connection: not settled.
+        t.attempted(&a, "eth0");
+        let other = Observation { seq: 8, ..a.clone() };
+        assert_eq!(t.reached(&reach_of(&other, false)), None);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]
     fn a_reach_settles_the_attempt() {
         let mut t = AttemptTracker::new(2 * S);
-        t.attempted(&obs(Stage::Attempted, 1000, 10 * S), "eth0");
-        t.reached(&obs(Stage::Reached, 1000, 10 * S + 1000));
+        let a = obs(Stage::Attempted, 1000, 10 * S);
+        t.attempted(&a, "eth0");
+        t.reached(&reach_of(&a, true));
         assert!(t.expire(20 * S).is_empty());
         assert!(t.is_empty());
     }

@@ -31,7 +31,7 @@ use crate::{
     },
     kernel::{
         event::{KernelClock, Observation, Stage},
-        loader::{Kernel, KernelSettings, XdpAttachMode},
+        loader::{ConntrackAccess, Kernel, KernelSettings, XdpAttachMode},
         reader::{self, ReaderLoss},
     },
     net::prefix::Prefix,
@@ -57,9 +57,9 @@ const DOCKER_FIRST_ANSWER: Duration = Duration::from_secs(3);
 
 /// Where attempts are watched for.
 enum UplinkSelection {
-    /// --no-uplinks.
-    Off,
-    /// --uplink: these; one that vanishes is dropped.
+    /// --no-uplinks, or --no-docker (the reason).
+    Off(&'static str),
+    /// --uplink: these; one that vanishes is attached again when it comes back.
     Given(Vec<String>),
     /// Every up interface with a global address that is not a bridge, port or loopback.
     Auto,
@@ -67,7 +67,7 @@ enum UplinkSelection {
 
 /// The options, validated.
 struct Settings {
-    /// Bridges named with --bridge; one that vanishes is dropped.
+    /// Bridges named with --bridge; one that vanishes is attached again when it comes back.
     explicit_bridges: Vec<String>,
     uplinks: UplinkSelection,
     blocked_after_ns: u64,
@@ -120,10 +120,18 @@ fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
     if args.alert_window == 0 {
         return Err(Error::InvalidSetting { name: "--alert-window", reason: "must be at least 1 second".into() });
     }
+    if args.no_docker && !args.uplinks.is_empty() {
+        eprintln!(
+            "warning: --uplink is ignored with --no-docker: attempts are attempts at Docker's published \
+             ports, which only Docker's inventory names; only what reaches the bridges is reported"
+        );
+    }
     Ok(Settings {
         explicit_bridges: args.bridges.clone(),
         uplinks: if args.no_uplinks {
-            UplinkSelection::Off
+            UplinkSelection::Off("off (--no-uplinks)")
+        } else if args.no_docker {
+            UplinkSelection::Off("off (--no-docker: without Docker's published ports there is nothing to call an attempt)")
         } else if args.uplinks.is_empty() {
             UplinkSelection::Auto
         } else {
@@ -137,7 +145,7 @@ fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
         quiet: args.quiet,
         kernel: KernelSettings {
             udp_idle_ns: args.udp_idle.saturating_mul(1_000_000_000),
-            attempt_window_ns: 10_000_000_000,
+            ..KernelSettings::default()
         },
     })
 }
@@ -158,8 +166,6 @@ struct Watcher {
     docker_connected: bool,
     /// The last Docker problem told to the operator (each is said once).
     docker_problem: Option<String>,
-    /// Bridges that went away while named with --bridge: not re-attached.
-    dropped: BTreeSet<String>,
     alerter: Alerter,
     /// Records waiting (until the deadline) for the inventory to know their container.
     pending: Vec<(Observation, String, Instant)>,
@@ -167,6 +173,8 @@ struct Watcher {
     attempts: AttemptTracker,
     /// Attempts at a published port number on an address it is not bound to.
     unbound_attempts: u64,
+    /// Attempts that got no verdict: the tracker was full.
+    attempts_untracked: u64,
     answers_received: u64,
 }
 
@@ -191,11 +199,11 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         inventory: None,
         docker_connected: false,
         docker_problem: None,
-        dropped: BTreeSet::new(),
         alerter,
         pending: Vec::new(),
         attempts: AttemptTracker::new(blocked_after_ns),
         unbound_attempts: 0,
+        attempts_untracked: 0,
         answers_received: 0,
     };
     // Docker first: its networks decide which bridges to watch.
@@ -237,12 +245,24 @@ pub async fn run(args: WatchArgs) -> Result<()> {
 
     let watched: Vec<&str> = w.kernel.bridges().collect();
     let uplinks: Vec<&str> = w.kernel.uplinks().collect();
+    match w.kernel.conntrack() {
+        ConntrackAccess::Kfuncs => eprintln!(
+            "dockexpose: conntrack consulted from the bridge program: exact host ports on every uplink, fragments told by the kernel's own state"
+        ),
+        ConntrackAccess::Unavailable(why) => eprintln!(
+            "warning: conntrack cannot be consulted ({}): host ports come from the uplink programs and the published bindings; a first fragment cut before the TCP flags is counted as bridge_uninspected",
+            human::escape_untrusted(why)
+        ),
+    }
     eprintln!(
         "dockexpose: watching {} ({}); uplinks: {}; JSON log: {}",
         if watched.is_empty() { "no bridge yet".to_string() } else { watched.join(", ") },
         w.bridge_source(),
         match w.settings.uplinks {
-            UplinkSelection::Off => "off (--no-uplinks)".to_string(),
+            UplinkSelection::Off(why) => why.to_string(),
+            UplinkSelection::Auto if uplinks.is_empty() => {
+                "none found (no up interface with a global address that is not a container bridge); picked up when one appears".to_string()
+            }
             _ if uplinks.is_empty() => "none yet".to_string(),
             _ => uplinks.join(", "),
         },
@@ -346,22 +366,42 @@ impl Watcher {
             None if self.settings.explicit_bridges.is_empty() => want.extend(self.host.addressed_bridges()),
             None => {}
         }
-        want.retain(|b| !self.dropped.contains(b));
         want
+    }
+
+    /// Interfaces deleted and recreated under the same name since they were attached:
+    /// their links went with the old device, so they are detached here (and attached
+    /// again by the reconcile that follows).
+    fn drop_recreated(&mut self, attached: Vec<String>) -> Vec<String> {
+        let mut kept = Vec::new();
+        for name in attached {
+            let now = interfaces::ifindex(&name);
+            if now.is_some() && now != self.kernel.attached_ifindex(&name) {
+                eprintln!("dockexpose: {} was recreated (new ifindex); attaching again", human::escape_untrusted(&name));
+                self.kernel.detach_bridge(&name);
+                self.kernel.detach_uplink(&name);
+                self.ifnames.retain(|_, n| n != &name);
+            } else {
+                kept.push(name);
+            }
+        }
+        kept
     }
 
     /// Attaches to desired bridges that exist, detaches from the others.
     fn reconcile_bridges(&mut self) {
         let attached: Vec<String> = self.kernel.bridges().map(str::to_string).collect();
+        let attached = self.drop_recreated(attached);
         let plan = Plan::new(&attached, &self.desired_bridges(), interfaces::exists);
         for (b, gone) in plan.detach {
             self.kernel.detach_bridge(&b);
             self.ifnames.retain(|_, n| n != &b);
-            let why = if gone { "disappeared" } else { "is no longer a Docker network" };
-            eprintln!("dockexpose: bridge {} {why}; no longer watched", human::escape_untrusted(&b));
-            if gone && self.settings.explicit_bridges.contains(&b) {
-                self.dropped.insert(b);
-            }
+            let why = if gone {
+                "disappeared; no longer watched (attached again if it comes back)"
+            } else {
+                "is no longer a Docker network; no longer watched"
+            };
+            eprintln!("dockexpose: bridge {} {why}", human::escape_untrusted(&b));
         }
         for b in plan.attach {
             match self.attach_bridge(&b) {
@@ -373,17 +413,21 @@ impl Watcher {
 
     /// Uplinks that should be watched now.
     fn desired_uplinks(&self) -> BTreeSet<String> {
+        let container_bridges: BTreeSet<String> = self.desired_bridges();
         let mut want: BTreeSet<String> = match &self.settings.uplinks {
-            UplinkSelection::Off => BTreeSet::new(),
+            UplinkSelection::Off(_) => BTreeSet::new(),
             UplinkSelection::Given(list) => list.iter().cloned().collect(),
-            UplinkSelection::Auto => self.host.uplink_candidates().into_iter().collect(),
+            UplinkSelection::Auto => {
+                self.host.uplink_candidates(&container_bridges).into_iter().map(|(name, _)| name).collect()
+            }
         };
-        want.retain(|u| !self.dropped.contains(u) && !self.kernel.bridges().any(|b| b == u));
+        want.retain(|u| !self.kernel.bridges().any(|b| b == u));
         want
     }
 
     fn attach_uplink(&mut self, name: &str) -> Result<()> {
-        let mode = self.kernel.attach_uplink(name)?;
+        let layer = interfaces::link_layer(name);
+        let mode = self.kernel.attach_uplink(name, layer)?;
         if let Ok(idx) = nix::net::if_::if_nametoindex(name) {
             self.ifnames.insert(idx, name.to_string());
         }
@@ -391,22 +435,29 @@ impl Watcher {
             XdpAttachMode::Native => "XDP native",
             XdpAttachMode::Generic => "XDP generic: the driver has no native XDP",
         };
-        eprintln!("dockexpose: uplink {} watched for attempts ({how})", human::escape_untrusted(name));
+        let kind = if interfaces::is_bridge(name) { "a bridged uplink, " } else { "" };
+        eprintln!(
+            "dockexpose: uplink {} watched for attempts ({kind}{}; {how})",
+            human::escape_untrusted(name),
+            layer.describe()
+        );
         Ok(())
     }
 
     /// Attaches to desired uplinks that exist, detaches from the others.
     fn reconcile_uplinks(&mut self) {
         let attached: Vec<String> = self.kernel.uplinks().map(str::to_string).collect();
+        let attached = self.drop_recreated(attached);
         let plan = Plan::new(&attached, &self.desired_uplinks(), interfaces::exists);
         for (u, gone) in plan.detach {
             self.kernel.detach_uplink(&u);
             self.ifnames.retain(|_, n| n != &u);
-            let why = if gone { "disappeared" } else { "is no longer an uplink (no global address)" };
-            eprintln!("dockexpose: uplink {} {why}; no longer watched", human::escape_untrusted(&u));
-            if gone && matches!(&self.settings.uplinks, UplinkSelection::Given(l) if l.contains(&u)) {
-                self.dropped.insert(u);
-            }
+            let why = if gone {
+                "disappeared; no longer watched (attached again if it comes back)"
+            } else {
+                "is no longer an uplink (no global address)"
+            };
+            eprintln!("dockexpose: uplink {} {why}", human::escape_untrusted(&u));
         }
         for u in plan.attach {
             if let Err(e) = self.attach_uplink(&u) {
@@ -423,6 +474,7 @@ impl Watcher {
             self.write(&rec)?;
         }
         let untracked = self.attempts.take_untracked();
+        self.attempts_untracked += untracked;
         if untracked > 0 {
             eprintln!(
                 "WARNING: {untracked} attempts got no verdict: more than {} awaited one at once (a flood?); they are in the JSON log as attempted",
@@ -483,7 +535,7 @@ impl Watcher {
     }
 
     fn handle(&mut self, ev: &ConnEvent) -> Result<()> {
-        let obs = match Observation::from_event(ev) {
+        let mut obs = match Observation::from_event(ev) {
             Ok(o) => o,
             Err(e) => {
                 eprintln!("warning: undecodable kernel record dropped: {}", e.0);
@@ -505,7 +557,11 @@ impl Watcher {
                 return Ok(());
             }
             Stage::Attempted => self.attempts.attempted(&obs, &iface),
-            Stage::Reached => self.attempts.reached(&obs),
+            Stage::Reached => {
+                if let Some(host_side) = self.attempts.reached(&obs) {
+                    obs.orig_dst = Some(host_side);
+                }
+            }
             Stage::Blocked => {}
         }
         if self.awaits_identity(&obs) && self.pending.len() < MAX_PENDING {
@@ -581,6 +637,7 @@ impl Watcher {
             reader_lost: self.reader_loss.get(),
             unbound_attempts: self.unbound_attempts,
             answers_received: self.answers_received,
+            attempts_untracked: self.attempts_untracked,
         })
     }
 

@@ -1,7 +1,8 @@
 //! A SYN flood from many spoofed sources at a published port (from a namespace,
 //! bounded in count and time): the kernel maps stay bounded by construction (LRU),
 //! every record is either delivered or counted as lost, the daemon stays responsive
-//! and its memory bounded. Needs root and Docker.
+//! and its memory bounded, and the flood cannot blind the alerts: a new exposure
+//! reached in the middle of it is still alerted. Needs root and Docker.
 
 mod support;
 
@@ -38,13 +39,23 @@ fn a_syn_flood_is_counted_bounded_and_survived() {
     undo.push(&["ip", "route", "del", &spoofed]);
     let port = 29000 + n as u16;
     let _web = docker::Container::run(&format!("dx-flood-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    let other_port = 30000 + n as u16;
+    let other = docker::Container::run(&format!("dx-flood2-{n}"), &["-p", &format!("{other_port}:80")], &image, &["80", "5300"]);
     let json = std::env::temp_dir().join(format!("dockexpose-flood-{n}.json"));
     let w = Watcher::start(&["--uplink", &outside.uplink, "--quiet", "--stats-interval", "0"], json.clone());
 
     let dst = SocketAddrV4::new(outside.v4(1).parse().unwrap(), port);
     let dropped_before = tx_dropped(&outside.ns, "eth0");
     let started = Instant::now();
+    // Two seconds into the flood (50 000 spoofed sources by then), an outsider reaches
+    // another container: a new exposure, whose alert must not drown.
+    let (ns, src, other_addr) = (outside.ns.clone(), outside.src4(), outside.host4(other_port));
+    let exposure = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        tcp_connect(&ns, Some(src), other_addr)
+    });
     let sent = syn_flood(&outside.ns, [198, 19, n as u8], dst, SYNS, SYNS_PER_SECOND, Duration::from_secs(20));
+    exposure.join().unwrap().expect("the new exposure is reachable during the flood");
     let flood_time = started.elapsed();
     let veth_dropped = tx_dropped(&outside.ns, "eth0") - dropped_before;
     eprintln!("{test}: sent {sent} SYNs in {flood_time:?}; the veth dropped {veth_dropped} before any hook");
@@ -89,6 +100,8 @@ fn a_syn_flood_is_counted_bounded_and_survived() {
     // collide), or a counted loss, or was dropped by the veth before XDP could run.
     let seen = attempts + counter(last, "attempts_deduplicated") + lost_ring + veth_dropped;
     assert!(seen >= sent as u64, "{sent} SYNs sent, {seen} accounted for ({last})");
+    let alert = format!("EXPOSED {} ", other.name);
+    assert!(lines.iter().any(|l| l.starts_with(&alert)), "the new exposure was alerted despite the flood: no {alert:?} line");
     let lost = lost_ring + lost_reader;
     if lost > 0 {
         assert!(lines.iter().any(|l| l.starts_with("WARNING:") && l.contains("lost")), "loss must be reported");

@@ -3,7 +3,7 @@
 //! vanished interfaces are noticed within a second.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::Path,
 };
@@ -15,6 +15,36 @@ use crate::{
     net::prefix::Prefix,
 };
 
+/// What kind of device an interface is: where its frames start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinkLayer {
+    /// An Ethernet header (eth, bond, veth, a bridge, macvlan, VLAN sub-interfaces).
+    #[default]
+    Ethernet,
+    /// None: the IP header comes first (wg, tun, ipip, gre, sit).
+    L3,
+}
+
+impl LinkLayer {
+    /// From the ARPHRD_* number in /sys/class/net/NAME/type.
+    pub fn from_arphrd(kind: u32) -> Self {
+        const ARPHRD_ETHER: u32 = 1;
+        const ARPHRD_LOOPBACK: u32 = 772;
+        match kind {
+            ARPHRD_ETHER | ARPHRD_LOOPBACK => LinkLayer::Ethernet,
+            // ARPHRD_NONE (tun, wireguard), TUNNEL (ipip), TUNNEL6, SIT, IPGRE, ...
+            _ => LinkLayer::L3,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            LinkLayer::Ethernet => "Ethernet",
+            LinkLayer::L3 => "L3, no Ethernet header",
+        }
+    }
+}
+
 /// One network interface as the watcher needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Interface {
@@ -25,6 +55,10 @@ pub struct Interface {
     pub is_bridge_port: bool,
     pub is_loopback: bool,
     pub is_up: bool,
+    /// For a bridge: it has ports (a NIC, a tap) besides being addressed.
+    pub has_ports: bool,
+    pub ifindex: u32,
+    pub link_layer: LinkLayer,
     /// Addresses with their prefix lengths (the interface's subnets).
     pub addresses: Vec<Prefix>,
     pub host_addresses: Vec<IpAddr>,
@@ -43,10 +77,14 @@ impl HostSnapshot {
         for ifa in addrs {
             let entry = interfaces.entry(ifa.interface_name.clone()).or_insert_with(|| {
                 let sys = Path::new("/sys/class/net").join(&ifa.interface_name);
+                let number = |file: &str| std::fs::read_to_string(sys.join(file)).ok().and_then(|s| s.trim().parse::<u32>().ok());
                 Interface {
                     name: ifa.interface_name.clone(),
                     is_bridge: sys.join("bridge").exists(),
                     is_bridge_port: sys.join("brport").exists(),
+                    has_ports: std::fs::read_dir(sys.join("brif")).is_ok_and(|mut d| d.next().is_some()),
+                    ifindex: number("ifindex").unwrap_or(0),
+                    link_layer: LinkLayer::from_arphrd(number("type").unwrap_or(1)),
                     ..Default::default()
                 }
             });
@@ -86,14 +124,18 @@ impl HostSnapshot {
             .collect()
     }
 
-    /// Interfaces that can bring traffic from outside: up, with a global address, and
-    /// neither a bridge, a bridge port (container veths), nor loopback.
-    pub fn uplink_candidates(&self) -> Vec<String> {
+    /// Interfaces that can bring traffic from outside: up, with a global address, not
+    /// loopback, not a bridge port (container veths; a NIC enslaved to a bridge hands
+    /// its traffic to the bridge). A bridge is one when it is not a container bridge
+    /// and has ports: the host address on br0 with eth0 as a port (Proxmox, libvirt).
+    /// Any link layer: Ethernet, L3 tunnels (wg, tun, ipip, gre), VLAN sub-interfaces.
+    pub fn uplink_candidates(&self, container_bridges: &BTreeSet<String>) -> Vec<(String, LinkLayer)> {
         self.interfaces
             .values()
-            .filter(|i| i.is_up && !i.is_bridge && !i.is_bridge_port && !i.is_loopback)
+            .filter(|i| i.is_up && !i.is_bridge_port && !i.is_loopback)
+            .filter(|i| !i.is_bridge || (i.has_ports && !container_bridges.contains(&i.name)))
             .filter(|i| i.host_addresses.iter().any(|a| is_global(*a)))
-            .map(|i| i.name.clone())
+            .map(|i| (i.name.clone(), i.link_layer))
             .collect()
     }
 
@@ -127,6 +169,20 @@ pub fn exists(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
 }
 
+/// The link layer of the named interface (Ethernet when it cannot be read).
+pub fn link_layer(name: &str) -> LinkLayer {
+    let kind = std::fs::read_to_string(Path::new("/sys/class/net").join(name).join("type")).ok();
+    LinkLayer::from_arphrd(kind.and_then(|s| s.trim().parse().ok()).unwrap_or(1))
+}
+
+/// The current ifindex of the named interface, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    if !exists(name) {
+        return None;
+    }
+    std::fs::read_to_string(Path::new("/sys/class/net").join(name).join("ifindex")).ok()?.trim().parse().ok()
+}
+
 /// True when the named interface is a Linux bridge.
 pub fn is_bridge(name: &str) -> bool {
     exists(name) && Path::new("/sys/class/net").join(name).join("bridge").exists()
@@ -154,15 +210,37 @@ mod tests {
                 iface("eth0", &["192.0.2.2", "fe80::1"], |_| {}),
                 iface("eth1", &["fe80::2"], |_| {}),
                 iface("eth2", &["fd00::2"], |i| i.is_up = false),
-                iface("wg0", &["10.8.0.1"], |_| {}),
-                iface("docker0", &["172.17.0.1"], |i| i.is_bridge = true),
+                iface("wg0", &["10.8.0.1"], |i| i.link_layer = LinkLayer::L3),
+                iface("docker0", &["172.17.0.1"], |i| {
+                    i.is_bridge = true;
+                    i.has_ports = true;
+                }),
+                iface("br-empty", &["10.9.0.1"], |i| i.is_bridge = true),
+                iface("vmbr0", &["198.18.7.2"], |i| {
+                    i.is_bridge = true;
+                    i.has_ports = true;
+                }),
+                iface("eno1", &[], |i| i.is_bridge_port = true),
                 iface("veth1", &[], |i| i.is_bridge_port = true),
                 iface("lo", &["127.0.0.1", "::1"], |i| i.is_loopback = true),
             ]
             .into_iter()
             .collect(),
         };
-        assert_eq!(host.uplink_candidates(), ["eth0", "wg0"]);
+        let containers: BTreeSet<String> = ["docker0".to_string()].into();
+        assert_eq!(
+            host.uplink_candidates(&containers),
+            [("eth0".to_string(), LinkLayer::Ethernet), ("vmbr0".to_string(), LinkLayer::Ethernet), ("wg0".to_string(), LinkLayer::L3)],
+            "the bridged uplink vmbr0 is one, the container bridge and the portless bridge are not"
+        );
+    }
+
+    #[test]
+    fn link_layers_from_arphrd() {
+        assert_eq!(LinkLayer::from_arphrd(1), LinkLayer::Ethernet);
+        for l3 in [65534, 768, 769, 776, 778] {
+            assert_eq!(LinkLayer::from_arphrd(l3), LinkLayer::L3, "{l3}");
+        }
     }
 
     #[test]

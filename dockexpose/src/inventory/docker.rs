@@ -149,6 +149,7 @@ pub fn container_from(c: &ContainerSummary) -> Option<Container> {
             let proto = match p.typ {
                 Some(PortSummaryTypeEnum::TCP) => Proto::Tcp,
                 Some(PortSummaryTypeEnum::UDP) => Proto::Udp,
+                Some(PortSummaryTypeEnum::SCTP) => Proto::Sctp,
                 _ => return None,
             };
             let host_ip = p.ip.as_deref().filter(|s| !s.is_empty()).unwrap_or("0.0.0.0").parse().ok()?;

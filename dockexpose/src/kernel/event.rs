@@ -6,14 +6,15 @@ use std::{
 };
 
 use dockexpose_common::{
-    ConnEvent, FAMILY_IPV4, FLAG_HAS_ORIG_DST, PROTO_TCP, PROTO_UDP, STAGE_ANSWERED, STAGE_ATTEMPTED,
-    STAGE_REACHED,
+    ConnEvent, FAMILY_IPV4, FLAG_BY_CONNTRACK, FLAG_FRAGMENT, FLAG_HAS_ORIG_DST, FLAG_IP_OPTIONS, FLAG_SPOOFED_LOCAL,
+    FLAG_VLAN, PROTO_SCTP, PROTO_TCP, PROTO_UDP, STAGE_ANSWERED, STAGE_ATTEMPTED, STAGE_REACHED,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
     Tcp,
     Udp,
+    Sctp,
 }
 
 impl Proto {
@@ -21,6 +22,7 @@ impl Proto {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
         }
     }
 
@@ -28,6 +30,7 @@ impl Proto {
         match v {
             PROTO_TCP => Some(Proto::Tcp),
             PROTO_UDP => Some(Proto::Udp),
+            PROTO_SCTP => Some(Proto::Sctp),
             _ => None,
         }
     }
@@ -36,6 +39,17 @@ impl Proto {
         match self {
             Proto::Tcp => PROTO_TCP,
             Proto::Udp => PROTO_UDP,
+            Proto::Sctp => PROTO_SCTP,
+        }
+    }
+
+    /// From Docker's spelling ("tcp", "udp", "sctp").
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tcp" => Some(Proto::Tcp),
+            "udp" => Some(Proto::Udp),
+            "sctp" => Some(Proto::Sctp),
+            _ => None,
         }
     }
 }
@@ -70,9 +84,13 @@ pub struct Observation {
     pub src_port: u16,
     pub dst: IpAddr,
     pub dst_port: u16,
-    /// The pre-DNAT destination, when the uplink program saw the attempt.
+    /// The pre-DNAT destination, from the connection's conntrack entry.
     pub orig_dst: Option<(IpAddr, u16)>,
     pub ifindex: u32,
+    /// TCP initial sequence number / SCTP initiate tag (0 for UDP).
+    pub seq: u32,
+    /// FLAG_SPOOFED_LOCAL, FLAG_FRAGMENT, ... as the kernel set them.
+    pub flags: u8,
 }
 
 /// Why a record from the kernel could not be decoded (a version mismatch, in practice).
@@ -126,7 +144,29 @@ impl Observation {
             dst_port: ev.dst_port,
             orig_dst,
             ifindex: ev.ifindex,
+            seq: ev.seq,
+            flags: ev.flags,
         })
+    }
+
+    /// A source in a local range that arrived from outside.
+    pub fn spoofed_local(&self) -> bool {
+        self.flags & FLAG_SPOOFED_LOCAL != 0
+    }
+
+    /// How the first packet was shaped, for the record: "fragment", "ip_options"
+    /// (IPv4 options or IPv6 extension headers), "vlan", "flags_hidden".
+    pub fn shape(&self) -> Vec<&'static str> {
+        [
+            (FLAG_FRAGMENT, "fragment"),
+            (FLAG_IP_OPTIONS, "ip_options"),
+            (FLAG_VLAN, "vlan"),
+            (FLAG_BY_CONNTRACK, "flags_hidden"),
+        ]
+        .into_iter()
+        .filter(|(f, _)| self.flags & f != 0)
+        .map(|(_, name)| name)
+        .collect()
     }
 }
 
@@ -195,7 +235,7 @@ mod tests {
 
     #[test]
     fn shared_record_has_the_size_the_kernel_writes() {
-        assert_eq!(size_of::<ConnEvent>(), 72);
+        assert_eq!(size_of::<ConnEvent>(), 80);
         assert_eq!(std::mem::align_of::<ConnEvent>(), 8);
         assert_eq!(std::mem::offset_of!(ConnEvent, ifindex), 56);
         assert_eq!(std::mem::offset_of!(ConnEvent, flags), 69);
@@ -231,6 +271,10 @@ mod tests {
     fn short_or_unknown_records_are_refused() {
         assert!(Observation::from_bytes(&[0u8; 10]).is_err());
         let mut ev = sample();
+        ev.proto = 1;
+        assert!(Observation::from_event(&ev).is_err());
+        ev.proto = PROTO_SCTP;
+        assert_eq!(Observation::from_event(&ev).unwrap().proto, Proto::Sctp);
         ev.proto = 1;
         assert!(Observation::from_event(&ev).unwrap_err().0.contains("protocol"));
         let mut ev = sample();

@@ -9,16 +9,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, MapData, PerCpuArray, RingBuf,
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
     },
     programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use dockexpose_common::{
-    global_names, map_names, program_names, published_port_index, Counter, PortKey, PREFIX_LOCAL,
+    global_names, kfunc_names, map_names, program_names, published_port_index, Counter, PortKey, PREFIX_LOCAL,
     PREFIX_TRUSTED,
 };
 
+use super::{btf, kfunc};
+pub use crate::host::interfaces::LinkLayer;
 use crate::{
     error::{Error, Result},
     net::prefix::{PrefixTable, SourceKind},
@@ -30,9 +32,49 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// Settings the programs read as constants, patched in at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSettings {
+    /// A UDP flow silent this long is new again (bridges and uplinks alike).
     pub udp_idle_ns: u64,
-    pub attempt_window_ns: u64,
+    /// A SYN / INIT repeated with the same ISN within this window is a retransmit.
+    pub retransmit_window_ns: u64,
 }
+
+impl Default for KernelSettings {
+    fn default() -> Self {
+        Self { udp_idle_ns: 30_000_000_000, retransmit_window_ns: 180_000_000_000 }
+    }
+}
+
+/// How the bridge program learns each connection's identity from conntrack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConntrackAccess {
+    /// kfuncs resolved, `struct nf_conn` offsets read from the kernel's BTF.
+    Kfuncs,
+    /// Not available (the reason): first fragments cut before the TCP flags are
+    /// counted as uninspected, host ports come from the published bindings only.
+    Unavailable(String),
+}
+
+/// Offsets into `struct nf_conn` the bridge program reads.
+struct CtOffsets {
+    status: u32,
+    orig_src_addr: u32,
+    orig_src_port: u32,
+    orig_dst_addr: u32,
+    orig_dst_port: u32,
+}
+
+fn ct_offsets(btf: &btf::Btf) -> std::result::Result<CtOffsets, btf::BtfError> {
+    let at = |path: &[&str]| btf.offset_of("nf_conn", path);
+    Ok(CtOffsets {
+        status: at(&["status"])?,
+        orig_src_addr: at(&["tuplehash", "tuple", "src", "u3"])?,
+        orig_src_port: at(&["tuplehash", "tuple", "src", "u", "all"])?,
+        orig_dst_addr: at(&["tuplehash", "tuple", "dst", "u3"])?,
+        orig_dst_port: at(&["tuplehash", "tuple", "dst", "u", "all"])?,
+    })
+}
+
+
 
 /// Kernel counters summed over CPUs, indexed like `Counter`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,13 +87,27 @@ impl CounterSnapshot {
 }
 
 struct BridgeLinks {
+    ifindex: u32,
     egress: tc::SchedClassifierLinkId,
     ingress: tc::SchedClassifierLinkId,
 }
 
 struct UplinkLinks {
+    ifindex: u32,
+    layer: LinkLayer,
     xdp: aya::programs::xdp::XdpLinkId,
     egress: tc::SchedClassifierLinkId,
+}
+
+fn uplink_programs(layer: LinkLayer) -> (&'static str, &'static str) {
+    match layer {
+        LinkLayer::Ethernet => (program_names::UPLINK_XDP, program_names::UPLINK_EGRESS),
+        LinkLayer::L3 => (program_names::UPLINK_XDP_L3, program_names::UPLINK_EGRESS_L3),
+    }
+}
+
+fn ifindex_of(iface: &str) -> u32 {
+    nix::net::if_::if_nametoindex(iface).unwrap_or(0)
 }
 
 /// How an XDP program ended up attached.
@@ -67,6 +123,8 @@ pub struct Kernel {
     local_v6: LpmTrie<MapData, [u8; 16], u8>,
     published: Array<MapData, u8>,
     counters: PerCpuArray<MapData, u64>,
+    local_ifaces: HashMap<MapData, u32, u8>,
+    conntrack: ConntrackAccess,
     bridges: BTreeMap<String, BridgeLinks>,
     uplinks: BTreeMap<String, UplinkLinks>,
     prefixes: PrefixTable,
@@ -86,16 +144,53 @@ impl Kernel {
     /// separately: the reader task owns it.
     pub fn load(settings: KernelSettings) -> Result<(Self, RingBuf<MapData>)> {
         raise_memlock_limit();
+        // Conntrack from the bridge program: kfunc ids and nf_conn offsets from the
+        // running kernel's BTF, or a clearly announced fallback.
+        let kernel_btf = btf::Btf::from_sys_fs();
+        let offsets = match &kernel_btf {
+            Ok(b) => ct_offsets(b).map_err(|e| e.0),
+            Err(e) => Err(e.0.clone()),
+        };
+        let (object, patched) = kfunc::resolve(EBPF_OBJECT, &kfunc_names::ALL, |name| {
+            let b = kernel_btf.as_ref().ok()?;
+            offsets.is_ok().then(|| b.id_of(name, btf::KIND_FUNC)).flatten()
+        })
+        .map_err(Error::Object)?;
+        let conntrack = match (&offsets, patched.missing.is_empty()) {
+            (Ok(_), true) => ConntrackAccess::Kfuncs,
+            (Err(e), _) => ConntrackAccess::Unavailable(format!("no conntrack layout in the kernel's BTF ({e})")),
+            (Ok(_), false) => ConntrackAccess::Unavailable(format!("the kernel lacks {}", patched.missing.join(", "))),
+        };
+        let ct = offsets.unwrap_or(CtOffsets { status: 0, orig_src_addr: 0, orig_src_port: 0, orig_dst_addr: 0, orig_dst_port: 0 });
+        let ct_enabled = u32::from(conntrack == ConntrackAccess::Kfuncs);
+        // Aligned copy: the ELF parser wants 8-byte alignment.
+        let mut aligned: Vec<u64> = vec![0; object.len().div_ceil(8)];
+        // SAFETY: u64 -> u8 view of the same allocation, within its length.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), object.len()) };
+        bytes.copy_from_slice(&object);
         let mut ebpf = EbpfLoader::new()
             .override_global(global_names::UDP_IDLE_NS, &settings.udp_idle_ns, true)
-            .override_global(global_names::ATTEMPT_DEDUP_NS, &settings.attempt_window_ns, true)
-            .load(EBPF_OBJECT)?;
-        for name in [program_names::BRIDGE_EGRESS, program_names::BRIDGE_INGRESS, program_names::UPLINK_EGRESS] {
+            .override_global(global_names::RETRANSMIT_WINDOW_NS, &settings.retransmit_window_ns, true)
+            .override_global(global_names::CT_ENABLED, &ct_enabled, true)
+            .override_global(global_names::CT_STATUS_OFF, &ct.status, true)
+            .override_global(global_names::CT_ORIG_SRC_ADDR_OFF, &ct.orig_src_addr, true)
+            .override_global(global_names::CT_ORIG_SRC_PORT_OFF, &ct.orig_src_port, true)
+            .override_global(global_names::CT_ORIG_DST_ADDR_OFF, &ct.orig_dst_addr, true)
+            .override_global(global_names::CT_ORIG_DST_PORT_OFF, &ct.orig_dst_port, true)
+            .load(bytes)?;
+        for name in [
+            program_names::BRIDGE_EGRESS,
+            program_names::BRIDGE_INGRESS,
+            program_names::UPLINK_EGRESS,
+            program_names::UPLINK_EGRESS_L3,
+        ] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().map_err(|source| Error::LoadProgram { program: name, source: Box::new(source) })?;
         }
-        let xdp: &mut Xdp = program(&mut ebpf, program_names::UPLINK_XDP)?;
-        xdp.load().map_err(|source| Error::LoadProgram { program: program_names::UPLINK_XDP, source: Box::new(source) })?;
+        for name in [program_names::UPLINK_XDP, program_names::UPLINK_XDP_L3] {
+            let xdp: &mut Xdp = program(&mut ebpf, name)?;
+            xdp.load().map_err(|source| Error::LoadProgram { program: name, source: Box::new(source) })?;
+        }
 
         let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?).map_err(map_err(map_names::EVENTS))?;
         let local_v4 = LpmTrie::try_from(take_map(&mut ebpf, map_names::LOCAL_V4)?).map_err(map_err(map_names::LOCAL_V4))?;
@@ -103,12 +198,18 @@ impl Kernel {
         let published = Array::try_from(take_map(&mut ebpf, map_names::PUBLISHED_PORTS)?)
             .map_err(map_err(map_names::PUBLISHED_PORTS))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?).map_err(map_err(map_names::COUNTERS))?;
+        let mut local_ifaces = HashMap::try_from(take_map(&mut ebpf, map_names::LOCAL_IFACES)?)
+            .map_err(map_err(map_names::LOCAL_IFACES))?;
+        // Loopback: the host talking to itself.
+        local_ifaces.insert(ifindex_of("lo"), 1, 0).map_err(map_err(map_names::LOCAL_IFACES))?;
         let kernel = Self {
             ebpf,
             local_v4,
             local_v6,
             published,
             counters,
+            local_ifaces,
+            conntrack,
             bridges: BTreeMap::new(),
             uplinks: BTreeMap::new(),
             prefixes: PrefixTable::default(),
@@ -122,6 +223,7 @@ impl Kernel {
         if self.bridges.contains_key(iface) {
             return Ok(());
         }
+        let ifindex = ifindex_of(iface);
         // Only the netlink fallback (kernels < 6.6) needs clsact; "exists" is fine.
         let _ = tc::qdisc_add_clsact(iface);
         let egress = attach_tc(&mut self.ebpf, program_names::BRIDGE_EGRESS, iface, TcAttachType::Egress)?;
@@ -133,7 +235,9 @@ impl Kernel {
                 return Err(e);
             }
         };
-        self.bridges.insert(iface.to_string(), BridgeLinks { egress, ingress });
+        self.bridges.insert(iface.to_string(), BridgeLinks { ifindex, egress, ingress });
+        // Traffic routed from a watched bridge is the host's own (container to container).
+        self.local_ifaces.insert(ifindex, 1, 0).map_err(map_err(map_names::LOCAL_IFACES))?;
         Ok(())
     }
 
@@ -141,6 +245,7 @@ impl Kernel {
     /// took its links with it: errors are then expected and ignored.
     pub fn detach_bridge(&mut self, iface: &str) {
         let Some(links) = self.bridges.remove(iface) else { return };
+        let _ = self.local_ifaces.remove(&links.ifindex);
         if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::BRIDGE_EGRESS) {
             let _ = prog.detach(links.egress);
         }
@@ -151,39 +256,53 @@ impl Kernel {
 
     /// Attaches the uplink programs: XDP (native mode where the driver has it, generic
     /// otherwise) for attempts, TCX egress for the host's answers.
-    pub fn attach_uplink(&mut self, iface: &str) -> Result<XdpAttachMode> {
+    pub fn attach_uplink(&mut self, iface: &str, layer: LinkLayer) -> Result<XdpAttachMode> {
         if self.uplinks.contains_key(iface) {
             return Ok(XdpAttachMode::Native);
         }
+        let ifindex = ifindex_of(iface);
+        let (xdp_name, egress_name) = uplink_programs(layer);
         let _ = tc::qdisc_add_clsact(iface);
-        let egress = attach_tc(&mut self.ebpf, program_names::UPLINK_EGRESS, iface, TcAttachType::Egress)?;
-        let prog: &mut Xdp = program(&mut self.ebpf, program_names::UPLINK_XDP)?;
+        let egress = attach_tc(&mut self.ebpf, egress_name, iface, TcAttachType::Egress)?;
+        let prog: &mut Xdp = program(&mut self.ebpf, xdp_name)?;
         let attached = match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => Ok((id, XdpAttachMode::Native)),
             Err(_) => prog.attach(iface, XdpMode::Skb).map(|id| (id, XdpAttachMode::Generic)),
         };
         match attached {
             Ok((xdp, mode)) => {
-                self.uplinks.insert(iface.to_string(), UplinkLinks { xdp, egress });
+                self.uplinks.insert(iface.to_string(), UplinkLinks { ifindex, layer, xdp, egress });
                 Ok(mode)
             }
             Err(source) => {
-                if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::UPLINK_EGRESS) {
+                if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, egress_name) {
                     let _ = prog.detach(egress);
                 }
-                Err(Error::Attach { program: program_names::UPLINK_XDP, iface: iface.to_string(), hook: "XDP", source: Box::new(source) })
+                Err(Error::Attach { program: xdp_name, iface: iface.to_string(), hook: "XDP", source: Box::new(source) })
             }
         }
     }
 
     pub fn detach_uplink(&mut self, iface: &str) {
         let Some(links) = self.uplinks.remove(iface) else { return };
-        if let Ok(prog) = program::<Xdp>(&mut self.ebpf, program_names::UPLINK_XDP) {
+        let (xdp_name, egress_name) = uplink_programs(links.layer);
+        if let Ok(prog) = program::<Xdp>(&mut self.ebpf, xdp_name) {
             let _ = prog.detach(links.xdp);
         }
-        if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::UPLINK_EGRESS) {
+        if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, egress_name) {
             let _ = prog.detach(links.egress);
         }
+    }
+
+    /// The ifindex a watched interface had when attached: a different one now means
+    /// it was deleted and recreated under the same name (its links went with it).
+    pub fn attached_ifindex(&self, iface: &str) -> Option<u32> {
+        self.bridges.get(iface).map(|b| b.ifindex).or_else(|| self.uplinks.get(iface).map(|u| u.ifindex))
+    }
+
+    /// How conntrack is consulted (said at start).
+    pub fn conntrack(&self) -> &ConntrackAccess {
+        &self.conntrack
     }
 
     pub fn bridges(&self) -> impl Iterator<Item = &str> {

@@ -1,6 +1,8 @@
 //! The kernel side as seen from userspace: loading and attaching the programs,
 //! keeping their maps current, reading their records.
 
+pub mod btf;
 pub mod event;
+pub mod kfunc;
 pub mod loader;
 pub mod reader;

@@ -247,6 +247,8 @@ mod tests {
             dst_port: port,
             orig_dst: Some(("198.18.3.1".parse().unwrap(), 8080)),
             ifindex: 0,
+            seq: 0,
+            flags: 0,
         };
         correlate::record(&obs, Stage::Reached, SystemTime::UNIX_EPOCH, "docker0", Some(&sample()))
     }

@@ -54,6 +54,12 @@ pub fn connection_line(rec: &Record) -> String {
         }
         None => line.push_str(" container unknown"),
     }
+    if rec.spoofed_local {
+        line.push_str(" SPOOFED LOCAL SOURCE (arrived from outside)");
+    }
+    if !rec.shape.is_empty() {
+        let _ = write!(line, " [{}]", rec.shape.join(","));
+    }
     line
 }
 
@@ -98,6 +104,8 @@ mod tests {
             exposure: "unknown",
             published: Vec::new(),
             path: Some("bridge"),
+            spoofed_local: false,
+            shape: Vec::new(),
         };
         assert_eq!(
             connection_line(&rec),

@@ -60,6 +60,14 @@ pub struct Record {
     /// by the host itself, e.g. docker-proxy, which reaches the container from the
     /// bridge gateway); null for `attempted` and `blocked`.
     pub path: Option<&'static str>,
+    /// The source lies in the host's own ranges (a host address, a container bridge's
+    /// subnet), yet the packet arrived from outside: a spoofed source. Locality is
+    /// judged by the path a packet took, never by its source address alone.
+    pub spoofed_local: bool,
+    /// How the first packet was shaped, when it was not plain: `fragment`,
+    /// `ip_options` (IPv4 options, IPv6 extension headers), `vlan`, `flags_hidden`
+    /// (a first fragment cut before the TCP flags: conntrack told it new).
+    pub shape: Vec<&'static str>,
 }
 
 impl Record {
@@ -82,6 +90,8 @@ impl Record {
             exposure: "unknown",
             published: Vec::new(),
             path: (stage == Stage::Reached).then_some("bridge"),
+            spoofed_local: obs.spoofed_local(),
+            shape: obs.shape(),
         }
     }
 
@@ -111,6 +121,8 @@ mod tests {
             dst_port: 80,
             orig_dst: None,
             ifindex: 3,
+            seq: 0,
+            flags: 0,
         }
     }
 

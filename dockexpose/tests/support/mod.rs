@@ -236,8 +236,20 @@ pub struct Watcher {
 impl Watcher {
     /// Starts the watcher and waits until it says it is watching.
     pub fn start(args: &[&str], json: PathBuf) -> Self {
+        Self::start_with(Command::new(env!("CARGO_BIN_EXE_dockexpose")), args, json)
+    }
+
+    /// Starts the watcher inside network namespace `ns` (its own interfaces, the
+    /// host's Docker socket).
+    pub fn start_in_netns(ns: &str, args: &[&str], json: PathBuf) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_dockexpose")]);
+        Self::start_with(cmd, args, json)
+    }
+
+    fn start_with(mut cmd: Command, args: &[&str], json: PathBuf) -> Self {
         let _ = std::fs::remove_file(&json);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dockexpose"))
+        let mut child = cmd
             .arg("watch")
             .args(args)
             .arg("--json")
@@ -340,6 +352,8 @@ pub struct OutsideHost {
     pub n: u32,
     pub ns: String,
     pub uplink: String,
+    /// The veth end in the namespace before it is renamed eth0 there.
+    peer: String,
     undo: Undo,
 }
 
@@ -359,27 +373,9 @@ impl OutsideHost {
 
         sh(&["ip", "netns", "add", &ns]);
         undo.push(&["ip", "netns", "del", &ns]);
-        sh(&["ip", "link", "add", &uplink, "type", "veth", "peer", "name", &peer]);
         undo.push(&["ip", "link", "del", &uplink]);
-        sh(&["ip", "link", "set", &peer, "netns", &ns]);
-        let host = OutsideHost { n, ns: ns.clone(), uplink: uplink.clone(), undo: Undo::default() };
-        sh(&["ip", "addr", "add", &format!("{}/24", host.v4(1)), "dev", &uplink]);
-        sh(&["ip", "addr", "add", &format!("{}/64", host.v6(1)), "dev", &uplink, "nodad"]);
-        sh(&["ip", "link", "set", &uplink, "up"]);
-        let o = |args: &[&str]| {
-            let mut full = vec!["ip", "-n", ns.as_str()];
-            full.extend_from_slice(args);
-            sh(&full);
-        };
-        o(&["link", "set", "lo", "up"]);
-        o(&["link", "set", &peer, "name", "eth0"]);
-        for h in [2, 3] {
-            o(&["addr", "add", &format!("{}/24", host.v4(h)), "dev", "eth0"]);
-            o(&["addr", "add", &format!("{}/64", host.v6(h)), "dev", "eth0", "nodad"]);
-        }
-        o(&["link", "set", "eth0", "up"]);
-        o(&["route", "add", "default", "via", &host.v4(1)]);
-        o(&["-6", "route", "add", "default", "via", &host.v6(1)]);
+        let host = OutsideHost { n, ns: ns.clone(), uplink: uplink.clone(), peer, undo: Undo::default() };
+        host.plug();
 
         for tool in ["iptables", "ip6tables"] {
             let inp = format!("DXI{tag}{n}");
@@ -397,6 +393,37 @@ impl OutsideHost {
             undo.push(&[tool, "-D", "INPUT", "-i", &uplink, "-j", &inp]);
         }
         OutsideHost { undo, ..host }
+    }
+
+    /// The veth pair between the host (the uplink) and the namespace, addressed and
+    /// routed. Called again after `unplug` to recreate it under the same names.
+    pub fn plug(&self) {
+        let (ns, uplink) = (self.ns.as_str(), self.uplink.as_str());
+        let peer = self.peer.as_str();
+        sh(&["ip", "link", "add", uplink, "type", "veth", "peer", "name", peer]);
+        sh(&["ip", "link", "set", peer, "netns", ns]);
+        sh(&["ip", "addr", "add", &format!("{}/24", self.v4(1)), "dev", uplink]);
+        sh(&["ip", "addr", "add", &format!("{}/64", self.v6(1)), "dev", uplink, "nodad"]);
+        sh(&["ip", "link", "set", uplink, "up"]);
+        let o = |args: &[&str]| {
+            let mut full = vec!["ip", "-n", ns];
+            full.extend_from_slice(args);
+            sh(&full);
+        };
+        o(&["link", "set", "lo", "up"]);
+        o(&["link", "set", peer, "name", "eth0"]);
+        for h in [2, 3] {
+            o(&["addr", "add", &format!("{}/24", self.v4(h)), "dev", "eth0"]);
+            o(&["addr", "add", &format!("{}/64", self.v6(h)), "dev", "eth0", "nodad"]);
+        }
+        o(&["link", "set", "eth0", "up"]);
+        o(&["route", "add", "default", "via", &self.v4(1)]);
+        o(&["-6", "route", "add", "default", "via", &self.v6(1)]);
+    }
+
+    /// Deletes the veth pair (both ends), as a restarted VPN or a replugged NIC would.
+    pub fn unplug(&self) {
+        sh(&["ip", "link", "del", &self.uplink]);
     }
 
     pub fn v4(&self, host: u32) -> String {
