@@ -39,11 +39,9 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -333,7 +331,7 @@ impl SecondEngine {
     pub fn watch(&self, args: &[&str], json: PathBuf) -> Watcher {
         let mut full = vec!["--docker-host", self.socket.as_str(), "--uplink", self.uplink.as_str()];
         full.extend_from_slice(args);
-        watch_in_netns(&self.ns, &full, json)
+        Watcher::start_in_netns(&self.ns, &full, json)
     }
 
     fn stop_dockerd(&mut self) {
@@ -444,34 +442,6 @@ impl Drop for EngineContainer<'_> {
     }
 }
 
-/// Starts `dockexpose watch ARGS --json JSON` inside network namespace `ns` (its
-/// interfaces and sysfs; the machine's filesystem, so a unix socket path works) and
-/// waits until it watches. (The same as `Watcher::start_in_netns` of the main tree;
-/// kept apart here so that the two never collide.)
-pub fn watch_in_netns(ns: &str, args: &[&str], json: PathBuf) -> Watcher {
-    let _ = fs::remove_file(&json);
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_dockexpose"), "watch"])
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start dockexpose");
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let lines = stderr.clone();
-    let pipe = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            eprintln!("  [dockexpose] {line}");
-            lines.lock().unwrap().push(line);
-        }
-    });
-    let mut w = Watcher { child, stderr, json };
-    w.wait_for_line("dockexpose: watching", Duration::from_secs(30));
-    w
-}
 
 /// The stand-in userland proxy (see [`Proxy::SctpStub`]). dockerd passes
 /// `-proto P -host-ip … -host-port … -container-ip … -container-port …` and waits
