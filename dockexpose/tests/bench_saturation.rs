@@ -229,6 +229,13 @@ fn saturation_attached_vs_detached() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // What else runs on the machine (other builds and tests skew every figure).
+    let (b0, t0) = cpu_jiffies();
+    std::thread::sleep(Duration::from_secs(1));
+    let (b1, t1) = cpu_jiffies();
+    let background = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+    eprintln!("background: CPUs {:.1}% busy before the load", background * 100.0);
+
     // Enough clients to saturate both CPUs (detached, 2 s each).
     let mut clients = CLIENTS[0];
     for &c in &CLIENTS {
@@ -351,6 +358,7 @@ fn saturation_attached_vs_detached() {
     println!("dockexpose at saturation: {ROUNDS} rounds of {LENGTH_S} s each way, interleaved; medians");
     println!("  load: {invocation}");
     println!("  CPUs busy during the load: detached {:.1}%, attached {:.1}% (saturated: >= {:.0}%)", d_busy * 100.0, a_busy * 100.0, SATURATED * 100.0);
+    println!("  CPUs busy before the load (other work on the machine): {:.1}%", background * 100.0);
     println!("  ab failed requests: {failed} in all rounds");
     println!("  connections/s        detached {d_rate:>8.0}   attached {a_rate:>8.0}   ratio {rate_ratio:.3}  (all: detached {}; attached {})", all(&detached), all(&attached));
     println!("  host CPU µs/conn     detached {d_host:>8.2}   attached {a_host:>8.2}   ratio {host_ratio:.3}");
