@@ -42,6 +42,8 @@ const DEB_PACKAGES: &[&str] = &[
     "netavark",
     // `python3 -m pip`, for scapy (see ensure_python_modules) when python3 is Debian's.
     "python3-pip",
+    // ApacheBench (`ab`): the load of tests/bench_saturation.rs.
+    "apache2-utils",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),
 /// as (module to import, PyPI package).
@@ -79,7 +81,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run `dockexpose bench` as root with ARGS.
+    /// Build, then run `dockexpose bench` as root with ARGS, then the daemon benchmarks
+    /// (tests bench_rate, bench_saturation and bench_flood; they need root and Docker).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -111,14 +114,21 @@ fn run_task(task: Task) -> Result<()> {
             let args: Vec<String> = std::iter::once("bench".to_string()).chain(args).collect();
             let mut kernel = privileged(root, &bin, &args)?;
             run(&mut kernel, "the kernel-program benchmark failed")?;
-            // The rate of new connections, attached vs detached: an ignored test, so
-            // that it shares the namespace and Docker test bed with the tests.
-            say!("connection rate through a published port, attached vs detached (about 30 s)");
-            run(
-                cargo().args(["test", "--release", "--package", "dockexpose", "--test", "bench_rate"])
-                    .args(["--", "--ignored", "--nocapture", "--test-threads=1"]),
-                "the connection-rate benchmark failed (it needs root and Docker)",
-            )
+            // The daemon-side benchmarks are ignored tests, so that they share the
+            // namespace and Docker test bed with the tests; one after the other.
+            for (test, what) in [
+                ("bench_rate", "connection rate of one sequential client, attached vs detached (latency-bound; about 30 s)"),
+                ("bench_saturation", "at saturation: ApacheBench through a published port, attached vs detached (about 2 min)"),
+                ("bench_flood", "a SYN flood from 1M+ spoofed sources at the highest rate (about 90 s)"),
+            ] {
+                say!("{what}");
+                run(
+                    cargo().args(["test", "--release", "--package", "dockexpose", "--test", test])
+                        .args(["--", "--ignored", "--nocapture", "--test-threads=1"]),
+                    &format!("the {test} benchmark failed (it needs root and Docker)"),
+                )?;
+            }
+            Ok(())
         }
     }
 }

@@ -55,6 +55,39 @@ pub fn echo_image() -> String {
     image
 }
 
+/// Builds (once per content) an HTTP server image: Debian's static busybox running
+/// `httpd -f -p 80 -h /www` over tests/images/http_index.html (a page of a few hundred
+/// bytes). The tag is a hash of the busybox binary, the page and the entrypoint, so
+/// that a change to any of them builds a new image. Needs busybox-static.
+pub fn http_image() -> String {
+    const BUSYBOX: &str = "/bin/busybox";
+    const ENTRYPOINT: &str = r#"ENTRYPOINT ["/bin/busybox","httpd","-f","-p","80","-h","/www"]"#;
+    let page = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/images/http_index.html");
+    let html = std::fs::read(&page).unwrap_or_else(|e| panic!("read {}: {e}", page.display()));
+    let busybox = std::fs::read(BUSYBOX)
+        .unwrap_or_else(|e| panic!("read {BUSYBOX}: {e} (install Debian's busybox-static: `cargo xtask setup`)"));
+    let mut h = DefaultHasher::new();
+    (&busybox, &html, ENTRYPOINT).hash(&mut h);
+    let image = format!("dockexpose-test/http:{:012x}", h.finish() & 0xffff_ffff_ffff);
+    let exists = Command::new("docker").args(["image", "inspect", &image]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if exists.map(|s| s.success()).unwrap_or(false) {
+        return image;
+    }
+    let dir = std::env::temp_dir().join(format!("dockexpose-http-image-{}", std::process::id()));
+    let rootfs = dir.join("rootfs");
+    for sub in ["bin", "www"] {
+        std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+    }
+    std::fs::write(rootfs.join("bin/busybox"), &busybox).unwrap();
+    std::fs::set_permissions(rootfs.join("bin/busybox"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(rootfs.join("www/index.html"), &html).unwrap();
+    let tar = dir.join("rootfs.tar");
+    sh(&["tar", "--owner=0", "--group=0", "-C", rootfs.to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."]);
+    sh(&["docker", "import", "--change", ENTRYPOINT, tar.to_str().unwrap(), &image]);
+    let _ = std::fs::remove_dir_all(&dir);
+    image
+}
+
 /// Inserts `rule` at the top of DOCKER-USER (the chain Docker leaves to operators);
 /// the returned guard deletes it.
 pub fn docker_user_rule(rule: &[&str]) -> super::Undo {
