@@ -1,7 +1,7 @@
 //! Correlation: a kernel observation plus the Docker inventory give a connection with
 //! its container and published mapping. Pure functions, unit-tested.
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use crate::{
     inventory::model::{exposure_of, Inventory, PublishedPort},
@@ -36,13 +36,12 @@ pub fn verdict_record(verdict: &Verdict, clock: impl Fn(u64) -> SystemTime, inve
     }
 }
 
-fn container_ref(c: &crate::inventory::model::Container) -> ContainerRef {
-    ContainerRef {
-        id: c.id.clone(),
-        name: c.name.clone(),
-        image: c.image.clone(),
-        compose_project: c.compose_project.clone(),
-        compose_service: c.compose_service.clone(),
+/// The container's identity for a record: shared, not copied.
+fn container_ref(c: &crate::inventory::model::Container) -> Arc<ContainerRef> {
+    if c.identity.id == c.id {
+        c.identity.clone()
+    } else {
+        c.clone().with_identity().identity
     }
 }
 

@@ -3,7 +3,9 @@ use dockexpose::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread: the reader, the loop and the Docker client hand work to each other
+    // without cross-thread wakeups (futexes), which cost more than the work itself.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime failed: {e}");

@@ -14,11 +14,15 @@
 //! counted: untracked (the table was full) or still open at exit.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap as StdHashMap, VecDeque},
     net::IpAddr,
 };
 
 use crate::kernel::event::{Observation, Proto};
+
+/// Outsiders choose these keys (addresses, ports): a randomly seeded hasher, much
+/// cheaper than SipHash and still resistant to crafted collisions.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::quality::RandomState>;
 
 /// Most attempts awaiting a verdict; past that, new ones are counted as untracked.
 pub const MAX_TRACKED: usize = 65_536;
@@ -84,8 +88,8 @@ impl AttemptTracker {
     pub fn new(window_ns: u64) -> Self {
         Self {
             window_ns,
-            waiting: HashMap::new(),
-            by_source: HashMap::new(),
+            waiting: HashMap::default(),
+            by_source: HashMap::default(),
             deadlines: VecDeque::new(),
             untracked: 0,
         }

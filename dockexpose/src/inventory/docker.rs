@@ -166,7 +166,9 @@ pub fn container_from(c: &ContainerSummary) -> Option<Container> {
         compose_service: labels.get("com.docker.compose.service").cloned(),
         addresses,
         ports,
-    })
+        identity: Default::default(),
+    }
+    .with_identity())
 }
 
 /// True for the events that change what we track.

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use dockexpose_common::PortKey;
 
-use crate::{host::interfaces::HostSnapshot, kernel::event::Proto, net::prefix::Prefix};
+use crate::{host::interfaces::HostSnapshot, kernel::event::Proto, net::prefix::Prefix, output::record::ContainerRef};
 
 /// A Docker bridge network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +45,23 @@ pub struct Container {
     /// Addresses, with the network each one is on.
     pub addresses: Vec<(String, IpAddr)>,
     pub ports: Vec<PublishedPort>,
+    /// The identity records carry, built once (`with_identity`): a record then shares
+    /// it instead of copying five strings.
+    pub identity: std::sync::Arc<ContainerRef>,
+}
+
+impl Container {
+    /// Fills `identity` from the fields above.
+    pub fn with_identity(mut self) -> Self {
+        self.identity = std::sync::Arc::new(ContainerRef {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            image: self.image.clone(),
+            compose_project: self.compose_project.clone(),
+            compose_service: self.compose_service.clone(),
+        });
+        self
+    }
 }
 
 /// Everything Docker told us, at one moment.
@@ -178,14 +195,17 @@ pub(crate) mod tests {
                         PublishedPort { host_ip: "127.0.0.1".parse().unwrap(), host_port: 9000, container_port: 9000, proto: Proto::Tcp },
                         PublishedPort { host_ip: any4, host_port: 5353, container_port: 53, proto: Proto::Udp },
                     ],
-                },
+                    identity: Default::default(),
+                }
+                .with_identity(),
                 Container {
                     id: "c2".into(),
                     name: "db".into(),
                     image: "postgres".into(),
                     addresses: vec![("abc".into(), "172.17.0.3".parse().unwrap())],
                     ..Default::default()
-                },
+                }
+                .with_identity(),
             ],
         }
     }

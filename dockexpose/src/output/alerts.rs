@@ -8,13 +8,17 @@
 //! exposure already alerted on are limited, and counted in a summary line.
 
 use std::{
-    collections::HashMap,
+    collections::HashMap as StdHashMap,
     fmt::Write,
     net::IpAddr,
     time::{Duration, Instant},
 };
 
 use super::{human::escape_untrusted, record::Record};
+
+/// Outsiders choose these keys (addresses, ports): a randomly seeded hasher, much
+/// cheaper than SipHash and still resistant to crafted collisions.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::quality::RandomState>;
 
 /// Most (exposure, source) keys tracked at once; past that, new sources at a known
 /// exposure are counted, not shown, and a new exposure is shown but not tracked per source.
@@ -34,9 +38,17 @@ const MAX_SOURCES_PER_EXPOSURE: u32 = 50;
 struct ExposureKey {
     kind: &'static str,
     /// Container id, or the destination address when no container is known.
-    target: String,
+    target: Target,
     port: u16,
     proto: &'static str,
+}
+
+/// The container reached (its shared identity: a clone is a reference count), or
+/// the destination address when no container is known.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Target {
+    Container(std::sync::Arc<super::record::ContainerRef>),
+    Address(IpAddr),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -145,8 +157,8 @@ impl Alerter {
     pub fn new(window: Duration) -> Self {
         Self {
             window,
-            open: HashMap::new(),
-            exposures: HashMap::new(),
+            open: HashMap::default(),
+            exposures: HashMap::default(),
             second_started: None,
             new_this_second: 0,
             suppressed: 0,
@@ -159,7 +171,7 @@ impl Alerter {
         let kind = kind(rec)?;
         let exposure = ExposureKey {
             kind,
-            target: rec.container.as_ref().map_or_else(|| rec.dst_ip.to_string(), |c| c.id.clone()),
+            target: rec.container.as_ref().map_or(Target::Address(rec.dst_ip), |c| Target::Container(c.clone())),
             port: rec.host_port.unwrap_or(rec.dst_port),
             proto: rec.proto,
         };
@@ -399,7 +411,7 @@ mod tests {
     #[test]
     fn untrusted_names_are_escaped() {
         let mut r = rec("198.18.3.2", "172.17.0.2", 80);
-        r.container.as_mut().unwrap().name = "web\u{1b}[2J\nFAKE".into();
+        std::sync::Arc::make_mut(r.container.as_mut().unwrap()).name = "web\u{1b}[2J\nFAKE".into();
         let (_, line) = headline(&r).unwrap();
         assert!(!line.contains('\u{1b}') && !line.contains('\n'), "{line}");
     }

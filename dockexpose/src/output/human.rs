@@ -89,7 +89,7 @@ mod tests {
     fn line_names_both_ends_and_the_interface() {
         let rec = Record {
             schema: 1,
-            ts: String::new(),
+            ts: super::super::record::Timestamp(std::time::SystemTime::UNIX_EPOCH),
             stage: "reached",
             proto: "tcp",
             family: "ipv6",
