@@ -41,7 +41,7 @@ use dockexpose_common::{
     STAGE_ATTEMPTED, STAGE_REACHED,
 };
 use dockexpose_common::{
-    ProbeAnswer, PROBE_COUNTERS_LEN, PROBE_COUNTER_DROPPED, PROBE_COUNTER_LOST, PROBE_EVENTS_RING_BYTES, PROBE_SOURCES_MAX,
+    ProbeAnswer, FAMILY_IPV6, PROBE_COUNTERS_LEN, PROBE_COUNTER_DROPPED, PROBE_COUNTER_LOST, PROBE_EVENTS_RING_BYTES, PROBE_SOURCES_MAX,
 };
 use packet::{parse, Flow, Parsed, TCP_SYN, TCP_SYN_ACK};
 
@@ -629,8 +629,9 @@ pub fn uplink_probe_guard(ctx: TcContext) -> i32 {
     let l3 = unsafe { PROBE_GUARD_L3.get(&ifindex) }.is_some();
     let mut off = 0usize;
     let version = if l3 {
-        let Some(first) = probe_read::<u8>(data, data_end, 0) else { return TCX_NEXT };
-        first >> 4
+        // The smallest IP header at once (a one-byte bounds check is not taken as one).
+        let Some(first) = probe_read::<[u8; 20]>(data, data_end, 0) else { return TCX_NEXT };
+        first[0] >> 4
     } else {
         let Some(et) = probe_read::<[u8; 2]>(data, data_end, 12) else { return TCX_NEXT };
         off = 14;
@@ -669,14 +670,15 @@ pub fn uplink_probe_guard(ctx: TcContext) -> i32 {
     }
     probe_count(PROBE_COUNTER_DROPPED);
     if l4 != 0 && (ev.proto == PROTO_TCP || ev.proto == PROTO_UDP) {
-        if let Some(ports) = probe_read::<[u8; 4]>(data, data_end, l4) {
+        if ev.proto == PROTO_TCP {
+            if let Some(t) = probe_read::<[u8; 14]>(data, data_end, l4) {
+                ev.src_port = u16::from_be_bytes([t[0], t[1]]);
+                ev.dst_port = u16::from_be_bytes([t[2], t[3]]);
+                ev.tcp_flags = t[13];
+            }
+        } else if let Some(ports) = probe_read::<[u8; 4]>(data, data_end, l4) {
             ev.src_port = u16::from_be_bytes([ports[0], ports[1]]);
             ev.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-        }
-        if ev.proto == PROTO_TCP {
-            if let Some(f) = probe_read::<u8>(data, data_end, l4 + 13) {
-                ev.tcp_flags = f;
-            }
         }
     }
     ev.ifindex = ifindex;

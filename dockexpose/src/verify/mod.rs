@@ -364,7 +364,9 @@ pub fn run_with(
         if unexpected.is_empty() {
             "nothing unexpected is reachable".to_string()
         } else {
-            format!("reachable and not --expect-exposed: {}", unexpected.into_iter().collect::<Vec<_>>().join(", "))
+            let list: Vec<String> = unexpected.iter().take(20).cloned().collect();
+            let more = if unexpected.len() > 20 { format!(" and {} more", unexpected.len() - 20) } else { String::new() };
+            format!("reachable and not --expect-exposed: {}{more}", list.join(", "))
         },
         started.elapsed().as_millis()
     ));
