@@ -18,6 +18,14 @@ pub mod map_names {
     pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
     pub const LOCAL_IFACES: &str = "LOCAL_IFACES";
     pub const OPENINGS: &str = "OPENINGS";
+    /// `verify`: probe source addresses, whose packets the guard keeps inside.
+    pub const PROBE_SOURCES: &str = "PROBE_SOURCES";
+    /// `verify`: interfaces (ifindex) where the guard sees bare IP.
+    pub const PROBE_GUARD_L3: &str = "PROBE_GUARD_L3";
+    /// `verify`: the guard's counters (`PROBE_COUNTER_*`), per CPU.
+    pub const PROBE_COUNTERS: &str = "PROBE_COUNTERS";
+    /// `verify`: answers to probes the guard stopped (`ProbeAnswer`).
+    pub const PROBE_EVENTS: &str = "PROBE_EVENTS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -39,6 +47,11 @@ pub mod program_names {
     /// Baselines of the benchmark (`dockexpose bench`): empty programs, never attached.
     pub const BENCH_EMPTY_CLASSIFIER: &str = "bench_empty_classifier";
     pub const BENCH_EMPTY_XDP: &str = "bench_empty_xdp";
+    /// `verify`: returns XDP_PASS; run with BPF_F_TEST_XDP_LIVE_FRAMES to inject a
+    /// probe into an uplink's receive path. Never attached.
+    pub const PROBE_INJECT: &str = "probe_inject";
+    /// `verify`: TCX egress guard, drops every packet to a probe source.
+    pub const UPLINK_PROBE_GUARD: &str = "uplink_probe_guard";
 }
 
 /// Names of the read-only globals the daemon sets at load time.
@@ -404,3 +417,50 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
     }
 }
+
+/// `verify`: capacity of PROBE_SOURCES (one source per `--from`, v4 and v6 defaults).
+pub const PROBE_SOURCES_MAX: u32 = 256;
+/// `verify`: PROBE_COUNTERS indexes.
+pub const PROBE_COUNTER_DROPPED: u32 = 0;
+pub const PROBE_COUNTER_LOST: u32 = 1;
+pub const PROBE_COUNTERS_LEN: u32 = 2;
+pub const PROBE_EVENTS_RING_BYTES: u32 = 1 << 18;
+
+/// `verify`: a packet to a probe source, stopped by the guard on its way out: the
+/// host's (or a container's, through DNAT) answer to a probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeAnswer {
+    pub ktime_ns: u64,
+    /// The answering side (the host address after un-DNAT).
+    pub src_addr: [u8; 16],
+    /// The probe source.
+    pub dst_addr: [u8; 16],
+    pub ifindex: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub family: u8,
+    pub proto: u8,
+    /// TCP flags (0 otherwise).
+    pub tcp_flags: u8,
+    pub _pad: [u8; 5],
+}
+
+impl ProbeAnswer {
+    pub const fn zeroed() -> Self {
+        Self {
+            ktime_ns: 0,
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            ifindex: 0,
+            src_port: 0,
+            dst_port: 0,
+            family: 0,
+            proto: 0,
+            tcp_flags: 0,
+            _pad: [0; 5],
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<ProbeAnswer>() == 56);

@@ -15,6 +15,10 @@ pub struct Cli {
 pub enum Command {
     /// Watch container bridges and report every new inbound connection from outside.
     Watch(WatchArgs),
+    /// One shot: probe every published port on every uplink, as if from outside, and say
+    /// which ones reach a container (EXPOSED), the host itself (PROXY) or nothing (HELD).
+    /// Exit code 0: nothing unexpected reachable; 1: something is; 2: error.
+    Verify(VerifyArgs),
     /// Measure the kernel programs with BPF_PROG_TEST_RUN (run by `cargo xtask bench`).
     #[command(hide = true)]
     Bench(BenchArgs),
@@ -29,6 +33,39 @@ pub struct BenchArgs {
     /// Rounds; every figure is the median over rounds.
     #[arg(long, value_name = "R", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct VerifyArgs {
+    /// Probe only this host port (repeatable), e.g. 8080/tcp or 5353/udp. Default:
+    /// every port Docker publishes.
+    #[arg(long = "port", value_name = "PORT/PROTO")]
+    pub ports: Vec<String>,
+
+    /// Uplink to probe through (repeatable). Default: chosen as `watch` does.
+    #[arg(long = "uplink", value_name = "IFACE")]
+    pub uplinks: Vec<String>,
+
+    /// Probe from this network (repeatable; its first host address), to test an
+    /// allow-list. Default: 198.51.100.77 and 2001:db8:dc::77 (documentation ranges).
+    #[arg(long = "from", value_name = "CIDR")]
+    pub from: Vec<String>,
+
+    /// A port meant to be public (repeatable): reachable, it does not fail the run.
+    #[arg(long = "expect-exposed", value_name = "PORT/PROTO")]
+    pub expect_exposed: Vec<String>,
+
+    /// Probes per second.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub rate: u32,
+
+    /// How long to wait after the last probe of an uplink, in milliseconds.
+    #[arg(long = "window-ms", value_name = "MS", default_value_t = 300)]
+    pub window_ms: u64,
+
+    /// Docker (or Podman) API endpoint. Default: $DOCKER_HOST, else unix:///var/run/docker.sock.
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -117,6 +154,19 @@ mod tests {
         let mut cmd = <Cli as clap::CommandFactory>::command();
         let help = cmd.render_help().to_string();
         assert!(!help.contains("bench"), "bench must stay out of --help:\n{help}");
+    }
+
+    #[test]
+    fn verify_options() {
+        let Command::Verify(v) = parse(&["verify"]).unwrap().command else { panic!("expected verify") };
+        assert!(v.ports.is_empty() && v.from.is_empty() && v.uplinks.is_empty());
+        assert_eq!((v.rate, v.window_ms), (200, 300));
+        let cli = parse(&["verify", "--port", "80/tcp", "--port", "53/udp", "--from", "10.8.0.0/24", "--uplink", "eth0",
+            "--expect-exposed", "443/tcp", "--rate", "50"]).unwrap();
+        let Command::Verify(v) = cli.command else { panic!("expected verify") };
+        assert_eq!(v.ports, ["80/tcp", "53/udp"]);
+        assert_eq!((v.from.len(), v.uplinks.len(), v.expect_exposed.len(), v.rate), (1, 1, 1, 50));
+        assert!(parse(&["verify", "--rate", "fast"]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - `net/`: prefixes and source classification;
 //! - `output/`: the JSON audit record, human lines and alerts, the audit-log sink;
 //! - `watch`: the daemon loop that ties them together;
+//! - `verify`: the one-shot `verify` command: probes injected on the uplinks, verdicts;
 //! - `bench`: the hidden `bench` command, the kernel programs measured with BPF_PROG_TEST_RUN.
 
 pub mod bench;
@@ -22,4 +23,5 @@ pub mod net;
 pub mod output;
 pub mod stats;
 pub mod verdict;
+pub mod verify;
 pub mod watch;

@@ -44,6 +44,11 @@ const DEB_PACKAGES: &[&str] = &[
     "python3-pip",
     // ApacheBench (`ab`): the load of tests/bench_saturation.rs.
     "apache2-utils",
+    // `dockexpose verify`: conntrack deletes its probes' entries; nmap is what
+    // tests/verify.rs compares its verdicts with; tcpdump watches that none leaks.
+    "nmap",
+    "conntrack",
+    "tcpdump",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),
 /// as (module to import, PyPI package).

@@ -133,6 +133,28 @@ pub struct Kernel {
     uplinks: BTreeMap<String, UplinkLinks>,
     prefixes: PrefixTable,
     ports: BTreeSet<PortKey>,
+    /// `verify` only: the probe maps and the guard's attachments (None for `watch`).
+    probes: Option<ProbeMaps>,
+}
+
+/// The maps and links of `dockexpose verify` (see `Kernel::prepare_probes`).
+struct ProbeMaps {
+    sources: HashMap<MapData, [u8; 16], u8>,
+    guard_l3: HashMap<MapData, u32, u8>,
+    counters: PerCpuArray<MapData, u64>,
+    guards: BTreeMap<String, tc::SchedClassifierLinkId>,
+}
+
+/// An address as the kernel maps hold it: 16 bytes, IPv4 in the first four.
+pub fn addr16(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            let mut out = [0; 16];
+            out[..4].copy_from_slice(&a.octets());
+            out
+        }
+        std::net::IpAddr::V6(a) => a.octets(),
+    }
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
@@ -218,6 +240,7 @@ impl Kernel {
             uplinks: BTreeMap::new(),
             prefixes: PrefixTable::default(),
             ports: BTreeSet::new(),
+            probes: None,
         };
         Ok((kernel, events))
     }
@@ -371,6 +394,101 @@ impl Kernel {
         Ok(snap)
     }
 
+    /// `verify`: loads the injector and the egress guard, and returns the ring buffer
+    /// of answers the guard stopped. `watch` never calls it.
+    pub fn prepare_probes(&mut self) -> Result<RingBuf<MapData>> {
+        let inject: &mut Xdp = program(&mut self.ebpf, program_names::PROBE_INJECT)?;
+        inject
+            .load()
+            .map_err(|source| Error::LoadProgram { program: program_names::PROBE_INJECT, source: Box::new(source) })?;
+        let guard: &mut SchedClassifier = program(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD)?;
+        guard
+            .load()
+            .map_err(|source| Error::LoadProgram { program: program_names::UPLINK_PROBE_GUARD, source: Box::new(source) })?;
+        let events = RingBuf::try_from(take_map(&mut self.ebpf, map_names::PROBE_EVENTS)?)
+            .map_err(map_err(map_names::PROBE_EVENTS))?;
+        let sources = HashMap::try_from(take_map(&mut self.ebpf, map_names::PROBE_SOURCES)?)
+            .map_err(map_err(map_names::PROBE_SOURCES))?;
+        let guard_l3 = HashMap::try_from(take_map(&mut self.ebpf, map_names::PROBE_GUARD_L3)?)
+            .map_err(map_err(map_names::PROBE_GUARD_L3))?;
+        let counters = PerCpuArray::try_from(take_map(&mut self.ebpf, map_names::PROBE_COUNTERS)?)
+            .map_err(map_err(map_names::PROBE_COUNTERS))?;
+        self.probes = Some(ProbeMaps { sources, guard_l3, counters, guards: BTreeMap::new() });
+        Ok(events)
+    }
+
+    fn probe_maps(&mut self) -> Result<&mut ProbeMaps> {
+        self.probes.as_mut().ok_or(Error::MissingMap(map_names::PROBE_SOURCES))
+    }
+
+    /// Packets to `ip` will not leave any guarded interface.
+    pub fn add_probe_source(&mut self, ip: std::net::IpAddr) -> Result<()> {
+        self.probe_maps()?.sources.insert(addr16(ip), 1, 0).map_err(map_err(map_names::PROBE_SOURCES))
+    }
+
+    /// Attaches the guard (TCX egress) to `iface`; idempotent.
+    pub fn attach_probe_guard(&mut self, iface: &str, layer: LinkLayer) -> Result<()> {
+        if self.probe_maps()?.guards.contains_key(iface) {
+            return Ok(());
+        }
+        let ifindex = ifindex_of(iface);
+        if layer == LinkLayer::L3 {
+            self.probe_maps()?.guard_l3.insert(ifindex, 1, 0).map_err(map_err(map_names::PROBE_GUARD_L3))?;
+        }
+        let _ = tc::qdisc_add_clsact(iface);
+        let link = attach_tc(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD, iface, TcAttachType::Egress)?;
+        self.probe_maps()?.guards.insert(iface.to_string(), link);
+        Ok(())
+    }
+
+    /// Detaches the guard from every interface it was attached to.
+    pub fn detach_probe_guards(&mut self) {
+        let Some(maps) = self.probes.as_mut() else { return };
+        let guards = std::mem::take(&mut maps.guards);
+        if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD) {
+            for (_, link) in guards {
+                let _ = prog.detach(link);
+            }
+        }
+    }
+
+    /// Interfaces the guard is attached to.
+    pub fn probe_guards(&self) -> Vec<String> {
+        self.probes.as_ref().map(|p| p.guards.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The guard's counter `index` (PROBE_COUNTER_*), summed over CPUs.
+    pub fn probe_counter(&self, index: u32) -> Result<u64> {
+        let Some(maps) = self.probes.as_ref() else { return Ok(0) };
+        Ok(maps.counters.get(&index, 0).map_err(map_err(map_names::PROBE_COUNTERS))?.iter().sum())
+    }
+
+    /// Injects `frame` into the receive path of interface `ifindex`, as if it had
+    /// arrived there (BPF_PROG_TEST_RUN of `probe_inject` with live frames).
+    pub fn inject(&mut self, frame: &[u8], ifindex: u32) -> std::result::Result<(), aya::programs::ProgramError> {
+        use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (u32 each, native endian). data_end must be the frame length.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let prog = self
+            .ebpf
+            .program_mut(program_names::PROBE_INJECT)
+            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?;
+        let aya::programs::Program::Xdp(xdp) = prog else {
+            return Err(aya::programs::ProgramError::UnexpectedProgramType);
+        };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            attrs: TestRunAttrs::new().xdp_live_frames(1),
+            ..Default::default()
+        };
+        xdp.test_run(opts).map(|_| ())
+    }
+
     /// Gives a loaded program for the benchmark (BPF_PROG_TEST_RUN).
     pub fn program_mut(&mut self, name: &str) -> Option<&mut aya::programs::Program> {
         self.ebpf.program_mut(name)
@@ -387,6 +505,7 @@ impl Drop for Kernel {
         for u in uplinks {
             self.detach_uplink(&u);
         }
+        self.detach_probe_guards();
     }
 }
 

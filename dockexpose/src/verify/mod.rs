@@ -1,0 +1,484 @@
+//! `dockexpose verify`: is the firewall really holding? For every published port, on
+//! every uplink, one probe is injected into the uplink's receive path (as if it came
+//! from outside) and the kernel says what became of it: it reached a container
+//! (EXPOSED), the host itself answered it (PROXY), or neither (HELD).
+//!
+//! Nothing leaves the host: a TCX egress guard drops every packet to a probe source on
+//! the uplinks and on the interfaces the routes to the sources leave by; each TCP
+//! probe is closed with a RST; the probes' conntrack entries are deleted afterwards.
+//!
+//! `frame` and `plan` are pure (unit-tested); this file does the I/O.
+
+pub mod frame;
+pub mod plan;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{MapData, RingBuf};
+use dockexpose_common::{ProbeAnswer, PROBE_COUNTER_DROPPED, PROBE_COUNTER_LOST, PROTO_TCP, PROTO_UDP};
+
+use self::{
+    frame::{FrameSpec, Segment},
+    plan::{Answers, Probe, Target, Uplink, Verdict},
+};
+use crate::{
+    cli::VerifyArgs,
+    host::{
+        interfaces::{self, HostSnapshot, LinkLayer},
+        privileges,
+    },
+    inventory::{docker, model::Inventory},
+    kernel::{
+        event::{Observation, Proto, Stage},
+        loader::{Kernel, KernelSettings},
+    },
+    net::prefix::Prefix,
+};
+
+/// What a run found, for the caller (and the tests).
+#[derive(Debug, Default)]
+pub struct Report {
+    pub exit_code: i32,
+    pub lines: Vec<String>,
+}
+
+/// Runs verify and prints its lines on stdout; the exit code is 0 (nothing
+/// unexpected reachable) or 1 (something is). Errors are exit code 2 (by main).
+pub async fn run(args: VerifyArgs) -> Result<i32> {
+    privileges::check().map_err(|e| anyhow!("{e}"))?;
+    let ports: Vec<(u16, Proto)> =
+        args.ports.iter().map(|s| plan::parse_port(s)).collect::<std::result::Result<_, _>>().map_err(|e| anyhow!("--port {e}"))?;
+    let expected: BTreeSet<(u16, Proto)> = args
+        .expect_exposed
+        .iter()
+        .map(|s| plan::parse_port(s))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| anyhow!("--expect-exposed {e}"))?;
+    let sources = probe_sources(&args.from)?;
+    if args.rate == 0 {
+        bail!("--rate 0: probes per second must be at least 1.\n  Fix: --rate 200 (the default)");
+    }
+    let endpoint = docker::endpoint(args.docker_host.as_deref());
+    let inventory = match docker::connect(&endpoint).await {
+        Ok(engine) => docker::snapshot(&engine)
+            .await
+            .map_err(|e| anyhow!("listing containers and networks at {endpoint} failed: {e}.\n  Fix: check that the engine answers (`docker ps`)"))?,
+        Err(e) if !ports.is_empty() => {
+            println!("note: no Docker inventory ({e}); probing the --port list, container bridges found on the host");
+            Inventory::default()
+        }
+        Err(e) => bail!("{e}\n  (verify needs the Docker inventory, or ports given with --port)"),
+    };
+    let report = run_with(&args, &inventory, &ports, &expected, &sources)?;
+    Ok(report.exit_code)
+}
+
+fn probe_sources(from: &[String]) -> Result<Vec<IpAddr>> {
+    if from.is_empty() {
+        return Ok(vec![plan::DEFAULT_SOURCE_V4.parse()?, plan::DEFAULT_SOURCE_V6.parse()?]);
+    }
+    let mut out = Vec::new();
+    for s in from {
+        let p: Prefix = s.parse().map_err(|e: crate::net::prefix::PrefixParseError| {
+            anyhow!("invalid CIDR {s:?} for --from: {}.\n  Fix: write a prefix such as 10.8.0.0/24 or 2001:db8::/64", e.0)
+        })?;
+        let src = plan::source_of(&p);
+        if !out.contains(&src) {
+            out.push(src);
+        }
+    }
+    Ok(out)
+}
+
+fn uplink_info(host: &HostSnapshot, name: &str) -> Result<Uplink> {
+    let Some(i) = host.get(name) else {
+        bail!("unknown interface {name:?} for --uplink: no such interface here.\n  Fix: pick one from `ip -br link`{}", host.suggest(name));
+    };
+    let mac = match i.link_layer {
+        LinkLayer::Ethernet => {
+            let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))
+                .with_context(|| format!("reading the MAC address of {name}"))?;
+            Some(parse_mac(text.trim()).ok_or_else(|| anyhow!("{name} has no usable MAC address ({:?})", text.trim()))?)
+        }
+        LinkLayer::L3 => None,
+    };
+    Ok(Uplink { name: name.into(), ifindex: i.ifindex, layer: i.link_layer, mac, addresses: i.host_addresses.clone() })
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    for (o, p) in out.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// `ip route get ADDR`: the interface replies to ADDR leave by, and whether the
+/// destination is on that link (no gateway).
+fn route_to(addr: IpAddr) -> Option<(String, bool)> {
+    let out = Command::new("ip").args(["route", "get", &addr.to_string()]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let dev = words.windows(2).find(|w| w[0] == "dev").map(|w| w[1].to_string())?;
+    Some((dev, !words.contains(&"via")))
+}
+
+/// Temporary neighbour entries, so that the host's answer to a probe source on a
+/// directly connected link is transmitted (and seen and dropped by the guard) instead
+/// of waiting on an ARP/ND reply that will never come. Removed on drop.
+#[derive(Default)]
+struct Neighbours(Vec<(IpAddr, String)>);
+
+impl Neighbours {
+    fn add(&mut self, addr: IpAddr, dev: &str) {
+        let fam = if addr.is_ipv4() { "-4" } else { "-6" };
+        let exists = Command::new("ip")
+            .args([fam, "neigh", "show", &addr.to_string(), "dev", dev])
+            .output()
+            .map(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
+            .unwrap_or(true);
+        if exists {
+            return;
+        }
+        let mac = frame::PROBE_SRC_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let ok = Command::new("ip")
+            .args([fam, "neigh", "add", &addr.to_string(), "lladdr", &mac, "dev", dev, "nud", "reachable"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            self.0.push((addr, dev.to_string()));
+        }
+    }
+}
+
+impl Drop for Neighbours {
+    fn drop(&mut self) {
+        for (addr, dev) in &self.0 {
+            let _ = Command::new("ip").args(["neigh", "del", &addr.to_string(), "dev", dev]).status();
+        }
+    }
+}
+
+/// A random u32 (the ISNs, the first source port).
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: writes at most 4 bytes into a local buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+    if n != 4 {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        return t.subsec_nanos() ^ std::process::id();
+    }
+    u32::from_ne_bytes(b)
+}
+
+/// One probe on its way, and what the kernel said of it.
+struct Sent {
+    probe: Probe,
+    sport: u16,
+    isn: u32,
+    reached_on: Option<u32>,
+    answers: Answers,
+}
+
+/// The probing itself, on an inventory already read (the tests call it too).
+pub fn run_with(
+    args: &VerifyArgs,
+    inventory: &Inventory,
+    ports: &[(u16, Proto)],
+    expected: &BTreeSet<(u16, Proto)>,
+    sources: &[IpAddr],
+) -> Result<Report> {
+    let started = Instant::now();
+    let host = HostSnapshot::read().map_err(|e| anyhow!("{e}"))?;
+    let mut bridges = inventory.bridges();
+    if inventory.networks.is_empty() {
+        bridges.extend(host.addressed_bridges());
+    }
+    let uplink_names: Vec<String> = if args.uplinks.is_empty() {
+        host.uplink_candidates(&bridges).into_iter().map(|(n, _)| n).collect()
+    } else {
+        args.uplinks.clone()
+    };
+    if uplink_names.is_empty() {
+        bail!("no uplink to probe: no interface is up with a global address besides bridges and loopback.\n  Fix: name one with --uplink IFACE");
+    }
+    let uplinks: Vec<Uplink> = uplink_names.iter().map(|n| uplink_info(&host, n)).collect::<Result<_>>()?;
+    let targets = plan::targets(inventory, ports);
+    let plan = plan::plan(&targets, &uplinks, sources);
+
+    let mut report = Report::default();
+    let mut say = |line: String| {
+        println!("{line}");
+        report.lines.push(line);
+    };
+    let default_sources = args.from.is_empty();
+    say(format!(
+        "dockexpose verify: {} published bindings, {} probes on {} from {}{}",
+        targets.len(),
+        plan.probes.len(),
+        uplinks.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "),
+        sources.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+        if default_sources { " (documentation addresses no rule should trust; test an allow-list with --from CIDR)" } else { "" }
+    ));
+
+    // The kernel side: bridge programs (what reached a container), the injector, the guard.
+    let (mut kernel, mut events) = Kernel::load(KernelSettings::default()).map_err(|e| anyhow!("{e}"))?;
+    let mut answers_ring = kernel.prepare_probes().map_err(|e| anyhow!("{e}"))?;
+    for b in &bridges {
+        if interfaces::exists(b) {
+            kernel.attach_bridge(b).map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    let mut neighbours = Neighbours::default();
+    for s in sources {
+        kernel.add_probe_source(*s).map_err(|e| anyhow!("{e}"))?;
+    }
+    let mut guarded: BTreeMap<String, LinkLayer> = uplinks.iter().map(|u| (u.name.clone(), u.layer)).collect();
+    for s in sources {
+        if let Some((dev, on_link)) = route_to(*s) {
+            if on_link && dev != "lo" {
+                neighbours.add(*s, &dev);
+            }
+            if dev != "lo" {
+                guarded.entry(dev.clone()).or_insert_with(|| interfaces::link_layer(&dev));
+            }
+        }
+    }
+    for (dev, layer) in &guarded {
+        kernel.attach_probe_guard(dev, *layer).map_err(|e| anyhow!("{e}"))?;
+    }
+
+    let window = Duration::from_millis(args.window_ms);
+    let gap = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let mut next_port = 20_000 + (random_u32() % 30_000) as u16;
+    let mut sent: Vec<Sent> = Vec::new();
+    for (ui, uplink) in uplinks.iter().enumerate() {
+        let batch_start = sent.len();
+        let mut last = Instant::now();
+        for probe in plan.probes.iter().filter(|p| p.uplink == ui) {
+            let sport = next_port;
+            next_port = if next_port >= 60_000 { 20_000 } else { next_port + 1 };
+            let isn = random_u32();
+            let segment = if probe.proto == Proto::Tcp { Segment::Syn { isn } } else { Segment::Udp };
+            let spec = FrameSpec {
+                dst_mac: uplink.mac,
+                src: probe.source,
+                dst: probe.dst,
+                sport,
+                dport: probe.dst_port,
+                segment,
+                ip_id: sport,
+            };
+            let wait = gap.saturating_sub(last.elapsed());
+            std::thread::sleep(wait);
+            last = Instant::now();
+            kernel.inject(&frame::build(&spec), uplink.ifindex).map_err(|e| {
+                anyhow!(
+                    "injecting a probe into {} (BPF_PROG_TEST_RUN with live frames) failed: {e}.\n  Fix: verify needs Linux 5.18 or newer and root",
+                    uplink.name
+                )
+            })?;
+            sent.push(Sent { probe: probe.clone(), sport, isn, reached_on: None, answers: Answers::default() });
+            collect(&mut events, &mut answers_ring, &mut sent[batch_start..]);
+        }
+        // The window after the batch's last probe.
+        let deadline = last + window;
+        while Instant::now() < deadline {
+            collect(&mut events, &mut answers_ring, &mut sent[batch_start..]);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        collect(&mut events, &mut answers_ring, &mut sent[batch_start..]);
+        // Close what the probes opened: the container's (or the proxy's) half-open connection.
+        for s in &sent[batch_start..] {
+            if s.probe.proto == Proto::Tcp {
+                let spec = FrameSpec {
+                    dst_mac: uplink.mac,
+                    src: s.probe.source,
+                    dst: s.probe.dst,
+                    sport: s.sport,
+                    dport: s.probe.dst_port,
+                    segment: Segment::Rst { seq: s.isn.wrapping_add(1) },
+                    ip_id: s.sport,
+                };
+                std::thread::sleep(gap.saturating_sub(last.elapsed()));
+                last = Instant::now();
+                let _ = kernel.inject(&frame::build(&spec), uplink.ifindex);
+            }
+        }
+    }
+    // Let the RSTs land, then forget the probes in conntrack.
+    std::thread::sleep(Duration::from_millis(30));
+    collect(&mut events, &mut answers_ring, &mut sent);
+    let (deleted, remaining) = delete_conntrack(&sent, sources);
+    let dropped = kernel.probe_counter(PROBE_COUNTER_DROPPED).unwrap_or(0);
+    let lost = kernel.probe_counter(PROBE_COUNTER_LOST).unwrap_or(0);
+    let guards = kernel.probe_guards();
+    drop(kernel); // detaches the guard and the bridge programs
+    drop(neighbours);
+
+    // Verdicts.
+    let mut reachable = Vec::new();
+    let mut counts: BTreeMap<Verdict, usize> = BTreeMap::new();
+    for s in &sent {
+        let (verdict, why) = plan::decide(s.probe.proto, s.reached_on.is_some(), s.answers);
+        let t: &Target = &targets[s.probe.target];
+        let is_expected = expected.contains(&(t.port.host_port, t.port.proto));
+        if verdict.reachable() {
+            reachable.push((t.port.host_port, t.port.proto));
+        }
+        *counts.entry(verdict).or_default() += 1;
+        let why = match (verdict, s.reached_on) {
+            (Verdict::Exposed, Some(ifindex)) => format!("{why} (seen on {})", iface_name(ifindex)),
+            _ => why.to_string(),
+        };
+        say(plan::probe_line(verdict, &why, t, &s.probe, &uplinks[s.probe.uplink].name, is_expected));
+    }
+    for (ti, why) in &plan.skipped {
+        say(plan::skipped_line(&targets[*ti], why));
+    }
+    let unexpected: BTreeSet<String> = reachable
+        .iter()
+        .filter(|p| !expected.contains(p))
+        .map(|(port, proto)| format!("{port}/{}", proto.as_str()))
+        .collect();
+    say(format!(
+        "summary: {} exposed, {} through a proxy, {} held, {} not probed; {}; took {} ms",
+        counts.get(&Verdict::Exposed).unwrap_or(&0),
+        counts.get(&Verdict::Proxy).unwrap_or(&0),
+        counts.get(&Verdict::Held).unwrap_or(&0),
+        plan.skipped.len(),
+        if unexpected.is_empty() {
+            "nothing unexpected is reachable".to_string()
+        } else {
+            let list: Vec<String> = unexpected.iter().take(20).cloned().collect();
+            let more = if unexpected.len() > 20 { format!(" and {} more", unexpected.len() - 20) } else { String::new() };
+            format!("reachable and not --expect-exposed: {}{more}", list.join(", "))
+        },
+        started.elapsed().as_millis()
+    ));
+    say(format!(
+        "cleanup: guard on {} dropped {dropped} packets to probe sources{}; {deleted} conntrack entries of probes deleted, {remaining} remain",
+        guards.join(", "),
+        if lost > 0 { format!(" ({lost} answers not recorded: ring full)") } else { String::new() },
+    ));
+    report.exit_code = plan::exit_code(&reachable, expected);
+    Ok(report)
+}
+
+fn iface_name(ifindex: u32) -> String {
+    nix::net::if_::if_indextoname(ifindex).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("ifindex {ifindex}"))
+}
+
+fn ip_of(bytes: &[u8; 16], family: u8) -> IpAddr {
+    if family == dockexpose_common::FAMILY_IPV4 {
+        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    } else {
+        IpAddr::from(*bytes)
+    }
+}
+
+/// Reads both rings: `reached` records of the bridges, answers the guard stopped.
+fn collect(events: &mut RingBuf<MapData>, answers: &mut RingBuf<MapData>, sent: &mut [Sent]) {
+    while let Some(item) = events.next() {
+        let Ok(obs) = Observation::from_bytes(&item) else { continue };
+        if obs.stage != Stage::Reached {
+            continue;
+        }
+        if let Some(s) = sent.iter_mut().find(|s| s.probe.source == obs.src && s.sport == obs.src_port && s.probe.proto == obs.proto) {
+            s.reached_on.get_or_insert(obs.ifindex);
+        }
+    }
+    while let Some(item) = answers.next() {
+        if item.len() < std::mem::size_of::<ProbeAnswer>() {
+            continue;
+        }
+        // SAFETY: the ring holds ProbeAnswer records (repr(C), plain data), length checked.
+        let a: ProbeAnswer = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        let (src, dst) = (ip_of(&a.src_addr, a.family), ip_of(&a.dst_addr, a.family));
+        let proto = match a.proto {
+            PROTO_TCP => Proto::Tcp,
+            PROTO_UDP => Proto::Udp,
+            _ => continue,
+        };
+        let Some(s) = sent.iter_mut().find(|s| {
+            s.probe.source == dst && s.sport == a.dst_port && s.probe.proto == proto && s.probe.dst == src && s.probe.dst_port == a.src_port
+        }) else {
+            continue;
+        };
+        match proto {
+            Proto::Tcp if a.tcp_flags & (frame::TCP_SYN | frame::TCP_ACK) == frame::TCP_SYN | frame::TCP_ACK => s.answers.syn_ack = true,
+            Proto::Tcp if a.tcp_flags & frame::TCP_RST != 0 => s.answers.rst = true,
+            Proto::Udp => s.answers.udp = true,
+            _ => {}
+        }
+    }
+}
+
+/// Deletes each probe's conntrack entry by its exact original tuple (`conntrack -D`),
+/// then counts what is left from the probe sources. Returns (deleted, remaining).
+fn delete_conntrack(sent: &[Sent], sources: &[IpAddr]) -> (usize, usize) {
+    let mut deleted = 0;
+    for s in sent {
+        let fam = if s.probe.source.is_ipv4() { "ipv4" } else { "ipv6" };
+        let out = Command::new("conntrack")
+            .args([
+                "-D",
+                "-f",
+                fam,
+                "-p",
+                s.probe.proto.as_str(),
+                "-s",
+                &s.probe.source.to_string(),
+                "-d",
+                &s.probe.dst.to_string(),
+                "--sport",
+                &s.sport.to_string(),
+                "--dport",
+                &s.probe.dst_port.to_string(),
+            ])
+            .output();
+        match out {
+            Ok(o) => {
+                let text = String::from_utf8_lossy(&o.stderr);
+                deleted += text
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .find(|w| w[1] == "flow")
+                    .and_then(|w| w[0].parse::<usize>().ok())
+                    .unwrap_or(0);
+            }
+            Err(e) => {
+                eprintln!("warning: conntrack (Debian package conntrack) could not run: {e}; the probes' conntrack entries stay until they time out.\n  Fix: apt-get install conntrack");
+                return (0, remaining_conntrack(sources));
+            }
+        }
+    }
+    (deleted, remaining_conntrack(sources))
+}
+
+/// Conntrack entries whose original source is a probe source.
+pub fn remaining_conntrack(sources: &[IpAddr]) -> usize {
+    let mut n = 0;
+    for s in sources {
+        let fam = if s.is_ipv4() { "ipv4" } else { "ipv6" };
+        if let Ok(o) = Command::new("conntrack").args(["-L", "-f", fam, "-s", &s.to_string()]).output() {
+            n += String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.trim().is_empty()).count();
+        }
+    }
+    n
+}
