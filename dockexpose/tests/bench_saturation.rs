@@ -105,6 +105,16 @@ fn us_per_jiffy() -> f64 {
     1e6 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
+/// Compilers running on the machine now (other engineers' builds): each one skews a
+/// round, and which way depends on which round it falls in.
+fn compilers_running() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .filter(|c| matches!(c.trim(), "rustc" | "bpf-linker" | "cc1" | "cc1plus" | "ld" | "ld.bfd" | "ld.lld" | "clang"))
+        .count()
+}
+
 /// What one ab run said.
 struct Ab {
     complete: u64,
@@ -139,6 +149,8 @@ struct Round {
     complete: u64,
     failed: u64,
     busy_share: f64,
+    /// Compilers seen running at the start or the end of the round.
+    compilers: usize,
     host_us: f64,
     daemon_user_us: Option<f64>,
     daemon_sys_us: Option<f64>,
@@ -258,6 +270,7 @@ fn saturation_attached_vs_detached() {
         for attach in if round % 2 == 0 { [false, true] } else { [true, false] } {
             let watcher = attach.then(|| Watcher::start(&["--uplink", &outside.uplink, "--quiet", "--stats-interval", "0"], json.clone()));
             let before_daemon = watcher.as_ref().map(|w| proc_cpu(w.pid()));
+            let compilers = compilers_running();
             let (b0, t0) = cpu_jiffies();
             let ab = run_ab(&outside.ns, &ab_args(clients, LENGTH_S, src, &url));
             let (b1, t1) = cpu_jiffies();
@@ -266,6 +279,7 @@ fn saturation_attached_vs_detached() {
                 complete: ab.complete,
                 failed: ab.failed,
                 busy_share: (b1 - b0) as f64 / (t1 - t0).max(1) as f64,
+                compilers: compilers.max(compilers_running()),
                 ..Round::default()
             };
             let mut host_busy = b1 - b0;
@@ -295,7 +309,7 @@ fn saturation_attached_vs_detached() {
             }
             r.host_us = host_busy as f64 * jiffy / ab.complete.max(1) as f64;
             eprintln!(
-                "round {round}: {:>8} {:>7.0} conn/s ({} done, {} failed), CPUs {:.1}% busy, host {:.1} µs/conn{}",
+                "round {round}: {:>8} {:>7.0} conn/s ({} done, {} failed), CPUs {:.1}% busy, host {:.1} µs/conn{}{}",
                 if attach { "attached" } else { "detached" },
                 r.rate,
                 r.complete,
@@ -305,7 +319,8 @@ fn saturation_attached_vs_detached() {
                 match (r.daemon_user_us, r.daemon_sys_us) {
                     (Some(u), Some(s)) => format!(", daemon {u:.2} user + {s:.2} sys µs/conn"),
                     _ => String::new(),
-                }
+                },
+                if r.compilers > 0 { format!("  [{} compilers running: skewed]", r.compilers) } else { String::new() }
             );
             if attach { attached.push(r) } else { detached.push(r) }
         }
@@ -359,6 +374,8 @@ fn saturation_attached_vs_detached() {
     println!("  load: {invocation}");
     println!("  CPUs busy during the load: detached {:.1}%, attached {:.1}% (saturated: >= {:.0}%)", d_busy * 100.0, a_busy * 100.0, SATURATED * 100.0);
     println!("  CPUs busy before the load (other work on the machine): {:.1}%", background * 100.0);
+    let skewed = detached.iter().chain(&attached).filter(|r| r.compilers > 0).count();
+    println!("  rounds with other builds running (skewed): {skewed} of {}", 2 * ROUNDS);
     println!("  ab failed requests: {failed} in all rounds");
     println!("  connections/s        detached {d_rate:>8.0}   attached {a_rate:>8.0}   ratio {rate_ratio:.3}  (all: detached {}; attached {})", all(&detached), all(&attached));
     println!("  host CPU µs/conn     detached {d_host:>8.2}   attached {a_host:>8.2}   ratio {host_ratio:.3}");
@@ -392,7 +409,7 @@ fn saturation_attached_vs_detached() {
     }
     let met = goals.iter().filter(|(_, v)| *v == "met").count();
     println!(
-        "SATURATION SUMMARY: {met}/{} goals met; rate x{rate_ratio:.3}, host CPU x{host_ratio:.3}, daemon {} /conn, record p99 {}, alert p99 {}; CPUs {:.0}% busy",
+        "SATURATION SUMMARY: {met}/{} goals met; rate x{rate_ratio:.3}, host CPU x{host_ratio:.3}, daemon {} /conn, record p99 {}, alert p99 {}; CPUs {:.0}% busy; {skewed} rounds skewed by other builds",
         goals.len(),
         show(daemon, "µs"),
         show(rec99, "µs"),
