@@ -376,6 +376,9 @@ fn saturation_attached_vs_detached() {
     println!("  CPUs busy before the load (other work on the machine): {:.1}%", background * 100.0);
     let skewed = detached.iter().chain(&attached).filter(|r| r.compilers > 0).count();
     println!("  rounds with other builds running (skewed): {skewed} of {}", 2 * ROUNDS);
+    if skewed > 0 || background > 0.10 {
+        println!("  WARNING: other work shared the CPUs ({:.0}% busy before the load, {skewed} rounds with compilers running): these figures are not the daemon's alone; rerun on a quiet machine", background * 100.0);
+    }
     println!("  ab failed requests: {failed} in all rounds");
     println!("  connections/s        detached {d_rate:>8.0}   attached {a_rate:>8.0}   ratio {rate_ratio:.3}  (all: detached {}; attached {})", all(&detached), all(&attached));
     println!("  host CPU µs/conn     detached {d_host:>8.2}   attached {a_host:>8.2}   ratio {host_ratio:.3}");
