@@ -17,6 +17,7 @@ pub mod map_names {
     pub const ATTEMPTS: &str = "ATTEMPTS";
     pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
     pub const LOCAL_IFACES: &str = "LOCAL_IFACES";
+    pub const OPENINGS: &str = "OPENINGS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -48,22 +49,27 @@ pub mod global_names {
     /// A TCP SYN or SCTP INIT with the same tuple and initial sequence number (or
     /// initiate tag) within this window is a retransmit, not a new connection.
     pub const RETRANSMIT_WINDOW_NS: &str = "RETRANSMIT_WINDOW_NS";
-    /// Offsets into the running kernel's `struct nf_conn`, from its BTF (Rust cannot
-    /// emit CO-RE relocations). `CT_ENABLED` 0: conntrack is not consulted.
+    /// Offsets into the running kernel's `struct sk_buff` and `struct nf_conn`, and the
+    /// latter's BTF id, from its BTF (Rust cannot emit CO-RE relocations).
+    /// `CT_ENABLED` 0: conntrack is not consulted.
     pub const CT_ENABLED: &str = "CT_ENABLED";
-    pub const CT_STATUS_OFF: &str = "CT_STATUS_OFF";
-    pub const CT_ORIG_SRC_ADDR_OFF: &str = "CT_ORIG_SRC_ADDR_OFF";
-    pub const CT_ORIG_SRC_PORT_OFF: &str = "CT_ORIG_SRC_PORT_OFF";
+    pub const SKB_NFCT_OFF: &str = "SKB_NFCT_OFF";
+    pub const NF_CONN_BTF_ID: &str = "NF_CONN_BTF_ID";
     pub const CT_ORIG_DST_ADDR_OFF: &str = "CT_ORIG_DST_ADDR_OFF";
     pub const CT_ORIG_DST_PORT_OFF: &str = "CT_ORIG_DST_PORT_OFF";
+    /// Past this many unread bytes in the ring buffer a record wakes the reader; below,
+    /// the reader's own short timer collects it (batched wakeups).
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 }
 
 /// Kernel functions (kfuncs) the bridge program calls; the loader patches their calls
 /// with the running kernel's BTF ids (aya 0.14 has no kfunc support).
 pub mod kfunc_names {
-    pub const CT_LOOKUP: &str = "bpf_skb_ct_lookup";
-    pub const CT_RELEASE: &str = "bpf_ct_release";
-    pub const ALL: [&str; 2] = [CT_LOOKUP, CT_RELEASE];
+    /// The `struct sk_buff` behind a TC program's context (kernel 6.3+).
+    pub const CAST_TO_KERN_CTX: &str = "bpf_cast_to_kern_ctx";
+    /// A read-only, fault-safe typed view of a kernel pointer (kernel 6.3+).
+    pub const RDONLY_CAST: &str = "bpf_rdonly_cast";
+    pub const ALL: [&str; 2] = [CAST_TO_KERN_CTX, RDONLY_CAST];
 }
 
 pub const FAMILY_IPV4: u8 = 4;
@@ -193,6 +199,22 @@ pub struct FlowSeen {
     pub _pad: u32,
 }
 
+/// A slot of the OPENINGS cache: the last TCP SYN / SCTP INIT seen on a bridge whose
+/// tuple hashes there. Direct-mapped (an array, no helper call, no lock): a collision
+/// evicts, and the worst it can cause is a retransmit reported twice, never a new
+/// connection missed (the whole tuple and the ISN must match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opening {
+    pub key: FlowKey,
+    pub seq: u32,
+    pub _pad: u32,
+    pub ktime_ns: u64,
+}
+
+/// Slots of the OPENINGS cache (a power of two).
+pub const OPENINGS_LEN: u32 = 8_192;
+
 /// Key of the ATTEMPTS map: the whole pre-DNAT tuple, as the uplink saw it. Two
 /// attempts from one source port to two host ports (a scanner's) are two entries.
 pub type AttemptKey = FlowKey;
@@ -206,7 +228,10 @@ pub struct AttemptValue {
     pub seq: u32,
     /// 1 once the host answered it (reported once).
     pub answered: u8,
-    pub _pad: [u8; 3],
+    /// 1 once a bridge saw it reach a container (its conntrack entry named this
+    /// attempt): the host's answer then decides nothing and is not reported.
+    pub reached: u8,
+    pub _pad: [u8; 2],
 }
 
 /// A host port Docker publishes (userspace's view of PUBLISHED_PORTS).
@@ -265,10 +290,14 @@ pub enum Counter {
     SpoofedLocal = 17,
     /// TCP SYN / SCTP INIT retransmits on a bridge (same tuple and ISN): not reported twice.
     RetransmitsDeduplicated = 18,
+    /// Host answers to attempts already seen reaching a container: no record needed.
+    AnswersOfReached = 19,
+    /// Records that woke the reader (the ring held more than WAKEUP_BYTES).
+    RingWakeups = 20,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 21;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::BridgePackets,
         Counter::BridgeNewFlows,
@@ -289,6 +318,8 @@ impl Counter {
         Counter::ConntrackFirstPackets,
         Counter::SpoofedLocal,
         Counter::RetransmitsDeduplicated,
+        Counter::AnswersOfReached,
+        Counter::RingWakeups,
     ];
 
     /// Name used in reports and metrics.
@@ -313,6 +344,8 @@ impl Counter {
             Counter::ConntrackFirstPackets => "conntrack_first_packets",
             Counter::SpoofedLocal => "spoofed_local",
             Counter::RetransmitsDeduplicated => "retransmits_deduplicated",
+            Counter::AnswersOfReached => "answers_of_reached",
+            Counter::RingWakeups => "ring_forced_wakeups",
         }
     }
 }
@@ -321,6 +354,8 @@ impl Counter {
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowSeen>() == 16);
+const _: () = assert!(core::mem::size_of::<Opening>() == 56);
+const _: () = assert!(OPENINGS_LEN.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<AttemptValue>() == 16);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
 

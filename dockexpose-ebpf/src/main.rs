@@ -8,7 +8,7 @@
 //!
 //! - `bridge_egress` (TCX egress on a container bridge): a new inbound flow that has
 //!   survived every firewall table and DNAT, i.e. it *reached* a container. The
-//!   connection's conntrack entry (kfunc `bpf_skb_ct_lookup`) gives its pre-DNAT
+//!   conntrack entry the packet carries (read through kfuncs) gives its pre-DNAT
 //!   destination exactly, whichever uplink it came through, and tells a first fragment
 //!   cut before the TCP flags from a later segment.
 //! - `bridge_ingress` (TCX ingress on a container bridge): UDP flows that containers
@@ -26,7 +26,7 @@ mod packet;
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, xdp_action, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
@@ -34,7 +34,8 @@ use aya_ebpf::{
     Global,
 };
 use dockexpose_common::{
-    published_port_index, AttemptKey, AttemptValue, ConnEvent, Counter, FlowKey, FlowSeen, ATTEMPTS_MAX,
+    published_port_index, AttemptKey, AttemptValue, ConnEvent, Counter, FlowKey, FlowSeen, Opening, ATTEMPTS_MAX,
+    OPENINGS_LEN,
     EVENTS_RING_BYTES, FAMILY_IPV4, FLAG_BY_CONNTRACK, FLAG_HAS_ORIG_DST, FLAG_SPOOFED_LOCAL, FLOWS_MAX,
     LOCAL_IFACES_MAX, PREFIXES_MAX, PREFIX_TRUSTED, PROTO_TCP, PROTO_UDP, PUBLISHED_PORTS_LEN, STAGE_ANSWERED,
     STAGE_ATTEMPTED, STAGE_REACHED,
@@ -58,15 +59,14 @@ static RETRANSMIT_WINDOW_NS: Global<u64> = Global::new(180_000_000_000);
 #[no_mangle]
 static CT_ENABLED: Global<u32> = Global::new(0);
 #[no_mangle]
-static CT_STATUS_OFF: Global<u32> = Global::new(0);
-#[no_mangle]
-static CT_ORIG_SRC_ADDR_OFF: Global<u32> = Global::new(0);
-#[no_mangle]
-static CT_ORIG_SRC_PORT_OFF: Global<u32> = Global::new(0);
-#[no_mangle]
 static CT_ORIG_DST_ADDR_OFF: Global<u32> = Global::new(0);
 #[no_mangle]
 static CT_ORIG_DST_PORT_OFF: Global<u32> = Global::new(0);
+
+/// Past this many unread bytes a record wakes the reader; below, the reader's own
+/// short timer collects it: one wakeup per batch, not per record.
+#[no_mangle]
+static WAKEUP_BYTES: Global<u64> = Global::new(0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
@@ -91,6 +91,11 @@ static LOCAL_IFACES: HashMap<u32, u8> = HashMap::with_max_entries(LOCAL_IFACES_M
 /// Outsiders choose the keys: LRU.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowSeen> = LruHashMap::with_max_entries(FLOWS_MAX, 0);
+
+/// The last SYN / INIT per slot, for telling retransmits from new connections without
+/// a hash-map update per SYN (see `Opening`).
+#[map]
+static OPENINGS: Array<Opening> = Array::with_max_entries(OPENINGS_LEN, 0);
 
 /// Attempts seen on the uplinks, by their whole pre-DNAT tuple: repeats are told from
 /// new attempts, and the host's answer is matched exactly. Outsiders choose the keys: LRU.
@@ -134,14 +139,13 @@ fn flow_key(flow: &Flow) -> FlowKey {
     }
 }
 
-/// Remembers a flow; returns true when it was already known and still fresh: for
-/// UDP any packet within the idle time, for TCP/SCTP the same ISN (a retransmit).
+/// Remembers a UDP flow; returns true when it was already known and still fresh
+/// (a packet within the idle time).
 #[inline(always)]
 fn flow_is_known(key: &FlowKey, seq: u32, now: u64) -> bool {
-    let window = if key.proto == PROTO_UDP { UDP_IDLE_NS.load() } else { RETRANSMIT_WINDOW_NS.load() };
     if let Some(seen) = FLOWS.get_ptr_mut(key) {
         let seen = unsafe { &mut *seen };
-        let fresh = now.wrapping_sub(seen.ktime_ns) < window && seen.seq == seq;
+        let fresh = now.wrapping_sub(seen.ktime_ns) < UDP_IDLE_NS.load() && seen.seq == seq;
         seen.ktime_ns = now;
         seen.seq = seq;
         return fresh;
@@ -152,12 +156,45 @@ fn flow_is_known(key: &FlowKey, seq: u32, now: u64) -> bool {
     false
 }
 
+/// Slot of a tuple in OPENINGS: a multiplicative hash of its 40 bytes.
+#[inline(always)]
+fn opening_slot(key: &FlowKey) -> u32 {
+    // SAFETY: FlowKey is 40 bytes of plain data on our stack.
+    let words: [u64; 5] = unsafe { core::ptr::read_unaligned((key as *const FlowKey).cast()) };
+    let mut h: u64 = 0;
+    for w in words {
+        h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    ((h >> 40) as u32) & (OPENINGS_LEN - 1)
+}
+
+/// True when this SYN / INIT repeats the last one of its slot (same tuple and ISN,
+/// within the window): a retransmit. Otherwise it takes the slot.
+#[inline(always)]
+fn opening_is_retransmit(key: &FlowKey, seq: u32, now: u64) -> bool {
+    let Some(slot) = OPENINGS.get_ptr_mut(opening_slot(key)) else {
+        return false;
+    };
+    // SAFETY: an array slot; a concurrent writer can at worst make us miss a repeat.
+    let slot = unsafe { &mut *slot };
+    if slot.key == *key && slot.seq == seq && now.wrapping_sub(slot.ktime_ns) < RETRANSMIT_WINDOW_NS.load() {
+        return true;
+    }
+    slot.key = *key;
+    slot.seq = seq;
+    slot.ktime_ns = now;
+    false
+}
+
 /// The pre-DNAT destination of a record, and its flags.
 struct Extra {
     orig_addr: [u8; 16],
     orig_port: u16,
     flags: u8,
 }
+
+/// A record's size in the ring buffer: the record and its 8-byte header.
+const RECORD_BYTES: u64 = (size_of::<ConnEvent>() + 8) as u64;
 
 /// Writes one record to the ring buffer, or counts it as lost.
 #[inline(always)]
@@ -181,43 +218,48 @@ fn emit(flow: &Flow, stage: u8, ifindex: u32, now: u64, extra: &Extra) -> bool {
     ev.flags = extra.flags;
     ev.seq = flow.seq;
     entry.write(ev);
-    entry.submit(0);
+    // Wake the reader once per batch: when this record (counted in the unread bytes,
+    // being reserved) is the one that crosses the threshold. A wakeup costs
+    // microseconds (irq_work); a record without one, nanoseconds.
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let threshold = WAKEUP_BYTES.load();
+    let wake = unread >= threshold && unread < threshold + RECORD_BYTES;
+    if wake {
+        count(Counter::RingWakeups);
+    }
+    entry.submit(if wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP } as u64);
     true
 }
 
 // ---------------------------------------------------------------------------------
 // Conntrack: the kernel's own view of the connection, whatever the packet's shape.
+//
+// The packet carries its conntrack entry (skb->_nfct: the nf_conn pointer, with the
+// packet's ctinfo in the low 3 bits). Reading it costs a few loads, where a lookup
+// by tuple (bpf_skb_ct_lookup) costs a hash walk and two atomic refcount updates
+// (~125 ns here): `bpf_cast_to_kern_ctx` gives the sk_buff behind the context,
+// `bpf_rdonly_cast` types the entry as `struct nf_conn` for fault-safe reads.
 
-/// `struct bpf_ct_opts` (16 bytes on 6.x kernels).
-#[repr(C)]
-struct BpfCtOpts {
-    netns_id: i32,
-    error: i32,
-    l4proto: u8,
-    dir: u8,
-    ct_zone_id: u16,
-    ct_zone_dir: u8,
-    reserved: [u8; 3],
-}
+/// ctinfo values (enum ip_conntrack_info).
+const IP_CT_NEW: u64 = 2;
+const IP_CT_IS_REPLY: u64 = 3;
+const NFCT_INFOMASK: u64 = 7;
 
-const BPF_F_CURRENT_NETNS: i32 = -1;
-const IPS_SEEN_REPLY: u64 = 1 << 1;
+#[no_mangle]
+static SKB_NFCT_OFF: Global<u32> = Global::new(0);
+/// BTF id of `struct nf_conn` in the running kernel.
+#[no_mangle]
+static NF_CONN_BTF_ID: Global<u32> = Global::new(0);
 
 extern "C" {
     // Kernel functions: the loader patches these calls with their BTF ids.
-    fn bpf_skb_ct_lookup(
-        skb: *mut __sk_buff,
-        tuple: *mut u8,
-        tuple_len: u32,
-        opts: *mut BpfCtOpts,
-        opts_len: u32,
-    ) -> *mut u8;
-    fn bpf_ct_release(ct: *mut u8);
+    fn bpf_cast_to_kern_ctx(ctx: *mut __sk_buff) -> *mut u8;
+    fn bpf_rdonly_cast(obj: *const u8, btf_id: u32) -> *const u8;
 }
 
 /// What conntrack knows of the connection a bridge packet belongs to.
 enum Conntrack {
-    /// No entry (conntrack not consulted, not tracked, SCTP): judge by the packet.
+    /// No entry (conntrack not consulted, untracked): judge by the packet.
     Unknown,
     /// The container opened it (a reply leaving towards it).
     FromInside,
@@ -226,72 +268,41 @@ enum Conntrack {
 }
 
 #[inline(always)]
-unsafe fn ct_read_u32(ct: *mut u8, off: u32) -> u32 {
+unsafe fn ct_read_u32(ct: *const u8, off: u32) -> u32 {
     core::ptr::read_volatile(ct.add(off as usize) as *const u32)
 }
 
-/// Looks the connection up by its reply tuple (the packet is past DNAT: container ->
-/// outside end is the reply direction of a connection the outside opened).
+/// The conntrack entry the packet carries, read in place (see above).
 #[inline(always)]
 fn conntrack(ctx: &TcContext, flow: &Flow) -> Conntrack {
-    if CT_ENABLED.load() == 0 || (flow.proto != PROTO_TCP && flow.proto != PROTO_UDP) {
+    if CT_ENABLED.load() == 0 {
         return Conntrack::Unknown;
     }
-    let mut tuple = [0u8; 36];
-    let len = if flow.family == FAMILY_IPV4 {
-        tuple[0..4].copy_from_slice(&flow.dst[0..4]);
-        tuple[4..8].copy_from_slice(&flow.src[0..4]);
-        tuple[8..10].copy_from_slice(&flow.dst_port.to_be_bytes());
-        tuple[10..12].copy_from_slice(&flow.src_port.to_be_bytes());
-        12
-    } else {
-        tuple[0..16].copy_from_slice(&flow.dst);
-        tuple[16..32].copy_from_slice(&flow.src);
-        tuple[32..34].copy_from_slice(&flow.dst_port.to_be_bytes());
-        tuple[34..36].copy_from_slice(&flow.src_port.to_be_bytes());
-        36
-    };
-    let mut opts = BpfCtOpts {
-        netns_id: BPF_F_CURRENT_NETNS,
-        error: 0,
-        l4proto: flow.proto,
-        dir: 0,
-        ct_zone_id: 0,
-        ct_zone_dir: 0,
-        reserved: [0; 3],
-    };
-    let ct = unsafe {
-        bpf_skb_ct_lookup(ctx.skb.skb, tuple.as_mut_ptr(), len, &mut opts, size_of::<BpfCtOpts>() as u32)
-    };
-    if ct.is_null() {
-        return Conntrack::Unknown;
-    }
-    // SAFETY: `ct` is a referenced nf_conn; offsets come from the kernel's BTF and the
-    // verifier checks each read against it.
-    let (status, src, src_port, orig_addr, orig_port) = unsafe {
-        let status = core::ptr::read_volatile(ct.add(CT_STATUS_OFF.load() as usize) as *const u64);
-        let so = CT_ORIG_SRC_ADDR_OFF.load();
-        let s = [ct_read_u32(ct, so), ct_read_u32(ct, so + 4), ct_read_u32(ct, so + 8), ct_read_u32(ct, so + 12)];
-        let sp = core::ptr::read_volatile(ct.add(CT_ORIG_SRC_PORT_OFF.load() as usize) as *const u16);
+    // SAFETY: the kfuncs return a trusted sk_buff and a read-only, fault-safe nf_conn
+    // view; offsets come from the kernel's BTF, and the verifier checks each read.
+    let (ctinfo, orig_addr, orig_port) = unsafe {
+        let skb = bpf_cast_to_kern_ctx(ctx.skb.skb);
+        let nfct = core::ptr::read_volatile(skb.add(SKB_NFCT_OFF.load() as usize) as *const u64);
+        if nfct == 0 {
+            return Conntrack::Unknown;
+        }
+        let ct = bpf_rdonly_cast((nfct & !NFCT_INFOMASK) as *const u8, NF_CONN_BTF_ID.load());
         let d0 = CT_ORIG_DST_ADDR_OFF.load();
         let d = [ct_read_u32(ct, d0), ct_read_u32(ct, d0 + 4), ct_read_u32(ct, d0 + 8), ct_read_u32(ct, d0 + 12)];
         let dp = core::ptr::read_volatile(ct.add(CT_ORIG_DST_PORT_OFF.load() as usize) as *const u16);
-        bpf_ct_release(ct);
-        (status, s, sp, d, dp)
+        (nfct & NFCT_INFOMASK, d, dp)
     };
-    let mut src_addr = [0u8; 16];
+    if ctinfo >= IP_CT_IS_REPLY {
+        return Conntrack::FromInside;
+    }
     let mut orig = [0u8; 16];
     let words = if flow.family == FAMILY_IPV4 { 1 } else { 4 };
     for i in 0..4 {
         if i < words {
-            src_addr[i * 4..i * 4 + 4].copy_from_slice(&src[i].to_ne_bytes());
             orig[i * 4..i * 4 + 4].copy_from_slice(&orig_addr[i].to_ne_bytes());
         }
     }
-    if src_addr != flow.src || u16::from_be(src_port) != flow.src_port {
-        return Conntrack::FromInside;
-    }
-    Conntrack::FromOutside { orig_addr: orig, orig_port: u16::from_be(orig_port), replied: status & IPS_SEEN_REPLY != 0 }
+    Conntrack::FromOutside { orig_addr: orig, orig_port: u16::from_be(orig_port), replied: ctinfo != IP_CT_NEW }
 }
 
 /// True when the packet is the host's own doing: sent by the host itself, or routed
@@ -355,6 +366,12 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
                 extra.orig_port = orig_port;
                 extra.flags |= FLAG_HAS_ORIG_DST;
                 count(Counter::ConntrackJoined);
+                // The uplink's attempt, by the very tuple it saw: reached, so the
+                // host's answer to it needs no record.
+                let attempt = FlowKey { dst_addr: orig_addr, dst_port: orig_port, ..key };
+                if let Some(a) = ATTEMPTS.get_ptr_mut(&attempt) {
+                    unsafe { (*a).reached = 1 };
+                }
             }
         }
         Conntrack::FromInside => {
@@ -375,7 +392,7 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
     if flags_hidden {
         extra.flags |= FLAG_BY_CONNTRACK;
     }
-    if flow.proto != PROTO_UDP && flow_is_known(&key, flow.seq, now) {
+    if flow.proto != PROTO_UDP && opening_is_retransmit(&key, flow.seq, now) {
         count(Counter::RetransmitsDeduplicated);
         return TCX_NEXT;
     }
@@ -451,7 +468,7 @@ fn uplink_attempt<const ETHERNET: bool>(ctx: &XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     }
-    let value = AttemptValue { ktime_ns: now, seq: flow.seq, answered: 0, _pad: [0; 3] };
+    let value = AttemptValue { ktime_ns: now, seq: flow.seq, answered: 0, reached: 0, _pad: [0; 2] };
     if ATTEMPTS.insert(&key, &value, 0).is_err() {
         count(Counter::MapUpdateFailed);
     }
@@ -502,6 +519,11 @@ fn uplink_answer<const ETHERNET: bool>(ctx: &TcContext) -> i32 {
         return TCX_NEXT;
     }
     attempt.answered = 1;
+    if attempt.reached != 0 {
+        // Already reported as reached: the answer decides nothing.
+        count(Counter::AnswersOfReached);
+        return TCX_NEXT;
+    }
     count(Counter::AttemptsAnswered);
     // Reported the way the attempt was: from the outside host to the host side.
     let inbound = Flow {

@@ -32,19 +32,23 @@ use crate::{
     kernel::{
         event::{KernelClock, Observation, Stage},
         loader::{ConntrackAccess, Kernel, KernelSettings, XdpAttachMode},
-        reader::{self, ReaderLoss},
+        reader::{self, ReaderStats},
     },
     net::prefix::Prefix,
     output::{alerts::Alerter, human, record::Record, sink::JsonSink},
-    stats::{LossTracker, PipelineCounters},
+    stats::{LatencyHistogram, LossTracker, PipelineCounters},
     verdict::AttemptTracker,
 };
 
-/// Most records handled before the audit log is flushed.
-const BATCH: usize = 1024;
-/// Records waiting between the reader and the outputs. A burst larger than this is
-/// counted as reader loss, never buffered without bound.
-const CHANNEL_CAPACITY: usize = 8192;
+/// Most batches handled before the audit log is flushed.
+const BATCHES_PER_FLUSH: usize = 8;
+/// Batches (of up to reader::MAX_BATCH records) waiting between the reader and the
+/// outputs. A burst larger than this is counted as reader loss, never buffered
+/// without bound.
+const CHANNEL_BATCHES: usize = 16;
+/// Unread ring-buffer bytes that wake the reader at once (about 800 records); fewer
+/// wait for its timer (reader::DRAIN_EVERY).
+const WAKEUP_BYTES: u64 = 64 * 1024;
 /// How often interfaces and addresses are re-read.
 const HOST_REFRESH: Duration = Duration::from_secs(1);
 /// How long a record that reached an address on a Docker network, but no known
@@ -145,6 +149,7 @@ fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
         quiet: args.quiet,
         kernel: KernelSettings {
             udp_idle_ns: args.udp_idle.saturating_mul(1_000_000_000),
+            wakeup_bytes: WAKEUP_BYTES,
             ..KernelSettings::default()
         },
     })
@@ -159,7 +164,12 @@ struct Watcher {
     ifnames: BTreeMap<u32, String>,
     sink: JsonSink,
     clock: KernelClock,
-    reader_loss: ReaderLoss,
+    reader: ReaderStats,
+    /// Kernel timestamp to audit-log record, and to alert line.
+    record_latency: LatencyHistogram,
+    alert_latency: LatencyHistogram,
+    /// Kernel timestamps of the records written since the last flush.
+    unflushed: Vec<u64>,
     losses: LossTracker,
     /// Last inventory Docker gave; kept while Docker is unreachable.
     inventory: Option<Inventory>,
@@ -194,7 +204,10 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         ifnames: BTreeMap::new(),
         sink,
         clock: KernelClock::now(),
-        reader_loss: ReaderLoss::default(),
+        reader: ReaderStats::default(),
+        record_latency: LatencyHistogram::default(),
+        alert_latency: LatencyHistogram::default(),
+        unflushed: Vec::new(),
         losses: LossTracker::default(),
         inventory: None,
         docker_connected: false,
@@ -234,8 +247,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     w.reconcile_uplinks();
     w.sync_prefixes()?;
 
-    let (tx, mut rx) = mpsc::channel::<ConnEvent>(CHANNEL_CAPACITY);
-    let mut reader_task = tokio::spawn(reader::run(ring, tx, w.reader_loss.clone()));
+    let (tx, mut rx) = mpsc::channel::<Vec<ConnEvent>>(CHANNEL_BATCHES);
+    let mut reader_task = tokio::spawn(reader::run(ring, tx, w.reader.clone()));
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut refresh = interval(HOST_REFRESH);
@@ -271,12 +284,12 @@ pub async fn run(args: WatchArgs) -> Result<()> {
 
     let outcome = loop {
         tokio::select! {
-            Some(ev) = rx.recv() => {
-                w.handle(&ev)?;
+            Some(batch) = rx.recv() => {
+                w.handle_batch(&batch)?;
                 // Take the rest of a burst now; flushed below, once.
-                for _ in 0..BATCH {
-                    let Ok(ev) = rx.try_recv() else { break };
-                    w.handle(&ev)?;
+                for _ in 0..BATCHES_PER_FLUSH {
+                    let Ok(batch) = rx.try_recv() else { break };
+                    w.handle_batch(&batch)?;
                 }
             }
             Some(state) = next_docker_state(&mut docker_rx) => w.docker_changed(state)?,
@@ -291,15 +304,15 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             },
         }
         // Before waiting again, everything seen so far is written out.
-        w.sink.flush()?;
+        w.flush()?;
     };
     reader_task.abort();
     // What the reader handed over before stopping still gets written.
-    while let Ok(ev) = rx.try_recv() {
-        w.handle(&ev)?;
+    while let Ok(batch) = rx.try_recv() {
+        w.handle_batch(&batch)?;
     }
     w.release_pending(true)?;
-    w.sink.flush()?;
+    w.flush()?;
     if !w.attempts.is_empty() {
         eprintln!("dockexpose: {} attempts were still within their --blocked-after window at exit: no verdict", w.attempts.len());
     }
@@ -471,7 +484,8 @@ impl Watcher {
         let clock = self.clock;
         for verdict in self.attempts.expire(clock.ktime_now()) {
             let rec = correlate::verdict_record(&verdict, |k| clock.wall(k), self.inventory.as_ref());
-            self.write(&rec)?;
+            // Verdicts wait for their window by design: no latency sample.
+            self.write(&rec, None)?;
         }
         let untracked = self.attempts.take_untracked();
         self.attempts_untracked += untracked;
@@ -532,6 +546,13 @@ impl Watcher {
         let bridges: Vec<&str> = self.kernel.bridges().collect();
         let table = local::source_table(&self.host, bridges, &self.settings.trusted);
         self.kernel.sync_prefixes(&table)
+    }
+
+    fn handle_batch(&mut self, batch: &[ConnEvent]) -> Result<()> {
+        for ev in batch {
+            self.handle(ev)?;
+        }
+        Ok(())
     }
 
     fn handle(&mut self, ev: &ConnEvent) -> Result<()> {
@@ -601,17 +622,36 @@ impl Watcher {
 
     fn emit(&mut self, obs: &Observation, iface: &str) -> Result<()> {
         let rec = correlate::record(obs, obs.stage, self.clock.wall(obs.ktime_ns), iface, self.inventory.as_ref());
-        self.write(&rec)
+        self.write(&rec, Some(obs.ktime_ns))
     }
 
-    /// One record out: the audit log, the connection line, the alert.
-    fn write(&mut self, rec: &Record) -> Result<()> {
-        self.sink.write_line(&rec.to_json_line())?;
+    /// Pushes the audit log's buffer to the file; the records in it are now written.
+    fn flush(&mut self) -> Result<()> {
+        self.sink.flush()?;
+        let now = self.clock.ktime_now();
+        for t in self.unflushed.drain(..) {
+            self.record_latency.record(now.saturating_sub(t) / 1000);
+        }
+        Ok(())
+    }
+
+    /// One record out: the audit log, the connection line, the alert. `seen_ns`: the
+    /// kernel timestamp of the packet, for the latency figures.
+    fn write(&mut self, rec: &Record, seen_ns: Option<u64>) -> Result<()> {
+        self.sink.write_record(rec)?;
+        let latency_us = |clock: &KernelClock| seen_ns.map(|t| clock.ktime_now().saturating_sub(t) / 1000);
+        if let Some(t) = seen_ns {
+            // Measured once the buffer reaches the file (`flush`).
+            self.unflushed.push(t);
+        }
         if !self.settings.quiet {
             eprintln!("{}", human::connection_line(rec));
         }
         if let Some(alert) = self.alerter.observe(rec, Instant::now()) {
             eprintln!("{alert}");
+            if let Some(us) = latency_us(&self.clock) {
+                self.alert_latency.record(us);
+            }
         }
         Ok(())
     }
@@ -634,7 +674,11 @@ impl Watcher {
     fn counters(&self) -> Result<PipelineCounters> {
         Ok(PipelineCounters {
             kernel: self.kernel.counters()?,
-            reader_lost: self.reader_loss.get(),
+            reader_lost: self.reader.lost(),
+            reader_wakeups: self.reader.wakeups(),
+            records_read: self.reader.records(),
+            record_latency: self.record_latency.summary(),
+            alert_latency: self.alert_latency.summary(),
             unbound_attempts: self.unbound_attempts,
             answers_received: self.answers_received,
             attempts_untracked: self.attempts_untracked,

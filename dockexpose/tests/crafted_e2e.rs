@@ -12,7 +12,12 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{craft::*, docker, *};
+use support::{
+    craft::*,
+    docker,
+    engine::{Proxy, SecondEngine},
+    *,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const C_SCTP: u16 = 3868;
@@ -129,22 +134,21 @@ fn crafted_first_packets_that_reach_a_container_are_each_reported_with_the_exact
         if r["proto"] != s.proto || r["spoofed_local"] != spoofed {
             wrong.push(format!("{}: proto/spoofed_local wrong in {r}", s.shape));
         }
-        // Conntrack gives TCP and UDP their exact host side; SCTP has no conntrack
-        // lookup from BPF (and no uplink here): null rather than a guess.
-        let host = if s.proto == "sctp" { (Value::Null, Value::Null) } else { (s.host.ip().to_string().into(), s.host.port().into()) };
+        // Conntrack gives every protocol its exact host side (no uplink program here).
+        let host: (Value, Value) = (s.host.ip().to_string().into(), s.host.port().into());
         if (r["host_ip"].clone(), r["host_port"].clone()) != host {
             wrong.push(format!("{}: host side {:?} wanted {host:?}", s.shape, (&r["host_ip"], &r["host_port"])));
         }
-        let shape: Vec<&str> = r["shape"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        let shape: Vec<&str> = r["shape"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         for m in s.marks {
             if !shape.contains(m) {
                 wrong.push(format!("{}: shape {shape:?} lacks {m}", s.shape));
             }
         }
     }
+    assert!(wrong.is_empty(), "{} problems:\n{}", wrong.len(), wrong.join("\n"));
     let last = lines.iter().find(|l| l.contains("final counters")).expect("final counters");
     assert_eq!(counter(last, "bridge_uninspected"), 0, "{last}");
-    assert!(wrong.is_empty(), "{} problems:\n{}", wrong.len(), wrong.join("\n"));
 }
 
 #[test]
@@ -174,4 +178,37 @@ fn a_syn_in_8_byte_fragments_is_reported_on_the_real_engine() {
     let last = lines.iter().find(|l| l.contains("final counters")).unwrap();
     assert!(counter(last, "conntrack_first_packets") >= 1, "{last}");
     assert!(counter(last, "unparsed") >= 1, "the uplink counted what it could not inspect: {last}");
+}
+
+#[test]
+fn sctp_published_ports_are_attempted_and_reached_on_a_real_engine() {
+    if !docker::ready("sctp_published_ports_are_attempted_and_reached_on_a_real_engine") {
+        return;
+    }
+    // This kernel has SCTP conntrack and NAT but no SCTP sockets, so the machine's
+    // engine cannot publish an SCTP port (its proxy, or the socket it holds to reserve
+    // the port, fails). A second engine in its own namespace with a stand-in proxy
+    // gets Docker's real SCTP DNAT and FORWARD rules.
+    let engine = SecondEngine::start_with("sc", Proxy::SctpStub, &[]);
+    let port = 26100;
+    let c = engine.run(&format!("dx-sctp-{}", engine.n), &["-p", &format!("{port}:{C_SCTP}/sctp")], &engine.image, &["80", "5300"]);
+    let w = engine.watch(&["--blocked-after", "2", "--stats-interval", "0"], json_path("sctp"));
+    let src: IpAddr = engine.outside_v4().parse().unwrap();
+    let before = c.snmp("Ip", "InUnknownProtos");
+    craft(&engine.outside_ns, "sctp4-init", src, engine.host4(port), 44001, TIMEOUT);
+    assert_eq!(c.snmp("Ip", "InUnknownProtos"), before + 1, "the INIT was DNAT'd into the container");
+    std::thread::sleep(Duration::from_millis(2500)); // past --blocked-after
+    let (records, status, _) = w.stop();
+    assert!(status.success());
+    let of = |stage: &str| -> Vec<Value> { records.iter().filter(|r| r["src_port"] == 44001 && r["stage"] == stage).cloned().collect() };
+    let (attempted, reached) = (of("attempted"), of("reached"));
+    assert_eq!((attempted.len(), reached.len()), (1, 1), "{records:#?}");
+    assert!(of("blocked").is_empty(), "reached, so never blocked: {records:#?}");
+    assert_eq!((attempted[0]["proto"].as_str(), attempted[0]["dst_port"].as_u64()), (Some("sctp"), Some(port as u64)));
+    assert_eq!(attempted[0]["container"]["name"], c.name.as_str());
+    assert_eq!(reached[0]["proto"], "sctp");
+    assert_eq!(reached[0]["dst_port"], C_SCTP);
+    assert_eq!(reached[0]["host_port"], port, "from the conntrack entry");
+    assert_eq!(reached[0]["container"]["name"], c.name.as_str());
+    assert_eq!(reached[0]["exposure"], "published");
 }

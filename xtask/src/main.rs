@@ -163,7 +163,7 @@ fn test(root: bool, args: &[String]) -> Result<()> {
     let mut cmd = cargo();
     // One test at a time: the integration tests share kernel state (bpffs, TCX links,
     // iptables rules, network namespaces).
-    cmd.args(["test", "--release", "--package", "dockexpose-common", "--package", "dockexpose"])
+    cmd.args(["test", "--release", "--no-fail-fast", "--package", "dockexpose-common", "--package", "dockexpose"])
         .args(["--package", "xtask", "--", "--test-threads=1"])
         .args(args);
     if env::var_os("CI").is_some() {

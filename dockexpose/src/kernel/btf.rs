@@ -247,7 +247,8 @@ mod tests {
     fn reads_the_running_kernels_nf_conn() {
         // The kernels this project runs on have BTF and conntrack built in.
         let btf = Btf::from_sys_fs().unwrap();
-        assert!(btf.id_of("bpf_skb_ct_lookup", KIND_FUNC).is_some());
+        assert!(btf.id_of("bpf_rdonly_cast", KIND_FUNC).is_some());
+        assert!(btf.offset_of("sk_buff", &["_nfct"]).is_ok());
         let dst = btf.offset_of("nf_conn", &["tuplehash", "tuple", "dst", "u3"]).unwrap();
         let src = btf.offset_of("nf_conn", &["tuplehash", "tuple", "src", "u3"]).unwrap();
         // struct nf_conntrack_man is u3 (16 bytes), u (2), l3num (2): dst follows 20 bytes on.

@@ -36,11 +36,14 @@ pub struct KernelSettings {
     pub udp_idle_ns: u64,
     /// A SYN / INIT repeated with the same ISN within this window is a retransmit.
     pub retransmit_window_ns: u64,
+    /// A record wakes the reader once this many bytes wait in the ring; the reader's
+    /// timer collects smaller batches. 0: every record wakes it.
+    pub wakeup_bytes: u64,
 }
 
 impl Default for KernelSettings {
     fn default() -> Self {
-        Self { udp_idle_ns: 30_000_000_000, retransmit_window_ns: 180_000_000_000 }
+        Self { udp_idle_ns: 30_000_000_000, retransmit_window_ns: 180_000_000_000, wakeup_bytes: 0 }
     }
 }
 
@@ -54,21 +57,22 @@ pub enum ConntrackAccess {
     Unavailable(String),
 }
 
-/// Offsets into `struct nf_conn` the bridge program reads.
-struct CtOffsets {
-    status: u32,
-    orig_src_addr: u32,
-    orig_src_port: u32,
+/// Where the bridge program finds a packet's conntrack entry and reads it.
+#[derive(Default)]
+struct CtLayout {
+    skb_nfct: u32,
+    nf_conn_btf_id: u32,
     orig_dst_addr: u32,
     orig_dst_port: u32,
 }
 
-fn ct_offsets(btf: &btf::Btf) -> std::result::Result<CtOffsets, btf::BtfError> {
+fn ct_layout(btf: &btf::Btf) -> std::result::Result<CtLayout, btf::BtfError> {
     let at = |path: &[&str]| btf.offset_of("nf_conn", path);
-    Ok(CtOffsets {
-        status: at(&["status"])?,
-        orig_src_addr: at(&["tuplehash", "tuple", "src", "u3"])?,
-        orig_src_port: at(&["tuplehash", "tuple", "src", "u", "all"])?,
+    Ok(CtLayout {
+        skb_nfct: btf.offset_of("sk_buff", &["_nfct"])?,
+        nf_conn_btf_id: btf
+            .id_of("nf_conn", btf::KIND_STRUCT)
+            .ok_or_else(|| btf::BtfError("struct nf_conn is not in the kernel's BTF".into()))?,
         orig_dst_addr: at(&["tuplehash", "tuple", "dst", "u3"])?,
         orig_dst_port: at(&["tuplehash", "tuple", "dst", "u", "all"])?,
     })
@@ -148,7 +152,7 @@ impl Kernel {
         // running kernel's BTF, or a clearly announced fallback.
         let kernel_btf = btf::Btf::from_sys_fs();
         let offsets = match &kernel_btf {
-            Ok(b) => ct_offsets(b).map_err(|e| e.0),
+            Ok(b) => ct_layout(b).map_err(|e| e.0),
             Err(e) => Err(e.0.clone()),
         };
         let (object, patched) = kfunc::resolve(EBPF_OBJECT, &kfunc_names::ALL, |name| {
@@ -161,7 +165,7 @@ impl Kernel {
             (Err(e), _) => ConntrackAccess::Unavailable(format!("no conntrack layout in the kernel's BTF ({e})")),
             (Ok(_), false) => ConntrackAccess::Unavailable(format!("the kernel lacks {}", patched.missing.join(", "))),
         };
-        let ct = offsets.unwrap_or(CtOffsets { status: 0, orig_src_addr: 0, orig_src_port: 0, orig_dst_addr: 0, orig_dst_port: 0 });
+        let ct = offsets.unwrap_or_default();
         let ct_enabled = u32::from(conntrack == ConntrackAccess::Kfuncs);
         // Aligned copy: the ELF parser wants 8-byte alignment.
         let mut aligned: Vec<u64> = vec![0; object.len().div_ceil(8)];
@@ -171,10 +175,10 @@ impl Kernel {
         let mut ebpf = EbpfLoader::new()
             .override_global(global_names::UDP_IDLE_NS, &settings.udp_idle_ns, true)
             .override_global(global_names::RETRANSMIT_WINDOW_NS, &settings.retransmit_window_ns, true)
+            .override_global(global_names::WAKEUP_BYTES, &settings.wakeup_bytes, true)
             .override_global(global_names::CT_ENABLED, &ct_enabled, true)
-            .override_global(global_names::CT_STATUS_OFF, &ct.status, true)
-            .override_global(global_names::CT_ORIG_SRC_ADDR_OFF, &ct.orig_src_addr, true)
-            .override_global(global_names::CT_ORIG_SRC_PORT_OFF, &ct.orig_src_port, true)
+            .override_global(global_names::SKB_NFCT_OFF, &ct.skb_nfct, true)
+            .override_global(global_names::NF_CONN_BTF_ID, &ct.nf_conn_btf_id, true)
             .override_global(global_names::CT_ORIG_DST_ADDR_OFF, &ct.orig_dst_addr, true)
             .override_global(global_names::CT_ORIG_DST_PORT_OFF, &ct.orig_dst_port, true)
             .load(bytes)?;

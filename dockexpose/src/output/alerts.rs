@@ -94,6 +94,18 @@ fn host_side(rec: &Record) -> String {
     }
 }
 
+/// The alert kind of a record, or None when it deserves no alert. Cheap: no
+/// formatting, so that records which only add to a count cost little.
+fn kind(rec: &Record) -> Option<&'static str> {
+    match (rec.stage, rec.exposure) {
+        ("reached", "loopback_only") => Some("loopback_only"),
+        ("reached", "unpublished") => Some("unpublished"),
+        ("reached", _) => Some("reached"),
+        ("blocked", _) => Some("blocked"),
+        _ => None,
+    }
+}
+
 /// The alert kind and line for a record, or None when it deserves no alert.
 pub fn headline(rec: &Record) -> Option<(&'static str, String)> {
     let target = format!("{}/{}", rec.dst_port, rec.proto);
@@ -144,7 +156,7 @@ impl Alerter {
 
     /// Registers a record; returns the line to show now, if any.
     pub fn observe(&mut self, rec: &Record, now: Instant) -> Option<String> {
-        let (kind, line) = headline(rec)?;
+        let kind = kind(rec)?;
         let exposure = ExposureKey {
             kind,
             target: rec.container.as_ref().map_or_else(|| rec.dst_ip.to_string(), |c| c.id.clone()),
@@ -187,6 +199,7 @@ impl Alerter {
             }
         }
         self.new_this_second = self.new_this_second.saturating_add(1);
+        let (_, line) = headline(rec)?;
         if self.open.len() < MAX_OPEN {
             self.open.insert(key, Open { first: now, count: 1, headline: line.clone() });
         }

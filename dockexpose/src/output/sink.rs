@@ -33,6 +33,20 @@ impl JsonSink {
         }
     }
 
+    /// Appends one record as a JSON line, encoded straight into the buffer.
+    pub fn write_record<T: serde::Serialize>(&mut self, record: &T) -> Result<()> {
+        fn line<W: Write>(out: &mut W, record: &impl serde::Serialize) -> io::Result<()> {
+            serde_json::to_writer(&mut *out, record)?;
+            out.write_all(b"\n")
+        }
+        let res = match self {
+            JsonSink::Off => Ok(()),
+            JsonSink::Stdout(out) => line(out, record),
+            JsonSink::File(f) => line(f, record),
+        };
+        res.map_err(Error::JsonWrite)
+    }
+
     pub fn write_line(&mut self, line: &str) -> Result<()> {
         let res = match self {
             JsonSink::Off => Ok(()),

@@ -591,6 +591,7 @@ pub fn tcx_programs(iface: &str, egress: bool) -> Vec<String> {
 pub mod docker;
 pub mod craft;
 pub mod tun;
+pub mod engine;
 
 /// True when an XDP program (native or generic) is attached to `iface`.
 pub fn xdp_attached(iface: &str) -> bool {
