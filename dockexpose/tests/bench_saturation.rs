@@ -32,6 +32,8 @@ const LENGTH_S: u32 = 4;
 const CLIENTS: [u32; 3] = [16, 32, 64];
 /// Busy share of all CPUs that counts as saturated.
 const SATURATED: f64 = 0.90;
+/// Share of the CPUs that other builds may take in a round before it counts as skewed.
+const SKEWED: f64 = 0.02;
 const IDLE_CONNECTIONS: usize = 20;
 const IDLE_GAP: Duration = Duration::from_millis(50);
 
@@ -63,6 +65,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> Option<f64> {
 fn show(v: Option<f64>, unit: &str) -> String {
     match v {
         Some(x) if x.abs() >= 100.0 => format!("{x:.0} {unit}"),
+        Some(x) if x != 0.0 && x.abs() < 0.1 => format!("{x:.5} {unit}"),
         Some(x) => format!("{x:.2} {unit}"),
         None => "n/a".to_string(),
     }
@@ -101,8 +104,46 @@ fn proc_cpu(pid: u32) -> (u64, u64) {
     (f[11].parse().unwrap(), f[12].parse().unwrap())
 }
 
+/// Nanoseconds on a CPU of all the threads of a process (first field of each
+/// /proc/PID/task/TID/schedstat): the total at ns precision, where utime and stime
+/// count 10 ms jiffies (a few jiffies a round: too coarse for µs per connection).
+fn proc_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
 fn us_per_jiffy() -> f64 {
     1e6 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// CPU jiffies (utime + stime) of each compiler on the machine now (other engineers'
+/// builds), by pid. A compiler that runs during a round skews it, and which way
+/// depends on which round it falls in; one that waits (a build blocked on a lock)
+/// does not.
+fn compiler_jiffies() -> std::collections::HashMap<u32, u64> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Default::default() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| matches!(c.trim(), "rustc" | "bpf-linker" | "cc1" | "cc1plus" | "ld" | "ld.bfd" | "ld.lld" | "clang"))
+        })
+        .filter_map(|pid| {
+            // It may have exited since: skip it then.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let f: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+            Some((pid, f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
+        })
+        .collect()
+}
+
+/// Jiffies the compilers used between two snapshots (new ones: all of theirs).
+fn compiler_use(before: &std::collections::HashMap<u32, u64>, after: &std::collections::HashMap<u32, u64>) -> u64 {
+    after.iter().map(|(pid, j)| j.saturating_sub(before.get(pid).copied().unwrap_or(0))).sum()
 }
 
 /// What one ab run said.
@@ -139,9 +180,13 @@ struct Round {
     complete: u64,
     failed: u64,
     busy_share: f64,
+    /// Share of all CPUs that other engineers' compilers used during the load.
+    compilers: f64,
     host_us: f64,
     daemon_user_us: Option<f64>,
     daemon_sys_us: Option<f64>,
+    /// user + system from schedstat (ns precision).
+    daemon_total_us: Option<f64>,
     wakeups: Option<f64>,
     records: Option<f64>,
     record_p50: Option<f64>,
@@ -257,7 +302,8 @@ fn saturation_attached_vs_detached() {
         // Alternate which goes first, so that drift over the run hits both alike.
         for attach in if round % 2 == 0 { [false, true] } else { [true, false] } {
             let watcher = attach.then(|| Watcher::start(&["--uplink", &outside.uplink, "--quiet", "--stats-interval", "0"], json.clone()));
-            let before_daemon = watcher.as_ref().map(|w| proc_cpu(w.pid()));
+            let before_daemon = watcher.as_ref().map(|w| (proc_cpu(w.pid()), proc_cpu_ns(w.pid())));
+            let compilers0 = compiler_jiffies();
             let (b0, t0) = cpu_jiffies();
             let ab = run_ab(&outside.ns, &ab_args(clients, LENGTH_S, src, &url));
             let (b1, t1) = cpu_jiffies();
@@ -266,6 +312,7 @@ fn saturation_attached_vs_detached() {
                 complete: ab.complete,
                 failed: ab.failed,
                 busy_share: (b1 - b0) as f64 / (t1 - t0).max(1) as f64,
+                compilers: compiler_use(&compilers0, &compiler_jiffies()) as f64 / (t1 - t0).max(1) as f64,
                 ..Round::default()
             };
             let mut host_busy = b1 - b0;
@@ -277,9 +324,11 @@ fn saturation_attached_vs_detached() {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 let (u1, s1) = proc_cpu(w.pid());
+                let ns1 = proc_cpu_ns(w.pid());
                 let (b2, _) = cpu_jiffies();
                 host_busy = b2 - b0;
-                let (u0, s0) = before_daemon.unwrap();
+                let ((u0, s0), ns0) = before_daemon.unwrap();
+                r.daemon_total_us = Some((ns1 - ns0) as f64 / 1000.0 / ab.complete.max(1) as f64);
                 let per = |j: u64| j as f64 * jiffy / ab.complete.max(1) as f64;
                 r.daemon_user_us = Some(per(u1 - u0));
                 r.daemon_sys_us = Some(per(s1 - s0));
@@ -295,7 +344,7 @@ fn saturation_attached_vs_detached() {
             }
             r.host_us = host_busy as f64 * jiffy / ab.complete.max(1) as f64;
             eprintln!(
-                "round {round}: {:>8} {:>7.0} conn/s ({} done, {} failed), CPUs {:.1}% busy, host {:.1} µs/conn{}",
+                "round {round}: {:>8} {:>7.0} conn/s ({} done, {} failed), CPUs {:.1}% busy, host {:.1} µs/conn{}{}",
                 if attach { "attached" } else { "detached" },
                 r.rate,
                 r.complete,
@@ -303,9 +352,10 @@ fn saturation_attached_vs_detached() {
                 r.busy_share * 100.0,
                 r.host_us,
                 match (r.daemon_user_us, r.daemon_sys_us) {
-                    (Some(u), Some(s)) => format!(", daemon {u:.2} user + {s:.2} sys µs/conn"),
+                    (Some(u), Some(s)) => format!(", daemon {:.2} µs/conn ({u:.2} user + {s:.2} sys in jiffies)", r.daemon_total_us.unwrap_or(0.0)),
                     _ => String::new(),
-                }
+                },
+                if r.compilers > SKEWED { format!("  [other builds used {:.0}% of the CPUs: skewed]", r.compilers * 100.0) } else { String::new() }
             );
             if attach { attached.push(r) } else { detached.push(r) }
         }
@@ -347,7 +397,7 @@ fn saturation_attached_vs_detached() {
     let (d_busy, a_busy) = (med(&detached, &|r| Some(r.busy_share)).unwrap(), med(&attached, &|r| Some(r.busy_share)).unwrap());
     let user = med(&attached, &|r| r.daemon_user_us);
     let sys = med(&attached, &|r| r.daemon_sys_us);
-    let daemon = med(&attached, &|r| Some(r.daemon_user_us? + r.daemon_sys_us?));
+    let daemon = med(&attached, &|r| r.daemon_total_us);
     let wakeups = med(&attached, &|r| r.wakeups);
     let records = med(&attached, &|r| r.records);
     let (rec50, rec99, alert99) = (med(&attached, &|r| r.record_p50), med(&attached, &|r| r.record_p99), med(&attached, &|r| r.alert_p99));
@@ -359,10 +409,21 @@ fn saturation_attached_vs_detached() {
     println!("  load: {invocation}");
     println!("  CPUs busy during the load: detached {:.1}%, attached {:.1}% (saturated: >= {:.0}%)", d_busy * 100.0, a_busy * 100.0, SATURATED * 100.0);
     println!("  CPUs busy before the load (other work on the machine): {:.1}%", background * 100.0);
+    let skewed = detached.iter().chain(&attached).filter(|r| r.compilers > SKEWED).count();
+    println!("  rounds with other builds running (skewed): {skewed} of {}", 2 * ROUNDS);
+    if skewed > 0 || background > 0.10 {
+        println!("  WARNING: other work shared the CPUs ({:.0}% busy before the load, {skewed} rounds where other builds took over {:.0}% of the CPUs): these figures are not the daemon's alone; rerun on a quiet machine", background * 100.0, SKEWED * 100.0);
+    }
     println!("  ab failed requests: {failed} in all rounds");
     println!("  connections/s        detached {d_rate:>8.0}   attached {a_rate:>8.0}   ratio {rate_ratio:.3}  (all: detached {}; attached {})", all(&detached), all(&attached));
     println!("  host CPU µs/conn     detached {d_host:>8.2}   attached {a_host:>8.2}   ratio {host_ratio:.3}");
-    println!("  daemon CPU µs/conn   user {}   system {}   total {}", show(user, "µs"), show(sys, "µs"), show(daemon, "µs"));
+    println!(
+        "  daemon CPU µs/conn   total {} (schedstat, ns precision)   user {}   system {} (utime/stime: 10 ms jiffies, ±{:.2} µs/conn a round)",
+        show(daemon, "µs"),
+        show(user, "µs"),
+        show(sys, "µs"),
+        jiffy / med(&attached, &|r| Some(r.complete as f64)).unwrap_or(1.0)
+    );
     println!("  ring buffer          wakeups/conn {}   records/conn {}", show(wakeups, ""), show(records, ""));
     println!("  latency (saturated)  record p50 {}   record p99 {}   alert p99 {}", show(rec50, "µs"), show(rec99, "µs"), show(alert99, "µs"));
     println!(
@@ -392,7 +453,7 @@ fn saturation_attached_vs_detached() {
     }
     let met = goals.iter().filter(|(_, v)| *v == "met").count();
     println!(
-        "SATURATION SUMMARY: {met}/{} goals met; rate x{rate_ratio:.3}, host CPU x{host_ratio:.3}, daemon {} /conn, record p99 {}, alert p99 {}; CPUs {:.0}% busy",
+        "SATURATION SUMMARY: {met}/{} goals met; rate x{rate_ratio:.3}, host CPU x{host_ratio:.3}, daemon {} /conn, record p99 {}, alert p99 {}; CPUs {:.0}% busy; {skewed} rounds skewed by other builds",
         goals.len(),
         show(daemon, "µs"),
         show(rec99, "µs"),
