@@ -117,6 +117,8 @@ pub const FLAG_VLAN: u8 = 32;
 /// Values in the LOCAL_V4/LOCAL_V6 prefix tries.
 pub const PREFIX_LOCAL: u8 = 1;
 pub const PREFIX_TRUSTED: u8 = 2;
+/// One of the host's own addresses (local as a source; the destination of attempts).
+pub const PREFIX_HOST: u8 = 3;
 
 /// Capacities of the kernel maps. Every map an outsider can fill is LRU and bounded.
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;

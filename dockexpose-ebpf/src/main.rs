@@ -37,7 +37,7 @@ use dockexpose_common::{
     published_port_index, AttemptKey, AttemptValue, ConnEvent, Counter, FlowKey, FlowSeen, Opening, ATTEMPTS_MAX,
     OPENINGS_LEN,
     EVENTS_RING_BYTES, FAMILY_IPV4, FLAG_BY_CONNTRACK, FLAG_HAS_ORIG_DST, FLAG_SPOOFED_LOCAL, FLOWS_MAX,
-    LOCAL_IFACES_MAX, PREFIXES_MAX, PREFIX_TRUSTED, PROTO_TCP, PROTO_UDP, PUBLISHED_PORTS_LEN, STAGE_ANSWERED,
+    LOCAL_IFACES_MAX, PREFIXES_MAX, PREFIX_HOST, PREFIX_TRUSTED, PROTO_TCP, PROTO_UDP, PUBLISHED_PORTS_LEN, STAGE_ANSWERED,
     STAGE_ATTEMPTED, STAGE_REACHED,
 };
 use dockexpose_common::{
@@ -121,16 +121,20 @@ fn count(counter: Counter) {
     }
 }
 
-/// PREFIX_LOCAL, PREFIX_TRUSTED, or None for an outside source.
+/// PREFIX_LOCAL, PREFIX_HOST, PREFIX_TRUSTED, or None for an outside address.
 #[inline(always)]
-fn source_kind(flow: &Flow) -> Option<u8> {
-    let kind = if flow.family == FAMILY_IPV4 {
-        let addr = [flow.src[0], flow.src[1], flow.src[2], flow.src[3]];
-        LOCAL_V4.get(Key::new(32, addr))
+fn prefix_kind(family: u8, addr: &[u8; 16]) -> Option<u8> {
+    let kind = if family == FAMILY_IPV4 {
+        LOCAL_V4.get(Key::new(32, [addr[0], addr[1], addr[2], addr[3]]))
     } else {
-        LOCAL_V6.get(Key::new(128, flow.src))
+        LOCAL_V6.get(Key::new(128, *addr))
     };
     kind.copied()
+}
+
+#[inline(always)]
+fn source_kind(flow: &Flow) -> Option<u8> {
+    prefix_kind(flow.family, &flow.src)
 }
 
 fn flow_key(flow: &Flow) -> FlowKey {
@@ -453,6 +457,11 @@ fn uplink_attempt<const ETHERNET: bool>(ctx: &XdpContext) -> u32 {
     };
     let published = PUBLISHED_PORTS.get(published_port_index(flow.dst_port, flow.proto));
     if published.is_none_or(|p| *p == 0) {
+        return xdp_action::XDP_PASS;
+    }
+    // Only an address of the host itself is DNAT'd to a published port: traffic routed
+    // or bridged past the host (to a VM on a bridged uplink) is no attempt.
+    if prefix_kind(flow.family, &flow.dst) != Some(PREFIX_HOST) {
         return xdp_action::XDP_PASS;
     }
     let mut flags = flow.shape;

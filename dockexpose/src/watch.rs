@@ -110,7 +110,7 @@ fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
         }
         if interfaces::is_bridge(name) {
             eprintln!(
-                "warning: uplink {} is a bridge; traffic from outside normally arrives on a physical or virtual NIC",
+                "dockexpose: uplink {} is a bridge: its ports are watched, where traffic from outside arrives",
                 human::escape_untrusted(name)
             );
         }
@@ -239,8 +239,10 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         w.attach_bridge(&bridge)?;
     }
     w.reconcile_bridges();
-    if let UplinkSelection::Given(list) = &w.settings.uplinks {
-        for uplink in list.clone() {
+    // The operator's uplinks must attach (a bridge: its ports), or attempts they
+    // expect to see are missed.
+    if let UplinkSelection::Given(_) = &w.settings.uplinks {
+        for uplink in w.desired_uplinks() {
             w.attach_uplink(&uplink)?;
         }
     }
@@ -429,10 +431,12 @@ impl Watcher {
         let container_bridges: BTreeSet<String> = self.desired_bridges();
         let mut want: BTreeSet<String> = match &self.settings.uplinks {
             UplinkSelection::Off(_) => BTreeSet::new(),
-            UplinkSelection::Given(list) => list.iter().cloned().collect(),
-            UplinkSelection::Auto => {
-                self.host.uplink_candidates(&container_bridges).into_iter().map(|(name, _)| name).collect()
-            }
+            // A bridge given as an uplink stands for its ports, where outside traffic arrives.
+            UplinkSelection::Given(list) => list
+                .iter()
+                .flat_map(|u| if interfaces::is_bridge(u) { interfaces::bridge_ports(u) } else { vec![u.clone()] })
+                .collect(),
+            UplinkSelection::Auto => self.host.uplink_candidates(&container_bridges).into_iter().map(|u| u.name).collect(),
         };
         want.retain(|u| !self.kernel.bridges().any(|b| b == u));
         want
@@ -448,7 +452,10 @@ impl Watcher {
             XdpAttachMode::Native => "XDP native",
             XdpAttachMode::Generic => "XDP generic: the driver has no native XDP",
         };
-        let kind = if interfaces::is_bridge(name) { "a bridged uplink, " } else { "" };
+        let kind = match interfaces::bridge_of(name) {
+            Some(bridge) => format!("a port of the bridged uplink {}, ", human::escape_untrusted(&bridge)),
+            None => String::new(),
+        };
         eprintln!(
             "dockexpose: uplink {} watched for attempts ({kind}{}; {how})",
             human::escape_untrusted(name),

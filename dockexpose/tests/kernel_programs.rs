@@ -57,7 +57,9 @@ impl Loaded {
             Kernel::load(KernelSettings::default()).unwrap();
         let mut table = PrefixTable::default();
         for p in local {
-            table.insert(p.parse().unwrap(), SourceKind::Local);
+            // A single address is one of the host's own; a prefix, a bridge's subnet.
+            let kind = if p.contains('/') { SourceKind::Local } else { SourceKind::HostAddress };
+            table.insert(p.parse().unwrap(), kind);
         }
         for p in trusted {
             table.insert(p.parse().unwrap(), SourceKind::Trusted);

@@ -134,8 +134,12 @@ impl Loaded {
     fn new() -> Self {
         let (mut kernel, ring) = Kernel::load(KernelSettings::default()).unwrap();
         let mut table = PrefixTable::default();
-        for p in ["10.251.1.0/24", "fd42:251:1::/64", "198.18.1.1", "fd42:198:1::1"] {
+        for p in ["10.251.1.0/24", "fd42:251:1::/64"] {
             table.insert(p.parse().unwrap(), SourceKind::Local);
+        }
+        // The host's own addresses: the only destinations of attempts.
+        for p in ["198.18.1.1", "fd42:198:1::1"] {
+            table.insert(p.parse().unwrap(), SourceKind::HostAddress);
         }
         kernel.sync_prefixes(&table).unwrap();
         let ports: BTreeSet<PortKey> = [(8080, PROTO_TCP), (5300, PROTO_UDP), (3868, PROTO_SCTP)]
@@ -344,6 +348,10 @@ fn uplinks_of_every_link_layer_see_attempts() {
         assert_eq!(got.len(), 1, "L3 uplink");
         assert_eq!((got[0].dst, got[0].stage), (ip(if packet[0] >> 4 == 4 { h4 } else { h6 }), Stage::Attempted));
     }
+    // Past the host (to a VM on a bridged uplink, routed through): no attempt, even
+    // at a published port number.
+    assert!(k.xdp(program_names::UPLINK_XDP, &eth(&ipv4(o4, "198.18.1.9", 6, &[], 0, &tcp(next(), 8080, 1, SYN)), &[])).is_empty());
+    assert!(k.xdp(program_names::UPLINK_XDP, &eth(&ipv4(o4, "10.251.1.2", 6, &[], 0, &tcp(next(), 8080, 1, SYN)), &[])).is_empty());
     // The Ethernet program on a bare IP packet must not invent an attempt.
     assert!(k.xdp(program_names::UPLINK_XDP, &ipv4(o4, h4, 6, &[], 0, &tcp(next(), 8080, 1, SYN))).is_empty());
     // A scanner: one source port, two published ports, one ISN: two attempts, and
@@ -383,6 +391,9 @@ fn one_udp_idle_time_governs_bridges_and_uplinks_alike() {
         Kernel::load(KernelSettings { udp_idle_ns: 2_000_000_000, ..KernelSettings::default() }).unwrap();
     let ports: BTreeSet<PortKey> = [PortKey { port: 5300, proto: PROTO_UDP, _pad: 0 }].into();
     kernel.sync_published_ports(&ports).unwrap();
+    let mut hosts = PrefixTable::default();
+    hosts.insert("198.18.1.1".parse().unwrap(), SourceKind::HostAddress);
+    kernel.sync_prefixes(&hosts).unwrap();
     let mut k = Loaded { kernel, ring };
     let at_uplink = eth(&ipv4("198.18.1.2", "198.18.1.1", 17, &[], 0, &udp(51820, 5300)), &[]);
     let at_bridge = eth(&ipv4("198.18.1.2", "10.251.1.2", 17, &[], 0, &udp(51820, 5300)), &[]);

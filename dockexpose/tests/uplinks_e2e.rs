@@ -101,17 +101,17 @@ fn automatic_selection_picks_ethernet_l3_and_bridged_uplinks_and_says_which() {
     let mut w = Watcher::start_in_netns(&ns, &["--stats-interval", "0"], json_path("sel"));
     let eth = w.wait_for_line("uplink eth0 watched", Duration::from_secs(5));
     let wg = w.wait_for_line("uplink wg0 watched", Duration::from_secs(5));
-    let br = w.wait_for_line("uplink vmbr0 watched", Duration::from_secs(5));
+    let br = w.wait_for_line("uplink eno1 watched", Duration::from_secs(5));
     assert!(eth.contains("(Ethernet;"), "{eth}");
     assert!(wg.contains("(L3, no Ethernet header;"), "{wg}");
-    assert!(br.contains("a bridged uplink, Ethernet;"), "{br}");
+    assert!(br.contains("a port of the bridged uplink vmbr0, Ethernet;"), "{br}");
     let start = w.wait_for_line("dockexpose: watching", Duration::from_secs(1));
     let (_, status, lines) = w.stop();
     assert!(status.success());
-    for not_uplink in ["brlonely", "eno1 ", "lo "] {
+    for not_uplink in ["brlonely", "vmbr0 ", "lo "] {
         assert!(!lines.iter().any(|l| l.contains(&format!("uplink {not_uplink}"))), "{not_uplink} is no uplink: {lines:#?}");
     }
-    assert!(start.contains("uplinks: eth0, vmbr0, wg0"), "{start}");
+    assert!(start.contains("uplinks: eno1, eth0, wg0"), "{start}");
 }
 
 #[test]
@@ -159,4 +159,59 @@ fn without_docker_no_uplink_is_attached_and_the_start_line_says_why() {
     assert!(!xdp_attached(&outside.uplink), "nothing attached where nothing could be reported");
     let (_, status, _) = w.stop();
     assert!(status.success());
+}
+
+#[test]
+fn a_bridged_uplink_sees_attempts_on_its_port() {
+    if !docker::ready("a_bridged_uplink_sees_attempts_on_its_port") {
+        return;
+    }
+    // Proxmox's and libvirt's layout: the host address on a bridge, the NIC a port of
+    // it (here a veth whose other end is the outside host).
+    let image = docker::echo_image();
+    let n = run_id();
+    let (ns, br, port_if, peer) = (format!("dxbro{n}"), format!("dxvmbr{n}"), format!("dxbp{n}"), format!("dxbx{n}"));
+    let m = 230 + n % 20;
+    assert_unrouted(&format!("198.19.{m}.0/24"));
+    let mut undo = Undo::default();
+    sh(&["ip", "netns", "add", &ns]);
+    undo.push(&["ip", "netns", "del", &ns]);
+    sh(&["ip", "link", "add", &br, "type", "bridge"]);
+    undo.push(&["ip", "link", "del", &br]);
+    sh(&["ip", "link", "add", &port_if, "type", "veth", "peer", "name", &peer]);
+    undo.push(&["ip", "link", "del", &port_if]);
+    sh(&["ip", "link", "set", &port_if, "master", &br]);
+    sh(&["ip", "link", "set", &peer, "netns", &ns]);
+    sh(&["ip", "addr", "add", &format!("198.19.{m}.1/24"), "dev", &br]);
+    sh(&["ip", "link", "set", &br, "up"]);
+    sh(&["ip", "link", "set", &port_if, "up"]);
+    let o = |args: &[&str]| {
+        let mut full = vec!["ip", "-n", ns.as_str()];
+        full.extend_from_slice(args);
+        sh(&full);
+    };
+    o(&["link", "set", "lo", "up"]);
+    o(&["link", "set", &peer, "name", "eth0"]);
+    o(&["addr", "add", &format!("198.19.{m}.2/24"), "dev", "eth0"]);
+    o(&["link", "set", "eth0", "up"]);
+    o(&["route", "add", "default", "via", &format!("198.19.{m}.1")]);
+    let port = 32000 + n as u16;
+    let web = docker::Container::run(&format!("dx-brup-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    let mut w = Watcher::start(&["--uplink", &br, "--blocked-after", "2", "--stats-interval", "0"], json_path("brup"));
+    let line = w.wait_for_line(&format!("uplink {port_if} watched"), Duration::from_secs(5));
+    assert!(line.contains(&format!("a port of the bridged uplink {br}")), "{line}");
+    let host: std::net::SocketAddr = format!("198.19.{m}.1:{port}").parse().unwrap();
+    let src: IpAddr = format!("198.19.{m}.2").parse().unwrap();
+    let sport = tcp_connect(&ns, Some(src), host).expect("reachable through the bridged uplink");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (records, status, _) = w.stop();
+    assert!(status.success());
+    let src_s = src.to_string();
+    let attempted = own_stage(&records, &src_s, sport, "attempted");
+    let reached = own_stage(&records, &src_s, sport, "reached");
+    assert_eq!((attempted.len(), reached.len()), (1, 1), "{records:#?}");
+    assert_eq!(attempted[0]["iface"], port_if.as_str());
+    assert_eq!(attempted[0]["container"]["name"], web.name.as_str());
+    assert_eq!(reached[0]["host_port"], port);
+    assert!(own_stage(&records, &src_s, sport, "blocked").is_empty());
 }

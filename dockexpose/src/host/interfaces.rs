@@ -55,8 +55,8 @@ pub struct Interface {
     pub is_bridge_port: bool,
     pub is_loopback: bool,
     pub is_up: bool,
-    /// For a bridge: it has ports (a NIC, a tap) besides being addressed.
-    pub has_ports: bool,
+    /// For a bridge: its ports (a NIC, a tap, container veths).
+    pub ports: Vec<String>,
     pub ifindex: u32,
     pub link_layer: LinkLayer,
     /// Addresses with their prefix lengths (the interface's subnets).
@@ -82,7 +82,7 @@ impl HostSnapshot {
                     name: ifa.interface_name.clone(),
                     is_bridge: sys.join("bridge").exists(),
                     is_bridge_port: sys.join("brport").exists(),
-                    has_ports: std::fs::read_dir(sys.join("brif")).is_ok_and(|mut d| d.next().is_some()),
+                    ports: bridge_ports(&ifa.interface_name),
                     ifindex: number("ifindex").unwrap_or(0),
                     link_layer: LinkLayer::from_arphrd(number("type").unwrap_or(1)),
                     ..Default::default()
@@ -125,18 +125,27 @@ impl HostSnapshot {
     }
 
     /// Interfaces that can bring traffic from outside: up, with a global address, not
-    /// loopback, not a bridge port (container veths; a NIC enslaved to a bridge hands
-    /// its traffic to the bridge). A bridge is one when it is not a container bridge
-    /// and has ports: the host address on br0 with eth0 as a port (Proxmox, libvirt).
-    /// Any link layer: Ethernet, L3 tunnels (wg, tun, ipip, gre), VLAN sub-interfaces.
-    pub fn uplink_candidates(&self, container_bridges: &BTreeSet<String>) -> Vec<(String, LinkLayer)> {
-        self.interfaces
-            .values()
-            .filter(|i| i.is_up && !i.is_bridge_port && !i.is_loopback)
-            .filter(|i| !i.is_bridge || (i.has_ports && !container_bridges.contains(&i.name)))
-            .filter(|i| i.host_addresses.iter().any(|a| is_global(*a)))
-            .map(|i| (i.name.clone(), i.link_layer))
-            .collect()
+    /// loopback, not a bridge port (container veths), any link layer (Ethernet, L3
+    /// tunnels such as wg, tun, ipip, gre, VLAN sub-interfaces). A bridge holding the
+    /// host address (br0 with eth0 as a port: Proxmox, libvirt), when it is not a
+    /// container bridge, stands for its ports: outside traffic arrives on them (an XDP
+    /// program on the bridge device itself never sees frames passed up to the host).
+    pub fn uplink_candidates(&self, container_bridges: &BTreeSet<String>) -> Vec<Uplink> {
+        let mut out = Vec::new();
+        for i in self.interfaces.values() {
+            if !i.is_up || i.is_bridge_port || i.is_loopback || !i.host_addresses.iter().any(|a| is_global(*a)) {
+                continue;
+            }
+            if !i.is_bridge {
+                out.push(Uplink { name: i.name.clone(), layer: i.link_layer, bridge: None });
+            } else if !container_bridges.contains(&i.name) {
+                for port in &i.ports {
+                    let layer = self.get(port).map_or(LinkLayer::Ethernet, |p| p.link_layer);
+                    out.push(Uplink { name: port.clone(), layer, bridge: Some(i.name.clone()) });
+                }
+            }
+        }
+        out
     }
 
     /// Interfaces whose names are close to `name`, for an "unknown interface" hint.
@@ -167,6 +176,32 @@ pub fn is_global(addr: IpAddr) -> bool {
 /// interfaces without addresses only through AF_PACKET entries, so ask /sys).
 pub fn exists(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
+}
+
+/// An interface watched for attempts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    pub name: String,
+    pub layer: LinkLayer,
+    /// The bridge it is a port of, for a bridged uplink.
+    pub bridge: Option<String>,
+}
+
+/// The bridge an interface is a port of.
+pub fn bridge_of(name: &str) -> Option<String> {
+    let link = std::fs::read_link(Path::new("/sys/class/net").join(name).join("master")).ok()?;
+    let master = link.file_name()?.to_str()?.to_string();
+    is_bridge(&master).then_some(master)
+}
+
+/// The ports of a bridge (empty for anything else).
+pub fn bridge_ports(bridge: &str) -> Vec<String> {
+    let dir = Path::new("/sys/class/net").join(bridge).join("brif");
+    let mut ports: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    ports.sort();
+    ports
 }
 
 /// The link layer of the named interface (Ethernet when it cannot be read).
@@ -213,12 +248,12 @@ mod tests {
                 iface("wg0", &["10.8.0.1"], |i| i.link_layer = LinkLayer::L3),
                 iface("docker0", &["172.17.0.1"], |i| {
                     i.is_bridge = true;
-                    i.has_ports = true;
+                    i.ports = vec!["veth1".into()];
                 }),
                 iface("br-empty", &["10.9.0.1"], |i| i.is_bridge = true),
                 iface("vmbr0", &["198.18.7.2"], |i| {
                     i.is_bridge = true;
-                    i.has_ports = true;
+                    i.ports = vec!["eno1".into()];
                 }),
                 iface("eno1", &[], |i| i.is_bridge_port = true),
                 iface("veth1", &[], |i| i.is_bridge_port = true),
@@ -228,10 +263,11 @@ mod tests {
             .collect(),
         };
         let containers: BTreeSet<String> = ["docker0".to_string()].into();
+        let up = |name: &str, layer, bridge: Option<&str>| Uplink { name: name.into(), layer, bridge: bridge.map(Into::into) };
         assert_eq!(
             host.uplink_candidates(&containers),
-            [("eth0".to_string(), LinkLayer::Ethernet), ("vmbr0".to_string(), LinkLayer::Ethernet), ("wg0".to_string(), LinkLayer::L3)],
-            "the bridged uplink vmbr0 is one, the container bridge and the portless bridge are not"
+            [up("eth0", LinkLayer::Ethernet, None), up("eno1", LinkLayer::Ethernet, Some("vmbr0")), up("wg0", LinkLayer::L3, None)],
+            "the bridged uplink vmbr0 stands for its port eno1; the container bridge and the portless bridge are none"
         );
     }
 

@@ -19,7 +19,7 @@ pub fn source_table<'a>(
     table.insert(Prefix::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8).expect("valid"), SourceKind::Local);
     table.insert(Prefix::host(IpAddr::V6(Ipv6Addr::LOCALHOST)), SourceKind::Local);
     for addr in host.all_addresses() {
-        table.insert(Prefix::host(addr), SourceKind::Local);
+        table.insert(Prefix::host(addr), SourceKind::HostAddress);
     }
     for bridge in watched_bridges {
         if let Some(iface) = host.get(bridge) {
@@ -73,9 +73,9 @@ mod tests {
     fn host_addresses_loopback_and_watched_subnets_are_local() {
         let t = source_table(&host(), ["br0"], &[p("198.18.9.0/24")]);
         let kind = |s: &str| t.classify(s.parse().unwrap());
-        assert_eq!(kind("192.0.2.2"), Some(SourceKind::Local));
+        assert_eq!(kind("192.0.2.2"), Some(SourceKind::HostAddress), "the host's own address");
         assert_eq!(kind("127.0.0.53"), Some(SourceKind::Local));
-        assert_eq!(kind("::1"), Some(SourceKind::Local));
+        assert_eq!(kind("::1"), Some(SourceKind::Local), "loopback");
         assert_eq!(kind("10.251.0.7"), Some(SourceKind::Local), "watched bridge subnet");
         assert_eq!(kind("fd42:251::9"), Some(SourceKind::Local));
         assert_eq!(kind("198.18.9.4"), Some(SourceKind::Trusted));
@@ -83,7 +83,7 @@ mod tests {
         assert_eq!(kind("192.0.2.77"), None);
         assert_eq!(kind("fd00::77"), None);
         // A bridge that is not watched contributes its gateway address only.
-        assert_eq!(kind("10.252.0.1"), Some(SourceKind::Local));
+        assert_eq!(kind("10.252.0.1"), Some(SourceKind::HostAddress));
         assert_eq!(kind("10.252.0.9"), None);
     }
 }

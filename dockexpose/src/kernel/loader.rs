@@ -15,8 +15,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dockexpose_common::{
-    global_names, kfunc_names, map_names, program_names, published_port_index, Counter, PortKey, PREFIX_LOCAL,
-    PREFIX_TRUSTED,
+    global_names, kfunc_names, map_names, program_names, published_port_index, Counter, PortKey, PREFIX_HOST,
+    PREFIX_LOCAL, PREFIX_TRUSTED,
 };
 
 use super::{btf, kfunc};
@@ -356,6 +356,7 @@ impl Kernel {
         for (p, kind) in added {
             let value = match kind {
                 SourceKind::Local => PREFIX_LOCAL,
+                SourceKind::HostAddress => PREFIX_HOST,
                 SourceKind::Trusted => PREFIX_TRUSTED,
             };
             match p.addr() {

@@ -104,8 +104,11 @@ impl FromStr for Prefix {
 /// Why a source is not reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SourceKind {
-    /// The host itself: its addresses, loopback, the watched bridges' subnets.
+    /// The host itself: loopback, the watched bridges' subnets.
     Local,
+    /// One of the host's own addresses: local as a source, and the only destination
+    /// an attempt at a published port can have (Docker's DNAT matches local addresses).
+    HostAddress,
     /// Given with `--trusted`.
     Trusted,
 }

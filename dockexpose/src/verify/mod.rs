@@ -209,7 +209,7 @@ pub fn run_with(
         bridges.extend(host.addressed_bridges());
     }
     let uplink_names: Vec<String> = if args.uplinks.is_empty() {
-        host.uplink_candidates(&bridges).into_iter().map(|(n, _)| n).collect()
+        host.uplink_candidates(&bridges).into_iter().map(|u| u.name).collect()
     } else {
         args.uplinks.clone()
     };
