@@ -39,6 +39,9 @@ pub mod program_names {
     pub const UPLINK_XDP: &str = "uplink_xdp";
     /// XDP on an L3 uplink (wg, tun, ipip, gre: no Ethernet header).
     pub const UPLINK_XDP_L3: &str = "uplink_xdp_l3";
+    /// The same on TCX ingress (`--uplink-hook tc`), Ethernet and L3.
+    pub const UPLINK_INGRESS: &str = "uplink_ingress";
+    pub const UPLINK_INGRESS_L3: &str = "uplink_ingress_l3";
     /// TCX egress on an uplink: the host answered an attempt (SYN-ACK, UDP reply),
     /// whether through DNAT or through a proxy on the host (docker-proxy).
     pub const UPLINK_EGRESS: &str = "uplink_egress";

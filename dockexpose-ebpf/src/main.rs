@@ -444,30 +444,30 @@ pub fn bridge_ingress(ctx: TcContext) -> i32 {
 
 /// An attempt at a published port, before any firewall.
 #[inline(always)]
-fn uplink_attempt<const ETHERNET: bool>(ctx: &XdpContext) -> u32 {
+fn uplink_attempt<const ETHERNET: bool>(data: usize, data_end: usize, ifindex: u32) {
     count(Counter::UplinkPackets);
-    let flow = match parse::<ETHERNET, false, TCP_SYN>(ctx.data(), ctx.data_end()) {
+    let flow = match parse::<ETHERNET, false, TCP_SYN>(data, data_end) {
         Parsed::NewFlow(flow) => flow,
-        Parsed::Skip => return xdp_action::XDP_PASS,
+        Parsed::Skip => return,
         // Not inspectable here; if it reaches a container, the bridge reports it.
         Parsed::FlagsHidden(_) | Parsed::Uninspectable => {
             count(Counter::Unparsed);
-            return xdp_action::XDP_PASS;
+            return;
         }
     };
     let published = PUBLISHED_PORTS.get(published_port_index(flow.dst_port, flow.proto));
     if published.is_none_or(|p| *p == 0) {
-        return xdp_action::XDP_PASS;
+        return;
     }
     // Only an address of the host itself is DNAT'd to a published port: traffic routed
     // or bridged past the host (to a VM on a bridged uplink) is no attempt.
     if prefix_kind(flow.family, &flow.dst) != Some(PREFIX_HOST) {
-        return xdp_action::XDP_PASS;
+        return;
     }
     let mut flags = flow.shape;
     match source_kind(&flow) {
         None => {}
-        Some(PREFIX_TRUSTED) => return xdp_action::XDP_PASS,
+        Some(PREFIX_TRUSTED) => return,
         // Arrived on an uplink, so from outside, whatever its source says.
         Some(_) => flags |= FLAG_SPOOFED_LOCAL,
     }
@@ -480,14 +480,13 @@ fn uplink_attempt<const ETHERNET: bool>(ctx: &XdpContext) -> u32 {
             // A retransmit, or a later packet of the same UDP flow: keep it alive.
             seen.ktime_ns = now;
             count(Counter::AttemptsDeduplicated);
-            return xdp_action::XDP_PASS;
+            return;
         }
     }
     let value = AttemptValue { ktime_ns: now, seq: flow.seq, answered: 0, reached: 0, _pad: [0; 2] };
     if ATTEMPTS.insert(&key, &value, 0).is_err() {
         count(Counter::MapUpdateFailed);
     }
-    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let extra = Extra { orig_addr: [0; 16], orig_port: 0, flags };
     if emit(&flow, STAGE_ATTEMPTED, ifindex, now, &extra) {
         count(Counter::AttemptsEmitted);
@@ -495,18 +494,34 @@ fn uplink_attempt<const ETHERNET: bool>(ctx: &XdpContext) -> u32 {
             count(Counter::SpoofedLocal);
         }
     }
-    xdp_action::XDP_PASS
 }
 
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
-    uplink_attempt::<true>(&ctx)
+    uplink_attempt::<true>(ctx.data(), ctx.data_end(), unsafe { (*ctx.ctx).ingress_ifindex });
+    xdp_action::XDP_PASS
+}
+
+/// The same on the uplink's TCX ingress hook: also before any firewall (ahead of
+/// netfilter's PREROUTING), and on devices where XDP is costly (veth, virtio) it
+/// reads the packet where it is, instead of converting every packet for XDP.
+#[classifier]
+pub fn uplink_ingress(ctx: TcContext) -> i32 {
+    uplink_attempt::<true>(ctx.data(), ctx.data_end(), unsafe { (*ctx.skb.skb).ifindex });
+    TCX_NEXT
+}
+
+#[classifier]
+pub fn uplink_ingress_l3(ctx: TcContext) -> i32 {
+    uplink_attempt::<false>(ctx.data(), ctx.data_end(), unsafe { (*ctx.skb.skb).ifindex });
+    TCX_NEXT
 }
 
 /// For L3 devices (wg, tun, ipip, gre): the data starts at the IP header.
 #[xdp]
 pub fn uplink_xdp_l3(ctx: XdpContext) -> u32 {
-    uplink_attempt::<false>(&ctx)
+    uplink_attempt::<false>(ctx.data(), ctx.data_end(), unsafe { (*ctx.ctx).ingress_ifindex });
+    xdp_action::XDP_PASS
 }
 
 /// A SYN-ACK, SCTP INIT-ACK or UDP datagram leaving towards an outside host: does it

@@ -68,6 +68,12 @@ pub struct VerifyArgs {
     pub docker_host: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UplinkHookArg {
+    Xdp,
+    Tc,
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct WatchArgs {
     /// Container bridge to watch (repeatable). Without it, every Linux bridge that
@@ -82,6 +88,12 @@ pub struct WatchArgs {
     /// Write the JSON-lines audit log here (appended); `-` for stdout.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+
+    /// The hook that sees attempts on the uplinks: `xdp` (the earliest; native where
+    /// the driver has it) or `tc` (TCX ingress: also ahead of every firewall table,
+    /// and cheaper where XDP converts every packet: veth, virtio).
+    #[arg(long, value_name = "HOOK", value_enum, default_value_t = UplinkHookArg::Xdp)]
+    pub uplink_hook: UplinkHookArg,
 
     /// A UDP flow silent for this many seconds counts as new again.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]

@@ -31,7 +31,7 @@ use crate::{
     },
     kernel::{
         event::{KernelClock, Observation, Stage},
-        loader::{ConntrackAccess, Kernel, KernelSettings, XdpAttachMode},
+        loader::{ConntrackAccess, Kernel, KernelSettings, UplinkHook, XdpAttachMode},
         reader::{self, ReaderStats},
     },
     net::prefix::Prefix,
@@ -74,6 +74,7 @@ struct Settings {
     /// Bridges named with --bridge; one that vanishes is attached again when it comes back.
     explicit_bridges: Vec<String>,
     uplinks: UplinkSelection,
+    uplink_hook: UplinkHook,
     blocked_after_ns: u64,
     /// None with --no-docker.
     docker_endpoint: Option<String>,
@@ -140,6 +141,10 @@ fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
             UplinkSelection::Auto
         } else {
             UplinkSelection::Given(args.uplinks.clone())
+        },
+        uplink_hook: match args.uplink_hook {
+            crate::cli::UplinkHookArg::Xdp => UplinkHook::Xdp,
+            crate::cli::UplinkHookArg::Tc => UplinkHook::Tcx,
         },
         blocked_after_ns: args.blocked_after.saturating_mul(1_000_000_000),
         docker_endpoint: (!args.no_docker).then(|| docker::endpoint(args.docker_host.as_deref())),
@@ -444,13 +449,14 @@ impl Watcher {
 
     fn attach_uplink(&mut self, name: &str) -> Result<()> {
         let layer = interfaces::link_layer(name);
-        let mode = self.kernel.attach_uplink(name, layer)?;
+        let mode = self.kernel.attach_uplink(name, layer, self.settings.uplink_hook)?;
         if let Ok(idx) = nix::net::if_::if_nametoindex(name) {
             self.ifnames.insert(idx, name.to_string());
         }
         let how = match mode {
             XdpAttachMode::Native => "XDP native",
             XdpAttachMode::Generic => "XDP generic: the driver has no native XDP",
+            XdpAttachMode::Tcx => "TCX ingress",
         };
         let kind = match interfaces::bridge_of(name) {
             Some(bridge) => format!("a port of the bridged uplink {}, ", human::escape_untrusted(&bridge)),

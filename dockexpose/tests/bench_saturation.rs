@@ -25,7 +25,7 @@ use std::{
 
 use support::{docker, *};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 /// Seconds of load per round.
 const LENGTH_S: u32 = 4;
 /// Concurrent clients tried in turn until the CPUs are saturated.

@@ -99,8 +99,31 @@ struct BridgeLinks {
 struct UplinkLinks {
     ifindex: u32,
     layer: LinkLayer,
-    xdp: aya::programs::xdp::XdpLinkId,
+    attempts: AttemptLink,
     egress: tc::SchedClassifierLinkId,
+}
+
+/// Where an uplink's attempts are seen.
+enum AttemptLink {
+    Xdp(aya::programs::xdp::XdpLinkId),
+    Tcx(tc::SchedClassifierLinkId),
+}
+
+/// The hook that sees an uplink's attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UplinkHook {
+    /// XDP: the earliest hook, native where the driver has it.
+    Xdp,
+    /// TCX ingress: also ahead of every firewall table; reads the packet in place, where
+    /// XDP on a veth or virtio NIC converts (and often copies) every packet.
+    Tcx,
+}
+
+fn ingress_program(layer: LinkLayer) -> &'static str {
+    match layer {
+        LinkLayer::Ethernet => program_names::UPLINK_INGRESS,
+        LinkLayer::L3 => program_names::UPLINK_INGRESS_L3,
+    }
 }
 
 fn uplink_programs(layer: LinkLayer) -> (&'static str, &'static str) {
@@ -119,6 +142,8 @@ fn ifindex_of(iface: &str) -> u32 {
 pub enum XdpAttachMode {
     Native,
     Generic,
+    /// Not XDP: the TCX ingress hook (`UplinkHook::Tcx`).
+    Tcx,
 }
 
 pub struct Kernel {
@@ -209,6 +234,8 @@ impl Kernel {
             program_names::BRIDGE_INGRESS,
             program_names::UPLINK_EGRESS,
             program_names::UPLINK_EGRESS_L3,
+            program_names::UPLINK_INGRESS,
+            program_names::UPLINK_INGRESS_L3,
         ] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().map_err(|source| Error::LoadProgram { program: name, source: Box::new(source) })?;
@@ -283,7 +310,7 @@ impl Kernel {
 
     /// Attaches the uplink programs: XDP (native mode where the driver has it, generic
     /// otherwise) for attempts, TCX egress for the host's answers.
-    pub fn attach_uplink(&mut self, iface: &str, layer: LinkLayer) -> Result<XdpAttachMode> {
+    pub fn attach_uplink(&mut self, iface: &str, layer: LinkLayer, hook: UplinkHook) -> Result<XdpAttachMode> {
         if self.uplinks.contains_key(iface) {
             return Ok(XdpAttachMode::Native);
         }
@@ -291,6 +318,20 @@ impl Kernel {
         let (xdp_name, egress_name) = uplink_programs(layer);
         let _ = tc::qdisc_add_clsact(iface);
         let egress = attach_tc(&mut self.ebpf, egress_name, iface, TcAttachType::Egress)?;
+        if hook == UplinkHook::Tcx {
+            return match attach_tc(&mut self.ebpf, ingress_program(layer), iface, TcAttachType::Ingress) {
+                Ok(link) => {
+                    self.uplinks.insert(iface.to_string(), UplinkLinks { ifindex, layer, attempts: AttemptLink::Tcx(link), egress });
+                    Ok(XdpAttachMode::Tcx)
+                }
+                Err(e) => {
+                    if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, egress_name) {
+                        let _ = prog.detach(egress);
+                    }
+                    Err(e)
+                }
+            };
+        }
         let prog: &mut Xdp = program(&mut self.ebpf, xdp_name)?;
         let attached = match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => Ok((id, XdpAttachMode::Native)),
@@ -298,7 +339,7 @@ impl Kernel {
         };
         match attached {
             Ok((xdp, mode)) => {
-                self.uplinks.insert(iface.to_string(), UplinkLinks { ifindex, layer, xdp, egress });
+                self.uplinks.insert(iface.to_string(), UplinkLinks { ifindex, layer, attempts: AttemptLink::Xdp(xdp), egress });
                 Ok(mode)
             }
             Err(source) => {
@@ -313,8 +354,17 @@ impl Kernel {
     pub fn detach_uplink(&mut self, iface: &str) {
         let Some(links) = self.uplinks.remove(iface) else { return };
         let (xdp_name, egress_name) = uplink_programs(links.layer);
-        if let Ok(prog) = program::<Xdp>(&mut self.ebpf, xdp_name) {
-            let _ = prog.detach(links.xdp);
+        match links.attempts {
+            AttemptLink::Xdp(link) => {
+                if let Ok(prog) = program::<Xdp>(&mut self.ebpf, xdp_name) {
+                    let _ = prog.detach(link);
+                }
+            }
+            AttemptLink::Tcx(link) => {
+                if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, ingress_program(links.layer)) {
+                    let _ = prog.detach(link);
+                }
+            }
         }
         if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, egress_name) {
             let _ = prog.detach(links.egress);
