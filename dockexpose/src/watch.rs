@@ -255,7 +255,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     w.sync_prefixes()?;
 
     let (tx, mut rx) = mpsc::channel::<Vec<ConnEvent>>(CHANNEL_BATCHES);
-    let mut reader_task = tokio::spawn(reader::run(ring, tx, w.reader.clone()));
+    let (stop_reader, reader_stop) = tokio::sync::oneshot::channel();
+    let mut reader_task = tokio::spawn(reader::run(ring, tx, w.reader.clone(), reader_stop));
+    let mut reader_ended = false;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut refresh = interval(HOST_REFRESH);
@@ -304,19 +306,27 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             _ = stats.tick() => w.report_counters("counters")?,
             _ = sigint.recv() => break Ok("SIGINT"),
             _ = sigterm.recv() => break Ok("SIGTERM"),
-            res = &mut reader_task => break match res {
-                Ok(Ok(())) => Err(Error::RingBuffer(std::io::Error::other("the reader stopped"))),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(Error::RingBuffer(std::io::Error::other(e))),
-            },
+            res = &mut reader_task => {
+                reader_ended = true;
+                break match res {
+                    Ok(Ok(_)) => Err(Error::RingBuffer(std::io::Error::other("the reader stopped"))),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(Error::RingBuffer(std::io::Error::other(e))),
+                };
+            }
         }
         // Before waiting again, everything seen so far is written out.
         w.flush()?;
     };
-    reader_task.abort();
-    // What the reader handed over before stopping still gets written.
+    // What the reader handed over, then what is still in the ring, gets written.
+    let _ = stop_reader.send(());
+    let ring = if reader_ended { None } else { reader_task.await.ok().and_then(|r| r.ok()) };
     while let Ok(batch) = rx.try_recv() {
         w.handle_batch(&batch)?;
+    }
+    if let Some(mut ring) = ring {
+        let rest = reader::drain_rest(&mut ring, &w.reader);
+        w.handle_batch(&rest)?;
     }
     w.release_pending(true)?;
     w.flush()?;

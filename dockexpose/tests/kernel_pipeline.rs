@@ -279,3 +279,23 @@ fn a_failed_tcx_query_is_not_read_as_nothing_attached() {
     let msg = msg.downcast_ref::<String>().map(String::as_str).unwrap_or("");
     assert!(msg.contains("querying the TCX egress programs of"), "{msg}");
 }
+
+#[test]
+fn connections_right_before_sigterm_are_in_the_log() {
+    if !privileged("connections_right_before_sigterm_are_in_the_log") {
+        return;
+    }
+    // Records wait in the ring for the reader's timer (batched wakeups): stopping must
+    // take them out first, or the last connections before a restart are lost.
+    let bed = Bed::new("st");
+    let _c1 = Services::start(&bed.c1_ns, C_TCP, C_UDP);
+    let watcher = Watcher::start(&["--bridge", &bed.bridge, "--no-uplinks", "--stats-interval", "0"], json_path("sigterm"));
+    // A burst right up to the signal: the last ~20 ms of it are still in the ring.
+    let made = connect_loop(&bed.outside.ns, bed.outside.src4(), bed.host_tcp_v4(), Duration::from_millis(400));
+    let (records, status, _) = watcher.stop();
+    assert!(status.success());
+    let src = bed.outside.v4(2);
+    let logged = records.iter().filter(|r| r["stage"] == "reached" && r["src_ip"] == src.as_str()).count();
+    assert!(made > 20, "the burst was too small to mean anything: {made}");
+    assert!(logged >= made, "{made} connections made before SIGTERM, {logged} in the log");
+}

@@ -215,3 +215,36 @@ fn a_bridged_uplink_sees_attempts_on_its_port() {
     assert_eq!(reached[0]["host_port"], port);
     assert!(own_stage(&records, &src_s, sport, "blocked").is_empty());
 }
+
+#[test]
+fn the_tcx_ingress_hook_sees_attempts_as_xdp_does() {
+    if !docker::ready("the_tcx_ingress_hook_sees_attempts_as_xdp_does") {
+        return;
+    }
+    let image = docker::echo_image();
+    let outside = OutsideHost::new("tc");
+    let port = 33000 + outside.n as u16;
+    let web = docker::Container::run(&format!("dx-tc-{}", outside.n), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    let mut w = Watcher::start(
+        &["--uplink", &outside.uplink, "--uplink-hook", "tc", "--blocked-after", "2", "--stats-interval", "0"],
+        json_path("tc"),
+    );
+    let line = w.wait_for_line(&format!("uplink {} watched", outside.uplink), Duration::from_secs(5));
+    assert!(line.contains("TCX ingress"), "{line}");
+    assert!(!xdp_attached(&outside.uplink), "no XDP program with --uplink-hook tc");
+    assert!(tcx_programs(&outside.uplink, false).iter().any(|p| p == "uplink_ingress"), "the TCX ingress program is attached");
+    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("reachable");
+    // An unpublished port: INPUT drops it, and no attempt is recorded.
+    assert!(tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port + 1)).is_err());
+    std::thread::sleep(Duration::from_millis(2500));
+    let (records, status, _) = w.stop();
+    assert!(status.success());
+    let src = outside.v4(2);
+    let attempted = own_stage(&records, &src, sport, "attempted");
+    let reached = own_stage(&records, &src, sport, "reached");
+    assert_eq!((attempted.len(), reached.len()), (1, 1), "{records:#?}");
+    assert_eq!(attempted[0]["iface"], outside.uplink.as_str());
+    assert_eq!(attempted[0]["container"]["name"], web.name.as_str());
+    assert_eq!(reached[0]["host_port"], port);
+    assert!(!outside.own(records.clone()).iter().any(|r| r["dst_port"] == port + 1), "{records:#?}");
+}

@@ -19,7 +19,7 @@ use aya::maps::{MapData, RingBuf};
 use dockexpose_common::ConnEvent;
 use tokio::{
     io::unix::AsyncFd,
-    sync::mpsc,
+    sync::{mpsc, oneshot},
     time::{interval, MissedTickBehavior},
 };
 
@@ -55,9 +55,16 @@ impl ReaderStats {
     }
 }
 
-/// Reads until the channel closes. Records are copied out of the ring at once, so
-/// the kernel gets its space back before anything else runs.
-pub async fn run(ring: RingBuf<MapData>, tx: mpsc::Sender<Vec<ConnEvent>>, stats: ReaderStats) -> Result<()> {
+/// Reads until told to stop (or the channel closes), then hands the ring back, so that
+/// the daemon can take what is left in it before exiting (records that no wakeup
+/// announced yet are not lost at shutdown). Records are copied out of the ring at
+/// once, so the kernel gets its space back before anything else runs.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Vec<ConnEvent>>,
+    stats: ReaderStats,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<RingBuf<MapData>> {
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so the fd
     // stays open for as long as it is registered.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -66,6 +73,7 @@ pub async fn run(ring: RingBuf<MapData>, tx: mpsc::Sender<Vec<ConnEvent>>, stats
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let open = tokio::select! {
+            _ = &mut stop => return Ok(fd.into_inner()),
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(Error::RingBuffer)?;
                 stats.wakeups.fetch_add(1, Ordering::Relaxed);
@@ -76,9 +84,24 @@ pub async fn run(ring: RingBuf<MapData>, tx: mpsc::Sender<Vec<ConnEvent>>, stats
             _ = tick.tick() => drain(fd.get_mut(), &tx, &stats),
         };
         if !open {
-            return Ok(());
+            return Ok(fd.into_inner());
         }
     }
+}
+
+/// Takes every record still in the ring (at exit, once the reader has stopped).
+pub fn drain_rest(ring: &mut RingBuf<MapData>, stats: &ReaderStats) -> Vec<ConnEvent> {
+    let mut rest = Vec::new();
+    while let Some(item) = ring.next() {
+        stats.records.fetch_add(1, Ordering::Relaxed);
+        if item.len() < size_of::<ConnEvent>() {
+            stats.lost.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        // SAFETY: as in `drain`.
+        rest.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) });
+    }
+    rest
 }
 
 /// Empties the ring into batches; false once the receiving side is gone.
