@@ -16,7 +16,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     process::Command,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,7 +25,7 @@ use dockexpose_common::{ProbeAnswer, PROBE_COUNTER_DROPPED, PROBE_COUNTER_LOST, 
 
 use self::{
     frame::{FrameSpec, Segment},
-    plan::{Answers, Probe, Target, Uplink, Verdict},
+    plan::{Answers, Probe, Skipped, Target, Uplink, Verdict},
 };
 use crate::{
     cli::VerifyArgs,
@@ -46,6 +46,84 @@ use crate::{
 pub struct Report {
     pub exit_code: i32,
     pub lines: Vec<String>,
+}
+
+/// The outcome of one probe: what was probed, through what, and the verdict.
+#[derive(Clone, Debug)]
+pub struct ProbeResult {
+    pub verdict: Verdict,
+    /// A few words on why ("dropped before reaching the container", ...).
+    pub why: String,
+    /// The binding probed and who publishes it.
+    pub target: Target,
+    /// The packet: uplink index, source, host address and port, protocol.
+    pub probe: Probe,
+    /// The uplink it was injected into.
+    pub uplink: String,
+    /// The probe's source port.
+    pub sport: u16,
+    /// When it was injected.
+    pub at: SystemTime,
+    /// The container bridge it was seen entering, when it reached one.
+    pub reached_on: Option<String>,
+}
+
+/// What a run found, as data: printing is the caller's job.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub sources: Vec<IpAddr>,
+    pub uplinks: Vec<String>,
+    pub probes: Vec<ProbeResult>,
+    /// Bindings not probed, and why.
+    pub skipped: Vec<(Target, Skipped)>,
+    pub elapsed: Duration,
+    /// Interfaces the guard was on, and what it dropped (packets to probe sources).
+    pub guards: Vec<String>,
+    pub guard_dropped: u64,
+    /// Answers the guard could not record (its ring was full).
+    pub answers_lost: u64,
+    /// Conntrack entries of probes deleted, and entries from probe sources that remain.
+    pub conntrack_deleted: usize,
+    pub conntrack_remaining: usize,
+    /// Problems that did not stop the run (conntrack missing).
+    pub warnings: Vec<String>,
+}
+
+impl Outcome {
+    /// Probes with this verdict.
+    pub fn count(&self, verdict: Verdict) -> usize {
+        self.probes.iter().filter(|p| p.verdict == verdict).count()
+    }
+
+    /// (host port, protocol) of every probe that found the port reachable.
+    pub fn reachable(&self) -> Vec<(u16, Proto)> {
+        self.probes.iter().filter(|p| p.verdict.reachable()).map(|p| (p.target.port.host_port, p.target.port.proto)).collect()
+    }
+}
+
+/// What a run will probe, read from the host and the inventory (no probe sent yet).
+pub struct Prepared {
+    started: Instant,
+    bridges: BTreeSet<String>,
+    uplinks: Vec<Uplink>,
+    targets: Vec<Target>,
+    plan: plan::Plan,
+    sources: Vec<IpAddr>,
+}
+
+impl Prepared {
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+    pub fn probe_count(&self) -> usize {
+        self.plan.probes.len()
+    }
+    pub fn uplink_names(&self) -> Vec<String> {
+        self.uplinks.iter().map(|u| u.name.clone()).collect()
+    }
+    pub fn sources(&self) -> &[IpAddr] {
+        &self.sources
+    }
 }
 
 /// Runs verify and prints its lines on stdout; the exit code is 0 (nothing
@@ -79,21 +157,114 @@ pub async fn run(args: VerifyArgs) -> Result<i32> {
     Ok(report.exit_code)
 }
 
-fn probe_sources(from: &[String]) -> Result<Vec<IpAddr>> {
+/// The one-shot command on an inventory already read: probes, and prints each line
+/// on stdout as it comes (the header before probing).
+pub fn run_with(
+    args: &VerifyArgs,
+    inventory: &Inventory,
+    ports: &[(u16, Proto)],
+    expected: &BTreeSet<(u16, Proto)>,
+    sources: &[IpAddr],
+) -> Result<Report> {
+    let prepared = prepare(&args.uplinks, inventory, ports, sources)?;
+    let mut report = Report::default();
+    let mut say = |line: String| {
+        println!("{line}");
+        report.lines.push(line);
+    };
+    say(header_line(&prepared, args.from.is_empty()));
+    let outcome = prepared.execute(args.rate, Duration::from_millis(args.window_ms))?;
+    for w in &outcome.warnings {
+        eprintln!("{w}");
+    }
+    for line in outcome_lines(&outcome, expected) {
+        say(line);
+    }
+    report.exit_code = plan::exit_code(&outcome.reachable(), expected);
+    Ok(report)
+}
+
+/// "dockexpose verify: N published bindings, M probes on eth0 from ..."
+pub fn header_line(prepared: &Prepared, default_sources: bool) -> String {
+    format!(
+        "dockexpose verify: {} published bindings, {} probes on {} from {}{}",
+        prepared.targets.len(),
+        prepared.plan.probes.len(),
+        prepared.uplinks.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "),
+        prepared.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+        if default_sources { " (documentation addresses no rule should trust; test an allow-list with --from CIDR)" } else { "" }
+    )
+}
+
+/// The lines after the header: one per probe, one per binding not probed, the
+/// summary and the cleanup.
+pub fn outcome_lines(outcome: &Outcome, expected: &BTreeSet<(u16, Proto)>) -> Vec<String> {
+    let mut lines = Vec::new();
+    for r in &outcome.probes {
+        let is_expected = expected.contains(&(r.target.port.host_port, r.target.port.proto));
+        let why = match (&r.verdict, &r.reached_on) {
+            (Verdict::Exposed, Some(bridge)) => format!("{} (seen on {bridge})", r.why),
+            _ => r.why.clone(),
+        };
+        lines.push(plan::probe_line(r.verdict, &why, &r.target, &r.probe, &r.uplink, is_expected));
+    }
+    for (t, why) in &outcome.skipped {
+        lines.push(plan::skipped_line(t, why));
+    }
+    lines.push(format!(
+        "summary: {}; {}; took {} ms",
+        counts_text(outcome),
+        plan::unexpected_text(&outcome.reachable(), expected),
+        outcome.elapsed.as_millis()
+    ));
+    lines.push(cleanup_text(outcome));
+    lines
+}
+
+/// "1 exposed, 0 through a proxy, 1 held, 0 not probed"
+pub fn counts_text(outcome: &Outcome) -> String {
+    format!(
+        "{} exposed, {} through a proxy, {} held, {} not probed",
+        outcome.count(Verdict::Exposed),
+        outcome.count(Verdict::Proxy),
+        outcome.count(Verdict::Held),
+        outcome.skipped.len()
+    )
+}
+
+/// "cleanup: guard on eth0 dropped 1 packets to probe sources; ..."
+pub fn cleanup_text(outcome: &Outcome) -> String {
+    format!(
+        "cleanup: guard on {} dropped {} packets to probe sources{}; {} conntrack entries of probes deleted, {} remain",
+        outcome.guards.join(", "),
+        outcome.guard_dropped,
+        if outcome.answers_lost > 0 { format!(" ({} answers not recorded: ring full)", outcome.answers_lost) } else { String::new() },
+        outcome.conntrack_deleted,
+        outcome.conntrack_remaining,
+    )
+}
+
+/// Probe sources from `--from` prefixes (their first host address each); the
+/// documentation addresses without any.
+pub fn sources_from(from: &[String]) -> std::result::Result<Vec<IpAddr>, (String, String)> {
     if from.is_empty() {
-        return Ok(vec![plan::DEFAULT_SOURCE_V4.parse()?, plan::DEFAULT_SOURCE_V6.parse()?]);
+        return Ok(vec![plan::DEFAULT_SOURCE_V4.parse().expect("literal"), plan::DEFAULT_SOURCE_V6.parse().expect("literal")]);
     }
     let mut out = Vec::new();
     for s in from {
-        let p: Prefix = s.parse().map_err(|e: crate::net::prefix::PrefixParseError| {
-            anyhow!("invalid CIDR {s:?} for --from: {}.\n  Fix: write a prefix such as 10.8.0.0/24 or 2001:db8::/64", e.0)
-        })?;
+        let p: Prefix = s.parse().map_err(|e: crate::net::prefix::PrefixParseError| (s.clone(), e.0))?;
         let src = plan::source_of(&p);
         if !out.contains(&src) {
             out.push(src);
         }
     }
     Ok(out)
+}
+
+fn probe_sources(from: &[String]) -> Result<Vec<IpAddr>> {
+    sources_from(from).map_err(|(s, reason)| {
+        anyhow!("invalid CIDR {s:?} for --from: {reason}.\n  Fix: write a prefix such as 10.8.0.0/24 or 2001:db8::/64")
+    })
 }
 
 fn uplink_info(host: &HostSnapshot, name: &str) -> Result<Uplink> {
@@ -190,28 +361,24 @@ struct Sent {
     probe: Probe,
     sport: u16,
     isn: u32,
+    at: SystemTime,
     reached_on: Option<u32>,
     answers: Answers,
 }
 
-/// The probing itself, on an inventory already read (the tests call it too).
-pub fn run_with(
-    args: &VerifyArgs,
-    inventory: &Inventory,
-    ports: &[(u16, Proto)],
-    expected: &BTreeSet<(u16, Proto)>,
-    sources: &[IpAddr],
-) -> Result<Report> {
+/// Reads the host and plans the probes: the bindings to verify (every published port
+/// of the inventory, or `ports`), the uplinks (`uplinks`, or chosen as `watch` does).
+pub fn prepare(uplinks: &[String], inventory: &Inventory, ports: &[(u16, Proto)], sources: &[IpAddr]) -> Result<Prepared> {
     let started = Instant::now();
     let host = HostSnapshot::read().map_err(|e| anyhow!("{e}"))?;
     let mut bridges = inventory.bridges();
     if inventory.networks.is_empty() {
         bridges.extend(host.addressed_bridges());
     }
-    let uplink_names: Vec<String> = if args.uplinks.is_empty() {
+    let uplink_names: Vec<String> = if uplinks.is_empty() {
         host.uplink_candidates(&bridges).into_iter().map(|u| u.name).collect()
     } else {
-        args.uplinks.clone()
+        uplinks.to_vec()
     };
     if uplink_names.is_empty() {
         bail!("no uplink to probe: no interface is up with a global address besides bridges and loopback.\n  Fix: name one with --uplink IFACE");
@@ -219,164 +386,149 @@ pub fn run_with(
     let uplinks: Vec<Uplink> = uplink_names.iter().map(|n| uplink_info(&host, n)).collect::<Result<_>>()?;
     let targets = plan::targets(inventory, ports);
     let plan = plan::plan(&targets, &uplinks, sources);
+    Ok(Prepared { started, bridges, uplinks, targets, plan, sources: sources.to_vec() })
+}
 
-    let mut report = Report::default();
-    let mut say = |line: String| {
-        println!("{line}");
-        report.lines.push(line);
-    };
-    let default_sources = args.from.is_empty();
-    say(format!(
-        "dockexpose verify: {} published bindings, {} probes on {} from {}{}",
-        targets.len(),
-        plan.probes.len(),
-        uplinks.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "),
-        sources.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
-        if default_sources { " (documentation addresses no rule should trust; test an allow-list with --from CIDR)" } else { "" }
-    ));
-
-    // The kernel side: bridge programs (what reached a container), the injector, the guard.
-    let (mut kernel, mut events) = Kernel::load(KernelSettings::default()).map_err(|e| anyhow!("{e}"))?;
-    let mut answers_ring = kernel.prepare_probes().map_err(|e| anyhow!("{e}"))?;
-    for b in &bridges {
-        if interfaces::exists(b) {
-            kernel.attach_bridge(b).map_err(|e| anyhow!("{e}"))?;
-        }
-    }
-    let mut neighbours = Neighbours::default();
-    for s in sources {
-        kernel.add_probe_source(*s).map_err(|e| anyhow!("{e}"))?;
-    }
-    let mut guarded: BTreeMap<String, LinkLayer> = uplinks.iter().map(|u| (u.name.clone(), u.layer)).collect();
-    for s in sources {
-        if let Some((dev, on_link)) = route_to(*s) {
-            if on_link && dev != "lo" {
-                neighbours.add(*s, &dev);
-            }
-            if dev != "lo" {
-                guarded.entry(dev.clone()).or_insert_with(|| interfaces::link_layer(&dev));
+impl Prepared {
+    /// Sends the probes (`rate` a second, one uplink at a time; blocking: it sleeps),
+    /// waits `window` after each uplink's last one, cleans up, and says what became of
+    /// each. Prints nothing.
+    pub fn execute(self, rate: u32, window: Duration) -> Result<Outcome> {
+        let Prepared { started, bridges, uplinks, targets, plan, sources } = self;
+        let sources = &sources[..];
+        // The kernel side: bridge programs (what reached a container), the injector, the guard.
+        let (mut kernel, mut events) = Kernel::load(KernelSettings::default()).map_err(|e| anyhow!("{e}"))?;
+        let mut answers_ring = kernel.prepare_probes().map_err(|e| anyhow!("{e}"))?;
+        for b in &bridges {
+            if interfaces::exists(b) {
+                kernel.attach_bridge(b).map_err(|e| anyhow!("{e}"))?;
             }
         }
-    }
-    for (dev, layer) in &guarded {
-        kernel.attach_probe_guard(dev, *layer).map_err(|e| anyhow!("{e}"))?;
-    }
+        let mut neighbours = Neighbours::default();
+        for s in sources {
+            kernel.add_probe_source(*s).map_err(|e| anyhow!("{e}"))?;
+        }
+        let mut guarded: BTreeMap<String, LinkLayer> = uplinks.iter().map(|u| (u.name.clone(), u.layer)).collect();
+        for s in sources {
+            if let Some((dev, on_link)) = route_to(*s) {
+                if on_link && dev != "lo" {
+                    neighbours.add(*s, &dev);
+                }
+                if dev != "lo" {
+                    guarded.entry(dev.clone()).or_insert_with(|| interfaces::link_layer(&dev));
+                }
+            }
+        }
+        for (dev, layer) in &guarded {
+            kernel.attach_probe_guard(dev, *layer).map_err(|e| anyhow!("{e}"))?;
+        }
 
-    let window = Duration::from_millis(args.window_ms);
-    let gap = Duration::from_secs_f64(1.0 / f64::from(args.rate));
-    let mut next_port = 20_000 + (random_u32() % 30_000) as u16;
-    let mut sent: Vec<Sent> = Vec::new();
-    for (ui, uplink) in uplinks.iter().enumerate() {
-        let batch_start = sent.len();
-        let mut last = Instant::now();
-        for probe in plan.probes.iter().filter(|p| p.uplink == ui) {
-            let sport = next_port;
-            next_port = if next_port >= 60_000 { 20_000 } else { next_port + 1 };
-            let isn = random_u32();
-            let segment = if probe.proto == Proto::Tcp { Segment::Syn { isn } } else { Segment::Udp };
-            let spec = FrameSpec {
-                dst_mac: uplink.mac,
-                src: probe.source,
-                dst: probe.dst,
-                sport,
-                dport: probe.dst_port,
-                segment,
-                ip_id: sport,
-            };
-            let wait = gap.saturating_sub(last.elapsed());
-            std::thread::sleep(wait);
-            last = Instant::now();
-            kernel.inject(&frame::build(&spec), uplink.ifindex).map_err(|e| {
-                anyhow!(
-                    "injecting a probe into {} (BPF_PROG_TEST_RUN with live frames) failed: {e}.\n  Fix: verify needs Linux 5.18 or newer and root",
-                    uplink.name
-                )
-            })?;
-            sent.push(Sent { probe: probe.clone(), sport, isn, reached_on: None, answers: Answers::default() });
-            collect(&mut events, &mut answers_ring, &mut sent[batch_start..]);
-        }
-        // The window after the batch's last probe.
-        let deadline = last + window;
-        while Instant::now() < deadline {
-            collect(&mut events, &mut answers_ring, &mut sent[batch_start..]);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        collect(&mut events, &mut answers_ring, &mut sent[batch_start..]);
-        // Close what the probes opened: the container's (or the proxy's) half-open connection.
-        for s in &sent[batch_start..] {
-            if s.probe.proto == Proto::Tcp {
+        let gap = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let mut next_port = 20_000 + (random_u32() % 30_000) as u16;
+        let mut sent: Vec<Sent> = Vec::new();
+        for (ui, uplink) in uplinks.iter().enumerate() {
+            let batch_start = sent.len();
+            let mut last = Instant::now();
+            for probe in plan.probes.iter().filter(|p| p.uplink == ui) {
+                let sport = next_port;
+                next_port = if next_port >= 60_000 { 20_000 } else { next_port + 1 };
+                let isn = random_u32();
+                let segment = if probe.proto == Proto::Tcp { Segment::Syn { isn } } else { Segment::Udp };
                 let spec = FrameSpec {
                     dst_mac: uplink.mac,
-                    src: s.probe.source,
-                    dst: s.probe.dst,
-                    sport: s.sport,
-                    dport: s.probe.dst_port,
-                    segment: Segment::Rst { seq: s.isn.wrapping_add(1) },
-                    ip_id: s.sport,
+                    src: probe.source,
+                    dst: probe.dst,
+                    sport,
+                    dport: probe.dst_port,
+                    segment,
+                    ip_id: sport,
                 };
-                std::thread::sleep(gap.saturating_sub(last.elapsed()));
+                let wait = gap.saturating_sub(last.elapsed());
+                std::thread::sleep(wait);
                 last = Instant::now();
-                let _ = kernel.inject(&frame::build(&spec), uplink.ifindex);
+                kernel.inject(&frame::build(&spec), uplink.ifindex).map_err(|e| {
+                    anyhow!(
+                        "injecting a probe into {} (BPF_PROG_TEST_RUN with live frames) failed: {e}.\n  Fix: verify needs Linux 5.18 or newer and root",
+                        uplink.name
+                    )
+                })?;
+                sent.push(Sent {
+                    probe: probe.clone(),
+                    sport,
+                    isn,
+                    at: SystemTime::now(),
+                    reached_on: None,
+                    answers: Answers::default(),
+                });
+                collect(&mut events, &mut answers_ring, &mut sent[batch_start..]);
+            }
+            // The window after the batch's last probe.
+            let deadline = last + window;
+            while Instant::now() < deadline {
+                collect(&mut events, &mut answers_ring, &mut sent[batch_start..]);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            collect(&mut events, &mut answers_ring, &mut sent[batch_start..]);
+            // Close what the probes opened: the container's (or the proxy's) half-open connection.
+            for s in &sent[batch_start..] {
+                if s.probe.proto == Proto::Tcp {
+                    let spec = FrameSpec {
+                        dst_mac: uplink.mac,
+                        src: s.probe.source,
+                        dst: s.probe.dst,
+                        sport: s.sport,
+                        dport: s.probe.dst_port,
+                        segment: Segment::Rst { seq: s.isn.wrapping_add(1) },
+                        ip_id: s.sport,
+                    };
+                    std::thread::sleep(gap.saturating_sub(last.elapsed()));
+                    last = Instant::now();
+                    let _ = kernel.inject(&frame::build(&spec), uplink.ifindex);
+                }
             }
         }
-    }
-    // Let the RSTs land, then forget the probes in conntrack.
-    std::thread::sleep(Duration::from_millis(30));
-    collect(&mut events, &mut answers_ring, &mut sent);
-    let (deleted, remaining) = delete_conntrack(&sent, sources);
-    let dropped = kernel.probe_counter(PROBE_COUNTER_DROPPED).unwrap_or(0);
-    let lost = kernel.probe_counter(PROBE_COUNTER_LOST).unwrap_or(0);
-    let guards = kernel.probe_guards();
-    drop(kernel); // detaches the guard and the bridge programs
-    drop(neighbours);
+        // Let the RSTs land, then forget the probes in conntrack.
+        std::thread::sleep(Duration::from_millis(30));
+        collect(&mut events, &mut answers_ring, &mut sent);
+        let mut warnings = Vec::new();
+        let (deleted, remaining) = delete_conntrack(&sent, sources, &mut warnings);
+        let dropped = kernel.probe_counter(PROBE_COUNTER_DROPPED).unwrap_or(0);
+        let lost = kernel.probe_counter(PROBE_COUNTER_LOST).unwrap_or(0);
+        let guards = kernel.probe_guards();
+        drop(kernel); // detaches the guard and the bridge programs
+        drop(neighbours);
 
-    // Verdicts.
-    let mut reachable = Vec::new();
-    let mut counts: BTreeMap<Verdict, usize> = BTreeMap::new();
-    for s in &sent {
-        let (verdict, why) = plan::decide(s.probe.proto, s.reached_on.is_some(), s.answers);
-        let t: &Target = &targets[s.probe.target];
-        let is_expected = expected.contains(&(t.port.host_port, t.port.proto));
-        if verdict.reachable() {
-            reachable.push((t.port.host_port, t.port.proto));
-        }
-        *counts.entry(verdict).or_default() += 1;
-        let why = match (verdict, s.reached_on) {
-            (Verdict::Exposed, Some(ifindex)) => format!("{why} (seen on {})", iface_name(ifindex)),
-            _ => why.to_string(),
-        };
-        say(plan::probe_line(verdict, &why, t, &s.probe, &uplinks[s.probe.uplink].name, is_expected));
+        // Verdicts.
+        let probes = sent
+            .iter()
+            .map(|s| {
+                let (verdict, why) = plan::decide(s.probe.proto, s.reached_on.is_some(), s.answers);
+                ProbeResult {
+                    verdict,
+                    why: why.to_string(),
+                    target: targets[s.probe.target].clone(),
+                    probe: s.probe.clone(),
+                    uplink: uplinks[s.probe.uplink].name.clone(),
+                    sport: s.sport,
+                    at: s.at,
+                    reached_on: s.reached_on.map(iface_name),
+                }
+            })
+            .collect();
+        Ok(Outcome {
+            sources: sources.to_vec(),
+            uplinks: uplinks.iter().map(|u| u.name.clone()).collect(),
+            probes,
+            skipped: plan.skipped.iter().map(|(ti, why)| (targets[*ti].clone(), why.clone())).collect(),
+            elapsed: started.elapsed(),
+            guards,
+            guard_dropped: dropped,
+            answers_lost: lost,
+            conntrack_deleted: deleted,
+            conntrack_remaining: remaining,
+            warnings,
+        })
     }
-    for (ti, why) in &plan.skipped {
-        say(plan::skipped_line(&targets[*ti], why));
-    }
-    let unexpected: BTreeSet<String> = reachable
-        .iter()
-        .filter(|p| !expected.contains(p))
-        .map(|(port, proto)| format!("{port}/{}", proto.as_str()))
-        .collect();
-    say(format!(
-        "summary: {} exposed, {} through a proxy, {} held, {} not probed; {}; took {} ms",
-        counts.get(&Verdict::Exposed).unwrap_or(&0),
-        counts.get(&Verdict::Proxy).unwrap_or(&0),
-        counts.get(&Verdict::Held).unwrap_or(&0),
-        plan.skipped.len(),
-        if unexpected.is_empty() {
-            "nothing unexpected is reachable".to_string()
-        } else {
-            let list: Vec<String> = unexpected.iter().take(20).cloned().collect();
-            let more = if unexpected.len() > 20 { format!(" and {} more", unexpected.len() - 20) } else { String::new() };
-            format!("reachable and not --expect-exposed: {}{more}", list.join(", "))
-        },
-        started.elapsed().as_millis()
-    ));
-    say(format!(
-        "cleanup: guard on {} dropped {dropped} packets to probe sources{}; {deleted} conntrack entries of probes deleted, {remaining} remain",
-        guards.join(", "),
-        if lost > 0 { format!(" ({lost} answers not recorded: ring full)") } else { String::new() },
-    ));
-    report.exit_code = plan::exit_code(&reachable, expected);
-    Ok(report)
 }
 
 fn iface_name(ifindex: u32) -> String {
@@ -430,7 +582,7 @@ fn collect(events: &mut RingBuf<MapData>, answers: &mut RingBuf<MapData>, sent: 
 
 /// Deletes each probe's conntrack entry by its exact original tuple (`conntrack -D`),
 /// then counts what is left from the probe sources. Returns (deleted, remaining).
-fn delete_conntrack(sent: &[Sent], sources: &[IpAddr]) -> (usize, usize) {
+fn delete_conntrack(sent: &[Sent], sources: &[IpAddr], warnings: &mut Vec<String>) -> (usize, usize) {
     let mut deleted = 0;
     for s in sent {
         let fam = if s.probe.source.is_ipv4() { "ipv4" } else { "ipv6" };
@@ -463,7 +615,7 @@ fn delete_conntrack(sent: &[Sent], sources: &[IpAddr]) -> (usize, usize) {
                     .unwrap_or(0);
             }
             Err(e) => {
-                eprintln!("warning: conntrack (Debian package conntrack) could not run: {e}; the probes' conntrack entries stay until they time out.\n  Fix: apt-get install conntrack");
+                warnings.push(format!("warning: conntrack (Debian package conntrack) could not run: {e}; the probes' conntrack entries stay until they time out.\n  Fix: apt-get install conntrack"));
                 return (0, remaining_conntrack(sources));
             }
         }

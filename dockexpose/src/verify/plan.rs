@@ -213,6 +213,21 @@ pub fn exit_code(reachable: &[(u16, Proto)], expected: &BTreeSet<(u16, Proto)>) 
     if reachable.iter().any(|p| !expected.contains(p)) { 1 } else { 0 }
 }
 
+/// "nothing unexpected is reachable", or the reachable ports not expected (20 at most).
+pub fn unexpected_text(reachable: &[(u16, Proto)], expected: &BTreeSet<(u16, Proto)>) -> String {
+    let unexpected: BTreeSet<String> = reachable
+        .iter()
+        .filter(|p| !expected.contains(p))
+        .map(|(port, proto)| format!("{port}/{}", proto.as_str()))
+        .collect();
+    if unexpected.is_empty() {
+        return "nothing unexpected is reachable".to_string();
+    }
+    let list: Vec<String> = unexpected.iter().take(20).cloned().collect();
+    let more = if unexpected.len() > 20 { format!(" and {} more", unexpected.len() - 20) } else { String::new() };
+    format!("reachable and not --expect-exposed: {}{more}", list.join(", "))
+}
+
 fn endpoint(ip: IpAddr, port: u16) -> String {
     if ip.is_ipv6() { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
 }
@@ -363,6 +378,18 @@ mod tests {
         assert_eq!(decide(Proto::Tcp, false, rst), (Verdict::Held, "refused by the host (RST): not forwarded to the container"));
         assert_eq!(decide(Proto::Tcp, false, none), (Verdict::Held, "dropped before reaching the container"));
         assert_eq!(decide(Proto::Udp, false, none).0, Verdict::Held);
+    }
+
+    #[test]
+    fn unexpected_ports_are_listed() {
+        let expected: BTreeSet<(u16, Proto)> = [(443, Proto::Tcp)].into();
+        assert_eq!(unexpected_text(&[(443, Proto::Tcp)], &expected), "nothing unexpected is reachable");
+        assert_eq!(
+            unexpected_text(&[(8080, Proto::Tcp), (53, Proto::Udp), (8080, Proto::Tcp)], &expected),
+            "reachable and not --expect-exposed: 53/udp, 8080/tcp"
+        );
+        let many: Vec<(u16, Proto)> = (1000..1025).map(|p| (p, Proto::Tcp)).collect();
+        assert!(unexpected_text(&many, &expected).ends_with(" and 5 more"));
     }
 
     #[test]
