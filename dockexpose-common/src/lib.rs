@@ -124,7 +124,7 @@ pub const PREFIX_TRUSTED: u8 = 2;
 pub const PREFIX_HOST: u8 = 3;
 
 /// Capacities of the kernel maps. Every map an outsider can fill is LRU and bounded.
-pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+pub const EVENTS_RING_BYTES: u32 = 1 << 22;
 pub const FLOWS_MAX: u32 = 65_536;
 pub const ATTEMPTS_MAX: u32 = 65_536;
 /// Ifindexes whose traffic is the host's own (the watched bridges, loopback).

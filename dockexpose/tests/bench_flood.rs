@@ -235,6 +235,7 @@ fn flood_at_the_highest_rate() {
     let cap = env_u64("DOCKEXPOSE_FLOOD_PPS", 0);
     let image = docker::echo_image();
     let outside = OutsideHost::new("b");
+    let hook = bench_uplink_hook();
     let n = outside.n;
     // The container's SYN-ACKs to the spoofed sources go back into the outside
     // namespace, where a blackhole route ends them. Without it the namespace (which
@@ -248,7 +249,7 @@ fn flood_at_the_highest_rate() {
     let port = 32000 + n as u16;
     let _web = docker::Container::run(&format!("dx-bflood-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
     let json = std::env::temp_dir().join(format!("dockexpose-bflood-{n}.json"));
-    let mut w = Watcher::start(&["--uplink", &outside.uplink, "--quiet", "--stats-interval", "0"], json.clone());
+    let mut w = Watcher::start(&["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0"], json.clone());
     let pid = w.pid();
     let src = outside.src4();
     let legit_dst = outside.host4(port);

@@ -256,6 +256,7 @@ fn saturation_attached_vs_detached() {
     }
     let image = docker::http_image();
     let outside = OutsideHost::new("s");
+    let hook = bench_uplink_hook();
     // Many short connections from one address: use the whole port range, so that a
     // port comes back only long after its last use.
     sh(&["ip", "netns", "exec", &outside.ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
@@ -301,7 +302,7 @@ fn saturation_attached_vs_detached() {
     for round in 0..ROUNDS {
         // Alternate which goes first, so that drift over the run hits both alike.
         for attach in if round % 2 == 0 { [false, true] } else { [true, false] } {
-            let watcher = attach.then(|| Watcher::start(&["--uplink", &outside.uplink, "--quiet", "--stats-interval", "0"], json.clone()));
+            let watcher = attach.then(|| Watcher::start(&["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0"], json.clone()));
             let before_daemon = watcher.as_ref().map(|w| (proc_cpu(w.pid()), proc_cpu_ns(w.pid())));
             let compilers0 = compiler_jiffies();
             let (b0, t0) = cpu_jiffies();
@@ -363,7 +364,7 @@ fn saturation_attached_vs_detached() {
 
     // Latency when idle: a slow sequential client, attached. Also measured from
     // outside: connect to the record appearing in the audit log.
-    let w = Watcher::start(&["--uplink", &outside.uplink, "--quiet", "--stats-interval", "0"], json.clone());
+    let w = Watcher::start(&["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0"], json.clone());
     let mut seen_ms = Vec::new();
     for _ in 0..IDLE_CONNECTIONS {
         let t0 = Instant::now();

@@ -744,3 +744,12 @@ pub fn tx_dropped(ns: &str, dev: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j output");
     v[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
 }
+
+/// The uplink hook the benchmarks measure (`DOCKEXPOSE_BENCH_UPLINK_HOOK`: xdp or tc;
+/// default: dockexpose's own default, xdp), printed with their figures.
+pub fn bench_uplink_hook() -> String {
+    let hook = std::env::var("DOCKEXPOSE_BENCH_UPLINK_HOOK").unwrap_or_else(|_| "xdp".into());
+    assert!(hook == "xdp" || hook == "tc", "DOCKEXPOSE_BENCH_UPLINK_HOOK must be xdp or tc, not {hook:?}");
+    eprintln!("uplink hook measured: {hook} (DOCKEXPOSE_BENCH_UPLINK_HOOK)");
+    hook
+}
