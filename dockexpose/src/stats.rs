@@ -17,6 +17,9 @@ pub struct PipelineCounters {
     pub answers_received: u64,
     /// Attempts that got no verdict because the tracker was full (a flood).
     pub attempts_untracked: u64,
+    /// Kernel records of the daemon's own verify probes (`watch --verify-every`): not
+    /// outside connections, not written.
+    pub probe_records: u64,
     /// Times the kernel woke the ring-buffer reader, and records it took.
     pub reader_wakeups: u64,
     pub records_read: u64,
@@ -106,6 +109,7 @@ impl PipelineCounters {
         parts.push(format!("unbound_attempts={}", self.unbound_attempts));
         parts.push(format!("answers_received={}", self.answers_received));
         parts.push(format!("attempts_untracked={}", self.attempts_untracked));
+        parts.push(format!("probe_records={}", self.probe_records));
         parts.push(format!("reader_wakeups={}", self.reader_wakeups));
         parts.push(format!("records_read={}", self.records_read));
         parts.push(format!("record_latency_p50_us={}", self.record_latency.p50_us));

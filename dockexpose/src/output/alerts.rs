@@ -51,6 +51,15 @@ enum Target {
     Address(IpAddr),
 }
 
+/// A port a probe of `watch --verify-every` found reachable, on one uplink.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct VerifiedKey {
+    target: Target,
+    port: u16,
+    proto: &'static str,
+    uplink: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct AlertKey {
     exposure: ExposureKey,
@@ -80,6 +89,8 @@ pub struct Alerter {
     suppressed: u64,
     /// When the last summary line was shown: after the first, at most one a window.
     last_summary: Option<Instant>,
+    /// Verified exposures alerted on, and when (one alert per window).
+    verified: HashMap<VerifiedKey, Instant>,
 }
 
 fn endpoint(ip: IpAddr, port: u16) -> String {
@@ -153,6 +164,19 @@ pub fn headline(rec: &Record) -> Option<(&'static str, String)> {
     Some(line)
 }
 
+/// "EXPOSED (verified) web (nginx:1.27) 198.18.3.1:8080 -> 80/tcp reachable from outside on eth0"
+fn verified_headline(rec: &Record, container_port: Option<u16>) -> String {
+    let port = container_port.map_or_else(|| "?".to_string(), |p| p.to_string());
+    let proxy = if rec.verdict == Some("PROXY") { " (through a proxy on the host: docker-proxy)" } else { "" };
+    format!(
+        "EXPOSED (verified) {} {} -> {port}/{} reachable from outside on {}{proxy}",
+        who(rec),
+        host_side(rec),
+        rec.proto,
+        escape_untrusted(&rec.iface)
+    )
+}
+
 impl Alerter {
     pub fn new(window: Duration) -> Self {
         Self {
@@ -163,7 +187,31 @@ impl Alerter {
             new_this_second: 0,
             suppressed: 0,
             last_summary: None,
+            verified: HashMap::default(),
         }
+    }
+
+    /// A `verified` record (a probe of `watch --verify-every`): the line for a port
+    /// found reachable (verdict EXPOSED or PROXY), once per (container, host port,
+    /// protocol, uplink) per window; None for HELD and for repeats. `container_port`:
+    /// the binding's container side.
+    pub fn verified(&mut self, rec: &Record, container_port: Option<u16>, now: Instant) -> Option<String> {
+        if rec.stage != super::record::STAGE_VERIFIED || !matches!(rec.verdict, Some("EXPOSED" | "PROXY")) {
+            return None;
+        }
+        let key = VerifiedKey {
+            target: rec.container.as_ref().map_or(Target::Address(rec.dst_ip), |c| Target::Container(c.clone())),
+            port: rec.host_port.unwrap_or(rec.dst_port),
+            proto: rec.proto,
+            uplink: rec.iface.clone(),
+        };
+        if self.verified.get(&key).is_some_and(|t| now.duration_since(*t) < self.window) {
+            return None;
+        }
+        if self.verified.len() < MAX_EXPOSURES || self.verified.contains_key(&key) {
+            self.verified.insert(key, now);
+        }
+        Some(verified_headline(rec, container_port))
     }
 
     /// Registers a record; returns the line to show now, if any.
@@ -236,6 +284,7 @@ impl Alerter {
             false
         });
         self.exposures.retain(|_, e| now.duration_since(e.last) < window);
+        self.verified.retain(|_, t| now.duration_since(*t) < window);
         if self.suppressed > 0 && self.last_summary.is_none_or(|t| now.duration_since(t) >= window) {
             out.push(format!(
                 "WARNING: {} more alerts not shown (new sources at exposures already shown, over {MAX_NEW_PER_SECOND} per second or {MAX_SOURCES_PER_EXPOSURE} per exposure in {} s: a scan or a flood?); every connection is still in the JSON log",
@@ -406,6 +455,55 @@ mod tests {
         assert_eq!((a.open.len(), a.exposures.len()), (MAX_OPEN, MAX_EXPOSURES), "both tables full, never past their cap");
         let db = a.observe(&rec("203.0.113.7", "172.17.0.3", 5432), t0 + Duration::from_millis(100));
         assert!(db.is_some(), "a new exposure is shown even when the tables are full");
+    }
+
+    /// A verified record as the daemon builds it: an attempt's, from the probe source.
+    fn verified(verdict: &'static str, uplink: &str, host_port: u16) -> Record {
+        let obs = Observation {
+            ktime_ns: 0,
+            stage: Stage::Attempted,
+            proto: Proto::Tcp,
+            src: "198.51.100.77".parse().unwrap(),
+            src_port: 20001,
+            dst: "198.18.3.1".parse().unwrap(),
+            dst_port: host_port,
+            orig_dst: None,
+            ifindex: 0,
+            seq: 0,
+            flags: 0,
+        };
+        let mut r = correlate::record(&obs, Stage::Attempted, SystemTime::UNIX_EPOCH, uplink, Some(&sample()));
+        r.stage = crate::output::record::STAGE_VERIFIED;
+        r.verdict = Some(verdict);
+        r.why = Some("reached the container".into());
+        r
+    }
+
+    #[test]
+    fn verified_exposures_alert_once_per_container_port_and_uplink_in_a_window() {
+        let mut a = Alerter::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let r = verified("EXPOSED", "eth0", 8080);
+        assert_eq!(a.observe(&r, t0), None, "verified records take their own path");
+        assert_eq!(
+            a.verified(&r, Some(80), t0).unwrap(),
+            "EXPOSED (verified) web (nginx:1.27) 198.18.3.1:8080 -> 80/tcp reachable from outside on eth0"
+        );
+        assert_eq!(a.verified(&r, Some(80), t0 + Duration::from_secs(5)), None, "same port and uplink in the window");
+        let mut v6 = r.clone();
+        v6.host_ip = Some("fd42::1".parse().unwrap());
+        assert_eq!(a.verified(&v6, Some(80), t0), None, "the other family of the same port: one alert");
+        assert!(a.verified(&verified("EXPOSED", "eth1", 8080), Some(80), t0).is_some(), "another uplink");
+        assert!(a.verified(&verified("EXPOSED", "eth0", 8443), Some(80), t0).is_some(), "another port");
+        let proxy = a.verified(&verified("PROXY", "eth0", 9999), Some(80), t0).unwrap();
+        assert!(proxy.ends_with("on eth0 (through a proxy on the host: docker-proxy)"), "{proxy}");
+        assert_eq!(a.verified(&verified("HELD", "eth0", 7777), Some(80), t0), None, "HELD: no alert");
+        assert!(a.flush(t0 + Duration::from_secs(61)).is_empty(), "no count lines for verified alerts");
+        assert!(a.verified(&r, Some(80), t0 + Duration::from_secs(62)).is_some(), "a new window, a new alert");
+        let mut evil = verified("EXPOSED", "eth0\u{1b}[2J", 8080);
+        std::sync::Arc::make_mut(evil.container.as_mut().unwrap()).name = "x\u{202e}y".into();
+        let line = a.verified(&evil, None, t0 + Duration::from_secs(200)).unwrap();
+        assert!(!line.contains('\u{1b}') && !line.contains('\u{202e}') && line.contains("-> ?/tcp"), "{line}");
     }
 
     #[test]

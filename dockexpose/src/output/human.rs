@@ -60,6 +60,9 @@ pub fn connection_line(rec: &Record) -> String {
     if !rec.shape.is_empty() {
         let _ = write!(line, " [{}]", rec.shape.join(","));
     }
+    if let Some(verdict) = rec.verdict {
+        let _ = write!(line, ": {verdict}, {}", rec.why.as_deref().unwrap_or(""));
+    }
     line
 }
 
@@ -106,10 +109,23 @@ mod tests {
             path: Some("bridge"),
             spoofed_local: false,
             shape: Vec::new(),
+            verdict: None,
+            why: None,
         };
         assert_eq!(
             connection_line(&rec),
             "REACHED tcp [fd42::2]:5000 -> [fd42:1::2]:80 (published [fd42::1]:8080) on br0 container unknown"
+        );
+        let verified = Record {
+            stage: "verified",
+            verdict: Some("HELD"),
+            why: Some("dropped before reaching the container".into()),
+            path: None,
+            ..rec
+        };
+        assert_eq!(
+            connection_line(&verified),
+            "VERIFIED tcp [fd42::2]:5000 -> [fd42:1::2]:80 (published [fd42::1]:8080) on br0 container unknown: HELD, dropped before reaching the container"
         );
     }
 }

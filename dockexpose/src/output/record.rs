@@ -11,6 +11,10 @@ use crate::kernel::event::{Observation, Stage};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The stage of a record written for a probe of `watch --verify-every` (userspace
+/// only: the kernel never emits it).
+pub const STAGE_VERIFIED: &str = "verified";
+
 /// A record's time: serialized as RFC 3339, UTC, microseconds
 /// ("2026-11-29T07:20:34.123456Z"), formatted on a stack buffer (no allocation; a
 /// general-purpose formatter was a tenth of the daemon's time per record).
@@ -122,6 +126,12 @@ pub struct Record {
     /// `ip_options` (IPv4 options, IPv6 extension headers), `vlan`, `flags_hidden`
     /// (a first fragment cut before the TCP flags: conntrack told it new).
     pub shape: Vec<&'static str>,
+    /// Only on `verified` records: `EXPOSED`, `PROXY` or `HELD` (the probe's verdict).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<&'static str>,
+    /// Only on `verified` records: a few words on why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 impl Record {
@@ -146,6 +156,8 @@ impl Record {
             path: (stage == Stage::Reached).then_some("bridge"),
             spoofed_local: obs.spoofed_local(),
             shape: obs.shape(),
+            verdict: None,
+            why: None,
         }
     }
 
@@ -214,6 +226,7 @@ mod tests {
         assert!(v["host_ip"].is_null() && v["host_port"].is_null() && v["container"].is_null());
         assert_eq!(v["iface"], "br-test");
         assert_eq!(v["schema"], SCHEMA_VERSION);
+        assert!(v.get("verdict").is_none() && v.get("why").is_none(), "verdict and why only on verified records");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!
 //! `frame` and `plan` are pure (unit-tested); this file does the I/O.
 
+pub mod daemon;
 pub mod frame;
 pub mod plan;
 
