@@ -133,6 +133,16 @@ pub struct WatchArgs {
     /// then a count.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub alert_window: u64,
+
+    /// Run `verify`'s probes at start, then this often (e.g. 1h, 30m; at least 10s),
+    /// and on the new ports a few seconds after Docker publishes them. Default: off.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "no_docker")]
+    pub verify_every: Option<std::time::Duration>,
+
+    /// Probe from this network (repeatable; its first host address), as verify's
+    /// --from. Default: 198.51.100.77 and 2001:db8:dc::77 (documentation ranges).
+    #[arg(long = "verify-from", value_name = "CIDR", requires = "verify_every")]
+    pub verify_from: Vec<String>,
 }
 
 #[cfg(test)]
@@ -179,6 +189,21 @@ mod tests {
         assert_eq!(v.ports, ["80/tcp", "53/udp"]);
         assert_eq!((v.from.len(), v.uplinks.len(), v.expect_exposed.len(), v.rate), (1, 1, 1, 50));
         assert!(parse(&["verify", "--rate", "fast"]).is_err());
+    }
+
+    #[test]
+    fn verify_every_takes_a_duration_and_sources() {
+        let Command::Watch(w) = parse(&["watch"]).unwrap().command else { panic!("expected watch") };
+        assert_eq!(w.verify_every, None, "off by default");
+        let cli = parse(&["watch", "--verify-every", "1h", "--verify-from", "198.18.5.77/32", "--verify-from", "fd42::/64"]).unwrap();
+        let Command::Watch(w) = cli.command else { panic!("expected watch") };
+        assert_eq!(w.verify_every, Some(std::time::Duration::from_secs(3600)));
+        assert_eq!(w.verify_from, ["198.18.5.77/32", "fd42::/64"]);
+        let Command::Watch(w) = parse(&["watch", "--verify-every", "10m"]).unwrap().command else { panic!("expected watch") };
+        assert_eq!(w.verify_every, Some(std::time::Duration::from_secs(600)));
+        assert!(parse(&["watch", "--verify-every", "often"]).is_err());
+        assert!(parse(&["watch", "--verify-from", "10.0.0.0/8"]).is_err(), "--verify-from needs --verify-every");
+        assert!(parse(&["watch", "--verify-every", "1h", "--no-docker"]).is_err(), "verify needs Docker's published ports");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::Path,
     time::{Duration, Instant},
 };
@@ -38,6 +39,11 @@ use crate::{
     output::{alerts::Alerter, human, record::Record, sink::JsonSink},
     stats::{LatencyHistogram, LossTracker, PipelineCounters},
     verdict::AttemptTracker,
+    verify::{
+        self,
+        daemon::{self as verifyd, ProbeSources, RunKind, Schedule},
+        Outcome,
+    },
 };
 
 /// Most batches handled before the audit log is flushed.
@@ -58,6 +64,30 @@ const IDENTITY_GRACE: Duration = Duration::from_secs(1);
 const MAX_PENDING: usize = 1024;
 /// How long start-up waits for Docker's first answer before choosing bridges.
 const DOCKER_FIRST_ANSWER: Duration = Duration::from_secs(3);
+
+/// How long shutdown waits for a verify run in progress to finish and clean up.
+const VERIFY_STOP_WAIT: Duration = Duration::from_secs(20);
+
+/// `--verify-every`, validated.
+struct VerifySettings {
+    every: Duration,
+    sources: Vec<IpAddr>,
+    /// --uplink as given (empty: chosen as verify does).
+    uplinks: Vec<String>,
+}
+
+/// A verify run's result, from its blocking thread.
+type VerifyResult = std::result::Result<Outcome, String>;
+
+/// Verifying from the daemon: the schedule, the run in progress, its probe sources.
+struct VerifyState {
+    settings: VerifySettings,
+    schedule: Schedule,
+    probes: ProbeSources,
+    tx: mpsc::UnboundedSender<VerifyResult>,
+    /// The run in progress, and the inventory it probes (its records are named from it).
+    running: Option<(RunKind, Inventory)>,
+}
 
 /// Where attempts are watched for.
 enum UplinkSelection {
@@ -83,6 +113,8 @@ struct Settings {
     stats_interval: Option<Duration>,
     quiet: bool,
     kernel: KernelSettings,
+    /// None without --verify-every.
+    verify: Option<VerifySettings>,
 }
 
 fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
@@ -131,7 +163,22 @@ fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
              ports, which only Docker's inventory names; only what reaches the bridges is reported"
         );
     }
+    let verify = match args.verify_every {
+        None => None,
+        Some(every) if every < verifyd::MIN_EVERY => {
+            return Err(Error::InvalidSetting {
+                name: "--verify-every",
+                reason: format!("must be at least {} (new published ports are verified on their own)", humantime::format_duration(verifyd::MIN_EVERY)),
+            })
+        }
+        Some(every) => {
+            let sources = verify::sources_from(&args.verify_from)
+                .map_err(|(input, reason)| Error::InvalidCidr { option: "--verify-from", input, reason })?;
+            Some(VerifySettings { every, sources, uplinks: args.uplinks.clone() })
+        }
+    };
     Ok(Settings {
+        verify,
         explicit_bridges: args.bridges.clone(),
         uplinks: if args.no_uplinks {
             UplinkSelection::Off("off (--no-uplinks)")
@@ -191,6 +238,26 @@ struct Watcher {
     /// Attempts that got no verdict: the tracker was full.
     attempts_untracked: u64,
     answers_received: u64,
+    /// `--verify-every`: None when off.
+    verify: Option<VerifyState>,
+    /// Kernel records of the daemon's own probes: not written.
+    probe_records: u64,
+}
+
+/// The next verify result, or never when verify is off.
+async fn next_verify_result(rx: &mut Option<mpsc::UnboundedReceiver<VerifyResult>>) -> Option<VerifyResult> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 pub async fn run(args: WatchArgs) -> Result<()> {
@@ -202,6 +269,15 @@ pub async fn run(args: WatchArgs) -> Result<()> {
 
     let alerter = Alerter::new(settings.alert_window);
     let blocked_after_ns = settings.blocked_after_ns;
+    let (verify_tx, verify_rx) = mpsc::unbounded_channel::<VerifyResult>();
+    let mut verify_rx = settings.verify.is_some().then_some(verify_rx);
+    let verify = settings.verify.as_ref().map(|v| VerifyState {
+        settings: VerifySettings { every: v.every, sources: v.sources.clone(), uplinks: v.uplinks.clone() },
+        schedule: Schedule::new(v.every, Instant::now()),
+        probes: ProbeSources::new(v.sources.clone()),
+        tx: verify_tx,
+        running: None,
+    });
     let mut w = Watcher {
         kernel,
         settings,
@@ -223,6 +299,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         unbound_attempts: 0,
         attempts_untracked: 0,
         answers_received: 0,
+        verify,
+        probe_records: 0,
     };
     // Docker first: its networks decide which bridges to watch.
     let mut docker_rx = match w.settings.docker_endpoint.clone() {
@@ -290,8 +368,20 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         },
         args.json.as_deref().map_or("off".into(), |p| if p == Path::new("-") { "stdout".into() } else { p.display().to_string() }),
     );
+    if let Some(v) = &w.verify {
+        eprintln!(
+            "dockexpose: verify: every published port now and every {}, new published ports {} s after Docker publishes them; probes from {} on {} (their records are not outside connections)",
+            humantime::format_duration(v.settings.every),
+            verifyd::DEBOUNCE.as_secs(),
+            v.settings.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+            if v.settings.uplinks.is_empty() { "the uplinks verify chooses".to_string() } else { v.settings.uplinks.join(", ") },
+        );
+    }
+    // SIGINT/SIGTERM while a verify run goes: wait for it to clean up, then stop.
+    let mut stopping: Option<(&'static str, Instant)> = None;
 
     let outcome = loop {
+        let verify_due = if stopping.is_some() { None } else { w.verify.as_ref().and_then(|v| v.schedule.due()) };
         tokio::select! {
             Some(batch) = rx.recv() => {
                 w.handle_batch(&batch)?;
@@ -304,8 +394,20 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             Some(state) = next_docker_state(&mut docker_rx) => w.docker_changed(state)?,
             _ = refresh.tick() => w.refresh_host()?,
             _ = stats.tick() => w.report_counters("counters")?,
-            _ = sigint.recv() => break Ok("SIGINT"),
-            _ = sigterm.recv() => break Ok("SIGTERM"),
+            Some(result) = next_verify_result(&mut verify_rx) => w.verify_done(result)?,
+            _ = sleep_until(verify_due) => w.start_verify(),
+            _ = sigint.recv() => {
+                if !w.verify_running() {
+                    break Ok("SIGINT");
+                }
+                stopping.get_or_insert(("SIGINT", Instant::now() + VERIFY_STOP_WAIT));
+            }
+            _ = sigterm.recv() => {
+                if !w.verify_running() {
+                    break Ok("SIGTERM");
+                }
+                stopping.get_or_insert(("SIGTERM", Instant::now() + VERIFY_STOP_WAIT));
+            }
             res = &mut reader_task => {
                 reader_ended = true;
                 break match res {
@@ -317,6 +419,15 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         }
         // Before waiting again, everything seen so far is written out.
         w.flush()?;
+        if let Some((reason, deadline)) = stopping {
+            if !w.verify_running() {
+                break Ok(reason);
+            }
+            if Instant::now() >= deadline {
+                eprintln!("warning: the verify run in progress did not finish within {} s; stopping without its results", VERIFY_STOP_WAIT.as_secs());
+                break Ok(reason);
+            }
+        }
     };
     // What the reader handed over, then what is still in the ring, gets written.
     let _ = stop_reader.send(());
@@ -536,6 +647,16 @@ impl Watcher {
                 self.docker_connected = true;
                 self.docker_problem = None;
                 self.kernel.sync_published_ports(&inv.published_host_ports())?;
+                if let Some(v) = &mut self.verify {
+                    let new = v.schedule.inventory(verifyd::published_ports(&inv), Instant::now());
+                    if !new.is_empty() {
+                        eprintln!(
+                            "dockexpose: verify: {} published; verified within {} s",
+                            RunKind::NewPorts(new).describe(),
+                            verifyd::DEBOUNCE.as_secs()
+                        );
+                    }
+                }
                 self.inventory = Some(inv);
                 self.reconcile_bridges();
                 self.sync_prefixes()?;
@@ -586,6 +707,11 @@ impl Watcher {
                 return Ok(());
             }
         };
+        if self.verify.as_ref().is_some_and(|v| v.probes.is_probe(&obs, Instant::now)) {
+            // The daemon's own probe (or the host's answer to one): no outside connection.
+            self.probe_records += 1;
+            return Ok(());
+        }
         let iface = self.ifnames.get(&obs.ifindex).cloned().unwrap_or_else(|| format!("if{}", obs.ifindex));
         match obs.stage {
             Stage::Answered => {
@@ -679,6 +805,71 @@ impl Watcher {
         Ok(())
     }
 
+    fn verify_running(&self) -> bool {
+        self.verify.as_ref().is_some_and(|v| v.running.is_some())
+    }
+
+    /// Starts the verify run that is due, on a blocking thread (it sleeps between
+    /// probes); its result comes back over the channel. One run at a time.
+    fn start_verify(&mut self) {
+        let Some(v) = self.verify.as_mut() else { return };
+        let Some(inventory) = self.inventory.clone() else { return };
+        let Some(kind) = v.schedule.start(Instant::now()) else { return };
+        // Ports gone again since they were queued are not probed.
+        let kind = match kind {
+            RunKind::NewPorts(ports) => {
+                let now = verifyd::published_ports(&inventory);
+                RunKind::NewPorts(ports.into_iter().filter(|p| now.contains(p)).collect())
+            }
+            k => k,
+        };
+        if kind == RunKind::NewPorts(BTreeSet::new()) {
+            v.schedule.finished();
+            return;
+        }
+        let (uplinks, sources, ports, tx) = (v.settings.uplinks.clone(), v.settings.sources.clone(), kind.ports(), v.tx.clone());
+        let probed = inventory.clone();
+        v.probes.begin();
+        v.running = Some((kind, inventory));
+        tokio::task::spawn_blocking(move || {
+            let result = verify::prepare(&uplinks, &probed, &ports, &sources)
+                .and_then(|prepared| prepared.execute(verifyd::RATE, verifyd::WINDOW))
+                .map_err(|e| format!("{e:#}"));
+            let _ = tx.send(result);
+        });
+    }
+
+    /// A verify run ended: one `verified` record per probe, alerts for ports found
+    /// reachable, a summary line.
+    fn verify_done(&mut self, result: VerifyResult) -> Result<()> {
+        let Some(v) = self.verify.as_mut() else { return Ok(()) };
+        let Some((kind, inventory)) = v.running.take() else { return Ok(()) };
+        v.schedule.finished();
+        v.probes.end(Instant::now());
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("warning: verify ({}) failed: {}; trying again at the next run", kind.describe(), human::escape_untrusted(&e));
+                return Ok(());
+            }
+        };
+        for warning in &outcome.warnings {
+            eprintln!("{warning}");
+        }
+        for r in &outcome.probes {
+            let rec = verifyd::verified_record(r, Some(&inventory));
+            self.sink.write_record(&rec)?;
+            if !self.settings.quiet {
+                eprintln!("{}", human::connection_line(&rec));
+            }
+            if let Some(alert) = self.alerter.verified(&rec, Some(r.target.port.container_port), Instant::now()) {
+                eprintln!("{alert}");
+            }
+        }
+        eprintln!("{}", verifyd::summary_line(&kind, &outcome));
+        Ok(())
+    }
+
     /// Re-reads interfaces and addresses: drops vanished bridges, picks up new ones,
     /// keeps the local prefixes current, closes alert windows, and warns about loss.
     fn refresh_host(&mut self) -> Result<()> {
@@ -705,6 +896,7 @@ impl Watcher {
             unbound_attempts: self.unbound_attempts,
             answers_received: self.answers_received,
             attempts_untracked: self.attempts_untracked,
+            probe_records: self.probe_records,
         })
     }
 
