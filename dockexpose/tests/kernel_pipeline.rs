@@ -61,7 +61,8 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     let trusted4 = format!("{}/32", bed.outside.v4(3));
     let trusted6 = format!("{}/128", bed.outside.v6(3));
     let watcher = Watcher::start(
-        &["--bridge", &bed.bridge, "--uplink", &bed.outside.uplink, "--trusted", &trusted4, "--trusted", &trusted6, "--stats-interval", "0"],
+        // XDP explicitly: the default TCX ingress hook is covered by the Docker tests.
+        &["--bridge", &bed.bridge, "--uplink", &bed.outside.uplink, "--uplink-hook", "xdp", "--trusted", &trusted4, "--trusted", &trusted6, "--stats-interval", "0"],
         json,
     );
     if let Some(secs) = std::env::var("DOCKEXPOSE_TEST_HOLD").ok().and_then(|s| s.parse().ok()) {

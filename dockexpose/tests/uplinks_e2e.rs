@@ -32,38 +32,42 @@ fn an_l3_uplink_sees_attempts_and_reaches_carry_the_exact_host_port() {
     let name = format!("dxl3{n}");
     let tun = Tun::create(&name, &format!("198.18.{m}.1/24"), &format!("fd42:198:{m}::1/64"));
     let (host, peer): (Ipv4Addr, Ipv4Addr) = (format!("198.18.{m}.1").parse().unwrap(), format!("198.18.{m}.2").parse().unwrap());
-    let mut w = Watcher::start(&["--uplink", &name, "--blocked-after", "2", "--stats-interval", "0"], json_path("l3"));
-    let line = w.wait_for_line(&format!("uplink {name} watched"), Duration::from_secs(5));
-    assert!(line.contains("L3, no Ethernet header"), "the L3 program is chosen for a TUN: {line}");
+    // Both hooks: TCX ingress (the default) and XDP, each with its L3 program.
+    for (hook, sport) in [("tc", 45001u16), ("xdp", 45002)] {
+        let mut w = Watcher::start(&["--uplink", &name, "--uplink-hook", hook, "--blocked-after", "2", "--stats-interval", "0"], json_path("l3"));
+        let line = w.wait_for_line(&format!("uplink {name} watched"), Duration::from_secs(5));
+        assert!(line.contains("L3, no Ethernet header"), "the L3 program is chosen for a TUN: {line}");
+        assert!(line.contains(if hook == "tc" { "TCX ingress" } else { "XDP" }), "{line}");
 
-    // A SYN arriving on the TUN: DNAT'd by Docker, answered by the container.
-    tun.write(&ipv4_tcp_syn(peer, host, 45001, port, 0x4000_0000));
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut answered = false;
-    while Instant::now() < deadline && !answered {
-        if let Some(p) = tun.read_timeout(Duration::from_millis(200)) {
-            answered = tcp_reply(&p).is_some_and(|(s, sp, d, dp, flags)| {
-                (s, sp, d, dp) == (IpAddr::V4(host), port, IpAddr::V4(peer), 45001) && flags & 0x12 == 0x12
-            });
+        // A SYN arriving on the TUN: DNAT'd by Docker, answered by the container.
+        tun.write(&ipv4_tcp_syn(peer, host, sport, port, 0x4000_0000 + u32::from(sport)));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut answered = false;
+        while Instant::now() < deadline && !answered {
+            if let Some(p) = tun.read_timeout(Duration::from_millis(200)) {
+                answered = tcp_reply(&p).is_some_and(|(s, sp, d, dp, flags)| {
+                    (s, sp, d, dp) == (IpAddr::V4(host), port, IpAddr::V4(peer), sport) && flags & 0x12 == 0x12
+                });
+            }
         }
+        assert!(answered, "the container answered through the TUN");
+        std::thread::sleep(Duration::from_millis(2500)); // past --blocked-after
+        let (records, status, lines) = w.stop();
+        assert!(status.success());
+        let peer_s = peer.to_string();
+        let attempted = own_stage(&records, &peer_s, sport, "attempted");
+        let reached = own_stage(&records, &peer_s, sport, "reached");
+        assert_eq!((attempted.len(), reached.len()), (1, 1), "{records:#?}");
+        assert!(own_stage(&records, &peer_s, sport, "blocked").is_empty());
+        assert_eq!(attempted[0]["iface"], name.as_str());
+        assert_eq!((attempted[0]["dst_ip"].as_str(), attempted[0]["dst_port"].as_u64()), (Some(host.to_string().as_str()), Some(port as u64)));
+        assert_eq!(attempted[0]["container"]["name"], web.name.as_str());
+        assert_eq!((reached[0]["host_ip"].as_str(), reached[0]["host_port"].as_u64()), (Some(host.to_string().as_str()), Some(port as u64)));
+        let last = lines.iter().find(|l| l.contains("final counters")).unwrap();
+        // The SYN-ACK leaving the TUN, seen by the L3 egress program: an answer to a
+        // reached attempt, counted without a record.
+        assert!(counter(last, "answers_of_reached") >= 1, "the L3 egress program saw the SYN-ACK: {last}");
     }
-    assert!(answered, "the container answered through the TUN");
-    std::thread::sleep(Duration::from_millis(2500)); // past --blocked-after
-    let (records, status, lines) = w.stop();
-    assert!(status.success());
-    let peer_s = peer.to_string();
-    let attempted = own_stage(&records, &peer_s, 45001, "attempted");
-    let reached = own_stage(&records, &peer_s, 45001, "reached");
-    assert_eq!((attempted.len(), reached.len()), (1, 1), "{records:#?}");
-    assert!(own_stage(&records, &peer_s, 45001, "blocked").is_empty());
-    assert_eq!(attempted[0]["iface"], name.as_str());
-    assert_eq!((attempted[0]["dst_ip"].as_str(), attempted[0]["dst_port"].as_u64()), (Some(host.to_string().as_str()), Some(port as u64)));
-    assert_eq!(attempted[0]["container"]["name"], web.name.as_str());
-    assert_eq!((reached[0]["host_ip"].as_str(), reached[0]["host_port"].as_u64()), (Some(host.to_string().as_str()), Some(port as u64)));
-    let last = lines.iter().find(|l| l.contains("final counters")).unwrap();
-    // The SYN-ACK leaving the TUN, seen by the L3 egress program: an answer to a
-    // reached attempt, counted without a record.
-    assert!(counter(last, "answers_of_reached") >= 1, "the L3 egress program saw the SYN-ACK: {last}");
 }
 
 #[test]
@@ -134,7 +138,7 @@ fn an_uplink_recreated_under_the_same_name_is_attached_again_while_traffic_flows
     outside.plug();
     w.wait_for_line("attaching again", Duration::from_secs(5));
     flow.join().unwrap();
-    assert!(xdp_attached(&outside.uplink), "the new device has the XDP program");
+    assert!(tcx_programs(&outside.uplink, false).iter().any(|p| p == "uplink_ingress"), "the new device has the ingress program");
     let after = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("after");
     std::thread::sleep(Duration::from_millis(300));
     let (records, status, _) = w.stop();

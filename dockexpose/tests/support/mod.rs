@@ -746,9 +746,9 @@ pub fn tx_dropped(ns: &str, dev: &str) -> u64 {
 }
 
 /// The uplink hook the benchmarks measure (`DOCKEXPOSE_BENCH_UPLINK_HOOK`: xdp or tc;
-/// default: dockexpose's own default, xdp), printed with their figures.
+/// default: dockexpose's own default, tc), printed with their figures.
 pub fn bench_uplink_hook() -> String {
-    let hook = std::env::var("DOCKEXPOSE_BENCH_UPLINK_HOOK").unwrap_or_else(|_| "xdp".into());
+    let hook = std::env::var("DOCKEXPOSE_BENCH_UPLINK_HOOK").unwrap_or_else(|_| "tc".into());
     assert!(hook == "xdp" || hook == "tc", "DOCKEXPOSE_BENCH_UPLINK_HOOK must be xdp or tc, not {hook:?}");
     eprintln!("uplink hook measured: {hook} (DOCKEXPOSE_BENCH_UPLINK_HOOK)");
     hook
