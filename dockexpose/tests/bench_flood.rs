@@ -39,20 +39,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Internet checksum (RFC 1071).
-fn checksum(chunks: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in chunks {
-        for pair in chunk.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Flow `i` (i < 65 534 * 64 512): a distinct source address and port in 198.19.0.0/16.
 /// Consecutive flows differ in address, so that every address is used before any repeats.
 fn flow(i: u64) -> ([u8; 4], u16) {
@@ -63,28 +49,7 @@ fn flow(i: u64) -> ([u8; 4], u16) {
 
 fn syn(i: u64, dst: SocketAddrV4, out: &mut [u8; 40]) {
     let (src, sport) = flow(i);
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
-    tcp[4..8].copy_from_slice(&((i as u32).wrapping_mul(2_654_435_761)).to_be_bytes());
-    tcp[12] = 0x50;
-    tcp[13] = 0x02; // SYN
-    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    let pseudo = [&src[..], &dst.ip().octets()[..], &[0, 6, 0, 20][..]].concat();
-    let sum = checksum(&[&pseudo, &tcp]);
-    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[4..6].copy_from_slice(&(i as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst.ip().octets());
-    let sum = checksum(&[&ip]);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    out[..20].copy_from_slice(&ip);
-    out[20..].copy_from_slice(&tcp);
+    spoofed_syn(src, sport, dst, (i as u32).wrapping_mul(2_654_435_761), i as u16, out);
 }
 
 /// Sends SYNs of flows 0, 1, 2, ... from `ns` through a raw socket, BATCH at a time

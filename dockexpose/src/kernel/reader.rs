@@ -92,14 +92,8 @@ pub async fn run(
 /// Takes every record still in the ring (at exit, once the reader has stopped).
 pub fn drain_rest(ring: &mut RingBuf<MapData>, stats: &ReaderStats) -> Vec<ConnEvent> {
     let mut rest = Vec::new();
-    while let Some(item) = ring.next() {
-        stats.records.fetch_add(1, Ordering::Relaxed);
-        if item.len() < size_of::<ConnEvent>() {
-            stats.lost.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        // SAFETY: as in `drain`.
-        rest.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) });
+    while let Some(ev) = next_record(ring, stats) {
+        rest.extend(ev);
     }
     rest
 }
@@ -107,20 +101,27 @@ pub fn drain_rest(ring: &mut RingBuf<MapData>, stats: &ReaderStats) -> Vec<ConnE
 /// Empties the ring into batches; false once the receiving side is gone.
 fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Vec<ConnEvent>>, stats: &ReaderStats) -> bool {
     let mut batch: Vec<ConnEvent> = Vec::new();
-    while let Some(item) = ring.next() {
-        stats.records.fetch_add(1, Ordering::Relaxed);
-        if item.len() < size_of::<ConnEvent>() {
-            stats.lost.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        // SAFETY: ConnEvent is repr(C) plain data; the length is checked above.
-        batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) });
-        drop(item);
+    while let Some(ev) = next_record(ring, stats) {
+        let Some(ev) = ev else { continue };
+        batch.push(ev);
         if batch.len() == MAX_BATCH && !hand_over(std::mem::take(&mut batch), tx, stats) {
             return false;
         }
     }
     batch.is_empty() || hand_over(batch, tx, stats)
+}
+
+/// The next record of the ring (None inside: a record too short, counted as lost).
+fn next_record(ring: &mut RingBuf<MapData>, stats: &ReaderStats) -> Option<Option<ConnEvent>> {
+    let item = ring.next()?;
+    stats.records.fetch_add(1, Ordering::Relaxed);
+    if item.len() < size_of::<ConnEvent>() {
+        stats.lost.fetch_add(1, Ordering::Relaxed);
+        return Some(None);
+    }
+    // SAFETY: ConnEvent is repr(C) plain data; the length is checked above. Copied
+    // out, so the kernel gets the space back when `item` drops.
+    Some(Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) }))
 }
 
 fn hand_over(batch: Vec<ConnEvent>, tx: &mpsc::Sender<Vec<ConnEvent>>, stats: &ReaderStats) -> bool {

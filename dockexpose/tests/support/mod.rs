@@ -641,26 +641,8 @@ pub fn syn_flood(ns: &str, src_net: [u8; 3], dst: std::net::SocketAddrV4, count:
             let r = next();
             let src = [src_net[0], src_net[1], src_net[2], (r % 254 + 1) as u8];
             let sport = (1024 + (r >> 8) % 60000) as u16;
-            let mut tcp = [0u8; 20];
-            tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-            tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
-            tcp[4..8].copy_from_slice(&((r >> 24) as u32).to_be_bytes());
-            tcp[12] = 0x50;
-            tcp[13] = 0x02;
-            tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
-            let pseudo = [&src[..], &dst.ip().octets()[..], &[0, 6, 0, 20][..]].concat();
-            let sum = checksum(&[&pseudo, &tcp]);
-            tcp[16..18].copy_from_slice(&sum.to_be_bytes());
-            let mut ip = [0u8; 20];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-            ip[8] = 64;
-            ip[9] = 6;
-            ip[12..16].copy_from_slice(&src);
-            ip[16..20].copy_from_slice(&dst.ip().octets());
-            let sum = checksum(&[&ip]);
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
-            let packet = [&ip[..], &tcp[..]].concat();
+            let mut packet = [0u8; 40];
+            spoofed_syn(src, sport, dst, (r >> 24) as u32, 0, &mut packet);
             let rc = unsafe { libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, da.as_ptr().cast(), dlen) };
             if rc == packet.len() as isize {
                 sent += 1;
@@ -672,6 +654,33 @@ pub fn syn_flood(ns: &str, src_net: [u8; 3], dst: std::net::SocketAddrV4, count:
         unsafe { libc::close(fd) };
         sent
     })
+}
+
+/// An IPv4 TCP SYN from `src`:`sport` to `dst` with sequence number `seq` and IP id
+/// `id`, checksums included: a raw socket (IP_HDRINCL) sends it as it is.
+pub fn spoofed_syn(src: [u8; 4], sport: u16, dst: std::net::SocketAddrV4, seq: u32, id: u16, out: &mut [u8; 40]) {
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = 0x50;
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    let pseudo = [&src[..], &dst.ip().octets()[..], &[0, 6, 0, 20][..]].concat();
+    let sum = checksum(&[&pseudo, &tcp]);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst.ip().octets());
+    let sum = checksum(&[&ip]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    out[..20].copy_from_slice(&ip);
+    out[20..].copy_from_slice(&tcp);
 }
 
 /// Peak resident memory of a process, in KiB (VmHWM).
