@@ -32,7 +32,7 @@ use crate::{
     },
     kernel::{
         event::{KernelClock, Observation, Stage},
-        loader::{ConntrackAccess, Kernel, KernelSettings, UplinkHook, XdpAttachMode},
+        loader::{ConntrackAccess, Kernel, KernelSettings, UplinkHook, UplinkAttachMode},
         reader::{self, ReaderStats},
     },
     net::prefix::Prefix,
@@ -575,9 +575,9 @@ impl Watcher {
             self.ifnames.insert(idx, name.to_string());
         }
         let how = match mode {
-            XdpAttachMode::Native => "XDP native",
-            XdpAttachMode::Generic => "XDP generic: the driver has no native XDP",
-            XdpAttachMode::Tcx => "TCX ingress",
+            UplinkAttachMode::Native => "XDP native",
+            UplinkAttachMode::Generic => "XDP generic: the driver has no native XDP",
+            UplinkAttachMode::Tcx => "TCX ingress",
         };
         let kind = match interfaces::bridge_of(name) {
             Some(bridge) => format!("a port of the bridged uplink {}, ", human::escape_untrusted(&bridge)),

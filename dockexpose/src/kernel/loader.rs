@@ -137,12 +137,14 @@ fn ifindex_of(iface: &str) -> u32 {
     nix::net::if_::if_nametoindex(iface).unwrap_or(0)
 }
 
-/// How an XDP program ended up attached.
+/// How an uplink's attempt program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpAttachMode {
+pub enum UplinkAttachMode {
+    /// XDP in the driver.
     Native,
+    /// XDP in the generic (skb) path: the driver has no native XDP.
     Generic,
-    /// Not XDP: the TCX ingress hook (`UplinkHook::Tcx`).
+    /// The TCX ingress hook (`UplinkHook::Tcx`).
     Tcx,
 }
 
@@ -308,11 +310,11 @@ impl Kernel {
         }
     }
 
-    /// Attaches the uplink programs: XDP (native mode where the driver has it, generic
-    /// otherwise) for attempts, TCX egress for the host's answers.
-    pub fn attach_uplink(&mut self, iface: &str, layer: LinkLayer, hook: UplinkHook) -> Result<XdpAttachMode> {
+    /// Attaches the uplink programs: TCX ingress, or XDP (native mode where the driver
+    /// has it, generic otherwise), for attempts; TCX egress for the host's answers.
+    pub fn attach_uplink(&mut self, iface: &str, layer: LinkLayer, hook: UplinkHook) -> Result<UplinkAttachMode> {
         if self.uplinks.contains_key(iface) {
-            return Ok(XdpAttachMode::Native);
+            return Ok(UplinkAttachMode::Native);
         }
         let ifindex = ifindex_of(iface);
         let (xdp_name, egress_name) = uplink_programs(layer);
@@ -322,7 +324,7 @@ impl Kernel {
             return match attach_tc(&mut self.ebpf, ingress_program(layer), iface, TcAttachType::Ingress) {
                 Ok(link) => {
                     self.uplinks.insert(iface.to_string(), UplinkLinks { ifindex, layer, attempts: AttemptLink::Tcx(link), egress });
-                    Ok(XdpAttachMode::Tcx)
+                    Ok(UplinkAttachMode::Tcx)
                 }
                 Err(e) => {
                     if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, egress_name) {
@@ -334,8 +336,8 @@ impl Kernel {
         }
         let prog: &mut Xdp = program(&mut self.ebpf, xdp_name)?;
         let attached = match prog.attach(iface, XdpMode::Driver) {
-            Ok(id) => Ok((id, XdpAttachMode::Native)),
-            Err(_) => prog.attach(iface, XdpMode::Skb).map(|id| (id, XdpAttachMode::Generic)),
+            Ok(id) => Ok((id, UplinkAttachMode::Native)),
+            Err(_) => prog.attach(iface, XdpMode::Skb).map(|id| (id, UplinkAttachMode::Generic)),
         };
         match attached {
             Ok((xdp, mode)) => {
