@@ -446,7 +446,7 @@ pub struct ProbeAnswer {
     pub dst_port: u16,
     pub family: u8,
     pub proto: u8,
-    /// TCP flags (0 otherwise).
+    /// TCP flags; for SCTP the first chunk's type (0 otherwise).
     pub tcp_flags: u8,
     pub _pad: [u8; 5],
 }

@@ -37,7 +37,7 @@ use dockexpose_common::{
     published_port_index, AttemptKey, AttemptValue, ConnEvent, Counter, FlowKey, FlowSeen, Opening, ATTEMPTS_MAX,
     OPENINGS_LEN,
     EVENTS_RING_BYTES, FAMILY_IPV4, FLAG_BY_CONNTRACK, FLAG_HAS_ORIG_DST, FLAG_SPOOFED_LOCAL, FLOWS_MAX,
-    LOCAL_IFACES_MAX, PREFIXES_MAX, PREFIX_HOST, PREFIX_TRUSTED, PROTO_TCP, PROTO_UDP, PUBLISHED_PORTS_LEN, STAGE_ANSWERED,
+    LOCAL_IFACES_MAX, PREFIXES_MAX, PREFIX_HOST, PREFIX_TRUSTED, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PUBLISHED_PORTS_LEN, STAGE_ANSWERED,
     STAGE_ATTEMPTED, STAGE_REACHED,
 };
 use dockexpose_common::{
@@ -693,12 +693,14 @@ pub fn uplink_probe_guard(ctx: TcContext) -> i32 {
         return TCX_NEXT;
     }
     probe_count(PROBE_COUNTER_DROPPED);
-    if l4 != 0 && (ev.proto == PROTO_TCP || ev.proto == PROTO_UDP) {
-        if ev.proto == PROTO_TCP {
+    if l4 != 0 && (ev.proto == PROTO_TCP || ev.proto == PROTO_UDP || ev.proto == PROTO_SCTP) {
+        if ev.proto == PROTO_TCP || ev.proto == PROTO_SCTP {
+            // TCP: the flags; SCTP: the first chunk's type (INIT-ACK 2, ABORT 6).
+            let at = if ev.proto == PROTO_TCP { 13 } else { 12 };
             if let Some(t) = probe_read::<[u8; 14]>(data, data_end, l4) {
                 ev.src_port = u16::from_be_bytes([t[0], t[1]]);
                 ev.dst_port = u16::from_be_bytes([t[2], t[3]]);
-                ev.tcp_flags = t[13];
+                ev.tcp_flags = t[at];
             }
         } else if let Some(ports) = probe_read::<[u8; 4]>(data, data_end, l4) {
             ev.src_port = u16::from_be_bytes([ports[0], ports[1]]);

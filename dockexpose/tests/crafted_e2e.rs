@@ -211,4 +211,22 @@ fn sctp_published_ports_are_attempted_and_reached_on_a_real_engine() {
     assert_eq!(reached[0]["host_port"], port, "from the conntrack entry");
     assert_eq!(reached[0]["container"]["name"], c.name.as_str());
     assert_eq!(reached[0]["exposure"], "published");
+
+    // `verify` probes the SCTP port with an INIT of its own (CRC32c checksummed, or
+    // conntrack would refuse it): it reaches the container.
+    let probe_source = format!("{}.77/32", engine.engine_v4().rsplit_once('.').unwrap().0);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &engine.ns, env!("CARGO_BIN_EXE_dockexpose"), "verify"])
+        .args(["--docker-host", &engine.socket, "--uplink", &engine.uplink, "--from", &probe_source])
+        .args(["--expect-exposed", &format!("{port}/sctp")])
+        .output()
+        .expect("run dockexpose verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.lines().any(|l| l.starts_with("EXPOSED") && l.contains("sctp") && l.contains(&format!(":{port} "))),
+        "an EXPOSED line for {port}/sctp:\n{stdout}"
+    );
+    assert_eq!(out.status.code(), Some(0), "the only exposure was expected");
+    assert!(stdout.contains(" 0 remain"), "no conntrack entry of the probe remains:\n{stdout}");
 }

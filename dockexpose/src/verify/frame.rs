@@ -23,6 +23,8 @@ pub enum Segment {
     Rst { seq: u32 },
     /// A UDP datagram carrying `UDP_PAYLOAD`.
     Udp,
+    /// An SCTP INIT chunk with this initiate tag (a new association).
+    SctpInit { tag: u32 },
 }
 
 /// One probe packet, from `src:sport` to `dst:dport`.
@@ -80,8 +82,42 @@ fn to_v6(ip: IpAddr) -> [u8; 16] {
     }
 }
 
+/// CRC32c (Castagnoli), as SCTP checksums its packets (RFC 9260, appendix A).
+pub fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// An SCTP packet holding one INIT chunk; its checksum is CRC32c, stored as Linux
+/// stores it (little-endian), not the Internet checksum.
+fn sctp_init(spec: &FrameSpec, tag: u32) -> Vec<u8> {
+    let mut s = Vec::with_capacity(32);
+    s.extend_from_slice(&spec.sport.to_be_bytes());
+    s.extend_from_slice(&spec.dport.to_be_bytes());
+    s.extend_from_slice(&[0; 8]); // verification tag 0 (an INIT), checksum
+    s.extend_from_slice(&[1, 0]); // INIT, no flags
+    s.extend_from_slice(&20u16.to_be_bytes());
+    s.extend_from_slice(&tag.to_be_bytes());
+    s.extend_from_slice(&65_535u32.to_be_bytes()); // advertised receiver window
+    s.extend_from_slice(&10u16.to_be_bytes()); // outbound streams
+    s.extend_from_slice(&10u16.to_be_bytes()); // inbound streams
+    s.extend_from_slice(&tag.to_be_bytes()); // initial TSN
+    let sum = crc32c(&s);
+    s[8..12].copy_from_slice(&sum.to_le_bytes());
+    s
+}
+
 /// The transport header and payload, checksummed.
 fn transport(spec: &FrameSpec) -> (u8, Vec<u8>) {
+    if let Segment::SctpInit { tag } = spec.segment {
+        return (132, sctp_init(spec, tag));
+    }
     let (proto, mut seg) = match spec.segment {
         Segment::Syn { isn } => {
             let mut t = Vec::with_capacity(24);
@@ -116,6 +152,7 @@ fn transport(spec: &FrameSpec) -> (u8, Vec<u8>) {
             t.extend_from_slice(UDP_PAYLOAD);
             (17u8, t)
         }
+        Segment::SctpInit { .. } => unreachable!("built above"),
     };
     let at = if proto == 6 { 16 } else { 6 };
     let mut sum = checksum(&seg, pseudo_header_sum(spec.src, spec.dst, proto, seg.len()));
@@ -163,6 +200,24 @@ pub fn build(spec: &FrameSpec) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(&[0u8; 32]), 0x8a91_36aa);
+    }
+
+    #[test]
+    fn an_sctp_init_carries_its_tag_and_a_valid_crc32c() {
+        let f = build(&spec("198.18.3.77", "198.18.3.1", Segment::SctpInit { tag: 0xdead_beef }, false));
+        assert_eq!((f[9], f.len()), (132, 20 + 32));
+        let sctp = &f[20..];
+        assert_eq!(sctp[12], 1, "an INIT chunk");
+        assert_eq!(&sctp[16..20], &0xdead_beefu32.to_be_bytes());
+        let mut zeroed = sctp.to_vec();
+        zeroed[8..12].copy_from_slice(&[0; 4]);
+        assert_eq!(&sctp[8..12], &crc32c(&zeroed).to_le_bytes());
+    }
 
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 

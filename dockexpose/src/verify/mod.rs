@@ -22,7 +22,10 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
-use dockexpose_common::{ProbeAnswer, PROBE_COUNTER_DROPPED, PROBE_COUNTER_LOST, PROTO_TCP, PROTO_UDP};
+use dockexpose_common::{ProbeAnswer, PROBE_COUNTER_DROPPED, PROBE_COUNTER_LOST, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+
+/// SCTP chunk type of an INIT-ACK.
+const SCTP_INIT_ACK: u8 = 2;
 
 use self::{
     frame::{FrameSpec, Segment},
@@ -434,7 +437,11 @@ impl Prepared {
                 let sport = next_port;
                 next_port = if next_port >= 60_000 { 20_000 } else { next_port + 1 };
                 let isn = random_u32();
-                let segment = if probe.proto == Proto::Tcp { Segment::Syn { isn } } else { Segment::Udp };
+                let segment = match probe.proto {
+                    Proto::Tcp => Segment::Syn { isn },
+                    Proto::Udp => Segment::Udp,
+                    Proto::Sctp => Segment::SctpInit { tag: isn },
+                };
                 let spec = FrameSpec {
                     dst_mac: uplink.mac,
                     src: probe.source,
@@ -565,6 +572,7 @@ fn collect(events: &mut RingBuf<MapData>, answers: &mut RingBuf<MapData>, sent: 
         let proto = match a.proto {
             PROTO_TCP => Proto::Tcp,
             PROTO_UDP => Proto::Udp,
+            PROTO_SCTP => Proto::Sctp,
             _ => continue,
         };
         let Some(s) = sent.iter_mut().find(|s| {
@@ -576,6 +584,8 @@ fn collect(events: &mut RingBuf<MapData>, answers: &mut RingBuf<MapData>, sent: 
             Proto::Tcp if a.tcp_flags & (frame::TCP_SYN | frame::TCP_ACK) == frame::TCP_SYN | frame::TCP_ACK => s.answers.syn_ack = true,
             Proto::Tcp if a.tcp_flags & frame::TCP_RST != 0 => s.answers.rst = true,
             Proto::Udp => s.answers.udp = true,
+            // The first chunk's type, in the flags byte: INIT-ACK accepts, ABORT refuses.
+            Proto::Sctp if a.tcp_flags == SCTP_INIT_ACK => s.answers.init_ack = true,
             _ => {}
         }
     }

@@ -55,8 +55,6 @@ pub enum Skipped {
     NoUplinkAddress,
     /// No probe source of this family (`--from` gave only the other).
     NoSource,
-    /// SCTP: probes are TCP and UDP only.
-    Protocol,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -72,9 +70,8 @@ pub fn parse_port(s: &str) -> Result<(u16, Proto), String> {
     if port == 0 {
         return Err(format!("{s:?}: the port must be a number from 1 to 65535"));
     }
-    let proto = match Proto::parse(&proto.trim().to_ascii_lowercase()) {
-        Some(p @ (Proto::Tcp | Proto::Udp)) => p,
-        _ => return Err(format!("{s:?}: the protocol must be tcp or udp")),
+    let Some(proto) = Proto::parse(&proto.trim().to_ascii_lowercase()) else {
+        return Err(format!("{s:?}: the protocol must be tcp, udp or sctp"));
     };
     Ok((port, proto))
 }
@@ -132,10 +129,6 @@ pub fn plan(targets: &[Target], uplinks: &[Uplink], sources: &[IpAddr]) -> Plan 
             plan.skipped.push((ti, Skipped::Loopback));
             continue;
         }
-        if !matches!(t.port.proto, Proto::Tcp | Proto::Udp) {
-            plan.skipped.push((ti, Skipped::Protocol));
-            continue;
-        }
         let family_sources: Vec<IpAddr> = sources.iter().copied().filter(|s| s.is_ipv4() == bind.is_ipv4()).collect();
         let mut any = false;
         for (ui, u) in uplinks.iter().enumerate() {
@@ -162,6 +155,8 @@ pub struct Answers {
     pub syn_ack: bool,
     pub rst: bool,
     pub udp: bool,
+    /// An SCTP INIT-ACK.
+    pub init_ack: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -196,6 +191,7 @@ pub fn decide(proto: Proto, reached: bool, answers: Answers) -> (Verdict, &'stat
             (Proto::Tcp, a) if a.syn_ack => "reached the container, which accepted (SYN-ACK)",
             (Proto::Tcp, a) if a.rst => "reached the container; nothing listens there (RST), yet the port is open to outsiders",
             (Proto::Udp, a) if a.udp => "reached the container, which answered",
+            (Proto::Sctp, a) if a.init_ack => "reached the container, which accepted (INIT-ACK)",
             _ => "reached the container",
         };
         return (Verdict::Exposed, why);
@@ -203,6 +199,7 @@ pub fn decide(proto: Proto, reached: bool, answers: Answers) -> (Verdict, &'stat
     match proto {
         Proto::Tcp if answers.syn_ack => (Verdict::Proxy, "the host itself accepted it (docker-proxy, INPUT path)"),
         Proto::Udp if answers.udp => (Verdict::Proxy, "the host itself answered it (docker-proxy, INPUT path)"),
+        Proto::Sctp if answers.init_ack => (Verdict::Proxy, "the host itself accepted it (INIT-ACK on the INPUT path)"),
         Proto::Tcp if answers.rst => (Verdict::Held, "refused by the host (RST): not forwarded to the container"),
         _ => (Verdict::Held, "dropped before reaching the container"),
     }
@@ -263,7 +260,6 @@ pub fn skipped_line(t: &Target, why: &Skipped) -> String {
         Skipped::Loopback => ("LOCAL", "bound to loopback only: not reachable from outside (not probed)"),
         Skipped::NoUplinkAddress => ("LOCAL", "no uplink holds this address or family: not reachable through them (not probed)"),
         Skipped::NoSource => ("SKIPPED", "no probe source of this family (add a --from of it)"),
-        Skipped::Protocol => ("SKIPPED", "verify probes TCP and UDP only"),
     };
     format!("{head:<8}{} {}: {text}", t.port.proto.as_str(), describe_target(t))
 }
@@ -351,7 +347,8 @@ mod tests {
         assert_eq!(parse_port("8080/udp"), Ok((8080, Proto::Udp)));
         assert_eq!(parse_port("443"), Ok((443, Proto::Tcp)));
         assert!(parse_port("0/tcp").is_err());
-        assert!(parse_port("80/sctp").is_err());
+        assert_eq!(parse_port("3868/sctp"), Ok((3868, Proto::Sctp)));
+        assert!(parse_port("80/icmp").is_err());
         assert!(parse_port("http").is_err());
     }
 
