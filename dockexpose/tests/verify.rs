@@ -213,7 +213,12 @@ fn verdicts_per_port_and_uplink_agree_with_nmap_and_nothing_leaks() {
     assert_eq!(verdict_of(&v, "tcp", &format!("{h2}:{dropped}"), u2), "EXPOSED", "the rule names the other uplink");
     assert_eq!(verdict_of(&v, "tcp", &format!("{h6}:{open}"), u1), "PROXY", "IPv6 through docker-proxy");
     assert_eq!(verdict_of(&v, "tcp", &format!("{h6}:{silent}"), u1), "HELD", "INPUT drops IPv6 to the proxy");
-    assert!(run.lines.iter().any(|l| l.starts_with("HELD") && l.contains(&format!(":{dropped} ")) && l.contains("dropped before reaching the container")));
+    // The netfilter trace names the rule that dropped it: DOCKER-USER, for that uplink;
+    // and the INPUT chain for IPv6 to the proxy (the test's UFW-like chain).
+    let held = run.lines.iter().find(|l| l.starts_with("HELD") && l.contains(&format!(":{dropped} "))).expect("a HELD line");
+    assert!(held.contains("dropped by ip filter DOCKER-USER: ") && held.contains(&format!("iifname \"{u1}\"")), "{held}");
+    let held6 = run.lines.iter().find(|l| l.starts_with("HELD") && l.contains(&format!("{h6}:{silent} "))).expect("a HELD v6 line");
+    assert!(held6.contains("dropped by ip6 filter "), "{held6}");
     let local_line = run.lines.iter().find(|l| l.contains(&format!("127.0.0.1:{local}->"))).expect("the loopback binding is listed");
     assert!(local_line.starts_with("LOCAL") && local_line.contains("not reachable from outside"), "{local_line}");
     assert!(!v.iter().any(|x| x.2.ends_with(&format!(":{local}"))), "a loopback binding is not probed");

@@ -45,9 +45,11 @@ const DEB_PACKAGES: &[&str] = &[
     // ApacheBench (`ab`): the load of tests/bench_saturation.rs.
     "apache2-utils",
     // `dockexpose verify`: conntrack deletes its probes' entries; nmap is what
-    // tests/verify.rs compares its verdicts with; tcpdump watches that none leaks.
+    // tests/verify.rs compares its verdicts with; tcpdump watches that none leaks;
+    // nft reads back the netfilter trace that names the rule dropping a probe.
     "nmap",
     "conntrack",
+    "nftables",
     "tcpdump",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),

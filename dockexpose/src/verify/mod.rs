@@ -12,6 +12,7 @@
 pub mod daemon;
 pub mod frame;
 pub mod plan;
+pub mod trace;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -427,6 +428,9 @@ impl Prepared {
             kernel.attach_probe_guard(dev, *layer).map_err(|e| anyhow!("{e}"))?;
         }
 
+        // Which rule drops a probe, where netfilter's trace can say.
+        let tracer = trace::Tracer::start(sources);
+
         let gap = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
         let mut next_port = 20_000 + (random_u32() % 30_000) as u16;
         let mut sent: Vec<Sent> = Vec::new();
@@ -498,6 +502,7 @@ impl Prepared {
         // Let the RSTs land, then forget the probes in conntrack.
         std::thread::sleep(Duration::from_millis(30));
         collect(&mut events, &mut answers_ring, &mut sent);
+        let trace_lines = tracer.map(trace::Tracer::finish).unwrap_or_default();
         let mut warnings = Vec::new();
         let (deleted, remaining) = delete_conntrack(&sent, sources, &mut warnings);
         let dropped = kernel.probe_counter(PROBE_COUNTER_DROPPED).unwrap_or(0);
@@ -511,9 +516,13 @@ impl Prepared {
             .iter()
             .map(|s| {
                 let (verdict, why) = plan::decide(s.probe.proto, s.reached_on.is_some(), s.answers);
+                let why = match trace::drop_of(&trace_lines, s.probe.source, s.sport) {
+                    Some(rule) if verdict == Verdict::Held => format!("dropped by {rule}"),
+                    _ => why.to_string(),
+                };
                 ProbeResult {
                     verdict,
-                    why: why.to_string(),
+                    why,
                     target: targets[s.probe.target].clone(),
                     probe: s.probe.clone(),
                     uplink: uplinks[s.probe.uplink].name.clone(),

@@ -1,0 +1,158 @@
+//! Which rule dropped a probe: netfilter's trace. A TRACE rule at the top of the raw
+//! table's PREROUTING, for the probe sources only, marks their packets; every nftables
+//! chain they then cross (iptables-nft's too) reports itself to `nft monitor trace`,
+//! read back here and matched to each probe by its source address and port. Where
+//! that cannot be had (no `nft`, the legacy iptables backend), a HELD says only
+//! "dropped before reaching the container".
+
+use std::{
+    io::{BufRead, BufReader},
+    net::IpAddr,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// A running `nft monitor trace` and the TRACE rules that feed it.
+pub struct Tracer {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// The commands that delete the rules added.
+    undo: Vec<Vec<String>>,
+}
+
+impl Tracer {
+    /// Starts tracing the probe sources' packets; None where it is not possible.
+    pub fn start(sources: &[IpAddr]) -> Option<Tracer> {
+        let mut child = Command::new("nft")
+            .args(["monitor", "trace"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let stdout = child.stdout.take()?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().expect("not poisoned").push(line);
+            }
+        });
+        let mut tracer = Tracer { child, lines, reader: Some(reader), undo: Vec::new() };
+        for src in sources {
+            let tool = if src.is_ipv4() { "iptables" } else { "ip6tables" };
+            let rule = ["-t", "raw", "-I", "PREROUTING", "1", "-s", &src.to_string(), "-j", "TRACE"].map(String::from);
+            let added = Command::new(tool).args(&rule).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            if !added.is_ok_and(|s| s.success()) {
+                return None; // dropped: the rules added so far are deleted
+            }
+            let mut delete = vec![tool.to_string()];
+            delete.extend(rule.iter().cloned());
+            delete[3] = "-D".into();
+            delete.remove(5);
+            tracer.undo.push(delete);
+        }
+        // Let the monitor subscribe before the first probe.
+        std::thread::sleep(Duration::from_millis(200));
+        Some(tracer)
+    }
+
+    /// Stops tracing; the trace lines seen.
+    pub fn finish(mut self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(50));
+        self.stop();
+        std::mem::take(&mut *self.lines.lock().expect("not poisoned"))
+    }
+
+    fn stop(&mut self) {
+        for cmd in self.undo.drain(..) {
+            let _ = Command::new(&cmd[0]).args(&cmd[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The rule (or chain policy) that dropped the packet from `src` port `sport`, from
+/// `nft monitor trace` lines: "ip filter DOCKER-USER: iifname \"eth0\" ... drop".
+pub fn drop_of(lines: &[String], src: IpAddr, sport: u16) -> Option<String> {
+    let (saddr, port) = (format!(" saddr {src} "), format!(" sport {sport} "));
+    let id = lines.iter().find_map(|l| {
+        let rest = l.strip_prefix("trace id ")?;
+        let packet = format!("{} ", l.split(" packet: ").nth(1)?);
+        (packet.contains(&saddr) && packet.contains(&port)).then(|| rest.split_whitespace().next().map(str::to_string))?
+    })?;
+    let prefix = format!("trace id {id} ");
+    lines.iter().filter_map(|l| l.strip_prefix(&prefix)).find_map(|l| {
+        let words: Vec<&str> = l.splitn(4, ' ').collect();
+        let [family, table, chain, rest] = words[..] else { return None };
+        let what = if let Some(rule) = rest.strip_prefix("rule ").and_then(|r| r.strip_suffix(" (verdict drop)")) {
+            rule.to_string()
+        } else if rest == "policy drop" {
+            "policy drop".to_string()
+        } else {
+            return None;
+        };
+        Some(format!("{family} {table} {chain}: {}", without_counters(&what)))
+    })
+}
+
+/// A rule's text without its "counter packets N bytes N" (they change, say nothing).
+fn without_counters(rule: &str) -> String {
+    let words: Vec<&str> = rule.split(' ').collect();
+    let mut out = Vec::with_capacity(words.len());
+    let mut i = 0;
+    while i < words.len() {
+        if words[i] == "counter" && words.get(i + 1) == Some(&"packets") && words.get(i + 3) == Some(&"bytes") {
+            i += 5;
+            continue;
+        }
+        out.push(words[i]);
+        i += 1;
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn finds_the_rule_that_dropped_a_probe() {
+        let trace = lines(
+            r#"trace id 1a2b ip raw PREROUTING packet: iif "dxu1" ip saddr 198.18.3.77 ip daddr 198.18.3.1 ip protocol tcp tcp sport 40001 tcp dport 8080 tcp flags == syn
+trace id 1a2b ip raw PREROUTING rule ip saddr 198.18.3.77 counter packets 1 bytes 60 meta nftrace set 1 (verdict continue)
+trace id 1a2b ip nat PREROUTING rule fib daddr type local counter packets 1 bytes 60 jump DOCKER (verdict jump DOCKER)
+trace id 1a2b ip filter DOCKER-USER rule iifname "dxu1" counter packets 1 bytes 60 drop (verdict drop)
+trace id 3c4d ip raw PREROUTING packet: iif "dxu1" ip saddr 198.18.3.77 ip daddr 198.18.3.1 udp sport 40002 udp dport 5300
+trace id 3c4d ip filter INPUT policy drop"#,
+        );
+        let src: IpAddr = "198.18.3.77".parse().unwrap();
+        assert_eq!(drop_of(&trace, src, 40001).as_deref(), Some(r#"ip filter DOCKER-USER: iifname "dxu1" drop"#));
+        assert_eq!(drop_of(&trace, src, 40002).as_deref(), Some("ip filter INPUT: policy drop"));
+        assert_eq!(drop_of(&trace, src, 40003), None, "no trace of that probe");
+        assert_eq!(drop_of(&trace, "198.18.3.78".parse().unwrap(), 40001), None, "another source");
+    }
+
+    #[test]
+    fn a_probe_that_was_accepted_has_no_drop() {
+        let trace = lines(
+            "trace id 9 ip raw PREROUTING packet: ip saddr 10.0.0.1 ip daddr 10.0.0.2 tcp sport 1000 tcp dport 80\ntrace id 9 ip filter FORWARD rule accept (verdict accept)",
+        );
+        assert_eq!(drop_of(&trace, "10.0.0.1".parse().unwrap(), 1000), None);
+    }
+}
