@@ -293,7 +293,9 @@ fn conntrack(ctx: &TcContext, flow: &Flow) -> Conntrack {
     let (ctinfo, orig_addr, orig_port) = unsafe {
         let skb = bpf_cast_to_kern_ctx(ctx.skb.skb);
         let nfct = core::ptr::read_volatile(skb.add(SKB_NFCT_OFF.load() as usize) as *const u64);
-        if nfct == 0 {
+        // No entry, or an untracked packet (NOTRACK: ctinfo IP_CT_UNTRACKED, no
+        // pointer): judge by the packet, never take it for a reply.
+        if nfct & !NFCT_INFOMASK == 0 {
             return Conntrack::Unknown;
         }
         let ct = bpf_rdonly_cast((nfct & !NFCT_INFOMASK) as *const u8, NF_CONN_BTF_ID.load());

@@ -300,3 +300,31 @@ fn connections_right_before_sigterm_are_in_the_log() {
     assert!(made > 20, "the burst was too small to mean anything: {made}");
     assert!(logged >= made, "{made} connections made before SIGTERM, {logged} in the log");
 }
+
+#[test]
+fn an_untracked_udp_flow_from_outside_is_still_reported() {
+    if !privileged("an_untracked_udp_flow_from_outside_is_still_reported") {
+        return;
+    }
+    // A NOTRACK rule (an operator's, for a busy UDP service) leaves the packet without
+    // a conntrack entry: the bridge program must judge it by the packet, not take it
+    // for the reply to a flow the container opened.
+    let bed = Bed::new("nt");
+    let _c1 = Services::start(&bed.c1_ns, C_TCP, C_UDP);
+    let mut undo = Undo::default();
+    let src = bed.outside.v4(2);
+    sh(&["iptables", "-t", "raw", "-I", "PREROUTING", "1", "-s", &src, "-p", "udp", "-j", "NOTRACK"]);
+    undo.push(&["iptables", "-t", "raw", "-D", "PREROUTING", "-s", &src, "-p", "udp", "-j", "NOTRACK"]);
+    let watcher = Watcher::start(&["--bridge", &bed.bridge, "--no-uplinks", "--stats-interval", "0"], json_path("notrack"));
+    // Straight to the container's address (no DNAT without conntrack).
+    let dst = SocketAddr::new(bed.bridge_v4(2).parse().unwrap(), C_UDP);
+    let (sport, echoed) = udp_exchange(&bed.outside.ns, Some(bed.outside.src4()), dst, 2);
+    assert_eq!(echoed, 2, "the container answered the untracked datagrams");
+    std::thread::sleep(Duration::from_millis(300));
+    let (records, status, _) = watcher.stop();
+    drop(undo);
+    assert!(status.success());
+    let ours: Vec<&Value> = records.iter().filter(|r| r["src_ip"] == src.as_str() && r["src_port"] == sport).collect();
+    assert_eq!(ours.len(), 1, "one reached record for the untracked flow: {records:#?}");
+    assert_eq!(ours[0]["proto"], "udp");
+}
