@@ -206,17 +206,6 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of the FLOWS map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlowSeen {
-    pub ktime_ns: u64,
-    /// TCP initial sequence number or SCTP initiate tag (0 for UDP): a retransmit
-    /// carries the same, a new connection from a reused source port another.
-    pub seq: u32,
-    pub _pad: u32,
-}
-
 /// A slot of the OPENINGS cache: the last TCP SYN / SCTP INIT seen on a bridge whose
 /// tuple hashes there. Direct-mapped (an array, no helper call, no lock): a collision
 /// evicts, and the worst it can cause is a retransmit reported twice, never a new
@@ -371,7 +360,6 @@ impl Counter {
 // Layouts are a contract between two compilers: fail the build if they drift.
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowSeen>() == 16);
 const _: () = assert!(core::mem::size_of::<Opening>() == 56);
 const _: () = assert!(OPENINGS_LEN.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<AttemptValue>() == 16);
@@ -383,7 +371,6 @@ mod pod {
     // (the size assertions above prove it), so every bit pattern is valid.
     unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowSeen {}
     unsafe impl aya::Pod for super::AttemptValue {}
     unsafe impl aya::Pod for super::PortKey {}
 }

@@ -34,7 +34,7 @@ use aya_ebpf::{
     Global,
 };
 use dockexpose_common::{
-    published_port_index, AttemptKey, AttemptValue, ConnEvent, Counter, FlowKey, FlowSeen, Opening, ATTEMPTS_MAX,
+    published_port_index, AttemptKey, AttemptValue, ConnEvent, Counter, FlowKey, Opening, ATTEMPTS_MAX,
     OPENINGS_LEN,
     EVENTS_RING_BYTES, FAMILY_IPV4, FLAG_BY_CONNTRACK, FLAG_HAS_ORIG_DST, FLAG_SPOOFED_LOCAL, FLOWS_MAX,
     LOCAL_IFACES_MAX, PREFIXES_MAX, PREFIX_HOST, PREFIX_TRUSTED, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PUBLISHED_PORTS_LEN, STAGE_ANSWERED,
@@ -93,10 +93,10 @@ static LOCAL_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PREFIXES_MAX,
 #[map]
 static LOCAL_IFACES: HashMap<u32, u8> = HashMap::with_max_entries(LOCAL_IFACES_MAX, 0);
 
-/// Flows seen on a bridge (inbound orientation) -> when, and with which ISN.
-/// Outsiders choose the keys: LRU.
+/// UDP flows seen on a bridge (inbound orientation) -> last packet time (TCP and SCTP
+/// repeats are told apart in OPENINGS). Outsiders choose the keys: LRU.
 #[map]
-static FLOWS: LruHashMap<FlowKey, FlowSeen> = LruHashMap::with_max_entries(FLOWS_MAX, 0);
+static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(FLOWS_MAX, 0);
 
 /// The last SYN / INIT per slot, for telling retransmits from new connections without
 /// a hash-map update per SYN (see `Opening`).
@@ -152,15 +152,14 @@ fn flow_key(flow: &Flow) -> FlowKey {
 /// Remembers a UDP flow; returns true when it was already known and still fresh
 /// (a packet within the idle time).
 #[inline(always)]
-fn flow_is_known(key: &FlowKey, seq: u32, now: u64) -> bool {
-    if let Some(seen) = FLOWS.get_ptr_mut(key) {
-        let seen = unsafe { &mut *seen };
-        let fresh = now.wrapping_sub(seen.ktime_ns) < UDP_IDLE_NS.load() && seen.seq == seq;
-        seen.ktime_ns = now;
-        seen.seq = seq;
+fn flow_is_known(key: &FlowKey, now: u64) -> bool {
+    if let Some(last) = FLOWS.get_ptr_mut(key) {
+        let last = unsafe { &mut *last };
+        let fresh = now.wrapping_sub(*last) < UDP_IDLE_NS.load();
+        *last = now;
         return fresh;
     }
-    if FLOWS.insert(key, FlowSeen { ktime_ns: now, seq, _pad: 0 }, 0).is_err() {
+    if FLOWS.insert(key, now, 0).is_err() {
         count(Counter::MapUpdateFailed);
     }
     false
@@ -343,7 +342,7 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = flow_key(&flow);
     // UDP: the flow table first (most UDP packets belong to a known flow).
-    if flow.proto == PROTO_UDP && flow_is_known(&key, 0, now) {
+    if flow.proto == PROTO_UDP && flow_is_known(&key, now) {
         count(Counter::UdpDeduplicated);
         return TCX_NEXT;
     }
@@ -439,7 +438,7 @@ pub fn bridge_ingress(ctx: TcContext) -> i32 {
             _pad: [0; 2],
         };
         let now = unsafe { bpf_ktime_get_ns() };
-        flow_is_known(&reply, 0, now);
+        flow_is_known(&reply, now);
     }
     TCX_NEXT
 }
