@@ -619,7 +619,7 @@ impl Watcher {
         for verdict in self.attempts.expire(clock.ktime_now()) {
             let rec = correlate::verdict_record(&verdict, |k| clock.wall(k), self.inventory.as_ref());
             // Verdicts wait for their window by design: no latency sample.
-            self.write(&rec, None)?;
+            self.write(rec, None)?;
         }
         let untracked = self.attempts.take_untracked();
         self.attempts_untracked += untracked;
@@ -771,7 +771,7 @@ impl Watcher {
 
     fn emit(&mut self, obs: &Observation, iface: &str) -> Result<()> {
         let rec = correlate::record(obs, obs.stage, self.clock.wall(obs.ktime_ns), iface, self.inventory.as_ref());
-        self.write(&rec, Some(obs.ktime_ns))
+        self.write(rec, Some(obs.ktime_ns))
     }
 
     /// Pushes the audit log's buffer to the file; the records in it are now written.
@@ -786,17 +786,18 @@ impl Watcher {
 
     /// One record out: the audit log, the connection line, the alert. `seen_ns`: the
     /// kernel timestamp of the packet, for the latency figures.
-    fn write(&mut self, rec: &Record, seen_ns: Option<u64>) -> Result<()> {
-        self.sink.write_record(rec)?;
+    fn write(&mut self, rec: Record, seen_ns: Option<u64>) -> Result<()> {
+        let rec = std::sync::Arc::new(rec);
+        self.sink.write_record(&*rec)?;
         let latency_us = |clock: &KernelClock| seen_ns.map(|t| clock.ktime_now().saturating_sub(t) / 1000);
         if let Some(t) = seen_ns {
             // Measured once the buffer reaches the file (`flush`).
             self.unflushed.push(t);
         }
         if !self.settings.quiet {
-            eprintln!("{}", human::connection_line(rec));
+            eprintln!("{}", human::connection_line(&rec));
         }
-        if let Some(alert) = self.alerter.observe(rec, Instant::now()) {
+        if let Some(alert) = self.alerter.observe(&rec, Instant::now()) {
             eprintln!("{alert}");
             if let Some(us) = latency_us(&self.clock) {
                 self.alert_latency.record(us);
@@ -857,8 +858,8 @@ impl Watcher {
             eprintln!("{warning}");
         }
         for r in &outcome.probes {
-            let rec = verifyd::verified_record(r, Some(&inventory));
-            self.sink.write_record(&rec)?;
+            let rec = std::sync::Arc::new(verifyd::verified_record(r, Some(&inventory)));
+            self.sink.write_record(&*rec)?;
             if !self.settings.quiet {
                 eprintln!("{}", human::connection_line(&rec));
             }
