@@ -13,6 +13,7 @@
 //! - `bench`: the hidden `bench` command, the kernel programs measured with BPF_PROG_TEST_RUN.
 
 pub mod bench;
+pub mod config;
 pub mod cli;
 pub mod correlate;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod kernel;
 pub mod net;
 pub mod output;
 pub mod stats;
+pub mod status;
 pub mod verdict;
 pub mod verify;
 pub mod watch;
