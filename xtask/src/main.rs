@@ -51,6 +51,8 @@ const DEB_PACKAGES: &[&str] = &[
     "conntrack",
     "nftables",
     "tcpdump",
+    // tests/operator_surfaces.rs: a real Prometheus server scrapes the daemon.
+    "prometheus",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),
 /// as (module to import, PyPI package).

@@ -186,16 +186,17 @@ impl ExposureTable {
             self.unmatched += 1;
             return;
         };
+        // A source counts once per connection: at its outcome (reached or blocked),
+        // not also at its attempt.
         match rec.stage {
-            "attempted" => row.attempts += 1,
-            "reached" => row.reached += 1,
-            "blocked" => {
-                row.blocked += 1;
-                // The attempt already counted its source.
+            "attempted" => {
+                row.attempts += 1;
                 row.first_seen.get_or_insert(at);
                 row.last_seen = Some(at);
                 return;
             }
+            "reached" => row.reached += 1,
+            "blocked" => row.blocked += 1,
             super::record::STAGE_VERIFIED => {
                 row.verified = rec.verdict;
                 return;
@@ -308,9 +309,12 @@ mod tests {
         let rows = t.rows();
         let web = row(&rows, "web", Some(8080));
         assert_eq!((web.reached, web.attempts, web.blocked), (5, 1, 0));
-        assert_eq!(web.distinct_sources, 4);
+        assert_eq!(web.distinct_sources, 3, "a source counts at the outcome of its connection");
+        t.record(&rec(Stage::Attempted, "198.18.3.2", "198.18.3.1", 8080, None));
+        t.record(&rec(Stage::Reached, "198.18.3.2", "172.17.0.2", 80, Some(("198.18.3.1", 8080))));
+        let web = row(&t.rows(), "web", Some(8080)).clone();
+        assert_eq!(web.top_sources[0], SourceCount { ip: "198.18.3.2".parse().unwrap(), connections: 4 }, "attempt + reach: one connection");
         assert!(web.distinct_sources_exact);
-        assert_eq!(web.top_sources[0], SourceCount { ip: "198.18.3.2".parse().unwrap(), connections: 3 });
         assert_eq!(web.first_seen.as_deref(), Some("1970-01-12T13:46:40.000000Z"));
     }
 
