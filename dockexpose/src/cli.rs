@@ -25,9 +25,6 @@ pub enum Command {
     /// Configuration file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Measure the kernel programs with BPF_PROG_TEST_RUN (run by `cargo xtask bench`).
-    #[command(hide = true)]
-    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -48,17 +45,6 @@ pub enum ConfigCommand {
         /// Default: /etc/dockexpose/dockexpose.toml.
         path: Option<PathBuf>,
     },
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct BenchArgs {
-    /// Runs per measurement (the kernel's repeat count).
-    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub repeat: u32,
-
-    /// Rounds; every figure is the median over rounds.
-    #[arg(long, value_name = "R", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    pub rounds: u32,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -233,21 +219,6 @@ mod tests {
         assert_eq!(w.trusted, ["10.8.0.0/24"]);
         assert_eq!(w.json.as_deref(), Some(std::path::Path::new("-")));
         assert_eq!((w.udp_idle, w.stats_interval, w.quiet), (30, 60, false));
-    }
-
-    #[test]
-    fn bench_is_hidden_and_has_defaults() {
-        let Command::Bench(b) = parse(&["bench"]).unwrap().command else { panic!("expected the bench command") };
-        assert_eq!((b.repeat, b.rounds), (1_000_000, 5));
-        let Command::Bench(b) = parse(&["bench", "--repeat", "1000", "--rounds", "3"]).unwrap().command else {
-            panic!("expected the bench command")
-        };
-        assert_eq!((b.repeat, b.rounds), (1000, 3));
-        assert!(parse(&["bench", "--repeat", "0"]).is_err());
-        assert!(parse(&["bench", "--rounds", "0"]).is_err());
-        let mut cmd = <Cli as clap::CommandFactory>::command();
-        let help = cmd.render_help().to_string();
-        assert!(!help.contains("bench"), "bench must stay out of --help:\n{help}");
     }
 
     #[test]

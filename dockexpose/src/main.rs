@@ -44,8 +44,6 @@ fn main() {
             let sub = matches.subcommand_matches("watch").cloned().unwrap_or_default();
             runtime.block_on(dockexpose::watch::run(args, sub)).map_err(|e| e.to_string())
         }
-        // `{:#}`: the whole chain (what failed, then the kernel's reason).
-        Command::Bench(args) => dockexpose::bench::run(&args).map_err(|e| format!("{e:#}")),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
