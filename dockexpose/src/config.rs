@@ -398,3 +398,30 @@ listen = "127.0.0.1:9464"
         assert_eq!(needs_restart(&a, &b), ["watch.udp_idle"]);
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// `key = value`, as opposed to prose.
+    fn is_setting(line: &str) -> bool {
+        line.split_once(" = ").is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    }
+
+    #[test]
+    fn the_shipped_example_file_is_valid() {
+        let text = include_str!("../../packaging/config/dockexpose.toml");
+        let cfg = FileConfig::parse(Path::new("packaging/config/dockexpose.toml"), text).unwrap();
+        assert_eq!(cfg.audit.path.as_deref(), Some(Path::new("/var/log/dockexpose/audit.jsonl")));
+        // Every commented key, uncommented, is a key the file accepts.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if is_setting(rest) || rest.starts_with('[') && !rest.contains(' ') => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        FileConfig::parse(Path::new("uncommented"), &uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    }
+}

@@ -201,7 +201,7 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        sh(&["mount", "-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()]);
+        sh(&["mount", "-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs", dir.to_str().unwrap()]);
         Self(dir.to_path_buf())
     }
 }
@@ -239,13 +239,27 @@ fn the_audit_log_follows_logrotate_and_survives_a_full_disk() {
     let src = Some(bed.outside.v4(2).parse().unwrap());
     let connect = || tcp_connect(&bed.outside.ns, src, bed.host_tcp_v4()).expect("outside reaches the container");
 
-    // logrotate: rename, then SIGUSR1; the next record goes to a new file.
+    // The real logrotate with the shipped snippet (its path and its signal aimed at
+    // this daemon): rename + create, then SIGUSR1; the next record goes to the new file.
     let first = connect();
     assert!(within(Duration::from_secs(5), || has_port(&log, first).then_some(())).is_some(), "first record written");
-    let rotated = fs.0.join("audit.jsonl.1");
-    std::fs::rename(&log, &rotated).unwrap();
-    unsafe { libc::kill(w.pid() as i32, libc::SIGUSR1) };
+    let snippet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/logrotate/dockexpose"))
+        .unwrap()
+        .replace("/var/log/dockexpose/audit.jsonl", log.to_str().unwrap())
+        .lines()
+        .map(|l| if l.contains("systemctl kill") { format!("        kill -USR1 {}", w.pid()) } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(snippet.contains("create 0640") && !snippet.lines().any(|l| l.trim() == "copytruncate"), "{snippet}");
+    let conf = dir.join("logrotate.conf");
+    std::fs::write(&conf, format!("{snippet}\n")).unwrap();
+    let require = std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some();
+    let have = Command::new("sh").args(["-c", "command -v logrotate"]).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(have || !require, "logrotate is not installed: run `cargo xtask setup`");
+    assert!(have, "logrotate is not installed: run `cargo xtask setup`");
+    sh(&["logrotate", "-f", "-s", dir.join("logrotate.state").to_str().unwrap(), conf.to_str().unwrap()]);
     w.wait_for_line("SIGUSR1: audit log", Duration::from_secs(5));
+    let rotated = fs.0.join("audit.jsonl.1");
     let second = connect();
     assert!(within(Duration::from_secs(5), || has_port(&log, second).then_some(())).is_some(), "the new file gets the next record");
     assert!(has_port(&rotated, first) && !has_port(&rotated, second), "the old file keeps only what came before");

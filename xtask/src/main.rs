@@ -51,8 +51,10 @@ const DEB_PACKAGES: &[&str] = &[
     "conntrack",
     "nftables",
     "tcpdump",
-    // tests/operator_surfaces.rs: a real Prometheus server scrapes the daemon.
+    // tests/operator_surfaces.rs: a real Prometheus server scrapes the daemon, and the
+    // real logrotate rotates the audit log with packaging/logrotate/dockexpose.
     "prometheus",
+    "logrotate",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),
 /// as (module to import, PyPI package).
