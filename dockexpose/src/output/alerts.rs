@@ -373,7 +373,7 @@ impl Alerter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::SystemTime;
 
     use super::*;
@@ -413,7 +413,9 @@ mod tests {
         assert_eq!(direct.kind, AlertKind::Unpublished);
     }
 
-    fn rec(src: &str, dst: &str, port: u16) -> Record {
+    /// A `reached` record from `src` to `dst:port` (host side 198.18.3.1:8080), named
+    /// from the sample inventory.
+    pub(crate) fn rec(src: &str, dst: &str, port: u16) -> Record {
         let obs = Observation {
             ktime_ns: 0,
             stage: Stage::Reached,

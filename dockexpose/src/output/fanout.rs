@@ -243,14 +243,10 @@ impl Outputs {
 
 #[cfg(test)]
 mod tests {
-    use std::{cell::RefCell, rc::Rc, time::SystemTime};
+    use std::{cell::RefCell, rc::Rc};
 
     use super::*;
-    use crate::{
-        correlate,
-        inventory::model::tests::sample,
-        kernel::event::{Observation, Proto, Stage},
-    };
+    use crate::inventory::model::tests::sample;
 
     struct Collect(Rc<RefCell<Vec<Arc<Alert>>>>);
     impl AlertOut for Collect {
@@ -260,20 +256,7 @@ mod tests {
     }
 
     fn reached(src: &str) -> Record {
-        let obs = Observation {
-            ktime_ns: 0,
-            stage: Stage::Reached,
-            proto: Proto::Tcp,
-            src: src.parse().unwrap(),
-            src_port: 1,
-            dst: "172.17.0.2".parse().unwrap(),
-            dst_port: 80,
-            orig_dst: Some(("198.18.3.1".parse().unwrap(), 8080)),
-            ifindex: 0,
-            seq: 0,
-            flags: 0,
-        };
-        correlate::record(&obs, Stage::Reached, SystemTime::UNIX_EPOCH, "docker0", Some(&sample()))
+        crate::output::alerts::tests::rec(src, "172.17.0.2", 80)
     }
 
     #[test]

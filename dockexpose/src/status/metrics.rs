@@ -131,27 +131,9 @@ mod tests {
     #[test]
     fn names_follow_the_conventions_and_labels_come_from_the_inventory() {
         let mut report = StatusReport { version: "0.1.0".into(), health: Health { state: "healthy".into(), ..Health::default() }, exposures: vec![] };
-        report.exposures.push(crate::output::exposures::ExposureRow {
-            container: "web".into(),
-            container_id: "c1".into(),
-            image: "nginx".into(),
-            compose_project: None,
-            compose_service: None,
-            host_ip: Some("0.0.0.0".parse().unwrap()),
-            host_port: Some(8080),
-            container_port: 80,
-            proto: "tcp".into(),
-            exposure: "published".into(),
-            first_seen: None,
-            last_seen: None,
-            attempts: 7,
-            reached: 5,
-            blocked: 2,
-            distinct_sources: 3,
-            distinct_sources_exact: true,
-            top_sources: vec![],
-            verified: None,
-        });
+        let mut web = crate::output::exposures::ExposureRow::sample("web");
+        (web.attempts, web.reached, web.blocked, web.distinct_sources) = (7, 5, 2, 3);
+        report.exposures.push(web);
         report.health.sinks.push(SinkHealth { name: "webhook http://127.0.0.1:1/x".into(), dropped_full: 4, ..SinkHealth::default() });
         report.health.losses.kernel_ring_full = 9;
         let text = encode_report(&report, &AlertCounts::default());

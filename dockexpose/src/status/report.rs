@@ -214,30 +214,9 @@ impl StatusReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::exposures::SourceCount;
 
     fn row(name: &str) -> ExposureRow {
-        ExposureRow {
-            container: name.into(),
-            container_id: "c1".into(),
-            image: "nginx:1.27".into(),
-            compose_project: None,
-            compose_service: None,
-            host_ip: Some("0.0.0.0".parse().unwrap()),
-            host_port: Some(8080),
-            container_port: 80,
-            proto: "tcp".into(),
-            exposure: "published".into(),
-            first_seen: None,
-            last_seen: Some("2026-11-29T07:20:34.123456Z".into()),
-            attempts: 4,
-            reached: 3,
-            blocked: 1,
-            distinct_sources: 2,
-            distinct_sources_exact: true,
-            top_sources: vec![SourceCount { ip: "198.18.3.2".parse().unwrap(), connections: 2 }],
-            verified: None,
-        }
+        ExposureRow::sample(name)
     }
 
     #[test]

@@ -76,6 +76,19 @@ async fn metrics_request(req: Request<Incoming>, queries: mpsc::Sender<Query>) -
     })
 }
 
+/// Serves one accepted connection with `handler`, on a task of its own.
+fn serve_connection<S, F, Fut>(stream: S, queries: mpsc::Sender<Query>, handler: F)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>, mpsc::Sender<Query>) -> Fut + Send + Sync + Copy + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = service_fn(move |req| handler(req, queries.clone()));
+        let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+    });
+}
+
 /// The status socket, bound. Removed again when dropped.
 pub struct StatusSocket {
     path: PathBuf,
@@ -111,12 +124,9 @@ pub fn serve_status(path: &Path, queries: mpsc::Sender<Query>) -> Result<StatusS
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let queries = queries.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| status_request(req, queries.clone()));
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
+            if let Ok((stream, _)) = listener.accept().await {
+                serve_connection(stream, queries.clone(), status_request);
+            }
         }
     });
     Ok(StatusSocket { path: path.to_path_buf() })
@@ -128,12 +138,9 @@ pub async fn serve_metrics(addr: SocketAddr, queries: mpsc::Sender<Query>) -> Re
     let local = listener.local_addr().unwrap_or(addr);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let queries = queries.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| metrics_request(req, queries.clone()));
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
+            if let Ok((stream, _)) = listener.accept().await {
+                serve_connection(stream, queries.clone(), metrics_request);
+            }
         }
     });
     Ok(local)
