@@ -267,6 +267,21 @@ fn saturation_attached_vs_detached() {
     let src = outside.src4();
     let src_text = src.to_string();
     let jiffy = us_per_jiffy();
+    // The audit log plus one alert sink, as the cost goals ask: syslog over UDP to a
+    // receiver on loopback that counts what arrives.
+    let syslog = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink = format!("udp://{}", syslog.local_addr().unwrap());
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while syslog.recv(&mut buf).is_ok() {
+                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    let watch_args = ["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0", "--syslog", &sink];
 
     // The server answers (it may take a moment to start).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -297,12 +312,13 @@ fn saturation_attached_vs_detached() {
     }
     let invocation = format!("ip netns exec {} {}", outside.ns, ab_args(clients, LENGTH_S, src, &url).join(" "));
     eprintln!("load: {invocation}");
+    eprintln!("outputs: the audit log and one alert sink (syslog {sink})");
 
     let (mut detached, mut attached) = (Vec::<Round>::new(), Vec::<Round>::new());
     for round in 0..ROUNDS {
         // Alternate which goes first, so that drift over the run hits both alike.
         for attach in if round % 2 == 0 { [false, true] } else { [true, false] } {
-            let watcher = attach.then(|| Watcher::start(&["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0"], json.clone()));
+            let watcher = attach.then(|| Watcher::start(&watch_args, json.clone()));
             let before_daemon = watcher.as_ref().map(|w| (proc_cpu(w.pid()), proc_cpu_ns(w.pid())));
             let compilers0 = compiler_jiffies();
             let (b0, t0) = cpu_jiffies();
@@ -364,7 +380,7 @@ fn saturation_attached_vs_detached() {
 
     // Latency when idle: a slow sequential client, attached. Also measured from
     // outside: connect to the record appearing in the audit log.
-    let w = Watcher::start(&["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0"], json.clone());
+    let w = Watcher::start(&watch_args, json.clone());
     let mut seen_ms = Vec::new();
     for _ in 0..IDLE_CONNECTIONS {
         let t0 = Instant::now();
@@ -438,6 +454,10 @@ fn saturation_attached_vs_detached() {
         show(percentile(seen_ms.clone(), 50.0), "ms"),
         show(percentile(seen_ms.clone(), 100.0), "ms"),
         if idle_missing > 0 { format!("  ({idle_missing} not seen within 2 s)") } else { String::new() }
+    );
+    println!(
+        "  alert sink           syslog over UDP: {} alerts received (one per new source and window; the audit log never waits for it)",
+        received.load(std::sync::atomic::Ordering::Relaxed)
     );
     let goals = [
         ("rate attached/detached >= 0.97", goal(Some(rate_ratio), |x| x >= GOAL_RATE_RATIO)),
