@@ -4,3 +4,4 @@ pub mod alerts;
 pub mod human;
 pub mod record;
 pub mod sink;
+pub mod sinks;
