@@ -49,6 +49,7 @@ pub const DRAIN: Duration = Duration::from_secs(2);
 #[serde(default, deny_unknown_fields)]
 pub struct SinksConfig {
     /// `[sinks.journald]`: the native journal protocol.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub journald: Option<JournaldConfig>,
     /// `[[sinks.syslog]]`: RFC 5424 over a unix socket, UDP or TCP.
     pub syslog: Vec<SyslogConfig>,
@@ -65,6 +66,7 @@ pub struct JournaldConfig {
     /// Most alerts waiting for this sink; past that they are dropped and counted.
     pub queue: usize,
     /// Alert kinds sent (names of [`AlertKind::as_str`]); None: every kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kinds: Option<Vec<String>>,
 }
 
@@ -84,8 +86,10 @@ pub struct SyslogConfig {
     /// Syslog facility name: `daemon`, `auth`, `local0` .. `local7`, ...
     pub facility: String,
     /// HOSTNAME of the messages; None: this host's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     pub queue: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kinds: Option<Vec<String>>,
 }
 
@@ -107,8 +111,10 @@ pub struct WebhookConfig {
     pub headers: BTreeMap<String, String>,
     /// A PEM file of CA certificates trusted for https besides Mozilla's roots (a
     /// private CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     pub queue: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kinds: Option<Vec<String>>,
 }
 
