@@ -31,8 +31,11 @@ struct Rsyslog {
 impl Rsyslog {
     /// Starts rsyslogd in the foreground and waits until its inputs are up.
     async fn start() -> Rsyslog {
+        Self::start_on(free_port(), free_port()).await
+    }
+
+    async fn start_on(udp: u16, tcp: u16) -> Rsyslog {
         let dir = TempDir::new("rsyslog");
-        let (udp, tcp) = (free_port(), free_port());
         let (socket, out) = (dir.0.join("log.sock"), dir.0.join("out.log"));
         let conf = format!(
             r#"global(workDirectory="{dir}")
@@ -190,4 +193,29 @@ async fn dead_syslog_servers_count_retries_and_drops() {
     let stats = wait_for(&sinks[2], Duration::from_secs(10), |s| s.delivered + s.dropped_failed == 4).await;
     assert!(stats.retries >= 1, "{stats:?}");
     assert!(stats.last_error.as_deref().is_some_and(|e| e.contains("refused")), "{stats:?}");
+}
+
+/// rsyslogd stops, then comes back on the same port: the TCP sink notices the closed
+/// connection, retries while nothing listens, and delivers to the new server.
+#[tokio::test]
+async fn syslog_tcp_reconnects_when_rsyslogd_comes_back() {
+    if !have_tool("syslog_tcp_reconnects_when_rsyslogd_comes_back", "rsyslogd", "rsyslog") {
+        return;
+    }
+    let first = Rsyslog::start().await;
+    let (udp, tcp) = (first.udp, first.tcp);
+    let sink = start(vec![syslog(format!("tcp://127.0.0.1:{tcp}"))]).pop().unwrap();
+    sink.offer(&exposed("the first server"));
+    wait_for(&sink, Duration::from_secs(5), |s| s.delivered == 1).await;
+    assert_eq!(first.lines(1).await.len(), 1);
+
+    drop(first);
+    sink.offer(&exposed("the second server"));
+    let stats = wait_for(&sink, Duration::from_secs(5), |s| s.retries >= 1).await;
+    assert!(stats.last_error.as_deref().is_some_and(|e| e.contains("refused")), "{stats:?}");
+    let second = Rsyslog::start_on(udp, tcp).await;
+    let stats = wait_for(&sink, Duration::from_secs(8), |s| s.delivered == 2 || s.dropped_failed > 0).await;
+    assert_eq!((stats.delivered, stats.dropped_failed), (2, 0), "{stats:?}");
+    let lines = second.lines(1).await;
+    assert!(lines[0].ends_with("via the second server"), "{lines:?}");
 }

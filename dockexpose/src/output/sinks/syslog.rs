@@ -10,6 +10,7 @@ use std::{
     fmt::Write as _,
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
     path::PathBuf,
     time::SystemTime,
 };
@@ -113,6 +114,16 @@ pub fn format(alert: &Alert, facility: u8, host: &str, pid: u32, now: SystemTime
     out
 }
 
+/// Whether the peer of a TCP connection has not closed it, asked of the socket itself
+/// (tokio's readiness may not have seen the FIN yet). A syslog server sends nothing, so
+/// anything readable is an end of file or an error.
+fn peer_open(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most 1 byte into `byte`, on a socket `stream` owns.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
 enum Conn {
     Udp(UdpSocket),
     Tcp(TcpStream),
@@ -184,11 +195,8 @@ impl Deliver for Syslog {
         let failed = |what: &str, e: io::Error| Failure::Retry { after: None, reason: format!("{what} {}: {e}", self.address) };
         // A TCP peer that closed (a restarted server): reconnect rather than write
         // into a connection that will only answer with a reset.
-        if let Some(Conn::Tcp(s)) = &self.conn {
-            match s.try_read(&mut [0u8; 64]) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                _ => self.conn = None,
-            }
+        if self.conn.as_ref().is_some_and(|c| matches!(c, Conn::Tcp(s) if !peer_open(s))) {
+            self.conn = None;
         }
         if self.conn.is_none() {
             self.conn = Some(self.connect().await.map_err(|e| failed("connect", e))?);
