@@ -286,3 +286,56 @@ async fn https_certificates_are_verified() {
     }
     assert_eq!(state.lock().unwrap().seen.len(), 2);
 }
+
+/// A server that closes a kept-alive connection while it is idle (as servers do)
+/// just before the next alert: the alert is delivered on a new connection and no
+/// retry is counted.
+#[tokio::test]
+async fn a_closed_kept_connection_is_not_a_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Connections answered once and kept open, for the test to close.
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let (served, kept_by_server) = (Arc::new(Mutex::new(0u32)), kept.clone());
+    let count = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the body of the length they give.
+            let complete = |r: &[u8]| {
+                let text = String::from_utf8_lossy(r);
+                let Some(end) = text.find("\r\n\r\n") else { return false };
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                    .unwrap_or(0);
+                r.len() >= end + 4 + length
+            };
+            while !complete(&request) {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            if complete(&request) {
+                *count.lock().unwrap() += 1;
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                kept_by_server.lock().unwrap().push(stream);
+            }
+        }
+    });
+    let sink = start_one(webhook(format!("http://127.0.0.1:{port}/")));
+    for i in 0..3 {
+        sink.offer(&alert(AlertKind::Reached, "web", 8080, &format!("EXPOSED web {i}")));
+        wait_for(&sink, Duration::from_secs(5), |s| s.delivered == i + 1).await;
+        // Closed by the server now, and the next alert follows at once: the worker
+        // runs before the runtime has polled for the close.
+        kept.lock().unwrap().clear();
+    }
+    let stats = sink.stats();
+    assert_eq!((stats.delivered, stats.retries, stats.dropped_failed), (3, 0, 0), "{stats:?}");
+    assert_eq!(*served.lock().unwrap(), 3);
+}

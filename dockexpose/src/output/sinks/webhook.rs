@@ -221,24 +221,40 @@ impl Webhook {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| retry("HTTP to", &e))?;
         Ok((sender, tokio::spawn(async move { drop(conn.await) })))
     }
+
+    /// Sends one POST of `body` on the kept connection (made first if there is none).
+    async fn post(&mut self, body: Bytes) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connect().await?);
+        }
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.target.parse().expect("checked at start");
+        *req.headers_mut() = self.headers.clone();
+        let origin = &self.origin;
+        let retry = |e: hyper::Error| Failure::Retry { after: None, reason: format!("POST to {origin}: {e}") };
+        let (sender, _) = self.conn.as_mut().expect("connected");
+        sender.ready().await.map_err(retry)?;
+        sender.send_request(req).await.map_err(retry)
+    }
 }
 
 impl Deliver for Webhook {
     async fn deliver(&mut self, alert: &Alert) -> Result<(), Failure> {
+        let body = Bytes::from(body(alert, self.format, &self.host));
         if self.conn.as_ref().is_some_and(|(s, _)| s.is_closed()) {
             self.reset();
         }
-        if self.conn.is_none() {
-            self.conn = Some(self.connect().await?);
-        }
-        let (sender, _) = self.conn.as_mut().expect("connected");
-        let mut req = Request::new(Full::new(Bytes::from(body(alert, self.format, &self.host))));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.target.parse().expect("checked at start");
-        *req.headers_mut() = self.headers.clone();
-        let retry = |e: &dyn std::fmt::Display| Failure::Retry { after: None, reason: format!("POST to {}: {e}", self.origin) };
-        sender.ready().await.map_err(|e| retry(&e))?;
-        let resp = sender.send_request(req).await.map_err(|e| retry(&e))?;
+        let reused = self.conn.is_some();
+        let resp = match self.post(body.clone()).await {
+            // A kept connection the server closed while idle (its close not seen yet):
+            // once more on a new connection, within this attempt.
+            Err(_) if reused => {
+                self.reset();
+                self.post(body).await?
+            }
+            other => other?,
+        };
         let status = resp.status();
         let after = retry_after(resp.headers().get(header::RETRY_AFTER));
         // Read the answer, so that the connection serves the next alert.
