@@ -333,6 +333,12 @@ impl SinkHandle {
     }
 }
 
+impl std::fmt::Debug for SinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkHandle").field("name", &self.name).field("stats", &self.stats()).finish()
+    }
+}
+
 impl Drop for SinkHandle {
     fn drop(&mut self) {
         self.shared.closing.store(true, Ordering::Relaxed);
@@ -677,6 +683,42 @@ mod tests {
         assert_eq!(t0.elapsed(), Duration::from_millis(5 * 2000 + 3750));
         assert_eq!(stats.timeouts.load(Ordering::Relaxed), 5);
         assert_eq!(stats.dropped_failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_delivers_what_is_queued_with_one_attempt_each() {
+        let h = SinkHandle::spawn("ok".into(), KindSet::ALL, 8, Scripted(vec![], 0));
+        for _ in 0..5 {
+            h.offer(&alert());
+        }
+        let shared = h.shared.clone();
+        h.stop().await;
+        assert_eq!(shared.delivered.load(Ordering::Relaxed), 5);
+        // Failing while stopping: no backoff, one attempt, then dropped.
+        let retry = || Err(Failure::Retry { after: None, reason: "refused".into() });
+        let h = SinkHandle::spawn("failing".into(), KindSet::ALL, 8, Scripted(vec![retry(), retry(), retry()], 0));
+        for _ in 0..3 {
+            h.offer(&alert());
+        }
+        let shared = h.shared.clone();
+        let t0 = tokio::time::Instant::now();
+        h.stop().await;
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        assert_eq!((shared.dropped_failed.load(Ordering::Relaxed), shared.retries.load(Ordering::Relaxed)), (3, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_handle_ends_its_worker_within_the_drain() {
+        let h = SinkHandle::spawn("stalled".into(), KindSet::ALL, 4, Stalled);
+        // Three attempts of 2 s each to drain, but the drain is cut at 2 s.
+        for _ in 0..3 {
+            h.offer(&alert());
+        }
+        tokio::task::yield_now().await;
+        let shared = h.shared.clone();
+        drop(h);
+        tokio::time::sleep(DRAIN + Duration::from_millis(10)).await;
+        assert_eq!(Arc::strong_count(&shared), 1, "the worker still runs");
     }
 
     #[tokio::test(start_paused = true)]
