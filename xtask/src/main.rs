@@ -22,7 +22,8 @@ use clap::{Parser, Subcommand};
 /// What a fresh Debian 12 machine lacks: Debian's rustc with its library source (for
 /// `-Z build-std=core`), LLVM 22 and friends (to build bpf-linker), and the tools the
 /// integration tests drive (ip, iptables, busybox for a tiny container side, bpftool,
-/// podman for tests/podman_compat.rs, pip for scapy).
+/// podman for tests/podman_compat.rs, pip for scapy, rsyslog, journald and openssl for
+/// the alert sinks).
 const DEB_PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
@@ -55,6 +56,12 @@ const DEB_PACKAGES: &[&str] = &[
     // real logrotate rotates the audit log with packaging/logrotate/dockexpose.
     "prometheus",
     "logrotate",
+    // The alert sinks' tests: a real rsyslogd (tests/sink_syslog.rs), the real
+    // systemd-journald and journalctl (tests/sink_journald.rs), openssl for the test
+    // certificates of tests/sink_webhook.rs.
+    "rsyslog",
+    "systemd",
+    "openssl",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),
 /// as (module to import, PyPI package).

@@ -1,4 +1,5 @@
-//! What dockexpose says: the JSON-lines audit log (a contract) and human lines.
+//! What dockexpose says: the JSON-lines audit log (a contract), human lines, alerts
+//! and their sinks, all fed by one fan-out (`fanout`).
 
 pub mod alerts;
 pub mod audit;

@@ -80,12 +80,14 @@ pub fn encode_report(report: &StatusReport, alerts: &AlertCounts) -> String {
     let delivered = counter_family(&mut r, "sink_alerts_delivered", "Alerts a sink delivered");
     let dropped = counter_family(&mut r, "sink_alerts_dropped", "Alerts a sink dropped: queue full, or delivery given up after retries");
     let retries = counter_family(&mut r, "sink_retries", "Delivery attempts retried");
+    let timeouts = counter_family(&mut r, "sink_timeouts", "Delivery attempts that took longer than 2 s");
     let depth = gauge_family(&mut r, "sink_queue_depth", "Alerts waiting in a sink's queue");
     let capacity = gauge_family(&mut r, "sink_queue_capacity", "Size of a sink's queue");
     for s in &h.sinks {
         let l: Labels = vec![("sink", s.name.clone())];
         delivered.get_or_create(&l).inc_by(s.delivered);
         retries.get_or_create(&l).inc_by(s.retries);
+        timeouts.get_or_create(&l).inc_by(s.timeouts);
         depth.get_or_create(&l).set(s.queued as i64);
         capacity.get_or_create(&l).set(s.capacity as i64);
         let mut full = l.clone();

@@ -88,6 +88,8 @@ pub struct SinkHealth {
     pub dropped_full: u64,
     pub dropped_failed: u64,
     pub retries: u64,
+    /// Delivery attempts that took longer than 2 s.
+    pub timeouts: u64,
     pub last_error: Option<String>,
 }
 
@@ -142,7 +144,7 @@ impl StatusReport {
         for s in &h.sinks {
             let _ = writeln!(
                 out,
-                "sink {}: {}/{} queued, {} delivered, {} dropped (queue full), {} dropped (failed), {} retries{}",
+                "sink {}: {}/{} queued, {} delivered, {} dropped (queue full), {} dropped (failed), {} retries, {} timeouts{}",
                 escape_untrusted(&s.name),
                 s.queued,
                 s.capacity,
@@ -150,6 +152,7 @@ impl StatusReport {
                 s.dropped_full,
                 s.dropped_failed,
                 s.retries,
+                s.timeouts,
                 s.last_error.as_deref().map_or(String::new(), |e| format!("; last error: {}", escape_untrusted(e)))
             );
         }

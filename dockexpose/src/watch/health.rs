@@ -85,6 +85,7 @@ impl Watcher {
                     dropped_full: st.dropped_full,
                     dropped_failed: st.dropped_failed,
                     retries: st.retries,
+                    timeouts: st.timeouts,
                     last_error: st.last_error,
                 }
             })

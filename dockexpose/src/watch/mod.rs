@@ -177,8 +177,15 @@ fn start_sinks(config: &SinksConfig) -> Result<Vec<std::rc::Rc<SinkHandle>>> {
     Ok(handles.into_iter().map(std::rc::Rc::new).collect())
 }
 
+/// Where alerts go: stderr, then every sink. When stderr is the journal and the
+/// journald sink writes there too, stderr is left out (one entry per alert, the
+/// structured one).
 fn alert_outs(sinks: &[std::rc::Rc<SinkHandle>]) -> Vec<Box<dyn AlertOut>> {
-    let mut outs: Vec<Box<dyn AlertOut>> = vec![Box::new(StderrAlerts)];
+    let journal_twice = sinks::journald::stderr_is_journal() && sinks.iter().any(|s| s.name().starts_with("journald"));
+    let mut outs: Vec<Box<dyn AlertOut>> = Vec::new();
+    if !journal_twice {
+        outs.push(Box::new(StderrAlerts));
+    }
     outs.extend(sinks.iter().map(|s| Box::new(QueuedSink(s.clone())) as Box<dyn AlertOut>));
     outs
 }
@@ -186,7 +193,14 @@ fn alert_outs(sinks: &[std::rc::Rc<SinkHandle>]) -> Vec<Box<dyn AlertOut>> {
 /// `dockexpose watch --print-config`: the effective configuration, as a file.
 pub fn print_config(cli: &WatchArgs, matches: &ArgMatches) -> Result<()> {
     let (args, sinks, path) = effective(cli, matches)?;
-    let text = toml::to_string(&config::effective_file(&args, &sinks)).map_err(|e| Error::Config(e.to_string()))?;
+    let mut shown = config::effective_file(&args, &sinks);
+    // Header values are credentials (Authorization): never printed.
+    for w in &mut shown.sinks.webhook {
+        for v in w.headers.values_mut() {
+            *v = "<redacted>".into();
+        }
+    }
+    let text = toml::to_string(&shown).map_err(|e| Error::Config(e.to_string()))?;
     println!(
         "# the effective configuration: command line > environment > {} > defaults",
         path.map_or_else(|| format!("(no file; {} does not exist)", config::DEFAULT_PATH), |p| p.display().to_string())
