@@ -51,6 +51,9 @@ const DEB_PACKAGES: &[&str] = &[
     "conntrack",
     "nftables",
     "tcpdump",
+    // A real compose project in tests/publish_paths.rs (Debian's docker-compose v1:
+    // the same Engine API and com.docker.compose.* labels as compose v2).
+    "docker-compose",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),
 /// as (module to import, PyPI package).
