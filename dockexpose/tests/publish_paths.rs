@@ -67,6 +67,56 @@ fn one<'a>(records: &'a [Value], stage: &str, proto: &str, src_port: u16) -> &'a
     found[0]
 }
 
+/// Opens a TCP connection from `ns` (source address `src`) to `dst` and returns its
+/// local port: the handshake completed (for servers that do not speak first).
+fn tcp_open(ns: &str, src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<u16> {
+    let any: IpAddr = if dst.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
+    let bind = SocketAddr::new(src.unwrap_or(any), 0);
+    in_netns(ns, move || {
+        let domain = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        // SAFETY: a socket owned by the TcpStream made from it right away.
+        let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let (sa, len) = raw_sockaddr(bind);
+        // SAFETY: binding and connecting our own fd with valid sockaddrs.
+        if unsafe { libc::bind(fd, sa.as_ptr().cast(), len) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as u32) };
+        let (da, dlen) = raw_sockaddr(dst);
+        if unsafe { libc::connect(fd, da.as_ptr().cast(), dlen) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream.local_addr()?.port())
+    })
+}
+
+fn raw_sockaddr(addr: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
+    // SAFETY: plain-old-data socket address structures, viewed as bytes.
+    unsafe {
+        match addr {
+            SocketAddr::V4(a) => {
+                let mut sin: libc::sockaddr_in = std::mem::zeroed();
+                sin.sin_family = libc::AF_INET as u16;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                let b = std::slice::from_raw_parts((&sin as *const libc::sockaddr_in).cast::<u8>(), size_of::<libc::sockaddr_in>());
+                (b.to_vec(), b.len() as u32)
+            }
+            SocketAddr::V6(a) => {
+                let mut sin6: libc::sockaddr_in6 = std::mem::zeroed();
+                sin6.sin6_family = libc::AF_INET6 as u16;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                let b = std::slice::from_raw_parts((&sin6 as *const libc::sockaddr_in6).cast::<u8>(), size_of::<libc::sockaddr_in6>());
+                (b.to_vec(), b.len() as u32)
+            }
+        }
+    }
+}
+
 /// A docker-compose (v1) project, brought down (containers, networks) on drop.
 struct Compose {
     project: String,
@@ -649,7 +699,10 @@ fn docker_ipv6_with_ip6tables_dnat_is_reached_with_host_port_and_identity() {
     assert_unrouted(&v6net);
     let engine = second_engine("v", &["--experimental", "--ipv6", &format!("--fixed-cidr-v6={v6net}"), "--ip6tables"]);
     let port = 18_600 + n as u16;
-    let c = engine.run(&format!("dx11v-web-{n}"), &["-p", &format!("{port}:80")], &engine.image, &["80", "5300"]);
+    // busybox httpd listens on [::] (the echo image's server is IPv4-only).
+    let http = docker::http_image();
+    engine.load_image(&http);
+    let c = engine.run(&format!("dx11v-web-{n}"), &["-p", &format!("{port}:80")], &http, &[]);
     let cip6 = c.inspect("{{.NetworkSettings.Networks.bridge.GlobalIPv6Address}}");
     assert!(cip6.starts_with(&format!("fd42:251:{n}:")), "container IPv6 address from fixed-cidr-v6: {cip6:?}");
     let nat6 = engine.in_ns(&["ip6tables", "-t", "nat", "-S", "DOCKER"]);
@@ -658,7 +711,7 @@ fn docker_ipv6_with_ip6tables_dnat_is_reached_with_host_port_and_identity() {
     let mut w = engine.watch(&["--stats-interval", "0"], json_path("11ipv6"));
     w.wait_for_line("Docker inventory: 1 running containers", Duration::from_secs(20));
     let src6: IpAddr = engine.outside_v6().parse().unwrap();
-    let sport = tcp_connect(&engine.outside_ns, Some(src6), engine.host6(port)).expect("IPv6 published port reached through ip6tables DNAT");
+    let sport = tcp_open(&engine.outside_ns, Some(src6), engine.host6(port)).expect("IPv6 published port reached through ip6tables DNAT");
     std::thread::sleep(Duration::from_millis(500));
     let (records, status, _) = w.stop();
     assert!(status.success());
