@@ -54,6 +54,9 @@ const DEB_PACKAGES: &[&str] = &[
     // A real compose project in tests/publish_paths.rs (Debian's docker-compose v1:
     // the same Engine API and com.docker.compose.* labels as compose v2).
     "docker-compose",
+    // CNI's bridge and portmap plugins (Kubernetes hostPort), driven as a container
+    // runtime drives them, in tests/publish_paths.rs.
+    "containernetworking-plugins",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),
 /// as (module to import, PyPI package).
