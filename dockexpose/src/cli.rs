@@ -19,20 +19,32 @@ pub enum Command {
     /// which ones reach a container (EXPOSED), the host itself (PROXY) or nothing (HELD).
     /// Exit code 0: nothing unexpected reachable; 1: something is; 2: error.
     Verify(VerifyArgs),
-    /// Measure the kernel programs with BPF_PROG_TEST_RUN (run by `cargo xtask bench`).
-    #[command(hide = true)]
-    Bench(BenchArgs),
+    /// Ask the running daemon what is exposed and how healthy it is.
+    /// Exit code 0: healthy; 1: degraded; 2: the daemon cannot be reached.
+    Status(StatusArgs),
+    /// Configuration file tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 #[derive(Debug, Args, Clone)]
-pub struct BenchArgs {
-    /// Runs per measurement (the kernel's repeat count).
-    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub repeat: u32,
+pub struct StatusArgs {
+    /// The daemon's status socket.
+    #[arg(long, value_name = "PATH", default_value = crate::status::DEFAULT_SOCKET, env = "DOCKEXPOSE_STATUS_SOCKET")]
+    pub socket: PathBuf,
 
-    /// Rounds; every figure is the median over rounds.
-    #[arg(long, value_name = "R", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    pub rounds: u32,
+    /// JSON for scripts instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum ConfigCommand {
+    /// Check a configuration file: exit 0 when valid, 1 with the key and line when not.
+    Check {
+        /// Default: /etc/dockexpose/dockexpose.toml.
+        path: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -68,7 +80,8 @@ pub struct VerifyArgs {
     pub docker_host: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UplinkHookArg {
     Xdp,
     Tc,
@@ -78,72 +91,116 @@ pub enum UplinkHookArg {
 pub struct WatchArgs {
     /// Container bridge to watch (repeatable). Without it, every Linux bridge that
     /// carries an address is watched, including ones that appear later.
-    #[arg(long = "bridge", value_name = "IFACE")]
+    #[arg(env = "DOCKEXPOSE_BRIDGE", value_delimiter = ',', long = "bridge", value_name = "IFACE")]
     pub bridges: Vec<String>,
 
     /// Source network never reported (repeatable), e.g. an admin VPN: 10.8.0.0/24.
-    #[arg(long = "trusted", value_name = "CIDR")]
+    #[arg(env = "DOCKEXPOSE_TRUSTED", value_delimiter = ',', long = "trusted", value_name = "CIDR")]
     pub trusted: Vec<String>,
 
     /// Write the JSON-lines audit log here (appended); `-` for stdout.
-    #[arg(long, value_name = "PATH")]
+    #[arg(env = "DOCKEXPOSE_JSON", long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
     /// The hook that sees attempts on the uplinks: `tc` (TCX ingress, the default:
     /// ahead of every firewall table, reading each packet where it is) or `xdp` (the
     /// earliest hook; native XDP on veth and virtio NICs converts every packet and
     /// cost 20 % of a sequential client's connection rate here, TCX ingress 4 %).
-    #[arg(long, value_name = "HOOK", value_enum, default_value_t = UplinkHookArg::Tc)]
+    #[arg(env = "DOCKEXPOSE_UPLINK_HOOK", long, value_name = "HOOK", value_enum, default_value_t = UplinkHookArg::Tc)]
     pub uplink_hook: UplinkHookArg,
 
     /// A UDP flow silent for this many seconds counts as new again.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    #[arg(env = "DOCKEXPOSE_UDP_IDLE", long, value_name = "SECONDS", default_value_t = 30)]
     pub udp_idle: u64,
 
     /// Print kernel counters every this many seconds (0: only at exit).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    #[arg(env = "DOCKEXPOSE_STATS_INTERVAL", long, value_name = "SECONDS", default_value_t = 60)]
     pub stats_interval: u64,
 
     /// No human line per connection on stderr (alerts and warnings stay).
-    #[arg(long)]
+    #[arg(long, env = "DOCKEXPOSE_QUIET")]
     pub quiet: bool,
 
     /// Docker (or Podman) API endpoint: unix:///path/to.sock or tcp://host:port.
     /// Default: $DOCKER_HOST, else unix:///var/run/docker.sock.
-    #[arg(long, value_name = "URL")]
+    #[arg(env = "DOCKEXPOSE_DOCKER_HOST", long, value_name = "URL")]
     pub docker_host: Option<String>,
 
     /// Do not ask Docker: no container identity, bridges found on the host.
-    #[arg(long, conflicts_with = "docker_host")]
+    #[arg(env = "DOCKEXPOSE_NO_DOCKER", long, conflicts_with = "docker_host")]
     pub no_docker: bool,
 
     /// Uplink to watch for attempts (repeatable). Without it: every interface that is up,
     /// has a global address, and is not a bridge, a container veth or loopback.
-    #[arg(long = "uplink", value_name = "IFACE", conflicts_with = "no_uplinks")]
+    #[arg(env = "DOCKEXPOSE_UPLINK", value_delimiter = ',', long = "uplink", value_name = "IFACE", conflicts_with = "no_uplinks")]
     pub uplinks: Vec<String>,
 
     /// No uplink programs: only what reaches containers is reported, no attempts.
-    #[arg(long)]
+    #[arg(long, env = "DOCKEXPOSE_NO_UPLINKS")]
     pub no_uplinks: bool,
 
     /// An attempt neither reached nor answered within this many seconds is blocked.
-    #[arg(long, value_name = "SECONDS", default_value_t = 2)]
+    #[arg(env = "DOCKEXPOSE_BLOCKED_AFTER", long, value_name = "SECONDS", default_value_t = 2)]
     pub blocked_after: u64,
 
     /// Alerts: one line per new (container, port, source) in this many seconds,
     /// then a count.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    #[arg(env = "DOCKEXPOSE_ALERT_WINDOW", long, value_name = "SECONDS", default_value_t = 60)]
     pub alert_window: u64,
 
     /// Run `verify`'s probes at start, then this often (e.g. 1h, 30m; at least 10s),
     /// and on the new ports a few seconds after Docker publishes them. Default: off.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "no_docker")]
+    #[arg(env = "DOCKEXPOSE_VERIFY_EVERY", long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "no_docker")]
     pub verify_every: Option<std::time::Duration>,
 
     /// Probe from this network (repeatable; its first host address), as verify's
     /// --from. Default: 198.51.100.77 and 2001:db8:dc::77 (documentation ranges).
-    #[arg(long = "verify-from", value_name = "CIDR", requires = "verify_every")]
+    #[arg(env = "DOCKEXPOSE_VERIFY_FROM", value_delimiter = ',', long = "verify-from", value_name = "CIDR", requires = "verify_every")]
     pub verify_from: Vec<String>,
+
+    /// The configuration file (TOML). Default: /etc/dockexpose/dockexpose.toml when it
+    /// exists. Command line > environment (DOCKEXPOSE_…) > file > defaults.
+    #[arg(long, value_name = "PATH", env = "DOCKEXPOSE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (as a config file) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// Rotate the audit log past this many MiB (path.1, path.2, ...; 0: never, leave it
+    /// to logrotate).
+    #[arg(long, value_name = "MIB", default_value_t = 0, env = "DOCKEXPOSE_ROTATE_SIZE_MB")]
+    pub rotate_size_mb: u64,
+
+    /// Old audit-log files kept by --rotate-size-mb.
+    #[arg(long, value_name = "N", default_value_t = 5, env = "DOCKEXPOSE_MAX_FILES")]
+    pub max_files: u32,
+
+    /// The unix socket `dockexpose status` asks (mode 0600).
+    #[arg(long, value_name = "PATH", default_value = crate::status::DEFAULT_SOCKET, env = "DOCKEXPOSE_STATUS_SOCKET")]
+    pub status_socket: PathBuf,
+
+    /// Serve Prometheus metrics (/metrics, /healthz, /readyz) on this address, e.g.
+    /// 127.0.0.1:9464. Off by default; an address that is not loopback needs
+    /// --metrics-allow-remote.
+    #[arg(long, value_name = "HOST:PORT", env = "DOCKEXPOSE_METRICS")]
+    pub metrics: Option<String>,
+
+    /// Allow --metrics on an address that is not loopback.
+    #[arg(long, env = "DOCKEXPOSE_METRICS_ALLOW_REMOTE")]
+    pub metrics_allow_remote: bool,
+
+    /// Send alerts to this webhook (repeatable; POST of the JSON record).
+    #[arg(long = "webhook", value_name = "URL", env = "DOCKEXPOSE_WEBHOOK", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+
+    /// Send alerts to syslog (repeatable): unix:///dev/log, udp://host:514, tcp://host:514.
+    #[arg(long = "syslog", value_name = "ADDRESS", env = "DOCKEXPOSE_SYSLOG", value_delimiter = ',')]
+    pub syslogs: Vec<String>,
+
+    /// Send alerts to the systemd journal (default when stderr is the journal).
+    #[arg(long, env = "DOCKEXPOSE_JOURNALD")]
+    pub journald: bool,
 }
 
 #[cfg(test)]
@@ -162,21 +219,6 @@ mod tests {
         assert_eq!(w.trusted, ["10.8.0.0/24"]);
         assert_eq!(w.json.as_deref(), Some(std::path::Path::new("-")));
         assert_eq!((w.udp_idle, w.stats_interval, w.quiet), (30, 60, false));
-    }
-
-    #[test]
-    fn bench_is_hidden_and_has_defaults() {
-        let Command::Bench(b) = parse(&["bench"]).unwrap().command else { panic!("expected the bench command") };
-        assert_eq!((b.repeat, b.rounds), (1_000_000, 5));
-        let Command::Bench(b) = parse(&["bench", "--repeat", "1000", "--rounds", "3"]).unwrap().command else {
-            panic!("expected the bench command")
-        };
-        assert_eq!((b.repeat, b.rounds), (1000, 3));
-        assert!(parse(&["bench", "--repeat", "0"]).is_err());
-        assert!(parse(&["bench", "--rounds", "0"]).is_err());
-        let mut cmd = <Cli as clap::CommandFactory>::command();
-        let help = cmd.render_help().to_string();
-        assert!(!help.contains("bench"), "bench must stay out of --help:\n{help}");
     }
 
     #[test]

@@ -21,9 +21,6 @@ pub enum Error {
     #[error("cannot write the JSON audit log {path}: {source}.\n  Fix: choose a path in a folder that exists and is writable, or `--json -` for stdout")]
     JsonOutput { path: PathBuf, source: std::io::Error },
 
-    #[error("writing the JSON audit log failed: {0}; records would be lost, so dockexpose stops")]
-    JsonWrite(#[source] std::io::Error),
-
     #[error("nothing to watch: {0}")]
     NothingToWatch(String),
 
@@ -53,6 +50,11 @@ pub enum Error {
 
     #[error("the ring-buffer reader failed: {0}")]
     RingBuffer(#[source] std::io::Error),
+
+    /// A configuration problem (file, merge, metrics address, sinks); the message
+    /// names the key and the fix.
+    #[error("{0}")]
+    Config(String),
 
     #[error("invalid setting {name}: {reason}")]
     InvalidSetting { name: &'static str, reason: String },

@@ -10,9 +10,12 @@
 //! - `output/`: the JSON audit record, human lines and alerts, the audit-log sink;
 //! - `watch`: the daemon loop that ties them together;
 //! - `verify`: the one-shot `verify` command: probes injected on the uplinks, verdicts;
-//! - `bench`: the hidden `bench` command, the kernel programs measured with BPF_PROG_TEST_RUN.
+//! - `config`: the configuration file, and how it meets the command line;
+//! - `status`: `dockexpose status` (unix socket) and Prometheus metrics.
+//!
+//! The kernel-program benchmark is a bench target (benches/kernel_programs.rs).
 
-pub mod bench;
+pub mod config;
 pub mod cli;
 pub mod correlate;
 pub mod error;
@@ -22,6 +25,7 @@ pub mod kernel;
 pub mod net;
 pub mod output;
 pub mod stats;
+pub mod status;
 pub mod verdict;
 pub mod verify;
 pub mod watch;

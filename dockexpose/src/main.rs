@@ -1,8 +1,12 @@
-use clap::Parser;
-use dockexpose::cli::{Cli, Command};
+use clap::{CommandFactory, FromArgMatches};
+use dockexpose::cli::{Cli, Command, ConfigCommand};
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     // One thread: the reader, the loop and the Docker client hand work to each other
     // without cross-thread wakeups (futexes), which cost more than the work itself.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -12,22 +16,34 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Command::Verify(args) = cli.command {
-        // 0: nothing unexpected reachable, 1: something is, 2: error.
-        let code = match runtime.block_on(dockexpose::verify::run(args)) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                2
-            }
-        };
-        std::process::exit(code);
-    }
     let result = match cli.command {
-        Command::Watch(args) => runtime.block_on(dockexpose::watch::run(args)).map_err(|e| e.to_string()),
-        // `{:#}`: the whole chain (what failed, then the kernel's reason).
-        Command::Bench(args) => dockexpose::bench::run(&args).map_err(|e| format!("{e:#}")),
-        Command::Verify(_) => unreachable!("handled above"),
+        Command::Verify(args) => {
+            // 0: nothing unexpected reachable, 1: something is, 2: error.
+            let code = match runtime.block_on(dockexpose::verify::run(args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            };
+            std::process::exit(code);
+        }
+        // 0 healthy, 1 degraded, 2 unreachable.
+        Command::Status(args) => std::process::exit(runtime.block_on(dockexpose::status::client::run(&args))),
+        Command::Config(ConfigCommand::Check { path }) => {
+            let path = path.unwrap_or_else(|| dockexpose::config::DEFAULT_PATH.into());
+            match dockexpose::config::FileConfig::load(Some(&path)) {
+                Ok(_) => {
+                    println!("{}: valid", path.display());
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Command::Watch(args) => {
+            let sub = matches.subcommand_matches("watch").cloned().unwrap_or_default();
+            runtime.block_on(dockexpose::watch::run(args, sub)).map_err(|e| e.to_string())
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

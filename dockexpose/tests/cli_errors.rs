@@ -44,3 +44,65 @@ fn bad_numbers_are_refused_by_the_parser() {
     assert!(!ok);
     assert!(err.contains("--udp-idle"), "{err}");
 }
+
+fn dockexpose(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dockexpose")).args(args).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("dockexpose-cli-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_bad_config_file_names_the_key_and_the_line_and_stops() {
+    let path = temp_file("bad.toml", "[watch]\nudp_idle = 3\nudp_idel = 4\n");
+    let (ok, err) = watch(&["--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("udp_idel") && err.contains("line 3") && err.contains(path.to_str().unwrap()), "{err}");
+    let (code, _, err) = dockexpose(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("udp_idel") && err.contains("line 3"), "{err}");
+    let good = temp_file("good.toml", "[watch]\nudp_idle = 3\n[alerts]\nwindow = 30\n");
+    let (code, out, err) = dockexpose(&["config", "check", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("valid"), "{out}");
+    let (ok, err) = watch(&["--config", "/nonexistent/dockexpose.toml"]);
+    assert!(!ok);
+    assert!(err.contains("cannot read the config file /nonexistent/dockexpose.toml"), "{err}");
+}
+
+#[test]
+fn print_config_shows_command_line_over_environment_over_file() {
+    let path = temp_file("layers.toml", "[watch]\nudp_idle = 45\nblocked_after = 7\nstats_interval = 9\n[alerts]\nwindow = 120\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_dockexpose"))
+        .args(["watch", "--config", path.to_str().unwrap(), "--print-config", "--udp-idle", "10"])
+        .env("DOCKEXPOSE_BLOCKED_AFTER", "5")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("udp_idle = 10"), "command line over the file:\n{text}");
+    assert!(text.contains("blocked_after = 5"), "environment over the file:\n{text}");
+    assert!(text.contains("stats_interval = 9") && text.contains("window = 120"), "the file over defaults:\n{text}");
+    assert!(text.contains("uplink_hook = \"tc\""), "defaults:\n{text}");
+}
+
+#[test]
+fn status_without_a_daemon_says_how_to_start_it_and_exits_2() {
+    let (code, _, err) = dockexpose(&["status", "--socket", "/nonexistent/dockexpose.sock"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not running") && err.contains("dockexpose watch"), "{err}");
+}
+
+#[test]
+fn metrics_on_a_public_address_need_the_explicit_flag() {
+    let (ok, err) = watch(&["--bridge", "lo", "--metrics", "0.0.0.0:9464"]);
+    assert!(!ok);
+    assert!(err.contains("not a loopback address") && err.contains("--metrics-allow-remote"), "{err}");
+    let (ok, err) = watch(&["--bridge", "lo", "--metrics", "localhost"]);
+    assert!(!ok);
+    assert!(err.contains("--metrics \"localhost\""), "{err}");
+}

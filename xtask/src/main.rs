@@ -57,6 +57,8 @@ const DEB_PACKAGES: &[&str] = &[
     // CNI's bridge and portmap plugins (Kubernetes hostPort), driven as a container
     // runtime drives them, in tests/publish_paths.rs.
     "containernetworking-plugins",
+    // tests/operator_surfaces.rs: a real Prometheus server scrapes the daemon.
+    "prometheus",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),
 /// as (module to import, PyPI package).
@@ -94,7 +96,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run `dockexpose bench` as root with ARGS, then the daemon benchmarks
+    /// Build, then run the kernel-program benchmark (benches/kernel_programs.rs) as root
+    /// with ARGS, then the daemon benchmarks
     /// (tests bench_rate, bench_saturation and bench_flood; they need root and Docker).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -123,8 +126,8 @@ fn run_task(task: Task) -> Result<()> {
         }
         Task::Test { args } => test(root, &args),
         Task::Bench { args } => {
-            let bin = build(root)?;
-            let args: Vec<String> = std::iter::once("bench".to_string()).chain(args).collect();
+            build(root)?;
+            let bin = build_kernel_bench()?;
             let mut kernel = privileged(root, &bin, &args)?;
             run(&mut kernel, "the kernel-program benchmark failed")?;
             // The daemon-side benchmarks are ignored tests, so that they share the
@@ -169,6 +172,28 @@ fn build(root: bool) -> Result<PathBuf> {
     let bin = target_dir().join("release").join("dockexpose");
     say!("built {}", bin.display());
     Ok(bin)
+}
+
+/// Builds the kernel-program benchmark (a bench target of dockexpose, outside the
+/// product's source) and returns its executable, which runs as root.
+fn build_kernel_bench() -> Result<PathBuf> {
+    let out = cargo()
+        .args(["bench", "--package", "dockexpose", "--bench", "kernel_programs", "--no-run", "--message-format=json-render-diagnostics"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("could not start cargo bench --no-run")?;
+    if !out.status.success() {
+        bail!("building the kernel-program benchmark failed\n  Fix: see the compiler errors above");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"name\":\"kernel_programs\""))
+        .find_map(|l| {
+            let at = l.find("\"executable\":\"")? + "\"executable\":\"".len();
+            let end = l[at..].find('"')?;
+            Some(PathBuf::from(&l[at..at + end]))
+        })
+        .context("cargo bench --no-run named no kernel_programs executable")
 }
 
 fn test(root: bool, args: &[String]) -> Result<()> {

@@ -437,6 +437,24 @@ impl Kernel {
         Ok(())
     }
 
+    /// How full the tables that outsiders fill are: (map, entries, capacity). Counted
+    /// by walking the keys (a few ms for a full table): for a scrape, not per packet.
+    pub fn map_fill(&self) -> Vec<(&'static str, u64, u64)> {
+        [(map_names::FLOWS, dockexpose_common::FLOWS_MAX), (map_names::ATTEMPTS, dockexpose_common::ATTEMPTS_MAX)]
+            .into_iter()
+            .filter_map(|(name, cap)| {
+                let map = self.ebpf.map(name)?;
+                let data = match map {
+                    aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => d,
+                    _ => return None,
+                };
+                let key_size = data.info().ok()?.key_size() as usize;
+                let entries = count_keys(data, key_size);
+                Some((name, entries, u64::from(cap)))
+            })
+            .collect()
+    }
+
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> Result<CounterSnapshot> {
         let mut snap = CounterSnapshot::default();
@@ -593,4 +611,35 @@ fn raise_memlock_limit() {
     let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall with a valid pointer to a local.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+/// Keys in a hash map, by BPF_MAP_GET_NEXT_KEY (whatever the key type).
+fn count_keys(map: &MapData, key_size: usize) -> u64 {
+    let fd = {
+        use std::os::fd::{AsFd, AsRawFd};
+        map.fd().as_fd().as_raw_fd()
+    };
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut n = 0u64;
+    let mut first = true;
+    loop {
+        // SAFETY: union bpf_attr's map_elem part: map_fd, key, next_key (zeroed rest).
+        let mut attr = [0u64; 16];
+        let words = attr.as_mut_ptr().cast::<u8>();
+        unsafe {
+            std::ptr::write_unaligned(words.cast::<u32>(), fd as u32);
+            std::ptr::write_unaligned(words.add(8).cast::<u64>(), if first { 0 } else { key.as_ptr() as u64 });
+            std::ptr::write_unaligned(words.add(16).cast::<u64>(), next.as_mut_ptr() as u64);
+        }
+        const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+        // SAFETY: attr lives through the call and holds valid pointers of key_size bytes.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+        if rc != 0 || n > 10_000_000 {
+            return n;
+        }
+        n += 1;
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+    }
 }

@@ -14,7 +14,77 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::sync::Arc;
+
 use super::{human::escape_untrusted, record::Record};
+
+/// What an alert is about; sinks tell them apart (journald's MESSAGE_ID, a webhook's
+/// `kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    /// A published port reached from outside.
+    Reached,
+    /// A port published only on loopback, reached from outside.
+    LoopbackOnly,
+    /// A port not published at all, reached by direct routing.
+    Unpublished,
+    /// An attempt the firewall held.
+    Blocked,
+    /// A probe of `watch --verify-every` found a port reachable.
+    Verified,
+    /// The count line that closes a window in which an alert repeated.
+    Repeated,
+    /// Alerts held back by the rate limits (a scan or a flood?).
+    Suppressed,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 7] = [
+        AlertKind::Reached,
+        AlertKind::LoopbackOnly,
+        AlertKind::Unpublished,
+        AlertKind::Blocked,
+        AlertKind::Verified,
+        AlertKind::Repeated,
+        AlertKind::Suppressed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Reached => "reached",
+            AlertKind::LoopbackOnly => "loopback_only",
+            AlertKind::Unpublished => "unpublished",
+            AlertKind::Blocked => "blocked",
+            AlertKind::Verified => "verified",
+            AlertKind::Repeated => "repeated",
+            AlertKind::Suppressed => "suppressed",
+        }
+    }
+
+    fn of(kind: &str) -> Self {
+        match kind {
+            "loopback_only" => AlertKind::LoopbackOnly,
+            "unpublished" => AlertKind::Unpublished,
+            "blocked" => AlertKind::Blocked,
+            _ => AlertKind::Reached,
+        }
+    }
+}
+
+/// One alert: its kind, the line people read (untrusted strings already escaped),
+/// and the record that raised it (None for the rate-limit summary).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alert {
+    pub kind: AlertKind,
+    pub text: String,
+    pub record: Option<Arc<Record>>,
+}
+
+impl std::fmt::Display for Alert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
 
 /// Outsiders choose these keys (addresses, ports): a randomly seeded hasher, much
 /// cheaper than SipHash and still resistant to crafted collisions.
@@ -70,6 +140,7 @@ struct Open {
     first: Instant,
     count: u64,
     headline: String,
+    record: Arc<Record>,
 }
 
 struct Exposure {
@@ -195,7 +266,7 @@ impl Alerter {
     /// found reachable (verdict EXPOSED or PROXY), once per (container, host port,
     /// protocol, uplink) per window; None for HELD and for repeats. `container_port`:
     /// the binding's container side.
-    pub fn verified(&mut self, rec: &Record, container_port: Option<u16>, now: Instant) -> Option<String> {
+    pub fn verified(&mut self, rec: &Arc<Record>, container_port: Option<u16>, now: Instant) -> Option<Alert> {
         if rec.stage != super::record::STAGE_VERIFIED || !matches!(rec.verdict, Some("EXPOSED" | "PROXY")) {
             return None;
         }
@@ -211,11 +282,11 @@ impl Alerter {
         if self.verified.len() < MAX_EXPOSURES || self.verified.contains_key(&key) {
             self.verified.insert(key, now);
         }
-        Some(verified_headline(rec, container_port))
+        Some(Alert { kind: AlertKind::Verified, text: verified_headline(rec, container_port), record: Some(rec.clone()) })
     }
 
     /// Registers a record; returns the line to show now, if any.
-    pub fn observe(&mut self, rec: &Record, now: Instant) -> Option<String> {
+    pub fn observe(&mut self, rec: &Arc<Record>, now: Instant) -> Option<Alert> {
         let kind = kind(rec)?;
         let exposure = ExposureKey {
             kind,
@@ -259,17 +330,18 @@ impl Alerter {
             }
         }
         self.new_this_second = self.new_this_second.saturating_add(1);
-        let (_, line) = headline(rec)?;
+        let (kind, line) = headline(rec)?;
+        let kind = AlertKind::of(kind);
         if self.open.len() < MAX_OPEN {
-            self.open.insert(key, Open { first: now, count: 1, headline: line.clone() });
+            self.open.insert(key, Open { first: now, count: 1, headline: line.clone(), record: rec.clone() });
         }
-        Some(line)
+        Some(Alert { kind, text: line, record: Some(rec.clone()) })
     }
 
     /// Closes the windows that are over: a count line for those seen more than once,
     /// and a line for alerts held back by the rate limits (the first at once, then at
     /// most one a window). Forgets exposures quiet for a window.
-    pub fn flush(&mut self, now: Instant) -> Vec<String> {
+    pub fn flush(&mut self, now: Instant) -> Vec<Alert> {
         let window = self.window;
         let mut out = Vec::new();
         self.open.retain(|_, o| {
@@ -279,22 +351,23 @@ impl Alerter {
             if o.count > 1 {
                 let mut line = o.headline.clone();
                 let _ = write!(line, " ({} connections in {} s)", o.count, window.as_secs());
-                out.push(line);
+                out.push(Alert { kind: AlertKind::Repeated, text: line, record: Some(o.record.clone()) });
             }
             false
         });
         self.exposures.retain(|_, e| now.duration_since(e.last) < window);
         self.verified.retain(|_, t| now.duration_since(*t) < window);
         if self.suppressed > 0 && self.last_summary.is_none_or(|t| now.duration_since(t) >= window) {
-            out.push(format!(
+            let text = format!(
                 "WARNING: {} more alerts not shown (new sources at exposures already shown, over {MAX_NEW_PER_SECOND} per second or {MAX_SOURCES_PER_EXPOSURE} per exposure in {} s: a scan or a flood?); every connection is still in the JSON log",
                 self.suppressed,
                 window.as_secs()
-            ));
+            );
+            out.push(Alert { kind: AlertKind::Suppressed, text, record: None });
             self.suppressed = 0;
             self.last_summary = Some(now);
         }
-        out.sort();
+        out.sort_by(|a, b| a.text.cmp(&b.text));
         out
     }
 }
@@ -309,6 +382,36 @@ mod tests {
         inventory::model::tests::sample,
         kernel::event::{Observation, Proto, Stage},
     };
+
+    /// The alert texts, for records the tests change in place.
+    impl Alerter {
+        fn observe_text(&mut self, r: &Record, now: Instant) -> Option<String> {
+            self.observe(&Arc::new(r.clone()), now).map(|a| a.text)
+        }
+        fn verified_text(&mut self, r: &Record, port: Option<u16>, now: Instant) -> Option<String> {
+            self.verified(&Arc::new(r.clone()), port, now).map(|a| a.text)
+        }
+        fn flush_text(&mut self, now: Instant) -> Vec<String> {
+            self.flush(now).into_iter().map(|a| a.text).collect()
+        }
+    }
+
+    #[test]
+    fn alerts_carry_their_kind_and_record() {
+        let mut a = Alerter::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let r = Arc::new(rec("198.18.3.2", "172.17.0.2", 80));
+        let alert = a.observe(&r, t0).unwrap();
+        assert_eq!((alert.kind, alert.record.as_ref()), (AlertKind::Reached, Some(&r)));
+        assert!(a.observe(&r, t0).is_none());
+        let closing = a.flush(t0 + Duration::from_secs(61));
+        assert_eq!(closing.len(), 1);
+        assert_eq!((closing[0].kind, closing[0].record.as_ref()), (AlertKind::Repeated, Some(&r)));
+        let lo = a.observe(&Arc::new(rec("198.18.3.2", "172.17.0.2", 9000)), t0).unwrap();
+        assert_eq!(lo.kind, AlertKind::LoopbackOnly);
+        let direct = a.observe(&Arc::new(rec("198.18.3.2", "172.17.0.3", 5432)), t0).unwrap();
+        assert_eq!(direct.kind, AlertKind::Unpublished);
+    }
 
     fn rec(src: &str, dst: &str, port: u16) -> Record {
         let obs = Observation {
@@ -333,31 +436,31 @@ mod tests {
         let t0 = Instant::now();
         let r = rec("198.18.3.2", "172.17.0.2", 80);
         assert_eq!(
-            a.observe(&r, t0).unwrap(),
+            a.observe_text(&r, t0).unwrap(),
             "EXPOSED web (nginx:1.27) 198.18.3.1:8080 -> 80/tcp reached from 198.18.3.2"
         );
-        assert!(a.observe(&r, t0 + Duration::from_secs(1)).is_none());
-        assert!(a.observe(&r, t0 + Duration::from_secs(2)).is_none());
-        assert!(a.flush(t0 + Duration::from_secs(30)).is_empty(), "window still open");
+        assert!(a.observe_text(&r, t0 + Duration::from_secs(1)).is_none());
+        assert!(a.observe_text(&r, t0 + Duration::from_secs(2)).is_none());
+        assert!(a.flush_text(t0 + Duration::from_secs(30)).is_empty(), "window still open");
         assert_eq!(
-            a.flush(t0 + Duration::from_secs(61)),
+            a.flush_text(t0 + Duration::from_secs(61)),
             ["EXPOSED web (nginx:1.27) 198.18.3.1:8080 -> 80/tcp reached from 198.18.3.2 (3 connections in 60 s)"]
         );
         // A new window starts with a new alert.
-        assert!(a.observe(&r, t0 + Duration::from_secs(62)).is_some());
+        assert!(a.observe_text(&r, t0 + Duration::from_secs(62)).is_some());
     }
 
     #[test]
     fn each_source_and_kind_alerts_separately() {
         let mut a = Alerter::new(Duration::from_secs(60));
         let t0 = Instant::now();
-        assert!(a.observe(&rec("198.18.3.2", "172.17.0.2", 80), t0).is_some());
-        assert!(a.observe(&rec("198.18.3.3", "172.17.0.2", 80), t0).is_some());
-        let lo = a.observe(&rec("198.18.3.2", "172.17.0.2", 9000), t0).unwrap();
+        assert!(a.observe_text(&rec("198.18.3.2", "172.17.0.2", 80), t0).is_some());
+        assert!(a.observe_text(&rec("198.18.3.3", "172.17.0.2", 80), t0).is_some());
+        let lo = a.observe_text(&rec("198.18.3.2", "172.17.0.2", 9000), t0).unwrap();
         assert!(lo.starts_with("EXPOSED LOOPBACK-ONLY PORT web"), "{lo}");
-        let direct = a.observe(&rec("198.18.3.2", "172.17.0.3", 5432), t0).unwrap();
+        let direct = a.observe_text(&rec("198.18.3.2", "172.17.0.3", 5432), t0).unwrap();
         assert!(direct.starts_with("EXPOSED UNPUBLISHED PORT db (postgres) port 5432/tcp"), "{direct}");
-        assert!(a.flush(t0 + Duration::from_secs(61)).is_empty(), "single connections need no count line");
+        assert!(a.flush_text(t0 + Duration::from_secs(61)).is_empty(), "single connections need no count line");
     }
 
     #[test]
@@ -365,10 +468,10 @@ mod tests {
         let mut a = Alerter::new(Duration::from_secs(60));
         let t0 = Instant::now();
         let shown = (0..200u32)
-            .filter(|i| a.observe(&rec(&format!("198.18.{}.{}", i / 250, i % 250 + 1), "172.17.0.2", 80), t0).is_some())
+            .filter(|i| a.observe_text(&rec(&format!("198.18.{}.{}", i / 250, i % 250 + 1), "172.17.0.2", 80), t0).is_some())
             .count();
         assert_eq!(shown, MAX_NEW_PER_SECOND as usize);
-        let lines = a.flush(t0 + Duration::from_millis(1500));
+        let lines = a.flush_text(t0 + Duration::from_millis(1500));
         assert!(lines.iter().any(|l| l.contains("150 more alerts not shown")), "{lines:?}");
     }
 
@@ -393,22 +496,22 @@ mod tests {
         let mut shown = 0;
         for i in 0..100_000u32 {
             flood.src_ip = spoofed(i);
-            shown += usize::from(a.observe(&flood, t0 + Duration::from_micros(u64::from(i) * 9)).is_some());
+            shown += usize::from(a.observe_text(&flood, t0 + Duration::from_micros(u64::from(i) * 9)).is_some());
         }
         assert!(shown <= MAX_NEW_PER_SECOND as usize, "{shown} lines for one exposure in one second");
         assert!(a.open.len() <= MAX_OPEN && a.exposures.len() <= MAX_EXPOSURES);
         let now = t0 + Duration::from_millis(950);
         // Another container: its first connection is shown, however late in the second.
-        let db = a.observe(&rec("203.0.113.7", "172.17.0.3", 5432), now).expect("new exposure: another container");
+        let db = a.observe_text(&rec("203.0.113.7", "172.17.0.3", 5432), now).expect("new exposure: another container");
         assert!(db.starts_with("EXPOSED UNPUBLISHED PORT db (postgres) port 5432/tcp"), "{db}");
         // Another port of the flooded container, and another kind on it.
         let mut other_port = rec("203.0.113.7", "172.17.0.2", 80);
         other_port.host_port = Some(8443);
-        assert!(a.observe(&other_port, now).is_some(), "new exposure: another port");
-        let lo = a.observe(&rec("203.0.113.7", "172.17.0.2", 9000), now).expect("new exposure: another kind");
+        assert!(a.observe_text(&other_port, now).is_some(), "new exposure: another port");
+        let lo = a.observe_text(&rec("203.0.113.7", "172.17.0.2", 9000), now).expect("new exposure: another kind");
         assert!(lo.starts_with("EXPOSED LOOPBACK-ONLY PORT web"), "{lo}");
         // Every alert of the flood is either shown or counted.
-        let lines = a.flush(t0 + Duration::from_millis(1500));
+        let lines = a.flush_text(t0 + Duration::from_millis(1500));
         let counted: u64 = lines.iter().map(|l| not_shown(l)).sum();
         assert_eq!(shown as u64 + counted, 100_000, "{lines:?}");
     }
@@ -425,12 +528,12 @@ mod tests {
             for j in 0..1000u32 {
                 flood.src_ip = spoofed(s * 1000 + j);
                 let at = t0 + Duration::from_secs(s.into()) + Duration::from_millis(j.into());
-                shown += u64::from(a.observe(&flood, at).is_some());
+                shown += u64::from(a.observe_text(&flood, at).is_some());
             }
-            lines.extend(a.flush(t0 + Duration::from_secs(u64::from(s) + 1)));
+            lines.extend(a.flush_text(t0 + Duration::from_secs(u64::from(s) + 1)));
             assert!(a.open.len() <= MAX_OPEN && a.exposures.len() <= MAX_EXPOSURES);
         }
-        lines.extend(a.flush(t0 + Duration::from_secs(100) + window));
+        lines.extend(a.flush_text(t0 + Duration::from_secs(100) + window));
         let counted: u64 = lines.iter().map(|l| not_shown(l)).sum();
         assert_eq!(shown + counted, 100_000, "every alert is shown or counted: {lines:?}");
         // Two windows: a bounded number of sources shown in each, and a few summary lines.
@@ -449,11 +552,11 @@ mod tests {
         assert!(r.container.is_none());
         for i in 0..70_000u32 {
             r.dst_ip = std::net::Ipv4Addr::from(0x0A00_0000 + i).into();
-            let line = a.observe(&r, t0 + Duration::from_micros(i.into()));
+            let line = a.observe_text(&r, t0 + Duration::from_micros(i.into()));
             assert!(line.is_some_and(|l| l.contains(&format!("unknown container at {}", r.dst_ip))), "exposure {i} not shown");
         }
         assert_eq!((a.open.len(), a.exposures.len()), (MAX_OPEN, MAX_EXPOSURES), "both tables full, never past their cap");
-        let db = a.observe(&rec("203.0.113.7", "172.17.0.3", 5432), t0 + Duration::from_millis(100));
+        let db = a.observe_text(&rec("203.0.113.7", "172.17.0.3", 5432), t0 + Duration::from_millis(100));
         assert!(db.is_some(), "a new exposure is shown even when the tables are full");
     }
 
@@ -484,25 +587,25 @@ mod tests {
         let mut a = Alerter::new(Duration::from_secs(60));
         let t0 = Instant::now();
         let r = verified("EXPOSED", "eth0", 8080);
-        assert_eq!(a.observe(&r, t0), None, "verified records take their own path");
+        assert_eq!(a.observe_text(&r, t0), None, "verified records take their own path");
         assert_eq!(
-            a.verified(&r, Some(80), t0).unwrap(),
+            a.verified_text(&r, Some(80), t0).unwrap(),
             "EXPOSED (verified) web (nginx:1.27) 198.18.3.1:8080 -> 80/tcp reachable from outside on eth0"
         );
-        assert_eq!(a.verified(&r, Some(80), t0 + Duration::from_secs(5)), None, "same port and uplink in the window");
+        assert_eq!(a.verified_text(&r, Some(80), t0 + Duration::from_secs(5)), None, "same port and uplink in the window");
         let mut v6 = r.clone();
         v6.host_ip = Some("fd42::1".parse().unwrap());
-        assert_eq!(a.verified(&v6, Some(80), t0), None, "the other family of the same port: one alert");
-        assert!(a.verified(&verified("EXPOSED", "eth1", 8080), Some(80), t0).is_some(), "another uplink");
-        assert!(a.verified(&verified("EXPOSED", "eth0", 8443), Some(80), t0).is_some(), "another port");
-        let proxy = a.verified(&verified("PROXY", "eth0", 9999), Some(80), t0).unwrap();
+        assert_eq!(a.verified_text(&v6, Some(80), t0), None, "the other family of the same port: one alert");
+        assert!(a.verified_text(&verified("EXPOSED", "eth1", 8080), Some(80), t0).is_some(), "another uplink");
+        assert!(a.verified_text(&verified("EXPOSED", "eth0", 8443), Some(80), t0).is_some(), "another port");
+        let proxy = a.verified_text(&verified("PROXY", "eth0", 9999), Some(80), t0).unwrap();
         assert!(proxy.ends_with("on eth0 (through a proxy on the host: docker-proxy)"), "{proxy}");
-        assert_eq!(a.verified(&verified("HELD", "eth0", 7777), Some(80), t0), None, "HELD: no alert");
-        assert!(a.flush(t0 + Duration::from_secs(61)).is_empty(), "no count lines for verified alerts");
-        assert!(a.verified(&r, Some(80), t0 + Duration::from_secs(62)).is_some(), "a new window, a new alert");
+        assert_eq!(a.verified_text(&verified("HELD", "eth0", 7777), Some(80), t0), None, "HELD: no alert");
+        assert!(a.flush_text(t0 + Duration::from_secs(61)).is_empty(), "no count lines for verified alerts");
+        assert!(a.verified_text(&r, Some(80), t0 + Duration::from_secs(62)).is_some(), "a new window, a new alert");
         let mut evil = verified("EXPOSED", "eth0\u{1b}[2J", 8080);
         std::sync::Arc::make_mut(evil.container.as_mut().unwrap()).name = "x\u{202e}y".into();
-        let line = a.verified(&evil, None, t0 + Duration::from_secs(200)).unwrap();
+        let line = a.verified_text(&evil, None, t0 + Duration::from_secs(200)).unwrap();
         assert!(!line.contains('\u{1b}') && !line.contains('\u{202e}') && line.contains("-> ?/tcp"), "{line}");
     }
 

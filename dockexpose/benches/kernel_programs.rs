@@ -1,5 +1,8 @@
-//! `dockexpose bench` (hidden; run by `cargo xtask bench`): what the kernel programs
-//! cost per packet, measured by the kernel itself with BPF_PROG_TEST_RUN.
+//! The kernel-program benchmark (run by `cargo xtask bench`, as root): what the kernel
+//! programs cost per packet, measured by the kernel itself with BPF_PROG_TEST_RUN.
+//! Outside the product's source: a bench target (`cargo bench --bench
+//! kernel_programs -- --repeat N --rounds R`); its pure helpers are unit-tested through
+//! tests/bench_helpers.rs.
 //!
 //! Every program runs `--repeat` times on a crafted frame, and the kernel reports the
 //! mean time per run (whole nanoseconds, test harness included). Each figure is set
@@ -25,11 +28,35 @@ use aya::{
 };
 use dockexpose_common::{program_names, Counter};
 
-use crate::{
-    cli::BenchArgs,
+use dockexpose::{
     host::privileges,
     kernel::loader::{CounterSnapshot, Kernel, KernelSettings},
 };
+
+#[derive(Debug, clap::Parser, Clone)]
+#[command(name = "kernel_programs", about = "Measure dockexpose's kernel programs with BPF_PROG_TEST_RUN (as root)")]
+pub struct BenchArgs {
+    /// Runs per measurement (the kernel's repeat count).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+
+    /// Rounds; every figure is the median over rounds.
+    #[arg(long, value_name = "R", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+fn main() {
+    let args = <BenchArgs as clap::Parser>::parse();
+    if let Err(e) = run(&args) {
+        // `{:#}`: the whole chain (what failed, then the kernel's reason).
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
 
 /// Runs per BPF_PROG_TEST_RUN call for the record-writing SYN: well under the
 /// ~13k records the ring buffer holds.
@@ -472,8 +499,10 @@ fn print_report(args: &BenchArgs, figs: &[Figure], before: &CounterSnapshot, aft
 mod tests {
     use super::*;
 
+    #[allow(dead_code, reason = "used by some of the tests only")]
     const TCP_FLAGS_AT: usize = ETH_HLEN + IPV4_HLEN + 13;
 
+    #[allow(dead_code, reason = "used by some of the tests only")]
     fn ethertype(f: &[u8]) -> u16 {
         u16::from_be_bytes([f[12], f[13]])
     }

@@ -1,0 +1,300 @@
+//! The fan-out: every connection record the daemon's stage makes goes to each
+//! consumer, in this order:
+//! 1. the audit log, the system of record: written in order, never waiting on anything
+//!    else (its buffer goes to the file after each batch);
+//! 2. the status state (`ExposureTable`), read by `dockexpose status` and the metrics;
+//! 3. human lines on stderr (unless `--quiet`);
+//! 4. the alert stage, whose alerts go to stderr and to every alert sink. Each sink has
+//!    a bounded queue of its own: when it is full the alert is dropped and counted,
+//!    so that a slow or dead sink never holds back the others or the audit log.
+//!
+//! Every consumer of records sits behind `Consumer`, every consumer of alerts behind
+//! `AlertOut`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{
+    alerts::{Alert, AlertKind, Alerter},
+    audit::{AuditLog, AuditStats},
+    exposures::ExposureTable,
+    human,
+    record::Record,
+};
+use crate::{
+    kernel::event::KernelClock,
+    stats::{LatencyHistogram, LatencySummary},
+};
+
+/// A consumer of connection records.
+pub trait Consumer {
+    /// One record, in the order the stage made them.
+    fn record(&mut self, rec: &Arc<Record>);
+}
+
+/// A consumer of alerts: stderr, or an alert sink's queue.
+pub trait AlertOut {
+    /// Never waits: a sink that cannot take the alert now drops it and counts it.
+    fn alert(&mut self, alert: &Arc<Alert>);
+}
+
+impl Consumer for AuditLog {
+    fn record(&mut self, rec: &Arc<Record>) {
+        self.write_record(&**rec);
+    }
+}
+
+impl Consumer for ExposureTable {
+    fn record(&mut self, rec: &Arc<Record>) {
+        ExposureTable::record(self, rec);
+    }
+}
+
+/// One line per connection on stderr.
+pub struct HumanLines;
+
+impl Consumer for HumanLines {
+    fn record(&mut self, rec: &Arc<Record>) {
+        eprintln!("{}", human::connection_line(rec));
+    }
+}
+
+/// Alerts on stderr, for the operator watching the terminal (or the journal).
+pub struct StderrAlerts;
+
+impl AlertOut for StderrAlerts {
+    fn alert(&mut self, alert: &Arc<Alert>) {
+        eprintln!("{alert}");
+    }
+}
+
+/// Alerts raised, by kind (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AlertCounts(pub [u64; AlertKind::ALL.len()]);
+
+impl AlertCounts {
+    fn add(&mut self, kind: AlertKind) {
+        if let Some(i) = AlertKind::ALL.iter().position(|k| *k == kind) {
+            self.0[i] += 1;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (AlertKind, u64)> + '_ {
+        AlertKind::ALL.iter().copied().zip(self.0.iter().copied())
+    }
+}
+
+/// The alert stage: the Alerter decides, every `AlertOut` gets what it decided.
+pub struct AlertStage {
+    alerter: Alerter,
+    outs: Vec<Box<dyn AlertOut>>,
+    counts: AlertCounts,
+}
+
+impl AlertStage {
+    pub fn new(window: Duration, outs: Vec<Box<dyn AlertOut>>) -> Self {
+        Self { alerter: Alerter::new(window), outs, counts: AlertCounts::default() }
+    }
+
+    fn send(&mut self, alert: Alert) {
+        self.counts.add(alert.kind);
+        let alert = Arc::new(alert);
+        for out in &mut self.outs {
+            out.alert(&alert);
+        }
+    }
+
+    /// The alert for a record, if it deserves one now. True when one went out.
+    fn observe(&mut self, rec: &Arc<Record>, now: Instant) -> bool {
+        match self.alerter.observe(rec, now) {
+            Some(a) => {
+                self.send(a);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn verified(&mut self, rec: &Arc<Record>, container_port: Option<u16>, now: Instant) {
+        if let Some(a) = self.alerter.verified(rec, container_port, now) {
+            self.send(a);
+        }
+    }
+
+    /// Closes alert windows that are over (count lines, rate-limit summaries).
+    fn flush(&mut self, now: Instant) {
+        for a in self.alerter.flush(now) {
+            self.send(a);
+        }
+    }
+
+    /// New alert outputs (a config reload); the Alerter's windows are kept.
+    pub fn set_outs(&mut self, outs: Vec<Box<dyn AlertOut>>) {
+        self.outs = outs;
+    }
+}
+
+/// Every output of the daemon, fed by the connection stage.
+pub struct Outputs {
+    pub audit: AuditLog,
+    pub exposures: ExposureTable,
+    human: Option<HumanLines>,
+    pub alerts: AlertStage,
+    clock: KernelClock,
+    /// Kernel timestamps of the records written since the last flush.
+    unflushed: Vec<u64>,
+    record_latency: LatencyHistogram,
+    alert_latency: LatencyHistogram,
+    records: u64,
+}
+
+impl Outputs {
+    pub fn new(audit: AuditLog, quiet: bool, alerts: AlertStage, clock: KernelClock) -> Self {
+        Self {
+            audit,
+            exposures: ExposureTable::default(),
+            human: (!quiet).then_some(HumanLines),
+            alerts,
+            clock,
+            unflushed: Vec::new(),
+            record_latency: LatencyHistogram::default(),
+            alert_latency: LatencyHistogram::default(),
+            records: 0,
+        }
+    }
+
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.human = (!quiet).then_some(HumanLines);
+    }
+
+    /// One connection record to every consumer. `seen_ns`: the kernel timestamp of the
+    /// packet, for the latency figures (None for verdicts, which wait by design).
+    pub fn connection(&mut self, rec: Record, seen_ns: Option<u64>) {
+        let rec = Arc::new(rec);
+        self.records += 1;
+        self.audit.record(&rec);
+        if let Some(t) = seen_ns {
+            // Measured once the buffer reaches the file (`flush`).
+            self.unflushed.push(t);
+        }
+        self.exposures.record(&rec);
+        if let Some(h) = &mut self.human {
+            h.record(&rec);
+        }
+        if self.alerts.observe(&rec, Instant::now()) {
+            if let Some(t) = seen_ns {
+                self.alert_latency.record(self.clock.ktime_now().saturating_sub(t) / 1000);
+            }
+        }
+    }
+
+    /// A `verified` record (a probe of `--verify-every`).
+    pub fn verified(&mut self, rec: Record, container_port: Option<u16>) {
+        let rec = Arc::new(rec);
+        self.records += 1;
+        self.audit.record(&rec);
+        self.exposures.record(&rec);
+        if let Some(h) = &mut self.human {
+            h.record(&rec);
+        }
+        self.alerts.verified(&rec, container_port, Instant::now());
+    }
+
+    /// A record about the daemon itself (daemon_start, kernel_state_reset): the audit
+    /// log only.
+    pub fn notice<T: serde::Serialize>(&mut self, rec: &T) {
+        self.audit.write_record(rec);
+    }
+
+    /// The batch is over: the audit log's buffer goes to the file. Returns what to
+    /// tell the operator about the log (a failure, a recovery).
+    pub fn flush(&mut self) -> Option<String> {
+        let said = self.audit.flush();
+        let now = self.clock.ktime_now();
+        for t in self.unflushed.drain(..) {
+            self.record_latency.record(now.saturating_sub(t) / 1000);
+        }
+        said
+    }
+
+    /// About once a second: alert windows that are over.
+    pub fn tick(&mut self, now: Instant) {
+        self.alerts.flush(now);
+    }
+
+    pub fn audit_stats(&self) -> AuditStats {
+        self.audit.stats()
+    }
+
+    pub fn alert_counts(&self) -> AlertCounts {
+        self.alerts.counts
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    pub fn latencies(&self) -> (LatencySummary, LatencySummary) {
+        (self.record_latency.summary(), self.alert_latency.summary())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, rc::Rc, time::SystemTime};
+
+    use super::*;
+    use crate::{
+        correlate,
+        inventory::model::tests::sample,
+        kernel::event::{Observation, Proto, Stage},
+    };
+
+    struct Collect(Rc<RefCell<Vec<Arc<Alert>>>>);
+    impl AlertOut for Collect {
+        fn alert(&mut self, alert: &Arc<Alert>) {
+            self.0.borrow_mut().push(alert.clone());
+        }
+    }
+
+    fn reached(src: &str) -> Record {
+        let obs = Observation {
+            ktime_ns: 0,
+            stage: Stage::Reached,
+            proto: Proto::Tcp,
+            src: src.parse().unwrap(),
+            src_port: 1,
+            dst: "172.17.0.2".parse().unwrap(),
+            dst_port: 80,
+            orig_dst: Some(("198.18.3.1".parse().unwrap(), 8080)),
+            ifindex: 0,
+            seq: 0,
+            flags: 0,
+        };
+        correlate::record(&obs, Stage::Reached, SystemTime::UNIX_EPOCH, "docker0", Some(&sample()))
+    }
+
+    #[test]
+    fn every_record_reaches_the_audit_log_the_status_state_and_the_alert_outputs() {
+        let dir = std::env::temp_dir().join(format!("dockexpose-fanout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let stage = AlertStage::new(Duration::from_secs(60), vec![Box::new(Collect(seen.clone()))]);
+        let mut out = Outputs::new(AuditLog::open(Some(&path), None).unwrap(), true, stage, KernelClock::now());
+        out.exposures.sync(&sample());
+        out.connection(reached("198.18.3.2"), None);
+        out.connection(reached("198.18.3.2"), None);
+        out.connection(reached("198.18.3.3"), None);
+        assert!(out.flush().is_none());
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3, "every record in the audit log");
+        let web = out.exposures.rows().into_iter().find(|r| r.host_port == Some(8080)).unwrap();
+        assert_eq!((web.reached, web.distinct_sources), (3, 2));
+        assert_eq!(seen.borrow().len(), 2, "one alert per new source");
+        assert_eq!(out.alert_counts().iter().find(|(k, _)| *k == AlertKind::Reached).unwrap().1, 2);
+        assert_eq!(out.records(), 3);
+    }
+}

@@ -1,0 +1,167 @@
+//! The status report as Prometheus metrics (text exposition, prometheus-client).
+//!
+//! Built at scrape time from the daemon's own figures: nothing is counted twice, and
+//! the per-record path carries no metric cost. Labels come from the inventory
+//! (container, host_port, proto), never from sources: their number is bounded by what
+//! Docker publishes.
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
+
+use super::report::StatusReport;
+use crate::output::fanout::AlertCounts;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+pub fn encode_report(report: &StatusReport, alerts: &AlertCounts) -> String {
+    let mut r = Registry::with_prefix("dockexpose");
+    r.register("build", "Build of the running daemon", Info::new(vec![("version", report.version.clone())]));
+
+    let attempts = counter_family(&mut r, "exposure_attempts", "Connections from outside attempted at a published port (seen on an uplink)");
+    let reached = counter_family(&mut r, "exposure_reached", "Connections from outside that reached the container");
+    let blocked = counter_family(&mut r, "exposure_blocked", "Attempts the firewall held");
+    let sources = gauge_family(&mut r, "exposure_distinct_sources", "Distinct sources seen (exact up to 10 000)");
+    for e in &report.exposures {
+        let labels: Labels = vec![
+            ("container", e.container.clone()),
+            ("host_port", e.host_port.map_or_else(|| "none".to_string(), |p| p.to_string())),
+            ("proto", e.proto.clone()),
+            ("exposure", e.exposure.clone()),
+        ];
+        // Two bindings of one port (0.0.0.0 and ::) share labels: their figures add up.
+        attempts.get_or_create(&labels).inc_by(e.attempts);
+        reached.get_or_create(&labels).inc_by(e.reached);
+        blocked.get_or_create(&labels).inc_by(e.blocked);
+        sources.get_or_create(&labels).inc_by(e.distinct_sources as i64);
+    }
+
+    let h = &report.health;
+    counter(&mut r, "records", "Connection records made", h.records);
+    let alerts_family = counter_family(&mut r, "alerts", "Alerts raised, by kind");
+    for (kind, n) in alerts.iter() {
+        alerts_family.get_or_create(&vec![("kind", kind.as_str().to_string())]).inc_by(n);
+    }
+    let lost = counter_family(&mut r, "records_lost", "Records lost, by where (kernel ring buffer full, reader overrun, audit log write failure)");
+    lost.get_or_create(&vec![("stage", "kernel_ring".into())]).inc_by(h.losses.kernel_ring_full);
+    lost.get_or_create(&vec![("stage", "reader".into())]).inc_by(h.losses.reader_lost);
+    lost.get_or_create(&vec![("stage", "audit_log".into())]).inc_by(h.losses.audit_lines_lost);
+    counter(&mut r, "bridge_uninspected_packets", "Packets from outside a bridge program could not inspect", h.losses.bridge_uninspected);
+    counter(&mut r, "attempts_untracked", "Attempts that got no verdict (tracker full)", h.losses.attempts_untracked);
+    counter(&mut r, "audit_lines_written", "Lines written to the audit log", h.audit.lines_written);
+    gauge(&mut r, "audit_failing", "1 while writing the audit log fails", i64::from(h.audit.failing));
+
+    let delivered = counter_family(&mut r, "sink_alerts_delivered", "Alerts a sink delivered");
+    let dropped = counter_family(&mut r, "sink_alerts_dropped", "Alerts a sink dropped: queue full, or delivery given up after retries");
+    let retries = counter_family(&mut r, "sink_retries", "Delivery attempts retried");
+    let depth = gauge_family(&mut r, "sink_queue_depth", "Alerts waiting in a sink's queue");
+    let capacity = gauge_family(&mut r, "sink_queue_capacity", "Size of a sink's queue");
+    for s in &h.sinks {
+        let l: Labels = vec![("sink", s.name.clone())];
+        delivered.get_or_create(&l).inc_by(s.delivered);
+        retries.get_or_create(&l).inc_by(s.retries);
+        depth.get_or_create(&l).set(s.queued as i64);
+        capacity.get_or_create(&l).set(s.capacity as i64);
+        let mut full = l.clone();
+        full.push(("reason", "queue_full".into()));
+        dropped.get_or_create(&full).inc_by(s.dropped_full);
+        let mut failed = l;
+        failed.push(("reason", "delivery_failed".into()));
+        dropped.get_or_create(&failed).inc_by(s.dropped_failed);
+    }
+
+    let entries = gauge_family(&mut r, "map_entries", "Entries in a kernel map that outsiders fill");
+    let cap = gauge_family(&mut r, "map_capacity_entries", "Capacity of that kernel map");
+    for m in &h.maps {
+        let l: Labels = vec![("map", m.map.clone())];
+        entries.get_or_create(&l).set(m.entries as i64);
+        cap.get_or_create(&l).set(m.capacity as i64);
+    }
+    let attached = gauge_family(&mut r, "attached", "Interfaces the kernel programs are attached to (1 each)");
+    for a in &h.attachments {
+        attached.get_or_create(&vec![("iface", a.iface.clone()), ("role", a.role.clone()), ("mode", a.mode.clone())]).set(1);
+    }
+    gauge(&mut r, "docker_connected", "1 while the Docker API answers", i64::from(h.inventory.connected));
+    gauge(
+        &mut r,
+        "inventory_age_seconds",
+        "Seconds since Docker's inventory was last received (-1: never)",
+        h.inventory.age_s.map_or(-1, |a| a as i64),
+    );
+    gauge(&mut r, "healthy", "1 when healthy, 0 when degraded", i64::from(h.state == "healthy"));
+    gauge(&mut r, "uptime_seconds", "Seconds since the daemon started", h.uptime_s as i64);
+
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::report::{Health, SinkHealth};
+
+    #[test]
+    fn names_follow_the_conventions_and_labels_come_from_the_inventory() {
+        let mut report = StatusReport { version: "0.1.0".into(), health: Health { state: "healthy".into(), ..Health::default() }, exposures: vec![] };
+        report.exposures.push(crate::output::exposures::ExposureRow {
+            container: "web".into(),
+            container_id: "c1".into(),
+            image: "nginx".into(),
+            compose_project: None,
+            compose_service: None,
+            host_ip: Some("0.0.0.0".parse().unwrap()),
+            host_port: Some(8080),
+            container_port: 80,
+            proto: "tcp".into(),
+            exposure: "published".into(),
+            first_seen: None,
+            last_seen: None,
+            attempts: 7,
+            reached: 5,
+            blocked: 2,
+            distinct_sources: 3,
+            distinct_sources_exact: true,
+            top_sources: vec![],
+            verified: None,
+        });
+        report.health.sinks.push(SinkHealth { name: "webhook http://127.0.0.1:1/x".into(), dropped_full: 4, ..SinkHealth::default() });
+        report.health.losses.kernel_ring_full = 9;
+        let text = encode_report(&report, &AlertCounts::default());
+        assert!(text.contains("dockexpose_build_info{version=\"0.1.0\"} 1"), "{text}");
+        assert!(text.contains("dockexpose_exposure_reached_total{container=\"web\",host_port=\"8080\",proto=\"tcp\",exposure=\"published\"} 5"), "{text}");
+        assert!(text.contains("dockexpose_exposure_blocked_total{container=\"web\",host_port=\"8080\",proto=\"tcp\",exposure=\"published\"} 2"), "{text}");
+        assert!(text.contains("dockexpose_records_lost_total{stage=\"kernel_ring\"} 9"), "{text}");
+        assert!(text.contains("reason=\"queue_full\"} 4"), "{text}");
+        assert!(text.contains("dockexpose_healthy 1"), "{text}");
+        assert!(!text.contains("198.18."), "no source address is ever a label");
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+}

@@ -1,0 +1,265 @@
+//! The status report: what is exposed, and how healthy the daemon is. Serialized as
+//! JSON between the daemon and `dockexpose status`, and shown as tables for people.
+
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::output::{exposures::ExposureRow, human::escape_untrusted};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub health: Health,
+    pub exposures: Vec<ExposureRow>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// "healthy" or "degraded".
+    pub state: String,
+    /// Why it is degraded (empty when healthy).
+    pub reasons: Vec<String>,
+    pub uptime_s: u64,
+    pub attachments: Vec<Attachment>,
+    pub inventory: InventoryHealth,
+    pub losses: Losses,
+    pub audit: AuditHealth,
+    pub sinks: Vec<SinkHealth>,
+    pub maps: Vec<MapFill>,
+    /// Records made since start (audit log, or not).
+    pub records: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub iface: String,
+    /// "bridge" or "uplink".
+    pub role: String,
+    /// "tcx", "xdp native", "xdp generic".
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryHealth {
+    /// "docker", or "off" (--no-docker).
+    pub source: String,
+    pub connected: bool,
+    /// Seconds since Docker last gave an inventory (null: never).
+    pub age_s: Option<u64>,
+    pub containers: usize,
+    pub networks: usize,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Losses {
+    /// Records the kernel could not write: the ring buffer was full.
+    pub kernel_ring_full: u64,
+    /// Records the reader could not hand over.
+    pub reader_lost: u64,
+    /// Audit-log lines not written (disk full, I/O error).
+    pub audit_lines_lost: u64,
+    /// Alerts dropped by the sinks (queue full or delivery given up).
+    pub sink_alerts_dropped: u64,
+    /// Packets from outside a bridge program could not inspect.
+    pub bridge_uninspected: u64,
+    /// Attempts that got no verdict (the tracker was full).
+    pub attempts_untracked: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHealth {
+    /// The file, "-" for stdout, null when off.
+    pub path: Option<String>,
+    pub lines_written: u64,
+    pub lines_lost: u64,
+    pub failing: bool,
+    pub reopens: u64,
+    pub rotations: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkHealth {
+    pub name: String,
+    pub queued: usize,
+    pub capacity: usize,
+    pub delivered: u64,
+    pub dropped_full: u64,
+    pub dropped_failed: u64,
+    pub retries: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub map: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+impl StatusReport {
+    /// `dockexpose status`'s exit code: 0 healthy, 1 degraded.
+    pub fn exit_code(&self) -> i32 {
+        i32::from(self.health.state != "healthy")
+    }
+
+    /// Tables for people. Untrusted strings (container names, images) are escaped.
+    pub fn to_table(&self) -> String {
+        let h = &self.health;
+        let mut out = String::new();
+        let _ = writeln!(out, "dockexpose {}: {} (up {} s)", self.version, h.state.to_uppercase(), h.uptime_s);
+        for r in &h.reasons {
+            let _ = writeln!(out, "  degraded: {}", escape_untrusted(r));
+        }
+        let inv = &h.inventory;
+        let _ = writeln!(
+            out,
+            "inventory: {} ({}; {} containers on {} networks{})",
+            inv.source,
+            if inv.connected { "connected" } else { "NOT connected" },
+            inv.containers,
+            inv.networks,
+            inv.age_s.map_or(", never received".to_string(), |a| format!(", {a} s old"))
+        );
+        let att: Vec<String> = h.attachments.iter().map(|a| format!("{} {} ({})", a.role, escape_untrusted(&a.iface), a.mode)).collect();
+        let _ = writeln!(out, "attached: {}", if att.is_empty() { "nothing".into() } else { att.join(", ") });
+        let l = &h.losses;
+        let _ = writeln!(
+            out,
+            "losses: ring full {}, reader {}, audit lines {}, sink alerts {}, uninspected {}, attempts without verdict {}",
+            l.kernel_ring_full, l.reader_lost, l.audit_lines_lost, l.sink_alerts_dropped, l.bridge_uninspected, l.attempts_untracked
+        );
+        let a = &h.audit;
+        let _ = writeln!(
+            out,
+            "audit log: {} ({} lines written, {} lost{})",
+            a.path.as_deref().map_or("off".to_string(), escape_untrusted),
+            a.lines_written,
+            a.lines_lost,
+            if a.failing { ", FAILING now" } else { "" }
+        );
+        for s in &h.sinks {
+            let _ = writeln!(
+                out,
+                "sink {}: {}/{} queued, {} delivered, {} dropped (queue full), {} dropped (failed), {} retries{}",
+                escape_untrusted(&s.name),
+                s.queued,
+                s.capacity,
+                s.delivered,
+                s.dropped_full,
+                s.dropped_failed,
+                s.retries,
+                s.last_error.as_deref().map_or(String::new(), |e| format!("; last error: {}", escape_untrusted(e)))
+            );
+        }
+        for m in &h.maps {
+            let _ = writeln!(out, "map {}: {} of {} entries", m.map, m.entries, m.capacity);
+        }
+        out.push('\n');
+        let header = ["CONTAINER", "IMAGE", "PUBLISHED", "EXPOSURE", "ATTEMPTS", "REACHED", "BLOCKED", "SOURCES", "LAST SEEN", "TOP SOURCES"];
+        let rows: Vec<[String; 10]> = self
+            .exposures
+            .iter()
+            .map(|r| {
+                let published = match (r.host_ip, r.host_port) {
+                    (Some(ip), Some(p)) if ip.is_ipv6() => format!("[{ip}]:{p} -> {}/{}", r.container_port, r.proto),
+                    (Some(ip), Some(p)) => format!("{ip}:{p} -> {}/{}", r.container_port, r.proto),
+                    _ => format!("(not published) {}/{}", r.container_port, r.proto),
+                };
+                let sources = format!("{}{}", r.distinct_sources, if r.distinct_sources_exact { "" } else { "+" });
+                let top = r.top_sources.iter().map(|s| format!("{} ({})", s.ip, s.connections)).collect::<Vec<_>>().join(", ");
+                [
+                    escape_untrusted(&r.container),
+                    escape_untrusted(&r.image),
+                    published,
+                    r.exposure.clone(),
+                    r.attempts.to_string(),
+                    r.reached.to_string(),
+                    r.blocked.to_string(),
+                    sources,
+                    r.last_seen.clone().unwrap_or_else(|| "-".into()),
+                    if top.is_empty() { "-".into() } else { top },
+                ]
+            })
+            .collect();
+        let mut widths = header.map(|h| h.chars().count());
+        for r in &rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut l = String::new();
+            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    l.push_str(c);
+                } else {
+                    let _ = write!(l, "{c:<w$}  ");
+                }
+            }
+            l.trim_end().to_string()
+        };
+        let _ = writeln!(out, "{}", line(&header.map(str::to_string)));
+        for r in &rows {
+            let _ = writeln!(out, "{}", line(r));
+        }
+        if rows.is_empty() {
+            out.push_str("(no published ports)\n");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::exposures::SourceCount;
+
+    fn row(name: &str) -> ExposureRow {
+        ExposureRow {
+            container: name.into(),
+            container_id: "c1".into(),
+            image: "nginx:1.27".into(),
+            compose_project: None,
+            compose_service: None,
+            host_ip: Some("0.0.0.0".parse().unwrap()),
+            host_port: Some(8080),
+            container_port: 80,
+            proto: "tcp".into(),
+            exposure: "published".into(),
+            first_seen: None,
+            last_seen: Some("2026-11-29T07:20:34.123456Z".into()),
+            attempts: 4,
+            reached: 3,
+            blocked: 1,
+            distinct_sources: 2,
+            distinct_sources_exact: true,
+            top_sources: vec![SourceCount { ip: "198.18.3.2".parse().unwrap(), connections: 2 }],
+            verified: None,
+        }
+    }
+
+    #[test]
+    fn the_table_shows_each_exposure_and_escapes_names() {
+        let report = StatusReport {
+            version: "0.1.0".into(),
+            health: Health { state: "healthy".into(), ..Health::default() },
+            exposures: vec![row("web"), row("evil\u{1b}[2J")],
+        };
+        let t = report.to_table();
+        assert!(t.contains("HEALTHY"), "{t}");
+        assert!(t.contains("0.0.0.0:8080 -> 80/tcp") && t.contains("198.18.3.2 (2)"), "{t}");
+        assert!(!t.contains('\u{1b}'), "{t}");
+        assert_eq!(report.exit_code(), 0);
+        let degraded = StatusReport { health: Health { state: "degraded".into(), ..Health::default() }, ..report };
+        assert_eq!(degraded.exit_code(), 1);
+    }
+
+    #[test]
+    fn the_report_round_trips_as_json() {
+        let report = StatusReport { version: "x".into(), health: Health::default(), exposures: vec![row("web")] };
+        let text = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<StatusReport>(&text).unwrap(), report);
+    }
+}

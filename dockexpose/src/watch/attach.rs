@@ -1,0 +1,197 @@
+//! Which interfaces the kernel programs are attached to: the bridges (Docker's
+//! networks, or the ones given) and the uplinks, kept in step with the host.
+
+use std::collections::BTreeSet;
+
+use super::{settings::UplinkSelection, Watcher};
+use crate::{
+    error::Result,
+    host::{interfaces, local},
+    kernel::loader::UplinkAttachMode,
+    output::human,
+};
+
+/// What to change so that the attached interfaces become the wanted ones that exist.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    /// To detach, with whether the interface is gone (rather than no longer wanted).
+    detach: Vec<(String, bool)>,
+    attach: Vec<String>,
+}
+
+impl Plan {
+    pub(super) fn new(attached: &[String], want: &BTreeSet<String>, exists: impl Fn(&str) -> bool) -> Self {
+        let detach = attached
+            .iter()
+            .filter_map(|a| {
+                let gone = !exists(a);
+                (gone || !want.contains(a)).then(|| (a.clone(), gone))
+            })
+            .collect();
+        let attach = want.iter().filter(|w| !attached.contains(w) && exists(w)).cloned().collect();
+        Self { detach, attach }
+    }
+}
+
+impl Watcher {
+    pub(super) fn bridge_source(&self) -> &'static str {
+        match (self.inventory.is_some(), self.settings.explicit_bridges.is_empty()) {
+            (true, true) => "Docker's bridge networks, followed live",
+            (true, false) => "as given, plus Docker's bridge networks",
+            (false, true) => "bridges found on the host; new ones are picked up",
+            (false, false) => "as given",
+        }
+    }
+
+    /// Bridges that should be watched now.
+    pub(super) fn desired_bridges(&self) -> BTreeSet<String> {
+        let mut want: BTreeSet<String> = self.settings.explicit_bridges.iter().cloned().collect();
+        match &self.inventory {
+            Some(inv) => want.extend(inv.bridges()),
+            // Without Docker's word, every addressed bridge is a candidate.
+            None if self.settings.explicit_bridges.is_empty() => want.extend(self.host.addressed_bridges()),
+            None => {}
+        }
+        want
+    }
+
+    /// Interfaces deleted and recreated under the same name since they were attached:
+    /// their links went with the old device, so they are detached here (and attached
+    /// again by the reconcile that follows).
+    pub(super) fn drop_recreated(&mut self, attached: Vec<String>) -> Vec<String> {
+        let mut kept = Vec::new();
+        for name in attached {
+            let now = interfaces::ifindex(&name);
+            if now.is_some() && now != self.kernel.attached_ifindex(&name) {
+                eprintln!("dockexpose: {} was recreated (new ifindex); attaching again", human::escape_untrusted(&name));
+                self.kernel.detach_bridge(&name);
+                self.kernel.detach_uplink(&name);
+                self.ifnames.retain(|_, n| n != &name);
+            } else {
+                kept.push(name);
+            }
+        }
+        kept
+    }
+
+    /// Attaches to desired bridges that exist, detaches from the others.
+    pub(super) fn reconcile_bridges(&mut self) {
+        let attached: Vec<String> = self.kernel.bridges().map(str::to_string).collect();
+        let attached = self.drop_recreated(attached);
+        let plan = Plan::new(&attached, &self.desired_bridges(), interfaces::exists);
+        for (b, gone) in plan.detach {
+            self.kernel.detach_bridge(&b);
+            self.ifnames.retain(|_, n| n != &b);
+            let why = if gone {
+                "disappeared; no longer watched (attached again if it comes back)"
+            } else {
+                "is no longer a Docker network; no longer watched"
+            };
+            eprintln!("dockexpose: bridge {} {why}", human::escape_untrusted(&b));
+        }
+        for b in plan.attach {
+            match self.attach_bridge(&b) {
+                Ok(()) => eprintln!("dockexpose: bridge {} watched", human::escape_untrusted(&b)),
+                Err(e) => eprintln!("warning: bridge {}: {e}", human::escape_untrusted(&b)),
+            }
+        }
+    }
+
+    /// Uplinks that should be watched now.
+    pub(super) fn desired_uplinks(&self) -> BTreeSet<String> {
+        let container_bridges: BTreeSet<String> = self.desired_bridges();
+        let mut want: BTreeSet<String> = match &self.settings.uplinks {
+            UplinkSelection::Off(_) => BTreeSet::new(),
+            // A bridge given as an uplink stands for its ports, where outside traffic arrives.
+            UplinkSelection::Given(list) => list
+                .iter()
+                .flat_map(|u| if interfaces::is_bridge(u) { interfaces::bridge_ports(u) } else { vec![u.clone()] })
+                .collect(),
+            UplinkSelection::Auto => self.host.uplink_candidates(&container_bridges).into_iter().map(|u| u.name).collect(),
+        };
+        want.retain(|u| !self.kernel.bridges().any(|b| b == u));
+        want
+    }
+
+    pub(super) fn attach_uplink(&mut self, name: &str) -> Result<()> {
+        let layer = interfaces::link_layer(name);
+        let mode = self.kernel.attach_uplink(name, layer, self.settings.uplink_hook)?;
+        if let Ok(idx) = nix::net::if_::if_nametoindex(name) {
+            self.ifnames.insert(idx, name.to_string());
+        }
+        self.uplink_modes.insert(
+            name.to_string(),
+            match mode {
+                UplinkAttachMode::Native => "xdp native",
+                UplinkAttachMode::Generic => "xdp generic",
+                UplinkAttachMode::Tcx => "tcx",
+            },
+        );
+        let how = match mode {
+            UplinkAttachMode::Native => "XDP native",
+            UplinkAttachMode::Generic => "XDP generic: the driver has no native XDP",
+            UplinkAttachMode::Tcx => "TCX ingress",
+        };
+        let kind = match interfaces::bridge_of(name) {
+            Some(bridge) => format!("a port of the bridged uplink {}, ", human::escape_untrusted(&bridge)),
+            None => String::new(),
+        };
+        eprintln!(
+            "dockexpose: uplink {} watched for attempts ({kind}{}; {how})",
+            human::escape_untrusted(name),
+            layer.describe()
+        );
+        Ok(())
+    }
+
+    /// Attaches to desired uplinks that exist, detaches from the others.
+    pub(super) fn reconcile_uplinks(&mut self) {
+        let attached: Vec<String> = self.kernel.uplinks().map(str::to_string).collect();
+        let attached = self.drop_recreated(attached);
+        let plan = Plan::new(&attached, &self.desired_uplinks(), interfaces::exists);
+        for (u, gone) in plan.detach {
+            self.kernel.detach_uplink(&u);
+            self.ifnames.retain(|_, n| n != &u);
+            let why = if gone {
+                "disappeared; no longer watched (attached again if it comes back)"
+            } else {
+                "is no longer an uplink (no global address)"
+            };
+            eprintln!("dockexpose: uplink {} {why}", human::escape_untrusted(&u));
+        }
+        for u in plan.attach {
+            if let Err(e) = self.attach_uplink(&u) {
+                eprintln!("warning: uplink {}: {e}", human::escape_untrusted(&u));
+            }
+        }
+    }
+
+    pub(super) fn attach_bridge(&mut self, name: &str) -> Result<()> {
+        self.kernel.attach_bridge(name)?;
+        if let Ok(idx) = nix::net::if_::if_nametoindex(name) {
+            self.ifnames.insert(idx, name.to_string());
+        }
+        Ok(())
+    }
+
+    pub(super) fn sync_prefixes(&mut self) -> Result<()> {
+        let bridges: Vec<&str> = self.kernel.bridges().collect();
+        let table = local::source_table(&self.host, bridges, &self.settings.trusted);
+        self.kernel.sync_prefixes(&table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn plans_detach_the_gone_and_unwanted_and_attach_the_new_that_exist() {
+        let attached = vec!["docker0".to_string(), "br-old".to_string(), "br-gone".to_string()];
+        let want: BTreeSet<String> = ["docker0", "br-gone", "br-new", "br-later"].iter().map(|s| s.to_string()).collect();
+        let exists = |n: &str| n != "br-gone" && n != "br-later";
+        let plan = Plan::new(&attached, &want, exists);
+        assert_eq!(plan.detach, vec![("br-old".to_string(), false), ("br-gone".to_string(), true)]);
+        assert_eq!(plan.attach, vec!["br-new".to_string()], "br-later waits until its interface exists");
+    }
+}

@@ -1,0 +1,163 @@
+//! The daemon's figures: counters on stderr, loss warnings, and the status report
+//! that `dockexpose status` and the metrics read.
+
+use std::time::{Duration, Instant};
+
+use super::Watcher;
+use crate::{
+    error::Result,
+    output::human,
+    stats::PipelineCounters,
+    status::{
+        metrics,
+        report::{Attachment, AuditHealth, Health, InventoryHealth, Losses, MapFill, SinkHealth},
+        Query, StatusReport,
+    },
+};
+use dockexpose_common::Counter;
+
+/// A loss keeps the status degraded this long after it was noticed.
+const DEGRADED_AFTER_LOSS: Duration = Duration::from_secs(300);
+/// An inventory older than this, while Docker is unreachable, degrades the status.
+const STALE_INVENTORY: Duration = Duration::from_secs(30);
+
+impl Watcher {
+    pub(super) fn counters(&self) -> Result<PipelineCounters> {
+        let (record_latency, alert_latency) = self.outputs.latencies();
+        Ok(PipelineCounters {
+            kernel: self.kernel.counters()?,
+            reader_lost: self.reader.lost(),
+            reader_wakeups: self.reader.wakeups(),
+            records_read: self.reader.records(),
+            record_latency,
+            alert_latency,
+            unbound_attempts: self.unbound_attempts,
+            answers_received: self.answers_received,
+            attempts_untracked: self.attempts_untracked,
+            probe_records: self.probe_records,
+        })
+    }
+
+    pub(super) fn warn_about_loss(&mut self) -> Result<()> {
+        let now = self.counters()?;
+        let warnings = self.losses.warnings(&now);
+        if !warnings.is_empty() {
+            self.last_loss = Some(Instant::now());
+        }
+        for w in warnings {
+            eprintln!("{w}");
+        }
+        Ok(())
+    }
+
+    pub(super) fn report_counters(&mut self, label: &str) -> Result<()> {
+        let now = self.counters()?;
+        eprintln!("dockexpose: {label}: {}", now.format());
+        self.warn_about_loss()
+    }
+
+    /// A question from the status socket or the metrics server.
+    pub(super) fn answer(&mut self, query: Query) {
+        let report = self.status_report();
+        match query {
+            Query::Status(tx) => {
+                let _ = tx.send(report);
+            }
+            Query::Metrics(tx) => {
+                let _ = tx.send(metrics::encode_report(&report, &self.outputs.alert_counts()));
+            }
+        }
+    }
+
+    pub(super) fn status_report(&self) -> StatusReport {
+        let counters = self.counters().unwrap_or_default();
+        let audit = self.outputs.audit_stats();
+        let sinks: Vec<SinkHealth> = self
+            .sinks
+            .iter()
+            .map(|s| {
+                let st = s.stats();
+                SinkHealth {
+                    name: s.name().to_string(),
+                    queued: st.queued,
+                    capacity: st.capacity,
+                    delivered: st.delivered,
+                    dropped_full: st.dropped_full,
+                    dropped_failed: st.dropped_failed,
+                    retries: st.retries,
+                    last_error: st.last_error,
+                }
+            })
+            .collect();
+        let losses = Losses {
+            kernel_ring_full: counters.kernel.get(Counter::RingbufFull),
+            reader_lost: counters.reader_lost,
+            audit_lines_lost: audit.lines_lost,
+            sink_alerts_dropped: sinks.iter().map(|s| s.dropped_full + s.dropped_failed).sum(),
+            bridge_uninspected: counters.kernel.get(Counter::BridgeUninspected),
+            attempts_untracked: self.attempts_untracked,
+        };
+        let mut attachments: Vec<Attachment> =
+            self.kernel.bridges().map(|b| Attachment { iface: b.to_string(), role: "bridge".into(), mode: "tcx".into() }).collect();
+        attachments.extend(self.kernel.uplinks().map(|u| Attachment {
+            iface: u.to_string(),
+            role: "uplink".into(),
+            mode: self.uplink_modes.get(u).copied().unwrap_or("tcx").to_string(),
+        }));
+        let inventory = InventoryHealth {
+            source: if self.settings.docker_endpoint.is_some() { "docker".into() } else { "off".into() },
+            connected: self.docker_connected,
+            age_s: self.inventory_at.map(|t| t.elapsed().as_secs()),
+            containers: self.inventory.as_ref().map_or(0, |i| i.containers.len()),
+            networks: self.inventory.as_ref().map_or(0, |i| i.networks.len()),
+            last_error: self.docker_problem.clone(),
+        };
+        let mut reasons = Vec::new();
+        if self.settings.docker_endpoint.is_some() && !self.docker_connected {
+            let stale = self.inventory_at.is_none_or(|t| t.elapsed() > STALE_INVENTORY);
+            if stale {
+                reasons.push(format!(
+                    "Docker does not answer{}: records lack container identity",
+                    self.docker_problem.as_deref().map_or(String::new(), |p| format!(" ({})", human::escape_untrusted(p)))
+                ));
+            }
+        }
+        if audit.failing {
+            reasons.push(format!("the audit log cannot be written: {} lines lost", audit.lines_lost));
+        }
+        if attachments.iter().all(|a| a.role != "bridge") {
+            reasons.push("no container bridge is watched".into());
+        }
+        if self.last_loss.is_some_and(|t| t.elapsed() < DEGRADED_AFTER_LOSS) {
+            reasons.push("records were lost in the last 5 minutes (see losses)".into());
+        }
+        for s in &sinks {
+            if s.last_error.is_some() && s.queued >= s.capacity {
+                reasons.push(format!("alert sink {} is failing and its queue is full", human::escape_untrusted(&s.name)));
+            }
+        }
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            health: Health {
+                state: if reasons.is_empty() { "healthy".into() } else { "degraded".into() },
+                reasons,
+                uptime_s: self.started.elapsed().as_secs(),
+                attachments,
+                inventory,
+                losses,
+                audit: AuditHealth {
+                    path: self.outputs.audit.path().map(|p| p.display().to_string()),
+                    lines_written: audit.lines_written,
+                    lines_lost: audit.lines_lost,
+                    failing: audit.failing,
+                    reopens: audit.reopens,
+                    rotations: audit.rotations,
+                },
+                sinks,
+                maps: self.kernel.map_fill().into_iter().map(|(m, e, c)| MapFill { map: m.into(), entries: e, capacity: c }).collect(),
+                records: self.outputs.records(),
+            },
+            exposures: self.outputs.exposures.rows(),
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! `dockexpose watch`: the daemon loop.
+//!
+//! Start-up validates everything the operator gave (fail early, with the fix), loads
+//! and attaches the kernel programs, then one task reads the ring buffer while this
+//! loop runs the connection stage (`stage`), whose records go to every output through
+//! one fan-out (`output::fanout`). The loop also keeps the attachments current
+//! (`attach`), answers `dockexpose status` and metrics scrapes (`status`), reloads the
+//! configuration on SIGHUP and reopens the audit log on SIGUSR1.
+//!
+//! - `settings`: the options, validated;
+//! - `attach`: bridges and uplinks, attached and detached as the host changes;
+//! - `stage`: kernel records -> connection records;
+//! - `verifying`: `--verify-every` runs;
+//! - `health`: counters, loss warnings, the status report.
+
+mod attach;
+mod health;
+mod settings;
+mod stage;
+mod verifying;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use clap::ArgMatches;
+use dockexpose_common::ConnEvent;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+    time::{interval, MissedTickBehavior},
+};
+
+use self::{
+    settings::{Settings, UplinkSelection, VerifySettings},
+    verifying::{next_verify_result, VerifyResult, VerifyState},
+};
+use crate::{
+    cli::WatchArgs,
+    config::{self, FileConfig},
+    error::{Error, Result},
+    host::{interfaces::HostSnapshot, privileges},
+    inventory::{
+        docker::{self, DockerState},
+        model::Inventory,
+    },
+    kernel::{
+        event::{KernelClock, Observation},
+        loader::{ConntrackAccess, Kernel},
+        reader::{self, ReaderStats},
+    },
+    output::{
+        alerts::Alert,
+        audit::AuditLog,
+        fanout::{AlertOut, AlertStage, Outputs, StderrAlerts},
+        human,
+        sinks::{self, SinkHandle, SinksConfig},
+    },
+    stats::LossTracker,
+    status::{self, Query},
+    verdict::AttemptTracker,
+    verify::daemon::{self as verifyd, ProbeSources, RunKind, Schedule},
+};
+
+/// Most batches handled before the audit log is flushed.
+const BATCHES_PER_FLUSH: usize = 8;
+/// Batches (of up to reader::MAX_BATCH records) waiting between the reader and the
+/// outputs. A burst larger than this is counted as reader loss, never buffered
+/// without bound.
+const CHANNEL_BATCHES: usize = 16;
+/// Unread ring-buffer bytes that wake the reader at once (about 800 records); fewer
+/// wait for its timer (reader::DRAIN_EVERY).
+const WAKEUP_BYTES: u64 = 64 * 1024;
+/// How often interfaces and addresses are re-read.
+const HOST_REFRESH: Duration = Duration::from_secs(1);
+/// How long a record that reached an address on a Docker network, but no known
+/// container, waits for the inventory to catch up (a connection right at start-up).
+const IDENTITY_GRACE: Duration = Duration::from_secs(1);
+/// Most records waiting for identity; past that they are written without.
+const MAX_PENDING: usize = 1024;
+/// How long start-up waits for Docker's first answer before choosing bridges.
+const DOCKER_FIRST_ANSWER: Duration = Duration::from_secs(3);
+/// How long shutdown waits for a verify run in progress to finish and clean up.
+const VERIFY_STOP_WAIT: Duration = Duration::from_secs(20);
+/// Questions from the status and metrics servers waiting for the loop.
+const QUERY_QUEUE: usize = 16;
+
+/// The configuration as loaded, kept for SIGHUP.
+struct ConfigState {
+    /// The command line (and environment) as given: it keeps winning over the file.
+    cli: WatchArgs,
+    matches: ArgMatches,
+    /// The effective options and sinks now.
+    effective: WatchArgs,
+    sinks: SinksConfig,
+}
+
+/// An alert sink's queue, as the fan-out sees it.
+struct QueuedSink(std::rc::Rc<SinkHandle>);
+
+impl AlertOut for QueuedSink {
+    fn alert(&mut self, alert: &std::sync::Arc<Alert>) {
+        self.0.offer(alert);
+    }
+}
+
+/// The running watcher's state outside the kernel.
+struct Watcher {
+    kernel: Kernel,
+    settings: Settings,
+    host: HostSnapshot,
+    /// ifindex -> interface name, for the records.
+    ifnames: BTreeMap<u32, String>,
+    /// How each uplink is attached ("tcx", "xdp native", "xdp generic").
+    uplink_modes: BTreeMap<String, &'static str>,
+    outputs: Outputs,
+    /// The alert sinks behind the fan-out's queues (for their figures).
+    sinks: Vec<std::rc::Rc<SinkHandle>>,
+    clock: KernelClock,
+    reader: ReaderStats,
+    losses: LossTracker,
+    /// When a loss was last noticed (status: degraded for a while after).
+    last_loss: Option<Instant>,
+    /// Last inventory Docker gave; kept while Docker is unreachable.
+    inventory: Option<Inventory>,
+    inventory_at: Option<Instant>,
+    docker_connected: bool,
+    /// The last Docker problem told to the operator (each is said once).
+    docker_problem: Option<String>,
+    /// Records waiting (until the deadline) for the inventory to know their container.
+    pending: Vec<(Observation, String, Instant)>,
+    /// Attempts awaiting their verdict.
+    attempts: AttemptTracker,
+    /// Attempts at a published port number on an address it is not bound to.
+    unbound_attempts: u64,
+    /// Attempts that got no verdict: the tracker was full.
+    attempts_untracked: u64,
+    answers_received: u64,
+    /// `--verify-every`: None when off.
+    verify: Option<VerifyState>,
+    /// Kernel records of the daemon's own probes: not written.
+    probe_records: u64,
+    config: ConfigState,
+    started: Instant,
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The effective options: the command line over the file (`--config`, or the
+/// default path when it exists).
+fn effective(cli: &WatchArgs, matches: &ArgMatches) -> Result<(WatchArgs, SinksConfig, Option<PathBuf>)> {
+    let loaded = FileConfig::load(cli.config.as_deref()).map_err(|e| Error::Config(e.to_string()))?;
+    let (path, file) = match loaded {
+        Some((p, f)) => (Some(p), f),
+        None => (None, FileConfig::default()),
+    };
+    let args = config::merge(cli, matches, &file).map_err(Error::Config)?;
+    let sinks = config::sinks(&args, &file);
+    Ok((args, sinks, path))
+}
+
+/// Starts the alert sinks; journald by default when stderr is the journal.
+fn start_sinks(config: &SinksConfig) -> Result<Vec<std::rc::Rc<SinkHandle>>> {
+    let mut config = config.clone();
+    if config.journald.is_none() && sinks::journald::stderr_is_journal() {
+        config.journald = Some(Default::default());
+    }
+    let handles = sinks::start(&config).map_err(|e| Error::Config(e.to_string()))?;
+    Ok(handles.into_iter().map(std::rc::Rc::new).collect())
+}
+
+fn alert_outs(sinks: &[std::rc::Rc<SinkHandle>]) -> Vec<Box<dyn AlertOut>> {
+    let mut outs: Vec<Box<dyn AlertOut>> = vec![Box::new(StderrAlerts)];
+    outs.extend(sinks.iter().map(|s| Box::new(QueuedSink(s.clone())) as Box<dyn AlertOut>));
+    outs
+}
+
+/// `dockexpose watch --print-config`: the effective configuration, as a file.
+pub fn print_config(cli: &WatchArgs, matches: &ArgMatches) -> Result<()> {
+    let (args, sinks, path) = effective(cli, matches)?;
+    let text = toml::to_string(&config::effective_file(&args, &sinks)).map_err(|e| Error::Config(e.to_string()))?;
+    println!(
+        "# the effective configuration: command line > environment > {} > defaults",
+        path.map_or_else(|| format!("(no file; {} does not exist)", config::DEFAULT_PATH), |p| p.display().to_string())
+    );
+    print!("{text}");
+    Ok(())
+}
+
+pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
+    if cli.print_config {
+        return print_config(&cli, &matches);
+    }
+    let (args, sink_config, config_path) = effective(&cli, &matches)?;
+    let host = HostSnapshot::read()?;
+    let settings = settings::validate(&args, &host)?;
+    let metrics_addr = config::metrics_addr(&args).map_err(Error::Config)?;
+    let audit = AuditLog::open(args.json.as_deref(), settings::rotation(&args))?;
+    privileges::check()?;
+    let sinks = start_sinks(&sink_config)?;
+    let (kernel, ring) = Kernel::load(settings.kernel)?;
+
+    let blocked_after_ns = settings.blocked_after_ns;
+    let (verify_tx, verify_rx) = mpsc::unbounded_channel::<VerifyResult>();
+    let mut verify_rx = settings.verify.is_some().then_some(verify_rx);
+    let verify = settings.verify.as_ref().map(|v| VerifyState {
+        settings: VerifySettings { every: v.every, sources: v.sources.clone(), uplinks: v.uplinks.clone() },
+        schedule: Schedule::new(v.every, Instant::now()),
+        probes: ProbeSources::new(v.sources.clone()),
+        tx: verify_tx,
+        running: None,
+    });
+    let clock = KernelClock::now();
+    let outputs = Outputs::new(audit, settings.quiet, AlertStage::new(settings.alert_window, alert_outs(&sinks)), clock);
+    let mut w = Watcher {
+        kernel,
+        settings,
+        host,
+        ifnames: BTreeMap::new(),
+        uplink_modes: BTreeMap::new(),
+        outputs,
+        sinks,
+        clock,
+        reader: ReaderStats::default(),
+        losses: LossTracker::default(),
+        last_loss: None,
+        inventory: None,
+        inventory_at: None,
+        docker_connected: false,
+        docker_problem: None,
+        pending: Vec::new(),
+        attempts: AttemptTracker::new(blocked_after_ns),
+        unbound_attempts: 0,
+        attempts_untracked: 0,
+        answers_received: 0,
+        verify,
+        probe_records: 0,
+        config: ConfigState { cli, matches, effective: args.clone(), sinks: sink_config },
+        started: Instant::now(),
+    };
+    if let Some(p) = &config_path {
+        eprintln!("dockexpose: configuration from {} (command line and DOCKEXPOSE_* win over it)", p.display());
+    }
+    // Docker first: its networks decide which bridges to watch.
+    let mut docker_rx = match w.settings.docker_endpoint.clone() {
+        Some(endpoint) => {
+            let (tx, mut rx) = watch::channel(DockerState::Starting);
+            tokio::spawn(docker::run(endpoint, tx));
+            let _ = tokio::time::timeout(DOCKER_FIRST_ANSWER, rx.wait_for(|s| *s != DockerState::Starting)).await;
+            let state = rx.borrow_and_update().clone();
+            w.docker_changed(state)?;
+            Some(rx)
+        }
+        None => {
+            eprintln!("dockexpose: --no-docker: running without container identity");
+            None
+        }
+    };
+    // The operator's bridges must attach, or nothing is watched where they expect.
+    for bridge in w.settings.explicit_bridges.clone() {
+        w.attach_bridge(&bridge)?;
+    }
+    w.reconcile_bridges();
+    // The operator's uplinks must attach (a bridge: its ports), or attempts they
+    // expect to see are missed.
+    if let UplinkSelection::Given(_) = &w.settings.uplinks {
+        for uplink in w.desired_uplinks() {
+            w.attach_uplink(&uplink)?;
+        }
+    }
+    w.reconcile_uplinks();
+    w.sync_prefixes()?;
+
+    // The status socket and the metrics: questions come to this loop.
+    let (query_tx, mut query_rx) = mpsc::channel::<Query>(QUERY_QUEUE);
+    let _status_socket = match status::server::serve_status(&args.status_socket, query_tx.clone()) {
+        Ok(s) => {
+            eprintln!("dockexpose: `dockexpose status` answered on {}", args.status_socket.display());
+            Some(s)
+        }
+        Err(e) => {
+            eprintln!("warning: no status socket ({e}); `dockexpose status` cannot ask this daemon, detection goes on");
+            None
+        }
+    };
+    if let Some(addr) = metrics_addr {
+        let bound = status::server::serve_metrics(addr, query_tx.clone()).await.map_err(Error::Config)?;
+        eprintln!("dockexpose: Prometheus metrics on http://{bound}/metrics (also /healthz, /readyz)");
+    }
+    drop(query_tx);
+
+    let (tx, mut rx) = mpsc::channel::<Vec<ConnEvent>>(CHANNEL_BATCHES);
+    let (stop_reader, reader_stop) = tokio::sync::oneshot::channel();
+    let mut reader_task = tokio::spawn(reader::run(ring, tx, w.reader.clone(), reader_stop));
+    let mut reader_ended = false;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(Error::Signals)?;
+    let mut refresh = interval(HOST_REFRESH);
+    refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut stats = interval(w.settings.stats_interval.unwrap_or(Duration::from_secs(3600 * 24 * 365)));
+    stats.tick().await;
+
+    let watched: Vec<&str> = w.kernel.bridges().collect();
+    let uplinks: Vec<&str> = w.kernel.uplinks().collect();
+    match w.kernel.conntrack() {
+        ConntrackAccess::Kfuncs => eprintln!(
+            "dockexpose: conntrack consulted from the bridge program: exact host ports on every uplink, fragments told by the kernel's own state"
+        ),
+        ConntrackAccess::Unavailable(why) => eprintln!(
+            "warning: conntrack cannot be consulted ({}): host ports come from the uplink programs and the published bindings; a first fragment cut before the TCP flags is counted as bridge_uninspected",
+            human::escape_untrusted(why)
+        ),
+    }
+    eprintln!(
+        "dockexpose: watching {} ({}); uplinks: {}; JSON log: {}",
+        if watched.is_empty() { "no bridge yet".to_string() } else { watched.join(", ") },
+        w.bridge_source(),
+        match w.settings.uplinks {
+            UplinkSelection::Off(why) => why.to_string(),
+            UplinkSelection::Auto if uplinks.is_empty() => {
+                "none found (no up interface with a global address that is not a container bridge); picked up when one appears".to_string()
+            }
+            _ if uplinks.is_empty() => "none yet".to_string(),
+            _ => uplinks.join(", "),
+        },
+        args.json.as_deref().map_or("off".into(), |p| if p == Path::new("-") { "stdout".into() } else { p.display().to_string() }),
+    );
+    for s in &w.sinks {
+        eprintln!("dockexpose: alerts also go to {}", human::escape_untrusted(s.name()));
+    }
+    if let Some(v) = &w.verify {
+        eprintln!(
+            "dockexpose: verify: every published port now and every {}, new published ports {} s after Docker publishes them; probes from {} on {} (their records are not outside connections)",
+            humantime::format_duration(v.settings.every),
+            verifyd::DEBOUNCE.as_secs(),
+            v.settings.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+            if v.settings.uplinks.is_empty() { "the uplinks verify chooses".to_string() } else { v.settings.uplinks.join(", ") },
+        );
+    }
+    // SIGINT/SIGTERM while a verify run goes: wait for it to clean up, then stop.
+    let mut stopping: Option<(&'static str, Instant)> = None;
+
+    let outcome = loop {
+        let verify_due = if stopping.is_some() { None } else { w.verify.as_ref().and_then(|v| v.schedule.due()) };
+        tokio::select! {
+            Some(batch) = rx.recv() => {
+                w.handle_batch(&batch)?;
+                // Take the rest of a burst now; flushed below, once.
+                for _ in 0..BATCHES_PER_FLUSH {
+                    let Ok(batch) = rx.try_recv() else { break };
+                    w.handle_batch(&batch)?;
+                }
+            }
+            Some(state) = next_docker_state(&mut docker_rx) => w.docker_changed(state)?,
+            _ = refresh.tick() => w.refresh_host()?,
+            _ = stats.tick() => w.report_counters("counters")?,
+            Some(query) = query_rx.recv() => w.answer(query),
+            Some(result) = next_verify_result(&mut verify_rx) => w.verify_done(result)?,
+            _ = sleep_until(verify_due) => w.start_verify(),
+            _ = sighup.recv() => {
+                w.reopen_audit_log("SIGHUP");
+                w.reload().await;
+            }
+            _ = sigusr1.recv() => w.reopen_audit_log("SIGUSR1"),
+            _ = sigint.recv() => {
+                if !w.verify_running() {
+                    break Ok("SIGINT");
+                }
+                stopping.get_or_insert(("SIGINT", Instant::now() + VERIFY_STOP_WAIT));
+            }
+            _ = sigterm.recv() => {
+                if !w.verify_running() {
+                    break Ok("SIGTERM");
+                }
+                stopping.get_or_insert(("SIGTERM", Instant::now() + VERIFY_STOP_WAIT));
+            }
+            res = &mut reader_task => {
+                reader_ended = true;
+                break match res {
+                    Ok(Ok(_)) => Err(Error::RingBuffer(std::io::Error::other("the reader stopped"))),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(Error::RingBuffer(std::io::Error::other(e))),
+                };
+            }
+        }
+        // Before waiting again, everything seen so far is written out.
+        w.flush();
+        if let Some((reason, deadline)) = stopping {
+            if !w.verify_running() {
+                break Ok(reason);
+            }
+            if Instant::now() >= deadline {
+                eprintln!("warning: the verify run in progress did not finish within {} s; stopping without its results", VERIFY_STOP_WAIT.as_secs());
+                break Ok(reason);
+            }
+        }
+    };
+    // What the reader handed over, then what is still in the ring, gets written.
+    let _ = stop_reader.send(());
+    let ring = if reader_ended { None } else { reader_task.await.ok().and_then(|r| r.ok()) };
+    while let Ok(batch) = rx.try_recv() {
+        w.handle_batch(&batch)?;
+    }
+    if let Some(mut ring) = ring {
+        let rest = reader::drain_rest(&mut ring, &w.reader);
+        w.handle_batch(&rest)?;
+    }
+    w.release_pending(true)?;
+    w.flush();
+    if !w.attempts.is_empty() {
+        eprintln!("dockexpose: {} attempts were still within their --blocked-after window at exit: no verdict", w.attempts.len());
+    }
+    let reason = outcome?;
+    w.outputs.tick(Instant::now() + w.settings.alert_window);
+    w.report_counters("final counters")?;
+    let bridges: Vec<String> = w.kernel.bridges().chain(w.kernel.uplinks()).map(str::to_string).collect();
+    // Give the sinks a moment to deliver the last alerts.
+    let sinks = std::mem::take(&mut w.sinks);
+    drop(w);
+    for s in sinks {
+        if let Ok(s) = std::rc::Rc::try_unwrap(s) {
+            s.stop().await;
+        }
+    }
+    eprintln!("dockexpose: {reason}: detached from {}", if bridges.is_empty() { "nothing".into() } else { bridges.join(", ") });
+    Ok(())
+}
+
+/// The next Docker state, or never when Docker is off.
+async fn next_docker_state(rx: &mut Option<watch::Receiver<DockerState>>) -> Option<DockerState> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+impl Watcher {
+    /// Takes in what Docker says now; tells the operator when that changes.
+    fn docker_changed(&mut self, state: DockerState) -> Result<()> {
+        match state {
+            DockerState::Starting => {}
+            DockerState::Connected(inv) => {
+                if !self.docker_connected {
+                    eprintln!(
+                        "dockexpose: Docker inventory: {} running containers on {} bridge networks",
+                        inv.containers.len(),
+                        inv.networks.len()
+                    );
+                }
+                self.docker_connected = true;
+                self.docker_problem = None;
+                self.kernel.sync_published_ports(&inv.published_host_ports())?;
+                if let Some(v) = &mut self.verify {
+                    let new = v.schedule.inventory(verifyd::published_ports(&inv), Instant::now());
+                    if !new.is_empty() {
+                        eprintln!(
+                            "dockexpose: verify: {} published; verified within {} s",
+                            RunKind::NewPorts(new).describe(),
+                            verifyd::DEBOUNCE.as_secs()
+                        );
+                    }
+                }
+                self.outputs.exposures.sync(&inv);
+                self.inventory = Some(inv);
+                self.inventory_at = Some(Instant::now());
+                self.reconcile_bridges();
+                self.sync_prefixes()?;
+                self.release_pending(false)?;
+            }
+            DockerState::Unavailable(reason) => {
+                if self.docker_problem.as_ref() != Some(&reason) {
+                    let keep = if self.inventory.is_some() {
+                        "keeping the kernel side and the last known inventory; reconnecting with backoff"
+                    } else {
+                        "running without container identity (records carry container: null); retrying in the background"
+                    };
+                    eprintln!("warning: {}; {keep}", human::escape_untrusted(&reason));
+                    self.docker_problem = Some(reason);
+                }
+                self.docker_connected = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes the audit log's buffer to the file; says what the operator must know
+    /// about it (a write failure, once a minute; a recovery).
+    fn flush(&mut self) {
+        if let Some(line) = self.outputs.flush() {
+            eprintln!("{line}");
+        }
+    }
+
+    /// SIGUSR1 / SIGHUP: logrotate moved the log; write to the path anew.
+    fn reopen_audit_log(&mut self, signal: &str) {
+        if self.outputs.audit.path().is_none() {
+            return;
+        }
+        match self.outputs.audit.reopen() {
+            Some(line) => eprintln!("{line}"),
+            None => eprintln!("dockexpose: {signal}: audit log {} reopened", self.outputs.audit.path().map_or(String::new(), |p| p.display().to_string())),
+        }
+    }
+
+    /// SIGHUP: reads the configuration again and applies what can change without a
+    /// restart (trusted networks, alert settings, sinks, rotation). A bad file keeps
+    /// the running configuration, and says why.
+    async fn reload(&mut self) {
+        let (args, sinks, path) = match effective(&self.config.cli, &self.config.matches) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("warning: SIGHUP: the configuration was not reloaded, the running one stays: {e}");
+                return;
+            }
+        };
+        let trusted = match settings::trusted(&args.trusted) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("warning: SIGHUP: the configuration was not reloaded, the running one stays: {e}");
+                return;
+            }
+        };
+        let restart = config::needs_restart(&self.config.effective, &args);
+        let old = config::Reloadable::of(&self.config.effective, &self.config.sinks);
+        let new = config::Reloadable::of(&args, &sinks);
+        if old.sinks != new.sinks {
+            match start_sinks(&sinks) {
+                Ok(handles) => {
+                    self.outputs.alerts.set_outs(alert_outs(&handles));
+                    for s in std::mem::replace(&mut self.sinks, handles) {
+                        if let Ok(s) = std::rc::Rc::try_unwrap(s) {
+                            s.stop().await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("warning: SIGHUP: the configuration was not reloaded, the running one stays: {e}");
+                    return;
+                }
+            }
+        }
+        if old.alert_window != new.alert_window {
+            self.settings.alert_window = config::secs(new.alert_window);
+            self.outputs.alerts = AlertStage::new(self.settings.alert_window, alert_outs(&self.sinks));
+        }
+        self.settings.quiet = new.quiet;
+        self.outputs.set_quiet(new.quiet);
+        self.outputs.audit.set_rotation(settings::rotation(&args));
+        self.settings.trusted = trusted;
+        if let Err(e) = self.sync_prefixes() {
+            eprintln!("warning: SIGHUP: the trusted networks could not be applied: {e}");
+        }
+        eprintln!(
+            "dockexpose: SIGHUP: configuration reloaded{}: {} trusted networks, alert window {} s, {} alert sinks{}",
+            path.map_or(String::new(), |p| format!(" from {}", p.display())),
+            self.settings.trusted.len(),
+            self.settings.alert_window.as_secs(),
+            self.sinks.len(),
+            if restart.is_empty() { String::new() } else { format!("; changed, applied at the next restart: {}", restart.join(", ")) }
+        );
+        // What needs a restart stays as it runs, so that it is reported again until then.
+        let running = &mut self.config.effective;
+        running.trusted = args.trusted;
+        running.alert_window = args.alert_window;
+        running.quiet = args.quiet;
+        running.rotate_size_mb = args.rotate_size_mb;
+        running.max_files = args.max_files;
+        self.config.sinks = sinks;
+    }
+
+    /// Re-reads interfaces and addresses: drops vanished bridges, picks up new ones,
+    /// keeps the local prefixes current, closes alert windows, and warns about loss.
+    fn refresh_host(&mut self) -> Result<()> {
+        self.host = HostSnapshot::read()?;
+        self.reconcile_bridges();
+        self.reconcile_uplinks();
+        self.sync_prefixes()?;
+        self.release_pending(false)?;
+        self.decide_attempts()?;
+        self.outputs.tick(Instant::now());
+        self.warn_about_loss()
+    }
+}

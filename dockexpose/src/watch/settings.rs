@@ -1,0 +1,154 @@
+//! The watch options, validated: every mistake fails at start with the fix.
+
+use std::{net::IpAddr, time::Duration};
+
+use crate::{
+    cli::WatchArgs,
+    error::{Error, Result},
+    host::interfaces::{self, HostSnapshot},
+    inventory::docker,
+    kernel::loader::{KernelSettings, UplinkHook},
+    net::prefix::Prefix,
+    output::{audit::Rotation, human},
+    verify::{self, daemon as verifyd},
+};
+
+use super::WAKEUP_BYTES;
+
+/// `--verify-every`, validated.
+pub(super) struct VerifySettings {
+    pub(super) every: Duration,
+    pub(super) sources: Vec<IpAddr>,
+    /// --uplink as given (empty: chosen as verify does).
+    pub(super) uplinks: Vec<String>,
+}
+
+/// Where attempts are watched for.
+pub(super) enum UplinkSelection {
+    /// --no-uplinks, or --no-docker (the reason).
+    Off(&'static str),
+    /// --uplink: these; one that vanishes is attached again when it comes back.
+    Given(Vec<String>),
+    /// Every up interface with a global address that is not a bridge, port or loopback.
+    Auto,
+}
+
+/// The options, validated.
+pub(super) struct Settings {
+    /// Bridges named with --bridge; one that vanishes is attached again when it comes back.
+    pub(super) explicit_bridges: Vec<String>,
+    pub(super) uplinks: UplinkSelection,
+    pub(super) uplink_hook: UplinkHook,
+    pub(super) blocked_after_ns: u64,
+    /// None with --no-docker.
+    pub(super) docker_endpoint: Option<String>,
+    pub(super) alert_window: Duration,
+    pub(super) trusted: Vec<Prefix>,
+    pub(super) stats_interval: Option<Duration>,
+    pub(super) quiet: bool,
+    pub(super) kernel: KernelSettings,
+    /// None without --verify-every.
+    pub(super) verify: Option<VerifySettings>,
+}
+
+pub(super) fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
+    let trusted = args
+        .trusted
+        .iter()
+        .map(|s| {
+            s.parse::<Prefix>().map_err(|e| Error::InvalidCidr { option: "--trusted", input: s.clone(), reason: e.0 })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for name in &args.bridges {
+        if !interfaces::exists(name) {
+            return Err(Error::UnknownInterface { name: name.clone(), hint: host.suggest(name) });
+        }
+        if !interfaces::is_bridge(name) {
+            eprintln!(
+                "warning: {} is not a Linux bridge; watching its egress anyway, but container \
+                 traffic normally leaves through docker0 or a br-* bridge",
+                human::escape_untrusted(name)
+            );
+        }
+    }
+    for name in &args.uplinks {
+        if !interfaces::exists(name) {
+            return Err(Error::UnknownInterface { name: name.clone(), hint: host.suggest(name) });
+        }
+        if interfaces::is_bridge(name) {
+            eprintln!(
+                "dockexpose: uplink {} is a bridge: its ports are watched, where traffic from outside arrives",
+                human::escape_untrusted(name)
+            );
+        }
+    }
+    if args.blocked_after == 0 {
+        return Err(Error::InvalidSetting { name: "--blocked-after", reason: "must be at least 1 second".into() });
+    }
+    if args.udp_idle == 0 {
+        return Err(Error::InvalidSetting { name: "--udp-idle", reason: "must be at least 1 second".into() });
+    }
+    if args.alert_window == 0 {
+        return Err(Error::InvalidSetting { name: "--alert-window", reason: "must be at least 1 second".into() });
+    }
+    if args.no_docker && !args.uplinks.is_empty() {
+        eprintln!(
+            "warning: --uplink is ignored with --no-docker: attempts are attempts at Docker's published \
+             ports, which only Docker's inventory names; only what reaches the bridges is reported"
+        );
+    }
+    let verify = match args.verify_every {
+        None => None,
+        Some(every) if every < verifyd::MIN_EVERY => {
+            return Err(Error::InvalidSetting {
+                name: "--verify-every",
+                reason: format!("must be at least {} (new published ports are verified on their own)", humantime::format_duration(verifyd::MIN_EVERY)),
+            })
+        }
+        Some(every) => {
+            let sources = verify::sources_from(&args.verify_from)
+                .map_err(|(input, reason)| Error::InvalidCidr { option: "--verify-from", input, reason })?;
+            Some(VerifySettings { every, sources, uplinks: args.uplinks.clone() })
+        }
+    };
+    Ok(Settings {
+        verify,
+        explicit_bridges: args.bridges.clone(),
+        uplinks: if args.no_uplinks {
+            UplinkSelection::Off("off (--no-uplinks)")
+        } else if args.no_docker {
+            UplinkSelection::Off("off (--no-docker: without Docker's published ports there is nothing to call an attempt)")
+        } else if args.uplinks.is_empty() {
+            UplinkSelection::Auto
+        } else {
+            UplinkSelection::Given(args.uplinks.clone())
+        },
+        uplink_hook: match args.uplink_hook {
+            crate::cli::UplinkHookArg::Xdp => UplinkHook::Xdp,
+            crate::cli::UplinkHookArg::Tc => UplinkHook::Tcx,
+        },
+        blocked_after_ns: args.blocked_after.saturating_mul(1_000_000_000),
+        docker_endpoint: (!args.no_docker).then(|| docker::endpoint(args.docker_host.as_deref())),
+        alert_window: Duration::from_secs(args.alert_window),
+        trusted,
+        stats_interval: (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval)),
+        quiet: args.quiet,
+        kernel: KernelSettings {
+            udp_idle_ns: args.udp_idle.saturating_mul(1_000_000_000),
+            wakeup_bytes: WAKEUP_BYTES,
+            ..KernelSettings::default()
+        },
+    })
+}
+
+/// Size-based rotation of the audit log, when asked for.
+pub(super) fn rotation(args: &WatchArgs) -> Option<Rotation> {
+    (args.rotate_size_mb > 0).then(|| Rotation { size: args.rotate_size_mb.saturating_mul(1 << 20), max_files: args.max_files })
+}
+
+/// The trusted networks, parsed.
+pub(super) fn trusted(list: &[String]) -> Result<Vec<Prefix>> {
+    list.iter()
+        .map(|s| s.parse::<Prefix>().map_err(|e| Error::InvalidCidr { option: "--trusted", input: s.clone(), reason: e.0 }))
+        .collect()
+}

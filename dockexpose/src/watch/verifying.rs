@@ -1,0 +1,99 @@
+//! `watch --verify-every`: verify runs from the daemon, off its loop.
+
+use std::{collections::BTreeSet, time::Instant};
+
+use tokio::sync::mpsc;
+
+use super::{settings::VerifySettings, Watcher};
+use crate::{
+    error::Result,
+    inventory::model::Inventory,
+    output::human,
+    verify::{
+        self,
+        daemon::{self as verifyd, ProbeSources, RunKind, Schedule},
+        Outcome,
+    },
+};
+
+/// A verify run's result, from its blocking thread.
+pub(super) type VerifyResult = std::result::Result<Outcome, String>;
+
+/// Verifying from the daemon: the schedule, the run in progress, its probe sources.
+pub(super) struct VerifyState {
+    pub(super) settings: VerifySettings,
+    pub(super) schedule: Schedule,
+    pub(super) probes: ProbeSources,
+    pub(super) tx: mpsc::UnboundedSender<VerifyResult>,
+    /// The run in progress, and the inventory it probes (its records are named from it).
+    pub(super) running: Option<(RunKind, Inventory)>,
+}
+
+/// The next verify result, or never when verify is off.
+pub(super) async fn next_verify_result(rx: &mut Option<mpsc::UnboundedReceiver<VerifyResult>>) -> Option<VerifyResult> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Watcher {
+    pub(super) fn verify_running(&self) -> bool {
+        self.verify.as_ref().is_some_and(|v| v.running.is_some())
+    }
+
+    /// Starts the verify run that is due, on a blocking thread (it sleeps between
+    /// probes); its result comes back over the channel. One run at a time.
+    pub(super) fn start_verify(&mut self) {
+        let Some(v) = self.verify.as_mut() else { return };
+        let Some(inventory) = self.inventory.clone() else { return };
+        let Some(kind) = v.schedule.start(Instant::now()) else { return };
+        // Ports gone again since they were queued are not probed.
+        let kind = match kind {
+            RunKind::NewPorts(ports) => {
+                let now = verifyd::published_ports(&inventory);
+                RunKind::NewPorts(ports.into_iter().filter(|p| now.contains(p)).collect())
+            }
+            k => k,
+        };
+        if kind == RunKind::NewPorts(BTreeSet::new()) {
+            v.schedule.finished();
+            return;
+        }
+        let (uplinks, sources, ports, tx) = (v.settings.uplinks.clone(), v.settings.sources.clone(), kind.ports(), v.tx.clone());
+        let probed = inventory.clone();
+        v.probes.begin();
+        v.running = Some((kind, inventory));
+        tokio::task::spawn_blocking(move || {
+            let result = verify::prepare(&uplinks, &probed, &ports, &sources)
+                .and_then(|prepared| prepared.execute(verifyd::RATE, verifyd::WINDOW))
+                .map_err(|e| format!("{e:#}"));
+            let _ = tx.send(result);
+        });
+    }
+
+    /// A verify run ended: one `verified` record per probe, alerts for ports found
+    /// reachable, a summary line.
+    pub(super) fn verify_done(&mut self, result: VerifyResult) -> Result<()> {
+        let Some(v) = self.verify.as_mut() else { return Ok(()) };
+        let Some((kind, inventory)) = v.running.take() else { return Ok(()) };
+        v.schedule.finished();
+        v.probes.end(Instant::now());
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("warning: verify ({}) failed: {}; trying again at the next run", kind.describe(), human::escape_untrusted(&e));
+                return Ok(());
+            }
+        };
+        for warning in &outcome.warnings {
+            eprintln!("{warning}");
+        }
+        for r in &outcome.probes {
+            let rec = verifyd::verified_record(r, Some(&inventory));
+            self.outputs.verified(rec, Some(r.target.port.container_port));
+        }
+        eprintln!("{}", verifyd::summary_line(&kind, &outcome));
+        Ok(())
+    }
+}
