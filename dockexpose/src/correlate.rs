@@ -36,17 +36,29 @@ pub fn verdict_record(verdict: &Verdict, clock: impl Fn(u64) -> SystemTime, inve
     }
 }
 
-/// The container's identity for a record: shared, not copied.
+/// The container's identity for a record: shared, not copied. (A routing-mesh
+/// service may carry the identity of its one local task: kept as it is.)
 fn container_ref(c: &crate::inventory::model::Container) -> Arc<ContainerRef> {
-    if c.identity.id == c.id {
-        c.identity.clone()
-    } else {
+    if c.identity.id.is_empty() && c.identity.name.is_empty() {
         c.clone().with_identity().identity
+    } else {
+        c.identity.clone()
     }
 }
 
 fn enrich_reached(rec: &mut Record, obs: &Observation, inv: &Inventory) {
-    let Some(c) = inv.container_at(obs.dst) else { return };
+    let Some(c) = inv.container_at(obs.dst) else {
+        // The routing mesh's hop: the service of the published port it was sent to
+        // (the exact one from conntrack, else the port DOCKER-INGRESS kept).
+        let port = obs.orig_dst.map_or(obs.dst_port, |(_, port)| port);
+        if let Some((svc, mappings)) = inv.mesh_service_reached(obs.dst, port, obs.proto) {
+            rec.container = Some(container_ref(svc));
+            rec.exposure = exposure_of(&mappings).as_str();
+            rec.published = candidates(&mappings, obs.src.is_ipv4());
+            rec.host_port.get_or_insert(port);
+        }
+        return;
+    };
     rec.container = Some(container_ref(c));
     let mappings = inv.mappings(c, obs.dst_port, obs.proto);
     rec.exposure = exposure_of(&mappings).as_str();
@@ -197,6 +209,27 @@ mod tests {
         let proxied = verdict_record(&Verdict::ReachedViaProxy { attempt, iface: "eth0".into() }, clock, Some(&inv));
         assert_eq!((proxied.stage, proxied.path), ("reached", Some("proxy")));
         assert_eq!((proxied.host_port, proxied.exposure), (Some(8080), "published"));
+    }
+
+    #[test]
+    fn the_routing_mesh_hop_is_named_by_the_service_not_taken_for_a_container() {
+        let inv = crate::inventory::model::tests::swarm_sample();
+        // DOCKER-INGRESS: engine:8080 -> ingress-sbox 172.18.0.2:8080, seen on docker_gwbridge.
+        let mut obs = reached("172.18.0.2", 8080, Proto::Tcp);
+        obs.orig_dst = Some(("198.18.3.1".parse().unwrap(), 8080));
+        let r = rec(&obs, Some(&inv));
+        let c = r.container.as_ref().expect("named by the service");
+        assert_eq!((c.name.as_str(), c.swarm_service.as_deref(), c.swarm_task.as_deref()), ("web", Some("web"), None));
+        assert_eq!((r.exposure, r.host_ip, r.host_port), ("published", Some("198.18.3.1".parse().unwrap()), Some(8080)));
+        assert_eq!(r.published.iter().map(|h| h.host_port).collect::<Vec<_>>(), [8080]);
+        // Without conntrack: the port DOCKER-INGRESS kept.
+        let r = rec(&reached("172.18.0.2", 8080, Proto::Tcp), Some(&inv));
+        assert_eq!((r.container.as_ref().map(|c| c.name.as_str()), r.host_port), (Some("web"), Some(8080)));
+        // Another address on docker_gwbridge: a task container of its own, by address.
+        let r = rec(&reached("172.18.0.3", 90, Proto::Tcp), Some(&inv));
+        assert_eq!(r.container.as_ref().unwrap().swarm_task.as_deref(), Some("api.1.abc"));
+        // The hop on a port the mesh does not publish: nobody.
+        assert!(rec(&reached("172.18.0.2", 9999, Proto::Tcp), Some(&inv)).container.is_none());
     }
 
     #[test]

@@ -52,6 +52,12 @@ const DEB_PACKAGES: &[&str] = &[
     "conntrack",
     "nftables",
     "tcpdump",
+    // A real compose project in tests/publish_paths.rs (Debian's docker-compose v1:
+    // the same Engine API and com.docker.compose.* labels as compose v2).
+    "docker-compose",
+    // CNI's bridge and portmap plugins (Kubernetes hostPort), driven as a container
+    // runtime drives them, in tests/publish_paths.rs.
+    "containernetworking-plugins",
     // tests/operator_surfaces.rs: a real Prometheus server scrapes the daemon, and the
     // real logrotate rotates the audit log with packaging/logrotate/dockexpose.
     "prometheus",

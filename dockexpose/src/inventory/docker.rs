@@ -5,8 +5,11 @@
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use bollard::{
-    models::{ContainerSummary, EventMessage, PortSummaryTypeEnum},
-    query_parameters::{EventsOptions, ListContainersOptions, ListNetworksOptions},
+    models::{
+        ContainerSummary, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum, EventMessage, LocalNodeState,
+        NetworkInspect, PortSummaryTypeEnum, Service,
+    },
+    query_parameters::{EventsOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, ListServicesOptions},
     Docker,
 };
 use futures_util::StreamExt;
@@ -94,13 +97,93 @@ pub async fn snapshot(engine: &Engine) -> Result<Inventory, bollard::errors::Err
             None => false,
         });
     }
-    let containers = docker
+    let containers: Vec<Container> = docker
         .list_containers(Some(ListContainersOptions { all: false, ..Default::default() }))
         .await?
         .iter()
         .filter_map(container_from)
         .collect();
-    Ok(Inventory { networks, containers })
+    let (mesh_services, ingress_sbox) = if engine.podman { Default::default() } else { routing_mesh(docker, &containers).await };
+    Ok(Inventory { networks, containers, mesh_services, ingress_sbox })
+}
+
+/// On a swarm manager: the services published through the routing mesh, and the
+/// mesh's hop on this node (ingress-sbox on docker_gwbridge). Nothing elsewhere: a
+/// worker cannot list services, and a node outside a swarm has none. Failures leave
+/// them out (the containers' own identity does not depend on them).
+async fn routing_mesh(docker: &Docker, containers: &[Container]) -> (Vec<Container>, Vec<IpAddr>) {
+    let Ok(info) = docker.info().await else { return Default::default() };
+    let swarm = info.swarm.unwrap_or_default();
+    if swarm.local_node_state != Some(LocalNodeState::ACTIVE) || swarm.control_available != Some(true) {
+        return Default::default();
+    }
+    let services = docker.list_services(None::<ListServicesOptions>).await.unwrap_or_default();
+    let mesh = mesh_services_from(&services, containers);
+    if mesh.is_empty() {
+        return (mesh, Vec::new());
+    }
+    let sbox = docker.inspect_network("docker_gwbridge", None::<InspectNetworkOptions>).await.map(|n| ingress_sbox_from(&n)).unwrap_or_default();
+    (mesh, sbox)
+}
+
+/// Swarm services with ports in ingress mode, as containers without addresses. When
+/// exactly one task of a service runs on this node (among `containers`), the service
+/// carries that task's identity (the task is then who the mesh reaches here).
+pub fn mesh_services_from(services: &[Service], containers: &[Container]) -> Vec<Container> {
+    services
+        .iter()
+        .filter_map(|s| {
+            let id = s.id.clone()?;
+            let spec = s.spec.as_ref();
+            let name = spec.and_then(|sp| sp.name.clone()).unwrap_or_else(|| id[..id.len().min(12)].to_string());
+            let mut ports: Vec<PublishedPort> = s
+                .endpoint
+                .as_ref()
+                .and_then(|e| e.ports.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|p| p.publish_mode != Some(EndpointPortConfigPublishModeEnum::HOST))
+                .filter_map(|p| {
+                    let proto = match p.protocol {
+                        Some(EndpointPortConfigProtocolEnum::UDP) => Proto::Udp,
+                        Some(EndpointPortConfigProtocolEnum::SCTP) => Proto::Sctp,
+                        _ => Proto::Tcp,
+                    };
+                    let host_port = u16::try_from(p.published_port?).ok()?;
+                    let container_port = u16::try_from(p.target_port?).ok()?;
+                    Some(PublishedPort { host_ip: "0.0.0.0".parse().ok()?, host_port, container_port, proto })
+                })
+                .collect();
+            if ports.is_empty() {
+                return None;
+            }
+            ports.sort();
+            ports.dedup();
+            let image = spec
+                .and_then(|sp| sp.task_template.as_ref())
+                .and_then(|t| t.container_spec.as_ref())
+                .and_then(|c| c.image.clone())
+                .map(|i| i.split('@').next().unwrap_or(&i).to_string())
+                .unwrap_or_default();
+            let service = Container { id, image, swarm_service: Some(name.clone()), name, ports, ..Default::default() }.with_identity();
+            let mut tasks = containers.iter().filter(|c| c.swarm_service == service.swarm_service);
+            Some(match (tasks.next(), tasks.next()) {
+                (Some(task), None) => Container { identity: task.identity.clone(), ..service },
+                _ => service,
+            })
+        })
+        .collect()
+}
+
+/// The ingress-sbox's addresses in docker_gwbridge's inspection.
+pub fn ingress_sbox_from(n: &NetworkInspect) -> Vec<IpAddr> {
+    n.containers
+        .iter()
+        .flatten()
+        .filter(|(key, ep)| key.as_str() == "ingress-sbox" || ep.name.as_deref().is_some_and(|n| n.ends_with("ingress-sbox")))
+        .flat_map(|(_, ep)| [&ep.ipv4_address, &ep.ipv6_address])
+        .filter_map(|a| a.as_deref()?.split('/').next()?.parse().ok())
+        .collect()
 }
 
 /// A Docker bridge network, or None for other drivers (host, macvlan, overlay...).
@@ -164,6 +247,8 @@ pub fn container_from(c: &ContainerSummary) -> Option<Container> {
         image: c.image.clone().unwrap_or_default(),
         compose_project: labels.get("com.docker.compose.project").cloned(),
         compose_service: labels.get("com.docker.compose.service").cloned(),
+        swarm_service: labels.get("com.docker.swarm.service.name").cloned(),
+        swarm_task: labels.get("com.docker.swarm.task.name").cloned(),
         addresses,
         ports,
         identity: Default::default(),
@@ -175,13 +260,13 @@ pub fn container_from(c: &ContainerSummary) -> Option<Container> {
 pub fn is_relevant(ev: &EventMessage) -> bool {
     matches!(
         ev.action.as_deref().map(|a| a.split(':').next().unwrap_or(a)),
-        Some("start" | "die" | "destroy" | "restart" | "create" | "connect" | "disconnect" | "remove")
+        Some("start" | "die" | "destroy" | "restart" | "create" | "connect" | "disconnect" | "remove" | "update")
     )
 }
 
 fn event_filters() -> EventsOptions {
     let mut filters = HashMap::new();
-    filters.insert("type".to_string(), vec!["container".to_string(), "network".to_string()]);
+    filters.insert("type".to_string(), vec!["container".to_string(), "network".to_string(), "service".to_string()]);
     EventsOptions { filters: Some(filters), ..Default::default() }
 }
 
@@ -313,6 +398,69 @@ mod tests {
         assert_eq!(c.ports.len(), 4, "duplicates and unpublished exposes dropped: {:?}", c.ports);
         assert!(c.ports.iter().any(|p| p.host_ip.is_loopback() && p.host_port == 9000));
         assert!(c.ports.iter().any(|p| p.proto == Proto::Udp && p.host_port == 5353 && p.container_port == 53));
+        assert_eq!((c.swarm_service.as_deref(), c.swarm_task.as_deref()), (None, None), "not a swarm task");
+    }
+
+    #[test]
+    fn swarm_tasks_keep_their_service_and_task_names() {
+        let mut labels = HashMap::new();
+        labels.insert("com.docker.swarm.service.name".to_string(), "web".to_string());
+        labels.insert("com.docker.swarm.task.name".to_string(), "web.1.kq3v8rjz2m1x".to_string());
+        let c = ContainerSummary {
+            id: Some("0123456789abcdef".into()),
+            names: Some(vec!["/web.1.kq3v8rjz2m1x".into()]),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let c = container_from(&c).unwrap();
+        assert_eq!((c.swarm_service.as_deref(), c.swarm_task.as_deref()), (Some("web"), Some("web.1.kq3v8rjz2m1x")));
+        assert_eq!(c.identity.swarm_task.as_deref(), Some("web.1.kq3v8rjz2m1x"), "records carry them");
+        let v: serde_json::Value = serde_json::to_value(&*c.identity).unwrap();
+        assert_eq!((v["swarm_service"].as_str(), v["compose_service"].as_str()), (Some("web"), None));
+    }
+
+    #[test]
+    fn mesh_services_keep_ingress_ports_and_name_their_one_local_task() {
+        use bollard::models::{EndpointPortConfig, EndpointResource, ServiceEndpoint, ServiceSpec, TaskSpec, TaskSpecContainerSpec};
+        let port = |published: i64, target: i64, mode| EndpointPortConfig {
+            protocol: Some(EndpointPortConfigProtocolEnum::TCP),
+            published_port: Some(published),
+            target_port: Some(target),
+            publish_mode: Some(mode),
+            ..Default::default()
+        };
+        let service = |id: &str, name: &str, ports| Service {
+            id: Some(id.into()),
+            spec: Some(ServiceSpec {
+                name: Some(name.into()),
+                task_template: Some(TaskSpec {
+                    container_spec: Some(TaskSpecContainerSpec { image: Some("web:1@sha256:abcd".into()), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            endpoint: Some(ServiceEndpoint { ports: Some(ports), ..Default::default() }),
+            ..Default::default()
+        };
+        let services = [
+            service("s1", "web", vec![port(8080, 80, EndpointPortConfigPublishModeEnum::INGRESS), port(9090, 90, EndpointPortConfigPublishModeEnum::HOST)]),
+            service("s2", "api", vec![port(8081, 81, EndpointPortConfigPublishModeEnum::INGRESS)]),
+            service("s3", "worker", vec![port(9091, 91, EndpointPortConfigPublishModeEnum::HOST)]),
+        ];
+        let task = Container { id: "t1".into(), name: "api.1.xyz".into(), swarm_service: Some("api".into()), swarm_task: Some("api.1.xyz".into()), ..Default::default() }.with_identity();
+        let mesh = mesh_services_from(&services, &[task]);
+        assert_eq!(mesh.len(), 2, "host-mode ports are the task containers' own: {mesh:#?}");
+        let web = &mesh[0];
+        assert_eq!((web.name.as_str(), web.image.as_str(), web.identity.swarm_service.as_deref(), web.identity.swarm_task.as_deref()), ("web", "web:1", Some("web"), None));
+        assert_eq!(web.ports.iter().map(|p| (p.host_port, p.container_port)).collect::<Vec<_>>(), [(8080, 80)]);
+        assert!(web.addresses.is_empty());
+        assert_eq!((mesh[1].identity.name.as_str(), mesh[1].identity.swarm_task.as_deref()), ("api.1.xyz", Some("api.1.xyz")), "its one local task");
+
+        let mut eps = HashMap::new();
+        eps.insert("ingress-sbox".to_string(), EndpointResource { name: Some("gateway_ingress-sbox".into()), ipv4_address: Some("172.18.0.2/16".into()), ..Default::default() });
+        eps.insert("abc".to_string(), EndpointResource { name: Some("gateway_abc".into()), ipv4_address: Some("172.18.0.3/16".into()), ..Default::default() });
+        let gw = NetworkInspect { containers: Some(eps), ..Default::default() };
+        assert_eq!(ingress_sbox_from(&gw), vec!["172.18.0.2".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct Container {
     pub image: String,
     pub compose_project: Option<String>,
     pub compose_service: Option<String>,
+    /// A swarm task's service and task names (labels `com.docker.swarm.service.name`,
+    /// `com.docker.swarm.task.name`).
+    pub swarm_service: Option<String>,
+    pub swarm_task: Option<String>,
     /// Addresses, with the network each one is on.
     pub addresses: Vec<(String, IpAddr)>,
     pub ports: Vec<PublishedPort>,
@@ -59,6 +63,8 @@ impl Container {
             image: self.image.clone(),
             compose_project: self.compose_project.clone(),
             compose_service: self.compose_service.clone(),
+            swarm_service: self.swarm_service.clone(),
+            swarm_task: self.swarm_task.clone(),
         });
         self
     }
@@ -69,6 +75,15 @@ impl Container {
 pub struct Inventory {
     pub networks: Vec<Network>,
     pub containers: Vec<Container>,
+    /// Swarm services publishing through the routing mesh (ingress mode), as
+    /// containers without addresses: the mesh accepts their ports on every node,
+    /// whether a task runs here or not. Named by the service, or by its task when
+    /// exactly one runs on this node.
+    pub mesh_services: Vec<Container>,
+    /// Addresses of Docker's `ingress-sbox` on docker_gwbridge: the routing mesh's
+    /// hop (DOCKER-INGRESS DNATs there, IPVS inside it picks a task). Never a
+    /// container: a reach of it is named by the service of its published port.
+    pub ingress_sbox: Vec<IpAddr>,
 }
 
 /// How a reached connection relates to what Docker publishes.
@@ -108,9 +123,10 @@ impl Inventory {
         c.ports.iter().filter(|p| p.container_port == container_port && p.proto == proto).collect()
     }
 
-    /// The container behind a published host port (for an `attempted` record).
+    /// The container behind a published host port (for an `attempted` record); a
+    /// port of the routing mesh gives its service.
     pub fn published_at(&self, host_ip: IpAddr, host_port: u16, proto: Proto) -> Option<(&Container, &PublishedPort)> {
-        self.containers.iter().find_map(|c| {
+        self.containers.iter().chain(&self.mesh_services).find_map(|c| {
             c.ports
                 .iter()
                 .find(|p| p.host_port == host_port && p.proto == proto && binds(p.host_ip, host_ip))
@@ -123,10 +139,25 @@ impl Inventory {
         self.networks.iter().map(|n| n.bridge.clone()).collect()
     }
 
-    /// Host ports published by any container, for the uplink program.
+    /// A reach of the routing mesh's hop (ingress-sbox) on `port`: the service that
+    /// publishes it, and its mappings of that port. DOCKER-INGRESS keeps the port
+    /// (it DNATs to the ingress-sbox's address, same port).
+    pub fn mesh_service_reached(&self, dst: IpAddr, port: u16, proto: Proto) -> Option<(&Container, Vec<&PublishedPort>)> {
+        if !self.ingress_sbox.contains(&dst) {
+            return None;
+        }
+        self.mesh_services.iter().find_map(|s| {
+            let ports: Vec<&PublishedPort> = s.ports.iter().filter(|p| p.host_port == port && p.proto == proto).collect();
+            (!ports.is_empty()).then_some((s, ports))
+        })
+    }
+
+    /// Host ports published by any container or through the routing mesh, for the
+    /// uplink program.
     pub fn published_host_ports(&self) -> BTreeSet<PortKey> {
         self.containers
             .iter()
+            .chain(&self.mesh_services)
             .flat_map(|c| c.ports.iter())
             .map(|p| PortKey { port: p.host_port, proto: p.proto.to_kernel(), _pad: 0 })
             .collect()
@@ -188,6 +219,8 @@ pub(crate) mod tests {
                     image: "nginx:1.27".into(),
                     compose_project: Some("shop".into()),
                     compose_service: Some("front".into()),
+                    swarm_service: None,
+                    swarm_task: None,
                     addresses: vec![("abc".into(), "172.17.0.2".parse().unwrap())],
                     ports: vec![
                         PublishedPort { host_ip: any4, host_port: 8080, container_port: 80, proto: Proto::Tcp },
@@ -207,6 +240,44 @@ pub(crate) mod tests {
                 }
                 .with_identity(),
             ],
+            ..Default::default()
+        }
+    }
+
+    /// A swarm node: one task container of a host-mode service, and a service
+    /// published through the routing mesh (its one local task on the ingress
+    /// network, 10.0.0.4, which the host never sees), ingress-sbox at 172.18.0.2.
+    pub fn swarm_sample() -> Inventory {
+        let any4: IpAddr = "0.0.0.0".parse().unwrap();
+        let mesh_port = PublishedPort { host_ip: any4, host_port: 8080, container_port: 80, proto: Proto::Tcp };
+        Inventory {
+            networks: vec![Network {
+                id: "gw".into(),
+                name: "docker_gwbridge".into(),
+                bridge: "docker_gwbridge".into(),
+                subnets: vec!["172.18.0.0/16".parse().unwrap()],
+            }],
+            containers: vec![Container {
+                id: "t1".into(),
+                name: "api.1.abc".into(),
+                image: "api:1".into(),
+                swarm_service: Some("api".into()),
+                swarm_task: Some("api.1.abc".into()),
+                addresses: vec![("gw".into(), "172.18.0.3".parse().unwrap())],
+                ports: vec![PublishedPort { host_ip: any4, host_port: 9090, container_port: 90, proto: Proto::Tcp }],
+                ..Default::default()
+            }
+            .with_identity()],
+            mesh_services: vec![Container {
+                id: "svc1".into(),
+                name: "web".into(),
+                image: "web:1".into(),
+                swarm_service: Some("web".into()),
+                ports: vec![mesh_port],
+                ..Default::default()
+            }
+            .with_identity()],
+            ingress_sbox: vec!["172.18.0.2".parse().unwrap()],
         }
     }
 
@@ -238,6 +309,20 @@ pub(crate) mod tests {
         assert!(inv.published_at("198.18.0.1".parse().unwrap(), 9000, Proto::Tcp).is_none(), "loopback-bound");
         assert!(inv.published_at("127.0.0.1".parse().unwrap(), 9000, Proto::Tcp).is_some());
         assert!(inv.published_at("198.18.0.1".parse().unwrap(), 8080, Proto::Udp).is_none());
+    }
+
+    #[test]
+    fn routing_mesh_ports_are_published_and_their_hop_is_no_container() {
+        let inv = swarm_sample();
+        let (svc, p) = inv.published_at("198.18.0.1".parse().unwrap(), 8080, Proto::Tcp).expect("a mesh port is published");
+        assert_eq!((svc.name.as_str(), svc.swarm_service.as_deref(), p.container_port), ("web", Some("web"), 80));
+        assert!(inv.published_host_ports().contains(&PortKey { port: 8080, proto: 6, _pad: 0 }), "the uplink watches mesh ports");
+        let sbox: IpAddr = "172.18.0.2".parse().unwrap();
+        assert!(inv.container_at(sbox).is_none(), "ingress-sbox is not a container");
+        let (svc, ports) = inv.mesh_service_reached(sbox, 8080, Proto::Tcp).unwrap();
+        assert_eq!((svc.name.as_str(), ports.len()), ("web", 1));
+        assert!(inv.mesh_service_reached(sbox, 9090, Proto::Tcp).is_none(), "not a mesh port");
+        assert!(inv.mesh_service_reached("172.18.0.3".parse().unwrap(), 8080, Proto::Tcp).is_none(), "not the mesh's hop");
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub struct ContainerRef {
     pub compose_project: Option<String>,
     /// `com.docker.compose.service` label.
     pub compose_service: Option<String>,
+    /// `com.docker.swarm.service.name` label, when the container is a swarm task.
+    pub swarm_service: Option<String>,
+    /// `com.docker.swarm.task.name` label (`SERVICE.SLOT.TASKID`).
+    pub swarm_task: Option<String>,
 }
 
 /// One published host side a connection may have come through.

@@ -38,8 +38,7 @@ pub fn alert(kind: AlertKind, name: &str, host_port: u16, text: &str) -> Arc<Ale
         id: "0123456789ab".into(),
         name: name.into(),
         image: "nginx:1.27".into(),
-        compose_project: None,
-        compose_service: None,
+        ..ContainerRef::default()
     }));
     Arc::new(Alert { kind, text: text.into(), record: Some(Arc::new(rec)) })
 }

@@ -59,11 +59,27 @@ pub enum Proxy {
     SctpStub,
 }
 
+/// Names and addresses of a SecondEngine: namespaces `{prefix}{n}` (engine),
+/// `{prefix}o{n}` (outside), uplink `{prefix}u{n}`; the uplink's /24 (`uplink_v4`,
+/// "198.18.85") and /64 (`uplink_v6`, "fd42:198:85:", completed with ":1"), and
+/// docker0's `--bip`.
+pub struct Place {
+    pub prefix: String,
+    pub n: u32,
+    pub uplink_v4: String,
+    pub uplink_v6: String,
+    pub bip: String,
+}
+
 /// A dockerd in a namespace of its own, with an outside namespace in front of it.
 /// Everything is removed on drop (containers, dockerd and its children, mounts,
 /// namespaces, the temp dir).
 pub struct SecondEngine {
     pub n: u32,
+    /// The uplink's /24 without its last octet ("198.18.252"), and its /64 up to
+    /// the "::" ("fd42:199:23:").
+    uplink_v4: String,
+    uplink_v6: String,
     /// The engine's network namespace (dockerd, its iptables, docker0, uplink).
     pub ns: String,
     /// `unix:///…/docker.sock` of this engine.
@@ -94,20 +110,35 @@ impl SecondEngine {
 
     pub fn start_with(tag: &str, proxy: Proxy, extra_dockerd_args: &[&str]) -> SecondEngine {
         let n = run_id();
-        let (ns, outside_ns, uplink) = (format!("dxe{tag}{n}"), format!("dxe{tag}o{n}"), format!("dxe{tag}u{n}"));
-        assert!(uplink.len() <= 15, "tag {tag:?} too long: interface name {uplink} exceeds 15 characters");
-        let net = 250 + n % 5;
-        let bip = format!("10.252.{n}.1/24");
+        let place = Place {
+            prefix: format!("dxe{tag}"),
+            n,
+            uplink_v4: format!("198.18.{}", 250 + n % 5),
+            uplink_v6: format!("fd42:199:{n}:"),
+            bip: format!("10.252.{n}.1/24"),
+        };
+        Self::start_at(place, proxy, extra_dockerd_args)
+    }
+
+    /// As `start_with`, with names and addresses chosen by the caller (a test confined
+    /// to ranges of its own).
+    pub fn start_at(place: Place, proxy: Proxy, extra_dockerd_args: &[&str]) -> SecondEngine {
+        let Place { prefix, n, uplink_v4, uplink_v6, bip } = place;
+        let (ns, outside_ns, uplink) = (format!("{prefix}{n}"), format!("{prefix}o{n}"), format!("{prefix}u{n}"));
+        assert!(uplink.len() <= 15, "prefix {prefix:?} too long: interface name {uplink} exceeds 15 characters");
+        let bip_net = bip.rsplit_once('.').map(|(net, _)| format!("{net}.0/{}", bip.rsplit('/').next().unwrap())).unwrap();
         // The prefixes live only inside our namespaces, but must not shadow anything
         // the machine routes either (testbed rule).
-        for prefix in [format!("198.18.{net}.0/24"), format!("fd42:199:{n}::/64"), format!("10.252.{n}.0/24")] {
+        for prefix in [format!("{uplink_v4}.0/24"), format!("{uplink_v6}:/64"), bip_net] {
             assert_unrouted(&prefix);
         }
-        let dir = std::env::temp_dir().join(format!("dxe{tag}{n}"));
+        let dir = std::env::temp_dir().join(&ns);
         let socket = format!("unix://{}/docker.sock", dir.display());
         let log = dir.join("dockerd.log");
         let mut engine = SecondEngine {
             n,
+            uplink_v4,
+            uplink_v6,
             ns: ns.clone(),
             socket,
             uplink: uplink.clone(),
@@ -250,17 +281,17 @@ impl SecondEngine {
 
     /// The uplink's addresses (the "public" address of this Docker host).
     pub fn engine_v4(&self) -> String {
-        format!("198.18.{}.1", 250 + self.n % 5)
+        format!("{}.1", self.uplink_v4)
     }
     pub fn engine_v6(&self) -> String {
-        format!("fd42:199:{}::1", self.n)
+        format!("{}:1", self.uplink_v6)
     }
     /// The outside namespace's addresses.
     pub fn outside_v4(&self) -> String {
-        format!("198.18.{}.2", 250 + self.n % 5)
+        format!("{}.2", self.uplink_v4)
     }
     pub fn outside_v6(&self) -> String {
-        format!("fd42:199:{}::2", self.n)
+        format!("{}:2", self.uplink_v6)
     }
     /// The engine's uplink address and a port, as seen from outside.
     pub fn host4(&self, port: u16) -> SocketAddr {

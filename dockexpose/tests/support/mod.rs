@@ -359,7 +359,12 @@ pub struct OutsideHost {
 
 impl OutsideHost {
     pub fn new(tag: &str) -> Self {
-        let n = run_id();
+        Self::with_n(tag, run_id())
+    }
+
+    /// As `new`, with the run number (hence 198.18.N.0/24, fd42:198:N::/64) chosen
+    /// by the caller: a test confined to a range of its own.
+    pub fn with_n(tag: &str, n: u32) -> Self {
         let (ns, uplink, peer) = (format!("dx{tag}o{n}"), format!("dx{tag}u{n}"), format!("dx{tag}x{n}"));
         for prefix in [format!("198.18.{n}.0/24"), format!("fd42:198:{n}::/64")] {
             assert_unrouted(&prefix);

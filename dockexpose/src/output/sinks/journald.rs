@@ -185,7 +185,7 @@ mod tests {
             name: "web\nFAKE=1".into(),
             image: "nginx:1.27".into(),
             compose_project: Some("shop".into()),
-            compose_service: None,
+            ..ContainerRef::default()
         }));
         let alert = Alert { kind: AlertKind::Blocked, text: "BLOCKED web".into(), record: Some(Arc::new(rec)) };
         let fields = parse(&encode(&alert));
