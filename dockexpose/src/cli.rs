@@ -19,9 +19,46 @@ pub enum Command {
     /// which ones reach a container (EXPOSED), the host itself (PROXY) or nothing (HELD).
     /// Exit code 0: nothing unexpected reachable; 1: something is; 2: error.
     Verify(VerifyArgs),
+    /// Remove the pinned kernel side (programs, links, maps under the pin directory):
+    /// detaches every program a stopped or killed `watch` left attached.
+    Cleanup(CleanupArgs),
     /// Measure the kernel programs with BPF_PROG_TEST_RUN (run by `cargo xtask bench`).
     #[command(hide = true)]
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CleanupArgs {
+    /// The pin directory `watch` used.
+    #[arg(long, value_name = "DIR", default_value = crate::kernel::pins::DEFAULT_PIN_ROOT)]
+    pub pin_dir: PathBuf,
+
+    /// The lock file of the daemon that reads it: cleanup refuses while it runs.
+    #[arg(long, value_name = "PATH", default_value = crate::state::lock::DEFAULT_LOCK_FILE)]
+    pub lock_file: PathBuf,
+}
+
+/// How `watch` runs as a service: what outlives it, and the one-daemon lock.
+#[derive(Debug, Args, Clone)]
+pub struct ServiceArgs {
+    /// Pin the kernel side (programs, links, maps) here, on bpffs; a later `watch`
+    /// adopts it and loses no record in between.
+    #[arg(long, value_name = "DIR", default_value = crate::kernel::pins::DEFAULT_PIN_ROOT)]
+    pub pin_dir: PathBuf,
+
+    /// Pin nothing: the kernel programs detach when this process ends (the behaviour
+    /// before pinning; connections while no daemon runs are not recorded).
+    #[arg(long, conflicts_with = "detach_on_exit")]
+    pub no_pin: bool,
+
+    /// On SIGTERM/SIGINT, detach everything and remove the pins (as `dockexpose
+    /// cleanup`), instead of leaving the kernel side recording for the next daemon.
+    #[arg(long)]
+    pub detach_on_exit: bool,
+
+    /// Lock file that keeps a second daemon off the same ring (holds the pid).
+    #[arg(long, value_name = "PATH", default_value = crate::state::lock::DEFAULT_LOCK_FILE)]
+    pub lock_file: PathBuf,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -144,6 +181,9 @@ pub struct WatchArgs {
     /// --from. Default: 198.51.100.77 and 2001:db8:dc::77 (documentation ranges).
     #[arg(long = "verify-from", value_name = "CIDR", requires = "verify_every")]
     pub verify_from: Vec<String>,
+
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 #[cfg(test)]
@@ -205,6 +245,17 @@ mod tests {
         assert!(parse(&["watch", "--verify-every", "often"]).is_err());
         assert!(parse(&["watch", "--verify-from", "10.0.0.0/8"]).is_err(), "--verify-from needs --verify-every");
         assert!(parse(&["watch", "--verify-every", "1h", "--no-docker"]).is_err(), "verify needs Docker's published ports");
+    }
+
+    #[test]
+    fn service_options_default_to_pinning_with_the_lock() {
+        let Command::Watch(w) = parse(&["watch"]).unwrap().command else { panic!("expected watch") };
+        assert_eq!(w.service.pin_dir, std::path::Path::new("/sys/fs/bpf/dockexpose"));
+        assert_eq!(w.service.lock_file, std::path::Path::new("/run/dockexpose/lock"));
+        assert!(!w.service.no_pin && !w.service.detach_on_exit);
+        assert!(parse(&["watch", "--no-pin", "--detach-on-exit"]).is_err(), "nothing pinned, nothing to detach");
+        let Command::Cleanup(c) = parse(&["cleanup", "--pin-dir", "/sys/fs/bpf/x"]).unwrap().command else { panic!("expected cleanup") };
+        assert_eq!(c.pin_dir, std::path::Path::new("/sys/fs/bpf/x"));
     }
 
     #[test]

@@ -113,6 +113,8 @@ mod tests {
             ifindex: 0,
             seq: 0,
             flags: 0,
+            cpu: 0,
+            rec_seq: 0,
         }
     }
 

@@ -27,6 +27,7 @@ fn main() {
         Command::Watch(args) => runtime.block_on(dockexpose::watch::run(args)).map_err(|e| e.to_string()),
         // `{:#}`: the whole chain (what failed, then the kernel's reason).
         Command::Bench(args) => dockexpose::bench::run(&args).map_err(|e| format!("{e:#}")),
+        Command::Cleanup(args) => dockexpose::state::cleanup(&args).map_err(|e| e.to_string()),
         Command::Verify(_) => unreachable!("handled above"),
     };
     if let Err(e) = result {

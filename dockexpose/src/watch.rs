@@ -33,10 +33,12 @@ use crate::{
     kernel::{
         event::{KernelClock, Observation, Stage},
         loader::{ConntrackAccess, Kernel, KernelSettings, UplinkHook, UplinkAttachMode},
-        reader::{self, ReaderStats},
+        reader::ReaderStats,
+        ring,
     },
     net::prefix::Prefix,
     output::{alerts::Alerter, human, record::Record, sink::JsonSink},
+    state::{self, continuity::Stamped},
     stats::{LatencyHistogram, LossTracker, PipelineCounters},
     verdict::AttemptTracker,
     verify::{
@@ -263,9 +265,11 @@ async fn sleep_until(at: Option<Instant>) {
 pub async fn run(args: WatchArgs) -> Result<()> {
     let host = HostSnapshot::read()?;
     let settings = validate(&args, &host)?;
-    let sink = JsonSink::open(args.json.as_deref())?;
+    let mut sink = JsonSink::open(args.json.as_deref())?;
     privileges::check()?;
-    let (kernel, ring) = Kernel::load(settings.kernel)?;
+    // Continuity (state/): lock, pinned kernel side adopted or created, start records.
+    let service = state::continuity::ServiceSettings::from_args(&args.service);
+    let (kernel, mut continuity) = state::continuity::start(&service, settings.kernel, &mut sink)?;
 
     let alerter = Alerter::new(settings.alert_window);
     let blocked_after_ns = settings.blocked_after_ns;
@@ -332,9 +336,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     w.reconcile_uplinks();
     w.sync_prefixes()?;
 
-    let (tx, mut rx) = mpsc::channel::<Vec<ConnEvent>>(CHANNEL_BATCHES);
+    let (tx, mut rx) = mpsc::channel::<ring::Batch>(CHANNEL_BATCHES);
     let (stop_reader, reader_stop) = tokio::sync::oneshot::channel();
-    let mut reader_task = tokio::spawn(reader::run(ring, tx, w.reader.clone(), reader_stop));
+    let mut reader_task = tokio::spawn(ring::run(continuity.ring(), tx, w.reader.clone(), reader_stop));
     let mut reader_ended = false;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
@@ -377,6 +381,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             if v.settings.uplinks.is_empty() { "the uplinks verify chooses".to_string() } else { v.settings.uplinks.join(", ") },
         );
     }
+    // Attached and reading: a Type=notify service is now started.
+    state::notify::tell("READY=1");
     // SIGINT/SIGTERM while a verify run goes: wait for it to clean up, then stop.
     let mut stopping: Option<(&'static str, Instant)> = None;
 
@@ -392,7 +398,10 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 }
             }
             Some(state) = next_docker_state(&mut docker_rx) => w.docker_changed(state)?,
-            _ = refresh.tick() => w.refresh_host()?,
+            _ = refresh.tick() => {
+                w.refresh_host()?;
+                continuity.refreshed(&mut w.kernel);
+            }
             _ = stats.tick() => w.report_counters("counters")?,
             Some(result) = next_verify_result(&mut verify_rx) => w.verify_done(result)?,
             _ = sleep_until(verify_due) => w.start_verify(),
@@ -417,8 +426,10 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 };
             }
         }
-        // Before waiting again, everything seen so far is written out.
+        // Before waiting again, everything seen so far is written out; then (only
+        // then) its ring space is released.
         w.flush()?;
+        continuity.flushed(!w.pending.is_empty());
         if let Some((reason, deadline)) = stopping {
             if !w.verify_running() {
                 break Ok(reason);
@@ -430,13 +441,14 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         }
     };
     // What the reader handed over, then what is still in the ring, gets written.
+    state::notify::tell("STOPPING=1");
     let _ = stop_reader.send(());
-    let ring = if reader_ended { None } else { reader_task.await.ok().and_then(|r| r.ok()) };
+    let cursor = if reader_ended { None } else { reader_task.await.ok().and_then(|r| r.ok()) };
     while let Ok(batch) = rx.try_recv() {
         w.handle_batch(&batch)?;
     }
-    if let Some(mut ring) = ring {
-        let rest = reader::drain_rest(&mut ring, &w.reader);
+    if let Some(cursor) = cursor {
+        let rest = ring::drain_rest(&continuity.ring(), cursor, &w.reader);
         w.handle_batch(&rest)?;
     }
     w.release_pending(true)?;
@@ -450,8 +462,14 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     }
     w.report_counters("final counters")?;
     let bridges: Vec<String> = w.kernel.bridges().chain(w.kernel.uplinks()).map(str::to_string).collect();
+    let kept = continuity.pin_dir().filter(|_| !continuity.detach_on_exit).map(|d| d.dir.display().to_string());
+    continuity.stop(&mut w.kernel, &mut w.sink, reason)?;
     drop(w);
-    eprintln!("dockexpose: {reason}: detached from {}", if bridges.is_empty() { "nothing".into() } else { bridges.join(", ") });
+    let list = if bridges.is_empty() { "nothing".into() } else { bridges.join(", ") };
+    match kept {
+        Some(dir) => eprintln!("dockexpose: {reason}: the kernel side stays attached to {list} and keeps recording (pinned at {dir}; the next start resumes it, `dockexpose cleanup` removes it)"),
+        None => eprintln!("dockexpose: {reason}: detached from {list}"),
+    }
     Ok(())
 }
 
@@ -578,6 +596,7 @@ impl Watcher {
             UplinkAttachMode::Native => "XDP native",
             UplinkAttachMode::Generic => "XDP generic: the driver has no native XDP",
             UplinkAttachMode::Tcx => "TCX ingress",
+            UplinkAttachMode::Adopted => "the previous daemon's pinned link, program replaced",
         };
         let kind = match interfaces::bridge_of(name) {
             Some(bridge) => format!("a port of the bridged uplink {}, ", human::escape_untrusted(&bridge)),
@@ -619,7 +638,7 @@ impl Watcher {
         for verdict in self.attempts.expire(clock.ktime_now()) {
             let rec = correlate::verdict_record(&verdict, |k| clock.wall(k), self.inventory.as_ref());
             // Verdicts wait for their window by design: no latency sample.
-            self.write(&rec, None)?;
+            self.write(&rec, None, None)?;
         }
         let untracked = self.attempts.take_untracked();
         self.attempts_untracked += untracked;
@@ -771,7 +790,7 @@ impl Watcher {
 
     fn emit(&mut self, obs: &Observation, iface: &str) -> Result<()> {
         let rec = correlate::record(obs, obs.stage, self.clock.wall(obs.ktime_ns), iface, self.inventory.as_ref());
-        self.write(&rec, Some(obs.ktime_ns))
+        self.write(&rec, Some(obs.ktime_ns), Some(obs))
     }
 
     /// Pushes the audit log's buffer to the file; the records in it are now written.
@@ -786,8 +805,13 @@ impl Watcher {
 
     /// One record out: the audit log, the connection line, the alert. `seen_ns`: the
     /// kernel timestamp of the packet, for the latency figures.
-    fn write(&mut self, rec: &Record, seen_ns: Option<u64>) -> Result<()> {
-        self.sink.write_record(rec)?;
+    /// `kernel`: the kernel record it comes from (its boot id, cpu and sequence number
+    /// go with it, so that a duplicate after a crash is told).
+    fn write(&mut self, rec: &Record, seen_ns: Option<u64>, kernel: Option<&Observation>) -> Result<()> {
+        match kernel {
+            Some(obs) => self.sink.write_record(&Stamped::of(rec, obs))?,
+            None => self.sink.write_record(rec)?,
+        }
         let latency_us = |clock: &KernelClock| seen_ns.map(|t| clock.ktime_now().saturating_sub(t) / 1000);
         if let Some(t) = seen_ns {
             // Measured once the buffer reaches the file (`flush`).

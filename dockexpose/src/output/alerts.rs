@@ -323,6 +323,8 @@ mod tests {
             ifindex: 0,
             seq: 0,
             flags: 0,
+            cpu: 0,
+            rec_seq: 0,
         };
         correlate::record(&obs, Stage::Reached, SystemTime::UNIX_EPOCH, "docker0", Some(&sample()))
     }
@@ -471,6 +473,8 @@ mod tests {
             ifindex: 0,
             seq: 0,
             flags: 0,
+            cpu: 0,
+            rec_seq: 0,
         };
         let mut r = correlate::record(&obs, Stage::Attempted, SystemTime::UNIX_EPOCH, uplink, Some(&sample()));
         r.stage = crate::output::record::STAGE_VERIFIED;
