@@ -247,10 +247,26 @@ impl Watcher {
         Self::start_with(cmd, args, json)
     }
 
-    fn start_with(mut cmd: Command, args: &[&str], json: PathBuf) -> Self {
+    /// Starts another watcher appending to the same audit log (a restart).
+    pub fn restart(args: &[&str], json: PathBuf) -> Self {
+        Self::spawn_command(Command::new(env!("CARGO_BIN_EXE_dockexpose")), args, json)
+    }
+
+
+    fn start_with(cmd: Command, args: &[&str], json: PathBuf) -> Self {
         let _ = std::fs::remove_file(&json);
+        Self::spawn_command(cmd, args, json)
+    }
+
+    /// Runs `cmd watch ARGS --json JSON` (appending to the log) and waits until it watches.
+    pub fn spawn_command(mut cmd: Command, args: &[&str], json: PathBuf) -> Self {
+        // Tests that do not test continuity leave nothing behind: no pins, no lock.
+        if !args.iter().any(|a| *a == "--pin-dir" || *a == "--no-pin") {
+            cmd.arg("watch").arg("--no-pin");
+        } else {
+            cmd.arg("watch");
+        }
         let mut child = cmd
-            .arg("watch")
             .args(args)
             .arg("--json")
             .arg(&json)
@@ -298,6 +314,14 @@ impl Watcher {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL (a crash, the OOM killer), then waits; returns what it printed.
+    pub fn kill9(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        self.lines()
     }
 
     /// SIGTERM, then waits; returns the JSON records written and the exit status.
@@ -359,7 +383,11 @@ pub struct OutsideHost {
 
 impl OutsideHost {
     pub fn new(tag: &str) -> Self {
-        let n = run_id();
+        Self::numbered(tag, run_id())
+    }
+
+    /// With the address block 198.18.`n`.0/24 (a test confined to a range of its own).
+    pub fn numbered(tag: &str, n: u32) -> Self {
         let (ns, uplink, peer) = (format!("dx{tag}o{n}"), format!("dx{tag}u{n}"), format!("dx{tag}x{n}"));
         for prefix in [format!("198.18.{n}.0/24"), format!("fd42:198:{n}::/64")] {
             assert_unrouted(&prefix);
