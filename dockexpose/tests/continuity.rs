@@ -520,7 +520,7 @@ fn docker_going_away_while_pinned_keeps_detection_and_identity_returns() {
     assert!(status.success());
     let records = story.records();
     let (g, problems) = gap(&records, &story.outside.v4(2), &ports);
-    eprintln!("Docker back after {took:?}; {} connections while it was away", ports.len().saturating_sub(away));
+    eprintln!("Docker back after {took:?}; {} connections after it went away", ports.len().saturating_sub(away));
     report("docker_away", &g, &problems);
     // Named before and after; while away, named from the last inventory.
     for p in &ports {
