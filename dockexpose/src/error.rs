@@ -7,8 +7,9 @@ pub enum Error {
     #[error(
         "missing privileges: dockexpose lacks {missing}, which it needs to load and attach its \
          kernel programs.\n  \
-         Fix: run it as root (sudo dockexpose ...), or grant the capabilities: \
-         setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v dockexpose)"
+         Fix: run it as root (sudo dockexpose ...), or grant exactly CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN: \
+         setcap cap_bpf,cap_perfmon,cap_net_admin+ep $(command -v dockexpose), or the systemd unit \
+         (AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_NET_ADMIN), or docker run --cap-add BPF --cap-add PERFMON --cap-add NET_ADMIN"
     )]
     MissingPrivileges { missing: String },
 
