@@ -51,6 +51,10 @@ const DEB_PACKAGES: &[&str] = &[
     "conntrack",
     "nftables",
     "tcpdump",
+    // tests/service.rs checks packaging/systemd/dockexpose.service with
+    // `systemd-analyze verify`; tests/least_privilege.rs drops capabilities with setpriv.
+    "systemd",
+    "util-linux",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),
 /// as (module to import, PyPI package).
