@@ -249,12 +249,20 @@ pub struct Committer {
     shared: Arc<RingShared>,
     committable: u64,
     held: bool,
+    /// Fault injection for tests (hidden): never release, as a daemon killed between
+    /// every write and its release would.
+    never: bool,
 }
+
+/// Hidden: a test sets it to make the window between write and release as wide as a
+/// whole run, so that a `kill -9` leaves every record to be written again.
+pub const FAULT_NEVER_RELEASE_ENV: &str = "DOCKEXPOSE_FAULT_NEVER_RELEASE";
 
 impl Committer {
     pub fn new(shared: Arc<RingShared>) -> Self {
         let committable = shared.ring.committed();
-        Self { shared, committable, held: false }
+        let never = std::env::var_os(FAULT_NEVER_RELEASE_ENV).is_some_and(|v| v == "1");
+        Self { shared, committable, held: false, never }
     }
 
     /// Call once the audit log is flushed. Every record of every batch handled so far
@@ -272,7 +280,9 @@ impl Committer {
             (true, false) => self.held = true,
             (true, true) => {}
         }
-        self.shared.ring.commit(self.committable);
+        if !self.never {
+            self.shared.ring.commit(self.committable);
+        }
     }
 
     /// The position released so far.
