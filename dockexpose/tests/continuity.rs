@@ -173,8 +173,11 @@ struct Gap {
     undetectable: usize,
 }
 
+/// (boot_id, cpu, kseq): a kernel record's name.
+type RecordName = (String, u64, u64);
+
 fn gap(records: &[Value], src: &str, ports: &[u16]) -> (Gap, Vec<String>) {
-    let mut by: BTreeMap<(u64, &str), Vec<(String, u64, u64)>> = BTreeMap::new();
+    let mut by: BTreeMap<(u64, &str), Vec<RecordName>> = BTreeMap::new();
     for r in records.iter().filter(|r| r["src_ip"] == src && r["proto"] == "tcp") {
         let (Some(port), Some(stage)) = (r["src_port"].as_u64(), r["stage"].as_str()) else { continue };
         let id = (r["boot_id"].as_str().unwrap_or("").to_string(), r["cpu"].as_u64().unwrap_or(u64::MAX), r["kseq"].as_u64().unwrap_or(u64::MAX));

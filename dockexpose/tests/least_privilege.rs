@@ -32,7 +32,8 @@ fn have_setpriv(test: &str) -> bool {
 /// A folder owned by nobody:docker with a bpffs mounted in it.
 struct Sandbox {
     dir: PathBuf,
-    undo: Undo,
+    /// Unmounts and removes it on drop.
+    _undo: Undo,
 }
 
 impl Sandbox {
@@ -46,7 +47,7 @@ impl Sandbox {
         undo.push(&["umount", bpffs.to_str().unwrap()]);
         sh(&["chown", "-R", &format!("{NOBODY}:{gid}"), dir.to_str().unwrap()]);
         sh(&["chmod", "0750", dir.to_str().unwrap()]);
-        Self { dir, undo }
+        Self { dir, _undo: undo }
     }
 
     fn path(&self, name: &str) -> String {
