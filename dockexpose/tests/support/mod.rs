@@ -324,7 +324,7 @@ impl Watcher {
         self.lines()
     }
 
-    /// SIGTERM, then waits; returns the JSON records written and the exit status.
+    /// SIGTERM, then waits; returns the JSON connection records written and the exit status.
     pub fn stop(mut self) -> (Vec<serde_json::Value>, std::process::ExitStatus, Vec<String>) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -337,9 +337,12 @@ impl Watcher {
         };
         std::thread::sleep(Duration::from_millis(100));
         let text = std::fs::read_to_string(&self.json).unwrap_or_default();
+        // Connection records only: the daemon's own lines (`daemon_start`,
+        // `daemon_stop`, `kernel_state_reset`: an `event` key) are not connections.
         let records = text
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .filter(|r| r.get("event").is_none())
             .collect();
         let lines = self.lines();
         (records, status, lines)
