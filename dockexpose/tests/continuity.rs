@@ -675,3 +675,44 @@ fn created_secs(ts: &str) -> u64 {
     let days = era * 146_097 + doe - 719_468;
     (days * 86_400 + n(11, 13) * 3600 + n(14, 16) * 60 + n(17, 19)) as u64
 }
+
+#[test]
+fn links_the_next_daemon_does_not_claim_are_detached() {
+    if !privileged("links_the_next_daemon_does_not_claim_are_detached") {
+        return;
+    }
+    let pins = Pins::new("c");
+    let id = std::process::id() % 1000;
+    let (keep, drop_) = (format!("dx10ck{id}"), format!("dx10cd{id}"));
+    let mut undo = Undo::default();
+    for (i, b) in [&keep, &drop_].into_iter().enumerate() {
+        let net = format!("10.251.{}.0/24", 73 + i);
+        assert_unrouted(&net);
+        sh(&["ip", "link", "add", b, "type", "bridge"]);
+        undo.push(&["ip", "link", "del", b]);
+        sh(&["ip", "addr", "add", &format!("10.251.{}.1/24", 73 + i), "dev", b]);
+        sh(&["ip", "link", "set", b, "up"]);
+    }
+    let json = json_path("dx10-claim");
+    let common = ["--no-docker", "--stats-interval", "0", "--pin-dir", pins.dir.as_str(), "--lock-file", pins.lock.as_str()];
+    let mut a = common.to_vec();
+    a.extend(["--bridge", keep.as_str(), "--bridge", drop_.as_str()]);
+    let (_, status, _) = Watcher::restart(&a, json.clone()).stop();
+    assert!(status.success());
+    assert_eq!(tcx_programs(&drop_, true), ["bridge_egress"], "kept attached after SIGTERM");
+    let mut b = common.to_vec();
+    b.extend(["--bridge", keep.as_str()]);
+    let mut w = Watcher::restart(&b, json.clone());
+    // Until claimed or released, the previous daemon's program keeps recording there.
+    assert_eq!(tcx_programs(&drop_, true), ["bridge_egress"]);
+    w.wait_for_line("is not watched now: detached", Duration::from_secs(25));
+    assert!(tcx_programs(&drop_, true).is_empty(), "released");
+    assert_eq!(tcx_programs(&keep, true), ["bridge_egress"], "claimed: still attached");
+    let links: Vec<String> = std::fs::read_dir(pins.version_dir().join("links")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(links.len(), 2, "only the kept bridge's two links stay pinned: {links:?}");
+    let (_, status, _) = w.stop();
+    assert!(status.success());
+    let _ = std::fs::remove_file(&json);
+    drop(pins);
+    assert!(tcx_programs(&keep, true).is_empty(), "cleanup detached the rest");
+}

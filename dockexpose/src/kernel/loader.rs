@@ -526,6 +526,13 @@ impl Kernel {
     pub fn release_unclaimed_links(&mut self) -> Vec<(String, u32)> {
         let unclaimed = self.pool.unclaimed();
         self.pool.release_all();
+        // The adopted LOCAL_IFACES may still name bridges the previous daemon watched
+        // and this one does not: their traffic is no longer the host's own.
+        let watched: BTreeSet<u32> = self.bridges.values().map(|b| b.ifindex).chain([ifindex_of("lo")]).collect();
+        let stale: Vec<u32> = self.local_ifaces.keys().filter_map(|k| k.ok()).filter(|i| !watched.contains(i)).collect();
+        for i in stale {
+            let _ = self.local_ifaces.remove(&i);
+        }
         unclaimed
     }
 
