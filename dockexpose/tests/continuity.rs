@@ -716,3 +716,39 @@ fn links_the_next_daemon_does_not_claim_are_detached() {
     drop(pins);
     assert!(tcx_programs(&keep, true).is_empty(), "cleanup detached the rest");
 }
+
+#[test]
+fn xdp_links_are_adopted_too_and_dropped_when_the_hook_changes() {
+    if !docker::ready("xdp_links_are_adopted_too_and_dropped_when_the_hook_changes") {
+        return;
+    }
+    let story = Story::new("x", 74);
+    let start = |hook: &str| {
+        let mut args = story.args();
+        args.extend(["--uplink-hook".to_string(), hook.to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Watcher::restart(&args, story.json.clone())
+    };
+    let (_, status, _) = start("xdp").stop();
+    assert!(status.success());
+    assert!(xdp_attached(&story.outside.uplink), "the XDP link stays attached after SIGTERM");
+    let xdp_pin = format!("uplink_xdp@{}", sh(&["cat", &format!("/sys/class/net/{}/ifindex", story.outside.uplink)]).trim());
+    let before = link_programs(&story.pins.version_dir());
+    let during = story.connect().expect("bypass");
+    let mut w = start("xdp");
+    w.wait_for_line("the previous daemon's pinned link, program replaced", Duration::from_secs(5));
+    let after = link_programs(&story.pins.version_dir());
+    let (b, a) = (before.get(&xdp_pin).unwrap(), after.get(&xdp_pin).unwrap());
+    assert_eq!(b.0, a.0, "the same XDP link");
+    assert_ne!(b.1, a.1, "its program replaced");
+    let (_, status, _) = w.stop();
+    assert!(status.success());
+    // Back to the default hook: the pinned XDP link goes, TCX ingress takes over.
+    let (_, status, _) = start("tc").stop();
+    assert!(status.success());
+    assert!(!xdp_attached(&story.outside.uplink), "the XDP link of the other hook is detached");
+    assert_eq!(tcx_programs(&story.outside.uplink, false), ["uplink_ingress"]);
+    let records = story.records();
+    let (g, problems) = gap(&records, &story.outside.v4(2), &[during]);
+    report("xdp_adoption", &g, &problems);
+}
