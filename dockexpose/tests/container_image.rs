@@ -31,7 +31,9 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         sh_quiet(&["docker", "rm", "-f", &self.container]);
         sh_quiet(&["docker", "rmi", "-f", &self.image]);
-        sh_quiet(&[BIN, "cleanup", "--pin-dir", &self.pins, "--lock-file", &format!("{}.lock", self.pins.replace("/sys/fs/bpf/", "/run/dockexpose/"))]);
+        let lock = format!("{}.lock", self.pins.replace("/sys/fs/bpf/", "/run/dockexpose/"));
+        sh_quiet(&[BIN, "cleanup", "--pin-dir", &self.pins, "--lock-file", &lock]);
+        let _ = std::fs::remove_file(&lock);
     }
 }
 

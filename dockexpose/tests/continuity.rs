@@ -115,6 +115,12 @@ impl Story {
     }
 }
 
+impl Drop for Story {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.json);
+    }
+}
+
 fn read_json(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     // While a daemon writes, the last line may be cut (the buffer goes out in 64 KiB
