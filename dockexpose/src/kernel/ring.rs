@@ -270,16 +270,7 @@ impl Committer {
     /// `waiting` holds the ring at the last position known free of them.
     pub fn flushed(&mut self, waiting: bool) {
         let handled = self.shared.handled.load(Ordering::Acquire);
-        match (waiting, self.held) {
-            (false, _) => {
-                self.committable = handled;
-                self.held = false;
-            }
-            // Records began waiting in a batch handled since the last flush: hold the
-            // position of that flush until none waits.
-            (true, false) => self.held = true,
-            (true, true) => {}
-        }
+        (self.committable, self.held) = releasable(self.committable, self.held, handled, waiting);
         if !self.never {
             self.shared.ring.commit(self.committable);
         }
@@ -288,6 +279,17 @@ impl Committer {
     /// The position released so far.
     pub fn position(&self) -> u64 {
         self.shared.ring.committed()
+    }
+}
+
+/// After a flush: the position that may be released, and whether it is held. Every
+/// batch handled up to `handled` is written, except records still `waiting` (for
+/// their container's identity): when records began waiting since the last flush, the
+/// position of that flush is kept until none waits; then everything handled goes.
+pub fn releasable(committable: u64, held: bool, handled: u64, waiting: bool) -> (u64, bool) {
+    match (waiting, held) {
+        (false, _) => (handled, false),
+        (true, _) => (committable, true),
     }
 }
 
@@ -364,5 +366,24 @@ struct PollFd(RawFd);
 impl AsRawFd for PollFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::releasable;
+
+    #[test]
+    fn the_ring_is_released_up_to_what_is_written_and_held_at_waiting_records() {
+        // Nothing waits: everything handled is released.
+        assert_eq!(releasable(0, false, 960, false), (960, false));
+        // A record began waiting in a batch since the last flush (at 960): held there,
+        // however many batches follow, until it is written.
+        assert_eq!(releasable(960, false, 1920, true), (960, true));
+        assert_eq!(releasable(960, true, 4800, true), (960, true));
+        assert_eq!(releasable(960, true, 4800, false), (4800, false));
+        // Never backwards.
+        let (pos, _) = releasable(4800, false, 4800, false);
+        assert_eq!(pos, 4800);
     }
 }
