@@ -146,7 +146,7 @@ pub const PUBLISHED_PORTS_LEN: u32 = 3 * 65_536;
 pub const DAEMON_STATE_LOST_AT_STOP: u32 = 0;
 /// 1 while a daemon reads the ring, 0 once it stopped cleanly (1 at start: a crash).
 pub const DAEMON_STATE_RUNNING: u32 = 1;
-/// Records the daemons wrote to the audit log from this ring, in total.
+/// Reserved (reset to 0 on a fresh start; not kept up to date yet).
 pub const DAEMON_STATE_RECORDS: u32 = 2;
 /// Unix time (seconds) when these maps were created (a fresh start).
 pub const DAEMON_STATE_CREATED: u32 = 3;

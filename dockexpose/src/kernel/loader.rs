@@ -479,11 +479,10 @@ impl Kernel {
         let (xdp_name, egress_name) = uplink_programs(layer);
         let _ = tc::qdisc_add_clsact(iface);
         // The hook not chosen this time keeps no link from a previous daemon.
-        let (keep, other) = match hook {
-            UplinkHook::Tcx => (ingress_program(layer), xdp_name),
-            UplinkHook::Xdp => (xdp_name, ingress_program(layer)),
+        let other = match hook {
+            UplinkHook::Tcx => xdp_name,
+            UplinkHook::Xdp => ingress_program(layer),
         };
-        let _ = keep;
         if let Some((_, path)) = self.pool.take(other, ifindex) {
             let _ = std::fs::remove_file(path);
         }
@@ -500,7 +499,6 @@ impl Kernel {
         match attached {
             Ok((attempts, mode)) => {
                 self.uplinks.insert(iface.to_string(), UplinkLinks { ifindex, attempts, egress });
-                let _ = layer;
                 Ok(mode)
             }
             Err(e) => {

@@ -69,10 +69,14 @@ pub fn expected_maps() -> [MapSpec; 11] {
     ]
 }
 
+/// Bumped when what a pinned map or a record field *means* changes while its shape
+/// stays the same (the hash below cannot see that): a daemon then starts fresh.
+pub const LAYOUT_REVISION: u32 = 1;
+
 /// The text the layout version is a hash of: what both sides of every pinned map
 /// and every record must agree on.
 pub fn layout_description() -> String {
-    let mut d = String::new();
+    let mut d = format!("revision:{LAYOUT_REVISION};");
     let _ = write!(
         d,
         "ConnEvent:{}:{},{},{},{},{},{},{},{},{},{},{},{},{},{};",
@@ -412,7 +416,7 @@ mod tests {
     #[test]
     fn the_layout_covers_record_fields_and_map_shapes() {
         let d = layout_description();
-        assert!(d.starts_with("ConnEvent:88:"), "{d}");
+        assert!(d.starts_with("revision:1;ConnEvent:88:"), "{d}");
         assert!(d.contains("EVENTS:RingBuf:0:0:4194304;"), "{d}");
         assert!(d.contains("ATTEMPTS:LruHash:40:16:65536;"), "{d}");
         let names: Vec<&str> = expected_maps().iter().map(|m| m.name).collect();
