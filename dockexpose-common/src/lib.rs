@@ -18,6 +18,12 @@ pub mod map_names {
     pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
     pub const LOCAL_IFACES: &str = "LOCAL_IFACES";
     pub const OPENINGS: &str = "OPENINGS";
+    /// Per-CPU sequence number of the records (one u64 slot): with the CPU and the boot
+    /// id it names a record uniquely, so a duplicate written after a crash is told.
+    pub const RECORD_SEQ: &str = "RECORD_SEQ";
+    /// Userspace only (no program touches it): the daemon's bookkeeping that must
+    /// outlive it with the pinned maps (`DAEMON_STATE_*` slots).
+    pub const DAEMON_STATE: &str = "DAEMON_STATE";
     /// `verify`: probe source addresses, whose packets the guard keeps inside.
     pub const PROBE_SOURCES: &str = "PROBE_SOURCES";
     /// `verify`: interfaces (ifindex) where the guard sees bare IP.
@@ -134,6 +140,18 @@ pub const PREFIXES_MAX: u32 = 4_096;
 /// then SCTP): an array lookup is inlined by the verifier, a hash lookup is a call.
 pub const PUBLISHED_PORTS_LEN: u32 = 3 * 65_536;
 
+/// DAEMON_STATE slots (u64 each).
+/// RingbufFull (summed over CPUs) when the last daemon last wrote its position: what
+/// was lost since then is the counter now minus this.
+pub const DAEMON_STATE_LOST_AT_STOP: u32 = 0;
+/// 1 while a daemon reads the ring, 0 once it stopped cleanly (1 at start: a crash).
+pub const DAEMON_STATE_RUNNING: u32 = 1;
+/// Reserved (reset to 0 on a fresh start; not kept up to date yet).
+pub const DAEMON_STATE_RECORDS: u32 = 2;
+/// Unix time (seconds) when these maps were created (a fresh start).
+pub const DAEMON_STATE_CREATED: u32 = 3;
+pub const DAEMON_STATE_LEN: u32 = 8;
+
 /// Index of (port, protocol) in the PUBLISHED_PORTS array.
 #[inline(always)]
 pub const fn published_port_index(port: u16, proto: u8) -> u32 {
@@ -167,7 +185,11 @@ pub struct ConnEvent {
     /// TCP initial sequence number / SCTP initiate tag (0 for UDP): ties an attempt,
     /// its reach and its answer to one connection, not just to one source port.
     pub seq: u32,
-    pub _pad2: u32,
+    /// The CPU that wrote the record (`bpf_get_smp_processor_id`).
+    pub cpu: u32,
+    /// That CPU's record sequence number (RECORD_SEQ): (boot id, cpu, rec_seq) names
+    /// a record uniquely; a gap is a record the ring had no room for.
+    pub rec_seq: u64,
 }
 
 impl ConnEvent {
@@ -187,7 +209,8 @@ impl ConnEvent {
             flags: 0,
             _pad: [0; 2],
             seq: 0,
-            _pad2: 0,
+            cpu: 0,
+            rec_seq: 0,
         }
     }
 }
@@ -358,7 +381,7 @@ impl Counter {
 }
 
 // Layouts are a contract between two compilers: fail the build if they drift.
-const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<Opening>() == 56);
 const _: () = assert!(OPENINGS_LEN.is_power_of_two());
@@ -401,8 +424,10 @@ mod tests {
 
     #[test]
     fn shared_types_have_no_padding_surprises() {
-        assert_eq!(core::mem::size_of::<ConnEvent>(), 80);
+        assert_eq!(core::mem::size_of::<ConnEvent>(), 88);
         assert_eq!(core::mem::offset_of!(ConnEvent, seq), 72);
+        assert_eq!(core::mem::offset_of!(ConnEvent, cpu), 76);
+        assert_eq!(core::mem::offset_of!(ConnEvent, rec_seq), 80);
         assert_eq!(core::mem::offset_of!(ConnEvent, orig_dst_addr), 40);
         assert_eq!(core::mem::offset_of!(AttemptValue, seq), 8);
         assert_eq!(core::mem::offset_of!(AttemptValue, answered), 12);

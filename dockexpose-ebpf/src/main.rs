@@ -27,14 +27,14 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
     Global,
 };
 use dockexpose_common::{
-    published_port_index, AttemptKey, AttemptValue, ConnEvent, Counter, FlowKey, Opening, ATTEMPTS_MAX,
+    published_port_index, AttemptKey, DAEMON_STATE_LEN, AttemptValue, ConnEvent, Counter, FlowKey, Opening, ATTEMPTS_MAX,
     OPENINGS_LEN,
     EVENTS_RING_BYTES, FAMILY_IPV4, FLAG_BY_CONNTRACK, FLAG_HAS_ORIG_DST, FLAG_SPOOFED_LOCAL, FLOWS_MAX,
     LOCAL_IFACES_MAX, PREFIXES_MAX, PREFIX_HOST, PREFIX_TRUSTED, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PUBLISHED_PORTS_LEN, STAGE_ANSWERED,
@@ -110,6 +110,15 @@ static ATTEMPTS: LruHashMap<AttemptKey, AttemptValue> = LruHashMap::with_max_ent
 
 /// Host ports Docker publishes: 1 at `published_port_index(port, proto)` (filled by the
 /// daemon from the Docker inventory). An array: the lookup is inlined, no hashing.
+/// Per-CPU record sequence number (slot 0): incremented for every record, written or
+/// lost, so a gap in a CPU's numbers is a lost record and a repeat is a duplicate.
+#[map]
+static RECORD_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The daemon's bookkeeping, pinned with the other maps (no program reads it).
+#[map]
+static DAEMON_STATE: Array<u64> = Array::with_max_entries(DAEMON_STATE_LEN, 0);
+
 #[map]
 static PUBLISHED_PORTS: Array<u8> = Array::with_max_entries(PUBLISHED_PORTS_LEN, 0);
 
@@ -208,6 +217,14 @@ const RECORD_BYTES: u64 = (size_of::<ConnEvent>() + 8) as u64;
 /// Writes one record to the ring buffer, or counts it as lost.
 #[inline(always)]
 fn emit(flow: &Flow, stage: u8, ifindex: u32, now: u64, extra: &Extra) -> bool {
+    let rec_seq = match RECORD_SEQ.get_ptr_mut(0) {
+        // Per-CPU slot: no other writer.
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
+    };
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(Counter::RingbufFull);
         return false;
@@ -226,6 +243,8 @@ fn emit(flow: &Flow, stage: u8, ifindex: u32, now: u64, extra: &Extra) -> bool {
     ev.orig_dst_port = extra.orig_port;
     ev.flags = extra.flags;
     ev.seq = flow.seq;
+    ev.cpu = unsafe { bpf_get_smp_processor_id() };
+    ev.rec_seq = rec_seq;
     entry.write(ev);
     // Wake the reader once per batch: when this record (counted in the unread bytes,
     // being reserved) is the one that crosses the threshold. A wakeup costs

@@ -25,7 +25,46 @@ pub enum Command {
     /// Configuration file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Remove the pinned kernel side (programs, links, maps under the pin directory):
+    /// detaches every program a stopped or killed `watch` left attached.
+    Cleanup(CleanupArgs),
 }
+
+
+#[derive(Debug, Args, Clone)]
+pub struct CleanupArgs {
+    /// The pin directory `watch` used.
+    #[arg(long, value_name = "DIR", default_value = crate::kernel::pins::DEFAULT_PIN_ROOT)]
+    pub pin_dir: PathBuf,
+
+    /// The lock file of the daemon that reads it: cleanup refuses while it runs.
+    #[arg(long, value_name = "PATH", default_value = crate::state::lock::DEFAULT_LOCK_FILE)]
+    pub lock_file: PathBuf,
+}
+
+/// How `watch` runs as a service: what outlives it, and the one-daemon lock.
+#[derive(Debug, Args, Clone)]
+pub struct ServiceArgs {
+    /// Pin the kernel side (programs, links, maps) here, on bpffs; a later `watch`
+    /// adopts it and loses no record in between.
+    #[arg(long, value_name = "DIR", default_value = crate::kernel::pins::DEFAULT_PIN_ROOT)]
+    pub pin_dir: PathBuf,
+
+    /// Pin nothing: the kernel programs detach when this process ends (the behaviour
+    /// before pinning; connections while no daemon runs are not recorded).
+    #[arg(long, conflicts_with = "detach_on_exit")]
+    pub no_pin: bool,
+
+    /// On SIGTERM/SIGINT, detach everything and remove the pins (as `dockexpose
+    /// cleanup`), instead of leaving the kernel side recording for the next daemon.
+    #[arg(long)]
+    pub detach_on_exit: bool,
+
+    /// Lock file that keeps a second daemon off the same ring (holds the pid).
+    #[arg(long, value_name = "PATH", default_value = crate::state::lock::DEFAULT_LOCK_FILE)]
+    pub lock_file: PathBuf,
+}
+
 
 #[derive(Debug, Args, Clone)]
 pub struct StatusArgs {
@@ -201,6 +240,9 @@ pub struct WatchArgs {
     /// Send alerts to the systemd journal (default when stderr is the journal).
     #[arg(long, env = "DOCKEXPOSE_JOURNALD")]
     pub journald: bool,
+
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 #[cfg(test)]
@@ -247,6 +289,17 @@ mod tests {
         assert!(parse(&["watch", "--verify-every", "often"]).is_err());
         assert!(parse(&["watch", "--verify-from", "10.0.0.0/8"]).is_err(), "--verify-from needs --verify-every");
         assert!(parse(&["watch", "--verify-every", "1h", "--no-docker"]).is_err(), "verify needs Docker's published ports");
+    }
+
+    #[test]
+    fn service_options_default_to_pinning_with_the_lock() {
+        let Command::Watch(w) = parse(&["watch"]).unwrap().command else { panic!("expected watch") };
+        assert_eq!(w.service.pin_dir, std::path::Path::new("/sys/fs/bpf/dockexpose"));
+        assert_eq!(w.service.lock_file, std::path::Path::new("/run/dockexpose/lock"));
+        assert!(!w.service.no_pin && !w.service.detach_on_exit);
+        assert!(parse(&["watch", "--no-pin", "--detach-on-exit"]).is_err(), "nothing pinned, nothing to detach");
+        let Command::Cleanup(c) = parse(&["cleanup", "--pin-dir", "/sys/fs/bpf/x"]).unwrap().command else { panic!("expected cleanup") };
+        assert_eq!(c.pin_dir, std::path::Path::new("/sys/fs/bpf/x"));
     }
 
     #[test]

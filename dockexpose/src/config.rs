@@ -185,6 +185,7 @@ pub fn merge(args: &WatchArgs, m: &ArgMatches, file: &FileConfig) -> Result<Watc
         journald: args.journald,
         config: args.config.clone(),
         print_config: args.print_config,
+        service: args.service.clone(),
     })
 }
 

@@ -125,6 +125,8 @@ mod tests {
             ifindex: 0,
             seq: 0,
             flags: 0,
+            cpu: 0,
+            rec_seq: 0,
         }
     }
 

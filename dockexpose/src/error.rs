@@ -7,8 +7,9 @@ pub enum Error {
     #[error(
         "missing privileges: dockexpose lacks {missing}, which it needs to load and attach its \
          kernel programs.\n  \
-         Fix: run it as root (sudo dockexpose ...), or grant the capabilities: \
-         setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v dockexpose)"
+         Fix: run it as root (sudo dockexpose ...), or grant exactly CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN: \
+         setcap cap_bpf,cap_perfmon,cap_net_admin+ep $(command -v dockexpose), or the systemd unit \
+         (AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_NET_ADMIN), or docker run --cap-add BPF --cap-add PERFMON --cap-add NET_ADMIN"
     )]
     MissingPrivileges { missing: String },
 
@@ -55,6 +56,26 @@ pub enum Error {
     /// names the key and the fix.
     #[error("{0}")]
     Config(String),
+
+    #[error(
+        "{path} is not on a BPF file system (nearest existing folder: {at}); the kernel side cannot be pinned there.\n  \
+         Fix: mount bpffs (mount -t bpf bpf /sys/fs/bpf; systemd does it at boot), choose a --pin-dir under it, \
+         or run with --no-pin (the kernel side then ends with the daemon)"
+    )]
+    NotBpffs { path: PathBuf, at: PathBuf },
+
+    #[error("pinned kernel state at {path}: {reason}.\n  Fix: check that /sys/fs/bpf is mounted read-write for dockexpose (systemd: ReadWritePaths=/sys/fs/bpf), or remove it with `dockexpose cleanup`")]
+    Pins { path: PathBuf, reason: String },
+
+    #[error(
+        "another dockexpose (pid {pid}) holds {path}: it reads the same kernel ring buffer, and two readers would \
+         each take records from the other.\n  Fix: stop it first (systemctl stop dockexpose, or kill {pid}), or give this one \
+         its own --pin-dir and --lock-file"
+    )]
+    Locked { path: PathBuf, pid: String },
+
+    #[error("cannot take the lock {path}: {source}.\n  Fix: make its folder writable for dockexpose (systemd: RuntimeDirectory=dockexpose), or choose another with --lock-file")]
+    Lock { path: PathBuf, source: std::io::Error },
 
     #[error("invalid setting {name}: {reason}")]
     InvalidSetting { name: &'static str, reason: String },

@@ -8,6 +8,8 @@
 //! - `verdict`: attempted -> reached / reached through a proxy / blocked;
 //! - `net/`: prefixes and source classification;
 //! - `output/`: the JSON audit record, human lines and alerts, the audit-log sink;
+//! - `state/`: the daemon as a service: pinned kernel side adopted across restarts,
+//!   records at least once, the one-daemon lock, sd_notify;
 //! - `watch`: the daemon loop that ties them together;
 //! - `verify`: the one-shot `verify` command: probes injected on the uplinks, verdicts;
 //! - `config`: the configuration file, and how it meets the command line;
@@ -24,6 +26,7 @@ pub mod inventory;
 pub mod kernel;
 pub mod net;
 pub mod output;
+pub mod state;
 pub mod stats;
 pub mod status;
 pub mod verdict;

@@ -44,6 +44,7 @@ fn main() {
             let sub = matches.subcommand_matches("watch").cloned().unwrap_or_default();
             runtime.block_on(dockexpose::watch::run(args, sub)).map_err(|e| e.to_string())
         }
+        Command::Cleanup(args) => dockexpose::state::cleanup(&args).map_err(|e| e.to_string()),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -202,6 +202,8 @@ mod tests {
             ifindex: 2,
             seq: 7,
             flags: 0,
+            cpu: 0,
+            rec_seq: 0,
         }
     }
 

@@ -68,6 +68,9 @@ const DEB_PACKAGES: &[&str] = &[
     "rsyslog",
     "systemd",
     "openssl",
+    // tests/least_privilege.rs drops capabilities with setpriv; tests/service.rs checks
+    // packaging/systemd/dockexpose.service with `systemd-analyze verify` (systemd above).
+    "util-linux",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),
 /// as (module to import, PyPI package).

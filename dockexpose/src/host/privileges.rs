@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Parses the effective capability mask from the text of /proc/self/status.
@@ -19,12 +20,17 @@ fn has(mask: u64, cap: u32) -> bool {
     mask & (1u64 << cap) != 0
 }
 
-/// What is missing from `mask` to load and attach: CAP_BPF (or CAP_SYS_ADMIN, which
-/// older kernels want instead) and CAP_NET_ADMIN.
+/// What is missing from `mask` to load and attach: CAP_BPF and CAP_PERFMON (or
+/// CAP_SYS_ADMIN, which older kernels want instead) and CAP_NET_ADMIN. Without
+/// CAP_PERFMON the verifier refuses the programs' pointer arithmetic and their reads
+/// of the conntrack entry ("pointer arithmetic ... prohibited for !root").
 pub fn missing(mask: u64) -> Vec<&'static str> {
     let mut out = Vec::new();
     if !has(mask, CAP_BPF) && !has(mask, CAP_SYS_ADMIN) {
         out.push("CAP_BPF");
+    }
+    if !has(mask, CAP_PERFMON) && !has(mask, CAP_SYS_ADMIN) {
+        out.push("CAP_PERFMON");
     }
     if !has(mask, CAP_NET_ADMIN) {
         out.push("CAP_NET_ADMIN");
@@ -42,7 +48,7 @@ pub fn check() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    Err(Error::MissingPrivileges { missing: missing.join(" and ") })
+    Err(Error::MissingPrivileges { missing: missing.join(", ") })
 }
 
 #[cfg(test)]
@@ -59,8 +65,11 @@ mod tests {
     #[test]
     fn names_what_is_missing() {
         assert!(missing(0x1ff_ffff_ffff).is_empty());
-        assert_eq!(missing(0), vec!["CAP_BPF", "CAP_NET_ADMIN"]);
-        assert_eq!(missing(1 << CAP_NET_ADMIN), vec!["CAP_BPF"]);
-        assert_eq!(missing((1 << CAP_BPF) | (1 << CAP_NET_ADMIN)), Vec::<&str>::new());
+        assert_eq!(missing(0), vec!["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]);
+        assert_eq!(missing(1 << CAP_NET_ADMIN), vec!["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(missing((1 << CAP_BPF) | (1 << CAP_NET_ADMIN)), vec!["CAP_PERFMON"]);
+        // Exactly the three: nothing missing (no CAP_SYS_ADMIN, no CAP_SYS_RESOURCE).
+        assert_eq!(missing((1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN)), Vec::<&str>::new());
+        assert_eq!(missing(1 << CAP_SYS_ADMIN | 1 << CAP_NET_ADMIN), Vec::<&str>::new(), "older kernels: CAP_SYS_ADMIN");
     }
 }

@@ -91,6 +91,10 @@ pub struct Observation {
     pub seq: u32,
     /// FLAG_SPOOFED_LOCAL, FLAG_FRAGMENT, ... as the kernel set them.
     pub flags: u8,
+    /// The CPU that wrote the record and its sequence number there: with the boot id,
+    /// the record's unique name (a duplicate after a crash repeats it).
+    pub cpu: u32,
+    pub rec_seq: u64,
 }
 
 /// Why a record from the kernel could not be decoded (a version mismatch, in practice).
@@ -146,6 +150,8 @@ impl Observation {
             ifindex: ev.ifindex,
             seq: ev.seq,
             flags: ev.flags,
+            cpu: ev.cpu,
+            rec_seq: ev.rec_seq,
         })
     }
 
@@ -235,7 +241,7 @@ mod tests {
 
     #[test]
     fn shared_record_has_the_size_the_kernel_writes() {
-        assert_eq!(size_of::<ConnEvent>(), 80);
+        assert_eq!(size_of::<ConnEvent>(), 88);
         assert_eq!(std::mem::align_of::<ConnEvent>(), 8);
         assert_eq!(std::mem::offset_of!(ConnEvent, ifindex), 56);
         assert_eq!(std::mem::offset_of!(ConnEvent, flags), 69);

@@ -1,8 +1,11 @@
 //! Loads the embedded eBPF object, attaches its programs, and keeps its maps in step
 //! with what userspace knows (local prefixes, published ports).
 //!
-//! Attachments are fd-based links (TCX, XDP links): they are detached when this
-//! struct is dropped, and by the kernel if the process dies, so nothing outlives us.
+//! Attachments are fd-based links (TCX, XDP links). Loaded with a pin directory
+//! (`watch`, see pins.rs), the maps, programs and links are pinned and outlive the
+//! process: a later daemon adopts them. Without one (`verify`, `bench`, `--no-pin`)
+//! they are detached when this struct is dropped, and by the kernel if the process
+//! dies, so nothing outlives us.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,7 +14,7 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
         Array, HashMap, MapData, PerCpuArray, RingBuf,
     },
-    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{links::FdLink, tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use dockexpose_common::{
@@ -19,7 +22,10 @@ use dockexpose_common::{
     PREFIX_LOCAL, PREFIX_TRUSTED,
 };
 
-use super::{btf, kfunc};
+use super::{
+    btf, kfunc,
+    pins::{self, HeldLink, LinkPool, PinDir},
+};
 pub use crate::host::interfaces::LinkLayer;
 use crate::{
     error::{Error, Result},
@@ -92,21 +98,21 @@ impl CounterSnapshot {
 
 struct BridgeLinks {
     ifindex: u32,
-    egress: tc::SchedClassifierLinkId,
-    ingress: tc::SchedClassifierLinkId,
+    egress: HeldLink,
+    ingress: HeldLink,
 }
 
 struct UplinkLinks {
     ifindex: u32,
-    layer: LinkLayer,
-    attempts: AttemptLink,
-    egress: tc::SchedClassifierLinkId,
+    attempts: HeldLink,
+    egress: HeldLink,
 }
 
-/// Where an uplink's attempts are seen.
-enum AttemptLink {
-    Xdp(aya::programs::xdp::XdpLinkId),
-    Tcx(tc::SchedClassifierLinkId),
+/// How a program is attached to an interface.
+#[derive(Clone, Copy)]
+enum Hook {
+    Tc(TcAttachType),
+    Xdp(XdpMode),
 }
 
 /// The hook that sees an uplink's attempts.
@@ -146,6 +152,8 @@ pub enum UplinkAttachMode {
     Generic,
     /// The TCX ingress hook (`UplinkHook::Tcx`).
     Tcx,
+    /// A link pinned by the previous daemon, kept: its program replaced by ours.
+    Adopted,
 }
 
 pub struct Kernel {
@@ -162,7 +170,35 @@ pub struct Kernel {
     ports: BTreeSet<PortKey>,
     /// `verify` only: the probe maps and the guard's attachments (None for `watch`).
     probes: Option<ProbeMaps>,
+    /// Where maps, programs and links are pinned (None: nothing outlives us).
+    pins: Option<PinDir>,
+    /// Links pinned by the previous daemon, not yet claimed by an attachment.
+    pool: LinkPool,
 }
+
+/// The maps `watch` reads itself, handed out at load.
+pub struct WatchMaps {
+    /// The ring buffer of records.
+    pub events: MapData,
+    /// The daemon's bookkeeping (DAEMON_STATE_* slots).
+    pub daemon_state: MapData,
+    /// The per-CPU record sequence numbers.
+    pub record_seq: MapData,
+    /// A second handle on the counters (the ring's loss counter), when pinned.
+    pub counters: Option<MapData>,
+}
+
+/// The programs `watch` attaches (pinned under progs/).
+const WATCH_PROGRAMS: [&str; 8] = [
+    program_names::BRIDGE_EGRESS,
+    program_names::BRIDGE_INGRESS,
+    program_names::UPLINK_EGRESS,
+    program_names::UPLINK_EGRESS_L3,
+    program_names::UPLINK_INGRESS,
+    program_names::UPLINK_INGRESS_L3,
+    program_names::UPLINK_XDP,
+    program_names::UPLINK_XDP_L3,
+];
 
 /// The maps and links of `dockexpose verify` (see `Kernel::prepare_probes`).
 struct ProbeMaps {
@@ -196,6 +232,77 @@ impl Kernel {
     /// Loads the object and its programs (not attached yet). Returns the ring buffer
     /// separately: the reader task owns it.
     pub fn load(settings: KernelSettings) -> Result<(Self, RingBuf<MapData>)> {
+        let (kernel, events) = Self::load_with(settings, None)?;
+        let events = RingBuf::try_from(events).map_err(map_err(map_names::EVENTS))?;
+        Ok((kernel, events))
+    }
+
+    /// `watch`: loads the object with its maps pinned in `pins` (adopted when already
+    /// there: `pins::prepare` checked them), pins the programs, and opens the links a
+    /// previous daemon pinned, whose programs `attach_*` replace with ours.
+    pub fn load_for_watch(settings: KernelSettings, pins: Option<PinDir>) -> Result<(Self, WatchMaps)> {
+        let (mut kernel, events) = Self::load_with(settings, pins.as_ref())?;
+        let aya::maps::Map::RingBuf(events) = events else { return Err(Error::MissingMap(map_names::EVENTS)) };
+        let data = |m: aya::maps::Map| match m {
+            aya::maps::Map::Array(d) | aya::maps::Map::PerCpuArray(d) => Some(d),
+            _ => None,
+        };
+        let daemon_state = data(take_map(&mut kernel.ebpf, map_names::DAEMON_STATE)?).ok_or(Error::MissingMap(map_names::DAEMON_STATE))?;
+        let record_seq = data(take_map(&mut kernel.ebpf, map_names::RECORD_SEQ)?).ok_or(Error::MissingMap(map_names::RECORD_SEQ))?;
+        // A second handle on the counters, for the ring's loss counter.
+        let counters = match &pins {
+            Some(dir) => Some(MapData::from_pin(dir.map(map_names::COUNTERS)).map_err(map_err(map_names::COUNTERS))?),
+            None => None,
+        };
+        if let Some(dir) = &pins {
+            for name in WATCH_PROGRAMS {
+                let path = dir.progs().join(name);
+                let _ = std::fs::remove_file(&path);
+                let prog = kernel.ebpf.program_mut(name).ok_or(Error::MissingMap(name))?;
+                prog.pin(&path).map_err(|e| Error::Pins { path: path.clone(), reason: e.to_string() })?;
+            }
+            kernel.pool = LinkPool::open(dir);
+            kernel.adopt_map_contents()?;
+        }
+        kernel.pins = pins;
+        Ok((kernel, WatchMaps { events, daemon_state, record_seq, counters }))
+    }
+
+    /// What the previous daemon left in the adopted maps becomes what this one knows,
+    /// so that the first sync removes what is stale and keeps the rest (the programs
+    /// keep judging with it meanwhile).
+    fn adopt_map_contents(&mut self) -> Result<()> {
+        let mut table = PrefixTable::default();
+        let kind = |v: u8| match v {
+            PREFIX_HOST => Some(SourceKind::HostAddress),
+            PREFIX_TRUSTED => Some(SourceKind::Trusted),
+            PREFIX_LOCAL => Some(SourceKind::Local),
+            _ => None,
+        };
+        for (key, value) in self.local_v4.iter().filter_map(|r| r.ok()) {
+            let prefix = crate::net::prefix::Prefix::new(std::net::IpAddr::from(key.data()), key.prefix_len() as u8);
+            if let (Some(p), Some(k)) = (prefix, kind(value)) {
+                table.insert(p, k);
+            }
+        }
+        for (key, value) in self.local_v6.iter().filter_map(|r| r.ok()) {
+            let prefix = crate::net::prefix::Prefix::new(std::net::IpAddr::from(key.data()), key.prefix_len() as u8);
+            if let (Some(p), Some(k)) = (prefix, kind(value)) {
+                table.insert(p, k);
+            }
+        }
+        self.prefixes = table;
+        for (proto, base) in [(dockexpose_common::PROTO_TCP, 0u32), (dockexpose_common::PROTO_UDP, 65_536), (dockexpose_common::PROTO_SCTP, 2 * 65_536)] {
+            for port in 0..=u16::MAX {
+                if self.published.get(&(base + u32::from(port)), 0).unwrap_or(0) != 0 {
+                    self.ports.insert(PortKey { port, proto, _pad: 0 });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load_with(settings: KernelSettings, pins: Option<&PinDir>) -> Result<(Self, aya::maps::Map)> {
         raise_memlock_limit();
         // Conntrack from the bridge program: kfunc ids and nf_conn offsets from the
         // running kernel's BTF, or a clearly announced fallback.
@@ -221,7 +328,13 @@ impl Kernel {
         // SAFETY: u64 -> u8 view of the same allocation, within its length.
         let bytes = unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), object.len()) };
         bytes.copy_from_slice(&object);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        let map_pins: Vec<(&'static str, std::path::PathBuf)> =
+            pins.map(|d| pins::expected_maps().iter().map(|m| (m.name, d.map(m.name))).collect()).unwrap_or_default();
+        for (name, path) in &map_pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .override_global(global_names::UDP_IDLE_NS, &settings.udp_idle_ns, true)
             .override_global(global_names::RETRANSMIT_WINDOW_NS, &settings.retransmit_window_ns, true)
             .override_global(global_names::WAKEUP_BYTES, &settings.wakeup_bytes, true)
@@ -247,7 +360,7 @@ impl Kernel {
             xdp.load().map_err(|source| Error::LoadProgram { program: name, source: Box::new(source) })?;
         }
 
-        let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?).map_err(map_err(map_names::EVENTS))?;
+        let events = take_map(&mut ebpf, map_names::EVENTS)?;
         let local_v4 = LpmTrie::try_from(take_map(&mut ebpf, map_names::LOCAL_V4)?).map_err(map_err(map_names::LOCAL_V4))?;
         let local_v6 = LpmTrie::try_from(take_map(&mut ebpf, map_names::LOCAL_V6)?).map_err(map_err(map_names::LOCAL_V6))?;
         let published = Array::try_from(take_map(&mut ebpf, map_names::PUBLISHED_PORTS)?)
@@ -270,8 +383,59 @@ impl Kernel {
             prefixes: PrefixTable::default(),
             ports: BTreeSet::new(),
             probes: None,
+            pins: None,
+            pool: LinkPool::default(),
         };
         Ok((kernel, events))
+    }
+
+    /// Attaches `name` to `iface` (`ifindex`) at `hook`: the link a previous daemon
+    /// pinned there, with its program atomically replaced by ours (the hook is never
+    /// empty), or a new one; pinned when this kernel side is.
+    fn attach_link(&mut self, name: &'static str, iface: &str, ifindex: u32, hook: Hook) -> Result<(HeldLink, bool)> {
+        if let Some((link, path)) = self.pool.take(name, ifindex) {
+            match replace_program(&mut self.ebpf, name, link, hook) {
+                Ok(link) => return Ok((HeldLink::adopted(link, path), true)),
+                Err(e) => {
+                    // A link of another kind (the hook changed) or a defunct one: ours replaces it.
+                    eprintln!("dockexpose: the pinned link of {name} on {iface} could not be taken over ({e}); attaching anew");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let hook_name = match hook {
+            Hook::Tc(TcAttachType::Egress) => "TCX egress",
+            Hook::Tc(_) => "TCX ingress",
+            Hook::Xdp(_) => "XDP",
+        };
+        let attach_err = |source: aya::programs::ProgramError| Error::Attach {
+            program: name,
+            iface: iface.to_string(),
+            hook: hook_name,
+            source: Box::new(source),
+        };
+        let owned: std::result::Result<FdLink, Box<dyn std::any::Any + Send>> = match hook {
+            Hook::Tc(direction) => {
+                let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+                let id = prog.attach(iface, direction).map_err(attach_err)?;
+                let link = prog.take_link(id).map_err(attach_err)?;
+                let is_fd = <&FdLink>::try_from(&link).is_ok();
+                if is_fd { FdLink::try_from(link).map_err(|_| unreachable_link()) } else { Err(Box::new(link)) }
+            }
+            Hook::Xdp(mode) => {
+                let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+                let id = prog.attach(iface, mode).map_err(attach_err)?;
+                let link = prog.take_link(id).map_err(attach_err)?;
+                // A netlink XDP attachment (kernels before 5.9) is no fd link.
+                FdLink::try_from(link).map_err(|_| unreachable_link())
+            }
+        };
+        let held = match (owned, &self.pins) {
+            (Ok(link), Some(dir)) => HeldLink::pinned(link, &dir.link(name, ifindex))?,
+            (Ok(link), None) => HeldLink::unpinned(link),
+            (Err(other), _) => HeldLink::owned(other),
+        };
+        Ok((held, false))
     }
 
     /// Attaches the bridge programs (TCX egress and ingress) to `iface`.
@@ -282,12 +446,11 @@ impl Kernel {
         let ifindex = ifindex_of(iface);
         // Only the netlink fallback (kernels < 6.6) needs clsact; "exists" is fine.
         let _ = tc::qdisc_add_clsact(iface);
-        let egress = attach_tc(&mut self.ebpf, program_names::BRIDGE_EGRESS, iface, TcAttachType::Egress)?;
-        let ingress = match attach_tc(&mut self.ebpf, program_names::BRIDGE_INGRESS, iface, TcAttachType::Ingress) {
-            Ok(id) => id,
+        let (egress, _) = self.attach_link(program_names::BRIDGE_EGRESS, iface, ifindex, Hook::Tc(TcAttachType::Egress))?;
+        let (ingress, _) = match self.attach_link(program_names::BRIDGE_INGRESS, iface, ifindex, Hook::Tc(TcAttachType::Ingress)) {
+            Ok(l) => l,
             Err(e) => {
-                let prog: &mut SchedClassifier = program(&mut self.ebpf, program_names::BRIDGE_EGRESS)?;
-                let _ = prog.detach(egress);
+                egress.detach();
                 return Err(e);
             }
         };
@@ -302,12 +465,8 @@ impl Kernel {
     pub fn detach_bridge(&mut self, iface: &str) {
         let Some(links) = self.bridges.remove(iface) else { return };
         let _ = self.local_ifaces.remove(&links.ifindex);
-        if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::BRIDGE_EGRESS) {
-            let _ = prog.detach(links.egress);
-        }
-        if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::BRIDGE_INGRESS) {
-            let _ = prog.detach(links.ingress);
-        }
+        links.egress.detach();
+        links.ingress.detach();
     }
 
     /// Attaches the uplink programs: TCX ingress, or XDP (native mode where the driver
@@ -319,58 +478,80 @@ impl Kernel {
         let ifindex = ifindex_of(iface);
         let (xdp_name, egress_name) = uplink_programs(layer);
         let _ = tc::qdisc_add_clsact(iface);
-        let egress = attach_tc(&mut self.ebpf, egress_name, iface, TcAttachType::Egress)?;
-        if hook == UplinkHook::Tcx {
-            return match attach_tc(&mut self.ebpf, ingress_program(layer), iface, TcAttachType::Ingress) {
-                Ok(link) => {
-                    self.uplinks.insert(iface.to_string(), UplinkLinks { ifindex, layer, attempts: AttemptLink::Tcx(link), egress });
-                    Ok(UplinkAttachMode::Tcx)
-                }
-                Err(e) => {
-                    if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, egress_name) {
-                        let _ = prog.detach(egress);
-                    }
-                    Err(e)
-                }
-            };
+        // The hook not chosen this time keeps no link from a previous daemon.
+        let other = match hook {
+            UplinkHook::Tcx => xdp_name,
+            UplinkHook::Xdp => ingress_program(layer),
+        };
+        if let Some((_, path)) = self.pool.take(other, ifindex) {
+            let _ = std::fs::remove_file(path);
         }
-        let prog: &mut Xdp = program(&mut self.ebpf, xdp_name)?;
-        let attached = match prog.attach(iface, XdpMode::Driver) {
-            Ok(id) => Ok((id, UplinkAttachMode::Native)),
-            Err(_) => prog.attach(iface, XdpMode::Skb).map(|id| (id, UplinkAttachMode::Generic)),
+        let (egress, _) = self.attach_link(egress_name, iface, ifindex, Hook::Tc(TcAttachType::Egress))?;
+        let attached = match hook {
+            UplinkHook::Tcx => self
+                .attach_link(ingress_program(layer), iface, ifindex, Hook::Tc(TcAttachType::Ingress))
+                .map(|(l, adopted)| (l, if adopted { UplinkAttachMode::Adopted } else { UplinkAttachMode::Tcx })),
+            UplinkHook::Xdp => match self.attach_link(xdp_name, iface, ifindex, Hook::Xdp(XdpMode::Driver)) {
+                Ok((l, adopted)) => Ok((l, if adopted { UplinkAttachMode::Adopted } else { UplinkAttachMode::Native })),
+                Err(_) => self.attach_link(xdp_name, iface, ifindex, Hook::Xdp(XdpMode::Skb)).map(|(l, _)| (l, UplinkAttachMode::Generic)),
+            },
         };
         match attached {
-            Ok((xdp, mode)) => {
-                self.uplinks.insert(iface.to_string(), UplinkLinks { ifindex, layer, attempts: AttemptLink::Xdp(xdp), egress });
+            Ok((attempts, mode)) => {
+                self.uplinks.insert(iface.to_string(), UplinkLinks { ifindex, attempts, egress });
                 Ok(mode)
             }
-            Err(source) => {
-                if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, egress_name) {
-                    let _ = prog.detach(egress);
-                }
-                Err(Error::Attach { program: xdp_name, iface: iface.to_string(), hook: "XDP", source: Box::new(source) })
+            Err(e) => {
+                egress.detach();
+                Err(e)
             }
         }
     }
 
     pub fn detach_uplink(&mut self, iface: &str) {
         let Some(links) = self.uplinks.remove(iface) else { return };
-        let (xdp_name, egress_name) = uplink_programs(links.layer);
-        match links.attempts {
-            AttemptLink::Xdp(link) => {
-                if let Ok(prog) = program::<Xdp>(&mut self.ebpf, xdp_name) {
-                    let _ = prog.detach(link);
-                }
-            }
-            AttemptLink::Tcx(link) => {
-                if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, ingress_program(links.layer)) {
-                    let _ = prog.detach(link);
-                }
-            }
+        links.attempts.detach();
+        links.egress.detach();
+    }
+
+    /// Whether the kernel side is pinned (and outlives this process).
+    pub fn pinned(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
+    }
+
+    /// Links a previous daemon pinned that no attachment of this one claimed (the
+    /// interfaces it no longer watches): detached.
+    pub fn release_unclaimed_links(&mut self) -> Vec<(String, u32)> {
+        let unclaimed = self.pool.unclaimed();
+        self.pool.release_all();
+        // The adopted LOCAL_IFACES may still name bridges the previous daemon watched
+        // and this one does not: their traffic is no longer the host's own.
+        let watched: BTreeSet<u32> = self.bridges.values().map(|b| b.ifindex).chain([ifindex_of("lo")]).collect();
+        let stale: Vec<u32> = self.local_ifaces.keys().filter_map(|k| k.ok()).filter(|i| !watched.contains(i)).collect();
+        for i in stale {
+            let _ = self.local_ifaces.remove(&i);
         }
-        if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, egress_name) {
-            let _ = prog.detach(links.egress);
+        unclaimed
+    }
+
+    /// `--detach-on-exit`: detaches everything and removes the pins (maps included:
+    /// what the ring still holds is gone with them).
+    pub fn unpin_all(&mut self) -> Result<()> {
+        let bridges: Vec<String> = self.bridges.keys().cloned().collect();
+        for b in bridges {
+            self.detach_bridge(&b);
         }
+        let uplinks: Vec<String> = self.uplinks.keys().cloned().collect();
+        for u in uplinks {
+            self.detach_uplink(&u);
+        }
+        self.pool.release_all();
+        if let Some(dir) = self.pins.take() {
+            pins::remove_tree(&dir.dir)?;
+            // The root too, when nothing else is pinned there.
+            let _ = std::fs::remove_dir(&dir.root);
+        }
+        Ok(())
     }
 
     /// The ifindex a watched interface had when attached: a different one now means
@@ -568,6 +749,12 @@ impl Kernel {
 
 impl Drop for Kernel {
     fn drop(&mut self) {
+        if self.pins.is_some() {
+            // Pinned: the links stay attached (closing our fds does not detach them),
+            // for the next daemon to adopt.
+            self.detach_probe_guards();
+            return;
+        }
         let bridges: Vec<String> = self.bridges.keys().cloned().collect();
         for b in bridges {
             self.detach_bridge(&b);
@@ -604,6 +791,31 @@ fn attach_tc(
         hook: if direction == TcAttachType::Egress { "TCX egress" } else { "TCX ingress" },
         source: Box::new(source),
     })
+}
+
+/// Replaces the program behind a pinned link with ours (BPF_LINK_UPDATE: atomic, the
+/// hook never runs without a program), and hands the link back.
+fn replace_program(ebpf: &mut Ebpf, name: &'static str, link: FdLink, hook: Hook) -> std::result::Result<FdLink, String> {
+    match hook {
+        Hook::Tc(_) => {
+            let prog: &mut SchedClassifier = program(ebpf, name).map_err(|e| e.to_string())?;
+            let link = tc::SchedClassifierLink::try_from(link).map_err(|e| e.to_string())?;
+            let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+            let link = prog.take_link(id).map_err(|e| e.to_string())?;
+            FdLink::try_from(link).map_err(|e| e.to_string())
+        }
+        Hook::Xdp(_) => {
+            let prog: &mut Xdp = program(ebpf, name).map_err(|e| e.to_string())?;
+            let link = aya::programs::xdp::XdpLink::try_from(link).map_err(|e| e.to_string())?;
+            let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+            let link = prog.take_link(id).map_err(|e| e.to_string())?;
+            FdLink::try_from(link).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn unreachable_link() -> Box<dyn std::any::Any + Send> {
+    Box::new(())
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.

@@ -5,4 +5,6 @@ pub mod btf;
 pub mod event;
 pub mod kfunc;
 pub mod loader;
+pub mod pins;
 pub mod reader;
+pub mod ring;

@@ -53,6 +53,17 @@ impl ReaderStats {
     pub fn records(&self) -> u64 {
         self.records.load(Ordering::Relaxed)
     }
+
+    /// For the in-place reader (ring.rs): the kernel woke it.
+    pub(crate) fn add_wakeup(&self) {
+        self.wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// For the in-place reader: `records` taken from the ring, `short` of them unusable.
+    pub(crate) fn add_records(&self, records: u64, short: u64) {
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.lost.fetch_add(short, Ordering::Relaxed);
+    }
 }
 
 /// Reads until told to stop (or the channel closes), then hands the ring back, so that

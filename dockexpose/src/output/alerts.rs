@@ -428,6 +428,8 @@ pub(crate) mod tests {
             ifindex: 0,
             seq: 0,
             flags: 0,
+            cpu: 0,
+            rec_seq: 0,
         };
         correlate::record(&obs, Stage::Reached, SystemTime::UNIX_EPOCH, "docker0", Some(&sample()))
     }
@@ -576,6 +578,8 @@ pub(crate) mod tests {
             ifindex: 0,
             seq: 0,
             flags: 0,
+            cpu: 0,
+            rec_seq: 0,
         };
         let mut r = correlate::record(&obs, Stage::Attempted, SystemTime::UNIX_EPOCH, uplink, Some(&sample()));
         r.stage = crate::output::record::STAGE_VERIFIED;

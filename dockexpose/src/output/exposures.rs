@@ -306,6 +306,8 @@ mod tests {
             ifindex: 0,
             seq: 0,
             flags: 0,
+            cpu: 0,
+            rec_seq: 0,
         };
         correlate::record(&obs, stage, SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000), "docker0", Some(&sample()))
     }

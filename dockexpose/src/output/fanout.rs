@@ -24,7 +24,8 @@ use super::{
     record::Record,
 };
 use crate::{
-    kernel::event::KernelClock,
+    kernel::event::{KernelClock, Observation},
+    state::continuity::Stamped,
     stats::{LatencyHistogram, LatencySummary},
 };
 
@@ -169,12 +170,18 @@ impl Outputs {
         self.human = (!quiet).then_some(HumanLines);
     }
 
-    /// One connection record to every consumer. `seen_ns`: the kernel timestamp of the
-    /// packet, for the latency figures (None for verdicts, which wait by design).
-    pub fn connection(&mut self, rec: Record, seen_ns: Option<u64>) {
+    /// One connection record to every consumer. `kernel`: the kernel record it comes
+    /// from: its timestamp gives the latency figures, and its (boot id, cpu, sequence
+    /// number) goes into the audit log so that a duplicate after a crash is told (None
+    /// for verdicts, which userspace makes, after a wait by design).
+    pub fn connection(&mut self, rec: Record, kernel: Option<&Observation>) {
         let rec = Arc::new(rec);
         self.records += 1;
-        self.audit.record(&rec);
+        match kernel {
+            Some(obs) => self.audit.write_record(&Stamped::of(&*rec, obs)),
+            None => self.audit.record(&rec),
+        }
+        let seen_ns = kernel.map(|o| o.ktime_ns);
         if let Some(t) = seen_ns {
             // Measured once the buffer reaches the file (`flush`).
             self.unflushed.push(t);

@@ -204,6 +204,8 @@ mod tests {
             ifindex: 3,
             seq: 0,
             flags: 0,
+            cpu: 0,
+            rec_seq: 0,
         }
     }
 

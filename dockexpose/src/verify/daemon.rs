@@ -198,6 +198,8 @@ pub fn verified_record(r: &ProbeResult, inventory: Option<&Inventory>) -> Record
         ifindex: 0,
         seq: 0,
         flags: 0,
+        cpu: 0,
+        rec_seq: 0,
     };
     let mut rec = correlate::record(&obs, Stage::Attempted, r.at, &r.uplink, inventory);
     rec.stage = STAGE_VERIFIED;
@@ -331,6 +333,8 @@ mod tests {
             ifindex: 0,
             seq: 0,
             flags: 0,
+            cpu: 0,
+            rec_seq: 0,
         }
     }
 

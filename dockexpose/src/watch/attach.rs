@@ -125,12 +125,14 @@ impl Watcher {
                 UplinkAttachMode::Native => "xdp native",
                 UplinkAttachMode::Generic => "xdp generic",
                 UplinkAttachMode::Tcx => "tcx",
+                UplinkAttachMode::Adopted => "adopted",
             },
         );
         let how = match mode {
             UplinkAttachMode::Native => "XDP native",
             UplinkAttachMode::Generic => "XDP generic: the driver has no native XDP",
             UplinkAttachMode::Tcx => "TCX ingress",
+            UplinkAttachMode::Adopted => "the previous daemon's pinned link, program replaced",
         };
         let kind = match interfaces::bridge_of(name) {
             Some(bridge) => format!("a port of the bridged uplink {}, ", human::escape_untrusted(&bridge)),

@@ -26,7 +26,6 @@ use std::{
 };
 
 use clap::ArgMatches;
-use dockexpose_common::ConnEvent;
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
@@ -49,7 +48,8 @@ use crate::{
     kernel::{
         event::{KernelClock, Observation},
         loader::{ConntrackAccess, Kernel},
-        reader::{self, ReaderStats},
+        reader::ReaderStats,
+        ring,
     },
     output::{
         alerts::Alert,
@@ -58,6 +58,7 @@ use crate::{
         human,
         sinks::{self, SinkHandle, SinksConfig},
     },
+    state::{self, continuity::ServiceSettings},
     stats::LossTracker,
     status::{self, Query},
     verdict::AttemptTracker,
@@ -217,10 +218,13 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     let host = HostSnapshot::read()?;
     let settings = settings::validate(&args, &host)?;
     let metrics_addr = config::metrics_addr(&args).map_err(Error::Config)?;
-    let audit = AuditLog::open(args.json.as_deref(), settings::rotation(&args))?;
+    let mut audit = AuditLog::open(args.json.as_deref(), settings::rotation(&args))?;
     privileges::check()?;
     let sinks = start_sinks(&sink_config)?;
-    let (kernel, ring) = Kernel::load(settings.kernel)?;
+    // Continuity (state/): the lock, the pinned kernel side adopted or created, the
+    // start records.
+    let service = ServiceSettings::from_args(&args.service);
+    let (kernel, mut continuity) = state::continuity::start(&service, settings.kernel, &mut audit)?;
 
     let blocked_after_ns = settings.blocked_after_ns;
     let (verify_tx, verify_rx) = mpsc::unbounded_channel::<VerifyResult>();
@@ -311,9 +315,9 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     }
     drop(query_tx);
 
-    let (tx, mut rx) = mpsc::channel::<Vec<ConnEvent>>(CHANNEL_BATCHES);
+    let (tx, mut rx) = mpsc::channel::<ring::Batch>(CHANNEL_BATCHES);
     let (stop_reader, reader_stop) = tokio::sync::oneshot::channel();
-    let mut reader_task = tokio::spawn(reader::run(ring, tx, w.reader.clone(), reader_stop));
+    let mut reader_task = tokio::spawn(ring::run(continuity.ring(), tx, w.reader.clone(), reader_stop));
     let mut reader_ended = false;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
@@ -361,6 +365,8 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
             if v.settings.uplinks.is_empty() { "the uplinks verify chooses".to_string() } else { v.settings.uplinks.join(", ") },
         );
     }
+    // Attached and reading: a Type=notify service is now started.
+    state::notify::tell("READY=1");
     // SIGINT/SIGTERM while a verify run goes: wait for it to clean up, then stop.
     let mut stopping: Option<(&'static str, Instant)> = None;
 
@@ -376,7 +382,10 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
                 }
             }
             Some(state) = next_docker_state(&mut docker_rx) => w.docker_changed(state)?,
-            _ = refresh.tick() => w.refresh_host()?,
+            _ = refresh.tick() => {
+                w.refresh_host()?;
+                continuity.refreshed(&mut w.kernel);
+            }
             _ = stats.tick() => w.report_counters("counters")?,
             Some(query) = query_rx.recv() => w.answer(query),
             Some(result) = next_verify_result(&mut verify_rx) => w.verify_done(result)?,
@@ -407,8 +416,10 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
                 };
             }
         }
-        // Before waiting again, everything seen so far is written out.
+        // Before waiting again, everything seen so far is written out; then (only
+        // then) its ring space is released.
         w.flush();
+        continuity.flushed(!w.pending.is_empty());
         if let Some((reason, deadline)) = stopping {
             if !w.verify_running() {
                 break Ok(reason);
@@ -420,13 +431,14 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         }
     };
     // What the reader handed over, then what is still in the ring, gets written.
+    state::notify::tell("STOPPING=1");
     let _ = stop_reader.send(());
-    let ring = if reader_ended { None } else { reader_task.await.ok().and_then(|r| r.ok()) };
+    let cursor = if reader_ended { None } else { reader_task.await.ok().and_then(|r| r.ok()) };
     while let Ok(batch) = rx.try_recv() {
         w.handle_batch(&batch)?;
     }
-    if let Some(mut ring) = ring {
-        let rest = reader::drain_rest(&mut ring, &w.reader);
+    if let Some(cursor) = cursor {
+        let rest = ring::drain_rest(&continuity.ring(), cursor, &w.reader);
         w.handle_batch(&rest)?;
     }
     w.release_pending(true)?;
@@ -438,6 +450,8 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     w.outputs.tick(Instant::now() + w.settings.alert_window);
     w.report_counters("final counters")?;
     let bridges: Vec<String> = w.kernel.bridges().chain(w.kernel.uplinks()).map(str::to_string).collect();
+    let kept = continuity.pin_dir().filter(|_| !continuity.detach_on_exit).map(|d| d.dir.display().to_string());
+    continuity.stop(&mut w.kernel, &mut w.outputs.audit, reason)?;
     // Give the sinks a moment to deliver the last alerts.
     let sinks = std::mem::take(&mut w.sinks);
     drop(w);
@@ -446,7 +460,11 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
             s.stop().await;
         }
     }
-    eprintln!("dockexpose: {reason}: detached from {}", if bridges.is_empty() { "nothing".into() } else { bridges.join(", ") });
+    let list = if bridges.is_empty() { "nothing".into() } else { bridges.join(", ") };
+    match kept {
+        Some(dir) => eprintln!("dockexpose: {reason}: the kernel side stays attached to {list} and keeps recording (pinned at {dir}; the next start resumes it, `dockexpose cleanup` removes it)"),
+        None => eprintln!("dockexpose: {reason}: detached from {list}"),
+    }
     Ok(())
 }
 

@@ -111,7 +111,7 @@ impl Watcher {
 
     pub(super) fn emit(&mut self, obs: &Observation, iface: &str) -> Result<()> {
         let rec = correlate::record(obs, obs.stage, self.clock.wall(obs.ktime_ns), iface, self.inventory.as_ref());
-        self.outputs.connection(rec, Some(obs.ktime_ns));
+        self.outputs.connection(rec, Some(obs));
         Ok(())
     }
 }

@@ -32,6 +32,8 @@ pub fn alert(kind: AlertKind, name: &str, host_port: u16, text: &str) -> Arc<Ale
         ifindex: 0,
         seq: 0,
         flags: 0,
+        cpu: 0,
+        rec_seq: 0,
     };
     let mut rec = Record::from_observation(&obs, Stage::Reached, SystemTime::now(), "br-test");
     rec.container = Some(Arc::new(ContainerRef {

@@ -247,10 +247,26 @@ impl Watcher {
         Self::start_with(cmd, args, json)
     }
 
-    fn start_with(mut cmd: Command, args: &[&str], json: PathBuf) -> Self {
+    /// Starts another watcher appending to the same audit log (a restart).
+    pub fn restart(args: &[&str], json: PathBuf) -> Self {
+        Self::spawn_command(Command::new(env!("CARGO_BIN_EXE_dockexpose")), args, json)
+    }
+
+
+    fn start_with(cmd: Command, args: &[&str], json: PathBuf) -> Self {
         let _ = std::fs::remove_file(&json);
+        Self::spawn_command(cmd, args, json)
+    }
+
+    /// Runs `cmd watch ARGS --json JSON` (appending to the log) and waits until it watches.
+    pub fn spawn_command(mut cmd: Command, args: &[&str], json: PathBuf) -> Self {
+        // Tests that do not test continuity leave nothing behind: no pins, no lock.
+        if !args.iter().any(|a| *a == "--pin-dir" || *a == "--no-pin") {
+            cmd.arg("watch").arg("--no-pin");
+        } else {
+            cmd.arg("watch");
+        }
         let mut child = cmd
-            .arg("watch")
             .args(args)
             .arg("--json")
             .arg(&json)
@@ -300,7 +316,15 @@ impl Watcher {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// SIGTERM, then waits; returns the JSON records written and the exit status.
+    /// SIGKILL (a crash, the OOM killer), then waits; returns what it printed.
+    pub fn kill9(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        self.lines()
+    }
+
+    /// SIGTERM, then waits; returns the JSON connection records written and the exit status.
     pub fn stop(mut self) -> (Vec<serde_json::Value>, std::process::ExitStatus, Vec<String>) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -313,9 +337,12 @@ impl Watcher {
         };
         std::thread::sleep(Duration::from_millis(100));
         let text = std::fs::read_to_string(&self.json).unwrap_or_default();
+        // Connection records only: the daemon's own lines (`daemon_start`,
+        // `daemon_stop`, `kernel_state_reset`: an `event` key) are not connections.
         let records = text
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .filter(|r| r.get("event").is_none())
             .collect();
         let lines = self.lines();
         (records, status, lines)

@@ -533,6 +533,8 @@ pub(crate) fn test_record() -> crate::output::record::Record {
         ifindex: 0,
         seq: 0,
         flags: 0,
+        cpu: 0,
+        rec_seq: 0,
     };
     let inventory = crate::inventory::model::tests::sample();
     crate::correlate::record(&obs, Stage::Reached, std::time::SystemTime::UNIX_EPOCH, "docker0", Some(&inventory))

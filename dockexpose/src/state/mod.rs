@@ -1,0 +1,20 @@
+//! The daemon as a service: continuity across restarts, upgrades and crashes (pinned
+//! kernel side adopted, ring resumed, records at least once with detectable
+//! duplicates), the one-daemon lock, and readiness for the service manager.
+
+pub mod continuity;
+pub mod lock;
+pub mod notify;
+
+/// `dockexpose cleanup`: removes everything pinned (links first: the programs detach).
+pub fn cleanup(args: &crate::cli::CleanupArgs) -> crate::error::Result<()> {
+    // A running daemon holds the lock: removing its pins under it would detach it.
+    let _lock = lock::DaemonLock::acquire(&args.lock_file)?;
+    let removed = crate::kernel::pins::cleanup(&args.pin_dir)?;
+    if removed.is_empty() {
+        println!("dockexpose cleanup: nothing pinned at {}", args.pin_dir.display());
+    } else {
+        println!("dockexpose cleanup: removed {} pinned objects under {} ({})", removed.len(), args.pin_dir.display(), removed.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,40 @@
+#!/bin/sh
+# Builds the dockexpose container image here, without a registry and without a base
+# image: a root file system holding the binary and exactly the shared libraries that
+# ldd names for it (glibc's loader, libc, libm, libgcc_s), imported with `docker import`.
+#
+#   packaging/container/build.sh target/release/dockexpose [dockexpose:TAG]
+#
+# Run it (see README, "Run it as a service"):
+#   docker run -d --name dockexpose --restart on-failure --network host \
+#     --cap-drop ALL --cap-add BPF --cap-add PERFMON --cap-add NET_ADMIN \
+#     -v /sys/fs/bpf:/sys/fs/bpf -v /var/run/docker.sock:/var/run/docker.sock:ro \
+#     -v /var/log/dockexpose:/var/log/dockexpose dockexpose:TAG
+# An engine that does not know CAP_BPF by name (Docker 20.10 as Debian 12 ships it:
+# "unknown capability") needs --cap-add SYS_ADMIN --cap-add NET_ADMIN instead.
+set -eu
+BIN=${1:?usage: build.sh PATH/TO/dockexpose [IMAGE]}
+IMAGE=${2:-dockexpose:latest}
+command -v docker >/dev/null || { echo "build.sh: no docker client; install Docker" >&2; exit 1; }
+command -v ldd >/dev/null || { echo "build.sh: no ldd (libc-bin)" >&2; exit 1; }
+ROOT=$(mktemp -d)
+trap 'rm -rf "$ROOT"' EXIT
+mkdir -p "$ROOT/usr/local/bin" "$ROOT/tmp" "$ROOT/run/dockexpose" "$ROOT/var/log/dockexpose" \
+    "$ROOT/var/run" "$ROOT/sys/fs/bpf" "$ROOT/proc" "$ROOT/dev" "$ROOT/etc"
+chmod 1777 "$ROOT/tmp"
+cp "$BIN" "$ROOT/usr/local/bin/dockexpose"
+# "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)"
+LIBS=$(ldd "$BIN" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+[ -n "$LIBS" ] || { echo "build.sh: ldd found no libraries for $BIN (a static binary needs none: fine)" >&2; }
+for lib in $LIBS; do
+    mkdir -p "$ROOT$(dirname "$lib")"
+    cp -L "$lib" "$ROOT$lib"
+done
+echo "root:x:0:0:root:/:/usr/local/bin/dockexpose" > "$ROOT/etc/passwd"
+echo "root:x:0:" > "$ROOT/etc/group"
+tar -C "$ROOT" -c . | docker import \
+    --change 'ENTRYPOINT ["/usr/local/bin/dockexpose"]' \
+    --change 'CMD ["watch", "--json", "/var/log/dockexpose/audit.jsonl"]' \
+    --change 'LABEL org.opencontainers.image.title=dockexpose' \
+    - "$IMAGE" >/dev/null
+echo "$IMAGE: /usr/local/bin/dockexpose and $(echo $LIBS | wc -w) libraries: $(echo $LIBS)"
