@@ -350,3 +350,57 @@ fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_file_is_bad() {
     let (_, status, _) = w.stop();
     assert!(status.success());
 }
+
+#[test]
+fn a_stalled_webhook_never_holds_back_the_audit_log() {
+    if !privileged("a_stalled_webhook_never_holds_back_the_audit_log") {
+        return;
+    }
+    // A webhook server that accepts and never answers: every delivery times out.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = stalled.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in stalled.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let bed = Bed::new("wh");
+    let _c1 = Services::start(&bed.c1_ns, C_TCP, C_UDP);
+    let dir = temp_dir("webhook");
+    let config = dir.join("dockexpose.toml");
+    // A one-alert queue and a one-second alert window: new alerts every second, which
+    // the stalled sink cannot take.
+    std::fs::write(&config, format!("[alerts]\nwindow = 1\n\n[[sinks.webhook]]\nurl = \"http://{hook}/hook\"\nqueue = 1\n")).unwrap();
+    let socket = dir.join("s.sock");
+    let log = dir.join("audit.jsonl");
+    let w = Watcher::start(
+        &["--config", config.to_str().unwrap(), "--bridge", &bed.bridge, "--no-uplinks", "--stats-interval", "0", "--status-socket", socket.to_str().unwrap()],
+        log.clone(),
+    );
+    assert!(w.lines().iter().any(|l| l.contains("alerts also go to webhook http://")), "{:?}", w.lines());
+    let mut slowest = Duration::ZERO;
+    for _ in 0..6 {
+        for host in [2, 3] {
+            let port = tcp_connect(&bed.outside.ns, Some(bed.outside.v4(host).parse().unwrap()), bed.host_tcp_v4()).expect("connect");
+            let t = Instant::now();
+            assert!(within(Duration::from_secs(2), || has_port(&log, port).then_some(())).is_some(), "record of {port} written");
+            slowest = slowest.max(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    eprintln!("slowest record with the webhook stalled: {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "the audit log waited on the sink: {slowest:?}");
+    let (code, out, _) = dockexpose(&["status", "--socket", socket.to_str().unwrap(), "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let sink = &report["health"]["sinks"][0];
+    assert!(sink["name"].as_str().unwrap().starts_with("webhook http://127.0.0.1"), "{sink:#}");
+    assert!(sink["dropped_full"].as_u64().unwrap() >= 1, "a full queue drops and counts: {sink:#}");
+    assert!(sink["timeouts"].as_u64().unwrap() >= 1, "each attempt is cut at 2 s: {sink:#}");
+    assert_eq!(sink["delivered"], 0, "{sink:#}");
+    assert!(report["health"]["losses"]["sink_alerts_dropped"].as_u64().unwrap() >= 1);
+    assert!(code.is_some());
+    let (records, status, _) = w.stop();
+    assert!(status.success());
+    assert_eq!(records.iter().filter(|r| r["stage"] == "reached").count(), 12, "every connection recorded");
+}
