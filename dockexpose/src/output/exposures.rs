@@ -140,7 +140,8 @@ pub struct SourceCount {
 #[derive(Default)]
 pub struct ExposureTable {
     rows: BTreeMap<RowKey, Row>,
-    /// (host port, proto) -> the published rows with it.
+    /// (host port, proto) -> the published rows with it, as (container id, binding
+    /// address): found per record without building a key.
     by_port: HashMap<(u16, &'static str), Vec<RowKey>>,
     /// Records of no known container, or past the row caps.
     unmatched: u64,
@@ -177,10 +178,11 @@ impl ExposureTable {
         self.by_port = by_port;
     }
 
-    /// The row a record belongs to, created for an unpublished port.
+    /// The row a record belongs to, created for an unpublished port. The published
+    /// case builds no key: it borrows the one `by_port` holds.
     fn row_for(&mut self, rec: &Record) -> Option<&mut Row> {
         let container = rec.container.as_ref()?;
-        let key = match rec.host_port {
+        match rec.host_port {
             Some(host_port) => {
                 let candidates = self.by_port.get(&(host_port, rec.proto))?;
                 let ours = || candidates.iter().filter(|k| k.container_id == container.id);
@@ -190,7 +192,8 @@ impl ExposureTable {
                         k.host_ip.is_some_and(|ip| ip.is_unspecified() && rec.host_ip.is_none_or(|h| h.is_ipv4() == ip.is_ipv4()))
                     })
                 };
-                exact.or_else(wildcard).or_else(|| ours().next())?.clone()
+                let key = exact.or_else(wildcard).or_else(|| ours().next())?;
+                self.rows.get_mut(key)
             }
             None if rec.exposure == "unpublished" && rec.stage == "reached" => {
                 let key = RowKey { container_id: container.id.clone(), host_ip: None, port: rec.dst_port, proto: rec.proto };
@@ -200,11 +203,10 @@ impl ExposureTable {
                     }
                     self.rows.insert(key.clone(), Row::new(container.clone(), rec.dst_port, "unpublished"));
                 }
-                key
+                self.rows.get_mut(&key)
             }
-            None => return None,
-        };
-        self.rows.get_mut(&key)
+            None => None,
+        }
     }
 
     /// Counts one record.

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     kernel::event::{KernelClock, Observation},
-    state::continuity::Stamped,
+    state::continuity::boot_id,
     stats::{LatencyHistogram, LatencySummary},
 };
 
@@ -174,13 +174,13 @@ impl Outputs {
     /// from: its timestamp gives the latency figures, and its (boot id, cpu, sequence
     /// number) goes into the audit log so that a duplicate after a crash is told (None
     /// for verdicts, which userspace makes, after a wait by design).
-    pub fn connection(&mut self, rec: Record, kernel: Option<&Observation>) {
+    pub fn connection(&mut self, mut rec: Record, kernel: Option<&Observation>) {
+        if let Some(obs) = kernel {
+            (rec.boot_id, rec.cpu, rec.kseq) = (Some(boot_id()), Some(obs.cpu), Some(obs.rec_seq));
+        }
         let rec = Arc::new(rec);
         self.records += 1;
-        match kernel {
-            Some(obs) => self.audit.write_record(&Stamped::of(&*rec, obs)),
-            None => self.audit.record(&rec),
-        }
+        self.audit.record(&rec);
         let seen_ns = kernel.map(|o| o.ktime_ns);
         if let Some(t) = seen_ns {
             // Measured once the buffer reaches the file (`flush`).

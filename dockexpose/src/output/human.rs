@@ -111,6 +111,9 @@ mod tests {
             shape: Vec::new(),
             verdict: None,
             why: None,
+            boot_id: None,
+            cpu: None,
+            kseq: None,
         };
         assert_eq!(
             connection_line(&rec),

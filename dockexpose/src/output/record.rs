@@ -136,6 +136,15 @@ pub struct Record {
     /// Only on `verified` records: a few words on why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// The kernel's name for the record it comes from (records the kernel made, not
+    /// verdicts): (boot_id, cpu, kseq) is unique per kernel record, so a duplicate
+    /// written again after a crash is told. Set by the fan-out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kseq: Option<u64>,
 }
 
 impl Record {
@@ -162,6 +171,9 @@ impl Record {
             shape: obs.shape(),
             verdict: None,
             why: None,
+            boot_id: None,
+            cpu: None,
+            kseq: None,
         }
     }
 

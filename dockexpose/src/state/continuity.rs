@@ -28,7 +28,6 @@ use super::lock::DaemonLock;
 use crate::{
     error::{Error, Result},
     kernel::{
-        event::Observation,
         loader::{Kernel, KernelSettings},
         pins::{self, Adoption, PinDir},
         ring::{Committer, EventRing, RingShared},
@@ -63,23 +62,6 @@ pub fn boot_id() -> &'static str {
     ID.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
     })
-}
-
-/// A connection record with the kernel's name for it: (boot id, cpu, kseq) is unique
-/// per record the kernel wrote, so a duplicate after a crash is told.
-#[derive(Serialize)]
-pub struct Stamped<'a, T: Serialize> {
-    #[serde(flatten)]
-    pub record: &'a T,
-    pub boot_id: &'static str,
-    pub cpu: u32,
-    pub kseq: u64,
-}
-
-impl<'a, T: Serialize> Stamped<'a, T> {
-    pub fn of(record: &'a T, obs: &Observation) -> Self {
-        Self { record, boot_id: boot_id(), cpu: obs.cpu, kseq: obs.rec_seq }
-    }
 }
 
 /// `daemon_start`, `daemon_stop`, `kernel_state_reset`: the daemon's own records in
