@@ -534,9 +534,8 @@ impl Kernel {
         unclaimed
     }
 
-    /// `--detach-on-exit`: detaches everything and removes the pins (maps included:
-    /// what the ring still holds is gone with them).
-    pub fn unpin_all(&mut self) -> Result<()> {
+    /// Detaches from every bridge and uplink.
+    fn detach_interfaces(&mut self) {
         let bridges: Vec<String> = self.bridges.keys().cloned().collect();
         for b in bridges {
             self.detach_bridge(&b);
@@ -545,6 +544,12 @@ impl Kernel {
         for u in uplinks {
             self.detach_uplink(&u);
         }
+    }
+
+    /// `--detach-on-exit`: detaches everything and removes the pins (maps included:
+    /// what the ring still holds is gone with them).
+    pub fn unpin_all(&mut self) -> Result<()> {
+        self.detach_interfaces();
         self.pool.release_all();
         if let Some(dir) = self.pins.take() {
             pins::remove_tree(&dir.dir)?;
@@ -755,14 +760,7 @@ impl Drop for Kernel {
             self.detach_probe_guards();
             return;
         }
-        let bridges: Vec<String> = self.bridges.keys().cloned().collect();
-        for b in bridges {
-            self.detach_bridge(&b);
-        }
-        let uplinks: Vec<String> = self.uplinks.keys().cloned().collect();
-        for u in uplinks {
-            self.detach_uplink(&u);
-        }
+        self.detach_interfaces();
         self.detach_probe_guards();
     }
 }

@@ -83,8 +83,8 @@ pub fn encode_report(report: &StatusReport, alerts: &AlertCounts) -> String {
     let timeouts = counter_family(&mut r, "sink_timeouts", "Delivery attempts that took longer than 2 s");
     let depth = gauge_family(&mut r, "sink_queue_depth", "Alerts waiting in a sink's queue");
     let capacity = gauge_family(&mut r, "sink_queue_capacity", "Size of a sink's queue");
-    for s in &h.sinks {
-        let l: Labels = vec![("sink", s.name.clone())];
+    for sink in &h.sinks {
+        let (l, s): (Labels, _) = (vec![("sink", sink.name.clone())], &sink.stats);
         delivered.get_or_create(&l).inc_by(s.delivered);
         retries.get_or_create(&l).inc_by(s.retries);
         timeouts.get_or_create(&l).inc_by(s.timeouts);
@@ -136,7 +136,10 @@ mod tests {
         let mut web = crate::output::exposures::ExposureRow::sample("web");
         (web.attempts, web.reached, web.blocked, web.distinct_sources) = (7, 5, 2, 3);
         report.exposures.push(web);
-        report.health.sinks.push(SinkHealth { name: "webhook http://127.0.0.1:1/x".into(), dropped_full: 4, ..SinkHealth::default() });
+        report.health.sinks.push(SinkHealth {
+            name: "webhook http://127.0.0.1:1/x".into(),
+            stats: crate::output::sinks::SinkStats { dropped_full: 4, ..Default::default() },
+        });
         report.health.losses.kernel_ring_full = 9;
         let text = encode_report(&report, &AlertCounts::default());
         assert!(text.contains("dockexpose_build_info{version=\"0.1.0\"} 1"), "{text}");

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::output::{exposures::ExposureRow, human::escape_untrusted};
+use crate::output::{exposures::ExposureRow, human::escape_untrusted, sinks::SinkStats};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -82,15 +82,8 @@ pub struct AuditHealth {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkHealth {
     pub name: String,
-    pub queued: usize,
-    pub capacity: usize,
-    pub delivered: u64,
-    pub dropped_full: u64,
-    pub dropped_failed: u64,
-    pub retries: u64,
-    /// Delivery attempts that took longer than 2 s.
-    pub timeouts: u64,
-    pub last_error: Option<String>,
+    #[serde(flatten)]
+    pub stats: SinkStats,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,11 +134,12 @@ impl StatusReport {
             a.lines_lost,
             if a.failing { ", FAILING now" } else { "" }
         );
-        for s in &h.sinks {
+        for sink in &h.sinks {
+            let s = &sink.stats;
             let _ = writeln!(
                 out,
                 "sink {}: {}/{} queued, {} delivered, {} dropped (queue full), {} dropped (failed), {} retries, {} timeouts{}",
-                escape_untrusted(&s.name),
+                escape_untrusted(&sink.name),
                 s.queued,
                 s.capacity,
                 s.delivered,

@@ -75,26 +75,13 @@ impl Watcher {
         let sinks: Vec<SinkHealth> = self
             .sinks
             .iter()
-            .map(|s| {
-                let st = s.stats();
-                SinkHealth {
-                    name: s.name().to_string(),
-                    queued: st.queued,
-                    capacity: st.capacity,
-                    delivered: st.delivered,
-                    dropped_full: st.dropped_full,
-                    dropped_failed: st.dropped_failed,
-                    retries: st.retries,
-                    timeouts: st.timeouts,
-                    last_error: st.last_error,
-                }
-            })
+            .map(|s| SinkHealth { name: s.name().to_string(), stats: s.stats() })
             .collect();
         let losses = Losses {
             kernel_ring_full: counters.kernel.get(Counter::RingbufFull),
             reader_lost: counters.reader_lost,
             audit_lines_lost: audit.lines_lost,
-            sink_alerts_dropped: sinks.iter().map(|s| s.dropped_full + s.dropped_failed).sum(),
+            sink_alerts_dropped: sinks.iter().map(|s| s.stats.dropped_full + s.stats.dropped_failed).sum(),
             bridge_uninspected: counters.kernel.get(Counter::BridgeUninspected),
             attempts_untracked: self.attempts_untracked,
         };
@@ -133,7 +120,7 @@ impl Watcher {
             reasons.push("records were lost in the last 5 minutes (see losses)".into());
         }
         for s in &sinks {
-            if s.last_error.is_some() && s.queued >= s.capacity {
+            if s.stats.last_error.is_some() && s.stats.queued >= s.stats.capacity {
                 reasons.push(format!("alert sink {} is failing and its queue is full", human::escape_untrusted(&s.name)));
             }
         }

@@ -226,7 +226,7 @@ pub(crate) fn hostname() -> String {
 // ---------------------------------------------------------------------------------
 
 /// What a sink did so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkStats {
     /// Alerts waiting in the queue now.
     pub queued: usize,
@@ -520,24 +520,7 @@ pub(crate) fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
 /// from 198.18.3.2.
 #[cfg(test)]
 pub(crate) fn test_record() -> crate::output::record::Record {
-    use crate::kernel::event::{Observation, Proto, Stage};
-    let obs = Observation {
-        ktime_ns: 0,
-        stage: Stage::Reached,
-        proto: Proto::Tcp,
-        src: "198.18.3.2".parse().unwrap(),
-        src_port: 40000,
-        dst: "172.17.0.2".parse().unwrap(),
-        dst_port: 80,
-        orig_dst: Some(("198.18.3.1".parse().unwrap(), 8080)),
-        ifindex: 0,
-        seq: 0,
-        flags: 0,
-        cpu: 0,
-        rec_seq: 0,
-    };
-    let inventory = crate::inventory::model::tests::sample();
-    crate::correlate::record(&obs, Stage::Reached, std::time::SystemTime::UNIX_EPOCH, "docker0", Some(&inventory))
+    crate::output::alerts::tests::rec("198.18.3.2", "172.17.0.2", 80)
 }
 
 #[cfg(test)]
