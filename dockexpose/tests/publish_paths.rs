@@ -715,7 +715,12 @@ fn docker_ipv6_with_ip6tables_dnat_is_reached_with_host_port_and_identity() {
     let mut w = engine.watch(&["--stats-interval", "0"], json_path("11ipv6"));
     w.wait_for_line("Docker inventory: 1 running containers", Duration::from_secs(20));
     let src6: IpAddr = engine.outside_v6().parse().unwrap();
-    let sport = tcp_open(&engine.outside_ns, Some(src6), engine.host6(port)).expect("IPv6 published port reached through ip6tables DNAT");
+    // The container's IPv6 address may still be tentative (duplicate address
+    // detection) for a moment after it starts: its first answers can be lost, so try
+    // again for a few seconds (each try is its own connection and its own record).
+    let sport = (0..10)
+        .find_map(|_| tcp_open(&engine.outside_ns, Some(src6), engine.host6(port)).map_err(|_| std::thread::sleep(Duration::from_millis(500))).ok())
+        .expect("IPv6 published port reached through ip6tables DNAT");
     std::thread::sleep(Duration::from_millis(500));
     let (records, status, _) = w.stop();
     assert!(status.success());
