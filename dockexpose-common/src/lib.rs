@@ -24,6 +24,10 @@ pub mod map_names {
     /// Userspace only (no program touches it): the daemon's bookkeeping that must
     /// outlive it with the pinned maps (`DAEMON_STATE_*` slots).
     pub const DAEMON_STATE: &str = "DAEMON_STATE";
+    /// Userspace only: records the daemon holds back while it waits for their
+    /// container's identity, kept here (pinned) so that a crash loses none of them
+    /// although their ring space is released (`PendingKey` -> `ConnEvent`).
+    pub const PENDING: &str = "PENDING";
     /// `verify`: probe source addresses, whose packets the guard keeps inside.
     pub const PROBE_SOURCES: &str = "PROBE_SOURCES";
     /// `verify`: interfaces (ifindex) where the guard sees bare IP.
@@ -122,6 +126,12 @@ pub const FLAG_IP_OPTIONS: u8 = 8;
 pub const FLAG_BY_CONNTRACK: u8 = 16;
 /// The frame carried one or two VLAN tags.
 pub const FLAG_VLAN: u8 = 32;
+/// Conntrack says an outside end opened the connection and no DNAT rewrote it: it was
+/// routed straight to the container's address, not through a published port.
+pub const FLAG_DIRECT: u8 = 64;
+/// The source lies in a `--trusted` network, yet the route back to it leaves by
+/// another interface than the one the packet arrived on: a spoofed trusted source.
+pub const FLAG_SPOOFED_TRUSTED: u8 = 128;
 
 /// Values in the LOCAL_V4/LOCAL_V6 prefix tries.
 pub const PREFIX_LOCAL: u8 = 1;
@@ -238,9 +248,20 @@ pub struct FlowKey {
 pub struct Opening {
     pub key: FlowKey,
     pub seq: u32,
-    pub _pad: u32,
+    /// 1 once the container answered it (SYN-ACK / INIT-ACK seen leaving the
+    /// container): a later SYN with the same tuple and ISN starts a new connection.
+    pub answered: u8,
+    pub _pad: [u8; 3],
     pub ktime_ns: u64,
+    /// The conntrack entry of that SYN (its address; 0 when conntrack was not read):
+    /// a retransmit belongs to the same entry, a new connection has a new one.
+    pub ct: u64,
 }
+
+/// Key of the PENDING map: (cpu, rec_seq) of the record, which name it uniquely.
+pub type PendingKey = [u64; 2];
+/// Capacity of the PENDING map: records awaiting identity at once.
+pub const PENDING_MAX: u32 = 1_024;
 
 /// Slots of the OPENINGS cache (a power of two).
 pub const OPENINGS_LEN: u32 = 8_192;
@@ -324,10 +345,16 @@ pub enum Counter {
     AnswersOfReached = 19,
     /// Records that woke the reader (the ring held more than WAKEUP_BYTES).
     RingWakeups = 20,
+    /// Reported flows whose trusted source arrived where the route back to it does
+    /// not go (spoofed).
+    SpoofedTrusted = 21,
+    /// SYNs that reused the tuple and ISN of a connection the container had answered:
+    /// new connections (a new conntrack entry), reported.
+    TupleReused = 22,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 23;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::BridgePackets,
         Counter::BridgeNewFlows,
@@ -350,6 +377,8 @@ impl Counter {
         Counter::RetransmitsDeduplicated,
         Counter::AnswersOfReached,
         Counter::RingWakeups,
+        Counter::SpoofedTrusted,
+        Counter::TupleReused,
     ];
 
     /// Name used in reports and metrics.
@@ -376,6 +405,8 @@ impl Counter {
             Counter::RetransmitsDeduplicated => "retransmits_deduplicated",
             Counter::AnswersOfReached => "answers_of_reached",
             Counter::RingWakeups => "ring_forced_wakeups",
+            Counter::SpoofedTrusted => "spoofed_trusted",
+            Counter::TupleReused => "tuple_reused",
         }
     }
 }
@@ -383,7 +414,7 @@ impl Counter {
 // Layouts are a contract between two compilers: fail the build if they drift.
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<Opening>() == 56);
+const _: () = assert!(core::mem::size_of::<Opening>() == 64);
 const _: () = assert!(OPENINGS_LEN.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<AttemptValue>() == 16);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 4);

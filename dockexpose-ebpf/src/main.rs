@@ -26,8 +26,8 @@ mod packet;
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    bindings::{__sk_buff, bpf_fib_lookup, xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    helpers::{bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -35,7 +35,7 @@ use aya_ebpf::{
 };
 use dockexpose_common::{
     published_port_index, AttemptKey, DAEMON_STATE_LEN, AttemptValue, ConnEvent, Counter, FlowKey, Opening, ATTEMPTS_MAX,
-    OPENINGS_LEN,
+    OPENINGS_LEN, PendingKey, PENDING_MAX, FLAG_DIRECT, FLAG_SPOOFED_TRUSTED,
     EVENTS_RING_BYTES, FAMILY_IPV4, FLAG_BY_CONNTRACK, FLAG_HAS_ORIG_DST, FLAG_SPOOFED_LOCAL, FLOWS_MAX,
     LOCAL_IFACES_MAX, PREFIXES_MAX, PREFIX_HOST, PREFIX_TRUSTED, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PUBLISHED_PORTS_LEN, STAGE_ANSWERED,
     STAGE_ATTEMPTED, STAGE_REACHED,
@@ -44,6 +44,10 @@ use dockexpose_common::{
     ProbeAnswer, FAMILY_IPV6, PROBE_COUNTERS_LEN, PROBE_COUNTER_DROPPED, PROBE_COUNTER_LOST, PROBE_EVENTS_RING_BYTES, PROBE_SOURCES_MAX,
 };
 use packet::{parse, Flow, Parsed, TCP_SYN, TCP_SYN_ACK};
+
+/// Address families of `bpf_fib_lookup`.
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// Drop the packet (a TC verdict: used only by the probe guard).
 const TC_ACT_SHOT: i32 = 2;
@@ -119,6 +123,11 @@ static RECORD_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static DAEMON_STATE: Array<u64> = Array::with_max_entries(DAEMON_STATE_LEN, 0);
 
+/// Records the daemon holds back for their container's identity (userspace only,
+/// pinned: a crash loses none of them though their ring space is released).
+#[map]
+static PENDING: HashMap<PendingKey, ConnEvent> = HashMap::with_max_entries(PENDING_MAX, 0);
+
 #[map]
 static PUBLISHED_PORTS: Array<u8> = Array::with_max_entries(PUBLISHED_PORTS_LEN, 0);
 
@@ -186,22 +195,66 @@ fn opening_slot(key: &FlowKey) -> u32 {
     ((h >> 40) as u32) & (OPENINGS_LEN - 1)
 }
 
-/// True when this SYN / INIT repeats the last one of its slot (same tuple and ISN,
-/// within the window): a retransmit. Otherwise it takes the slot.
+/// What the OPENINGS cache says of a SYN / INIT.
+#[derive(PartialEq, Eq)]
+enum Opened {
+    /// It repeats the last one of its slot (same tuple, ISN and conntrack entry, not
+    /// yet answered, within the window): a retransmit.
+    Retransmit,
+    /// The same tuple and ISN as a connection the container answered, or on another
+    /// conntrack entry: a new connection reusing them.
+    Reused,
+    New,
+}
+
+/// Tells a retransmit from a new connection; a new one takes the slot. `ct` is the
+/// conntrack entry's address (0: not read). The entry alone cannot tell: the kernel
+/// reuses a freed entry's memory at once, so a connection answered, reset and opened
+/// again with the same ISN may get the same address; the container's answer, marked
+/// by `bridge_ingress`, tells it.
 #[inline(always)]
-fn opening_is_retransmit(key: &FlowKey, seq: u32, now: u64) -> bool {
+fn opening(key: &FlowKey, seq: u32, ct: u64, now: u64) -> Opened {
     let Some(slot) = OPENINGS.get_ptr_mut(opening_slot(key)) else {
-        return false;
+        return Opened::New;
     };
     // SAFETY: an array slot; a concurrent writer can at worst make us miss a repeat.
     let slot = unsafe { &mut *slot };
+    let mut opened = Opened::New;
     if slot.key == *key && slot.seq == seq && now.wrapping_sub(slot.ktime_ns) < RETRANSMIT_WINDOW_NS.load() {
-        return true;
+        if slot.answered == 0 && slot.ct == ct {
+            return Opened::Retransmit;
+        }
+        opened = Opened::Reused;
     }
     slot.key = *key;
     slot.seq = seq;
     slot.ktime_ns = now;
-    false
+    slot.ct = ct;
+    slot.answered = 0;
+    opened
+}
+
+/// The container answered a SYN / INIT (`answer` as it leaves the container): marks
+/// the opening it answers, so that the tuple and ISN used again are a new connection.
+#[inline(always)]
+fn opening_answered(answer: &Flow) {
+    let key = FlowKey {
+        src_addr: answer.dst,
+        dst_addr: answer.src,
+        src_port: answer.dst_port,
+        dst_port: answer.src_port,
+        family: answer.family,
+        proto: answer.proto,
+        _pad: [0; 2],
+    };
+    let Some(slot) = OPENINGS.get_ptr_mut(opening_slot(&key)) else {
+        return;
+    };
+    // SAFETY: an array slot, as in `opening`.
+    let slot = unsafe { &mut *slot };
+    if slot.key == key {
+        slot.answered = 1;
+    }
 }
 
 /// The pre-DNAT destination of a record, and its flags.
@@ -292,7 +345,7 @@ enum Conntrack {
     /// The container opened it (a reply leaving towards it).
     FromInside,
     /// An outside end opened it, to `orig` before DNAT; `replied` once the container answered.
-    FromOutside { orig_addr: [u8; 16], orig_port: u16, replied: bool },
+    FromOutside { orig_addr: [u8; 16], orig_port: u16, replied: bool, ct: u64 },
 }
 
 #[inline(always)]
@@ -308,7 +361,7 @@ fn conntrack(ctx: &TcContext, flow: &Flow) -> Conntrack {
     }
     // SAFETY: the kfuncs return a trusted sk_buff and a read-only, fault-safe nf_conn
     // view; offsets come from the kernel's BTF, and the verifier checks each read.
-    let (ctinfo, orig_addr, orig_port) = unsafe {
+    let (ctinfo, orig_addr, orig_port, ct_addr) = unsafe {
         let skb = bpf_cast_to_kern_ctx(ctx.skb.skb);
         let nfct = core::ptr::read_volatile(skb.add(SKB_NFCT_OFF.load() as usize) as *const u64);
         // No entry, or an untracked packet (NOTRACK: ctinfo IP_CT_UNTRACKED, no
@@ -320,7 +373,7 @@ fn conntrack(ctx: &TcContext, flow: &Flow) -> Conntrack {
         let d0 = CT_ORIG_DST_ADDR_OFF.load();
         let d = [ct_read_u32(ct, d0), ct_read_u32(ct, d0 + 4), ct_read_u32(ct, d0 + 8), ct_read_u32(ct, d0 + 12)];
         let dp = core::ptr::read_volatile(ct.add(CT_ORIG_DST_PORT_OFF.load() as usize) as *const u16);
-        (nfct & NFCT_INFOMASK, d, dp)
+        (nfct & NFCT_INFOMASK, d, dp, nfct & !NFCT_INFOMASK)
     };
     if ctinfo >= IP_CT_IS_REPLY {
         return Conntrack::FromInside;
@@ -332,7 +385,7 @@ fn conntrack(ctx: &TcContext, flow: &Flow) -> Conntrack {
             orig[i * 4..i * 4 + 4].copy_from_slice(&orig_addr[i].to_ne_bytes());
         }
     }
-    Conntrack::FromOutside { orig_addr: orig, orig_port: u16::from_be(orig_port), replied: ctinfo != IP_CT_NEW }
+    Conntrack::FromOutside { orig_addr: orig, orig_port: u16::from_be(orig_port), replied: ctinfo != IP_CT_NEW, ct: ct_addr }
 }
 
 /// True when the packet is the host's own doing: sent by the host itself, or routed
@@ -340,6 +393,38 @@ fn conntrack(ctx: &TcContext, flow: &Flow) -> Conntrack {
 #[inline(always)]
 fn arrived_from_inside(ingress_ifindex: u32) -> bool {
     ingress_ifindex == 0 || unsafe { LOCAL_IFACES.get(&ingress_ifindex) }.is_some()
+}
+
+/// True when the route back to the flow's source leaves by `ingress`, the interface
+/// the packet arrived on (the reverse-path check of rp_filter, for trusted sources:
+/// one that arrives elsewhere, say from the internet with the admin VPN's address,
+/// was spoofed). A lookup that cannot answer (an error, forwarding off) keeps the
+/// source trusted, as before; no route back at all, or another interface, does not.
+#[inline(always)]
+fn route_back_is(ctx: *mut core::ffi::c_void, flow: &Flow, ingress: u32) -> bool {
+    // SAFETY: plain data, all-zero is a valid value.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.ifindex = ingress;
+    if flow.family == FAMILY_IPV4 {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([flow.dst[0], flow.dst[1], flow.dst[2], flow.dst[3]]);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([flow.src[0], flow.src[1], flow.src[2], flow.src[3]]);
+    } else {
+        params.family = AF_INET6;
+        // SAFETY: 16 bytes into [u32; 4], both plain data.
+        params.__bindgen_anon_3.ipv6_src = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(flow.dst) };
+        params.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(flow.src) };
+    }
+    // SAFETY: params lives on our stack for the call; its size is passed.
+    let ret = unsafe { bpf_fib_lookup(ctx, &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
+    match ret {
+        // Routed (the neighbour of the route back may not be resolved yet: the
+        // interface is known all the same).
+        0 | 7 => params.ifindex == ingress,
+        // Blackhole, unreachable, prohibit, not a unicast route: nothing goes back.
+        1..=4 => false,
+        _ => true,
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -370,8 +455,13 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
     match source_kind(&flow) {
         None => {}
         Some(PREFIX_TRUSTED) => {
-            count(Counter::BridgeLocalOrTrusted);
-            return TCX_NEXT;
+            let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+            if route_back_is(ctx.skb.skb.cast(), &flow, ingress) {
+                count(Counter::BridgeLocalOrTrusted);
+                return TCX_NEXT;
+            }
+            // The route back to it leaves elsewhere: a trusted source spoofed.
+            flags |= FLAG_SPOOFED_TRUSTED;
         }
         Some(_) => {
             let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
@@ -384,14 +474,22 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
         }
     }
     let mut extra = Extra { orig_addr: [0; 16], orig_port: 0, flags };
+    let mut ct = 0;
     match conntrack(&ctx, &flow) {
-        Conntrack::FromOutside { orig_addr, orig_port, replied } => {
-            if flags_hidden && replied {
-                // A fragment of a connection already answered: nothing new.
+        Conntrack::FromOutside { orig_addr, orig_port, replied, ct: entry } => {
+            if replied && (flags_hidden || flow.proto != PROTO_UDP) {
+                // A fragment, a SYN or an INIT of a connection already answered: a
+                // retransmit (a new connection on this tuple gets a new entry).
+                if !flags_hidden {
+                    count(Counter::RetransmitsDeduplicated);
+                }
                 return TCX_NEXT;
             }
-            // Not DNAT'd (routed straight to the container): no host side to name.
-            if orig_addr != flow.dst || orig_port != flow.dst_port {
+            ct = entry;
+            if orig_addr == flow.dst && orig_port == flow.dst_port {
+                // Not DNAT'd: routed straight to the container, no host side to name.
+                extra.flags |= FLAG_DIRECT;
+            } else {
                 extra.orig_addr = orig_addr;
                 extra.orig_port = orig_port;
                 extra.flags |= FLAG_HAS_ORIG_DST;
@@ -422,9 +520,15 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
     if flags_hidden {
         extra.flags |= FLAG_BY_CONNTRACK;
     }
-    if flow.proto != PROTO_UDP && opening_is_retransmit(&key, flow.seq, now) {
-        count(Counter::RetransmitsDeduplicated);
-        return TCX_NEXT;
+    if flow.proto != PROTO_UDP {
+        match opening(&key, flow.seq, ct, now) {
+            Opened::Retransmit => {
+                count(Counter::RetransmitsDeduplicated);
+                return TCX_NEXT;
+            }
+            Opened::Reused => count(Counter::TupleReused),
+            Opened::New => {}
+        }
     }
     if flags_hidden {
         count(Counter::ConntrackFirstPackets);
@@ -438,15 +542,23 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
         if extra.flags & FLAG_SPOOFED_LOCAL != 0 {
             count(Counter::SpoofedLocal);
         }
+        if extra.flags & FLAG_SPOOFED_TRUSTED != 0 {
+            count(Counter::SpoofedTrusted);
+        }
     }
     TCX_NEXT
 }
 
 #[classifier]
 pub fn bridge_ingress(ctx: TcContext) -> i32 {
-    // A container sends: remember its UDP flow the way its replies will look inbound
-    // (for when conntrack cannot be consulted).
-    if let Parsed::NewFlow(flow) = parse::<true, true, TCP_SYN>(ctx.data(), ctx.data_end()) {
+    // A container sends. Its answer to a SYN / INIT marks that opening answered; its
+    // own UDP flow is remembered the way its replies will look inbound (for when
+    // conntrack cannot be consulted).
+    if let Parsed::NewFlow(flow) = parse::<true, false, TCP_SYN_ACK>(ctx.data(), ctx.data_end()) {
+        if flow.proto != PROTO_UDP {
+            opening_answered(&flow);
+            return TCX_NEXT;
+        }
         let reply = FlowKey {
             src_addr: flow.dst,
             dst_addr: flow.src,
@@ -464,7 +576,7 @@ pub fn bridge_ingress(ctx: TcContext) -> i32 {
 
 /// An attempt at a published port, before any firewall.
 #[inline(always)]
-fn uplink_attempt<const ETHERNET: bool>(data: usize, data_end: usize, ifindex: u32) {
+fn uplink_attempt<const ETHERNET: bool>(ctx: *mut core::ffi::c_void, data: usize, data_end: usize, ifindex: u32) {
     count(Counter::UplinkPackets);
     let flow = match parse::<ETHERNET, false, TCP_SYN>(data, data_end) {
         Parsed::NewFlow(flow) => flow,
@@ -487,7 +599,12 @@ fn uplink_attempt<const ETHERNET: bool>(data: usize, data_end: usize, ifindex: u
     let mut flags = flow.shape;
     match source_kind(&flow) {
         None => {}
-        Some(PREFIX_TRUSTED) => return,
+        Some(PREFIX_TRUSTED) => {
+            if route_back_is(ctx, &flow, ifindex) {
+                return;
+            }
+            flags |= FLAG_SPOOFED_TRUSTED;
+        }
         // Arrived on an uplink, so from outside, whatever its source says.
         Some(_) => flags |= FLAG_SPOOFED_LOCAL,
     }
@@ -513,12 +630,15 @@ fn uplink_attempt<const ETHERNET: bool>(data: usize, data_end: usize, ifindex: u
         if flags & FLAG_SPOOFED_LOCAL != 0 {
             count(Counter::SpoofedLocal);
         }
+        if flags & FLAG_SPOOFED_TRUSTED != 0 {
+            count(Counter::SpoofedTrusted);
+        }
     }
 }
 
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
-    uplink_attempt::<true>(ctx.data(), ctx.data_end(), unsafe { (*ctx.ctx).ingress_ifindex });
+    uplink_attempt::<true>(ctx.ctx.cast(), ctx.data(), ctx.data_end(), unsafe { (*ctx.ctx).ingress_ifindex });
     xdp_action::XDP_PASS
 }
 
@@ -527,20 +647,20 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
 /// reads the packet where it is, instead of converting every packet for XDP.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    uplink_attempt::<true>(ctx.data(), ctx.data_end(), unsafe { (*ctx.skb.skb).ifindex });
+    uplink_attempt::<true>(ctx.skb.skb.cast(), ctx.data(), ctx.data_end(), unsafe { (*ctx.skb.skb).ifindex });
     TCX_NEXT
 }
 
 #[classifier]
 pub fn uplink_ingress_l3(ctx: TcContext) -> i32 {
-    uplink_attempt::<false>(ctx.data(), ctx.data_end(), unsafe { (*ctx.skb.skb).ifindex });
+    uplink_attempt::<false>(ctx.skb.skb.cast(), ctx.data(), ctx.data_end(), unsafe { (*ctx.skb.skb).ifindex });
     TCX_NEXT
 }
 
 /// For L3 devices (wg, tun, ipip, gre): the data starts at the IP header.
 #[xdp]
 pub fn uplink_xdp_l3(ctx: XdpContext) -> u32 {
-    uplink_attempt::<false>(ctx.data(), ctx.data_end(), unsafe { (*ctx.ctx).ingress_ifindex });
+    uplink_attempt::<false>(ctx.ctx.cast(), ctx.data(), ctx.data_end(), unsafe { (*ctx.ctx).ingress_ifindex });
     xdp_action::XDP_PASS
 }
 

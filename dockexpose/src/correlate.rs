@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::SystemTime};
 
 use crate::{
-    inventory::model::{exposure_of, Inventory, PublishedPort},
+    inventory::model::{exposure_of, Exposure, Inventory, PublishedPort},
     kernel::event::{Observation, Stage},
     output::record::{ContainerRef, HostSide, Record},
     verdict::Verdict,
@@ -63,6 +63,16 @@ fn enrich_reached(rec: &mut Record, obs: &Observation, inv: &Inventory) {
     let mappings = inv.mappings(c, obs.dst_port, obs.proto);
     rec.exposure = exposure_of(&mappings).as_str();
     rec.published = candidates(&mappings, obs.src.is_ipv4());
+    if obs.direct() {
+        // Conntrack saw no DNAT: whatever the port's mappings, this connection used
+        // none of them. No host side to name, never a guess.
+        if !mappings.is_empty() {
+            rec.exposure = Exposure::Direct.as_str();
+        }
+        rec.host_ip = None;
+        rec.host_port = None;
+        return;
+    }
     if obs.orig_dst.is_some() {
         // The kernel join already gave the exact host side.
         return;

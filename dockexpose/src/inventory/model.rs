@@ -97,6 +97,9 @@ pub enum Exposure {
     /// The container port is not published at all, yet it was reached: direct routing
     /// to the container address got through.
     Unpublished,
+    /// The port is published, but this connection was routed straight to the
+    /// container's address (conntrack saw no DNAT): exposure without publishing.
+    Direct,
     /// No container at the destination address (or no Docker inventory).
     Unknown,
 }
@@ -107,6 +110,7 @@ impl Exposure {
             Exposure::Published => "published",
             Exposure::LoopbackOnly => "loopback_only",
             Exposure::Unpublished => "unpublished",
+            Exposure::Direct => "direct",
             Exposure::Unknown => "unknown",
         }
     }

@@ -160,6 +160,18 @@ impl Observation {
         self.flags & FLAG_SPOOFED_LOCAL != 0
     }
 
+    /// A source in a `--trusted` network that arrived where the route back to it
+    /// does not go.
+    pub fn spoofed_trusted(&self) -> bool {
+        self.flags & dockexpose_common::FLAG_SPOOFED_TRUSTED != 0
+    }
+
+    /// Conntrack saw no DNAT: routed straight to the container's address, not
+    /// through a published port.
+    pub fn direct(&self) -> bool {
+        self.stage == Stage::Reached && self.flags & dockexpose_common::FLAG_DIRECT != 0
+    }
+
     /// How the first packet was shaped, for the record: "fragment", "ip_options"
     /// (IPv4 options or IPv6 extension headers), "vlan", "flags_hidden".
     pub fn shape(&self) -> Vec<&'static str> {

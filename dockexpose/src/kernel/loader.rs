@@ -186,6 +186,9 @@ pub struct WatchMaps {
     pub record_seq: MapData,
     /// A second handle on the counters (the ring's loss counter), when pinned.
     pub counters: Option<MapData>,
+    /// Records held back for identity (`PendingKey` -> `ConnEvent`), pinned so that a
+    /// crash loses none although their ring space is released.
+    pub pending: MapData,
 }
 
 /// The programs `watch` attaches (pinned under progs/).
@@ -249,6 +252,9 @@ impl Kernel {
         };
         let daemon_state = data(take_map(&mut kernel.ebpf, map_names::DAEMON_STATE)?).ok_or(Error::MissingMap(map_names::DAEMON_STATE))?;
         let record_seq = data(take_map(&mut kernel.ebpf, map_names::RECORD_SEQ)?).ok_or(Error::MissingMap(map_names::RECORD_SEQ))?;
+        let aya::maps::Map::HashMap(pending) = take_map(&mut kernel.ebpf, map_names::PENDING)? else {
+            return Err(Error::MissingMap(map_names::PENDING));
+        };
         // A second handle on the counters, for the ring's loss counter.
         let counters = match &pins {
             Some(dir) => Some(MapData::from_pin(dir.map(map_names::COUNTERS)).map_err(map_err(map_names::COUNTERS))?),
@@ -265,7 +271,7 @@ impl Kernel {
             kernel.adopt_map_contents()?;
         }
         kernel.pins = pins;
-        Ok((kernel, WatchMaps { events, daemon_state, record_seq, counters }))
+        Ok((kernel, WatchMaps { events, daemon_state, record_seq, counters, pending }))
     }
 
     /// What the previous daemon left in the adopted maps becomes what this one knows,

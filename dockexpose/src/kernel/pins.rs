@@ -26,7 +26,8 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use dockexpose_common::{
-    map_names, AttemptValue, ConnEvent, Counter, FlowKey, Opening, PortKey, ATTEMPTS_MAX, DAEMON_STATE_LEN,
+    map_names, AttemptValue, ConnEvent, Counter, FlowKey, Opening, PendingKey, PortKey, ATTEMPTS_MAX, DAEMON_STATE_LEN,
+    PENDING_MAX,
     EVENTS_RING_BYTES, FLOWS_MAX, LOCAL_IFACES_MAX, OPENINGS_LEN, PREFIXES_MAX, PUBLISHED_PORTS_LEN,
 };
 
@@ -51,7 +52,7 @@ pub struct MapSpec {
 }
 
 /// Every map `watch` pins, as this build's eBPF object declares it.
-pub fn expected_maps() -> [MapSpec; 11] {
+pub fn expected_maps() -> [MapSpec; 12] {
     let spec = |name, kind, key: usize, value: usize, max_entries| MapSpec { name, kind, key: key as u32, value: value as u32, max_entries };
     [
         spec(map_names::EVENTS, MapType::RingBuf, 0, 0, EVENTS_RING_BYTES),
@@ -66,6 +67,7 @@ pub fn expected_maps() -> [MapSpec; 11] {
         spec(map_names::PUBLISHED_PORTS, MapType::Array, 4, 1, PUBLISHED_PORTS_LEN),
         spec(map_names::RECORD_SEQ, MapType::PerCpuArray, 4, 8, 1),
         spec(map_names::DAEMON_STATE, MapType::Array, 4, 8, DAEMON_STATE_LEN),
+        spec(map_names::PENDING, MapType::Hash, size_of::<PendingKey>(), size_of::<ConnEvent>(), PENDING_MAX),
     ]
 }
 
@@ -98,14 +100,16 @@ pub fn layout_description() -> String {
     );
     let _ = write!(
         d,
-        "FlowKey:{}:{},{},{};Opening:{}:{},{};AttemptValue:{}:{},{},{};PortKey:{};Counters:{};",
+        "FlowKey:{}:{},{},{};Opening:{}:{},{},{},{};AttemptValue:{}:{},{},{};PortKey:{};Counters:{};",
         size_of::<FlowKey>(),
         std::mem::offset_of!(FlowKey, src_port),
         std::mem::offset_of!(FlowKey, family),
         std::mem::offset_of!(FlowKey, proto),
         size_of::<Opening>(),
         std::mem::offset_of!(Opening, seq),
+        std::mem::offset_of!(Opening, answered),
         std::mem::offset_of!(Opening, ktime_ns),
+        std::mem::offset_of!(Opening, ct),
         size_of::<AttemptValue>(),
         std::mem::offset_of!(AttemptValue, seq),
         std::mem::offset_of!(AttemptValue, answered),

@@ -266,11 +266,11 @@ impl Committer {
     }
 
     /// Call once the audit log is flushed. Every record of every batch handled so far
-    /// is written, except those still waiting (for their container's identity):
-    /// `waiting` holds the ring at the last position known free of them.
-    pub fn flushed(&mut self, waiting: bool) {
+    /// is written, unless the log is `holding` lines it could not write (a full
+    /// disk): that holds the ring at the last position written.
+    pub fn flushed(&mut self, holding: bool) {
         let handled = self.shared.handled.load(Ordering::Acquire);
-        (self.committable, self.held) = releasable(self.committable, self.held, handled, waiting);
+        (self.committable, self.held) = releasable(self.committable, self.held, handled, holding);
         if !self.never {
             self.shared.ring.commit(self.committable);
         }
@@ -283,9 +283,10 @@ impl Committer {
 }
 
 /// After a flush: the position that may be released, and whether it is held. Every
-/// batch handled up to `handled` is written, except records still `waiting` (for
-/// their container's identity): when records began waiting since the last flush, the
-/// position of that flush is kept until none waits; then everything handled goes.
+/// batch handled up to `handled` is written, unless lines are still `waiting` in the
+/// audit log (it could not write them): the position of the last flush that wrote
+/// everything is kept until none waits; then everything handled goes. (Records that
+/// wait for their container's identity never hold it: `state::pending` keeps them.)
 pub fn releasable(committable: u64, held: bool, handled: u64, waiting: bool) -> (u64, bool) {
     match (waiting, held) {
         (false, _) => (handled, false),

@@ -7,10 +7,13 @@
 //! - `reopen` (SIGUSR1, SIGHUP) opens the path anew, so logrotate's rename + `create`
 //!   works (the old file is closed; nothing more goes into it);
 //! - optional size-based rotation (`rotate_size`, `max_files`: path.1, path.2, ...);
-//! - a write that fails (ENOSPC, EIO, ...) never stops the daemon: the file is cut
-//!   back to its last whole line, the lines of that flush are counted as lost, a
-//!   warning is given at most once a minute, and writing resumes as soon as the disk
-//!   takes data again.
+//! - a write that fails (ENOSPC, EIO, ...) never stops the daemon and loses nothing
+//!   the daemon can hold: the file is cut back to its last whole line, the lines stay
+//!   in memory (up to `HOLD_MAX` bytes) and are written again as soon as the disk
+//!   takes data; meanwhile the kernel's ring is not released past them (the daemon
+//!   asks `holding`), so a crash loses none either, and past `HOLD_MAX` the daemon
+//!   stops taking records (`full`): they wait in the ring, whose loss the kernel
+//!   counts. A warning is given at most once a minute.
 
 use std::{
     fs::{File, OpenOptions},
@@ -26,6 +29,9 @@ use crate::error::{Error, Result};
 const WARN_EVERY: Duration = Duration::from_secs(60);
 /// Most bytes buffered between flushes before a flush is forced (a huge batch).
 const FLUSH_AT: usize = 1 << 20;
+/// Most bytes held in memory while the log cannot be written; past it the records
+/// wait in the kernel's ring instead.
+pub const HOLD_MAX: usize = 16 << 20;
 
 /// Size-based rotation: past `size` bytes the file becomes path.1 (path.1 becomes
 /// path.2 ...), keeping `max_files` old files.
@@ -46,8 +52,13 @@ enum Target {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AuditStats {
     pub lines_written: u64,
-    /// Lines that could not be written (disk full, I/O error): gone.
+    /// Lines that could not be encoded (a serializer bug): gone.
     pub lines_lost: u64,
+    /// Lines held in memory because the log cannot be written right now (disk full,
+    /// I/O error): written as soon as it can be.
+    pub lines_held: u64,
+    /// Their bytes.
+    pub bytes_held: u64,
     pub reopens: u64,
     pub rotations: u64,
     /// The log is failing right now.
@@ -63,8 +74,6 @@ pub struct AuditLog {
     stats: AuditStats,
     /// The failure being reported, and when it was last said.
     failure: Option<(String, Instant)>,
-    /// Failures not yet said (at most one warning a minute).
-    unsaid_losses: u64,
 }
 
 impl AuditLog {
@@ -86,7 +95,6 @@ impl AuditLog {
             buffered: 0,
             stats: AuditStats::default(),
             failure: None,
-            unsaid_losses: 0,
         })
     }
 
@@ -129,12 +137,12 @@ impl AuditLog {
     }
 
     /// Pushes the buffered lines to the file or stdout. Returns the warning to show,
-    /// if the write failed and the operator has not been told within a minute.
+    /// if the write failed and the operator has not been told within a minute. What
+    /// cannot be written stays buffered, for the next flush.
     pub fn flush(&mut self) -> Option<String> {
         if self.buf.is_empty() {
             return None;
         }
-        let lines = std::mem::take(&mut self.buffered);
         let result = match &mut self.target {
             Target::Off => Ok(()),
             Target::Stdout(out) => out.write_all(&self.buf).and_then(|()| out.flush()),
@@ -151,48 +159,58 @@ impl AuditLog {
                 }
             },
         };
-        self.buf.clear();
         match result {
             Ok(()) => {
+                let lines = std::mem::take(&mut self.buffered);
                 self.stats.lines_written += lines;
-                let said = self.recovered();
+                self.buf.clear();
+                if self.buf.capacity() > HOLD_MAX {
+                    self.buf.shrink_to(1 << 16);
+                }
+                let said = self.recovered(lines);
+                (self.stats.lines_held, self.stats.bytes_held) = (0, 0);
                 self.rotate_if_due();
                 said
             }
             Err(e) => {
-                self.stats.lines_lost += lines;
-                self.unsaid_losses += lines;
                 self.stats.failing = true;
+                (self.stats.lines_held, self.stats.bytes_held) = (self.buffered, self.buf.len() as u64);
                 let now = Instant::now();
                 let due = self.failure.as_ref().is_none_or(|(_, at)| now.duration_since(*at) >= WARN_EVERY);
-                let reason = e.to_string();
                 if !due {
                     return None;
                 }
+                let reason = e.to_string();
                 self.failure = Some((reason.clone(), now));
-                let lost = std::mem::take(&mut self.unsaid_losses);
                 Some(format!(
-                    "WARNING: writing the audit log {} failed ({reason}): {lost} records lost ({} in all); detection goes on, and writing resumes when the disk takes data again",
+                    "WARNING: writing the audit log {} failed ({reason}): {} records held until it can be written (in memory, and the kernel's ring is not released past them); detection goes on",
                     self.describe(),
-                    self.stats.lines_lost
+                    self.buffered,
                 ))
             }
         }
     }
 
+    /// Lines wait to be written after a failure: the ring must not be released past them.
+    pub fn holding(&self) -> bool {
+        self.stats.failing && !self.buf.is_empty()
+    }
+
+    /// As much is held in memory as the daemon allows: records should wait in the ring.
+    pub fn full(&self) -> bool {
+        self.holding() && self.buf.len() >= HOLD_MAX
+    }
+
     /// After a failure, the first write that works is said.
-    fn recovered(&mut self) -> Option<String> {
+    fn recovered(&mut self, lines: u64) -> Option<String> {
         if !self.stats.failing {
             return None;
         }
         self.stats.failing = false;
         self.failure = None;
-        let unsaid = std::mem::take(&mut self.unsaid_losses);
         Some(format!(
-            "dockexpose: the audit log {} is written again; {} records were lost while it failed{}",
+            "dockexpose: the audit log {} is written again; the {lines} records held while it failed are in it",
             self.describe(),
-            self.stats.lines_lost,
-            if unsaid > 0 { format!(" ({unsaid} since the last warning)") } else { String::new() }
         ))
     }
 
@@ -305,16 +323,49 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_device_counts_lost_lines_and_warns_once() {
+    fn a_failing_device_holds_lines_and_warns_once() {
         // /dev/full: every write fails with ENOSPC.
         let mut log = AuditLog::open(Some(Path::new("/dev/full")), None).unwrap();
         log.write_record(&serde_json::json!({"n": 1}));
         log.write_record(&serde_json::json!({"n": 2}));
         let warning = log.flush().expect("the first failure is said");
-        assert!(warning.contains("No space left on device") && warning.contains("2 records lost"), "{warning}");
+        assert!(warning.contains("No space left on device") && warning.contains("2 records held"), "{warning}");
         log.write_record(&serde_json::json!({"n": 3}));
         assert!(log.flush().is_none(), "at most one warning a minute");
-        assert_eq!((log.stats().lines_lost, log.stats().lines_written, log.stats().failing), (3, 0, true));
+        let st = log.stats();
+        assert_eq!((st.lines_lost, st.lines_held, st.lines_written, st.failing), (0, 3, 0, true));
+        assert!(log.holding() && !log.full());
+    }
+
+    #[test]
+    fn lines_held_through_a_failure_are_written_once_it_clears() {
+        let path = temp("held");
+        let mut log = AuditLog::open(Some(&path), None).unwrap();
+        // The file descriptor swapped for /dev/full: the same as the disk filling up.
+        if let Target::File { file, .. } = &mut log.target {
+            *file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        }
+        for n in 0..30 {
+            log.write_record(&serde_json::json!({"n": n}));
+            log.flush();
+        }
+        assert!(log.holding());
+        assert_eq!(log.stats().lines_held, 30);
+        // Space again.
+        if let Target::File { file, size, .. } = &mut log.target {
+            *file = open_file(&path).unwrap();
+            *size = 0;
+        }
+        let said = log.flush().expect("the recovery is said");
+        assert!(said.contains("30 records held"), "{said}");
+        let lines: Vec<u64> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(lines, (0..30).collect::<Vec<_>>(), "every held line, once, in order");
+        assert!(!log.holding());
+        assert_eq!((log.stats().lines_written, log.stats().lines_held, log.stats().lines_lost), (30, 0, 0));
     }
 
     #[test]

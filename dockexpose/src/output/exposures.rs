@@ -195,13 +195,13 @@ impl ExposureTable {
                 let key = exact.or_else(wildcard).or_else(|| ours().next())?;
                 self.rows.get_mut(key)
             }
-            None if rec.exposure == "unpublished" && rec.stage == "reached" => {
+            None if matches!(rec.exposure, "unpublished" | "direct") && rec.stage == "reached" => {
                 let key = RowKey { container_id: container.id.clone(), host_ip: None, port: rec.dst_port, proto: rec.proto };
                 if !self.rows.contains_key(&key) {
                     if self.rows.keys().filter(|k| k.host_ip.is_none()).count() >= MAX_UNPUBLISHED_ROWS {
                         return None;
                     }
-                    self.rows.insert(key.clone(), Row::new(container.clone(), rec.dst_port, "unpublished"));
+                    self.rows.insert(key.clone(), Row::new(container.clone(), rec.dst_port, rec.exposure));
                 }
                 self.rows.get_mut(&key)
             }

@@ -57,6 +57,12 @@ pub fn connection_line(rec: &Record) -> String {
     if rec.spoofed_local {
         line.push_str(" SPOOFED LOCAL SOURCE (arrived from outside)");
     }
+    if rec.spoofed_trusted {
+        line.push_str(" SPOOFED TRUSTED SOURCE (arrived where the route back to it does not go)");
+    }
+    if rec.exposure == "direct" {
+        line.push_str(" DIRECT (routed to the container, not through a published port)");
+    }
     if !rec.shape.is_empty() {
         let _ = write!(line, " [{}]", rec.shape.join(","));
     }
@@ -108,6 +114,7 @@ mod tests {
             published: Vec::new(),
             path: Some("bridge"),
             spoofed_local: false,
+            spoofed_trusted: false,
             shape: Vec::new(),
             verdict: None,
             why: None,

@@ -113,7 +113,9 @@ pub struct Record {
     pub container: Option<std::sync::Arc<ContainerRef>>,
     /// `published` (through a published port), `loopback_only` (the port is published
     /// only on 127.0.0.1/::1, yet reached from outside), `unpublished` (not published at
-    /// all, yet reached: direct routing), `unknown` (no container identity).
+    /// all, yet reached: direct routing), `direct` (published, but this connection was
+    /// routed straight to the container's address: conntrack saw no DNAT, so there is
+    /// no host side and `host_ip`/`host_port` are null), `unknown` (no container identity).
     pub exposure: &'static str,
     /// Every published host side that maps to the destination (several host ports may
     /// map to one container port); `host_ip`/`host_port` say which one when known.
@@ -126,6 +128,10 @@ pub struct Record {
     /// subnet), yet the packet arrived from outside: a spoofed source. Locality is
     /// judged by the path a packet took, never by its source address alone.
     pub spoofed_local: bool,
+    /// The source lies in a `--trusted` network, yet the route back to it leaves by
+    /// another interface than the one it arrived on: a spoofed trusted source, reported
+    /// (a genuinely trusted one never is).
+    pub spoofed_trusted: bool,
     /// How the first packet was shaped, when it was not plain: `fragment`,
     /// `ip_options` (IPv4 options, IPv6 extension headers), `vlan`, `flags_hidden`
     /// (a first fragment cut before the TCP flags: conntrack told it new).
@@ -168,6 +174,7 @@ impl Record {
             published: Vec::new(),
             path: (stage == Stage::Reached).then_some("bridge"),
             spoofed_local: obs.spoofed_local(),
+            spoofed_trusted: obs.spoofed_trusted(),
             shape: obs.shape(),
             verdict: None,
             why: None,

@@ -135,6 +135,7 @@ pub struct Continuity {
     links_claimed: bool,
     pub detach_on_exit: bool,
     pin_dir: Option<PinDir>,
+    pending_map: Option<aya::maps::HashMap<MapData, dockexpose_common::PendingKey, dockexpose_common::ConnEvent>>,
     _lock: Option<DaemonLock>,
 }
 
@@ -160,6 +161,8 @@ pub fn start(service: &ServiceSettings, settings: KernelSettings, sink: &mut Aud
     let mut seq: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(maps.record_seq))
         .map_err(|source| Error::Map { map: map_names::RECORD_SEQ, source: Box::new(source) })?;
     let counters = maps.counters.map(|d| PerCpuArray::try_from(Map::PerCpuArray(d))).transpose().map_err(state_err)?;
+    let pending_map = aya::maps::HashMap::try_from(Map::HashMap(maps.pending))
+        .map_err(|source| Error::Map { map: map_names::PENDING, source: Box::new(source) })?;
     let now_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
     let resumed = adoption == Adoption::Resumed;
     let lost_now = counters.as_ref().map_or(0, ring_lost);
@@ -227,6 +230,7 @@ pub fn start(service: &ServiceSettings, settings: KernelSettings, sink: &mut Aud
         links_claimed: false,
         detach_on_exit: service.detach_on_exit,
         pin_dir,
+        pending_map: Some(pending_map),
         _lock: lock,
     };
     Ok((kernel, continuity))
@@ -244,10 +248,11 @@ impl Continuity {
     }
 
     /// After each audit-log flush: releases the ring space of what was written
-    /// (`waiting`: records still wait for identity and hold theirs), and now and then
-    /// checkpoints the loss counter for the next daemon's `daemon_start`.
-    pub fn flushed(&mut self, waiting: bool) {
-        self.committer.flushed(waiting);
+    /// (`holding`: the audit log holds lines it could not write, so the ring is held
+    /// where it was when the failure began), and now and then checkpoints the loss
+    /// counter for the next daemon's `daemon_start`.
+    pub fn flushed(&mut self, holding: bool) {
+        self.committer.flushed(holding);
         if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.checkpoint();
         }
@@ -275,7 +280,8 @@ impl Continuity {
     /// At exit, after the last flush: the kernel side stays for the next daemon, or
     /// goes (`--detach-on-exit`); a `daemon_stop` record says which.
     pub fn stop(mut self, kernel: &mut Kernel, sink: &mut AuditLog, reason: &str) -> Result<()> {
-        self.committer.flushed(false);
+        // Lines the log still could not write stay in the ring for the next daemon.
+        self.committer.flushed(sink.holding());
         self.checkpoint();
         let _ = self.state.set(DAEMON_STATE_RUNNING, 0, 0);
         let left = self.shared.ring.backlog().0;
@@ -297,6 +303,16 @@ impl Continuity {
     /// Where the kernel side is pinned (None with `--no-pin`).
     pub fn pin_dir(&self) -> Option<&PinDir> {
         self.pin_dir.as_ref()
+    }
+
+    /// Ring bytes not yet released to the kernel (read ahead, or held).
+    pub fn unreleased(&self) -> u64 {
+        self.shared.ring.produced().saturating_sub(self.committer.position())
+    }
+
+    /// The pinned map of records held back for identity.
+    pub fn take_pending_map(&mut self) -> Option<aya::maps::HashMap<MapData, dockexpose_common::PendingKey, dockexpose_common::ConnEvent>> {
+        self.pending_map.take()
     }
 
     /// The committed ring position (for tests and reports).

@@ -5,6 +5,7 @@
 pub mod continuity;
 pub mod lock;
 pub mod notify;
+pub mod pending;
 
 /// `dockexpose cleanup`: removes everything pinned (links first: the programs detach).
 pub fn cleanup(args: &crate::cli::CleanupArgs) -> crate::error::Result<()> {

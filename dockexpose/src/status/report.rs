@@ -75,6 +75,14 @@ pub struct AuditHealth {
     pub lines_written: u64,
     pub lines_lost: u64,
     pub failing: bool,
+    /// While it fails: lines held in memory until they can be written, their bytes,
+    /// and the ring's bytes not released to the kernel (they hold the rest).
+    #[serde(default)]
+    pub lines_held: u64,
+    #[serde(default)]
+    pub bytes_held: u64,
+    #[serde(default)]
+    pub ring_bytes_unreleased: u64,
     pub reopens: u64,
     pub rotations: u64,
 }
@@ -132,7 +140,11 @@ impl StatusReport {
             a.path.as_deref().map_or("off".to_string(), escape_untrusted),
             a.lines_written,
             a.lines_lost,
-            if a.failing { ", FAILING now" } else { "" }
+            if a.failing {
+                format!(", FAILING now: {} lines ({} bytes) held, {} ring bytes not released", a.lines_held, a.bytes_held, a.ring_bytes_unreleased)
+            } else {
+                String::new()
+            }
         );
         for sink in &h.sinks {
             let s = &sink.stats;

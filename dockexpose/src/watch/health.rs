@@ -111,7 +111,10 @@ impl Watcher {
             }
         }
         if audit.failing {
-            reasons.push(format!("the audit log cannot be written: {} lines lost", audit.lines_lost));
+            reasons.push(format!(
+                "the audit log cannot be written: {} records held until it can be (the ring is not released past them)",
+                audit.lines_held
+            ));
         }
         if attachments.iter().all(|a| a.role != "bridge") {
             reasons.push("no container bridge is watched".into());
@@ -138,6 +141,9 @@ impl Watcher {
                     lines_written: audit.lines_written,
                     lines_lost: audit.lines_lost,
                     failing: audit.failing,
+                    lines_held: audit.lines_held,
+                    bytes_held: audit.bytes_held,
+                    ring_bytes_unreleased: self.ring_unreleased,
                     reopens: audit.reopens,
                     rotations: audit.rotations,
                 },

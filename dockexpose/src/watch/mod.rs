@@ -46,7 +46,7 @@ use crate::{
         model::Inventory,
     },
     kernel::{
-        event::{KernelClock, Observation},
+        event::KernelClock,
         loader::{ConntrackAccess, Kernel},
         reader::ReaderStats,
         ring,
@@ -58,7 +58,7 @@ use crate::{
         human,
         sinks::{self, SinkHandle, SinksConfig},
     },
-    state::{self, continuity::ServiceSettings},
+    state::{self, continuity::ServiceSettings, pending::PendingRecords},
     stats::LossTracker,
     status::{self, Query},
     verdict::AttemptTracker,
@@ -80,7 +80,9 @@ const HOST_REFRESH: Duration = Duration::from_secs(1);
 /// container, waits for the inventory to catch up (a connection right at start-up).
 const IDENTITY_GRACE: Duration = Duration::from_secs(1);
 /// Most records waiting for identity; past that they are written without.
-const MAX_PENDING: usize = 1024;
+const MAX_PENDING: usize = dockexpose_common::PENDING_MAX as usize;
+/// How often an audit log that failed is tried again.
+const AUDIT_RETRY: Duration = Duration::from_millis(500);
 /// How long start-up waits for Docker's first answer before choosing bridges.
 const DOCKER_FIRST_ANSWER: Duration = Duration::from_secs(3);
 /// How long shutdown waits for a verify run in progress to finish and clean up.
@@ -131,7 +133,9 @@ struct Watcher {
     /// The last Docker problem told to the operator (each is said once).
     docker_problem: Option<String>,
     /// Records waiting (until the deadline) for the inventory to know their container.
-    pending: Vec<(Observation, String, Instant)>,
+    pending: PendingRecords,
+    /// Ring bytes not yet released to the kernel (status).
+    ring_unreleased: u64,
     /// Attempts awaiting their verdict.
     attempts: AttemptTracker,
     /// Attempts at a published port number on an address it is not bound to.
@@ -254,7 +258,8 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         inventory_at: None,
         docker_connected: false,
         docker_problem: None,
-        pending: Vec::new(),
+        pending: PendingRecords::new(continuity.take_pending_map(), MAX_PENDING),
+        ring_unreleased: 0,
         attempts: AttemptTracker::new(blocked_after_ns),
         unbound_attempts: 0,
         attempts_untracked: 0,
@@ -296,6 +301,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     }
     w.reconcile_uplinks();
     w.sync_prefixes()?;
+    w.handle_left_pending()?;
 
     // The status socket and the metrics: questions come to this loop.
     let (query_tx, mut query_rx) = mpsc::channel::<Query>(QUERY_QUEUE);
@@ -373,7 +379,8 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     let outcome = loop {
         let verify_due = if stopping.is_some() { None } else { w.verify.as_ref().and_then(|v| v.schedule.due()) };
         tokio::select! {
-            Some(batch) = rx.recv() => {
+            // While the audit log holds all it may (a full disk), records wait in the ring.
+            Some(batch) = rx.recv(), if !w.outputs.audit.full() => {
                 w.handle_batch(&batch)?;
                 // Take the rest of a burst now; flushed below, once.
                 for _ in 0..BATCHES_PER_FLUSH {
@@ -395,6 +402,8 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
                 w.reload().await;
             }
             _ = sigusr1.recv() => w.reopen_audit_log("SIGUSR1"),
+            // The audit log failed: try it again (the flush below) now and then.
+            _ = tokio::time::sleep(AUDIT_RETRY), if w.outputs.audit.holding() => {}
             _ = sigint.recv() => {
                 if !w.verify_running() {
                     break Ok("SIGINT");
@@ -419,7 +428,10 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         // Before waiting again, everything seen so far is written out; then (only
         // then) its ring space is released.
         w.flush();
-        continuity.flushed(!w.pending.is_empty());
+        let holding = w.outputs.audit.holding();
+        continuity.flushed(holding);
+        w.pending.flushed(!holding);
+        w.ring_unreleased = continuity.unreleased();
         if let Some((reason, deadline)) = stopping {
             if !w.verify_running() {
                 break Ok(reason);

@@ -32,6 +32,22 @@ impl Watcher {
         Ok(())
     }
 
+    /// Records a previous daemon held for identity when it stopped or died (their ring
+    /// space was released; the pinned PENDING map kept them): handled again now,
+    /// with the identity known today.
+    pub(super) fn handle_left_pending(&mut self) -> Result<()> {
+        let left = self.pending.left_by_previous();
+        if left.is_empty() {
+            return Ok(());
+        }
+        eprintln!("dockexpose: {} records the previous daemon held for their container's identity are written now", left.len());
+        for ev in &left {
+            self.handle(ev)?;
+        }
+        self.pending.forget_unless_held(&left);
+        Ok(())
+    }
+
     pub(super) fn handle_batch(&mut self, batch: &[ConnEvent]) -> Result<()> {
         for ev in batch {
             self.handle(ev)?;
@@ -74,9 +90,10 @@ impl Watcher {
             }
             Stage::Blocked => {}
         }
-        if self.awaits_identity(&obs) && self.pending.len() < MAX_PENDING {
-            self.pending.push((obs, iface, Instant::now() + IDENTITY_GRACE));
-            return Ok(());
+        if self.awaits_identity(&obs) {
+            // Held, never holding the ring: its pinned copy keeps it across a crash.
+            let Err((obs, iface)) = self.hold_for_identity(ev, obs, iface) else { return Ok(()) };
+            return self.emit(&obs, &iface);
         }
         self.emit(&obs, &iface)
     }
@@ -88,23 +105,35 @@ impl Watcher {
     /// A reach of an address on a Docker network that no known container holds: most
     /// likely a container that just started, which the next inventory will name.
     pub(super) fn awaits_identity(&self, obs: &Observation) -> bool {
-        let Some(inv) = self.inventory.as_ref().filter(|_| self.docker_connected) else { return false };
-        obs.stage == Stage::Reached
-            && inv.container_at(obs.dst).is_none()
-            && inv.networks.iter().flat_map(|n| &n.subnets).any(|p| p.contains(obs.dst))
+        awaits_identity(self.inventory.as_ref(), self.docker_connected, obs)
+    }
+
+    fn hold_for_identity(&mut self, ev: &ConnEvent, obs: Observation, iface: String) -> std::result::Result<(), (Observation, String)> {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.refused += 1;
+            return Err((obs, iface));
+        }
+        let keep = (obs.clone(), iface.clone());
+        if self.pending.hold(ev, obs, iface, Instant::now() + IDENTITY_GRACE) {
+            Ok(())
+        } else {
+            Err(keep)
+        }
     }
 
     /// Writes the records waiting for identity whose container is now known, or whose
     /// time is up (all of them with `all`).
     pub(super) fn release_pending(&mut self, all: bool) -> Result<()> {
-        let now = Instant::now();
-        let waiting = std::mem::take(&mut self.pending);
-        for (obs, iface, deadline) in waiting {
-            if all || now >= deadline || !self.awaits_identity(&obs) {
-                self.emit(&obs, &iface)?;
-            } else {
-                self.pending.push((obs, iface, deadline));
-            }
+        let (inventory, connected) = (self.inventory.take(), self.docker_connected);
+        let due = self.pending.take_due(all, |obs| awaits_identity(inventory.as_ref(), connected, obs));
+        self.inventory = inventory;
+        if due.is_empty() {
+            return Ok(());
+        }
+        for (obs, iface) in &due {
+            self.emit(obs, iface)?;
+            // Its pinned copy goes once the audit log has it on disk.
+            self.pending.written(obs);
         }
         Ok(())
     }
@@ -114,4 +143,15 @@ impl Watcher {
         self.outputs.connection(rec, Some(obs));
         Ok(())
     }
+}
+
+/// A reach of an address on a Docker network that no known container holds: most
+/// likely a container that just started, which the next inventory will name. Not the
+/// routing mesh's ingress-sbox, which no inventory will ever name as a container.
+fn awaits_identity(inventory: Option<&crate::inventory::model::Inventory>, docker_connected: bool, obs: &Observation) -> bool {
+    let Some(inv) = inventory.filter(|_| docker_connected) else { return false };
+    obs.stage == Stage::Reached
+        && inv.container_at(obs.dst).is_none()
+        && !inv.ingress_sbox.contains(&obs.dst)
+        && inv.networks.iter().flat_map(|n| &n.subnets).any(|p| p.contains(obs.dst))
 }
