@@ -190,6 +190,22 @@ mod tests {
     }
 
     #[test]
+    fn direct_routing_to_a_published_port_never_names_a_host_port() {
+        let inv = sample();
+        // Conntrack saw no DNAT: the outsider routed to 172.17.0.2:53 itself.
+        let mut obs = reached("172.17.0.2", 53, Proto::Udp);
+        obs.flags |= dockexpose_common::FLAG_DIRECT;
+        let r = rec(&obs, Some(&inv));
+        assert_eq!((r.exposure, r.host_ip, r.host_port), ("direct", None, None));
+        assert_eq!(r.container.as_ref().unwrap().name, "web");
+        assert_eq!(r.published.iter().map(|h| h.host_port).collect::<Vec<_>>(), [5353], "the mapping it did not use is listed");
+        // Not published at all: still `unpublished`.
+        let mut obs = reached("172.17.0.2", 22, Proto::Tcp);
+        obs.flags |= dockexpose_common::FLAG_DIRECT;
+        assert_eq!(rec(&obs, Some(&inv)).exposure, "unpublished");
+    }
+
+    #[test]
     fn unpublished_and_loopback_only_reaches_are_marked() {
         let inv = sample();
         assert_eq!(rec(&reached("172.17.0.2", 22, Proto::Tcp), Some(&inv)).exposure, "unpublished");

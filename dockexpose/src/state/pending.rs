@@ -121,3 +121,41 @@ impl PendingRecords {
         self.waiting.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::kernel::event::Observation;
+
+    fn event(rec_seq: u64, last: u8) -> ConnEvent {
+        let mut ev = ConnEvent::zeroed();
+        ev.family = dockexpose_common::FAMILY_IPV4;
+        ev.proto = dockexpose_common::PROTO_TCP;
+        ev.stage = dockexpose_common::STAGE_REACHED;
+        ev.dst_addr[..4].copy_from_slice(&[172, 17, 254, last]);
+        ev.rec_seq = rec_seq;
+        ev
+    }
+
+    #[test]
+    fn records_wait_until_named_or_due_and_never_past_the_bound() {
+        let mut p = PendingRecords::new(None, 2);
+        let later = Instant::now() + Duration::from_secs(60);
+        for (seq, last) in [(1, 10), (2, 11)] {
+            let ev = event(seq, last);
+            assert!(p.hold(&ev, Observation::from_event(&ev).unwrap(), "docker0".into(), later));
+        }
+        let ev = event(3, 12);
+        assert!(!p.hold(&ev, Observation::from_event(&ev).unwrap(), "docker0".into(), later), "past the bound: written at once");
+        assert_eq!((p.len(), p.refused), (2, 1));
+        // .11 got a name: it goes; .10 still waits.
+        let due = p.take_due(false, |obs| obs.dst != "172.17.254.11".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(due.iter().map(|(o, _)| o.rec_seq).collect::<Vec<_>>(), [2]);
+        assert_eq!(p.len(), 1);
+        let due = p.take_due(true, |_| true);
+        assert_eq!(due.len(), 1);
+        assert!(p.is_empty());
+    }
+}
