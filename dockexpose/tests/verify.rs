@@ -313,3 +313,69 @@ fn a_hundred_published_ports_are_verified_quickly() {
     assert_eq!(run.code, 1);
     assert_eq!(conntrack_from(&outside.v4(77)), 0);
 }
+
+#[test]
+fn an_l3_uplink_is_verified_as_a_real_connection_through_it_finds_it() {
+    let test = "an_l3_uplink_is_verified_as_a_real_connection_through_it_finds_it";
+    if !docker::ready(test) {
+        return;
+    }
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use support::tun::{ipv4_tcp_syn, ipv6_tcp_syn, tcp_reply, Tun};
+    let image = docker::echo_image();
+    let n = run_id();
+    let port = 27000 + n as u16;
+    let _web = docker::Container::run(&format!("dx-vl3-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    // A VPN's tunnel: this test is the process on the other end of it.
+    let m = 230 + (n + 7) % 20;
+    let name = format!("dxvl3{n}");
+    let tun = Tun::create(&name, &format!("198.18.{m}.1/24"), &format!("fd42:198:{m}::1/64"));
+    let (host, peer): (Ipv4Addr, Ipv4Addr) = (format!("198.18.{m}.1").parse().unwrap(), format!("198.18.{m}.2").parse().unwrap());
+
+    // Reality: a SYN from the far end of the tunnel gets the container's SYN-ACK back.
+    tun.write(&ipv4_tcp_syn(peer, host, 45100, port, 0x5100_0000));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut reachable = false;
+    while Instant::now() < deadline && !reachable {
+        if let Some(p) = tun.read_timeout(Duration::from_millis(200)) {
+            reachable = tcp_reply(&p).is_some_and(|(s, sp, d, dp, flags)| {
+                (s, sp, d, dp) == (IpAddr::V4(host), port, IpAddr::V4(peer), 45100) && flags & 0x12 == 0x12
+            });
+        }
+    }
+    assert!(reachable, "the container answers through the tunnel");
+    // IPv6 the same way (the engine has no IPv6 network: docker-proxy, if it listens,
+    // answers on the host).
+    let (host6, peer6): (Ipv6Addr, Ipv6Addr) = (format!("fd42:198:{m}::1").parse().unwrap(), format!("fd42:198:{m}::2").parse().unwrap());
+    tun.write(&ipv6_tcp_syn(peer6, host6, 45101, port, 0x5100_0001));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut reachable6 = false;
+    while Instant::now() < deadline && !reachable6 {
+        if let Some(p) = tun.read_timeout(Duration::from_millis(200)) {
+            reachable6 = tcp_reply(&p).is_some_and(|(s, sp, d, dp, flags)| {
+                (s, sp, d, dp) == (IpAddr::V6(host6), port, IpAddr::V6(peer6), 45101) && flags & 0x12 == 0x12
+            });
+        }
+    }
+
+    let run = verify(&["--uplink", &name]);
+    let v = verdicts(&run.lines);
+    let ours = verdict_of(&v, "tcp", &format!("{host}:{port}"), &name);
+    eprintln!("{test}: reality: open through the tunnel; verify: {ours}");
+    assert_eq!(ours, "EXPOSED", "verify agrees with the connection through the tunnel: {:#?}", run.lines);
+    let ours6 = verdict_of(&v, "tcp", &format!("[{host6}]:{port}"), &name);
+    eprintln!("{test}: IPv6 reality: {}; verify: {ours6}", if reachable6 { "answered" } else { "no answer" });
+    // Known gap (issue 18): over IPv6 the probe from the default source is not answered
+    // although a connection through the tunnel is; verify must at least never claim
+    // an exposure reality does not show.
+    assert!(reachable6 || !matches!(ours6.as_str(), "EXPOSED" | "PROXY"), "no false exposure over IPv6");
+    // The probe's answer never reached the far end of the tunnel.
+    let mut leaked = 0;
+    while let Some(p) = tun.read_timeout(Duration::from_millis(300)) {
+        // (The real connection's SYN-ACK, retransmitted to the far end, is not one.)
+        if tcp_reply(&p).is_some_and(|(_, sp, d, _, _)| sp == port && d != IpAddr::V4(peer) && d != IpAddr::V6(peer6)) {
+            leaked += 1;
+        }
+    }
+    assert_eq!(leaked, 0, "the guard kept the probe's answers off the tunnel");
+}

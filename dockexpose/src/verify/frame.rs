@@ -41,6 +41,17 @@ pub struct FrameSpec {
     pub ip_id: u16,
 }
 
+/// The destination MAC of a probe injected as an XDP live frame on a device whose MAC is
+/// `mac` (None: an L3 device: tun, WireGuard, a VPN). A live frame always goes through
+/// `eth_type_trans`, whatever the device: a bare IP packet would lose its first 14
+/// bytes there and be dropped, and the port would be called HELD while it is open. An
+/// L3 device is handed an Ethernet header whose destination is all zeros, which equals
+/// its (empty, zeroed) hardware address: the stack then takes the IP packet behind it
+/// as one the device received for the host, as a packet from the tunnel is.
+pub fn live_frame_mac(mac: Option<[u8; 6]>) -> [u8; 6] {
+    mac.unwrap_or([0; 6])
+}
+
 /// The Internet checksum (RFC 1071) of `data`, starting from `sum`.
 pub fn checksum(data: &[u8], mut sum: u32) -> u16 {
     let mut chunks = data.chunks_exact(2);
@@ -294,5 +305,16 @@ mod tests {
         // RFC 1071's example: 0x0001 + 0xf203 + 0xf4f5 + 0xf6f7 -> sum 0xddf2, checksum 0x220d.
         assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7], 0), 0x220d);
         assert_eq!(checksum(&[0xff], 0), !0xff00u16);
+    }
+
+    #[test]
+    fn an_l3_uplink_gets_a_frame_eth_type_trans_hands_to_the_host() {
+        let mut spec = spec("198.18.9.2", "198.18.9.1", Segment::Syn { isn: 7 }, false);
+        spec.dst_mac = Some(live_frame_mac(None));
+        let f = build(&spec);
+        assert_eq!(&f[..6], &[0; 6], "the all-zero address an L3 device has");
+        assert_eq!(&f[12..14], &[0x08, 0x00]);
+        assert_eq!(f[14] >> 4, 4, "the IP packet follows the 14-byte header");
+        assert_eq!(live_frame_mac(Some([2, 0, 0, 0, 0, 1])), [2, 0, 0, 0, 0, 1]);
     }
 }

@@ -447,7 +447,7 @@ impl Prepared {
                     Proto::Sctp => Segment::SctpInit { tag: isn },
                 };
                 let spec = FrameSpec {
-                    dst_mac: uplink.mac,
+                    dst_mac: Some(frame::live_frame_mac(uplink.mac)),
                     src: probe.source,
                     dst: probe.dst,
                     sport,
@@ -485,7 +485,7 @@ impl Prepared {
             for s in &sent[batch_start..] {
                 if s.probe.proto == Proto::Tcp {
                     let spec = FrameSpec {
-                        dst_mac: uplink.mac,
+                        dst_mac: Some(frame::live_frame_mac(uplink.mac)),
                         src: s.probe.source,
                         dst: s.probe.dst,
                         sport: s.sport,
