@@ -615,6 +615,43 @@ pub(crate) mod tests {
         assert!(!line.contains('\u{1b}') && !line.contains('\u{202e}') && line.contains("-> ?/tcp"), "{line}");
     }
 
+    /// The count of a summary line ("WARNING: N more ..."), 0 for any other line.
+    fn held(line: &str) -> u64 {
+        line.strip_prefix("WARNING: ")
+            .and_then(|l| l.split_once(" more "))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A reach of `port`/`proto` of db by direct routing (no publication, no host side).
+    fn scan_of_db(port: u16, proto: &'static str) -> Record {
+        let mut r = rec("203.0.113.7", "172.17.0.3", port);
+        (r.host_ip, r.host_port, r.proto, r.exposure) = (None, None, proto, "unpublished");
+        r
+    }
+
+    #[test]
+    fn a_port_scan_of_one_container_yields_a_bounded_number_of_alerts() {
+        let window = Duration::from_secs(60);
+        let mut a = Alerter::new(window);
+        let t0 = Instant::now();
+        // 130 000 new exposures of db within one window: every TCP and UDP port, each
+        // one a new (container, port, protocol), from one scanner.
+        let mut shown = Vec::new();
+        for i in 0..130_000u32 {
+            let (port, proto) = if i < 65_000 { (i + 1, "tcp") } else { (i - 64_999, "udp") };
+            let at = t0 + Duration::from_micros(u64::from(i) * 300);
+            shown.extend(a.observe_text(&scan_of_db(port as u16, proto), at));
+        }
+        assert!(shown.len() <= 20, "{} alerts for one scan of one container", shown.len());
+        assert!(shown[0].starts_with("EXPOSED UNPUBLISHED PORT db (postgres) port 1/tcp"), "the first is shown: {}", shown[0]);
+        let lines = a.flush_text(t0 + window + Duration::from_secs(1));
+        let summary: Vec<&String> = lines.iter().filter(|l| l.contains("more ports of db (postgres)")).collect();
+        assert_eq!(summary.len(), 1, "one summary line for the window: {lines:?}");
+        let counted: u64 = lines.iter().map(|l| held(l)).sum();
+        assert_eq!(shown.len() as u64 + counted, 130_000, "every new exposure is shown or counted: {lines:?}");
+    }
+
     #[test]
     fn untrusted_names_are_escaped() {
         let mut r = rec("198.18.3.2", "172.17.0.2", 80);

@@ -706,6 +706,58 @@ mod tests {
         assert_eq!(Arc::strong_count(&shared), 1, "the worker still runs");
     }
 
+    /// A sink that keeps the text of what it delivered.
+    struct Keep(Arc<Mutex<Vec<String>>>);
+
+    impl Deliver for Keep {
+        async fn deliver(&mut self, alert: &Alert) -> Result<(), Failure> {
+            self.0.lock().unwrap().push(alert.text.clone());
+            Ok(())
+        }
+    }
+
+    /// A port scan of web (130 000 new exposures in one window) with db's first
+    /// connection in the middle, offered to a sink whose queue holds 4 and whose worker
+    /// has not run yet: the first alert of each container is delivered.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_never_pushes_the_first_alert_of_a_container_out_of_a_small_queue() {
+        use crate::output::alerts::{tests::rec, Alerter};
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let h = SinkHandle::spawn("small".into(), KindSet::ALL, 4, Keep(kept.clone()));
+        let window = Duration::from_secs(60);
+        let mut alerter = Alerter::new(window);
+        let t0 = std::time::Instant::now();
+        let mut offered = 0u64;
+        let mut offer = |a: Option<Alert>| {
+            if let Some(a) = a {
+                h.offer(&Arc::new(a));
+                offered += 1;
+            }
+        };
+        for i in 0..130_000u32 {
+            let mut scan = rec("198.18.3.2", "172.17.0.2", (i % 65_000) as u16 + 1);
+            (scan.host_ip, scan.host_port, scan.exposure) = (None, None, "unpublished");
+            scan.proto = if i < 65_000 { "tcp" } else { "udp" };
+            let at = t0 + Duration::from_micros(u64::from(i) * 300);
+            offer(alerter.observe(&Arc::new(scan), at));
+            if i == 65_000 {
+                offer(alerter.observe(&Arc::new(rec("203.0.113.7", "172.17.0.3", 5432)), at));
+            }
+        }
+        for a in alerter.flush(t0 + window + Duration::from_secs(1)) {
+            offer(Some(a));
+        }
+        let stats = h.stats();
+        let shared = h.shared.clone();
+        h.stop().await;
+        let kept = kept.lock().unwrap();
+        let delivered = shared.delivered.load(Ordering::Relaxed);
+        eprintln!("{offered} alerts offered, {delivered} delivered, {} dropped (queue full)", stats.dropped_full);
+        assert_eq!(delivered + stats.dropped_full, offered, "every alert is delivered or counted");
+        assert!(kept.iter().any(|t| t.starts_with("EXPOSED UNPUBLISHED PORT web (nginx:1.27) port 1/tcp")), "web's first: {kept:?}");
+        assert!(kept.iter().any(|t| t.starts_with("EXPOSED UNPUBLISHED PORT db (postgres)")), "db's first: {kept:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn offer_drops_when_full_and_stop_is_bounded() {
         let h = SinkHandle::spawn("stalled".into(), KindSet::ALL, 4, Stalled);
