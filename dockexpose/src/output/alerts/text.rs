@@ -36,7 +36,7 @@ fn host_side(rec: &Record) -> String {
 pub(super) fn kind(rec: &Record) -> Option<&'static str> {
     match (rec.stage, rec.exposure) {
         ("reached", "loopback_only") => Some("loopback_only"),
-        ("reached", "unpublished") => Some("unpublished"),
+        ("reached", "unpublished" | "direct") => Some("unpublished"),
         ("reached", _) => Some("reached"),
         ("blocked", _) => Some("blocked"),
         _ => None,
@@ -60,6 +60,14 @@ pub fn headline(rec: &Record) -> Option<(&'static str, String)> {
             "unpublished",
             format!(
                 "EXPOSED UNPUBLISHED PORT {} port {target} reached from {}: not published, yet direct routing to the container got through",
+                who(rec),
+                rec.src_ip
+            ),
+        ),
+        ("reached", "direct") => (
+            "unpublished",
+            format!(
+                "EXPOSED DIRECTLY ROUTED PORT {} port {target} reached from {}: routed straight to the container, not through its published port (exposure without publishing)",
                 who(rec),
                 rec.src_ip
             ),
