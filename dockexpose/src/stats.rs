@@ -2,7 +2,7 @@
 
 use dockexpose_common::Counter;
 
-use crate::kernel::loader::CounterSnapshot;
+use crate::{kernel::loader::CounterSnapshot, output::alerts::HealthCondition};
 
 /// Counters of the whole pipeline at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -129,40 +129,44 @@ pub struct LossTracker {
 }
 
 impl LossTracker {
-    /// Warnings for whatever got worse since the last call.
-    pub fn warnings(&mut self, now: &PipelineCounters) -> Vec<String> {
+    /// Warnings for whatever got worse since the last call, with the health condition
+    /// each one is.
+    pub fn warnings(&mut self, now: &PipelineCounters) -> Vec<(HealthCondition, String)> {
         let mut out = Vec::new();
         let lost = now.lost();
         if lost > self.lost {
-            out.push(format!(
+            let line = format!(
                 "WARNING: {} connection records lost ({} in total: ring buffer full {}, reader overrun {}); \
                  the audit log is incomplete. Fewer watched sources or a faster disk for --json help",
                 lost - self.lost,
                 lost,
                 now.kernel.get(Counter::RingbufFull),
                 now.reader_lost
-            ));
+            );
+            out.push((HealthCondition::RecordsLost, line));
             self.lost = lost;
         }
         let failures = now.kernel.get(Counter::MapUpdateFailed);
         if failures > self.map_failures {
-            out.push(format!(
+            let line = format!(
                 "WARNING: {} kernel flow-table updates failed ({} in total): some flows may be reported twice",
                 failures - self.map_failures,
                 failures
-            ));
+            );
+            out.push((HealthCondition::FlowTable, line));
             self.map_failures = failures;
         }
         let uninspected = now.kernel.get(Counter::BridgeUninspected);
         if uninspected > self.uninspected {
-            out.push(format!(
+            let line = format!(
                 "WARNING: {} packets from outside reached a container bridge and could not be inspected \
                  ({} in total, counter bridge_uninspected): an IPv6 extension-header chain longer than the \
                  program walks, a truncated transport header, or a fragment conntrack could not place. \
                  A connection may have started unseen",
                 uninspected - self.uninspected,
                 uninspected
-            ));
+            );
+            out.push((HealthCondition::Uninspected, line));
             self.uninspected = uninspected;
         }
         out
@@ -196,9 +200,10 @@ mod tests {
         assert!(t.warnings(&counters(0, 0)).is_empty());
         let w = t.warnings(&counters(3, 1));
         assert_eq!(w.len(), 1);
-        assert!(w[0].contains("4 connection records lost"), "{}", w[0]);
+        assert_eq!(w[0].0, HealthCondition::RecordsLost);
+        assert!(w[0].1.contains("4 connection records lost"), "{}", w[0].1);
         assert!(t.warnings(&counters(3, 1)).is_empty());
-        assert!(t.warnings(&counters(5, 1))[0].contains("2 connection records lost"));
+        assert!(t.warnings(&counters(5, 1))[0].1.contains("2 connection records lost"));
     }
 
     #[test]
@@ -228,7 +233,8 @@ mod tests {
         c.kernel.0[Counter::BridgeUninspected as usize] = 2;
         let w = t.warnings(&c);
         assert_eq!(w.len(), 1);
-        assert!(w[0].contains("2 packets from outside reached a container bridge"), "{}", w[0]);
+        assert_eq!(w[0].0, HealthCondition::Uninspected);
+        assert!(w[0].1.contains("2 packets from outside reached a container bridge"), "{}", w[0].1);
         assert!(t.warnings(&c).is_empty(), "said once");
     }
 }

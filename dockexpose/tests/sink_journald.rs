@@ -12,11 +12,11 @@ use std::{
 };
 
 use dockexpose::output::{
-    alerts::AlertKind,
+    alerts::{AlertKind, HealthCondition},
     sinks::{self, journald::message_id, JournaldConfig, SinksConfig},
 };
 use serde_json::Value;
-use sinks_support::{alert, have_tool, root, wait_for};
+use sinks_support::{alert, have_tool, health_alert, root, wait_for};
 
 const JOURNALD: &str = "/lib/systemd/systemd-journald";
 
@@ -135,4 +135,33 @@ async fn alerts_reach_the_real_journald_with_their_fields() {
     sink.offer(&alert(AlertKind::Reached, "web", 8080, "EXPOSED web"));
     let stats = wait_for(&sink, Duration::from_secs(8), |s| s.dropped_failed == 1).await;
     assert_eq!((stats.retries, stats.delivered), (4, 2), "{stats:?}");
+}
+
+/// A health alert is an entry with its priority (err for the audit log failing, notice
+/// once it recovered) and its condition.
+#[tokio::test]
+async fn health_alerts_reach_the_real_journald() {
+    let test = "health_alerts_reach_the_real_journald";
+    if !root(test) || !have_tool(test, JOURNALD, "systemd") || !have_tool(test, "journalctl", "systemd") {
+        return;
+    }
+    let server = Journald::start().await;
+    let config = SinksConfig { journald: Some(JournaldConfig { socket: server.socket(), ..Default::default() }), ..Default::default() };
+    let sink = sinks::start(&config).unwrap().pop().unwrap();
+    sink.offer(&health_alert(HealthCondition::AuditLog, None, "WARNING: writing the audit log /x failed", false));
+    sink.offer(&health_alert(HealthCondition::AuditLog, None, "dockexpose: the audit log /x is written again", true));
+    wait_for(&sink, Duration::from_secs(5), |s| s.delivered == 2).await;
+    let entries = server.entries(2).await;
+    let got: Vec<[String; 5]> = entries
+        .iter()
+        .map(|e| ["PRIORITY", "MESSAGE_ID", "DOCKEXPOSE_KIND", "DOCKEXPOSE_HEALTH", "DOCKEXPOSE_HEALTH_STATE"].map(|n| field(e, n)))
+        .collect();
+    let id = message_id(AlertKind::Health).to_string();
+    assert_eq!(
+        got,
+        [
+            ["3".into(), id.clone(), "health".into(), "audit_log".into(), "failing".into()],
+            ["5".into(), id, "health".into(), "audit_log".into(), "recovered".into()],
+        ]
+    );
 }

@@ -14,10 +14,10 @@ use std::{
 };
 
 use dockexpose::output::{
-    alerts::{Alert, AlertKind},
+    alerts::{Alert, AlertKind, HealthCondition},
     sinks::{self, SinkHandle, SinksConfig, SyslogConfig},
 };
-use sinks_support::{alert, free_port, have_tool, wait_for, TempDir};
+use sinks_support::{alert, free_port, have_tool, health_alert, wait_for, TempDir};
 
 struct Rsyslog {
     child: Child,
@@ -218,4 +218,31 @@ async fn syslog_tcp_reconnects_when_rsyslogd_comes_back() {
     assert_eq!((stats.delivered, stats.dropped_failed), (2, 0), "{stats:?}");
     let lines = second.lines(1).await;
     assert!(lines[0].ends_with("via the second server"), "{lines:?}");
+}
+
+/// Health alerts reach rsyslogd with their severity (err for records lost, warning
+/// for a detached bridge, notice when it is back) and their condition as structured data.
+#[tokio::test]
+async fn health_alerts_reach_rsyslogd_with_their_severity() {
+    if !have_tool("health_alerts_reach_rsyslogd_with_their_severity", "rsyslogd", "rsyslog") {
+        return;
+    }
+    let server = Rsyslog::start().await;
+    let config = SyslogConfig { hostname: Some("dx-test".into()), ..syslog(format!("tcp://127.0.0.1:{}", server.tcp)) };
+    let sink = start(vec![config]).pop().unwrap();
+    let lost = "WARNING: 12 connection records lost (12 in total: ring buffer full 12, reader overrun 0); the audit log is incomplete";
+    sink.offer(&health_alert(HealthCondition::RecordsLost, None, lost, false));
+    sink.offer(&health_alert(HealthCondition::Detached, Some("br-x"), "dockexpose: bridge br-x disappeared", false));
+    sink.offer(&health_alert(HealthCondition::Detached, Some("br-x"), "dockexpose: bridge br-x watched", true));
+    wait_for(&sink, Duration::from_secs(5), |s| s.delivered == 3).await;
+    let pid = std::process::id();
+    let line = |severity: &str, sd: &str, text: &str| format!("imtcp|health|dockexpose|dx-test|{pid}|daemon|{severity}|[dockexpose@32473 kind=\"health\" {sd}]|{text}");
+    assert_eq!(
+        server.lines(3).await,
+        [
+            line("err", r#"condition="records_lost" state="failing" count="1""#, lost),
+            line("warning", r#"condition="detached" state="failing" count="1" subject="br-x""#, "dockexpose: bridge br-x disappeared"),
+            line("notice", r#"condition="detached" state="recovered" count="1" subject="br-x""#, "dockexpose: bridge br-x watched"),
+        ]
+    );
 }

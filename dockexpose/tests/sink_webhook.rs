@@ -13,13 +13,13 @@ use std::{
 
 use bytes::Bytes;
 use dockexpose::output::{
-    alerts::AlertKind,
+    alerts::{AlertKind, HealthCondition},
     sinks::{self, SinksConfig, WebhookConfig, WebhookFormat},
 };
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, header::HeaderMap, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
-use sinks_support::{alert, have_tool, wait_for, TempDir};
+use sinks_support::{alert, have_tool, health_alert, wait_for, TempDir};
 use tokio::net::TcpListener;
 
 /// How the server answers one request.
@@ -338,4 +338,32 @@ async fn a_closed_kept_connection_is_not_a_failure() {
     let stats = sink.stats();
     assert_eq!((stats.delivered, stats.retries, stats.dropped_failed), (3, 0, 0), "{stats:?}");
     assert_eq!(*served.lock().unwrap(), 3);
+}
+
+/// A health alert reaches the webhook with its condition and state; offered after a
+/// flood of other alerts into a queue of 4, it is neither dropped nor kept waiting
+/// behind them: the priority lane goes first.
+#[tokio::test]
+async fn a_health_alert_reaches_the_webhook_ahead_of_a_flood() {
+    let state = Shared::default();
+    let port = serve(state.clone(), None).await;
+    let sink = start_one(WebhookConfig { queue: 4, ..webhook(format!("http://127.0.0.1:{port}/hook")) });
+    for i in 0..100 {
+        sink.offer(&alert(AlertKind::Reached, "web", 8080, &format!("EXPOSED web {i}")));
+    }
+    let text = "WARNING: 12 connection records lost (12 in total: ring buffer full 12, reader overrun 0); the audit log is incomplete";
+    sink.offer(&health_alert(HealthCondition::RecordsLost, None, text, false));
+    sink.offer(&health_alert(HealthCondition::Detached, Some("br-x"), "dockexpose: bridge br-x watched", true));
+    let stats = wait_for(&sink, Duration::from_secs(5), |s| s.delivered == 6).await;
+    assert_eq!(stats.dropped_full, 96, "the flood beyond the queue is counted: {stats:?}");
+    let bodies: Vec<serde_json::Value> =
+        state.lock().unwrap().seen.iter().map(|s| serde_json::from_slice(&s.body).unwrap()).collect();
+    assert_eq!(bodies[0]["kind"], "health", "the priority lane first: {bodies:?}");
+    assert_eq!(bodies[0]["text"], text);
+    assert_eq!(bodies[0]["health"], serde_json::json!({"condition": "records_lost", "state": "failing", "count": 1}));
+    assert!(bodies[0]["record"].is_null());
+    assert_eq!(bodies[1]["health"], serde_json::json!({"condition": "detached", "state": "recovered", "count": 1, "subject": "br-x"}));
+    let rest: Vec<&str> = bodies[2..].iter().map(|b| b["text"].as_str().unwrap()).collect();
+    assert_eq!(rest, ["EXPOSED web 0", "EXPOSED web 1", "EXPOSED web 2", "EXPOSED web 3"]);
+    assert!(bodies[2].get("health").is_none(), "only health alerts carry it");
 }

@@ -8,6 +8,9 @@
 //!    a bounded queue of its own: when it is full the alert is dropped and counted,
 //!    so that a slow or dead sink never holds back the others or the audit log.
 //!
+//! The daemon's health (records lost, the audit log failing, Docker unreachable, an
+//! interface detached) goes through the same alert stage as `health` alerts.
+//!
 //! Every consumer of records sits behind `Consumer`, every consumer of alerts behind
 //! `AlertOut`.
 
@@ -17,7 +20,7 @@ use std::{
 };
 
 use super::{
-    alerts::{Alert, AlertKind, Alerter},
+    alerts::{Alert, AlertKind, Alerter, HealthCondition, HealthLimiter},
     audit::{AuditLog, AuditStats},
     exposures::ExposureTable,
     human,
@@ -87,16 +90,42 @@ impl AlertCounts {
     }
 }
 
-/// The alert stage: the Alerter decides, every `AlertOut` gets what it decided.
+/// The alert stage: the Alerter (connections) and the HealthLimiter (the daemon's
+/// health) decide, every `AlertOut` gets what they decided.
 pub struct AlertStage {
     alerter: Alerter,
+    health: HealthLimiter,
     outs: Vec<Box<dyn AlertOut>>,
     counts: AlertCounts,
 }
 
 impl AlertStage {
     pub fn new(window: Duration, outs: Vec<Box<dyn AlertOut>>) -> Self {
-        Self { alerter: Alerter::new(window), outs, counts: AlertCounts::default() }
+        Self { alerter: Alerter::new(window), health: HealthLimiter::new(window), outs, counts: AlertCounts::default() }
+    }
+
+    /// A health condition noticed (`text`: the line for people); `subject`: the
+    /// interface it is about. Limited per condition and subject.
+    pub fn health_failing(&mut self, condition: HealthCondition, subject: Option<&str>, text: String) {
+        if let Some(a) = self.health.failing(condition, subject, text, Instant::now()) {
+            self.send(a);
+        }
+    }
+
+    pub fn health_is_failing(&self, condition: HealthCondition, subject: Option<&str>) -> bool {
+        self.health.is_failing(condition, subject)
+    }
+
+    /// A health condition cleared: said when its failure was. True when an alert
+    /// went out (the caller need not say it again).
+    pub fn health_recovered(&mut self, condition: HealthCondition, subject: Option<&str>, text: String) -> bool {
+        match self.health.recovered(condition, subject, text, Instant::now()) {
+            Some(a) => {
+                self.send(a);
+                true
+            }
+            None => false,
+        }
     }
 
     fn send(&mut self, alert: Alert) {
@@ -124,9 +153,11 @@ impl AlertStage {
         }
     }
 
-    /// Closes alert windows that are over (count lines, rate-limit summaries).
+    /// Closes alert windows that are over (count lines, rate-limit summaries, health
+    /// conditions noticed again).
     fn flush(&mut self, now: Instant) {
-        for a in self.alerter.flush(now) {
+        let health = self.health.flush(now);
+        for a in self.alerter.flush(now).into_iter().chain(health) {
             self.send(a);
         }
     }
@@ -134,6 +165,12 @@ impl AlertStage {
     /// New alert outputs (a config reload); the Alerter's windows are kept.
     pub fn set_outs(&mut self, outs: Vec<Box<dyn AlertOut>>) {
         self.outs = outs;
+    }
+
+    /// A new window (a config reload): the limits start afresh, the outputs and the
+    /// counts stay.
+    pub fn set_window(&mut self, window: Duration) {
+        (self.alerter, self.health) = (Alerter::new(window), HealthLimiter::new(window));
     }
 }
 
@@ -215,15 +252,29 @@ impl Outputs {
         self.audit.write_record(rec);
     }
 
-    /// The batch is over: the audit log's buffer goes to the file. Returns what to
-    /// tell the operator about the log (a failure, a recovery).
-    pub fn flush(&mut self) -> Option<String> {
+    /// The batch is over: the audit log's buffer goes to the file. What the operator
+    /// must know about the log (a failure, a recovery) is a health alert.
+    pub fn flush(&mut self) {
         let said = self.audit.flush();
         let now = self.clock.ktime_now();
         for t in self.unflushed.drain(..) {
             self.record_latency.record(now.saturating_sub(t) / 1000);
         }
-        said
+        self.audit_health(said);
+    }
+
+    /// A line about the audit log (from a flush or a reopen): a health alert, failing
+    /// or recovered, as the log is now; any other notice (a reopen that failed while
+    /// the old file still takes data) goes to stderr.
+    pub fn audit_health(&mut self, said: Option<String>) {
+        let Some(line) = said else { return };
+        if self.audit.stats().failing {
+            self.alerts.health_failing(HealthCondition::AuditLog, None, line);
+        } else if self.alerts.health_is_failing(HealthCondition::AuditLog, None) {
+            self.alerts.health_recovered(HealthCondition::AuditLog, None, line);
+        } else {
+            eprintln!("{line}");
+        }
     }
 
     /// About once a second: alert windows that are over.
@@ -279,12 +330,30 @@ mod tests {
         out.connection(reached("198.18.3.2"), None);
         out.connection(reached("198.18.3.2"), None);
         out.connection(reached("198.18.3.3"), None);
-        assert!(out.flush().is_none());
+        out.flush();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3, "every record in the audit log");
         let web = out.exposures.rows().into_iter().find(|r| r.host_port == Some(8080)).unwrap();
         assert_eq!((web.reached, web.distinct_sources), (3, 2));
         assert_eq!(seen.borrow().len(), 2, "one alert per new source");
         assert_eq!(out.alert_counts().iter().find(|(k, _)| *k == AlertKind::Reached).unwrap().1, 2);
         assert_eq!(out.records(), 3);
+    }
+
+    #[test]
+    fn a_failing_audit_log_is_a_health_alert_for_every_output() {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let stage = AlertStage::new(Duration::from_secs(60), vec![Box::new(Collect(seen.clone()))]);
+        // /dev/full: every write fails with ENOSPC.
+        let mut out = Outputs::new(AuditLog::open(Some(std::path::Path::new("/dev/full")), None).unwrap(), true, stage, KernelClock::now());
+        out.connection(reached("198.18.3.2"), None);
+        out.flush();
+        out.connection(reached("198.18.3.3"), None);
+        out.flush();
+        let health: Vec<_> = seen.borrow().iter().filter(|a| a.kind == AlertKind::Health).cloned().collect();
+        assert_eq!(health.len(), 1, "the first at once, then held: {health:?}");
+        let h = health[0].health.as_ref().unwrap();
+        assert_eq!((h.condition, h.state), (HealthCondition::AuditLog, crate::output::alerts::HealthState::Failing));
+        assert!(health[0].text.starts_with("WARNING: writing the audit log /dev/full failed"), "{}", health[0].text);
+        assert_eq!(health[0].severity(), 3);
     }
 }

@@ -8,7 +8,7 @@ use crate::{
     error::Result,
     host::{interfaces, local},
     kernel::loader::UplinkAttachMode,
-    output::human,
+    output::{alerts::HealthCondition, human},
 };
 
 /// What to change so that the attached interfaces become the wanted ones that exist.
@@ -82,17 +82,28 @@ impl Watcher {
         for (b, gone) in plan.detach {
             self.kernel.detach_bridge(&b);
             self.ifnames.retain(|_, n| n != &b);
-            let why = if gone {
-                "disappeared; no longer watched (attached again if it comes back)"
+            let name = human::escape_untrusted(&b);
+            if gone {
+                // Its containers are not watched until it comes back: a health alert.
+                let line = format!("dockexpose: bridge {name} disappeared; no longer watched (attached again if it comes back)");
+                self.outputs.alerts.health_failing(HealthCondition::Detached, Some(&b), line);
             } else {
-                "is no longer a Docker network; no longer watched"
-            };
-            eprintln!("dockexpose: bridge {} {why}", human::escape_untrusted(&b));
+                eprintln!("dockexpose: bridge {name} is no longer a Docker network; no longer watched");
+            }
         }
         for b in plan.attach {
+            let name = human::escape_untrusted(&b);
             match self.attach_bridge(&b) {
-                Ok(()) => eprintln!("dockexpose: bridge {} watched", human::escape_untrusted(&b)),
-                Err(e) => eprintln!("warning: bridge {}: {e}", human::escape_untrusted(&b)),
+                Ok(()) => {
+                    let line = format!("dockexpose: bridge {name} watched");
+                    if !self.outputs.alerts.health_recovered(HealthCondition::Detached, Some(&b), line.clone()) {
+                        eprintln!("{line}");
+                    }
+                }
+                Err(e) => {
+                    let line = format!("warning: bridge {name}: {e}");
+                    self.outputs.alerts.health_failing(HealthCondition::Detached, Some(&b), line);
+                }
             }
         }
     }
@@ -154,16 +165,25 @@ impl Watcher {
         for (u, gone) in plan.detach {
             self.kernel.detach_uplink(&u);
             self.ifnames.retain(|_, n| n != &u);
-            let why = if gone {
-                "disappeared; no longer watched (attached again if it comes back)"
+            let name = human::escape_untrusted(&u);
+            if gone {
+                let line = format!("dockexpose: uplink {name} disappeared; no longer watched (attached again if it comes back)");
+                self.outputs.alerts.health_failing(HealthCondition::Detached, Some(&u), line);
             } else {
-                "is no longer an uplink (no global address)"
-            };
-            eprintln!("dockexpose: uplink {} {why}", human::escape_untrusted(&u));
+                eprintln!("dockexpose: uplink {name} is no longer an uplink (no global address)");
+            }
         }
         for u in plan.attach {
-            if let Err(e) = self.attach_uplink(&u) {
-                eprintln!("warning: uplink {}: {e}", human::escape_untrusted(&u));
+            let name = human::escape_untrusted(&u);
+            match self.attach_uplink(&u) {
+                Ok(()) => {
+                    let line = format!("dockexpose: uplink {name} is back and watched again");
+                    self.outputs.alerts.health_recovered(HealthCondition::Detached, Some(&u), line);
+                }
+                Err(e) => {
+                    let line = format!("warning: uplink {name}: {e}");
+                    self.outputs.alerts.health_failing(HealthCondition::Detached, Some(&u), line);
+                }
             }
         }
     }

@@ -44,8 +44,8 @@ impl Watcher {
         if !warnings.is_empty() {
             self.last_loss = Some(Instant::now());
         }
-        for w in warnings {
-            eprintln!("{w}");
+        for (condition, w) in warnings {
+            self.outputs.alerts.health_failing(condition, None, w);
         }
         Ok(())
     }

@@ -52,7 +52,7 @@ use crate::{
         ring,
     },
     output::{
-        alerts::Alert,
+        alerts::{Alert, HealthCondition},
         audit::AuditLog,
         fanout::{AlertOut, AlertStage, Outputs, StderrAlerts},
         human,
@@ -498,11 +498,15 @@ impl Watcher {
             DockerState::Starting => {}
             DockerState::Connected(inv) => {
                 if !self.docker_connected {
-                    eprintln!(
+                    let line = format!(
                         "dockexpose: Docker inventory: {} running containers on {} bridge networks",
                         inv.containers.len(),
                         inv.networks.len()
                     );
+                    // After a failure that was said, the recovery is a health alert.
+                    if !self.outputs.alerts.health_recovered(HealthCondition::Docker, None, line.clone()) {
+                        eprintln!("{line}");
+                    }
                 }
                 self.docker_connected = true;
                 self.docker_problem = None;
@@ -531,7 +535,8 @@ impl Watcher {
                     } else {
                         "running without container identity (records carry container: null); retrying in the background"
                     };
-                    eprintln!("warning: {}; {keep}", human::escape_untrusted(&reason));
+                    let line = format!("warning: {}; {keep}", human::escape_untrusted(&reason));
+                    self.outputs.alerts.health_failing(HealthCondition::Docker, None, line);
                     self.docker_problem = Some(reason);
                 }
                 self.docker_connected = false;
@@ -540,12 +545,10 @@ impl Watcher {
         Ok(())
     }
 
-    /// Pushes the audit log's buffer to the file; says what the operator must know
-    /// about it (a write failure, once a minute; a recovery).
+    /// Pushes the audit log's buffer to the file; what the operator must know about
+    /// it (a write failure, once a minute; a recovery) is a health alert.
     fn flush(&mut self) {
-        if let Some(line) = self.outputs.flush() {
-            eprintln!("{line}");
-        }
+        self.outputs.flush();
     }
 
     /// SIGUSR1 / SIGHUP: logrotate moved the log; write to the path anew.
@@ -554,7 +557,7 @@ impl Watcher {
             return;
         }
         match self.outputs.audit.reopen() {
-            Some(line) => eprintln!("{line}"),
+            Some(line) => self.outputs.audit_health(Some(line)),
             None => eprintln!("dockexpose: {signal}: audit log {} reopened", self.outputs.audit.path().map_or(String::new(), |p| p.display().to_string())),
         }
     }
@@ -598,7 +601,7 @@ impl Watcher {
         }
         if old.alert_window != new.alert_window {
             self.settings.alert_window = config::secs(new.alert_window);
-            self.outputs.alerts = AlertStage::new(self.settings.alert_window, alert_outs(&self.sinks));
+            self.outputs.alerts.set_window(self.settings.alert_window);
         }
         self.settings.quiet = new.quiet;
         self.outputs.set_quiet(new.quiet);

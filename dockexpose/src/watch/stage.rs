@@ -10,6 +10,7 @@ use crate::{
     correlate,
     error::Result,
     kernel::event::{Observation, Stage},
+    output::alerts::HealthCondition,
 };
 
 impl Watcher {
@@ -24,10 +25,11 @@ impl Watcher {
         let untracked = self.attempts.take_untracked();
         self.attempts_untracked += untracked;
         if untracked > 0 {
-            eprintln!(
+            let line = format!(
                 "WARNING: {untracked} attempts got no verdict: more than {} awaited one at once (a flood?); they are in the JSON log as attempted",
                 crate::verdict::MAX_TRACKED
             );
+            self.outputs.alerts.health_failing(HealthCondition::AttemptsUntracked, None, line);
         }
         Ok(())
     }

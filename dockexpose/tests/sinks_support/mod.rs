@@ -11,7 +11,7 @@ use std::{
 use dockexpose::{
     kernel::event::{Observation, Proto, Stage},
     output::{
-        alerts::{Alert, AlertKind},
+        alerts::{Alert, AlertKind, HealthCondition, HealthLimiter},
         record::{ContainerRef, Record},
         sinks::{SinkHandle, SinkStats},
     },
@@ -42,7 +42,19 @@ pub fn alert(kind: AlertKind, name: &str, host_port: u16, text: &str) -> Arc<Ale
         image: "nginx:1.27".into(),
         ..ContainerRef::default()
     }));
-    Arc::new(Alert { kind, text: text.into(), record: Some(Arc::new(rec)) })
+    Arc::new(Alert::new(kind, text.into(), Some(Arc::new(rec))))
+}
+
+/// A health alert as the daemon raises it: `condition` failing (`recovered`: then
+/// cleared), about `subject`.
+pub fn health_alert(condition: HealthCondition, subject: Option<&str>, text: &str, recovered: bool) -> Arc<Alert> {
+    let mut limiter = HealthLimiter::new(Duration::from_secs(60));
+    let now = Instant::now();
+    let failing = limiter.failing(condition, subject, text.into(), now).unwrap();
+    if !recovered {
+        return Arc::new(failing);
+    }
+    Arc::new(limiter.recovered(condition, subject, text.into(), now).unwrap())
 }
 
 /// Waits (yielding to the runtime) until `done` holds for the sink's stats, or panics

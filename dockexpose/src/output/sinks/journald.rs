@@ -9,7 +9,7 @@ use std::{io, os::linux::fs::MetadataExt, path::PathBuf};
 
 use tokio::net::UnixDatagram;
 
-use super::{severity, Deliver, Failure, JournaldConfig, SinkError};
+use super::{Deliver, Failure, JournaldConfig, SinkError};
 use crate::output::alerts::{Alert, AlertKind};
 
 pub const DEFAULT_SOCKET: &str = "/run/systemd/journal/socket";
@@ -25,6 +25,7 @@ pub fn message_id(kind: AlertKind) -> &'static str {
         AlertKind::Verified => "ee3661ff1cd741a49b79ace19a36eee4",
         AlertKind::Repeated => "c08d0e1bc2a14121aca15df302bda156",
         AlertKind::Suppressed => "5e2b348ac71f40d0bcc04218d73832ba",
+        AlertKind::Health => "d3cc52919325452797d871dc87601cea",
     }
 }
 
@@ -60,10 +61,18 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 pub fn encode(alert: &Alert) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     push_field(&mut out, "MESSAGE", alert.text.as_bytes());
-    push_field(&mut out, "PRIORITY", severity(alert.kind).to_string().as_bytes());
+    push_field(&mut out, "PRIORITY", alert.severity().to_string().as_bytes());
     push_field(&mut out, "SYSLOG_IDENTIFIER", b"dockexpose");
     push_field(&mut out, "MESSAGE_ID", message_id(alert.kind).as_bytes());
     push_field(&mut out, "DOCKEXPOSE_KIND", alert.kind.as_str().as_bytes());
+    if let Some(h) = &alert.health {
+        push_field(&mut out, "DOCKEXPOSE_HEALTH", h.condition.as_str().as_bytes());
+        push_field(&mut out, "DOCKEXPOSE_HEALTH_STATE", h.state.as_str().as_bytes());
+        push_field(&mut out, "DOCKEXPOSE_HEALTH_COUNT", h.count.to_string().as_bytes());
+        if let Some(subject) = &h.subject {
+            push_field(&mut out, "DOCKEXPOSE_HEALTH_SUBJECT", subject.as_bytes());
+        }
+    }
     let Some(rec) = &alert.record else { return out };
     if let Some(c) = &rec.container {
         push_field(&mut out, "DOCKEXPOSE_CONTAINER", c.name.as_bytes());
@@ -139,7 +148,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::output::record::ContainerRef;
+    use crate::output::{
+        alerts::{HealthCondition, HealthLimiter},
+        record::ContainerRef,
+    };
 
     /// Parses a native datagram back into (name, value) pairs.
     pub fn parse(mut data: &[u8]) -> Vec<(String, Vec<u8>)> {
@@ -187,7 +199,7 @@ mod tests {
             compose_project: Some("shop".into()),
             ..ContainerRef::default()
         }));
-        let alert = Alert { kind: AlertKind::Blocked, text: "BLOCKED web".into(), record: Some(Arc::new(rec)) };
+        let alert = Alert::new(AlertKind::Blocked, "BLOCKED web".into(), Some(Arc::new(rec)));
         let fields = parse(&encode(&alert));
         let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
         assert_eq!(get("MESSAGE").as_deref(), Some("BLOCKED web"));
@@ -203,8 +215,26 @@ mod tests {
         assert_eq!(get("DOCKEXPOSE_PROTO").as_deref(), Some("tcp"));
         assert_eq!(get("DOCKEXPOSE_SRC_IP").as_deref(), Some("198.18.3.2"));
         assert_eq!(get("DOCKEXPOSE_STAGE").as_deref(), Some("reached"));
-        let summary = Alert { kind: AlertKind::Suppressed, text: "WARNING: 3 more".into(), record: None };
+        let summary = Alert::new(AlertKind::Suppressed, "WARNING: 3 more".into(), None);
         assert_eq!(parse(&encode(&summary)).len(), 5, "no record, no record fields");
+    }
+
+    #[test]
+    fn a_health_alert_has_its_priority_and_condition() {
+        let mut h = HealthLimiter::new(std::time::Duration::from_secs(60));
+        let now = std::time::Instant::now();
+        let alert = h.failing(HealthCondition::Detached, Some("br-x"), "dockexpose: bridge br-x disappeared".into(), now).unwrap();
+        let fields = parse(&encode(&alert));
+        let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        assert_eq!(get("PRIORITY").as_deref(), Some("4"));
+        assert_eq!(get("MESSAGE_ID").as_deref(), Some(message_id(AlertKind::Health)));
+        assert_eq!(get("DOCKEXPOSE_KIND").as_deref(), Some("health"));
+        assert_eq!(get("DOCKEXPOSE_HEALTH").as_deref(), Some("detached"));
+        assert_eq!(get("DOCKEXPOSE_HEALTH_STATE").as_deref(), Some("failing"));
+        assert_eq!(get("DOCKEXPOSE_HEALTH_SUBJECT").as_deref(), Some("br-x"));
+        let back = h.recovered(HealthCondition::Detached, Some("br-x"), "dockexpose: bridge br-x watched".into(), now).unwrap();
+        let fields = parse(&encode(&back));
+        assert!(fields.contains(&("PRIORITY".to_string(), b"5".to_vec())), "recovered: notice");
     }
 
     #[test]

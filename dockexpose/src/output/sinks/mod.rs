@@ -1,7 +1,8 @@
 //! Alert sinks: journald, syslog and webhooks, each fed through its own bounded queue.
 //!
 //! The daemon hands every alert to [`SinkHandle::offer`], which never waits: a full
-//! queue drops the alert and counts it. One tokio task per sink takes alerts from its
+//! queue drops the alert and counts it. The queue has two lanes (`queue`): the alerts a
+//! flood must not push out (a container's first, health) have one of their own. One tokio task per sink takes alerts from its
 //! queue and delivers them with the retry policy of [`RetryPolicy`] (each attempt under a
 //! 2 s timeout; retries with a doubling backoff on connect errors, 5xx and 429, which
 //! may say how long to wait with Retry-After). What a sink did is in [`SinkStats`].
@@ -10,9 +11,7 @@
 //! line in [`start`].
 
 use std::{
-    collections::BTreeMap,
     future::Future,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -21,14 +20,19 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::task::JoinHandle;
 
-use super::alerts::{Alert, AlertKind};
+use self::queue::Queue;
+use super::alerts::Alert;
 
+mod config;
 pub mod journald;
+mod queue;
 pub mod syslog;
 pub mod webhook;
 
+pub use config::{JournaldConfig, SinkError, SinksConfig, SyslogConfig, WebhookConfig, WebhookFormat};
+use config::{check_queue, KindSet};
 pub use journald::stderr_is_journal;
 
 /// Queue length of a sink when the config does not say.
@@ -38,176 +42,6 @@ pub const MAX_QUEUE: usize = 1_000_000;
 /// How long [`SinkHandle::stop`] (or dropping a handle) lets a worker deliver what is
 /// queued, one attempt each, before it is ended.
 pub const DRAIN: Duration = Duration::from_secs(2);
-
-// ---------------------------------------------------------------------------------
-// Configuration
-// ---------------------------------------------------------------------------------
-
-/// The `[sinks]` section of the config file. Every part is optional; no sink is
-/// configured by default (the daemon may add journald when stderr is the journal).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SinksConfig {
-    /// `[sinks.journald]`: the native journal protocol.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub journald: Option<JournaldConfig>,
-    /// `[[sinks.syslog]]`: RFC 5424 over a unix socket, UDP or TCP.
-    pub syslog: Vec<SyslogConfig>,
-    /// `[[sinks.webhook]]`: an HTTP(S) POST per alert.
-    pub webhook: Vec<WebhookConfig>,
-}
-
-/// `[sinks.journald]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JournaldConfig {
-    /// The journal's native socket.
-    pub socket: PathBuf,
-    /// Most alerts waiting for this sink; past that they are dropped and counted.
-    pub queue: usize,
-    /// Alert kinds sent (names of [`AlertKind::as_str`]); None: every kind.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kinds: Option<Vec<String>>,
-}
-
-impl Default for JournaldConfig {
-    fn default() -> Self {
-        Self { socket: PathBuf::from(journald::DEFAULT_SOCKET), queue: DEFAULT_QUEUE, kinds: None }
-    }
-}
-
-/// `[[sinks.syslog]]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SyslogConfig {
-    /// `udp://HOST:PORT`, `tcp://HOST:PORT` (octet-counted frames, RFC 6587) or
-    /// `unix:///PATH` (a datagram socket such as /dev/log).
-    pub address: String,
-    /// Syslog facility name: `daemon`, `auth`, `local0` .. `local7`, ...
-    pub facility: String,
-    /// HOSTNAME of the messages; None: this host's name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    pub queue: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kinds: Option<Vec<String>>,
-}
-
-impl Default for SyslogConfig {
-    fn default() -> Self {
-        Self { address: String::new(), facility: "daemon".into(), hostname: None, queue: DEFAULT_QUEUE, kinds: None }
-    }
-}
-
-/// `[[sinks.webhook]]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// `https://...` (certificate verified against Mozilla's roots) or `http://...`.
-    pub url: String,
-    /// The body: `json` (kind, text, host and the JSON record) or `slack` (`{"text": ...}`).
-    pub format: WebhookFormat,
-    /// Extra request headers, e.g. `{ "Authorization" = "Bearer ..." }`.
-    pub headers: BTreeMap<String, String>,
-    /// A PEM file of CA certificates trusted for https besides Mozilla's roots (a
-    /// private CA).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    pub queue: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kinds: Option<Vec<String>>,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        Self { url: String::new(), format: WebhookFormat::Json, headers: BTreeMap::new(), ca_file: None, queue: DEFAULT_QUEUE, kinds: None }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WebhookFormat {
-    #[default]
-    Json,
-    Slack,
-}
-
-/// Why the sinks could not start: the message names the config key and the fix.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("invalid setting {key} = {value:?}: {reason}.\n  Fix: {fix}")]
-    Config { key: String, value: String, reason: String, fix: String },
-    #[error("alert sinks need a tokio runtime to run in (start was called outside one)")]
-    NoRuntime,
-}
-
-impl SinkError {
-    fn config(key: impl Into<String>, value: impl Into<String>, reason: impl Into<String>, fix: impl Into<String>) -> Self {
-        SinkError::Config { key: key.into(), value: value.into(), reason: reason.into(), fix: fix.into() }
-    }
-}
-
-/// The kinds a sink takes, as a bit set over [`AlertKind::ALL`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct KindSet(u16);
-
-impl KindSet {
-    const ALL: KindSet = KindSet((1 << AlertKind::ALL.len()) - 1);
-
-    fn bit(kind: AlertKind) -> u16 {
-        1 << AlertKind::ALL.iter().position(|&k| k == kind).expect("in ALL")
-    }
-
-    fn contains(self, kind: AlertKind) -> bool {
-        self.0 & Self::bit(kind) != 0
-    }
-
-    fn parse(key: &str, kinds: Option<&[String]>) -> Result<Self, SinkError> {
-        let Some(kinds) = kinds else { return Ok(KindSet::ALL) };
-        let names = || AlertKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
-        if kinds.is_empty() {
-            return Err(SinkError::config(
-                key,
-                "[]",
-                "an empty list sends nothing",
-                format!("list some of: {}, or remove the sink", names()),
-            ));
-        }
-        let mut set = 0;
-        for name in kinds {
-            match AlertKind::ALL.iter().find(|k| k.as_str() == name) {
-                Some(&k) => set |= Self::bit(k),
-                None => {
-                    return Err(SinkError::config(key, name.as_str(), "no such alert kind", format!("use one of: {}", names())));
-                }
-            }
-        }
-        Ok(KindSet(set))
-    }
-}
-
-fn check_queue(key: &str, queue: usize) -> Result<(), SinkError> {
-    if (1..=MAX_QUEUE).contains(&queue) {
-        return Ok(());
-    }
-    Err(SinkError::config(
-        key,
-        queue.to_string(),
-        format!("a queue holds 1 to {MAX_QUEUE} alerts"),
-        format!("set it between 1 and {MAX_QUEUE}, or leave it out for {DEFAULT_QUEUE}"),
-    ))
-}
-
-/// Syslog-style severity of an alert (also journald's PRIORITY): warning (4) for an
-/// exposure and for alerts held back in a flood, notice (5) for blocked attempts and
-/// the count lines that close a window.
-pub fn severity(kind: AlertKind) -> u8 {
-    match kind {
-        AlertKind::Reached | AlertKind::LoopbackOnly | AlertKind::Unpublished | AlertKind::Verified => 4,
-        AlertKind::Suppressed => 4,
-        AlertKind::Blocked | AlertKind::Repeated => 5,
-    }
-}
 
 /// This host's name (for syslog's HOSTNAME and the webhook body); "-" when unknown.
 pub(crate) fn hostname() -> String {
@@ -269,30 +103,30 @@ impl Shared {
 pub struct SinkHandle {
     name: String,
     kinds: KindSet,
-    tx: Option<mpsc::Sender<Arc<Alert>>>,
+    queue: Arc<Queue>,
     capacity: usize,
     shared: Arc<Shared>,
     task: Option<JoinHandle<()>>,
 }
 
 impl SinkHandle {
-    /// Spawns the worker of `sink` with a queue of `capacity`.
+    /// Spawns the worker of `sink` with a queue of `capacity` in each lane.
     fn spawn<S: Deliver + 'static>(name: String, kinds: KindSet, capacity: usize, sink: S) -> Self {
-        let (tx, rx) = mpsc::channel(capacity);
+        let queue = Queue::new(capacity);
         let shared = Arc::new(Shared::default());
-        let task = tokio::spawn(run(sink, rx, shared.clone(), RetryPolicy::default()));
-        Self { name, kinds, tx: Some(tx), capacity, shared, task: Some(task) }
+        let task = tokio::spawn(run(sink, queue.clone(), shared.clone(), RetryPolicy::default()));
+        Self { name, kinds, queue, capacity, shared, task: Some(task) }
     }
 
-    /// Queues `alert` if the sink takes its kind. Never waits: when the queue is full
-    /// the alert is dropped and counted in `dropped_full`.
+    /// Queues `alert` if the sink takes its kind, in the priority lane when it is a
+    /// priority alert. Never waits: when its lane is full the alert is dropped and
+    /// counted in `dropped_full`.
     pub fn offer(&self, alert: &Arc<Alert>) {
         if !self.kinds.contains(alert.kind) {
             return;
         }
-        let Some(tx) = &self.tx else { return };
-        if tx.try_send(alert.clone()).is_err() {
-            // Full, or the worker ended (it only ends when stopped): the alert is lost.
+        if !self.queue.offer(alert.clone()) {
+            // Full, or the sink stopped: the alert is lost.
             self.shared.dropped_full.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -307,7 +141,7 @@ impl SinkHandle {
     pub fn stats(&self) -> SinkStats {
         let s = &self.shared;
         SinkStats {
-            queued: self.tx.as_ref().map_or(0, |tx| tx.max_capacity() - tx.capacity()),
+            queued: self.queue.len(),
             capacity: self.capacity,
             delivered: s.delivered.load(Ordering::Relaxed),
             dropped_full: s.dropped_full.load(Ordering::Relaxed),
@@ -323,7 +157,7 @@ impl SinkHandle {
     /// `dropped_failed`.
     pub async fn stop(mut self) {
         self.shared.closing.store(true, Ordering::Relaxed);
-        drop(self.tx.take());
+        self.queue.close();
         if let Some(mut task) = self.task.take() {
             if tokio::time::timeout(DRAIN, &mut task).await.is_err() {
                 task.abort();
@@ -342,7 +176,7 @@ impl std::fmt::Debug for SinkHandle {
 impl Drop for SinkHandle {
     fn drop(&mut self) {
         self.shared.closing.store(true, Ordering::Relaxed);
-        drop(self.tx.take());
+        self.queue.close();
         // Ends the worker after DRAIN if it is still busy (no waiting here).
         if let (Some(task), Ok(rt)) = (self.task.take(), tokio::runtime::Handle::try_current()) {
             rt.spawn(async move {
@@ -456,10 +290,10 @@ impl RetryPolicy {
     }
 }
 
-/// The worker of one sink: takes alerts from `rx` until it closes, and delivers each
-/// under `policy`, counting in `stats`.
-pub async fn run<S: Deliver>(mut sink: S, mut rx: mpsc::Receiver<Arc<Alert>>, stats: Arc<Shared>, policy: RetryPolicy) {
-    while let Some(alert) = rx.recv().await {
+/// The worker of one sink: takes alerts from `queue` (priority lane first) until it
+/// closes, and delivers each under `policy`, counting in `stats`.
+async fn run<S: Deliver>(mut sink: S, queue: Arc<Queue>, stats: Arc<Shared>, policy: RetryPolicy) {
+    while let Some(alert) = queue.next().await {
         deliver_one(&mut sink, &alert, &stats, &policy).await;
     }
 }
@@ -524,202 +358,4 @@ pub(crate) fn test_record() -> crate::output::record::Record {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_250_ms_to_8_s() {
-        let p = RetryPolicy::default();
-        let waits: Vec<u128> = (1..=8).map(|n| p.delay(n, None).as_millis()).collect();
-        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 8000, 8000]);
-        assert_eq!(p.delay(u32::MAX, None), Duration::from_secs(8), "no overflow");
-    }
-
-    #[test]
-    fn retry_after_is_honoured_up_to_60_s() {
-        let p = RetryPolicy::default();
-        assert_eq!(p.delay(1, Some(Duration::from_secs(1))), Duration::from_secs(1));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(3600))), Duration::from_secs(60));
-        // Never shorter than the backoff: Retry-After: 0 does not mean hammering.
-        assert_eq!(p.delay(3, Some(Duration::ZERO)), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn config_defaults_and_unknown_keys() {
-        let c: SinksConfig = serde_json::from_str("{}").unwrap();
-        assert_eq!(c, SinksConfig::default());
-        let c: SinksConfig = serde_json::from_str(r#"{"journald": {}, "syslog": [{"address": "udp://127.0.0.1:514"}]}"#).unwrap();
-        assert_eq!(c.journald, Some(JournaldConfig::default()));
-        assert_eq!(c.syslog[0].queue, DEFAULT_QUEUE);
-        assert_eq!(c.syslog[0].facility, "daemon");
-        let err = serde_json::from_str::<SinksConfig>(r#"{"webhook": [{"url": "http://x", "header": {}}]}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `header`"), "{err}");
-        let err = serde_json::from_str::<SinksConfig>(r#"{"webhook": [{"url": "http://x", "format": "teams"}]}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown variant `teams`"), "{err}");
-    }
-
-    fn start_err(json: &str) -> String {
-        let c: SinksConfig = serde_json::from_str(json).unwrap();
-        match start(&c) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("{json} started"),
-        }
-    }
-
-    #[test]
-    fn bad_settings_name_the_key_and_the_fix() {
-        let e = start_err(r#"{"webhook": [{"url": "http://a.example/ok"}, {"url": "ftp://x/"}]}"#);
-        assert!(e.starts_with("invalid setting sinks.webhook[1].url = \"ftp://x/\""), "{e}");
-        assert!(e.contains("Fix: "), "{e}");
-        let e = start_err(r#"{"webhook": [{"url": "https://"}]}"#);
-        assert!(e.contains("sinks.webhook[0].url"), "{e}");
-        let e = start_err(r#"{"webhook": [{"url": "http://x/", "headers": {"Bad Name": "v"}}]}"#);
-        assert!(e.contains("sinks.webhook[0].headers") && e.contains("Bad Name"), "{e}");
-        let e = start_err(r#"{"webhook": [{"url": "http://x/", "headers": {"X-A": "line\nbreak"}}]}"#);
-        assert!(e.contains("sinks.webhook[0].headers.X-A"), "{e}");
-        let e = start_err(r#"{"syslog": [{"address": "127.0.0.1:514"}]}"#);
-        assert!(e.contains("sinks.syslog[0].address") && e.contains("udp://"), "{e}");
-        let e = start_err(r#"{"syslog": [{"address": "udp://127.0.0.1"}]}"#);
-        assert!(e.contains("sinks.syslog[0].address") && e.contains("port"), "{e}");
-        let e = start_err(r#"{"syslog": [{"address": "udp://127.0.0.1:514", "facility": "kernel"}]}"#);
-        assert!(e.contains("sinks.syslog[0].facility") && e.contains("local0"), "{e}");
-        let e = start_err(r#"{"syslog": [{"address": "unix://relative/log"}]}"#);
-        assert!(e.contains("sinks.syslog[0].address"), "{e}");
-        let e = start_err(r#"{"journald": {"kinds": ["reached", "exposed"]}}"#);
-        assert!(e.contains("sinks.journald.kinds = \"exposed\"") && e.contains("loopback_only"), "{e}");
-        let e = start_err(r#"{"journald": {"queue": 0}}"#);
-        assert!(e.contains("sinks.journald.queue = \"0\""), "{e}");
-        let e = start_err(r#"{"journald": {"socket": "journal.sock"}}"#);
-        assert!(e.contains("sinks.journald.socket"), "{e}");
-    }
-
-    #[test]
-    fn kind_filters() {
-        let only = KindSet::parse("k", Some(&["blocked".to_string(), "verified".to_string()])).unwrap();
-        assert!(only.contains(AlertKind::Blocked) && only.contains(AlertKind::Verified));
-        assert!(!only.contains(AlertKind::Reached) && !only.contains(AlertKind::Repeated));
-        assert!(AlertKind::ALL.iter().all(|&k| KindSet::parse("k", None).unwrap().contains(k)));
-        assert!(KindSet::parse("k", Some(&[])).is_err());
-    }
-
-    #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(escape_controls("web"), "web");
-        assert_eq!(escape_controls("a\nb\u{1b}"), "a\\u{a}b\\u{1b}");
-    }
-
-    /// A sink that fails as told, to see the worker count.
-    struct Scripted(Vec<Result<(), Failure>>, u32);
-
-    impl Deliver for Scripted {
-        async fn deliver(&mut self, _: &Alert) -> Result<(), Failure> {
-            if self.0.is_empty() {
-                return Ok(());
-            }
-            self.0.remove(0)
-        }
-        fn reset(&mut self) {
-            self.1 += 1;
-        }
-    }
-
-    fn alert() -> Arc<Alert> {
-        Arc::new(Alert { kind: AlertKind::Reached, text: "EXPOSED x".into(), record: None })
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_worker_retries_gives_up_and_counts() {
-        let retry = || Err(Failure::Retry { after: None, reason: "refused".into() });
-        let script = vec![retry(), retry(), Ok(()), retry(), retry(), retry(), retry(), retry(), Err(Failure::GiveUp("404".into()))];
-        let (tx, rx) = mpsc::channel(8);
-        let stats = Arc::new(Shared::default());
-        for _ in 0..3 {
-            tx.send(alert()).await.unwrap();
-        }
-        drop(tx);
-        let t0 = tokio::time::Instant::now();
-        run(Scripted(script, 0), rx, stats.clone(), RetryPolicy::default()).await;
-        // Alert 1: two retries (250 + 500 ms) then delivered; alert 2: five attempts,
-        // four waits (250 + 500 + 1000 + 2000 ms), dropped; alert 3: 404, dropped at once.
-        assert_eq!(t0.elapsed(), Duration::from_millis(750 + 3750));
-        assert_eq!(stats.delivered.load(Ordering::Relaxed), 1);
-        assert_eq!(stats.retries.load(Ordering::Relaxed), 2 + 4);
-        assert_eq!(stats.dropped_failed.load(Ordering::Relaxed), 2);
-        assert_eq!(stats.last_error.lock().unwrap().as_deref(), Some("404"));
-    }
-
-    /// A sink that never answers.
-    struct Stalled;
-
-    impl Deliver for Stalled {
-        async fn deliver(&mut self, _: &Alert) -> Result<(), Failure> {
-            std::future::pending().await
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn each_attempt_times_out_after_2_s() {
-        let (tx, rx) = mpsc::channel(8);
-        let stats = Arc::new(Shared::default());
-        tx.send(alert()).await.unwrap();
-        drop(tx);
-        let t0 = tokio::time::Instant::now();
-        run(Stalled, rx, stats.clone(), RetryPolicy::default()).await;
-        assert_eq!(t0.elapsed(), Duration::from_millis(5 * 2000 + 3750));
-        assert_eq!(stats.timeouts.load(Ordering::Relaxed), 5);
-        assert_eq!(stats.dropped_failed.load(Ordering::Relaxed), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn stop_delivers_what_is_queued_with_one_attempt_each() {
-        let h = SinkHandle::spawn("ok".into(), KindSet::ALL, 8, Scripted(vec![], 0));
-        for _ in 0..5 {
-            h.offer(&alert());
-        }
-        let shared = h.shared.clone();
-        h.stop().await;
-        assert_eq!(shared.delivered.load(Ordering::Relaxed), 5);
-        // Failing while stopping: no backoff, one attempt, then dropped.
-        let retry = || Err(Failure::Retry { after: None, reason: "refused".into() });
-        let h = SinkHandle::spawn("failing".into(), KindSet::ALL, 8, Scripted(vec![retry(), retry(), retry()], 0));
-        for _ in 0..3 {
-            h.offer(&alert());
-        }
-        let shared = h.shared.clone();
-        let t0 = tokio::time::Instant::now();
-        h.stop().await;
-        assert_eq!(t0.elapsed(), Duration::ZERO);
-        assert_eq!((shared.dropped_failed.load(Ordering::Relaxed), shared.retries.load(Ordering::Relaxed)), (3, 0));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_dropped_handle_ends_its_worker_within_the_drain() {
-        let h = SinkHandle::spawn("stalled".into(), KindSet::ALL, 4, Stalled);
-        // Three attempts of 2 s each to drain, but the drain is cut at 2 s.
-        for _ in 0..3 {
-            h.offer(&alert());
-        }
-        tokio::task::yield_now().await;
-        let shared = h.shared.clone();
-        drop(h);
-        tokio::time::sleep(DRAIN + Duration::from_millis(10)).await;
-        assert_eq!(Arc::strong_count(&shared), 1, "the worker still runs");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn offer_drops_when_full_and_stop_is_bounded() {
-        let h = SinkHandle::spawn("stalled".into(), KindSet::ALL, 4, Stalled);
-        for _ in 0..10 {
-            h.offer(&alert());
-        }
-        let s = h.stats();
-        // The worker has not run yet (nothing awaited): the queue holds 4.
-        assert_eq!((s.queued, s.capacity, s.dropped_full), (4, 4, 6));
-        let filtered = SinkHandle::spawn("blocked only".into(), KindSet::parse("k", Some(&["blocked".into()])).unwrap(), 4, Stalled);
-        filtered.offer(&alert());
-        assert_eq!(filtered.stats().queued, 0, "a kind the sink does not take is not queued");
-        let t0 = tokio::time::Instant::now();
-        h.stop().await;
-        assert!(t0.elapsed() <= DRAIN + Duration::from_millis(1), "{:?}", t0.elapsed());
-    }
-}
+mod tests;

@@ -20,7 +20,7 @@ use tokio::{
     net::{TcpStream, UdpSocket, UnixDatagram},
 };
 
-use super::{escape_controls, hostname, severity, Deliver, Failure, SinkError, SyslogConfig};
+use super::{escape_controls, hostname, Deliver, Failure, SinkError, SyslogConfig};
 use crate::output::{alerts::Alert, record::Timestamp};
 
 /// The SD-ID of dockexpose's structured data.
@@ -89,7 +89,7 @@ fn header_field(s: &str, max: usize) -> String {
 
 /// The RFC 5424 message of an alert.
 pub fn format(alert: &Alert, facility: u8, host: &str, pid: u32, now: SystemTime) -> String {
-    let pri = u32::from(facility) * 8 + u32::from(severity(alert.kind));
+    let pri = u32::from(facility) * 8 + u32::from(alert.severity());
     let ts = Timestamp(now).format();
     let ts = std::str::from_utf8(&ts).expect("ASCII");
     let kind = alert.kind.as_str();
@@ -97,6 +97,14 @@ pub fn format(alert: &Alert, facility: u8, host: &str, pid: u32, now: SystemTime
     let mut param = |name: &str, value: &str| {
         let _ = write!(out, " {name}=\"{}\"", escape_param(value));
     };
+    if let Some(h) = &alert.health {
+        param("condition", h.condition.as_str());
+        param("state", h.state.as_str());
+        param("count", &h.count.to_string());
+        if let Some(subject) = &h.subject {
+            param("subject", subject);
+        }
+    }
     if let Some(rec) = &alert.record {
         if let Some(c) = &rec.container {
             param("container", &c.name);
@@ -249,7 +257,7 @@ mod tests {
     fn an_alert_is_one_rfc5424_message() {
         let mut rec = super::super::test_record();
         Arc::make_mut(rec.container.as_mut().unwrap()).name = "we\"b]".into();
-        let alert = Alert { kind: AlertKind::Reached, text: "EXPOSED we\"b] 198.18.3.1:8080".into(), record: Some(Arc::new(rec)) };
+        let alert = Alert::new(AlertKind::Reached, "EXPOSED we\"b] 198.18.3.1:8080".into(), Some(Arc::new(rec)));
         let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_936_834_123_456);
         let msg = format(&alert, 3, "host one", 42, at);
         assert_eq!(
@@ -258,7 +266,7 @@ mod tests {
              container=\"we\\\"b\\]\" image=\"nginx:1.27\" host_port=\"8080\" proto=\"tcp\" src_ip=\"198.18.3.2\" \
              stage=\"reached\"] EXPOSED we\"b] 198.18.3.1:8080"
         );
-        let summary = Alert { kind: AlertKind::Blocked, text: "x".into(), record: None };
+        let summary = Alert::new(AlertKind::Blocked, "x".into(), None);
         // local0 (16) * 8 + notice (5).
         assert!(format(&summary, 16, "", 1, at).starts_with("<133>1 2026-11-29T07:20:34.123456Z - dockexpose 1 blocked [dockexpose@32473 kind=\"blocked\"] x"));
     }

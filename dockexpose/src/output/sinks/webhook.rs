@@ -3,7 +3,9 @@
 //! Bodies (`Content-Type: application/json`):
 //! - `format = "json"`: `{"kind": "reached", "text": "EXPOSED ...", "host": "web-01",
 //!   "record": {...}}`; `record` is the JSON audit record that raised the alert (the
-//!   README's contract), null for the rate-limit summary (`kind` "suppressed").
+//!   README's contract), null for the shared rate-limit summary (`kind` "suppressed")
+//!   and for `health` alerts, which carry `"health": {"condition", "state", "count",
+//!   "subject"}` instead.
 //! - `format = "slack"`: `{"text": "dockexpose on web-01: EXPOSED ..."}`, what Slack
 //!   and Mattermost incoming webhooks take (`&`, `<`, `>` escaped as Slack asks).
 //!
@@ -33,7 +35,10 @@ use tokio_rustls::{
 };
 
 use super::{hostname, Deliver, Failure, SinkError, WebhookConfig, WebhookFormat};
-use crate::output::{alerts::Alert, record::Record};
+use crate::output::{
+    alerts::{Alert, HealthInfo},
+    record::Record,
+};
 
 /// Most bytes of an answer read (the rest is not waited for).
 const MAX_ANSWER: usize = 64 * 1024;
@@ -58,6 +63,9 @@ struct JsonBody<'a> {
     text: &'a str,
     host: &'a str,
     record: Option<&'a Record>,
+    /// Only on `health` alerts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<&'a HealthInfo>,
 }
 
 #[derive(Serialize)]
@@ -73,6 +81,7 @@ pub fn body(alert: &Alert, format: WebhookFormat, host: &str) -> Vec<u8> {
             text: &alert.text,
             host,
             record: alert.record.as_deref(),
+            health: alert.health.as_ref(),
         }),
         WebhookFormat::Slack => {
             serde_json::to_vec(&SlackBody { text: slack_escape(&format!("dockexpose on {host}: {}", alert.text)) })
@@ -291,21 +300,21 @@ mod tests {
 
     #[test]
     fn json_body_carries_the_record() {
-        let alert = Alert { kind: AlertKind::Reached, text: "EXPOSED web".into(), record: Some(Arc::new(super::super::test_record())) };
+        let alert = Alert::new(AlertKind::Reached, "EXPOSED web".into(), Some(Arc::new(super::super::test_record())));
         let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Json, "h1")).unwrap();
         assert_eq!(v["kind"], "reached");
         assert_eq!(v["text"], "EXPOSED web");
         assert_eq!(v["host"], "h1");
         assert_eq!(v["record"]["container"]["name"], "web");
         assert_eq!(v["record"]["host_port"], 8080);
-        let summary = Alert { kind: AlertKind::Suppressed, text: "WARNING".into(), record: None };
+        let summary = Alert::new(AlertKind::Suppressed, "WARNING".into(), None);
         let v: serde_json::Value = serde_json::from_slice(&body(&summary, WebhookFormat::Json, "h1")).unwrap();
         assert!(v["record"].is_null());
     }
 
     #[test]
     fn slack_body_is_escaped_text() {
-        let alert = Alert { kind: AlertKind::Reached, text: "EXPOSED a&b <web> 1.2.3.4:80 -> 80/tcp \"q\"".into(), record: None };
+        let alert = Alert::new(AlertKind::Reached, "EXPOSED a&b <web> 1.2.3.4:80 -> 80/tcp \"q\"".into(), None);
         let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Slack, "h1")).unwrap();
         assert_eq!(v, serde_json::json!({"text": "dockexpose on h1: EXPOSED a&amp;b &lt;web&gt; 1.2.3.4:80 -&gt; 80/tcp \"q\""}));
     }
