@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{docker, *};
+use support::{craft::craft, docker, *};
 
 /// The records in the audit log so far (the watcher flushes after every wakeup).
 fn read_log(path: &std::path::Path) -> Vec<serde_json::Value> {
@@ -93,6 +93,12 @@ fn scenario(tag: &str, hook: &str, base: u16) {
     let summary = w.wait_for_line("dockexpose: verify (scheduled)", Duration::from_secs(5));
     assert!(summary.contains("1 exposed, 0 through a proxy, 1 held") && summary.contains(" 0 remain"), "{summary}");
 
+    // Within the grace after the run, an outsider spoofs the probe source (a one-packet
+    // exploit timed to the schedule): only the probes' exact tuples are the daemon's own,
+    // so this one is reported.
+    let spoof_port = 43_210;
+    craft(&outside.ns, "tcp4-plain", probe_src.parse().unwrap(), outside.host4(open), spoof_port, Duration::from_millis(300));
+
     // An outsider is still reported while the daemon verifies.
     let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(open)).expect("published port reachable from outside");
 
@@ -114,8 +120,12 @@ fn scenario(tag: &str, hook: &str, base: u16) {
     assert!(status.success(), "{status}");
     let ours = outside.own(records.clone());
     let from_probes: Vec<&serde_json::Value> =
-        ours.iter().filter(|r| r["src_ip"] == probe_src.as_str() && r["stage"] != "verified").collect();
+        ours.iter().filter(|r| r["src_ip"] == probe_src.as_str() && r["stage"] != "verified" && r["src_port"] != spoof_port).collect();
     assert!(from_probes.is_empty(), "the daemon's own probes were reported as outside connections: {from_probes:#?}");
+    assert!(
+        ours.iter().any(|r| r["stage"] == "reached" && r["src_ip"] == probe_src.as_str() && r["src_port"] == spoof_port),
+        "a packet spoofed from the probe source right after a run is reported: {ours:#?}"
+    );
     let verified: Vec<&serde_json::Value> = ours.iter().filter(|r| r["stage"] == "verified").collect();
     assert_eq!(verified.len(), 3, "one record per probe (IPv4 only: no IPv6 source): {verified:#?}");
     assert!(

@@ -146,38 +146,60 @@ impl Schedule {
     }
 }
 
-/// The probe sources of the run in progress, and for `GRACE` after it: kernel records
-/// from them are the daemon's own probes, not outside connections.
+/// The probes of the run in progress, and for `GRACE` after it: kernel records of
+/// exactly those probes (their source, source port and protocol, noted by the run as
+/// it injects each) are the daemon's own, not outside connections. Only the exact
+/// tuples: a packet an outsider spoofs from a probe source, at a time it can predict,
+/// is still reported.
 #[derive(Debug)]
 pub struct ProbeSources {
     sources: Vec<IpAddr>,
-    active: bool,
+    noted: NotedProbes,
+    /// A run is in progress (None) or ended, its records expected until then.
     until: Option<Instant>,
+    running: bool,
 }
+
+/// The (source, source port, protocol) of each probe sent, shared with the run's thread.
+pub type NotedProbes = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(IpAddr, u16, Proto)>>>;
 
 impl ProbeSources {
     pub fn new(sources: Vec<IpAddr>) -> Self {
-        Self { sources, active: false, until: None }
+        Self { sources, noted: NotedProbes::default(), until: None, running: false }
     }
 
+    /// A run starts: what the previous one noted is forgotten; the run notes its
+    /// probes in `noted()` as it sends them.
     pub fn begin(&mut self) {
-        self.active = true;
+        self.running = true;
+        self.until = None;
+        if let Ok(mut n) = self.noted.lock() {
+            n.clear();
+        }
     }
 
     pub fn end(&mut self, now: Instant) {
-        self.active = false;
+        self.running = false;
         self.until = Some(now + GRACE);
     }
 
-    /// Whether a record from `ip` at `now` is one of the probes.
-    pub fn matches(&self, ip: IpAddr, now: impl FnOnce() -> Instant) -> bool {
-        self.sources.contains(&ip) && (self.active || self.until.is_some_and(|u| now() < u))
+    pub fn noted(&self) -> NotedProbes {
+        self.noted.clone()
     }
 
-    /// Whether a kernel record is one of the probes: from a probe source, or (an
-    /// answer of the host) to one.
+    /// Whether a record from `ip:port` at `now` is one of the probes.
+    fn matches(&self, ip: IpAddr, port: u16, proto: Proto, now: impl FnOnce() -> Instant) -> bool {
+        self.sources.contains(&ip)
+            && (self.running || self.until.is_some_and(|u| now() < u))
+            // A poisoned lock (a panicked run) names no probe.
+            && self.noted.lock().is_ok_and(|n| n.contains(&(ip, port, proto)))
+    }
+
+    /// Whether a kernel record is one of the probes: from a probe (its source and
+    /// port), or (an answer of the host) to one.
     pub fn is_probe(&self, obs: &Observation, now: impl Fn() -> Instant) -> bool {
-        self.matches(obs.src, &now) || (obs.stage == Stage::Answered && self.matches(obs.dst, &now))
+        self.matches(obs.src, obs.src_port, obs.proto, &now)
+            || (obs.stage == Stage::Answered && self.matches(obs.dst, obs.dst_port, obs.proto, &now))
     }
 }
 
@@ -346,9 +368,19 @@ mod tests {
         let outsider = obs(Stage::Attempted, "198.18.5.2", "198.18.5.1");
         assert!(!p.is_probe(&probe, || t0), "no run yet: an outsider at that address is one");
         p.begin();
+        assert!(!p.is_probe(&probe, || t0), "not sent yet: an outsider with that source and port is one");
+        p.noted().lock().unwrap().insert(("198.18.5.77".parse().unwrap(), 20001, Proto::Tcp));
         assert!(p.is_probe(&probe, || t0));
+        let mut spoofed = obs(Stage::Reached, "198.18.5.77", "172.17.0.2");
+        spoofed.src_port = 20002;
+        assert!(!p.is_probe(&spoofed, || t0), "a spoofed packet from the probe source on another port is reported");
+        spoofed.src_port = 20001;
+        spoofed.proto = Proto::Udp;
+        assert!(!p.is_probe(&spoofed, || t0), "nor with another protocol");
         assert!(p.is_probe(&obs(Stage::Reached, "198.18.5.77", "172.17.0.2"), || t0));
-        assert!(p.is_probe(&obs(Stage::Answered, "198.18.5.1", "198.18.5.77"), || t0), "the host's answer to a probe");
+        let mut answer = obs(Stage::Answered, "198.18.5.1", "198.18.5.77");
+        (answer.src_port, answer.dst_port) = (8080, 20001);
+        assert!(p.is_probe(&answer, || t0), "the host's answer to a probe");
         assert!(!p.is_probe(&outsider, || t0));
         assert!(!p.is_probe(&obs(Stage::Reached, "198.18.5.1", "198.18.5.77"), || t0));
         p.end(t0);

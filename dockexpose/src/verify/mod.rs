@@ -399,6 +399,12 @@ impl Prepared {
     /// waits `window` after each uplink's last one, cleans up, and says what became of
     /// each. Prints nothing.
     pub fn execute(self, rate: u32, window: Duration) -> Result<Outcome> {
+        self.execute_noting(rate, window, |_, _, _| {})
+    }
+
+    /// `execute`, telling `note` the source, source port and protocol of each probe
+    /// just before it is sent (the daemon recognises its own probes by them).
+    pub fn execute_noting(self, rate: u32, window: Duration, mut note: impl FnMut(IpAddr, u16, Proto)) -> Result<Outcome> {
         let Prepared { started, bridges, uplinks, targets, plan, sources } = self;
         let sources = &sources[..];
         // The kernel side: bridge programs (what reached a container), the injector, the guard.
@@ -446,6 +452,7 @@ impl Prepared {
                     Proto::Udp => Segment::Udp,
                     Proto::Sctp => Segment::SctpInit { tag: isn },
                 };
+                note(probe.source, sport, probe.proto);
                 let spec = FrameSpec {
                     dst_mac: Some(frame::live_frame_mac(uplink.mac)),
                     src: probe.source,

@@ -63,11 +63,26 @@ impl Watcher {
         let (uplinks, sources, ports, tx) = (v.settings.uplinks.clone(), v.settings.sources.clone(), kind.ports(), v.tx.clone());
         let probed = inventory.clone();
         v.probes.begin();
+        let noted = v.probes.noted();
         v.running = Some((kind, inventory));
         tokio::task::spawn_blocking(move || {
-            let result = verify::prepare(&uplinks, &probed, &ports, &sources)
-                .and_then(|prepared| prepared.execute(verifyd::RATE, verifyd::WINDOW))
-                .map_err(|e| format!("{e:#}"));
+            // A panic ends the run like an error: its result still comes back, so the
+            // schedule goes on and the probes stop being recognised after the grace.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                verify::prepare(&uplinks, &probed, &ports, &sources)
+                    .and_then(|prepared| {
+                        prepared.execute_noting(verifyd::RATE, verifyd::WINDOW, |src, sport, proto| {
+                            if let Ok(mut n) = noted.lock() {
+                                n.insert((src, sport, proto));
+                            }
+                        })
+                    })
+                    .map_err(|e| format!("{e:#}"))
+            }));
+            let result = run.unwrap_or_else(|panic| {
+                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                Err(format!("the verify run panicked ({})", what.unwrap_or_default()))
+            });
             let _ = tx.send(result);
         });
     }
