@@ -104,14 +104,23 @@ impl Guest {
     }
 }
 
+/// An outside host, and an echo container publishing TCP port `base` + the run number.
+fn published_echo(tag: &str, base: u16) -> (OutsideHost, docker::Container, u16) {
+    let image = docker::echo_image();
+    let outside = OutsideHost::new(tag);
+    let port = base + outside.n as u16;
+    let name = format!("dx-{tag}-{}", outside.n);
+    let c = docker::Container::run(&name, &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    (outside, c, port)
+}
+
 #[test]
 fn a_trickle_to_an_address_no_container_holds_never_blinds_the_ring_during_a_flood() {
     let test = "a_trickle_to_an_address_no_container_holds_never_blinds_the_ring_during_a_flood";
     if !docker::ready(test) {
         return;
     }
-    let image = docker::echo_image();
-    let outside = OutsideHost::new("t");
+    let (outside, _web, port) = published_echo("t", 29000);
     let n = outside.n;
     let spoofed = format!("198.19.{n}.0/24");
     assert_unrouted(&spoofed);
@@ -127,13 +136,6 @@ fn a_trickle_to_an_address_no_container_holds_never_blinds_the_ring_during_a_flo
         &outside.uplink,
     ]);
     undo.push(&["ip", "route", "del", &spoofed]);
-    let port = 29000 + n as u16;
-    let _web = docker::Container::run(
-        &format!("dx-trickle-{n}"),
-        &["-p", &format!("{port}:80")],
-        &image,
-        &["80", "5300"],
-    );
     let guest = Guest::new(n, 7000);
     let _accept = docker::docker_user_rule(&["-d", guest.addr.as_str(), "-j", "ACCEPT"]);
     sh(&[
@@ -228,16 +230,7 @@ fn direct_routing_and_the_published_path_are_told_apart() {
     if !docker::ready(test) {
         return;
     }
-    let image = docker::echo_image();
-    let outside = OutsideHost::new("r");
-    let n = outside.n;
-    let port = 21000 + n as u16;
-    let web = docker::Container::run(
-        &format!("dx-routed-{n}"),
-        &["-p", &format!("{port}:80")],
-        &image,
-        &["80", "5300"],
-    );
+    let (outside, web, port) = published_echo("r", 21000);
     let ip = web.ip("bridge");
     // A neighbour routes to the container itself; Docker before 28 accepts it in FORWARD.
     sh(&[
@@ -335,16 +328,8 @@ fn a_reused_tuple_and_isn_is_a_new_connection_and_a_retransmit_is_not() {
     if !docker::ready(test) {
         return;
     }
-    let image = docker::echo_image();
-    let outside = OutsideHost::new("q");
+    let (outside, _web, port) = published_echo("q", 22000);
     let n = outside.n;
-    let port = 22000 + n as u16;
-    let _web = docker::Container::run(
-        &format!("dx-reuse-{n}"),
-        &["-p", &format!("{port}:80")],
-        &image,
-        &["80", "5300"],
-    );
     // The namespace's kernel would answer each SYN-ACK with a RST of its own.
     sh(&[
         "ip",

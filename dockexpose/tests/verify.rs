@@ -379,3 +379,61 @@ fn an_l3_uplink_is_verified_as_a_real_connection_through_it_finds_it() {
     }
     assert_eq!(leaked, 0, "the guard kept the probe's answers off the tunnel");
 }
+
+#[test]
+fn an_interrupted_run_leaves_nothing_behind_and_nothing_leaks() {
+    let test = "an_interrupted_run_leaves_nothing_behind_and_nothing_leaks";
+    if !docker::ready(test) {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let image = docker::echo_image();
+    let outside = OutsideHost::new("w");
+    let n = outside.n as u16;
+    // 40 published ports, all to the listening port: each probe opens a half-open
+    // connection whose SYN-ACK the container retransmits unless it is cleaned up.
+    let base = 50000 + (n % 100) * 40;
+    let publish: Vec<String> = (0..40).flat_map(|i| ["-p".to_string(), format!("{}:80", base + i)]).collect();
+    let publish: Vec<&str> = publish.iter().map(String::as_str).collect();
+    let _c = docker::Container::run(&format!("dx-verify-int-{n}"), &publish, &image, &["80", "5300"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let src4 = outside.v4(77);
+    let cap = Capture::start(&outside.ns, &format!("ip and dst host {src4}"), "int");
+    let from = format!("{src4}/32");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dockexpose"))
+        .args(["verify", "--uplink", &outside.uplink, "--from", &from, "--rate", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout).lines().map_while(Result::ok).map(|l| {
+            let _ = tx.send(());
+            l
+        }).collect::<Vec<String>>()
+    });
+    // The header comes before the first probe: interrupt half a second into probing.
+    rx.recv_timeout(Duration::from_secs(20)).expect("verify's header line");
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let lines = reader.join().unwrap();
+    eprintln!("{test}:\n{}", lines.join("\n"));
+    assert_eq!(status.code(), Some(130), "interrupted: exit code 130");
+    let interrupted = lines.iter().find(|l| l.starts_with("interrupted: ")).expect("the interruption is said");
+    assert!(!interrupted.starts_with("interrupted: 0 "), "{interrupted}");
+    assert!(lines.iter().any(|l| l.starts_with("cleanup:") && l.ends_with(" 0 remain")), "{lines:#?}");
+    // The containers would retransmit their SYN-ACKs at 1, 3 and 7 s.
+    std::thread::sleep(Duration::from_secs(8));
+    let leaked = cap.stop();
+    assert!(leaked.is_empty(), "packets to the probe source left the host after the interruption: {leaked:#?}");
+    assert_eq!(conntrack_from(&src4), 0, "conntrack entries of probes remain");
+    let tables = sh(&["nft", "list", "tables"]);
+    assert!(!tables.contains("dockexpose_verify"), "the trace table remains: {tables}");
+    let raw = sh(&["iptables", "-t", "raw", "-S"]);
+    assert!(!raw.contains("TRACE"), "a TRACE rule remains: {raw}");
+    let neigh = sh(&["ip", "neigh", "show", &src4]);
+    assert!(neigh.trim().is_empty(), "a neighbour entry for the probe source remains: {neigh}");
+}

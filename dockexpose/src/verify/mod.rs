@@ -15,6 +15,7 @@ pub mod plan;
 pub mod trace;
 
 use std::{
+    sync::atomic::{AtomicBool, Ordering},
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     process::Command,
@@ -92,7 +93,34 @@ pub struct Outcome {
     pub conntrack_remaining: usize,
     /// Problems that did not stop the run (conntrack missing).
     pub warnings: Vec<String>,
+    /// Probes not sent because the run was interrupted (SIGINT, SIGTERM): it stopped
+    /// sending and cleaned up what it had done.
+    pub not_sent: usize,
 }
+
+/// Set by SIGINT or SIGTERM during `dockexpose verify`: no further probe is sent, and
+/// the run cleans up what it did (each probe's RST, its conntrack entries, the trace
+/// table, the guard after a grace) before it ends. A signal no longer kills it halfway.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_interrupt as *const () as libc::sighandler_t) };
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// How long the guard stays after the conntrack entries are gone: a late answer (a UDP
+/// reply, a SYN-ACK retransmit already queued) still meets it.
+const GUARD_GRACE: Duration = Duration::from_millis(300);
 
 impl Outcome {
     /// Probes with this verdict.
@@ -135,6 +163,7 @@ impl Prepared {
 /// unexpected reachable) or 1 (something is). Errors are exit code 2 (by main).
 pub async fn run(args: VerifyArgs) -> Result<i32> {
     privileges::check().map_err(|e| anyhow!("{e}"))?;
+    catch_interrupts();
     let ports: Vec<(u16, Proto)> =
         args.ports.iter().map(|s| plan::parse_port(s)).collect::<std::result::Result<_, _>>().map_err(|e| anyhow!("--port {e}"))?;
     let expected: BTreeSet<(u16, Proto)> = args
@@ -186,6 +215,15 @@ pub fn run_with(
         say(line);
     }
     report.exit_code = plan::exit_code(&outcome.reachable(), expected);
+    if outcome.not_sent > 0 {
+        say(format!(
+            "interrupted: {} of {} probes not sent (the verdicts above are of those sent); what was sent is cleaned up",
+            outcome.not_sent,
+            outcome.not_sent + outcome.probes.len()
+        ));
+        // 128 + SIGINT, as a shell reports an interrupted command.
+        report.exit_code = 130;
+    }
     Ok(report)
 }
 
@@ -444,6 +482,9 @@ impl Prepared {
             let batch_start = sent.len();
             let mut last = Instant::now();
             for probe in plan.probes.iter().filter(|p| p.uplink == ui) {
+                if interrupted() {
+                    break;
+                }
                 let sport = next_port;
                 next_port = if next_port >= 60_000 { 20_000 } else { next_port + 1 };
                 let isn = random_u32();
@@ -505,6 +546,9 @@ impl Prepared {
                     let _ = kernel.inject(&frame::build(&spec), uplink.ifindex);
                 }
             }
+            if interrupted() {
+                break;
+            }
         }
         // Let the RSTs land, then forget the probes in conntrack.
         std::thread::sleep(Duration::from_millis(30));
@@ -515,6 +559,8 @@ impl Prepared {
         let dropped = kernel.probe_counter(PROBE_COUNTER_DROPPED).unwrap_or(0);
         let lost = kernel.probe_counter(PROBE_COUNTER_LOST).unwrap_or(0);
         let guards = kernel.probe_guards();
+        std::thread::sleep(GUARD_GRACE);
+        let dropped = kernel.probe_counter(PROBE_COUNTER_DROPPED).unwrap_or(dropped);
         drop(kernel); // detaches the guard and the bridge programs
         drop(neighbours);
 
@@ -551,6 +597,7 @@ impl Prepared {
             conntrack_deleted: deleted,
             conntrack_remaining: remaining,
             warnings,
+            not_sent: plan.probes.len().saturating_sub(sent.len()),
         })
     }
 }

@@ -1,9 +1,12 @@
-//! Which rule dropped a probe: netfilter's trace. A TRACE rule at the top of the raw
-//! table's PREROUTING, for the probe sources only, marks their packets; every nftables
-//! chain they then cross (iptables-nft's too) reports itself to `nft monitor trace`,
-//! read back here and matched to each probe by its source address and port. Where
-//! that cannot be had (no `nft`, the legacy iptables backend), a HELD says only
-//! "dropped before reaching the container".
+//! Which rule dropped a probe: netfilter's trace. A table of the project's own
+//! (`inet dockexpose_verify_<pid>`), hooked on prerouting before the raw table, sets
+//! `nftrace` on the probe sources' packets only; every nftables chain they then cross
+//! (iptables-nft's too) reports itself to `nft monitor trace`, read back here and
+//! matched to each probe by its source address and port. Nothing is added to another
+//! tool's tables, and one `nft delete table` removes it all: at the end of the run,
+//! and at the start of any later one for the table of a run that was killed. Where
+//! tracing cannot be had (no `nft`), a HELD says only "dropped before reaching the
+//! container".
 
 use std::{
     io::{BufRead, BufReader},
@@ -13,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-/// A running `nft monitor trace` and the TRACE rules that feed it.
+/// A running `nft monitor trace` and the table of ours that feeds it.
 pub struct Tracer {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
@@ -22,9 +25,35 @@ pub struct Tracer {
     undo: Vec<Vec<String>>,
 }
 
+/// Runs `nft ARGS` (with `stdin` fed to it); true when it succeeded.
+fn nft(args: &[&str], stdin: Option<&str>) -> bool {
+    use std::io::Write;
+    let Ok(mut child) = Command::new("nft").args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
+        return false;
+    };
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    child.wait().is_ok_and(|s| s.success())
+}
+
+/// Deletes the trace tables of verify runs whose process is gone (killed before
+/// their cleanup); returns how many.
+pub fn remove_stale_tables() -> usize {
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).stderr(Stdio::null()).output() else { return 0 };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table inet dockexpose_verify_"))
+        .filter_map(|pid| pid.trim().parse::<u32>().ok())
+        .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .filter(|pid| nft(&["delete", "table", "inet", &format!("dockexpose_verify_{pid}")], None))
+        .count()
+}
+
 impl Tracer {
     /// Starts tracing the probe sources' packets; None where it is not possible.
     pub fn start(sources: &[IpAddr]) -> Option<Tracer> {
+        remove_stale_tables();
         let mut child = Command::new("nft")
             .args(["monitor", "trace"])
             .stdout(Stdio::piped())
@@ -40,19 +69,26 @@ impl Tracer {
             }
         });
         let mut tracer = Tracer { child, lines, reader: Some(reader), undo: Vec::new() };
-        for src in sources {
-            let tool = if src.is_ipv4() { "iptables" } else { "ip6tables" };
-            let rule = ["-t", "raw", "-I", "PREROUTING", "1", "-s", &src.to_string(), "-j", "TRACE"].map(String::from);
-            let added = Command::new(tool).args(&rule).stdout(Stdio::null()).stderr(Stdio::null()).status();
-            if !added.is_ok_and(|s| s.success()) {
-                return None; // dropped: the rules added so far are deleted
-            }
-            let mut delete = vec![tool.to_string()];
-            delete.extend(rule.iter().cloned());
-            delete[3] = "-D".into();
-            delete.remove(5);
-            tracer.undo.push(delete);
+        let table = format!("dockexpose_verify_{}", std::process::id());
+        let (v4, v6): (Vec<String>, Vec<String>) = (
+            sources.iter().filter(|s| s.is_ipv4()).map(|s| s.to_string()).collect(),
+            sources.iter().filter(|s| s.is_ipv6()).map(|s| s.to_string()).collect(),
+        );
+        let mut rules = String::new();
+        if !v4.is_empty() {
+            rules.push_str(&format!("    ip saddr {{ {} }} meta nftrace set 1\n", v4.join(", ")));
         }
+        if !v6.is_empty() {
+            rules.push_str(&format!("    ip6 saddr {{ {} }} meta nftrace set 1\n", v6.join(", ")));
+        }
+        // Before the raw table (-300) and conntrack (-200): the whole path is traced.
+        let script = format!(
+            "table inet {table} {{\n  chain trace {{\n    type filter hook prerouting priority -350; policy accept;\n{rules}  }}\n}}\n"
+        );
+        if !nft(&["-f", "-"], Some(&script)) {
+            return None; // dropped: the monitor is stopped
+        }
+        tracer.undo.push(["nft", "delete", "table", "inet", &table].map(String::from).to_vec());
         // Let the monitor subscribe before the first probe.
         std::thread::sleep(Duration::from_millis(200));
         Some(tracer)
