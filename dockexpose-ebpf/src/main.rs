@@ -208,12 +208,15 @@ enum Opened {
 }
 
 /// Tells a retransmit from a new connection; a new one takes the slot. `ct` is the
-/// conntrack entry's address (0: not read). The entry alone cannot tell: the kernel
-/// reuses a freed entry's memory at once, so a connection answered, reset and opened
-/// again with the same ISN may get the same address; the container's answer, marked
-/// by `bridge_ingress`, tells it.
+/// conntrack entry's address (0: not read), `replied` whether that entry has seen the
+/// container's answer. A retransmit belongs to the same entry. The address alone
+/// cannot tell: the kernel reuses a freed entry's memory at once, so a connection
+/// answered, reset and opened again with the same ISN may get the same address; the
+/// container's answer, marked by `bridge_ingress`, tells it: a SYN after that answer
+/// is a retransmit only on an entry that has seen it (the SYN-ACK was lost), a new
+/// connection on a new entry.
 #[inline(always)]
-fn opening(key: &FlowKey, seq: u32, ct: u64, now: u64) -> Opened {
+fn opening(key: &FlowKey, seq: u32, ct: u64, replied: bool, now: u64) -> Opened {
     let Some(slot) = OPENINGS.get_ptr_mut(opening_slot(key)) else {
         return Opened::New;
     };
@@ -221,7 +224,7 @@ fn opening(key: &FlowKey, seq: u32, ct: u64, now: u64) -> Opened {
     let slot = unsafe { &mut *slot };
     let mut opened = Opened::New;
     if slot.key == *key && slot.seq == seq && now.wrapping_sub(slot.ktime_ns) < RETRANSMIT_WINDOW_NS.load() {
-        if slot.answered == 0 && slot.ct == ct {
+        if slot.ct == ct && (slot.answered == 0 || replied) {
             return Opened::Retransmit;
         }
         opened = Opened::Reused;
@@ -474,18 +477,14 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
         }
     }
     let mut extra = Extra { orig_addr: [0; 16], orig_port: 0, flags };
-    let mut ct = 0;
+    let (mut ct, mut ct_replied) = (0, false);
     match conntrack(&ctx, &flow) {
         Conntrack::FromOutside { orig_addr, orig_port, replied, ct: entry } => {
-            if replied && (flags_hidden || flow.proto != PROTO_UDP) {
-                // A fragment, a SYN or an INIT of a connection already answered: a
-                // retransmit (a new connection on this tuple gets a new entry).
-                if !flags_hidden {
-                    count(Counter::RetransmitsDeduplicated);
-                }
+            if flags_hidden && replied {
+                // A fragment of a connection already answered: nothing new.
                 return TCX_NEXT;
             }
-            ct = entry;
+            (ct, ct_replied) = (entry, replied);
             if orig_addr == flow.dst && orig_port == flow.dst_port {
                 // Not DNAT'd: routed straight to the container, no host side to name.
                 extra.flags |= FLAG_DIRECT;
@@ -521,7 +520,7 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
         extra.flags |= FLAG_BY_CONNTRACK;
     }
     if flow.proto != PROTO_UDP {
-        match opening(&key, flow.seq, ct, now) {
+        match opening(&key, flow.seq, ct, ct_replied, now) {
             Opened::Retransmit => {
                 count(Counter::RetransmitsDeduplicated);
                 return TCX_NEXT;
