@@ -106,3 +106,18 @@ fn metrics_on_a_public_address_need_the_explicit_flag() {
     assert!(!ok);
     assert!(err.contains("--metrics \"localhost\""), "{err}");
 }
+
+#[test]
+fn a_closed_stderr_is_no_panic() {
+    // stderr a pipe nobody reads any more (a journal gone, `2>&1 | head` done): the
+    // warning and the error are not written, and the exit is the error's, not a panic's.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = Command::new(env!("CARGO_BIN_EXE_dockexpose"))
+        .args(["watch", "--bridge", "lo", "--udp-idle", "0"])
+        .stderr(std::process::Stdio::from(write))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(1), "{out:?}");
+}

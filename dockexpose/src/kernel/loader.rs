@@ -398,7 +398,7 @@ impl Kernel {
                 Ok(link) => return Ok((HeldLink::adopted(link, path), true)),
                 Err(e) => {
                     // A link of another kind (the hook changed) or a defunct one: ours replaces it.
-                    eprintln!("dockexpose: the pinned link of {name} on {iface} could not be taken over ({e}); attaching anew");
+                    crate::say!("dockexpose: the pinned link of {name} on {iface} could not be taken over ({e}); attaching anew");
                     let _ = std::fs::remove_file(&path);
                 }
             }

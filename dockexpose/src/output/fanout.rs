@@ -58,7 +58,7 @@ pub struct HumanLines;
 
 impl Consumer for HumanLines {
     fn record(&mut self, rec: &Arc<Record>) {
-        eprintln!("{}", human::connection_line(rec));
+        crate::say!("{}", human::connection_line(rec));
     }
 }
 
@@ -67,7 +67,7 @@ pub struct StderrAlerts;
 
 impl AlertOut for StderrAlerts {
     fn alert(&mut self, alert: &Arc<Alert>) {
-        eprintln!("{alert}");
+        crate::say!("{alert}");
     }
 }
 

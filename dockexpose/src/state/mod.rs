@@ -12,9 +12,14 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> crate::error::Result<()> {
     let _lock = lock::DaemonLock::acquire(&args.lock_file)?;
     let removed = crate::kernel::pins::cleanup(&args.pin_dir)?;
     if removed.is_empty() {
-        println!("dockexpose cleanup: nothing pinned at {}", args.pin_dir.display());
+        crate::say_out!("dockexpose cleanup: nothing pinned at {}", args.pin_dir.display());
     } else {
-        println!("dockexpose cleanup: removed {} pinned objects under {} ({})", removed.len(), args.pin_dir.display(), removed.join(", "));
+        crate::say_out!(
+            "dockexpose cleanup: removed {} pinned objects under {} ({})",
+            removed.len(),
+            args.pin_dir.display(),
+            removed.join(", ")
+        );
     }
     Ok(())
 }

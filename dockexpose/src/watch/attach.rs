@@ -63,7 +63,7 @@ impl Watcher {
         for name in attached {
             let now = interfaces::ifindex(&name);
             if now.is_some() && now != self.kernel.attached_ifindex(&name) {
-                eprintln!("dockexpose: {} was recreated (new ifindex); attaching again", human::escape_untrusted(&name));
+                crate::say!("dockexpose: {} was recreated (new ifindex); attaching again", human::escape_untrusted(&name));
                 self.kernel.detach_bridge(&name);
                 self.kernel.detach_uplink(&name);
                 self.ifnames.retain(|_, n| n != &name);
@@ -87,12 +87,12 @@ impl Watcher {
             } else {
                 "is no longer a Docker network; no longer watched"
             };
-            eprintln!("dockexpose: bridge {} {why}", human::escape_untrusted(&b));
+            crate::say!("dockexpose: bridge {} {why}", human::escape_untrusted(&b));
         }
         for b in plan.attach {
             match self.attach_bridge(&b) {
-                Ok(()) => eprintln!("dockexpose: bridge {} watched", human::escape_untrusted(&b)),
-                Err(e) => eprintln!("warning: bridge {}: {e}", human::escape_untrusted(&b)),
+                Ok(()) => crate::say!("dockexpose: bridge {} watched", human::escape_untrusted(&b)),
+                Err(e) => crate::say!("warning: bridge {}: {e}", human::escape_untrusted(&b)),
             }
         }
     }
@@ -138,7 +138,7 @@ impl Watcher {
             Some(bridge) => format!("a port of the bridged uplink {}, ", human::escape_untrusted(&bridge)),
             None => String::new(),
         };
-        eprintln!(
+        crate::say!(
             "dockexpose: uplink {} watched for attempts ({kind}{}; {how})",
             human::escape_untrusted(name),
             layer.describe()
@@ -159,11 +159,11 @@ impl Watcher {
             } else {
                 "is no longer an uplink (no global address)"
             };
-            eprintln!("dockexpose: uplink {} {why}", human::escape_untrusted(&u));
+            crate::say!("dockexpose: uplink {} {why}", human::escape_untrusted(&u));
         }
         for u in plan.attach {
             if let Err(e) = self.attach_uplink(&u) {
-                eprintln!("warning: uplink {}: {e}", human::escape_untrusted(&u));
+                crate::say!("warning: uplink {}: {e}", human::escape_untrusted(&u));
             }
         }
     }

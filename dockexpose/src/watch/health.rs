@@ -45,14 +45,14 @@ impl Watcher {
             self.last_loss = Some(Instant::now());
         }
         for w in warnings {
-            eprintln!("{w}");
+            crate::say!("{w}");
         }
         Ok(())
     }
 
     pub(super) fn report_counters(&mut self, label: &str) -> Result<()> {
         let now = self.counters()?;
-        eprintln!("dockexpose: {label}: {}", now.format());
+        crate::say!("dockexpose: {label}: {}", now.format());
         self.warn_about_loss()
     }
 
@@ -84,6 +84,7 @@ impl Watcher {
             sink_alerts_dropped: sinks.iter().map(|s| s.stats.dropped_full + s.stats.dropped_failed).sum(),
             bridge_uninspected: counters.kernel.get(Counter::BridgeUninspected),
             attempts_untracked: self.attempts_untracked,
+            stderr_lines_lost: crate::output::console::stderr_lines_lost(),
         };
         let mut attachments: Vec<Attachment> =
             self.kernel.bridges().map(|b| Attachment { iface: b.to_string(), role: "bridge".into(), mode: "tcx".into() }).collect();

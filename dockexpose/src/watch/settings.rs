@@ -64,7 +64,7 @@ pub(super) fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings
             return Err(Error::UnknownInterface { name: name.clone(), hint: host.suggest(name) });
         }
         if !interfaces::is_bridge(name) {
-            eprintln!(
+            crate::say!(
                 "warning: {} is not a Linux bridge; watching its egress anyway, but container \
                  traffic normally leaves through docker0 or a br-* bridge",
                 human::escape_untrusted(name)
@@ -76,7 +76,7 @@ pub(super) fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings
             return Err(Error::UnknownInterface { name: name.clone(), hint: host.suggest(name) });
         }
         if interfaces::is_bridge(name) {
-            eprintln!(
+            crate::say!(
                 "dockexpose: uplink {} is a bridge: its ports are watched, where traffic from outside arrives",
                 human::escape_untrusted(name)
             );
@@ -92,7 +92,7 @@ pub(super) fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings
         return Err(Error::InvalidSetting { name: "--alert-window", reason: "must be at least 1 second".into() });
     }
     if args.no_docker && !args.uplinks.is_empty() {
-        eprintln!(
+        crate::say!(
             "warning: --uplink is ignored with --no-docker: attempts are attempts at Docker's published \
              ports, which only Docker's inventory names; only what reaches the bridges is reported"
         );

@@ -24,7 +24,7 @@ impl Watcher {
         let untracked = self.attempts.take_untracked();
         self.attempts_untracked += untracked;
         if untracked > 0 {
-            eprintln!(
+            crate::say!(
                 "WARNING: {untracked} attempts got no verdict: more than {} awaited one at once (a flood?); they are in the JSON log as attempted",
                 crate::verdict::MAX_TRACKED
             );
@@ -43,7 +43,7 @@ impl Watcher {
         let mut obs = match Observation::from_event(ev) {
             Ok(o) => o,
             Err(e) => {
-                eprintln!("warning: undecodable kernel record dropped: {}", e.0);
+                crate::say!("warning: undecodable kernel record dropped: {}", e.0);
                 return Ok(());
             }
         };
