@@ -53,6 +53,14 @@ impl Prefix {
     }
 }
 
+/// 169.254.0.0/16 or fe80::/10.
+pub fn is_link_local(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
 fn max_len(addr: &IpAddr) -> u8 {
     if addr.is_ipv4() { 32 } else { 128 }
 }
@@ -126,6 +134,22 @@ impl PrefixTable {
         *slot = (*slot).min(kind);
     }
 
+    /// Sets a prefix's kind (what the kernel holds for it), or removes it with None.
+    pub fn set(&mut self, prefix: Prefix, kind: Option<SourceKind>) {
+        match kind {
+            Some(k) => self.entries.insert(prefix, k),
+            None => self.entries.remove(&prefix),
+        };
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The longest matching prefix's kind, as the kernel's LPM lookup gives it.
     pub fn classify(&self, ip: IpAddr) -> Option<SourceKind> {
         self.entries
@@ -133,6 +157,27 @@ impl PrefixTable {
             .filter(|(p, _)| p.contains(ip))
             .max_by_key(|(p, _)| p.len())
             .map(|(_, k)| *k)
+    }
+
+    /// At most `max` entries per family (the kernel's tries are bounded), and how many
+    /// were left out. Kept first: networks (loopback, the bridges' subnets, trusted
+    /// networks: few, and each covers many sources), then the host's global addresses,
+    /// then its link-local ones, each in address order.
+    pub fn fit(&self, max: usize) -> (PrefixTable, usize) {
+        let mut ranked: Vec<(&Prefix, &SourceKind)> = self.entries.iter().collect();
+        ranked.sort_by_key(|(p, _)| (p.len() == max_len(&p.addr()), is_link_local(p.addr()), **p));
+        let mut kept = PrefixTable::default();
+        let (mut v4, mut v6, mut left_out) = (0usize, 0usize, 0usize);
+        for (p, kind) in ranked {
+            let n = if p.addr().is_ipv4() { &mut v4 } else { &mut v6 };
+            if *n < max {
+                *n += 1;
+                kept.entries.insert(*p, *kind);
+            } else {
+                left_out += 1;
+            }
+        }
+        (kept, left_out)
     }
 
     /// What to remove and what to add (or change) to go from `self` to `next`.
@@ -197,6 +242,33 @@ mod tests {
         assert_eq!(t.classify("10.1.9.9".parse().unwrap()), Some(SourceKind::Local));
         assert_eq!(t.classify("10.1.2.3".parse().unwrap()), Some(SourceKind::Local));
         assert_eq!(t.classify("198.18.0.2".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn a_table_over_the_bound_keeps_networks_first_and_counts_what_it_leaves_out() {
+        let mut t = PrefixTable::default();
+        t.insert(p("127.0.0.0/8"), SourceKind::Local);
+        t.insert(p("198.18.9.0/24"), SourceKind::Trusted);
+        for i in 0..10u32 {
+            t.insert(Prefix::host(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))), SourceKind::HostAddress);
+        }
+        t.insert(p("fd42::/64"), SourceKind::Local);
+        t.insert(p("fe80::1"), SourceKind::HostAddress);
+        t.insert(p("fd42::1"), SourceKind::HostAddress);
+        // The bound is per family (one trie each).
+        let (kept, left_out) = t.fit(4);
+        assert_eq!(left_out, 8, "12 IPv4 entries for 4 places; IPv6 fits");
+        assert_eq!(kept.classify("127.0.0.1".parse().unwrap()), Some(SourceKind::Local), "networks stay");
+        assert_eq!(kept.classify("198.18.9.1".parse().unwrap()), Some(SourceKind::Trusted));
+        assert_eq!(kept.classify("10.0.0.0".parse().unwrap()), Some(SourceKind::HostAddress));
+        assert_eq!(kept.classify("10.0.0.9".parse().unwrap()), None, "the last host addresses are left out");
+        assert_eq!(kept.classify("fe80::1".parse().unwrap()), Some(SourceKind::HostAddress));
+        // Link-local host addresses go before global ones.
+        let (kept, left_out) = t.fit(2);
+        assert_eq!(left_out, 10 + 1);
+        assert_eq!(kept.classify("fd42::1".parse().unwrap()), Some(SourceKind::HostAddress));
+        assert_eq!(kept.classify("fe80::1".parse().unwrap()), None);
+        assert_eq!(t.fit(100), (t.clone(), 0));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use dockexpose_common::PREFIXES_MAX;
+
 use super::{settings::UplinkSelection, Watcher};
 use crate::{
     error::Result,
@@ -176,10 +178,27 @@ impl Watcher {
         Ok(())
     }
 
-    pub(super) fn sync_prefixes(&mut self) -> Result<()> {
+    /// Keeps the kernel's local/trusted tries in step with the host. More prefixes
+    /// than the tries hold (or entries the kernel refuses) never end the daemon: they
+    /// are left out, said when their number changes, and keep the status degraded.
+    pub(super) fn sync_prefixes(&mut self) {
         let bridges: Vec<&str> = self.kernel.bridges().collect();
         let table = local::source_table(&self.host, bridges, &self.settings.trusted);
-        self.kernel.sync_prefixes(&table)
+        let (fitted, over) = table.fit(PREFIXES_MAX as usize);
+        let left_out = over + self.kernel.sync_prefixes(&fitted);
+        if left_out != self.prefixes_left_out {
+            if left_out > 0 {
+                crate::say!(
+                    "warning: {left_out} of {} local and trusted prefixes are left out of the kernel's tries (at most \
+                     {PREFIXES_MAX} per address family): sources at those addresses may be reported as outsiders, and \
+                     attempts at those host addresses are not seen; status: degraded",
+                    table.len()
+                );
+            } else {
+                crate::say!("dockexpose: every local and trusted prefix is in the kernel's tries again");
+            }
+            self.prefixes_left_out = left_out;
+        }
     }
 }
 

@@ -120,6 +120,9 @@ impl Watcher {
         if self.last_loss.is_some_and(|t| t.elapsed() < DEGRADED_AFTER_LOSS) {
             reasons.push("records were lost in the last 5 minutes (see losses)".into());
         }
+        if self.prefixes_left_out > 0 {
+            reasons.push(format!("{} local and trusted prefixes are over the kernel's bound and left out", self.prefixes_left_out));
+        }
         for s in &sinks {
             if s.stats.last_error.is_some() && s.stats.queued >= s.stats.capacity {
                 reasons.push(format!("alert sink {} is failing and its queue is full", human::escape_untrusted(&s.name)));

@@ -138,6 +138,8 @@ struct Watcher {
     unbound_attempts: u64,
     /// Attempts that got no verdict: the tracker was full.
     attempts_untracked: u64,
+    /// Local and trusted prefixes the kernel's tries do not hold (over their bound).
+    prefixes_left_out: usize,
     answers_received: u64,
     /// `--verify-every`: None when off.
     verify: Option<VerifyState>,
@@ -258,6 +260,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         attempts: AttemptTracker::new(blocked_after_ns),
         unbound_attempts: 0,
         attempts_untracked: 0,
+        prefixes_left_out: 0,
         answers_received: 0,
         verify,
         probe_records: 0,
@@ -295,7 +298,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         }
     }
     w.reconcile_uplinks();
-    w.sync_prefixes()?;
+    w.sync_prefixes();
 
     // The status socket and the metrics: questions come to this loop.
     let (query_tx, mut query_rx) = mpsc::channel::<Query>(QUERY_QUEUE);
@@ -509,7 +512,7 @@ impl Watcher {
                 self.inventory = Some(inv);
                 self.inventory_at = Some(Instant::now());
                 self.reconcile_bridges();
-                self.sync_prefixes()?;
+                self.sync_prefixes();
                 self.release_pending(false)?;
             }
             DockerState::Unavailable(reason) => {
@@ -592,9 +595,7 @@ impl Watcher {
         self.outputs.set_quiet(new.quiet);
         self.outputs.audit.set_rotation(settings::rotation(&args));
         self.settings.trusted = trusted;
-        if let Err(e) = self.sync_prefixes() {
-            crate::say!("warning: SIGHUP: the trusted networks could not be applied: {e}");
-        }
+        self.sync_prefixes();
         crate::say!(
             "dockexpose: SIGHUP: configuration reloaded{}: {} trusted networks, alert window {} s, {} alert sinks{}",
             path.map_or(String::new(), |p| format!(" from {}", p.display())),
@@ -619,7 +620,7 @@ impl Watcher {
         self.host = HostSnapshot::read()?;
         self.reconcile_bridges();
         self.reconcile_uplinks();
-        self.sync_prefixes()?;
+        self.sync_prefixes();
         self.release_pending(false)?;
         self.decide_attempts()?;
         self.outputs.tick(Instant::now());
