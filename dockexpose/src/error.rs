@@ -19,6 +19,9 @@ pub enum Error {
     #[error("invalid CIDR {input:?} for {option}: {reason}.\n  Fix: write an address or a prefix such as 198.51.100.0/24, 10.1.2.3 or 2001:db8::/32")]
     InvalidCidr { option: &'static str, input: String, reason: String },
 
+    #[error("refused trusted network {input:?} ({option}): {reason}.\n  Fix: {fix}")]
+    TrustedRefused { option: &'static str, input: String, reason: String, fix: String },
+
     #[error("cannot write the JSON audit log {path}: {source}.\n  Fix: choose a path in a folder that exists and is writable, or `--json -` for stdout")]
     JsonOutput { path: PathBuf, source: std::io::Error },
 

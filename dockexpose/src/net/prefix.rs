@@ -109,6 +109,53 @@ impl FromStr for Prefix {
     }
 }
 
+/// Why a trusted network is refused, and how to write what was meant.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TrustedRefusal {
+    pub reason: String,
+    pub fix: String,
+}
+
+/// The widest trusted networks taken without a warning: /8 for IPv4 (a sixteenth of
+/// a million hosts' worth of blocks: a large organisation), /16 for IPv6 (wider than
+/// any allocation but a registry's).
+pub const TRUSTED_WIDEST_V4: u8 = 8;
+pub const TRUSTED_WIDEST_V6: u8 = 16;
+
+/// A trusted network as the operator wrote it, checked: a /0 (every address: the whole
+/// internet never reported) and host bits under the mask (`10.8.0.1/24`: the host, or
+/// its network?) are refused, since `Prefix`'s parser would silently widen them. A
+/// network wider than /8 (IPv4) or /16 (IPv6) is kept, with the warning returned.
+pub fn trusted_network(s: &str) -> Result<(Prefix, Option<String>), TrustedRefusal> {
+    let s = s.trim();
+    let p = s.parse::<Prefix>().map_err(|e| TrustedRefusal {
+        reason: e.0,
+        fix: "write an address or a prefix such as 198.51.100.0/24, 10.1.2.3 or 2001:db8::/32".into(),
+    })?;
+    let given: IpAddr = s.split_once('/').map_or(s, |(a, _)| a).parse().unwrap_or(p.addr());
+    let (family, widest) = if given.is_ipv4() { ("IPv4", TRUSTED_WIDEST_V4) } else { ("IPv6", TRUSTED_WIDEST_V6) };
+    if p.len() == 0 {
+        return Err(TrustedRefusal {
+            reason: format!("a /0 is every {family} address: the whole internet would never be reported"),
+            fix: format!("write the network meant, such as {}, or the one host: {}", example_network(given), Prefix::host(given)),
+        });
+    }
+    if p.addr() != given {
+        return Err(TrustedRefusal {
+            reason: format!("host bits are set below the /{}: it would trust all of {p}", p.len()),
+            fix: format!("write {p} to trust that network, or {} to trust that one host", Prefix::host(given)),
+        });
+    }
+    let warning = (p.len() < widest)
+        .then(|| format!("{p} is wider than /{widest}: every source in it is never reported; narrow it unless you mean it"));
+    Ok((p, warning))
+}
+
+/// A plausible network for the fix: the /24 (IPv4) or /64 (IPv6) holding `addr`.
+fn example_network(addr: IpAddr) -> Prefix {
+    Prefix::new(addr, if addr.is_ipv4() { 24 } else { 64 }).unwrap_or(Prefix::host(addr))
+}
+
 /// Why a source is not reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SourceKind {
@@ -219,6 +266,36 @@ mod tests {
             assert!(!err.0.is_empty(), "{bad:?} gave an empty reason");
         }
         assert!("10.0.0.0/33".parse::<Prefix>().unwrap_err().0.contains("longer than 32"));
+    }
+
+    #[test]
+    fn trusted_networks_that_trust_everything_or_carry_host_bits_are_refused() {
+        for (bad, reason, fix) in [
+            ("10.8.0.1/0", "every IPv4 address", "10.8.0.1/32"),
+            ("0.0.0.0/0", "every IPv4 address", "/32"),
+            ("::/0", "every IPv6 address", "/128"),
+            ("10.8.0.1/24", "host bits", "10.8.0.0/24"),
+            ("2001:db8::1/64", "host bits", "2001:db8::/64"),
+        ] {
+            let e = trusted_network(bad).unwrap_err();
+            assert!(e.reason.contains(reason), "{bad}: {}", e.reason);
+            assert!(e.fix.contains(fix), "{bad}: {}", e.fix);
+        }
+        assert!(trusted_network("10.0.0.0/33").unwrap_err().reason.contains("longer than 32"));
+    }
+
+    #[test]
+    fn wide_trusted_networks_are_kept_with_a_warning() {
+        assert_eq!(trusted_network("10.8.0.0/24").unwrap(), (p("10.8.0.0/24"), None));
+        assert_eq!(trusted_network("10.8.0.1").unwrap(), (p("10.8.0.1/32"), None));
+        assert_eq!(trusted_network("10.0.0.0/8").unwrap(), (p("10.0.0.0/8"), None), "/8 is the widest without a warning");
+        assert_eq!(trusted_network("2001:db8::/32").unwrap(), (p("2001:db8::/32"), None));
+        assert_eq!(trusted_network("2001::/16").unwrap().1, None, "/16 is the widest IPv6 without a warning");
+        let (net, warning) = trusted_network("0.0.0.0/1").unwrap();
+        assert_eq!(net, p("0.0.0.0/1"));
+        assert!(warning.unwrap().contains("wider than /8"));
+        let (_, warning) = trusted_network("fc00::/7").unwrap();
+        assert!(warning.unwrap().contains("wider than /16"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::{
     host::interfaces::{self, HostSnapshot},
     inventory::docker,
     kernel::loader::{KernelSettings, UplinkHook},
-    net::prefix::Prefix,
+    net::prefix::{self, Prefix},
     output::{audit::Rotation, human},
     verify::{self, daemon as verifyd},
 };
@@ -52,13 +52,7 @@ pub(super) struct Settings {
 }
 
 pub(super) fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
-    let trusted = args
-        .trusted
-        .iter()
-        .map(|s| {
-            s.parse::<Prefix>().map_err(|e| Error::InvalidCidr { option: "--trusted", input: s.clone(), reason: e.0 })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let trusted = trusted(&args.trusted)?;
     for name in &args.bridges {
         if !interfaces::exists(name) {
             return Err(Error::UnknownInterface { name: name.clone(), hint: host.suggest(name) });
@@ -146,9 +140,38 @@ pub(super) fn rotation(args: &WatchArgs) -> Option<Rotation> {
     (args.rotate_size_mb > 0).then(|| Rotation { size: args.rotate_size_mb.saturating_mul(1 << 20), max_files: args.max_files })
 }
 
-/// The trusted networks, parsed.
+/// The trusted networks (command line, environment or file), checked: a /0 or host
+/// bits are refused, a network wider than /8 (IPv6: /16) is warned about. At start and
+/// on SIGHUP (where a refusal keeps the running configuration).
 pub(super) fn trusted(list: &[String]) -> Result<Vec<Prefix>> {
     list.iter()
-        .map(|s| s.parse::<Prefix>().map_err(|e| Error::InvalidCidr { option: "--trusted", input: s.clone(), reason: e.0 }))
+        .map(|s| {
+            s.parse::<Prefix>().map_err(|e| Error::InvalidCidr { option: "--trusted", input: s.clone(), reason: e.0 })?;
+            let (p, warning) = prefix::trusted_network(s).map_err(|r| Error::TrustedRefused {
+                option: "--trusted",
+                input: s.clone(),
+                reason: r.reason,
+                fix: r.fix,
+            })?;
+            if let Some(w) = warning {
+                crate::say!("warning: --trusted {w}");
+            }
+            Ok(p)
+        })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_refuses_what_a_start_refuses() {
+        // SIGHUP reads the trusted networks through this: a refused one keeps the
+        // running configuration (and the daemon says why).
+        let e = trusted(&["198.51.100.0/24".into(), "10.8.0.1/0".into()]).expect_err("refused").to_string();
+        assert!(e.contains("every IPv4 address") && e.contains("Fix:"), "{e}");
+        assert!(trusted(&["10.8.0.1/24".into()]).is_err());
+        assert_eq!(trusted(&["10.8.0.0/24".into()]).unwrap().len(), 1);
+    }
 }
