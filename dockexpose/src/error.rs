@@ -67,6 +67,12 @@ pub enum Error {
     )]
     NotBpffs { path: PathBuf, at: PathBuf },
 
+    #[error(
+        "--pin-dir {path} is the root of a {kind} mount: other tools pin there too, and their directories are not \
+         dockexpose's to remove or reset.\n  Fix: give a directory of its own under it, such as {suggestion}"
+    )]
+    PinDirIsMountRoot { path: PathBuf, kind: &'static str, suggestion: PathBuf },
+
     #[error("pinned kernel state at {path}: {reason}.\n  Fix: check that /sys/fs/bpf is mounted read-write for dockexpose (systemd: ReadWritePaths=/sys/fs/bpf), or remove it with `dockexpose cleanup`")]
     Pins { path: PathBuf, reason: String },
 

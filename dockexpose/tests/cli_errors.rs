@@ -145,6 +145,20 @@ fn a_trusted_network_wider_than_a_slash_8_is_warned_about() {
 }
 
 #[test]
+fn a_bpffs_mount_root_is_refused_as_pin_dir() {
+    // The check comes before the other settings' (here a bad --udp-idle).
+    if !std::path::Path::new("/sys/fs/bpf").is_dir() {
+        eprintln!("a_bpffs_mount_root_is_refused_as_pin_dir: SKIPPED: no /sys/fs/bpf");
+        return;
+    }
+    for dir in ["/sys/fs/bpf", "/sys/fs/bpf/", "/"] {
+        let (ok, err) = watch(&["--bridge", "lo", "--pin-dir", dir, "--udp-idle", "0"]);
+        assert!(!ok);
+        assert!(err.contains("is the root of a") && err.contains("Fix: give a directory of its own"), "{dir}: {err}");
+    }
+}
+
+#[test]
 fn a_closed_stderr_is_no_panic() {
     // stderr a pipe nobody reads any more (a journal gone, `2>&1 | head` done): the
     // warning and the error are not written, and the exit is the error's, not a panic's.

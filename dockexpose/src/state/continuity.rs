@@ -146,7 +146,8 @@ fn state_err(source: aya::maps::MapError) -> Error {
 pub fn start(service: &ServiceSettings, settings: KernelSettings, sink: &mut AuditLog) -> Result<(Kernel, Continuity)> {
     let (lock, pin_dir, adoption) = match &service.pin_root {
         Some(root) => {
-            let lock = DaemonLock::acquire(&service.lock_file)?;
+            pins::ensure_root(root)?;
+            let lock = DaemonLock::acquire_with_pins(&service.lock_file, Some(root))?;
             let salt = std::env::var(pins::LAYOUT_SALT_ENV).ok();
             let dir = PinDir::new(root, pins::layout_version(salt.as_deref()));
             let adoption = pins::prepare(&dir)?;

@@ -7,7 +7,10 @@ use crate::{
     error::{Error, Result},
     host::interfaces::{self, HostSnapshot},
     inventory::docker,
-    kernel::loader::{KernelSettings, UplinkHook},
+    kernel::{
+        loader::{KernelSettings, UplinkHook},
+        pin_root,
+    },
     net::prefix::{self, Prefix},
     output::{audit::Rotation, human},
     verify::{self, daemon as verifyd},
@@ -52,6 +55,10 @@ pub(super) struct Settings {
 }
 
 pub(super) fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
+    if !args.service.no_pin {
+        // Before anything else: `/sys/fs/bpf` itself is everyone's (see `pin_root`).
+        pin_root::check_pin_root(&args.service.pin_dir)?;
+    }
     let trusted = trusted(&args.trusted)?;
     for name in &args.bridges {
         if !interfaces::exists(name) {
