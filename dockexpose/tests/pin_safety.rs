@@ -99,7 +99,9 @@ fn only_what_dockexpose_made_is_removed() {
         std::fs::create_dir_all(Path::new(&root).join(f)).unwrap();
     }
     let args = ["--no-docker", "--stats-interval", "0", "--bridge", &br, "--pin-dir", &root, "--lock-file", &lock];
-    let (_, status, _) = Watcher::start(&args, json_path("dx17-own")).stop();
+    let json = json_path("dx17-own");
+    let (_, status, _) = Watcher::start(&args, json.clone()).stop();
+    let _ = std::fs::remove_file(&json);
     assert!(status.success());
     let ours: Vec<String> = std::fs::read_dir(&root)
         .unwrap()
@@ -135,7 +137,8 @@ fn one_pin_dir_is_one_daemon_whatever_the_lock_file() {
     };
     let _leftovers = Leftovers { root: root.clone(), lock: lock1.clone(), made: Vec::new() };
     let a1 = args(&lock1);
-    let first = Watcher::start(&a1.iter().map(String::as_str).collect::<Vec<_>>(), json_path("dx17-lock"));
+    let json = json_path("dx17-lock");
+    let first = Watcher::start(&a1.iter().map(String::as_str).collect::<Vec<_>>(), json.clone());
     let mut second = vec!["watch".to_string()];
     second.extend(args(&lock2));
     second.extend(["--json".into(), "/dev/null".into()]);
@@ -148,6 +151,7 @@ fn one_pin_dir_is_one_daemon_whatever_the_lock_file() {
     assert!(Path::new(&root).is_dir());
     std::thread::sleep(Duration::from_millis(200));
     let (_, status, _) = first.stop();
+    let _ = std::fs::remove_file(&json);
     assert!(status.success());
     let (code, out) = run(&["cleanup", "--pin-dir", &root, "--lock-file", &lock2]);
     assert_eq!(code, Some(0), "{out}");

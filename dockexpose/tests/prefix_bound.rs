@@ -48,6 +48,7 @@ fn more_host_prefixes_than_the_tries_hold_degrade_and_never_end_the_daemon() {
         &["--no-docker", "--no-pin", "--bridge", "br0", "--stats-interval", "0", "--status-socket", socket_arg],
         json_path("dx17p"),
     );
+    let json = w.json.clone();
     let warning = w.wait_for_line("left out of the kernel's tries", Duration::from_secs(5));
     assert!(warning.contains("16384 per address family"), "{warning}");
     let out = Command::new(env!("CARGO_BIN_EXE_dockexpose")).args(["status", "--socket", socket_arg, "--json"]).output().unwrap();
@@ -60,4 +61,5 @@ fn more_host_prefixes_than_the_tries_hold_degrade_and_never_end_the_daemon() {
     let (_, status, lines) = w.stop();
     assert!(status.success(), "{lines:?}");
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&json);
 }
