@@ -145,7 +145,9 @@ pub const FLOWS_MAX: u32 = 65_536;
 pub const ATTEMPTS_MAX: u32 = 65_536;
 /// Ifindexes whose traffic is the host's own (the watched bridges, loopback).
 pub const LOCAL_IFACES_MAX: u32 = 1_024;
-pub const PREFIXES_MAX: u32 = 4_096;
+/// Per address family. LPM tries allocate on insert, so the bound costs nothing unused;
+/// past it the daemon leaves prefixes out and says so (status degraded).
+pub const PREFIXES_MAX: u32 = 16_384;
 /// PUBLISHED_PORTS is an array indexed by `published_port_index` (TCP ports, then UDP,
 /// then SCTP): an array lookup is inlined by the verifier, a hash lookup is a call.
 pub const PUBLISHED_PORTS_LEN: u32 = 3 * 65_536;

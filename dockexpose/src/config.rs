@@ -133,7 +133,7 @@ impl FileConfig {
             humantime::parse_duration(v).map_err(|e| bad("watch.verify_every", v, format!("{e} (write e.g. \"1h\" or \"30m\")")))?;
         }
         for t in self.watch.trusted.iter().flatten() {
-            t.parse::<crate::net::prefix::Prefix>().map_err(|e| bad("watch.trusted", t, e.0))?;
+            crate::net::prefix::trusted_network(t).map_err(|r| bad("watch.trusted", t, format!("{}.\n  Fix: {}", r.reason, r.fix)))?;
         }
         if let Some(l) = &self.metrics.listen {
             l.parse::<SocketAddr>().map_err(|e| bad("metrics.listen", l, format!("{e} (write host:port, e.g. \"127.0.0.1:9464\")")))?;

@@ -19,6 +19,9 @@ pub enum Error {
     #[error("invalid CIDR {input:?} for {option}: {reason}.\n  Fix: write an address or a prefix such as 198.51.100.0/24, 10.1.2.3 or 2001:db8::/32")]
     InvalidCidr { option: &'static str, input: String, reason: String },
 
+    #[error("refused trusted network {input:?} ({option}): {reason}.\n  Fix: {fix}")]
+    TrustedRefused { option: &'static str, input: String, reason: String, fix: String },
+
     #[error("cannot write the JSON audit log {path}: {source}.\n  Fix: choose a path in a folder that exists and is writable, or `--json -` for stdout")]
     JsonOutput { path: PathBuf, source: std::io::Error },
 
@@ -63,6 +66,12 @@ pub enum Error {
          or run with --no-pin (the kernel side then ends with the daemon)"
     )]
     NotBpffs { path: PathBuf, at: PathBuf },
+
+    #[error(
+        "--pin-dir {path} is the root of a {kind} mount: other tools pin there too, and their directories are not \
+         dockexpose's to remove or reset.\n  Fix: give a directory of its own under it, such as {suggestion}"
+    )]
+    PinDirIsMountRoot { path: PathBuf, kind: &'static str, suggestion: PathBuf },
 
     #[error("pinned kernel state at {path}: {reason}.\n  Fix: check that /sys/fs/bpf is mounted read-write for dockexpose (systemd: ReadWritePaths=/sys/fs/bpf), or remove it with `dockexpose cleanup`")]
     Pins { path: PathBuf, reason: String },

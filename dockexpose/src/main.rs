@@ -12,7 +12,7 @@ fn main() {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: starting the async runtime failed: {e}");
+            dockexpose::say!("error: starting the async runtime failed: {e}");
             std::process::exit(1);
         }
     };
@@ -22,7 +22,7 @@ fn main() {
             let code = match runtime.block_on(dockexpose::verify::run(args)) {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    dockexpose::say!("error: {e:#}");
                     2
                 }
             };
@@ -34,7 +34,7 @@ fn main() {
             let path = path.unwrap_or_else(|| dockexpose::config::DEFAULT_PATH.into());
             match dockexpose::config::FileConfig::load(Some(&path)) {
                 Ok(_) => {
-                    println!("{}: valid", path.display());
+                    dockexpose::say_out!("{}: valid", path.display());
                     Ok(())
                 }
                 Err(e) => Err(e.to_string()),
@@ -47,7 +47,7 @@ fn main() {
         Command::Cleanup(args) => dockexpose::state::cleanup(&args).map_err(|e| e.to_string()),
     };
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        dockexpose::say!("error: {e}");
         std::process::exit(1);
     }
 }

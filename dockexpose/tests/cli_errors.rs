@@ -106,3 +106,69 @@ fn metrics_on_a_public_address_need_the_explicit_flag() {
     assert!(!ok);
     assert!(err.contains("--metrics \"localhost\""), "{err}");
 }
+
+#[test]
+fn trusted_networks_that_trust_everything_or_carry_host_bits_are_refused() {
+    let (ok, err) = watch(&["--bridge", "lo", "--trusted", "10.8.0.1/0"]);
+    assert!(!ok);
+    assert!(err.contains("\"10.8.0.1/0\"") && err.contains("every IPv4 address"), "{err}");
+    assert!(err.contains("Fix:") && err.contains("10.8.0.1/32"), "{err}");
+    let (ok, err) = watch(&["--bridge", "lo", "--trusted", "10.8.0.1/24"]);
+    assert!(!ok);
+    assert!(err.contains("host bits") && err.contains("10.8.0.0/24"), "{err}");
+    // From the environment and from the file alike.
+    let out = Command::new(env!("CARGO_BIN_EXE_dockexpose"))
+        .args(["watch", "--bridge", "lo"])
+        .env("DOCKEXPOSE_TRUSTED", "198.51.100.0/24,::/0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("every IPv6 address"), "{err}");
+    let path = temp_file("trust-all.toml", "[watch]\ntrusted = [\"0.0.0.0/0\"]\n");
+    let (ok, err) = watch(&["--bridge", "lo", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("every IPv4 address"), "{err}");
+    let (code, _, err) = dockexpose(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("watch.trusted") && err.contains("every IPv4 address"), "{err}");
+}
+
+#[test]
+fn a_trusted_network_wider_than_a_slash_8_is_warned_about() {
+    // It is kept (the start then stops on the bad --udp-idle, before anything privileged).
+    let (ok, err) = watch(&["--bridge", "lo", "--trusted", "0.0.0.0/1", "--trusted", "fc00::/7", "--udp-idle", "0"]);
+    assert!(!ok);
+    assert!(err.contains("warning: --trusted 0.0.0.0/1") && err.contains("wider than /8"), "{err}");
+    assert!(err.contains("warning: --trusted fc00::/7") && err.contains("wider than /16"), "{err}");
+    assert!(err.contains("--udp-idle"), "{err}");
+}
+
+#[test]
+fn a_bpffs_mount_root_is_refused_as_pin_dir() {
+    // The check comes before the other settings' (here a bad --udp-idle).
+    if !std::path::Path::new("/sys/fs/bpf").is_dir() {
+        eprintln!("a_bpffs_mount_root_is_refused_as_pin_dir: SKIPPED: no /sys/fs/bpf");
+        return;
+    }
+    for dir in ["/sys/fs/bpf", "/sys/fs/bpf/", "/"] {
+        let (ok, err) = watch(&["--bridge", "lo", "--pin-dir", dir, "--udp-idle", "0"]);
+        assert!(!ok);
+        assert!(err.contains("is the root of a") && err.contains("Fix: give a directory of its own"), "{dir}: {err}");
+    }
+}
+
+#[test]
+fn a_closed_stderr_is_no_panic() {
+    // stderr a pipe nobody reads any more (a journal gone, `2>&1 | head` done): the
+    // warning and the error are not written, and the exit is the error's, not a panic's.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = Command::new(env!("CARGO_BIN_EXE_dockexpose"))
+        .args(["watch", "--bridge", "lo", "--udp-idle", "0"])
+        .stderr(std::process::Stdio::from(write))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(1), "{out:?}");
+}

@@ -64,7 +64,7 @@ impl Loaded {
         for p in trusted {
             table.insert(p.parse().unwrap(), SourceKind::Trusted);
         }
-        kernel.sync_prefixes(&table).unwrap();
+        assert_eq!(kernel.sync_prefixes(&table), 0, "every prefix in the tries");
         Self { kernel, ring }
     }
 

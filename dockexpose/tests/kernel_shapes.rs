@@ -141,7 +141,7 @@ impl Loaded {
         for p in ["198.18.1.1", "fd42:198:1::1"] {
             table.insert(p.parse().unwrap(), SourceKind::HostAddress);
         }
-        kernel.sync_prefixes(&table).unwrap();
+        assert_eq!(kernel.sync_prefixes(&table), 0, "every prefix in the tries");
         let ports: BTreeSet<PortKey> = [(8080, PROTO_TCP), (5300, PROTO_UDP), (3868, PROTO_SCTP)]
             .iter()
             .map(|(port, proto)| PortKey { port: *port, proto: *proto, _pad: 0 })
@@ -393,7 +393,7 @@ fn one_udp_idle_time_governs_bridges_and_uplinks_alike() {
     kernel.sync_published_ports(&ports).unwrap();
     let mut hosts = PrefixTable::default();
     hosts.insert("198.18.1.1".parse().unwrap(), SourceKind::HostAddress);
-    kernel.sync_prefixes(&hosts).unwrap();
+    assert_eq!(kernel.sync_prefixes(&hosts), 0, "every prefix in the tries");
     let mut k = Loaded { kernel, ring };
     let at_uplink = eth(&ipv4("198.18.1.2", "198.18.1.1", 17, &[], 0, &udp(51820, 5300)), &[]);
     let at_bridge = eth(&ipv4("198.18.1.2", "10.251.1.2", 17, &[], 0, &udp(51820, 5300)), &[]);

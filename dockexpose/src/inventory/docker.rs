@@ -15,7 +15,7 @@ use bollard::{
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::model::{bridge_holding, bridge_name, Container, Inventory, Network, PublishedPort};
+use super::model::{bridge_holding, bridge_name, short_id, Container, Inventory, Network, PublishedPort};
 use crate::{host::interfaces::HostSnapshot, kernel::event::Proto, net::prefix::Prefix};
 
 const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
@@ -135,7 +135,7 @@ pub fn mesh_services_from(services: &[Service], containers: &[Container]) -> Vec
         .filter_map(|s| {
             let id = s.id.clone()?;
             let spec = s.spec.as_ref();
-            let name = spec.and_then(|sp| sp.name.clone()).unwrap_or_else(|| id[..id.len().min(12)].to_string());
+            let name = spec.and_then(|sp| sp.name.clone()).unwrap_or_else(|| short_id(&id).to_string());
             let mut ports: Vec<PublishedPort> = s
                 .endpoint
                 .as_ref()
@@ -211,7 +211,7 @@ pub fn container_from(c: &ContainerSummary) -> Option<Container> {
         .as_ref()
         .and_then(|n| n.first())
         .map(|n| n.trim_start_matches('/').to_string())
-        .unwrap_or_else(|| id[..id.len().min(12)].to_string());
+        .unwrap_or_else(|| short_id(&id).to_string());
     let labels = c.labels.clone().unwrap_or_default();
     let mut addresses = Vec::new();
     if let Some(nets) = c.network_settings.as_ref().and_then(|s| s.networks.as_ref()) {
@@ -461,6 +461,17 @@ mod tests {
         eps.insert("abc".to_string(), EndpointResource { name: Some("gateway_abc".into()), ipv4_address: Some("172.18.0.3/16".into()), ..Default::default() });
         let gw = NetworkInspect { containers: Some(eps), ..Default::default() };
         assert_eq!(ingress_sbox_from(&gw), vec!["172.18.0.2".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn short_and_non_ascii_ids_never_panic() {
+        for id in ["", "ab", "é", "0123456789aé", "ééééééééééééé", "0123456789abcdef"] {
+            let c = ContainerSummary { id: Some(id.into()), ..Default::default() };
+            let c = container_from(&c).unwrap();
+            assert!(id.starts_with(&c.name) && c.name.chars().count() <= 12, "{id:?} gave {:?}", c.name);
+            let s = Service { id: Some(id.into()), ..Default::default() };
+            let _ = mesh_services_from(&[s], &[]);
+        }
     }
 
     #[test]

@@ -194,12 +194,18 @@ pub fn bridge_holding(subnets: &[Prefix], host: &HostSnapshot) -> Option<String>
         .map(|i| i.name.clone())
 }
 
+/// Docker's short form of an id: its first 12 characters, cut on a character boundary
+/// (ids come from the engine's API: a short or non-ASCII one must not panic).
+pub fn short_id(id: &str) -> &str {
+    id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i])
+}
+
 /// The Linux bridge of a Docker network, as Docker names it.
 pub fn bridge_name(network_id: &str, network_name: &str, bridge_option: Option<&str>) -> String {
     match bridge_option {
         Some(name) if !name.is_empty() => name.to_string(),
         _ if network_name == "bridge" => "docker0".to_string(),
-        _ => format!("br-{}", &network_id[..network_id.len().min(12)]),
+        _ => format!("br-{}", short_id(network_id)),
     }
 }
 
@@ -348,6 +354,14 @@ pub(crate) mod tests {
         assert_eq!(bridge_holding(&["10.88.0.0/16".parse().unwrap()], &host).as_deref(), Some("podman0"));
         assert_eq!(bridge_holding(&["10.89.0.0/24".parse().unwrap()], &host).as_deref(), Some("podman1"));
         assert_eq!(bridge_holding(&["10.90.0.0/24".parse().unwrap()], &host), None, "no container yet: no bridge");
+    }
+
+    #[test]
+    fn bridge_names_of_short_or_non_ascii_network_ids_never_panic() {
+        assert_eq!(bridge_name("", "n", None), "br-");
+        assert_eq!(bridge_name("abc", "n", None), "br-abc");
+        assert_eq!(bridge_name("0123456789aéb", "n", None), "br-0123456789aé");
+        assert_eq!(bridge_name("éééééééééééééé", "n", None), "br-éééééééééééé");
     }
 
     #[test]

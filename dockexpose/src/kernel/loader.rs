@@ -404,7 +404,7 @@ impl Kernel {
                 Ok(link) => return Ok((HeldLink::adopted(link, path), true)),
                 Err(e) => {
                     // A link of another kind (the hook changed) or a defunct one: ours replaces it.
-                    eprintln!("dockexpose: the pinned link of {name} on {iface} could not be taken over ({e}); attaching anew");
+                    crate::say!("dockexpose: the pinned link of {name} on {iface} could not be taken over ({e}); attaching anew");
                     let _ = std::fs::remove_file(&path);
                 }
             }
@@ -584,9 +584,12 @@ impl Kernel {
         self.uplinks.keys().map(String::as_str)
     }
 
-    /// Makes the kernel's local/trusted tries equal to `next`.
-    pub fn sync_prefixes(&mut self, next: &PrefixTable) -> Result<()> {
+    /// Makes the kernel's local/trusted tries equal to `next` (fitted to their bound by
+    /// the caller). An entry the kernel refuses is left out and counted, never an error
+    /// that ends the daemon; it is tried again at the next sync. Returns that count.
+    pub fn sync_prefixes(&mut self, next: &PrefixTable) -> usize {
         let (removed, added) = self.prefixes.diff(next);
+        let mut refused = 0;
         for p in removed {
             match p.addr() {
                 std::net::IpAddr::V4(a) => {
@@ -596,6 +599,7 @@ impl Kernel {
                     let _ = self.local_v6.remove(&Key::new(u32::from(p.len()), a.octets()));
                 }
             }
+            self.prefixes.set(p, None);
         }
         for (p, kind) in added {
             let value = match kind {
@@ -603,19 +607,20 @@ impl Kernel {
                 SourceKind::HostAddress => PREFIX_HOST,
                 SourceKind::Trusted => PREFIX_TRUSTED,
             };
-            match p.addr() {
-                std::net::IpAddr::V4(a) => self
-                    .local_v4
-                    .insert(&Key::new(u32::from(p.len()), a.octets()), value, 0)
-                    .map_err(map_err(map_names::LOCAL_V4))?,
-                std::net::IpAddr::V6(a) => self
-                    .local_v6
-                    .insert(&Key::new(u32::from(p.len()), a.octets()), value, 0)
-                    .map_err(map_err(map_names::LOCAL_V6))?,
+            let inserted = match p.addr() {
+                std::net::IpAddr::V4(a) => self.local_v4.insert(&Key::new(u32::from(p.len()), a.octets()), value, 0),
+                std::net::IpAddr::V6(a) => self.local_v6.insert(&Key::new(u32::from(p.len()), a.octets()), value, 0),
+            };
+            match inserted {
+                Ok(()) => self.prefixes.set(p, Some(kind)),
+                Err(_) => {
+                    // Whatever was there before for this prefix is gone or stale.
+                    self.prefixes.set(p, None);
+                    refused += 1;
+                }
             }
         }
-        self.prefixes = next.clone();
-        Ok(())
+        refused
     }
 
     /// Makes the kernel's published-port set equal to `next`.

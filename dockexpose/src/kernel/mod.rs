@@ -5,6 +5,7 @@ pub mod btf;
 pub mod event;
 pub mod kfunc;
 pub mod loader;
+pub mod pin_root;
 pub mod pins;
 pub mod reader;
 pub mod ring;

@@ -31,6 +31,7 @@ use dockexpose_common::{
     EVENTS_RING_BYTES, FLOWS_MAX, LOCAL_IFACES_MAX, OPENINGS_LEN, PREFIXES_MAX, PUBLISHED_PORTS_LEN,
 };
 
+use super::pin_root;
 use crate::error::{Error, Result};
 
 /// Where the kernel side is pinned unless `--pin-dir` says otherwise.
@@ -227,20 +228,30 @@ pub fn map_mismatch(path: &Path, spec: &MapSpec) -> Option<String> {
     })
 }
 
-/// Looks at what is pinned under `root`: removes other layouts' directories (their
-/// links and maps, so their programs stop), checks this layout's maps, and removes
-/// them too when one does not fit. Creates what is missing.
+/// Makes the pin root (on bpffs, and no mount root: see `pin_root`), ready to be locked.
+pub fn ensure_root(root: &Path) -> Result<()> {
+    check_bpffs(root)?;
+    pin_root::check_pin_root(root)?;
+    std::fs::create_dir_all(root).map_err(|e| pin_error(root, &e.to_string()))
+}
+
+/// Looks at what is pinned under `root`: removes other layouts' directories that
+/// dockexpose made (their links and maps, so their programs stop; another tool's
+/// directories stay), checks this layout's maps, and removes them too when one does
+/// not fit. Creates what is missing, the owner's mark first.
 pub fn prepare(dir: &PinDir) -> Result<Adoption> {
-    check_bpffs(&dir.root)?;
-    std::fs::create_dir_all(&dir.root).map_err(|e| pin_error(&dir.root, &e.to_string()))?;
+    ensure_root(&dir.root)?;
     let mut reasons = Vec::new();
     let entries = std::fs::read_dir(&dir.root).map_err(|e| pin_error(&dir.root, &e.to_string()))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name != dir.version && name.starts_with('v') {
+        if name != dir.version && pin_root::is_ours(&entry.path()) {
             remove_tree(&entry.path())?;
             reasons.push(format!("the pinned kernel state has layout {name}, this build has {}", dir.version));
         }
+    }
+    if dir.dir.exists() && !pin_root::is_ours(&dir.dir) && std::fs::read_dir(&dir.dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(pin_error(&dir.dir, "it was not made by dockexpose (no made-by-dockexpose mark in it), so it is left alone"));
     }
     let mut adoption = Adoption::Fresh;
     if dir.maps().is_dir() {
@@ -255,7 +266,7 @@ pub fn prepare(dir: &PinDir) -> Result<Adoption> {
     if !reasons.is_empty() {
         adoption = Adoption::Reset(reasons.join("; "));
     }
-    for d in [dir.maps(), dir.progs(), dir.links()] {
+    for d in [dir.dir.join(pin_root::OWNER_MARK), dir.maps(), dir.progs(), dir.links()] {
         std::fs::create_dir_all(&d).map_err(|e| pin_error(&d, &e.to_string()))?;
     }
     Ok(adoption)
@@ -271,15 +282,23 @@ pub fn remove_tree(path: &Path) -> Result<()> {
     }
 }
 
-/// `dockexpose cleanup`: removes everything pinned under `root`; returns what it removed.
+/// `dockexpose cleanup`: removes the layout directories dockexpose made under `root`
+/// (another tool's stay), then `root` itself when nothing else is left; returns what
+/// it removed. The caller holds the root's lock.
 pub fn cleanup(root: &Path) -> Result<Vec<String>> {
     if !root.exists() {
         return Ok(Vec::new());
     }
     check_bpffs(root)?;
+    pin_root::check_pin_root(root)?;
     let mut removed = Vec::new();
-    collect(root, root, &mut removed);
-    remove_tree(root)?;
+    let entries = std::fs::read_dir(root).map_err(|e| pin_error(root, &e.to_string()))?;
+    for dir in entries.flatten().map(|e| e.path()).filter(|p| pin_root::is_ours(p)) {
+        collect(root, &dir, &mut removed);
+        remove_tree(&dir)?;
+    }
+    // Only when empty: another tool's directories keep it.
+    let _ = std::fs::remove_dir(root);
     Ok(removed)
 }
 

@@ -61,7 +61,7 @@ pub struct HumanLines;
 
 impl Consumer for HumanLines {
     fn record(&mut self, rec: &Arc<Record>) {
-        eprintln!("{}", human::connection_line(rec));
+        crate::say!("{}", human::connection_line(rec));
     }
 }
 
@@ -70,7 +70,7 @@ pub struct StderrAlerts;
 
 impl AlertOut for StderrAlerts {
     fn alert(&mut self, alert: &Arc<Alert>) {
-        eprintln!("{alert}");
+        crate::say!("{alert}");
     }
 }
 
@@ -273,7 +273,7 @@ impl Outputs {
         } else if self.alerts.health_is_failing(HealthCondition::AuditLog, None) {
             self.alerts.health_recovered(HealthCondition::AuditLog, None, line);
         } else {
-            eprintln!("{line}");
+            crate::say!("{line}");
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod console;
 pub mod exposures;
 pub mod fanout;
 pub mod human;

@@ -147,7 +147,8 @@ fn state_err(source: aya::maps::MapError) -> Error {
 pub fn start(service: &ServiceSettings, settings: KernelSettings, sink: &mut AuditLog) -> Result<(Kernel, Continuity)> {
     let (lock, pin_dir, adoption) = match &service.pin_root {
         Some(root) => {
-            let lock = DaemonLock::acquire(&service.lock_file)?;
+            pins::ensure_root(root)?;
+            let lock = DaemonLock::acquire_with_pins(&service.lock_file, Some(root))?;
             let salt = std::env::var(pins::LAYOUT_SALT_ENV).ok();
             let dir = PinDir::new(root, pins::layout_version(salt.as_deref()));
             let adoption = pins::prepare(&dir)?;
@@ -184,7 +185,7 @@ pub fn start(service: &ServiceSettings, settings: KernelSettings, sink: &mut Aud
     let created = state.get(&DAEMON_STATE_CREATED, 0).unwrap_or(0);
     let (backlog_records, backlog_bytes) = ring.backlog();
     if let Adoption::Reset(reason) = &adoption {
-        eprintln!("WARNING: kernel state reset: {reason}; starting fresh (what the old ring held is lost)");
+        crate::say!("WARNING: kernel state reset: {reason}; starting fresh (what the old ring held is lost)");
         sink.write_record(&lifecycle("kernel_state_reset", pin_dir.as_ref(), Detail::Reset { reason, lost: None }));
     }
     let kernel_state = match adoption {
@@ -206,16 +207,16 @@ pub fn start(service: &ServiceSettings, settings: KernelSettings, sink: &mut Aud
         },
     ));
     if let Some(line) = sink.flush() {
-        eprintln!("{line}");
+        crate::say!("{line}");
     }
     match (&pin_dir, resumed) {
-        (Some(dir), true) => eprintln!(
+        (Some(dir), true) => crate::say!(
             "dockexpose: kernel side resumed from {} (the previous daemon {}): {backlog_records} records waiting in the ring, {lost_since} lost while no daemon read it",
             dir.dir.display(),
             if previous_stop == Some("crash") { "was killed or crashed" } else { "stopped cleanly" }
         ),
-        (Some(dir), false) => eprintln!("dockexpose: kernel side pinned at {} ({kernel_state})", dir.dir.display()),
-        (None, _) => eprintln!("dockexpose: --no-pin: the kernel side ends with this process"),
+        (Some(dir), false) => crate::say!("dockexpose: kernel side pinned at {} ({kernel_state})", dir.dir.display()),
+        (None, _) => crate::say!("dockexpose: --no-pin: the kernel side ends with this process"),
     }
     state.set(DAEMON_STATE_RUNNING, 1, 0).map_err(state_err)?;
     state.set(DAEMON_STATE_LOST_AT_STOP, lost_now, 0).map_err(state_err)?;
@@ -273,7 +274,7 @@ impl Continuity {
         }
         self.links_claimed = true;
         for (program, ifindex) in kernel.release_unclaimed_links() {
-            eprintln!("dockexpose: {program} on ifindex {ifindex}, left by the previous daemon, is not watched now: detached");
+            crate::say!("dockexpose: {program} on ifindex {ifindex}, left by the previous daemon, is not watched now: detached");
         }
     }
 
@@ -292,8 +293,8 @@ impl Continuity {
             Detail::Stop { reason, kernel_side: if kept { "kept" } else { "detached" }, left_in_ring: if kept { left } else { 0 } },
         ));
         if let Some(line) = sink.flush() {
-        eprintln!("{line}");
-    }
+            crate::say!("{line}");
+        }
         if self.pin_dir.is_some() && self.detach_on_exit {
             kernel.unpin_all()?;
         }

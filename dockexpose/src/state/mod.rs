@@ -7,15 +7,26 @@ pub mod lock;
 pub mod notify;
 pub mod pending;
 
-/// `dockexpose cleanup`: removes everything pinned (links first: the programs detach).
+/// `dockexpose cleanup`: removes what dockexpose pinned (links first: the programs detach).
 pub fn cleanup(args: &crate::cli::CleanupArgs) -> crate::error::Result<()> {
     // A running daemon holds the lock: removing its pins under it would detach it.
-    let _lock = lock::DaemonLock::acquire(&args.lock_file)?;
+    // The pin directory's own lock too: a daemon started with another --lock-file.
+    let pins = args.pin_dir.is_dir().then_some(args.pin_dir.as_path());
+    if let Some(root) = pins {
+        crate::kernel::pins::check_bpffs(root)?;
+        crate::kernel::pin_root::check_pin_root(root)?;
+    }
+    let _lock = lock::DaemonLock::acquire_with_pins(&args.lock_file, pins)?;
     let removed = crate::kernel::pins::cleanup(&args.pin_dir)?;
     if removed.is_empty() {
-        println!("dockexpose cleanup: nothing pinned at {}", args.pin_dir.display());
+        crate::say_out!("dockexpose cleanup: nothing pinned at {}", args.pin_dir.display());
     } else {
-        println!("dockexpose cleanup: removed {} pinned objects under {} ({})", removed.len(), args.pin_dir.display(), removed.join(", "));
+        crate::say_out!(
+            "dockexpose cleanup: removed {} pinned objects under {} ({})",
+            removed.len(),
+            args.pin_dir.display(),
+            removed.join(", ")
+        );
     }
     Ok(())
 }

@@ -29,7 +29,7 @@ fn socket_addr(target: &str) -> std::io::Result<SocketAddr> {
 /// Tells the service manager, or warns (never fatal: detection goes on).
 pub fn tell(state: &str) {
     if let Err(e) = notify(state) {
-        eprintln!("warning: telling the service manager {state:?} failed: {e}");
+        crate::say!("warning: telling the service manager {state:?} failed: {e}");
     }
 }
 

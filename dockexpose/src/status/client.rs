@@ -53,19 +53,19 @@ pub async fn run(args: &crate::cli::StatusArgs) -> i32 {
         Ok(report) => {
             if args.json {
                 match serde_json::to_string_pretty(&report) {
-                    Ok(t) => println!("{t}"),
+                    Ok(t) => crate::say_out!("{t}"),
                     Err(e) => {
-                        eprintln!("error: encoding the report failed: {e}");
+                        crate::say!("error: encoding the report failed: {e}");
                         return 2;
                     }
                 }
             } else {
-                print!("{}", report.to_table());
+                crate::output::console::stdout_text(format_args!("{}", report.to_table()));
             }
             report.exit_code()
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::say!("error: {e}");
             2
         }
     }

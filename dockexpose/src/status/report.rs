@@ -66,6 +66,9 @@ pub struct Losses {
     pub bridge_uninspected: u64,
     /// Attempts that got no verdict (the tracker was full).
     pub attempts_untracked: u64,
+    /// Lines for people that could not be written to stderr (closed, EPIPE).
+    #[serde(default)]
+    pub stderr_lines_lost: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

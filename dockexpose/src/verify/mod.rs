@@ -182,7 +182,7 @@ pub async fn run(args: VerifyArgs) -> Result<i32> {
             .await
             .map_err(|e| anyhow!("listing containers and networks at {endpoint} failed: {e}.\n  Fix: check that the engine answers (`docker ps`)"))?,
         Err(e) if !ports.is_empty() => {
-            println!("note: no Docker inventory ({e}); probing the --port list, container bridges found on the host");
+            crate::say_out!("note: no Docker inventory ({e}); probing the --port list, container bridges found on the host");
             Inventory::default()
         }
         Err(e) => bail!("{e}\n  (verify needs the Docker inventory, or ports given with --port)"),
@@ -203,13 +203,13 @@ pub fn run_with(
     let prepared = prepare(&args.uplinks, inventory, ports, sources)?;
     let mut report = Report::default();
     let mut say = |line: String| {
-        println!("{line}");
+        crate::say_out!("{line}");
         report.lines.push(line);
     };
     say(header_line(&prepared, args.from.is_empty()));
     let outcome = prepared.execute(args.rate, Duration::from_millis(args.window_ms))?;
     for w in &outcome.warnings {
-        eprintln!("{w}");
+        crate::say!("{w}");
     }
     for line in outcome_lines(&outcome, expected) {
         say(line);

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use dockexpose_common::PREFIXES_MAX;
+
 use super::{settings::UplinkSelection, Watcher};
 use crate::{
     error::Result,
@@ -63,7 +65,7 @@ impl Watcher {
         for name in attached {
             let now = interfaces::ifindex(&name);
             if now.is_some() && now != self.kernel.attached_ifindex(&name) {
-                eprintln!("dockexpose: {} was recreated (new ifindex); attaching again", human::escape_untrusted(&name));
+                crate::say!("dockexpose: {} was recreated (new ifindex); attaching again", human::escape_untrusted(&name));
                 self.kernel.detach_bridge(&name);
                 self.kernel.detach_uplink(&name);
                 self.ifnames.retain(|_, n| n != &name);
@@ -88,7 +90,7 @@ impl Watcher {
                 let line = format!("dockexpose: bridge {name} disappeared; no longer watched (attached again if it comes back)");
                 self.outputs.alerts.health_failing(HealthCondition::Detached, Some(&b), line);
             } else {
-                eprintln!("dockexpose: bridge {name} is no longer a Docker network; no longer watched");
+                crate::say!("dockexpose: bridge {name} is no longer a Docker network; no longer watched");
             }
         }
         for b in plan.attach {
@@ -97,7 +99,7 @@ impl Watcher {
                 Ok(()) => {
                     let line = format!("dockexpose: bridge {name} watched");
                     if !self.outputs.alerts.health_recovered(HealthCondition::Detached, Some(&b), line.clone()) {
-                        eprintln!("{line}");
+                        crate::say!("{line}");
                     }
                 }
                 Err(e) => {
@@ -149,7 +151,7 @@ impl Watcher {
             Some(bridge) => format!("a port of the bridged uplink {}, ", human::escape_untrusted(&bridge)),
             None => String::new(),
         };
-        eprintln!(
+        crate::say!(
             "dockexpose: uplink {} watched for attempts ({kind}{}; {how})",
             human::escape_untrusted(name),
             layer.describe()
@@ -170,7 +172,7 @@ impl Watcher {
                 let line = format!("dockexpose: uplink {name} disappeared; no longer watched (attached again if it comes back)");
                 self.outputs.alerts.health_failing(HealthCondition::Detached, Some(&u), line);
             } else {
-                eprintln!("dockexpose: uplink {name} is no longer an uplink (no global address)");
+                crate::say!("dockexpose: uplink {name} is no longer an uplink (no global address)");
             }
         }
         for u in plan.attach {
@@ -196,10 +198,27 @@ impl Watcher {
         Ok(())
     }
 
-    pub(super) fn sync_prefixes(&mut self) -> Result<()> {
+    /// Keeps the kernel's local/trusted tries in step with the host. More prefixes
+    /// than the tries hold (or entries the kernel refuses) never end the daemon: they
+    /// are left out, said when their number changes, and keep the status degraded.
+    pub(super) fn sync_prefixes(&mut self) {
         let bridges: Vec<&str> = self.kernel.bridges().collect();
         let table = local::source_table(&self.host, bridges, &self.settings.trusted);
-        self.kernel.sync_prefixes(&table)
+        let (fitted, over) = table.fit(PREFIXES_MAX as usize);
+        let left_out = over + self.kernel.sync_prefixes(&fitted);
+        if left_out != self.prefixes_left_out {
+            if left_out > 0 {
+                crate::say!(
+                    "warning: {left_out} of {} local and trusted prefixes are left out of the kernel's tries (at most \
+                     {PREFIXES_MAX} per address family): sources at those addresses may be reported as outsiders, and \
+                     attempts at those host addresses are not seen; status: degraded",
+                    table.len()
+                );
+            } else {
+                crate::say!("dockexpose: every local and trusted prefix is in the kernel's tries again");
+            }
+            self.prefixes_left_out = left_out;
+        }
     }
 }
 

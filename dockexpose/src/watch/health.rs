@@ -52,7 +52,7 @@ impl Watcher {
 
     pub(super) fn report_counters(&mut self, label: &str) -> Result<()> {
         let now = self.counters()?;
-        eprintln!("dockexpose: {label}: {}", now.format());
+        crate::say!("dockexpose: {label}: {}", now.format());
         self.warn_about_loss()
     }
 
@@ -84,6 +84,7 @@ impl Watcher {
             sink_alerts_dropped: sinks.iter().map(|s| s.stats.dropped_full + s.stats.dropped_failed).sum(),
             bridge_uninspected: counters.kernel.get(Counter::BridgeUninspected),
             attempts_untracked: self.attempts_untracked,
+            stderr_lines_lost: crate::output::console::stderr_lines_lost(),
         };
         let mut attachments: Vec<Attachment> =
             self.kernel.bridges().map(|b| Attachment { iface: b.to_string(), role: "bridge".into(), mode: "tcx".into() }).collect();
@@ -121,6 +122,9 @@ impl Watcher {
         }
         if self.last_loss.is_some_and(|t| t.elapsed() < DEGRADED_AFTER_LOSS) {
             reasons.push("records were lost in the last 5 minutes (see losses)".into());
+        }
+        if self.prefixes_left_out > 0 {
+            reasons.push(format!("{} local and trusted prefixes are over the kernel's bound and left out", self.prefixes_left_out));
         }
         for s in &sinks {
             if s.stats.last_error.is_some() && s.stats.queued >= s.stats.capacity {

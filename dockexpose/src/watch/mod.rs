@@ -142,6 +142,8 @@ struct Watcher {
     unbound_attempts: u64,
     /// Attempts that got no verdict: the tracker was full.
     attempts_untracked: u64,
+    /// Local and trusted prefixes the kernel's tries do not hold (over their bound).
+    prefixes_left_out: usize,
     answers_received: u64,
     /// `--verify-every`: None when off.
     verify: Option<VerifyState>,
@@ -206,11 +208,11 @@ pub fn print_config(cli: &WatchArgs, matches: &ArgMatches) -> Result<()> {
         }
     }
     let text = toml::to_string(&shown).map_err(|e| Error::Config(e.to_string()))?;
-    println!(
+    crate::say_out!(
         "# the effective configuration: command line > environment > {} > defaults",
         path.map_or_else(|| format!("(no file; {} does not exist)", config::DEFAULT_PATH), |p| p.display().to_string())
     );
-    print!("{text}");
+    crate::output::console::stdout_text(format_args!("{text}"));
     Ok(())
 }
 
@@ -263,6 +265,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         attempts: AttemptTracker::new(blocked_after_ns),
         unbound_attempts: 0,
         attempts_untracked: 0,
+        prefixes_left_out: 0,
         answers_received: 0,
         verify,
         probe_records: 0,
@@ -270,7 +273,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         started: Instant::now(),
     };
     if let Some(p) = &config_path {
-        eprintln!("dockexpose: configuration from {} (command line and DOCKEXPOSE_* win over it)", p.display());
+        crate::say!("dockexpose: configuration from {} (command line and DOCKEXPOSE_* win over it)", p.display());
     }
     // Docker first: its networks decide which bridges to watch.
     let mut docker_rx = match w.settings.docker_endpoint.clone() {
@@ -283,7 +286,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
             Some(rx)
         }
         None => {
-            eprintln!("dockexpose: --no-docker: running without container identity");
+            crate::say!("dockexpose: --no-docker: running without container identity");
             None
         }
     };
@@ -300,24 +303,24 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         }
     }
     w.reconcile_uplinks();
-    w.sync_prefixes()?;
+    w.sync_prefixes();
     w.handle_left_pending()?;
 
     // The status socket and the metrics: questions come to this loop.
     let (query_tx, mut query_rx) = mpsc::channel::<Query>(QUERY_QUEUE);
     let _status_socket = match status::server::serve_status(&args.status_socket, query_tx.clone()) {
         Ok(s) => {
-            eprintln!("dockexpose: `dockexpose status` answered on {}", args.status_socket.display());
+            crate::say!("dockexpose: `dockexpose status` answered on {}", args.status_socket.display());
             Some(s)
         }
         Err(e) => {
-            eprintln!("warning: no status socket ({e}); `dockexpose status` cannot ask this daemon, detection goes on");
+            crate::say!("warning: no status socket ({e}); `dockexpose status` cannot ask this daemon, detection goes on");
             None
         }
     };
     if let Some(addr) = metrics_addr {
         let bound = status::server::serve_metrics(addr, query_tx.clone()).await.map_err(Error::Config)?;
-        eprintln!("dockexpose: Prometheus metrics on http://{bound}/metrics (also /healthz, /readyz)");
+        crate::say!("dockexpose: Prometheus metrics on http://{bound}/metrics (also /healthz, /readyz)");
     }
     drop(query_tx);
 
@@ -337,15 +340,15 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     let watched: Vec<&str> = w.kernel.bridges().collect();
     let uplinks: Vec<&str> = w.kernel.uplinks().collect();
     match w.kernel.conntrack() {
-        ConntrackAccess::Kfuncs => eprintln!(
+        ConntrackAccess::Kfuncs => crate::say!(
             "dockexpose: conntrack consulted from the bridge program: exact host ports on every uplink, fragments told by the kernel's own state"
         ),
-        ConntrackAccess::Unavailable(why) => eprintln!(
+        ConntrackAccess::Unavailable(why) => crate::say!(
             "warning: conntrack cannot be consulted ({}): host ports come from the uplink programs and the published bindings; a first fragment cut before the TCP flags is counted as bridge_uninspected",
             human::escape_untrusted(why)
         ),
     }
-    eprintln!(
+    crate::say!(
         "dockexpose: watching {} ({}); uplinks: {}; JSON log: {}",
         if watched.is_empty() { "no bridge yet".to_string() } else { watched.join(", ") },
         w.bridge_source(),
@@ -360,10 +363,10 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         args.json.as_deref().map_or("off".into(), |p| if p == Path::new("-") { "stdout".into() } else { p.display().to_string() }),
     );
     for s in &w.sinks {
-        eprintln!("dockexpose: alerts also go to {}", human::escape_untrusted(s.name()));
+        crate::say!("dockexpose: alerts also go to {}", human::escape_untrusted(s.name()));
     }
     if let Some(v) = &w.verify {
-        eprintln!(
+        crate::say!(
             "dockexpose: verify: every published port now and every {}, new published ports {} s after Docker publishes them; probes from {} on {} (their records are not outside connections)",
             humantime::format_duration(v.settings.every),
             verifyd::DEBOUNCE.as_secs(),
@@ -437,7 +440,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
                 break Ok(reason);
             }
             if Instant::now() >= deadline {
-                eprintln!("warning: the verify run in progress did not finish within {} s; stopping without its results", VERIFY_STOP_WAIT.as_secs());
+                crate::say!("warning: the verify run in progress did not finish within {} s; stopping without its results", VERIFY_STOP_WAIT.as_secs());
                 break Ok(reason);
             }
         }
@@ -456,7 +459,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     w.release_pending(true)?;
     w.flush();
     if !w.attempts.is_empty() {
-        eprintln!("dockexpose: {} attempts were still within their --blocked-after window at exit: no verdict", w.attempts.len());
+        crate::say!("dockexpose: {} attempts were still within their --blocked-after window at exit: no verdict", w.attempts.len());
     }
     let reason = outcome?;
     w.outputs.tick(Instant::now() + w.settings.alert_window);
@@ -474,8 +477,8 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     }
     let list = if bridges.is_empty() { "nothing".into() } else { bridges.join(", ") };
     match kept {
-        Some(dir) => eprintln!("dockexpose: {reason}: the kernel side stays attached to {list} and keeps recording (pinned at {dir}; the next start resumes it, `dockexpose cleanup` removes it)"),
-        None => eprintln!("dockexpose: {reason}: detached from {list}"),
+        Some(dir) => crate::say!("dockexpose: {reason}: the kernel side stays attached to {list} and keeps recording (pinned at {dir}; the next start resumes it, `dockexpose cleanup` removes it)"),
+        None => crate::say!("dockexpose: {reason}: detached from {list}"),
     }
     Ok(())
 }
@@ -505,7 +508,7 @@ impl Watcher {
                     );
                     // After a failure that was said, the recovery is a health alert.
                     if !self.outputs.alerts.health_recovered(HealthCondition::Docker, None, line.clone()) {
-                        eprintln!("{line}");
+                        crate::say!("{line}");
                     }
                 }
                 self.docker_connected = true;
@@ -514,7 +517,7 @@ impl Watcher {
                 if let Some(v) = &mut self.verify {
                     let new = v.schedule.inventory(verifyd::published_ports(&inv), Instant::now());
                     if !new.is_empty() {
-                        eprintln!(
+                        crate::say!(
                             "dockexpose: verify: {} published; verified within {} s",
                             RunKind::NewPorts(new).describe(),
                             verifyd::DEBOUNCE.as_secs()
@@ -525,7 +528,7 @@ impl Watcher {
                 self.inventory = Some(inv);
                 self.inventory_at = Some(Instant::now());
                 self.reconcile_bridges();
-                self.sync_prefixes()?;
+                self.sync_prefixes();
                 self.release_pending(false)?;
             }
             DockerState::Unavailable(reason) => {
@@ -558,7 +561,7 @@ impl Watcher {
         }
         match self.outputs.audit.reopen() {
             Some(line) => self.outputs.audit_health(Some(line)),
-            None => eprintln!("dockexpose: {signal}: audit log {} reopened", self.outputs.audit.path().map_or(String::new(), |p| p.display().to_string())),
+            None => crate::say!("dockexpose: {signal}: audit log {} reopened", self.outputs.audit.path().map_or(String::new(), |p| p.display().to_string())),
         }
     }
 
@@ -569,14 +572,14 @@ impl Watcher {
         let (args, sinks, path) = match effective(&self.config.cli, &self.config.matches) {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("warning: SIGHUP: the configuration was not reloaded, the running one stays: {e}");
+                crate::say!("warning: SIGHUP: the configuration was not reloaded, the running one stays: {e}");
                 return;
             }
         };
         let trusted = match settings::trusted(&args.trusted) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("warning: SIGHUP: the configuration was not reloaded, the running one stays: {e}");
+                crate::say!("warning: SIGHUP: the configuration was not reloaded, the running one stays: {e}");
                 return;
             }
         };
@@ -594,7 +597,7 @@ impl Watcher {
                     }
                 }
                 Err(e) => {
-                    eprintln!("warning: SIGHUP: the configuration was not reloaded, the running one stays: {e}");
+                    crate::say!("warning: SIGHUP: the configuration was not reloaded, the running one stays: {e}");
                     return;
                 }
             }
@@ -607,10 +610,8 @@ impl Watcher {
         self.outputs.set_quiet(new.quiet);
         self.outputs.audit.set_rotation(settings::rotation(&args));
         self.settings.trusted = trusted;
-        if let Err(e) = self.sync_prefixes() {
-            eprintln!("warning: SIGHUP: the trusted networks could not be applied: {e}");
-        }
-        eprintln!(
+        self.sync_prefixes();
+        crate::say!(
             "dockexpose: SIGHUP: configuration reloaded{}: {} trusted networks, alert window {} s, {} alert sinks{}",
             path.map_or(String::new(), |p| format!(" from {}", p.display())),
             self.settings.trusted.len(),
@@ -634,7 +635,7 @@ impl Watcher {
         self.host = HostSnapshot::read()?;
         self.reconcile_bridges();
         self.reconcile_uplinks();
-        self.sync_prefixes()?;
+        self.sync_prefixes();
         self.release_pending(false)?;
         self.decide_attempts()?;
         self.outputs.tick(Instant::now());

@@ -7,8 +7,11 @@ use crate::{
     error::{Error, Result},
     host::interfaces::{self, HostSnapshot},
     inventory::docker,
-    kernel::loader::{KernelSettings, UplinkHook},
-    net::prefix::Prefix,
+    kernel::{
+        loader::{KernelSettings, UplinkHook},
+        pin_root,
+    },
+    net::prefix::{self, Prefix},
     output::{audit::Rotation, human},
     verify::{self, daemon as verifyd},
 };
@@ -52,19 +55,17 @@ pub(super) struct Settings {
 }
 
 pub(super) fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings> {
-    let trusted = args
-        .trusted
-        .iter()
-        .map(|s| {
-            s.parse::<Prefix>().map_err(|e| Error::InvalidCidr { option: "--trusted", input: s.clone(), reason: e.0 })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    if !args.service.no_pin {
+        // Before anything else: `/sys/fs/bpf` itself is everyone's (see `pin_root`).
+        pin_root::check_pin_root(&args.service.pin_dir)?;
+    }
+    let trusted = trusted(&args.trusted)?;
     for name in &args.bridges {
         if !interfaces::exists(name) {
             return Err(Error::UnknownInterface { name: name.clone(), hint: host.suggest(name) });
         }
         if !interfaces::is_bridge(name) {
-            eprintln!(
+            crate::say!(
                 "warning: {} is not a Linux bridge; watching its egress anyway, but container \
                  traffic normally leaves through docker0 or a br-* bridge",
                 human::escape_untrusted(name)
@@ -76,7 +77,7 @@ pub(super) fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings
             return Err(Error::UnknownInterface { name: name.clone(), hint: host.suggest(name) });
         }
         if interfaces::is_bridge(name) {
-            eprintln!(
+            crate::say!(
                 "dockexpose: uplink {} is a bridge: its ports are watched, where traffic from outside arrives",
                 human::escape_untrusted(name)
             );
@@ -92,7 +93,7 @@ pub(super) fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings
         return Err(Error::InvalidSetting { name: "--alert-window", reason: "must be at least 1 second".into() });
     }
     if args.no_docker && !args.uplinks.is_empty() {
-        eprintln!(
+        crate::say!(
             "warning: --uplink is ignored with --no-docker: attempts are attempts at Docker's published \
              ports, which only Docker's inventory names; only what reaches the bridges is reported"
         );
@@ -146,9 +147,38 @@ pub(super) fn rotation(args: &WatchArgs) -> Option<Rotation> {
     (args.rotate_size_mb > 0).then(|| Rotation { size: args.rotate_size_mb.saturating_mul(1 << 20), max_files: args.max_files })
 }
 
-/// The trusted networks, parsed.
+/// The trusted networks (command line, environment or file), checked: a /0 or host
+/// bits are refused, a network wider than /8 (IPv6: /16) is warned about. At start and
+/// on SIGHUP (where a refusal keeps the running configuration).
 pub(super) fn trusted(list: &[String]) -> Result<Vec<Prefix>> {
     list.iter()
-        .map(|s| s.parse::<Prefix>().map_err(|e| Error::InvalidCidr { option: "--trusted", input: s.clone(), reason: e.0 }))
+        .map(|s| {
+            s.parse::<Prefix>().map_err(|e| Error::InvalidCidr { option: "--trusted", input: s.clone(), reason: e.0 })?;
+            let (p, warning) = prefix::trusted_network(s).map_err(|r| Error::TrustedRefused {
+                option: "--trusted",
+                input: s.clone(),
+                reason: r.reason,
+                fix: r.fix,
+            })?;
+            if let Some(w) = warning {
+                crate::say!("warning: --trusted {w}");
+            }
+            Ok(p)
+        })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_refuses_what_a_start_refuses() {
+        // SIGHUP reads the trusted networks through this: a refused one keeps the
+        // running configuration (and the daemon says why).
+        let e = trusted(&["198.51.100.0/24".into(), "10.8.0.1/0".into()]).expect_err("refused").to_string();
+        assert!(e.contains("every IPv4 address") && e.contains("Fix:"), "{e}");
+        assert!(trusted(&["10.8.0.1/24".into()]).is_err());
+        assert_eq!(trusted(&["10.8.0.0/24".into()]).unwrap().len(), 1);
+    }
 }

@@ -42,7 +42,7 @@ impl Watcher {
         if left.is_empty() {
             return Ok(());
         }
-        eprintln!("dockexpose: {} records the previous daemon held for their container's identity are written now", left.len());
+        crate::say!("dockexpose: {} records the previous daemon held for their container's identity are written now", left.len());
         for ev in &left {
             self.handle(ev)?;
         }
@@ -61,7 +61,7 @@ impl Watcher {
         let mut obs = match Observation::from_event(ev) {
             Ok(o) => o,
             Err(e) => {
-                eprintln!("warning: undecodable kernel record dropped: {}", e.0);
+                crate::say!("warning: undecodable kernel record dropped: {}", e.0);
                 return Ok(());
             }
         };

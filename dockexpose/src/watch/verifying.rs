@@ -97,18 +97,18 @@ impl Watcher {
         let outcome = match result {
             Ok(o) => o,
             Err(e) => {
-                eprintln!("warning: verify ({}) failed: {}; trying again at the next run", kind.describe(), human::escape_untrusted(&e));
+                crate::say!("warning: verify ({}) failed: {}; trying again at the next run", kind.describe(), human::escape_untrusted(&e));
                 return Ok(());
             }
         };
         for warning in &outcome.warnings {
-            eprintln!("{warning}");
+            crate::say!("{warning}");
         }
         for r in &outcome.probes {
             let rec = verifyd::verified_record(r, Some(&inventory));
             self.outputs.verified(rec, Some(r.target.port.container_port));
         }
-        eprintln!("{}", verifyd::summary_line(&kind, &outcome));
+        crate::say!("{}", verifyd::summary_line(&kind, &outcome));
         Ok(())
     }
 }
