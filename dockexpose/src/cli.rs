@@ -12,6 +12,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// One value per process, parsed once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Watch container bridges and report every new inbound connection from outside.
     Watch(WatchArgs),

@@ -19,7 +19,7 @@ use std::{
 use serde_json::Value;
 use support::{craft::craft, docker, *};
 
-fn reached<'a>(records: &'a [Value], sport: u16) -> Vec<&'a Value> {
+fn reached(records: &[Value], sport: u16) -> Vec<&Value> {
     records
         .iter()
         .filter(|r| r["stage"] == "reached" && r["src_port"] == sport)

@@ -409,10 +409,13 @@ fn an_interrupted_run_leaves_nothing_behind_and_nothing_leaks() {
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).map(|l| {
-            let _ = tx.send(());
-            l
-        }).collect::<Vec<String>>()
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .inspect(|_| {
+                let _ = tx.send(());
+            })
+            .collect::<Vec<String>>()
     });
     // The header comes before the first probe: interrupt half a second into probing.
     rx.recv_timeout(Duration::from_secs(20)).expect("verify's header line");
