@@ -157,3 +157,37 @@ fn awaits_identity(inventory: Option<&crate::inventory::model::Inventory>, docke
         && !inv.ingress_sbox.contains(&obs.dst)
         && inv.networks.iter().flat_map(|n| &n.subnets).any(|p| p.contains(obs.dst))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::event::Proto;
+
+    fn reached(dst: &str) -> Observation {
+        Observation {
+            ktime_ns: 0,
+            stage: Stage::Reached,
+            proto: Proto::Tcp,
+            src: "198.18.3.2".parse().unwrap(),
+            src_port: 40000,
+            dst: dst.parse().unwrap(),
+            dst_port: 8080,
+            orig_dst: None,
+            ifindex: 0,
+            seq: 0,
+            flags: 0,
+            cpu: 0,
+            rec_seq: 0,
+        }
+    }
+
+    #[test]
+    fn only_an_unnamed_address_of_a_docker_network_waits_for_identity() {
+        let inv = crate::inventory::model::tests::swarm_sample();
+        assert!(awaits_identity(Some(&inv), true, &reached("172.18.0.77")), "no container there yet: it waits");
+        assert!(!awaits_identity(Some(&inv), true, &reached("172.18.0.2")), "swarm's ingress-sbox never gets a container's name");
+        assert!(!awaits_identity(Some(&inv), true, &reached("172.18.0.3")), "a known container");
+        assert!(!awaits_identity(Some(&inv), true, &reached("10.99.0.5")), "not a Docker network");
+        assert!(!awaits_identity(Some(&inv), false, &reached("172.18.0.77")), "Docker away: nothing to wait for");
+    }
+}
