@@ -123,21 +123,7 @@ mod tests {
     use crate::{inventory::model::tests::sample, kernel::event::Proto};
 
     fn reached(dst: &str, dport: u16, proto: Proto) -> Observation {
-        Observation {
-            ktime_ns: 0,
-            stage: Stage::Reached,
-            proto,
-            src: "198.18.3.2".parse().unwrap(),
-            src_port: 40000,
-            dst: dst.parse().unwrap(),
-            dst_port: dport,
-            orig_dst: None,
-            ifindex: 0,
-            seq: 0,
-            flags: 0,
-            cpu: 0,
-            rec_seq: 0,
-        }
+        Observation::sample(Stage::Reached, proto, "198.18.3.2", 40000, dst, dport)
     }
 
     fn rec(obs: &Observation, inv: Option<&Inventory>) -> Record {

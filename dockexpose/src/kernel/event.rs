@@ -188,6 +188,28 @@ impl Observation {
     }
 }
 
+#[cfg(test)]
+impl Observation {
+    /// A record for unit tests: `stage` from `src:sport` to `dst:dport`, nothing else set.
+    pub(crate) fn sample(stage: Stage, proto: Proto, src: &str, sport: u16, dst: &str, dport: u16) -> Self {
+        Self {
+            ktime_ns: 0,
+            stage,
+            proto,
+            src: src.parse().unwrap(),
+            src_port: sport,
+            dst: dst.parse().unwrap(),
+            dst_port: dport,
+            orig_dst: None,
+            ifindex: 0,
+            seq: 0,
+            flags: 0,
+            cpu: 0,
+            rec_seq: 0,
+        }
+    }
+}
+
 /// Turns kernel timestamps (CLOCK_MONOTONIC, as bpf_ktime_get_ns) into wall-clock time.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelClock {

@@ -343,21 +343,7 @@ mod tests {
     }
 
     fn obs(stage: Stage, src: &str, dst: &str) -> Observation {
-        Observation {
-            ktime_ns: 0,
-            stage,
-            proto: Proto::Tcp,
-            src: src.parse().unwrap(),
-            src_port: 20001,
-            dst: dst.parse().unwrap(),
-            dst_port: 8080,
-            orig_dst: None,
-            ifindex: 0,
-            seq: 0,
-            flags: 0,
-            cpu: 0,
-            rec_seq: 0,
-        }
+        Observation::sample(stage, Proto::Tcp, src, 20001, dst, 8080)
     }
 
     #[test]

@@ -164,21 +164,7 @@ mod tests {
     use crate::kernel::event::Proto;
 
     fn reached(dst: &str) -> Observation {
-        Observation {
-            ktime_ns: 0,
-            stage: Stage::Reached,
-            proto: Proto::Tcp,
-            src: "198.18.3.2".parse().unwrap(),
-            src_port: 40000,
-            dst: dst.parse().unwrap(),
-            dst_port: 8080,
-            orig_dst: None,
-            ifindex: 0,
-            seq: 0,
-            flags: 0,
-            cpu: 0,
-            rec_seq: 0,
-        }
+        Observation::sample(Stage::Reached, Proto::Tcp, "198.18.3.2", 40000, dst, 8080)
     }
 
     #[test]

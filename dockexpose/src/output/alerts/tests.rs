@@ -204,21 +204,7 @@ fn a_sweep_of_addresses_without_a_container_is_bounded_and_a_container_still_ale
 
 /// A verified record as the daemon builds it: an attempt's, from the probe source.
 fn verified(verdict: &'static str, uplink: &str, host_port: u16) -> Record {
-    let obs = Observation {
-        ktime_ns: 0,
-        stage: Stage::Attempted,
-        proto: Proto::Tcp,
-        src: "198.51.100.77".parse().unwrap(),
-        src_port: 20001,
-        dst: "198.18.3.1".parse().unwrap(),
-        dst_port: host_port,
-        orig_dst: None,
-        ifindex: 0,
-        seq: 0,
-        flags: 0,
-        cpu: 0,
-        rec_seq: 0,
-    };
+    let obs = Observation::sample(Stage::Attempted, Proto::Tcp, "198.51.100.77", 20001, "198.18.3.1", host_port);
     let mut r = correlate::record(&obs, Stage::Attempted, SystemTime::UNIX_EPOCH, uplink, Some(&sample()));
     r.stage = crate::output::record::STAGE_VERIFIED;
     r.verdict = Some(verdict);
