@@ -227,7 +227,7 @@ fn the_tcx_ingress_hook_sees_attempts_as_xdp_does() {
     }
     let image = docker::echo_image();
     let outside = OutsideHost::new("tc");
-    let port = 33000 + outside.n as u16;
+    let port = free_ports(16300 + outside.n as u16, 1);
     let web = docker::Container::run(&format!("dx-tc-{}", outside.n), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
     let mut w = Watcher::start(
         &["--uplink", &outside.uplink, "--uplink-hook", "tc", "--blocked-after", "2", "--stats-interval", "0"],

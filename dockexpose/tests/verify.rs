@@ -164,7 +164,8 @@ fn verdicts_per_port_and_uplink_agree_with_nmap_and_nothing_leaks() {
     let n = outside.n as u16;
     // open (listening), published but nothing listening, UDP, loopback-only, dropped
     // in DOCKER-USER for the first uplink only.
-    let (open, silent, udp, local, dropped) = (31000 + n, 32000 + n, 33000 + n, 34000 + n, 35000 + n);
+    let b = free_ports(12000 + n * 5, 5);
+    let (open, silent, udp, local, dropped) = (b, b + 1, b + 2, b + 3, b + 4);
     let _c = docker::Container::run(
         &format!("dx-verify-{n}"),
         &[
@@ -271,7 +272,7 @@ fn expected_ports_give_exit_code_zero_and_default_sources_are_stated() {
     let image = docker::echo_image();
     let outside = OutsideHost::new("w");
     let n = outside.n as u16;
-    let port = 36000 + n;
+    let port = free_ports(13200 + n, 1);
     let _c = docker::Container::run(&format!("dx-verify-e-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
     std::thread::sleep(Duration::from_millis(300));
     let p = format!("{port}/tcp");
@@ -295,7 +296,7 @@ fn a_hundred_published_ports_are_verified_quickly() {
     let image = docker::echo_image();
     let outside = OutsideHost::new("h");
     let n = outside.n as u16;
-    let first = 40000 + n * 100 % 20000;
+    let first = free_ports(14000 + n * 100 % 8000, 100);
     let last = first + 99;
     let _c = docker::Container::run(&format!("dx-verify-h-{n}"), &["-p", &format!("{first}-{last}:80-179")], &image, &["80", "5300"]);
     std::thread::sleep(Duration::from_millis(500));
@@ -324,7 +325,7 @@ fn an_l3_uplink_is_verified_as_a_real_connection_through_it_finds_it() {
     use support::tun::{ipv4_tcp_syn, ipv6_tcp_syn, tcp_reply, Tun};
     let image = docker::echo_image();
     let n = run_id();
-    let port = 27000 + n as u16;
+    let port = free_ports(27000 + n as u16, 1);
     let _web = docker::Container::run(&format!("dx-vl3-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
     // A VPN's tunnel: this test is the process on the other end of it.
     let m = 230 + (n + 7) % 20;
@@ -392,7 +393,7 @@ fn an_interrupted_run_leaves_nothing_behind_and_nothing_leaks() {
     let n = outside.n as u16;
     // 40 published ports, all to the listening port: each probe opens a half-open
     // connection whose SYN-ACK the container retransmits unless it is cleaned up.
-    let base = 50000 + (n % 100) * 40;
+    let base = free_ports(22500 + (n % 100) * 40, 40);
     let publish: Vec<String> = (0..40).flat_map(|i| ["-p".to_string(), format!("{}:80", base + i)]).collect();
     let publish: Vec<&str> = publish.iter().map(String::as_str).collect();
     let _c = docker::Container::run(&format!("dx-verify-int-{n}"), &publish, &image, &["80", "5300"]);

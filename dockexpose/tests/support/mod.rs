@@ -361,6 +361,26 @@ pub fn run_id() -> u32 {
     20 + std::process::id() % 200
 }
 
+/// The first of `count` consecutive host ports, from `hint` on, that nothing holds
+/// now (TCP and UDP, IPv4 and IPv6), so a `-p` publish does not fail on a port some
+/// other socket took. Keep hints below 32768: the kernel hands out ports above that
+/// to outgoing connections at any moment (ip_local_port_range).
+pub fn free_ports(hint: u16, count: u16) -> u16 {
+    let free = |p: u16| {
+        TcpListener::bind(("0.0.0.0", p)).is_ok()
+            && UdpSocket::bind(("0.0.0.0", p)).is_ok()
+            && (TcpListener::bind(("::", p)).is_ok() || !std::path::Path::new("/proc/net/tcp6").exists())
+    };
+    let mut first = hint;
+    while first.checked_add(count).is_some() {
+        match (first..first + count).find(|&p| !free(p)) {
+            None => return first,
+            Some(taken) => first = taken + 1,
+        }
+    }
+    panic!("no {count} free consecutive host ports from {hint} on: free some or pick another hint")
+}
+
 /// Fails clearly when a test prefix would collide with a route the host already has.
 pub fn assert_unrouted(prefix: &str) {
     let v6 = prefix.contains(':');
