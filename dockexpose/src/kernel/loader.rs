@@ -209,6 +209,8 @@ struct ProbeMaps {
     guard_l3: HashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
     guards: BTreeMap<String, tc::SchedClassifierLinkId>,
+    /// Where live frames are refused: the uplink `probe_redirect` hands probes to.
+    redirect: Option<Array<MapData, u32>>,
 }
 
 /// An address as the kernel maps hold it: 16 bytes, IPv4 in the first four.
@@ -681,7 +683,7 @@ impl Kernel {
             .map_err(map_err(map_names::PROBE_GUARD_L3))?;
         let counters = PerCpuArray::try_from(take_map(&mut self.ebpf, map_names::PROBE_COUNTERS)?)
             .map_err(map_err(map_names::PROBE_COUNTERS))?;
-        self.probes = Some(ProbeMaps { sources, guard_l3, counters, guards: BTreeMap::new() });
+        self.probes = Some(ProbeMaps { sources, guard_l3, counters, guards: BTreeMap::new(), redirect: None });
         Ok(events)
     }
 
@@ -755,6 +757,38 @@ impl Kernel {
             ..Default::default()
         };
         xdp.test_run(opts).map(|_| ())
+    }
+
+    /// Whether this kernel injects live frames: a frame no protocol claims (EtherType
+    /// 0x88b5, local experimental) goes into the loopback's receive path, where it is
+    /// dropped. Err: what the kernel said (EPERM on hardened kernels, EINVAL before 5.18).
+    pub fn live_frames_work(&mut self) -> std::result::Result<(), String> {
+        let mut frame = [0u8; 60];
+        frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        let lo = ifindex_of("lo");
+        self.inject(&frame, lo).map_err(|e| match &e {
+            aya::programs::ProgramError::SyscallError(s) => format!("{} ({})", s.io_error, s.call),
+            other => other.to_string(),
+        })
+    }
+
+    /// `verify` without live frames: attaches `probe_redirect` to TC ingress of `veth`
+    /// (the far end of a private veth pair), which hands marked frames to the uplink
+    /// named by `set_redirect_target`.
+    pub fn prepare_redirect(&mut self, veth: &str) -> Result<()> {
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, program_names::PROBE_REDIRECT)?;
+        prog.load().map_err(|source| Error::LoadProgram { program: program_names::PROBE_REDIRECT, source: Box::new(source) })?;
+        let map = Array::try_from(take_map(&mut self.ebpf, map_names::PROBE_REDIRECT)?).map_err(map_err(map_names::PROBE_REDIRECT))?;
+        let _ = tc::qdisc_add_clsact(veth);
+        attach_tc(&mut self.ebpf, program_names::PROBE_REDIRECT, veth, TcAttachType::Ingress)?;
+        self.probe_maps()?.redirect = Some(map);
+        Ok(())
+    }
+
+    /// The uplink (ifindex) the redirected probes enter next.
+    pub fn set_redirect_target(&mut self, ifindex: u32) -> Result<()> {
+        let map = self.probe_maps()?.redirect.as_mut().ok_or(Error::MissingMap(map_names::PROBE_REDIRECT))?;
+        map.set(0, ifindex, 0).map_err(map_err(map_names::PROBE_REDIRECT))
     }
 
     /// Gives a loaded program for the benchmark (BPF_PROG_TEST_RUN).

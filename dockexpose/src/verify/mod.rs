@@ -11,6 +11,7 @@
 
 pub mod daemon;
 pub mod frame;
+pub mod inject;
 pub mod plan;
 pub mod trace;
 
@@ -34,7 +35,7 @@ use self::{
     plan::{Answers, Probe, Skipped, Target, Uplink, Verdict},
 };
 use crate::{
-    cli::VerifyArgs,
+    cli::{InjectionArg, VerifyArgs},
     host::{
         interfaces::{self, HostSnapshot, LinkLayer},
         privileges,
@@ -96,6 +97,8 @@ pub struct Outcome {
     /// Probes not sent because the run was interrupted (SIGINT, SIGTERM): it stopped
     /// sending and cleaned up what it had done.
     pub not_sent: usize,
+    /// How the probes went in (live frames, or the redirect path and why).
+    pub injection: String,
 }
 
 /// Set by SIGINT or SIGTERM during `dockexpose verify`: no further probe is sent, and
@@ -142,6 +145,7 @@ pub struct Prepared {
     targets: Vec<Target>,
     plan: plan::Plan,
     sources: Vec<IpAddr>,
+    injection: InjectionArg,
 }
 
 impl Prepared {
@@ -156,6 +160,11 @@ impl Prepared {
     }
     pub fn sources(&self) -> &[IpAddr] {
         &self.sources
+    }
+    /// How the probes are to go in (auto by default).
+    pub fn with_injection(mut self, injection: InjectionArg) -> Self {
+        self.injection = injection;
+        self
     }
 }
 
@@ -200,7 +209,7 @@ pub fn run_with(
     expected: &BTreeSet<(u16, Proto)>,
     sources: &[IpAddr],
 ) -> Result<Report> {
-    let prepared = prepare(&args.uplinks, inventory, ports, sources)?;
+    let prepared = prepare(&args.uplinks, inventory, ports, sources)?.with_injection(args.injection);
     let mut report = Report::default();
     let mut say = |line: String| {
         crate::say_out!("{line}");
@@ -208,6 +217,7 @@ pub fn run_with(
     };
     say(header_line(&prepared, args.from.is_empty()));
     let outcome = prepared.execute(args.rate, Duration::from_millis(args.window_ms))?;
+    crate::say!("note: {}", outcome.injection);
     for w in &outcome.warnings {
         crate::say!("{w}");
     }
@@ -429,7 +439,7 @@ pub fn prepare(uplinks: &[String], inventory: &Inventory, ports: &[(u16, Proto)]
     let uplinks: Vec<Uplink> = uplink_names.iter().map(|n| uplink_info(&host, n)).collect::<Result<_>>()?;
     let targets = plan::targets(inventory, ports);
     let plan = plan::plan(&targets, &uplinks, sources);
-    Ok(Prepared { started, bridges, uplinks, targets, plan, sources: sources.to_vec() })
+    Ok(Prepared { started, bridges, uplinks, targets, plan, sources: sources.to_vec(), injection: InjectionArg::Auto })
 }
 
 impl Prepared {
@@ -443,11 +453,12 @@ impl Prepared {
     /// `execute`, telling `note` the source, source port and protocol of each probe
     /// just before it is sent (the daemon recognises its own probes by them).
     pub fn execute_noting(self, rate: u32, window: Duration, mut note: impl FnMut(IpAddr, u16, Proto)) -> Result<Outcome> {
-        let Prepared { started, bridges, uplinks, targets, plan, sources } = self;
+        let Prepared { started, bridges, uplinks, targets, plan, sources, injection } = self;
         let sources = &sources[..];
         // The kernel side: bridge programs (what reached a container), the injector, the guard.
         let (mut kernel, mut events) = Kernel::load(KernelSettings::default()).map_err(|e| anyhow!("{e}"))?;
         let mut answers_ring = kernel.prepare_probes().map_err(|e| anyhow!("{e}"))?;
+        let (mut injector, how) = inject::Injector::choose(&mut kernel, injection)?;
         for b in &bridges {
             if interfaces::exists(b) {
                 kernel.attach_bridge(b).map_err(|e| anyhow!("{e}"))?;
@@ -506,11 +517,8 @@ impl Prepared {
                 let wait = gap.saturating_sub(last.elapsed());
                 std::thread::sleep(wait);
                 last = Instant::now();
-                kernel.inject(&frame::build(&spec), uplink.ifindex).map_err(|e| {
-                    anyhow!(
-                        "injecting a probe into {} (BPF_PROG_TEST_RUN with live frames) failed: {e}.\n  Fix: verify needs Linux 5.18 or newer and root",
-                        uplink.name
-                    )
+                injector.inject(&mut kernel, &frame::build(&spec), uplink.ifindex).map_err(|e| {
+                    anyhow!("injecting a probe into {} failed: {e:#}.\n  Fix: verify needs root (CAP_NET_ADMIN, CAP_BPF)", uplink.name)
                 })?;
                 sent.push(Sent {
                     probe: probe.clone(),
@@ -543,7 +551,7 @@ impl Prepared {
                     };
                     std::thread::sleep(gap.saturating_sub(last.elapsed()));
                     last = Instant::now();
-                    let _ = kernel.inject(&frame::build(&spec), uplink.ifindex);
+                    let _ = injector.inject(&mut kernel, &frame::build(&spec), uplink.ifindex);
                 }
             }
             if interrupted() {
@@ -561,6 +569,7 @@ impl Prepared {
         let guards = kernel.probe_guards();
         std::thread::sleep(GUARD_GRACE);
         let dropped = kernel.probe_counter(PROBE_COUNTER_DROPPED).unwrap_or(dropped);
+        drop(injector);
         drop(kernel); // detaches the guard and the bridge programs
         drop(neighbours);
 
@@ -598,6 +607,7 @@ impl Prepared {
             conntrack_remaining: remaining,
             warnings,
             not_sent: plan.probes.len().saturating_sub(sent.len()),
+            injection: how,
         })
     }
 }
