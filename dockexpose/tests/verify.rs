@@ -504,3 +504,40 @@ fn both_ways_in_agree_with_a_real_connection_and_nothing_leaks() {
         assert!(left.is_empty(), "{way}: the private veth stayed: {left:?}");
     }
 }
+
+#[test]
+fn a_reply_policy_routing_sends_elsewhere_meets_the_guard_too() {
+    let test = "a_reply_policy_routing_sends_elsewhere_meets_the_guard_too";
+    if !docker::ready(test) {
+        return;
+    }
+    let image = docker::echo_image();
+    let outside = OutsideHost::new("p");
+    let second = SecondUplink::new(outside.n);
+    let n = outside.n as u16;
+    let port = free_ports(13900 + n, 1);
+    let c = docker::Container::run(&format!("dx-verify-p-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    let src = outside.v4(77);
+    // `ip route get` names the first uplink for the probe source; a rule sends the
+    // container's replies to it out of the second one instead.
+    let table = (1000 + n).to_string();
+    let from = format!("{}/32", c.ip("bridge"));
+    let to = format!("{src}/32");
+    let mut undo = Undo::default();
+    sh(&["ip", "route", "add", &to, "via", &format!("198.19.{}.2", second.n), "dev", &second.uplink, "table", &table]);
+    undo.push(&["ip", "route", "flush", "table", &table]);
+    sh(&["ip", "rule", "add", "from", &from, "to", &to, "lookup", &table, "priority", "90"]);
+    undo.push(&["ip", "rule", "del", "from", &from, "to", &to, "lookup", &table, "priority", "90"]);
+    let named = sh(&["ip", "route", "get", &src]);
+    assert!(named.contains(&outside.uplink), "the test bed: the main table names the first uplink: {named}");
+    std::thread::sleep(Duration::from_millis(300));
+    let capture = Capture::start(&second.ns, &format!("host {src}"), "policy");
+    let p = format!("{port}/tcp");
+    let run = verify(&["--uplink", &outside.uplink, "--from", &format!("{src}/32"), "--port", &p]);
+    let leaked = capture.stop();
+    assert!(leaked.is_empty(), "the reply left by the interface policy routing chose: {leaked:?}");
+    assert!(run.lines.iter().any(|l| l.starts_with("EXPOSED")), "{:?}", run.lines);
+    let cleanup = run.lines.iter().find(|l| l.starts_with("cleanup:")).expect("a cleanup line");
+    assert!(cleanup.contains(&second.uplink), "the second uplink is guarded: {cleanup}");
+    assert_eq!(conntrack_from(&src), 0);
+}

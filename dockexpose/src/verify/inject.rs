@@ -19,7 +19,7 @@ use dockexpose_common::PROBE_FRAME_MARK;
 use crate::{cli::InjectionArg, kernel::loader::Kernel};
 
 /// Names of the private veth pairs: `dxinj<pid>a` (sent into) and `dxinj<pid>b`.
-const VETH_PREFIX: &str = "dxinj";
+pub const VETH_PREFIX: &str = "dxinj";
 
 /// The way probes go in, chosen once a run.
 pub enum Injector {

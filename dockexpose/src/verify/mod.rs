@@ -4,7 +4,7 @@
 //! (EXPOSED), the host itself answered it (PROXY), or neither (HELD).
 //!
 //! Nothing leaves the host: a TCX egress guard drops every packet to a probe source on
-//! the uplinks and on the interfaces the routes to the sources leave by; each TCP
+//! every interface a reply could leave by (policy routing and ECMP included); each TCP
 //! probe is closed with a RST; the probes' conntrack entries are deleted afterwards.
 //!
 //! `frame` and `plan` are pure (unit-tested); this file does the I/O.
@@ -146,6 +146,8 @@ pub struct Prepared {
     plan: plan::Plan,
     sources: Vec<IpAddr>,
     injection: InjectionArg,
+    /// Every interface a reply could leave by, with its link layer.
+    guarded: BTreeMap<String, LinkLayer>,
 }
 
 impl Prepared {
@@ -439,7 +441,8 @@ pub fn prepare(uplinks: &[String], inventory: &Inventory, ports: &[(u16, Proto)]
     let uplinks: Vec<Uplink> = uplink_names.iter().map(|n| uplink_info(&host, n)).collect::<Result<_>>()?;
     let targets = plan::targets(inventory, ports);
     let plan = plan::plan(&targets, &uplinks, sources);
-    Ok(Prepared { started, bridges, uplinks, targets, plan, sources: sources.to_vec(), injection: InjectionArg::Auto })
+    let guarded = plan::guarded_interfaces(&host, &uplinks);
+    Ok(Prepared { started, bridges, uplinks, targets, plan, sources: sources.to_vec(), injection: InjectionArg::Auto, guarded })
 }
 
 impl Prepared {
@@ -453,7 +456,7 @@ impl Prepared {
     /// `execute`, telling `note` the source, source port and protocol of each probe
     /// just before it is sent (the daemon recognises its own probes by them).
     pub fn execute_noting(self, rate: u32, window: Duration, mut note: impl FnMut(IpAddr, u16, Proto)) -> Result<Outcome> {
-        let Prepared { started, bridges, uplinks, targets, plan, sources, injection } = self;
+        let Prepared { started, bridges, uplinks, targets, plan, sources, injection, mut guarded } = self;
         let sources = &sources[..];
         // The kernel side: bridge programs (what reached a container), the injector, the guard.
         let (mut kernel, mut events) = Kernel::load(KernelSettings::default()).map_err(|e| anyhow!("{e}"))?;
@@ -468,7 +471,6 @@ impl Prepared {
         for s in sources {
             kernel.add_probe_source(*s).map_err(|e| anyhow!("{e}"))?;
         }
-        let mut guarded: BTreeMap<String, LinkLayer> = uplinks.iter().map(|u| (u.name.clone(), u.layer)).collect();
         for s in sources {
             if let Some((dev, on_link)) = route_to(*s) {
                 if on_link && dev != "lo" {
