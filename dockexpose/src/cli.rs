@@ -29,6 +29,14 @@ pub enum Command {
     /// Remove the pinned kernel side (programs, links, maps under the pin directory):
     /// detaches every program a stopped or killed `watch` left attached.
     Cleanup(CleanupArgs),
+    /// Internal: started by each verify run; cleans up after it if it is killed.
+    #[command(hide = true)]
+    VerifySentinel {
+        #[arg(long)]
+        parent: u32,
+        #[arg(long)]
+        pins: PathBuf,
+    },
 }
 
 

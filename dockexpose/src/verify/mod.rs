@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod frame;
 pub mod inject;
 pub mod plan;
+pub mod sentinel;
 pub mod trace;
 
 use std::{
@@ -123,7 +124,7 @@ fn interrupted() -> bool {
 
 /// How long the guard stays after the conntrack entries are gone: a late answer (a UDP
 /// reply, a SYN-ACK retransmit already queued) still meets it.
-const GUARD_GRACE: Duration = Duration::from_millis(300);
+pub(crate) const GUARD_GRACE: Duration = Duration::from_millis(300);
 
 impl Outcome {
     /// Probes with this verdict.
@@ -462,6 +463,22 @@ impl Prepared {
         let (mut kernel, mut events) = Kernel::load(KernelSettings::default()).map_err(|e| anyhow!("{e}"))?;
         let mut answers_ring = kernel.prepare_probes().map_err(|e| anyhow!("{e}"))?;
         let (mut injector, how) = inject::Injector::choose(&mut kernel, injection)?;
+        // A sentinel cleans up if this run is killed outright; the guard is pinned
+        // until it has.
+        let mut warnings = Vec::new();
+        sentinel::remove_stale();
+        let pins = sentinel::pin_dir()
+            .map_err(|e| warnings.push(format!("warning: the guard is not pinned ({e}): a run killed outright (SIGKILL) loses its guard at once")))
+            .ok();
+        let mut sentinel = match &pins {
+            Some(dir) => {
+                kernel.pin_probe_guards_in(dir).map_err(|e| anyhow!("{e}"))?;
+                sentinel::Sentinel::spawn(dir)
+                    .map_err(|e| warnings.push(format!("warning: no sentinel ({e}): a run killed outright (SIGKILL) leaves its probes' state behind")))
+                    .ok()
+            }
+            None => None,
+        };
         for b in &bridges {
             if interfaces::exists(b) {
                 kernel.attach_bridge(b).map_err(|e| anyhow!("{e}"))?;
@@ -479,6 +496,11 @@ impl Prepared {
                 if dev != "lo" {
                     guarded.entry(dev.clone()).or_insert_with(|| interfaces::link_layer(&dev));
                 }
+            }
+        }
+        if let Some(s) = sentinel.as_mut() {
+            for (addr, dev) in &neighbours.0 {
+                s.note(&sentinel::Note::Neighbour { addr: *addr, dev: dev.clone() });
             }
         }
         for (dev, layer) in &guarded {
@@ -507,6 +529,18 @@ impl Prepared {
                     Proto::Sctp => Segment::SctpInit { tag: isn },
                 };
                 note(probe.source, sport, probe.proto);
+                if let Some(s) = sentinel.as_mut() {
+                    s.note(&sentinel::Note::Probe {
+                        proto: probe.proto,
+                        src: probe.source,
+                        sport,
+                        dst: probe.dst,
+                        dport: probe.dst_port,
+                        isn,
+                        ifindex: uplink.ifindex,
+                        mac: uplink.mac,
+                    });
+                }
                 let spec = FrameSpec {
                     dst_mac: Some(frame::live_frame_mac(uplink.mac)),
                     src: probe.source,
@@ -564,7 +598,6 @@ impl Prepared {
         std::thread::sleep(Duration::from_millis(30));
         collect(&mut events, &mut answers_ring, &mut sent);
         let trace_lines = tracer.map(trace::Tracer::finish).unwrap_or_default();
-        let mut warnings = Vec::new();
         let (deleted, remaining) = delete_conntrack(&sent, sources, &mut warnings);
         let dropped = kernel.probe_counter(PROBE_COUNTER_DROPPED).unwrap_or(0);
         let lost = kernel.probe_counter(PROBE_COUNTER_LOST).unwrap_or(0);
@@ -572,8 +605,14 @@ impl Prepared {
         std::thread::sleep(GUARD_GRACE);
         let dropped = kernel.probe_counter(PROBE_COUNTER_DROPPED).unwrap_or(dropped);
         drop(injector);
-        drop(kernel); // detaches the guard and the bridge programs
+        drop(kernel); // detaches (and unpins) the guard and the bridge programs
         drop(neighbours);
+        if let Some(dir) = &pins {
+            let _ = std::fs::remove_dir(dir);
+        }
+        if let Some(s) = sentinel {
+            s.done();
+        }
 
         // Verdicts.
         let probes = sent
