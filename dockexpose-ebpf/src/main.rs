@@ -869,6 +869,9 @@ pub fn probe_redirect(ctx: TcContext) -> i32 {
     if mark != PROBE_FRAME_MARK || target == 0 {
         return TC_ACT_SHOT;
     }
+    // The mark was only ours: the uplink's rules and routing see the probe as they
+    // would see a packet from outside, unmarked.
+    unsafe { (*ctx.skb.skb).mark = 0 };
     unsafe { bpf_redirect(target, BPF_F_INGRESS as u64) as i32 }
 }
 

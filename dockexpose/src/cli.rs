@@ -132,6 +132,13 @@ pub struct VerifyArgs {
     /// takes them).
     #[arg(long, value_enum, default_value_t = InjectionArg::Auto)]
     pub injection: InjectionArg,
+
+    /// Exposure without publishing: probe every listening socket of every running
+    /// container at the container's own address, as a neighbour routing to the
+    /// bridge would (Docker before 28, routed / nat-unprotected gateway modes,
+    /// iptables: false). Reports EXPOSED (direct) with what let it through, or HELD.
+    #[arg(long)]
+    pub direct: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]

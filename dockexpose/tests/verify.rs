@@ -572,3 +572,63 @@ fn a_reply_policy_routing_sends_elsewhere_meets_the_guard_too() {
     assert!(cleanup.contains(&second.uplink), "the second uplink is guarded: {cleanup}");
     assert_eq!(conntrack_from(&src), 0);
 }
+
+#[test]
+fn direct_exposure_of_unpublished_ports_agrees_with_a_neighbour_that_routes_to_the_bridge() {
+    let test = "direct_exposure_of_unpublished_ports_agrees_with_a_neighbour_that_routes_to_the_bridge";
+    if !docker::ready(test) {
+        return;
+    }
+    let image = docker::echo_image();
+    let outside = OutsideHost::new("d");
+    let n = outside.n;
+    // No -p at all: 80/tcp and 5300/udp listen inside.
+    let c = docker::Container::run(&format!("dx-verify-d-{n}"), &[], &image, &["80", "5300"]);
+    let ip = c.ip("bridge");
+    // The neighbour routes the container subnet to this host.
+    sh(&["ip", "-n", &outside.ns, "route", "add", "172.17.0.0/16", "via", &outside.v4(1)]);
+    std::thread::sleep(Duration::from_millis(300));
+    let neighbour_connects = || {
+        Command::new("ip")
+            .args(["netns", "exec", &outside.ns, "timeout", "2", "bash", "-c", &format!("exec 3<>/dev/tcp/{ip}/80")])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let from = format!("{}/32", outside.v4(77));
+    let direct = || verify(&["--direct", "--uplink", &outside.uplink, "--from", &from]);
+    let line_of = |lines: &[String], proto: &str| {
+        lines.iter().find(|l| l.contains(&format!("{proto} {ip}:"))).cloned().unwrap_or_else(|| panic!("no {proto} line for {ip}: {lines:#?}"))
+    };
+
+    // Docker's default: FORWARD policy DROP, nothing accepts an unpublished port.
+    let policy = sh(&["iptables", "-S", "FORWARD"]);
+    assert!(policy.lines().next() == Some("-P FORWARD DROP"), "the test bed: Docker's FORWARD policy is DROP: {policy}");
+    let held = direct();
+    assert!(held.lines[0].contains("--direct"), "{}", held.lines[0]);
+    let tcp = line_of(&held.lines, "tcp");
+    assert!(tcp.starts_with("HELD") && tcp.contains("never published"), "{tcp}");
+    assert!(!neighbour_connects(), "the neighbour cannot connect either");
+    assert_eq!(held.code, 0, "nothing reachable");
+
+    // FORWARD policy ACCEPT (a host without Docker's DROP): exposed without publishing.
+    let mut undo = Undo::default();
+    sh(&["iptables", "-P", "FORWARD", "ACCEPT"]);
+    undo.push(&["iptables", "-P", "FORWARD", "DROP"]);
+    let open = direct();
+    let tcp = line_of(&open.lines, "tcp");
+    assert!(tcp.starts_with("EXPOSED (direct)") && tcp.contains("policy accept"), "{tcp}");
+    let udp = line_of(&open.lines, "udp");
+    assert!(udp.starts_with("EXPOSED (direct)"), "{udp}");
+    assert!(neighbour_connects(), "the neighbour connects too");
+    assert_eq!(open.code, 1);
+    drop(undo);
+
+    // A rule that lets the uplink through to the bridge: the rule is named.
+    let _rule = docker::docker_user_rule(&["-i", &outside.uplink, "-o", "docker0", "-j", "ACCEPT"]);
+    let ruled = direct();
+    let tcp = line_of(&ruled.lines, "tcp");
+    assert!(tcp.starts_with("EXPOSED (direct)") && tcp.contains("DOCKER-USER"), "{tcp}");
+    assert!(neighbour_connects());
+    assert_eq!(conntrack_from(&outside.v4(77)), 0, "nothing of the probes is left");
+}

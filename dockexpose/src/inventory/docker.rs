@@ -107,6 +107,19 @@ pub async fn snapshot(engine: &Engine) -> Result<Inventory, bollard::errors::Err
     Ok(Inventory { networks, containers, mesh_services, ingress_sbox })
 }
 
+/// The process id of each running container of `ids` (its network namespace is
+/// /proc/PID/ns/net); a container that cannot be inspected is left out.
+pub async fn pids(engine: &Engine, ids: &[String]) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    for id in ids {
+        let Ok(c) = engine.docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await else { continue };
+        if let Some(pid) = c.state.and_then(|s| s.pid).filter(|p| *p > 0) {
+            out.insert(id.clone(), pid as u32);
+        }
+    }
+    out
+}
+
 /// On a swarm manager: the services published through the routing mesh, and the
 /// mesh's hop on this node (ingress-sbox on docker_gwbridge). Nothing elsewhere: a
 /// worker cannot list services, and a node outside a swarm has none. Failures leave

@@ -382,7 +382,7 @@ mod tests {
         let r = ProbeResult {
             verdict: Verdict::Exposed,
             why: "reached the container, which accepted (SYN-ACK)".into(),
-            target: Target { container: Some((web.name.clone(), web.image.clone())), port },
+            target: Target { container: Some((web.name.clone(), web.image.clone())), port, direct: false },
             probe: Probe {
                 target: 0,
                 uplink: 0,

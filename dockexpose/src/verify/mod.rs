@@ -10,6 +10,7 @@
 //! `frame` and `plan` are pure (unit-tested); this file does the I/O.
 
 pub mod daemon;
+pub mod direct;
 pub mod frame;
 pub mod inject;
 pub mod plan;
@@ -189,17 +190,30 @@ pub async fn run(args: VerifyArgs) -> Result<i32> {
         bail!("--rate 0: probes per second must be at least 1.\n  Fix: --rate 200 (the default)");
     }
     let endpoint = docker::endpoint(args.docker_host.as_deref());
+    if args.direct && !ports.is_empty() {
+        bail!("--direct probes every listening socket of every container; --port chooses published ports.\n  Fix: give one or the other");
+    }
+    let mut engine_for_direct = None;
     let inventory = match docker::connect(&endpoint).await {
-        Ok(engine) => docker::snapshot(&engine)
-            .await
-            .map_err(|e| anyhow!("listing containers and networks at {endpoint} failed: {e}.\n  Fix: check that the engine answers (`docker ps`)"))?,
+        Ok(engine) => {
+            let inventory = docker::snapshot(&engine).await.map_err(|e| {
+                anyhow!("listing containers and networks at {endpoint} failed: {e}.\n  Fix: check that the engine answers (`docker ps`)")
+            })?;
+            engine_for_direct = Some(engine);
+            inventory
+        }
+        Err(e) if args.direct => bail!("{e}\n  (verify --direct needs the Docker inventory: which containers run, and where)"),
         Err(e) if !ports.is_empty() => {
             crate::say_out!("note: no Docker inventory ({e}); probing the --port list, container bridges found on the host");
             Inventory::default()
         }
         Err(e) => bail!("{e}\n  (verify needs the Docker inventory, or ports given with --port)"),
     };
-    let report = run_with(&args, &inventory, &ports, &expected, &sources)?;
+    let pids = match (&engine_for_direct, args.direct) {
+        (Some(engine), true) => Some(docker::pids(engine, &inventory.containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>()).await),
+        _ => None,
+    };
+    let report = run_with(&args, &inventory, &ports, &expected, &sources, pids.as_ref())?;
     Ok(report.exit_code)
 }
 
@@ -211,8 +225,13 @@ pub fn run_with(
     ports: &[(u16, Proto)],
     expected: &BTreeSet<(u16, Proto)>,
     sources: &[IpAddr],
+    direct_pids: Option<&std::collections::HashMap<String, u32>>,
 ) -> Result<Report> {
-    let prepared = prepare(&args.uplinks, inventory, ports, sources)?.with_injection(args.injection);
+    let prepared = match direct_pids {
+        Some(pids) => direct::prepare(&args.uplinks, inventory, pids, sources)?,
+        None => prepare(&args.uplinks, inventory, ports, sources)?,
+    }
+    .with_injection(args.injection);
     let mut report = Report::default();
     let mut say = |line: String| {
         crate::say_out!("{line}");
@@ -242,9 +261,14 @@ pub fn run_with(
 
 /// "dockexpose verify: N published bindings, M probes on eth0 from ..."
 pub fn header_line(prepared: &Prepared, default_sources: bool) -> String {
+    let what = if prepared.targets.first().is_some_and(|t| t.direct) {
+        " --direct: {} listening sockets of containers (at their own addresses)"
+    } else {
+        ": {} published bindings"
+    };
     format!(
-        "dockexpose verify: {} published bindings, {} probes on {} from {}{}",
-        prepared.targets.len(),
+        "dockexpose verify{}, {} probes on {} from {}{}",
+        what.replace("{}", &prepared.targets.len().to_string()),
         prepared.plan.probes.len(),
         prepared.uplinks.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "),
         prepared.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
@@ -431,19 +455,21 @@ pub fn prepare(uplinks: &[String], inventory: &Inventory, ports: &[(u16, Proto)]
     if inventory.networks.is_empty() {
         bridges.extend(host.addressed_bridges());
     }
-    let uplink_names: Vec<String> = if uplinks.is_empty() {
-        host.uplink_candidates(&bridges).into_iter().map(|u| u.name).collect()
-    } else {
-        uplinks.to_vec()
-    };
-    if uplink_names.is_empty() {
-        bail!("no uplink to probe: no interface is up with a global address besides bridges and loopback.\n  Fix: name one with --uplink IFACE");
-    }
-    let uplinks: Vec<Uplink> = uplink_names.iter().map(|n| uplink_info(&host, n)).collect::<Result<_>>()?;
+    let uplinks = choose_uplinks(&host, &bridges, uplinks)?;
     let targets = plan::targets(inventory, ports);
     let plan = plan::plan(&targets, &uplinks, sources);
     let guarded = plan::guarded_interfaces(&host, &uplinks);
     Ok(Prepared { started, bridges, uplinks, targets, plan, sources: sources.to_vec(), injection: InjectionArg::Auto, guarded })
+}
+
+/// The uplinks named, or chosen as `watch` does.
+fn choose_uplinks(host: &HostSnapshot, bridges: &BTreeSet<String>, named: &[String]) -> Result<Vec<Uplink>> {
+    let names: Vec<String> =
+        if named.is_empty() { host.uplink_candidates(bridges).into_iter().map(|u| u.name).collect() } else { named.to_vec() };
+    if names.is_empty() {
+        bail!("no uplink to probe: no interface is up with a global address besides bridges and loopback.\n  Fix: name one with --uplink IFACE");
+    }
+    names.iter().map(|n| uplink_info(host, n)).collect()
 }
 
 impl Prepared {
@@ -619,8 +645,13 @@ impl Prepared {
             .iter()
             .map(|s| {
                 let (verdict, why) = plan::decide(s.probe.proto, s.reached_on.is_some(), s.answers);
-                let why = match trace::drop_of(&trace_lines, s.probe.source, s.sport) {
-                    Some(rule) if verdict == Verdict::Held => format!("dropped by {rule}"),
+                let why = match (verdict, trace::drop_of(&trace_lines, s.probe.source, s.sport)) {
+                    (Verdict::Held, Some(rule)) => format!("dropped by {rule}"),
+                    // Direct: what let a packet nobody published through.
+                    (Verdict::Exposed, _) if targets[s.probe.target].direct => match trace::accept_of(&trace_lines, s.probe.source, s.sport) {
+                        Some(rule) => format!("{why} directly; let through by {rule}"),
+                        None => format!("{why} directly"),
+                    },
                     _ => why.to_string(),
                 };
                 ProbeResult {

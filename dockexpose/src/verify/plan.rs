@@ -25,6 +25,9 @@ pub struct Target {
     /// `None` for a `--port` given by hand that no container publishes.
     pub container: Option<(String, String)>,
     pub port: PublishedPort,
+    /// `verify --direct`: a socket probed at the container's own address (nobody
+    /// published it); `port.host_ip`/`host_port` are that address and port.
+    pub direct: bool,
 }
 
 /// An uplink as verify needs it.
@@ -110,7 +113,7 @@ pub fn targets(inventory: &Inventory, ports: &[(u16, Proto)]) -> Vec<Target> {
     if ports.is_empty() {
         for c in &inventory.containers {
             for p in &c.ports {
-                out.push(Target { container: Some((c.name.clone(), c.image.clone())), port: *p });
+                out.push(Target { container: Some((c.name.clone(), c.image.clone())), port: *p, direct: false });
             }
         }
     } else {
@@ -118,14 +121,14 @@ pub fn targets(inventory: &Inventory, ports: &[(u16, Proto)]) -> Vec<Target> {
             let mut found = false;
             for c in &inventory.containers {
                 for p in c.ports.iter().filter(|p| p.host_port == port && p.proto == proto) {
-                    out.push(Target { container: Some((c.name.clone(), c.image.clone())), port: *p });
+                    out.push(Target { container: Some((c.name.clone(), c.image.clone())), port: *p, direct: false });
                     found = true;
                 }
             }
             if !found {
                 for host_ip in ["0.0.0.0", "::"] {
                     let port = PublishedPort { host_ip: host_ip.parse().unwrap(), host_port: port, container_port: port, proto };
-                    out.push(Target { container: None, port });
+                    out.push(Target { container: None, port, direct: false });
                 }
             }
         }
@@ -252,15 +255,19 @@ pub fn describe_target(t: &Target) -> String {
         Some((name, image)) => format!("container {} (image {})", escape_untrusted(name), escape_untrusted(image)),
         None => "no container publishes it".to_string(),
     };
+    if t.direct {
+        return format!("{who}, listening on {}/{}, never published", endpoint(t.port.host_ip, t.port.host_port), t.port.proto.as_str());
+    }
     format!("{who}, binding {}->{}/{}", endpoint(t.port.host_ip, t.port.host_port), t.port.container_port, t.port.proto.as_str())
 }
 
 /// One line per probe.
 pub fn probe_line(verdict: Verdict, why: &str, t: &Target, p: &Probe, uplink: &str, expected: bool) -> String {
     let note = if verdict.reachable() && expected { " (expected: --expect-exposed)" } else { "" };
+    let word = if t.direct && verdict == Verdict::Exposed { "EXPOSED (direct) " } else { verdict.as_str() };
     format!(
         "{:<8}{} {} from {} via {}: {}; {}{}",
-        verdict.as_str(),
+        word,
         p.proto.as_str(),
         endpoint(p.dst, p.dst_port),
         p.source,

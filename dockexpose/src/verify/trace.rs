@@ -122,6 +122,18 @@ impl Drop for Tracer {
 /// The rule (or chain policy) that dropped the packet from `src` port `sport`, from
 /// `nft monitor trace` lines: "ip filter DOCKER-USER: iifname \"eth0\" ... drop".
 pub fn drop_of(lines: &[String], src: IpAddr, sport: u16) -> Option<String> {
+    verdict_of(lines, src, sport, "drop", None)
+}
+
+/// The rule (or policy) of a forwarding filter chain that accepted the probe from
+/// `src`:`sport`, e.g. "ip filter FORWARD: policy accept".
+pub fn accept_of(lines: &[String], src: IpAddr, sport: u16) -> Option<String> {
+    verdict_of(lines, src, sport, "accept", Some("filter"))
+}
+
+/// The first rule or policy whose verdict was `verdict` for the probe's packet.
+fn verdict_of(lines: &[String], src: IpAddr, sport: u16, verdict: &str, in_table: Option<&str>) -> Option<String> {
+    let (rule_end, policy) = (format!(" (verdict {verdict})"), format!("policy {verdict}"));
     let (saddr, port) = (format!(" saddr {src} "), format!(" sport {sport} "));
     let id = lines.iter().find_map(|l| {
         let rest = l.strip_prefix("trace id ")?;
@@ -132,10 +144,14 @@ pub fn drop_of(lines: &[String], src: IpAddr, sport: u16) -> Option<String> {
     lines.iter().filter_map(|l| l.strip_prefix(&prefix)).find_map(|l| {
         let words: Vec<&str> = l.splitn(4, ' ').collect();
         let [family, table, chain, rest] = words[..] else { return None };
-        let what = if let Some(rule) = rest.strip_prefix("rule ").and_then(|r| r.strip_suffix(" (verdict drop)")) {
+        if in_table.is_some_and(|t| t != table) {
+            return None;
+        }
+        let what = if let Some(rule) = rest.strip_prefix("rule ").and_then(|r| r.strip_suffix(rule_end.as_str())) {
             rule.to_string()
-        } else if rest == "policy drop" {
-            "policy drop".to_string()
+        } else if rest == policy || rest.starts_with(&format!("{policy} ")) {
+            // The kernel may append what it knows of the packet ("meta mark 0x...").
+            policy.clone()
         } else {
             return None;
         };
@@ -190,5 +206,22 @@ trace id 3c4d ip filter INPUT policy drop"#,
             "trace id 9 ip raw PREROUTING packet: ip saddr 10.0.0.1 ip daddr 10.0.0.2 tcp sport 1000 tcp dport 80\ntrace id 9 ip filter FORWARD rule accept (verdict accept)",
         );
         assert_eq!(drop_of(&trace, "10.0.0.1".parse().unwrap(), 1000), None);
+    }
+
+    #[test]
+    fn a_direct_probe_names_the_forwarding_rule_or_policy_that_let_it_through() {
+        let trace = lines(
+            r#"trace id 7 ip raw PREROUTING packet: iif "dxu1" ip saddr 198.18.3.77 ip daddr 172.17.0.2 tcp sport 41000 tcp dport 80
+trace id 7 ip nat PREROUTING policy accept
+trace id 7 ip filter FORWARD rule counter packets 5 bytes 300 jump DOCKER-USER (verdict jump DOCKER-USER)
+trace id 7 ip filter DOCKER-USER rule iifname "dxu1" counter packets 1 bytes 60 accept (verdict accept)
+trace id 8 ip raw PREROUTING packet: iif "dxu1" ip saddr 198.18.3.77 ip daddr 172.17.0.2 tcp sport 41001 tcp dport 80
+trace id 8 ip nat PREROUTING policy accept
+trace id 8 ip filter FORWARD policy accept meta mark 0x00000001 "#,
+        );
+        let src: IpAddr = "198.18.3.77".parse().unwrap();
+        assert_eq!(accept_of(&trace, src, 41000).as_deref(), Some(r#"ip filter DOCKER-USER: iifname "dxu1" accept"#));
+        assert_eq!(accept_of(&trace, src, 41001).as_deref(), Some("ip filter FORWARD: policy accept"), "nat's policy is not the answer");
+        assert_eq!(drop_of(&trace, src, 41001), None);
     }
 }
