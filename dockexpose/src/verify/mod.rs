@@ -11,9 +11,9 @@
 
 pub mod daemon;
 pub mod frame;
-pub mod host_state;
 pub mod plan;
 pub mod trace;
+pub mod host_state;
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
