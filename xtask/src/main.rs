@@ -48,9 +48,10 @@ const DEB_PACKAGES: &[&str] = &[
     "python3-pip",
     // ApacheBench (`ab`): the load of tests/bench_saturation.rs.
     "apache2-utils",
-    // `dockexpose verify`: conntrack deletes its probes' entries; nmap is what
-    // tests/verify.rs compares its verdicts with; tcpdump watches that none leaks;
-    // nft reads back the netfilter trace that names the rule dropping a probe.
+    // `dockexpose verify`: conntrack is the tests' reference for the probes' entries
+    // (verify itself deletes them over netlink); nmap is what tests/verify.rs compares
+    // its verdicts with; tcpdump watches that none leaks; nft reads back the netfilter
+    // trace that names the rule dropping a probe.
     "nmap",
     "conntrack",
     "nftables",

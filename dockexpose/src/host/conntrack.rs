@@ -186,3 +186,93 @@ pub fn list() -> io::Result<Vec<Entry>> {
 pub fn count_from(sources: &[IpAddr]) -> io::Result<usize> {
     Ok(list()?.iter().filter(|e| sources.contains(&e.src)).count())
 }
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+
+    use super::*;
+
+    fn tcp(src: &str, dst: &str) -> FlowTuple {
+        FlowTuple {
+            proto: 6,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            sport: 40000,
+            dport: 8080,
+        }
+    }
+
+    /// An entry as the kernel sends it (IPCTNL_MSG_CT_NEW), through the wire format.
+    fn from_wire(family: NetfilterProtoFamily, attrs: Vec<ConntrackAttribute>) -> Option<Entry> {
+        let mut msg = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(message(family, ConntrackMessage::New(attrs))),
+        );
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        let back = NetlinkMessage::<NetfilterMessage>::deserialize(&buf).unwrap();
+        let NetlinkPayload::InnerMessage(m) = back.payload else {
+            panic!("not an inner message: {back:?}")
+        };
+        entry_of(m)
+    }
+
+    #[test]
+    fn an_entry_is_read_back_with_its_original_tuple_and_id() {
+        for t in [
+            tcp("198.18.7.2", "198.18.7.1"),
+            tcp("fd42:198:7::2", "fd42:198:7::1"),
+        ] {
+            let reply = FlowTuple {
+                src: "10.251.7.2".parse().unwrap(),
+                dst: t.src,
+                sport: t.dport,
+                dport: t.sport,
+                ..t
+            };
+            let id = ConntrackAttribute::Other(DefaultNla::new(
+                CTA_ID,
+                0xdead_beef_u32.to_be_bytes().to_vec(),
+            ));
+            let reply_attr = match original(&reply) {
+                ConntrackAttribute::CtaTupleOrig(parts) => ConntrackAttribute::CtaTupleReply(parts),
+                other => panic!("{other:?}"),
+            };
+            let e =
+                from_wire(nf_family(t.src), vec![original(&t), reply_attr, id]).expect("an entry");
+            assert_eq!(
+                e,
+                Entry {
+                    src: t.src,
+                    original: Some(t),
+                    id: Some(0xdead_beef)
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn an_entry_without_ports_still_counts_by_its_source() {
+        // ICMP: the tuple has addresses and a protocol, no ports.
+        let src: IpAddr = "198.18.7.2".parse().unwrap();
+        let attrs = vec![ConntrackAttribute::CtaTupleOrig(vec![
+            Tuple::Ip(vec![
+                IPTuple::SourceAddress(src),
+                IPTuple::DestinationAddress("198.18.7.1".parse().unwrap()),
+            ]),
+            Tuple::Proto(vec![ProtoTuple::Protocol(Protocol::Icmp)]),
+        ])];
+        let e = from_wire(NetfilterProtoFamily::IPv4, attrs).expect("an entry");
+        assert_eq!((e.src, e.original, e.id), (src, None, None));
+        // A message with no original tuple is no entry.
+        assert_eq!(
+            from_wire(
+                NetfilterProtoFamily::IPv4,
+                vec![ConntrackAttribute::CtaMark(1)]
+            ),
+            None
+        );
+    }
+}
