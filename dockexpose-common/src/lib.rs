@@ -36,6 +36,9 @@ pub mod map_names {
     pub const PROBE_COUNTERS: &str = "PROBE_COUNTERS";
     /// `verify`: answers to probes the guard stopped (`ProbeAnswer`).
     pub const PROBE_EVENTS: &str = "PROBE_EVENTS";
+    /// `verify` on kernels without XDP live frames: the uplink (ifindex, slot 0) that
+    /// `probe_redirect` hands the next probes to.
+    pub const PROBE_REDIRECT: &str = "PROBE_REDIRECT";
 }
 
 /// Names of the programs in the eBPF object.
@@ -65,7 +68,15 @@ pub mod program_names {
     pub const PROBE_INJECT: &str = "probe_inject";
     /// `verify`: TCX egress guard, drops every packet to a probe source.
     pub const UPLINK_PROBE_GUARD: &str = "uplink_probe_guard";
+    /// `verify` where XDP live frames are refused (before 5.18, hardened kernels): TC
+    /// ingress on the far end of a private veth; hands each probe frame, sent into
+    /// the veth by the daemon, to an uplink's receive path (bpf_redirect, ingress).
+    pub const PROBE_REDIRECT: &str = "probe_redirect";
 }
+
+/// The mark (SO_MARK) of probe frames sent into the private veth: `probe_redirect`
+/// passes on those alone, so nothing else the veth carries reaches an uplink.
+pub const PROBE_FRAME_MARK: u32 = 0x6478_7072;
 
 /// Names of the read-only globals the daemon sets at load time.
 pub mod global_names {

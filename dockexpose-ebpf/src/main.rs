@@ -1,7 +1,7 @@
 //! dockexpose kernel programs.
 //!
 //! Thin by design: parse, look up, count, emit. Every decision that can be taken in
-//! userspace is taken there. All programs fail open: they never drop or redirect a
+//! userspace is taken there. The watching programs fail open: they never drop or redirect a
 //! packet, whatever happens inside them. Classifiers return TCX_NEXT (TC_ACT_UNSPEC,
 //! -1): on a TCX hook any other verdict ends the chain, and the programs of other
 //! tools attached after ours (another monitor, a CNI) would never run.
@@ -26,8 +26,8 @@ mod packet;
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_fib_lookup, xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
-    helpers::{bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    bindings::{__sk_buff, bpf_fib_lookup, xdp_action, BPF_F_INGRESS, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    helpers::{bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -41,7 +41,7 @@ use dockexpose_common::{
     STAGE_ATTEMPTED, STAGE_REACHED,
 };
 use dockexpose_common::{
-    ProbeAnswer, FAMILY_IPV6, PROBE_COUNTERS_LEN, PROBE_COUNTER_DROPPED, PROBE_COUNTER_LOST, PROBE_EVENTS_RING_BYTES, PROBE_SOURCES_MAX,
+    ProbeAnswer, FAMILY_IPV6, PROBE_FRAME_MARK, PROBE_COUNTERS_LEN, PROBE_COUNTER_DROPPED, PROBE_COUNTER_LOST, PROBE_EVENTS_RING_BYTES, PROBE_SOURCES_MAX,
 };
 use packet::{parse, Flow, Parsed, TCP_SYN, TCP_SYN_ACK};
 
@@ -852,6 +852,24 @@ pub fn uplink_probe_guard(ctx: TcContext) -> i32 {
         probe_count(PROBE_COUNTER_LOST);
     }
     TC_ACT_SHOT
+}
+
+/// The uplink `probe_redirect` hands probes to (slot 0, an ifindex; 0: none).
+#[map]
+static PROBE_REDIRECT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `verify` where XDP live frames are refused: TC ingress on the far end of a veth
+/// that only the daemon sends into. A frame with the probe mark goes on into the
+/// chosen uplink's receive path, as if it had arrived there; anything else the veth
+/// carries (the kernel's own IPv6 chatter) is dropped, never handed on.
+#[classifier]
+pub fn probe_redirect(ctx: TcContext) -> i32 {
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    let target = PROBE_REDIRECT.get(0).copied().unwrap_or(0);
+    if mark != PROBE_FRAME_MARK || target == 0 {
+        return TC_ACT_SHOT;
+    }
+    unsafe { bpf_redirect(target, BPF_F_INGRESS as u64) as i32 }
 }
 
 #[cfg(not(test))]

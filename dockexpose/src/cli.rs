@@ -12,8 +12,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-// One value per process, parsed once: its size does not matter.
-#[allow(clippy::large_enum_variant)]
+#[allow(clippy::large_enum_variant, reason = "one value per process, parsed once: its size does not matter")]
 pub enum Command {
     /// Watch container bridges and report every new inbound connection from outside.
     Watch(WatchArgs),
@@ -30,6 +29,14 @@ pub enum Command {
     /// Remove the pinned kernel side (programs, links, maps under the pin directory):
     /// detaches every program a stopped or killed `watch` left attached.
     Cleanup(CleanupArgs),
+    /// Internal: started by each verify run; cleans up after it if it is killed.
+    #[command(hide = true)]
+    VerifySentinel {
+        #[arg(long)]
+        parent: u32,
+        #[arg(long)]
+        pins: PathBuf,
+    },
 }
 
 
@@ -119,6 +126,20 @@ pub struct VerifyArgs {
     /// Docker (or Podman) API endpoint. Default: $DOCKER_HOST, else unix:///var/run/docker.sock.
     #[arg(long, value_name = "URL")]
     pub docker_host: Option<String>,
+
+    /// How probes enter the uplink: XDP live frames (Linux 5.18+), a private veth and
+    /// bpf_redirect (any kernel with TC BPF), or auto (live frames where the kernel
+    /// takes them).
+    #[arg(long, value_enum, default_value_t = InjectionArg::Auto)]
+    pub injection: InjectionArg,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum InjectionArg {
+    #[default]
+    Auto,
+    LiveFrames,
+    Redirect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]

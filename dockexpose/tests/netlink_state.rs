@@ -270,8 +270,8 @@ fn temporary_neighbours_are_added_and_removed_and_the_hosts_own_are_kept() {
         }
         neighbours.add(bed.v4(78), "dxnl-nosuchdev");
         assert_eq!(
-            neighbours.added(),
-            [(a4, ifindex), (a6, ifindex)],
+            neighbours.0,
+            [(a4, up.clone()), (a6, up.clone())],
             "only the absent ones, on a real interface"
         );
         for addr in [a4, a6] {

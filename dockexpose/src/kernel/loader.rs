@@ -208,7 +208,34 @@ struct ProbeMaps {
     sources: HashMap<MapData, [u8; 16], u8>,
     guard_l3: HashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
-    guards: BTreeMap<String, tc::SchedClassifierLinkId>,
+    guards: BTreeMap<String, GuardLink>,
+    /// Where the guard's links are pinned, so that they outlive a killed run until its
+    /// sentinel has cleaned up (None: not pinned).
+    guard_pins: Option<std::path::PathBuf>,
+    /// Where live frames are refused: the uplink `probe_redirect` hands probes to.
+    redirect: Option<Array<MapData, u32>>,
+}
+
+/// A guard's attachment: owned by this process, or pinned (TCX) to outlive it.
+enum GuardLink {
+    Owned(tc::SchedClassifierLinkId),
+    Held(tc::SchedClassifierLink),
+    Pinned(aya::programs::links::PinnedLink),
+}
+
+/// Takes the guard's link from the program and pins it at `path`. A link that cannot
+/// be pinned (netlink cls_bpf, before TCX) stays held: a run killed outright then
+/// loses its guard at once.
+fn pin_guard(ebpf: &mut Ebpf, id: tc::SchedClassifierLinkId, path: &std::path::Path) -> Result<GuardLink> {
+    let prog: &mut SchedClassifier = program(ebpf, program_names::UPLINK_PROBE_GUARD)?;
+    let failed = |source: aya::programs::ProgramError| Error::LoadProgram { program: program_names::UPLINK_PROBE_GUARD, source: Box::new(source) };
+    let link = prog.take_link(id).map_err(failed)?;
+    if <&FdLink>::try_from(&link).is_err() {
+        return Ok(GuardLink::Held(link));
+    }
+    let fd_link = FdLink::try_from(link).map_err(|e| failed(aya::programs::ProgramError::IOError(std::io::Error::other(e.to_string()))))?;
+    let pinned = fd_link.pin(path).map_err(|e| failed(aya::programs::ProgramError::IOError(std::io::Error::other(e.to_string()))))?;
+    Ok(GuardLink::Pinned(pinned))
 }
 
 /// An address as the kernel maps hold it: 16 bytes, IPv4 in the first four.
@@ -681,7 +708,7 @@ impl Kernel {
             .map_err(map_err(map_names::PROBE_GUARD_L3))?;
         let counters = PerCpuArray::try_from(take_map(&mut self.ebpf, map_names::PROBE_COUNTERS)?)
             .map_err(map_err(map_names::PROBE_COUNTERS))?;
-        self.probes = Some(ProbeMaps { sources, guard_l3, counters, guards: BTreeMap::new() });
+        self.probes = Some(ProbeMaps { sources, guard_l3, counters, guards: BTreeMap::new(), guard_pins: None, redirect: None });
         Ok(events)
     }
 
@@ -704,18 +731,38 @@ impl Kernel {
             self.probe_maps()?.guard_l3.insert(ifindex, 1, 0).map_err(map_err(map_names::PROBE_GUARD_L3))?;
         }
         let _ = tc::qdisc_add_clsact(iface);
-        let link = attach_tc(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD, iface, TcAttachType::Egress)?;
+        let id = attach_tc(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD, iface, TcAttachType::Egress)?;
+        let pin_dir = self.probe_maps()?.guard_pins.clone();
+        let link = match pin_dir {
+            Some(dir) => pin_guard(&mut self.ebpf, id, &dir.join(format!("guard-{ifindex}")))?,
+            None => GuardLink::Owned(id),
+        };
         self.probe_maps()?.guards.insert(iface.to_string(), link);
         Ok(())
     }
 
-    /// Detaches the guard from every interface it was attached to.
+    /// Pins the guard's links under `dir` from now on: a run killed outright leaves
+    /// them attached until its sentinel (or a later run) removes the pins.
+    pub fn pin_probe_guards_in(&mut self, dir: &std::path::Path) -> Result<()> {
+        self.probe_maps()?.guard_pins = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Detaches the guard from every interface it was attached to (and unpins it).
     pub fn detach_probe_guards(&mut self) {
         let Some(maps) = self.probes.as_mut() else { return };
         let guards = std::mem::take(&mut maps.guards);
-        if let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD) {
-            for (_, link) in guards {
-                let _ = prog.detach(link);
+        let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD) else { return };
+        for (_, link) in guards {
+            match link {
+                GuardLink::Owned(id) => {
+                    let _ = prog.detach(id);
+                }
+                GuardLink::Held(link) => {
+                    let _ = aya::programs::links::Link::detach(link);
+                }
+                // Unpinned and dropped: the last reference, so the link detaches.
+                GuardLink::Pinned(pinned) => drop(pinned.unpin()),
             }
         }
     }
@@ -755,6 +802,38 @@ impl Kernel {
             ..Default::default()
         };
         xdp.test_run(opts).map(|_| ())
+    }
+
+    /// Whether this kernel injects live frames: a frame no protocol claims (EtherType
+    /// 0x88b5, local experimental) goes into the loopback's receive path, where it is
+    /// dropped. Err: what the kernel said (EPERM on hardened kernels, EINVAL before 5.18).
+    pub fn live_frames_work(&mut self) -> std::result::Result<(), String> {
+        let mut frame = [0u8; 60];
+        frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        let lo = ifindex_of("lo");
+        self.inject(&frame, lo).map_err(|e| match &e {
+            aya::programs::ProgramError::SyscallError(s) => format!("{} ({})", s.io_error, s.call),
+            other => other.to_string(),
+        })
+    }
+
+    /// `verify` without live frames: attaches `probe_redirect` to TC ingress of `veth`
+    /// (the far end of a private veth pair), which hands marked frames to the uplink
+    /// named by `set_redirect_target`.
+    pub fn prepare_redirect(&mut self, veth: &str) -> Result<()> {
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, program_names::PROBE_REDIRECT)?;
+        prog.load().map_err(|source| Error::LoadProgram { program: program_names::PROBE_REDIRECT, source: Box::new(source) })?;
+        let map = Array::try_from(take_map(&mut self.ebpf, map_names::PROBE_REDIRECT)?).map_err(map_err(map_names::PROBE_REDIRECT))?;
+        let _ = tc::qdisc_add_clsact(veth);
+        attach_tc(&mut self.ebpf, program_names::PROBE_REDIRECT, veth, TcAttachType::Ingress)?;
+        self.probe_maps()?.redirect = Some(map);
+        Ok(())
+    }
+
+    /// The uplink (ifindex) the redirected probes enter next.
+    pub fn set_redirect_target(&mut self, ifindex: u32) -> Result<()> {
+        let map = self.probe_maps()?.redirect.as_mut().ok_or(Error::MissingMap(map_names::PROBE_REDIRECT))?;
+        map.set(0, ifindex, 0).map_err(map_err(map_names::PROBE_REDIRECT))
     }
 
     /// Gives a loaded program for the benchmark (BPF_PROG_TEST_RUN).

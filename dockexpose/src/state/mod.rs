@@ -17,6 +17,11 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> crate::error::Result<()> {
         crate::kernel::pin_root::check_pin_root(root)?;
     }
     let _lock = lock::DaemonLock::acquire_with_pins(&args.lock_file, pins)?;
+    // What killed verify runs left (their sentinels gone too): pins, trace tables, veths.
+    let verify_left = crate::verify::sentinel::remove_stale();
+    if verify_left > 0 {
+        crate::say_out!("dockexpose cleanup: removed {verify_left} objects killed verify runs left (guard pins, trace tables, veths)");
+    }
     let removed = crate::kernel::pins::cleanup(&args.pin_dir)?;
     if removed.is_empty() {
         crate::say_out!("dockexpose cleanup: nothing pinned at {}", args.pin_dir.display());

@@ -24,9 +24,9 @@ pub fn route_to(addr: IpAddr) -> Option<(String, bool)> {
 /// Temporary neighbour entries, so that the host's answer to a probe source on a
 /// directly connected link is transmitted (and seen and dropped by the guard) instead
 /// of waiting on an ARP/ND reply that will never come. Removed on drop; an entry the
-/// host already had is left alone.
+/// host already had is left alone. Holds (address, interface) of the entries added.
 #[derive(Default)]
-pub struct Neighbours(Vec<(IpAddr, u32)>);
+pub struct Neighbours(pub Vec<(IpAddr, String)>);
 
 impl Neighbours {
     /// Adds `addr` (with the probes' source MAC) on `dev`, unless it has an entry there.
@@ -35,21 +35,23 @@ impl Neighbours {
             return;
         };
         if let Ok(true) = routes::neighbour_add(addr, ifindex, frame::PROBE_SRC_MAC) {
-            self.0.push((addr, ifindex));
+            self.0.push((addr, dev.to_string()));
         }
-    }
-
-    /// The entries added (and not yet removed).
-    pub fn added(&self) -> &[(IpAddr, u32)] {
-        &self.0
     }
 }
 
 impl Drop for Neighbours {
     fn drop(&mut self) {
-        for (addr, ifindex) in &self.0 {
-            let _ = routes::neighbour_del(*addr, *ifindex);
+        for (addr, dev) in &self.0 {
+            remove_neighbour(*addr, dev);
         }
+    }
+}
+
+/// Removes the neighbour entry of `addr` on `dev` (`ip neigh del`), if both still exist.
+pub fn remove_neighbour(addr: IpAddr, dev: &str) {
+    if let Ok(ifindex) = nix::net::if_::if_nametoindex(dev) {
+        let _ = routes::neighbour_del(addr, ifindex);
     }
 }
 

@@ -4,16 +4,18 @@
 //! (EXPOSED), the host itself answered it (PROXY), or neither (HELD).
 //!
 //! Nothing leaves the host: a TCX egress guard drops every packet to a probe source on
-//! the uplinks and on the interfaces the routes to the sources leave by; each TCP
+//! every interface a reply could leave by (policy routing and ECMP included); each TCP
 //! probe is closed with a RST; the probes' conntrack entries are deleted afterwards.
 //!
 //! `frame` and `plan` are pure (unit-tested); this file does the I/O.
 
 pub mod daemon;
 pub mod frame;
-pub mod plan;
-pub mod trace;
 pub mod host_state;
+pub mod inject;
+pub mod plan;
+pub mod sentinel;
+pub mod trace;
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -31,10 +33,11 @@ const SCTP_INIT_ACK: u8 = 2;
 
 use self::{
     frame::{FrameSpec, Segment},
+    host_state::{route_to, Neighbours},
     plan::{Answers, Probe, Skipped, Target, Uplink, Verdict},
 };
 use crate::{
-    cli::VerifyArgs,
+    cli::{InjectionArg, VerifyArgs},
     host::{
         interfaces::{self, HostSnapshot, LinkLayer},
         privileges,
@@ -96,6 +99,8 @@ pub struct Outcome {
     /// Probes not sent because the run was interrupted (SIGINT, SIGTERM): it stopped
     /// sending and cleaned up what it had done.
     pub not_sent: usize,
+    /// How the probes went in (live frames, or the redirect path and why).
+    pub injection: String,
 }
 
 /// Set by SIGINT or SIGTERM during `dockexpose verify`: no further probe is sent, and
@@ -120,7 +125,7 @@ fn interrupted() -> bool {
 
 /// How long the guard stays after the conntrack entries are gone: a late answer (a UDP
 /// reply, a SYN-ACK retransmit already queued) still meets it.
-const GUARD_GRACE: Duration = Duration::from_millis(300);
+pub(crate) const GUARD_GRACE: Duration = Duration::from_millis(300);
 
 impl Outcome {
     /// Probes with this verdict.
@@ -142,6 +147,9 @@ pub struct Prepared {
     targets: Vec<Target>,
     plan: plan::Plan,
     sources: Vec<IpAddr>,
+    injection: InjectionArg,
+    /// Every interface a reply could leave by, with its link layer.
+    guarded: BTreeMap<String, LinkLayer>,
 }
 
 impl Prepared {
@@ -156,6 +164,11 @@ impl Prepared {
     }
     pub fn sources(&self) -> &[IpAddr] {
         &self.sources
+    }
+    /// How the probes are to go in (auto by default).
+    pub fn with_injection(mut self, injection: InjectionArg) -> Self {
+        self.injection = injection;
+        self
     }
 }
 
@@ -200,7 +213,7 @@ pub fn run_with(
     expected: &BTreeSet<(u16, Proto)>,
     sources: &[IpAddr],
 ) -> Result<Report> {
-    let prepared = prepare(&args.uplinks, inventory, ports, sources)?;
+    let prepared = prepare(&args.uplinks, inventory, ports, sources)?.with_injection(args.injection);
     let mut report = Report::default();
     let mut say = |line: String| {
         crate::say_out!("{line}");
@@ -208,6 +221,7 @@ pub fn run_with(
     };
     say(header_line(&prepared, args.from.is_empty()));
     let outcome = prepared.execute(args.rate, Duration::from_millis(args.window_ms))?;
+    crate::say!("note: {}", outcome.injection);
     for w in &outcome.warnings {
         crate::say!("{w}");
     }
@@ -379,7 +393,8 @@ pub fn prepare(uplinks: &[String], inventory: &Inventory, ports: &[(u16, Proto)]
     let uplinks: Vec<Uplink> = uplink_names.iter().map(|n| uplink_info(&host, n)).collect::<Result<_>>()?;
     let targets = plan::targets(inventory, ports);
     let plan = plan::plan(&targets, &uplinks, sources);
-    Ok(Prepared { started, bridges, uplinks, targets, plan, sources: sources.to_vec() })
+    let guarded = plan::guarded_interfaces(&host, &uplinks);
+    Ok(Prepared { started, bridges, uplinks, targets, plan, sources: sources.to_vec(), injection: InjectionArg::Auto, guarded })
 }
 
 impl Prepared {
@@ -393,29 +408,50 @@ impl Prepared {
     /// `execute`, telling `note` the source, source port and protocol of each probe
     /// just before it is sent (the daemon recognises its own probes by them).
     pub fn execute_noting(self, rate: u32, window: Duration, mut note: impl FnMut(IpAddr, u16, Proto)) -> Result<Outcome> {
-        let Prepared { started, bridges, uplinks, targets, plan, sources } = self;
+        let Prepared { started, bridges, uplinks, targets, plan, sources, injection, mut guarded } = self;
         let sources = &sources[..];
         // The kernel side: bridge programs (what reached a container), the injector, the guard.
         let (mut kernel, mut events) = Kernel::load(KernelSettings::default()).map_err(|e| anyhow!("{e}"))?;
         let mut answers_ring = kernel.prepare_probes().map_err(|e| anyhow!("{e}"))?;
+        let (mut injector, how) = inject::Injector::choose(&mut kernel, injection)?;
+        // A sentinel cleans up if this run is killed outright; the guard is pinned
+        // until it has.
+        let mut warnings = Vec::new();
+        sentinel::remove_stale();
+        let pins = sentinel::pin_dir()
+            .map_err(|e| warnings.push(format!("warning: the guard is not pinned ({e}): a run killed outright (SIGKILL) loses its guard at once")))
+            .ok();
+        let mut sentinel = match &pins {
+            Some(dir) => {
+                kernel.pin_probe_guards_in(dir).map_err(|e| anyhow!("{e}"))?;
+                sentinel::Sentinel::spawn(dir)
+                    .map_err(|e| warnings.push(format!("warning: no sentinel ({e}): a run killed outright (SIGKILL) leaves its probes' state behind")))
+                    .ok()
+            }
+            None => None,
+        };
         for b in &bridges {
             if interfaces::exists(b) {
                 kernel.attach_bridge(b).map_err(|e| anyhow!("{e}"))?;
             }
         }
-        let mut neighbours = host_state::Neighbours::default();
+        let mut neighbours = Neighbours::default();
         for s in sources {
             kernel.add_probe_source(*s).map_err(|e| anyhow!("{e}"))?;
         }
-        let mut guarded: BTreeMap<String, LinkLayer> = uplinks.iter().map(|u| (u.name.clone(), u.layer)).collect();
         for s in sources {
-            if let Some((dev, on_link)) = host_state::route_to(*s) {
+            if let Some((dev, on_link)) = route_to(*s) {
                 if on_link && dev != "lo" {
                     neighbours.add(*s, &dev);
                 }
                 if dev != "lo" {
                     guarded.entry(dev.clone()).or_insert_with(|| interfaces::link_layer(&dev));
                 }
+            }
+        }
+        if let Some(s) = sentinel.as_mut() {
+            for (addr, dev) in &neighbours.0 {
+                s.note(&sentinel::Note::Neighbour { addr: *addr, dev: dev.clone() });
             }
         }
         for (dev, layer) in &guarded {
@@ -444,6 +480,18 @@ impl Prepared {
                     Proto::Sctp => Segment::SctpInit { tag: isn },
                 };
                 note(probe.source, sport, probe.proto);
+                if let Some(s) = sentinel.as_mut() {
+                    s.note(&sentinel::Note::Probe {
+                        proto: probe.proto,
+                        src: probe.source,
+                        sport,
+                        dst: probe.dst,
+                        dport: probe.dst_port,
+                        isn,
+                        ifindex: uplink.ifindex,
+                        mac: uplink.mac,
+                    });
+                }
                 let spec = FrameSpec {
                     dst_mac: Some(frame::live_frame_mac(uplink.mac)),
                     src: probe.source,
@@ -456,11 +504,8 @@ impl Prepared {
                 let wait = gap.saturating_sub(last.elapsed());
                 std::thread::sleep(wait);
                 last = Instant::now();
-                kernel.inject(&frame::build(&spec), uplink.ifindex).map_err(|e| {
-                    anyhow!(
-                        "injecting a probe into {} (BPF_PROG_TEST_RUN with live frames) failed: {e}.\n  Fix: verify needs Linux 5.18 or newer and root",
-                        uplink.name
-                    )
+                injector.inject(&mut kernel, &frame::build(&spec), uplink.ifindex).map_err(|e| {
+                    anyhow!("injecting a probe into {} failed: {e:#}.\n  Fix: verify needs root (CAP_NET_ADMIN, CAP_BPF)", uplink.name)
                 })?;
                 sent.push(Sent {
                     probe: probe.clone(),
@@ -493,7 +538,7 @@ impl Prepared {
                     };
                     std::thread::sleep(gap.saturating_sub(last.elapsed()));
                     last = Instant::now();
-                    let _ = kernel.inject(&frame::build(&spec), uplink.ifindex);
+                    let _ = injector.inject(&mut kernel, &frame::build(&spec), uplink.ifindex);
                 }
             }
             if interrupted() {
@@ -504,15 +549,21 @@ impl Prepared {
         std::thread::sleep(Duration::from_millis(30));
         collect(&mut events, &mut answers_ring, &mut sent);
         let trace_lines = tracer.map(trace::Tracer::finish).unwrap_or_default();
-        let mut warnings = Vec::new();
-        let (deleted, remaining) = host_state::delete_conntrack(sent.iter().map(|s| (&s.probe, s.sport)), sources, &mut warnings);
+        let (deleted, remaining) = delete_conntrack(&sent, sources, &mut warnings);
         let dropped = kernel.probe_counter(PROBE_COUNTER_DROPPED).unwrap_or(0);
         let lost = kernel.probe_counter(PROBE_COUNTER_LOST).unwrap_or(0);
         let guards = kernel.probe_guards();
         std::thread::sleep(GUARD_GRACE);
         let dropped = kernel.probe_counter(PROBE_COUNTER_DROPPED).unwrap_or(dropped);
-        drop(kernel); // detaches the guard and the bridge programs
+        drop(injector);
+        drop(kernel); // detaches (and unpins) the guard and the bridge programs
         drop(neighbours);
+        if let Some(dir) = &pins {
+            let _ = std::fs::remove_dir(dir);
+        }
+        if let Some(s) = sentinel {
+            s.done();
+        }
 
         // Verdicts.
         let probes = sent
@@ -548,6 +599,7 @@ impl Prepared {
             conntrack_remaining: remaining,
             warnings,
             not_sent: plan.probes.len().saturating_sub(sent.len()),
+            injection: how,
         })
     }
 }
@@ -602,4 +654,11 @@ fn collect(events: &mut RingBuf<MapData>, answers: &mut RingBuf<MapData>, sent: 
             _ => {}
         }
     }
+}
+
+/// Deletes each probe's conntrack entry by its exact original tuple, then counts what
+/// is left from the probe sources (over netlink: `host_state`). Returns (deleted,
+/// remaining).
+fn delete_conntrack(sent: &[Sent], sources: &[IpAddr], warnings: &mut Vec<String>) -> (usize, usize) {
+    host_state::delete_conntrack(sent.iter().map(|s| (&s.probe, s.sport)), sources, warnings)
 }

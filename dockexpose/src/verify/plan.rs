@@ -1,10 +1,13 @@
 //! What to probe and what the outcome means (pure): bindings x uplinks x families ->
 //! probes; kernel observations -> a verdict; verdicts -> lines and an exit code.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use crate::{
-    host::interfaces::{is_global, LinkLayer},
+    host::interfaces::{is_global, HostSnapshot, LinkLayer},
     inventory::model::{Inventory, PublishedPort},
     kernel::event::Proto,
     net::prefix::Prefix,
@@ -33,6 +36,20 @@ pub struct Uplink {
     /// None on L3 devices.
     pub mac: Option<[u8; 6]>,
     pub addresses: Vec<IpAddr>,
+}
+
+/// Where the guard goes: every interface a reply could leave by. Policy routing
+/// (`ip rule`, fwmark) and ECMP choose among all routes, not the one `ip route get`
+/// names, so that is every interface that is up, but loopback and bridge ports (what
+/// leaves by a port left by its bridge first) and verify's own veth.
+pub fn guarded_interfaces(host: &HostSnapshot, uplinks: &[Uplink]) -> BTreeMap<String, LinkLayer> {
+    let mut out: BTreeMap<String, LinkLayer> = uplinks.iter().map(|u| (u.name.clone(), u.layer)).collect();
+    for i in host.interfaces.values() {
+        if i.is_up && !i.is_loopback && !i.is_bridge_port && !i.name.starts_with(super::inject::VETH_PREFIX) {
+            out.entry(i.name.clone()).or_insert(i.link_layer);
+        }
+    }
+    out
 }
 
 /// One packet to inject.
@@ -267,7 +284,7 @@ pub fn skipped_line(t: &Target, why: &Skipped) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::model::Container;
+    use crate::{host::interfaces::Interface, inventory::model::Container};
 
     fn port(ip: &str, host: u16, proto: Proto) -> PublishedPort {
         PublishedPort { host_ip: ip.parse().unwrap(), host_port: host, container_port: 80, proto }
@@ -408,5 +425,25 @@ mod tests {
         assert!(!line.contains('\u{1b}'));
         let l = skipped_line(&targets(&inv(), &[])[2], &Skipped::Loopback);
         assert!(l.contains("127.0.0.1:9000->80/tcp") && l.contains("loopback only"), "{l}");
+    }
+
+    #[test]
+    fn the_guard_covers_every_way_out_but_loopback_and_bridge_ports() {
+        let iface = |name: &str, up: bool| Interface { name: name.into(), is_up: up, ..Default::default() };
+        let mut host = HostSnapshot::default();
+        for i in [
+            iface("eth0", true),
+            iface("wg0", true),
+            iface("eth1", false),
+            Interface { is_loopback: true, ..iface("lo", true) },
+            Interface { is_bridge: true, ..iface("docker0", true) },
+            Interface { is_bridge_port: true, ..iface("veth12ab", true) },
+            iface("dxinj77a", true),
+        ] {
+            host.interfaces.insert(i.name.clone(), i);
+        }
+        let down_uplink = Uplink { name: "eth1".into(), ifindex: 3, layer: LinkLayer::Ethernet, mac: None, addresses: vec![] };
+        let got: Vec<String> = guarded_interfaces(&host, &[down_uplink]).into_keys().collect();
+        assert_eq!(got, ["docker0", "eth0", "eth1", "wg0"]);
     }
 }
