@@ -1,6 +1,10 @@
 //! Bad input gets a clear error naming the problem and the fix, and a non-zero exit.
 //! These checks come before anything privileged, so they run without root.
 
+// Only the skip log of `support` (the rest of it is for the root tests).
+#[path = "support/skip.rs"]
+mod skip;
+
 use std::process::Command;
 
 fn watch(args: &[&str]) -> (bool, String) {
@@ -148,7 +152,7 @@ fn a_trusted_network_wider_than_a_slash_8_is_warned_about() {
 fn a_bpffs_mount_root_is_refused_as_pin_dir() {
     // The check comes before the other settings' (here a bad --udp-idle).
     if !std::path::Path::new("/sys/fs/bpf").is_dir() {
-        eprintln!("a_bpffs_mount_root_is_refused_as_pin_dir: SKIPPED: no /sys/fs/bpf");
+        skip::skip("a_bpffs_mount_root_is_refused_as_pin_dir", "no /sys/fs/bpf");
         return;
     }
     for dir in ["/sys/fs/bpf", "/sys/fs/bpf/", "/"] {

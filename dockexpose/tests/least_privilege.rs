@@ -21,12 +21,11 @@ fn have_setpriv(test: &str) -> bool {
     if Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success()) {
         return true;
     }
-    let why = format!("{test}: SKIPPED: setpriv (util-linux) not installed");
+    let why = "setpriv (util-linux) not installed";
     if std::env::var_os("CI").is_some() || std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some() {
-        panic!("{why}, and this run demands it");
+        panic!("{test}: SKIPPED: {why}, and this run demands it");
     }
-    eprintln!("{why}");
-    false
+    skip(test, why)
 }
 
 /// A folder owned by nobody:docker with a bpffs mounted in it.

@@ -43,13 +43,12 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// or the podman tests (DOCKEXPOSE_REQUIRE_PODMAN_TESTS): a CI runner without podman
 /// must not pass by skipping.
 fn skip(test: &str, why: &str) -> Option<Podman> {
-    let msg = format!("{test}: SKIPPED: {why}");
     for var in ["DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS", "DOCKEXPOSE_REQUIRE_PODMAN_TESTS"] {
         if std::env::var_os(var).is_some() {
             panic!("{test}: cannot run: {why}, and {var} is set, so this is a failure, not a skip");
         }
     }
-    eprintln!("{msg}");
+    support::skip(test, why);
     None
 }
 

@@ -36,12 +36,11 @@ fn have(test: &str, tool: &str) -> bool {
     match Command::new(tool).arg("--version").output() {
         Ok(o) if o.status.success() => true,
         other => {
-            let why = format!("{test}: SKIPPED: `{tool} --version` failed ({:?}); `cargo xtask setup` installs it", other.map(|o| o.status));
+            let why = format!("`{tool} --version` failed ({:?}); `cargo xtask setup` installs it", other.map(|o| o.status));
             if std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some() {
-                panic!("{why}, and DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS is set");
+                panic!("{test}: SKIPPED: {why}, and DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS is set");
             }
-            eprintln!("{why}");
-            false
+            skip(test, &why)
         }
     }
 }
@@ -896,9 +895,9 @@ fn cni_portmap_hostport_is_reported_from_the_dnat_original_destination() {
         return;
     }
     if !std::path::Path::new("/usr/lib/cni/portmap").exists() {
-        let why = format!("{test}: SKIPPED: no CNI plugins in /usr/lib/cni (install containernetworking-plugins: `cargo xtask setup`)");
-        assert!(std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_none(), "{why}, and DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS is set");
-        eprintln!("{why}");
+        let why = "no CNI plugins in /usr/lib/cni (install containernetworking-plugins: `cargo xtask setup`)";
+        assert!(std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_none(), "{test}: SKIPPED: {why}, and DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS is set");
+        skip(test, why);
         return;
     }
     let n = n11();

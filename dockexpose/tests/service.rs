@@ -26,12 +26,11 @@ fn have(tool: &str, test: &str) -> bool {
     if Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success()) {
         return true;
     }
-    let why = format!("{test}: SKIPPED: {tool} not installed (cargo xtask setup installs it)");
+    let why = format!("{tool} not installed (cargo xtask setup installs it)");
     if std::env::var_os("CI").is_some() || std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some() {
-        panic!("{why}, and this run demands it");
+        panic!("{test}: SKIPPED: {why}, and this run demands it");
     }
-    eprintln!("{why}");
-    false
+    skip(test, &why)
 }
 
 #[test]

@@ -19,6 +19,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod totals;
+use totals::{TestTotals, SKIP_LOG_VAR};
+
 /// What a fresh Debian 12 machine lacks: Debian's rustc with its library source (for
 /// `-Z build-std=core`), LLVM 22 and friends (to build bpf-linker), and the tools the
 /// integration tests drive (ip, iptables, busybox for a tiny container side, bpftool,
@@ -45,9 +48,10 @@ const DEB_PACKAGES: &[&str] = &[
     "python3-pip",
     // ApacheBench (`ab`): the load of tests/bench_saturation.rs.
     "apache2-utils",
-    // `dockexpose verify`: conntrack deletes its probes' entries; nmap is what
-    // tests/verify.rs compares its verdicts with; tcpdump watches that none leaks;
-    // nft reads back the netfilter trace that names the rule dropping a probe.
+    // `dockexpose verify`: conntrack is the tests' reference for the probes' entries
+    // (verify itself deletes them over netlink); nmap is what tests/verify.rs compares
+    // its verdicts with; tcpdump watches that none leaks; nft reads back the netfilter
+    // trace that names the rule dropping a probe.
     "nmap",
     "conntrack",
     "nftables",
@@ -224,6 +228,12 @@ fn test(root: bool, args: &[String]) -> Result<()> {
     if !root {
         say!("note: not root, so the integration tests that need root will skip");
     }
+    // Tests that skip themselves write why here (tests/support/skip.rs); a fresh file
+    // per run, so that only this run's skips are counted.
+    let skip_log = target_dir().join("dockexpose-skips.log");
+    fs::create_dir_all(target_dir()).with_context(|| format!("creating {}", target_dir().display()))?;
+    fs::write(&skip_log, "").with_context(|| format!("could not empty the skip log {}", skip_log.display()))?;
+    cmd.env(SKIP_LOG_VAR, &skip_log);
     // cargo prints one "test result" line per test binary; add them up into one
     // closing line, so that the last word of a run is the whole run's count.
     say!("running: {}", describe(&cmd));
@@ -235,36 +245,14 @@ fn test(root: bool, args: &[String]) -> Result<()> {
         total.add_line(&line);
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!("tests: {} passed, {} failed, {} skipped", total.passed, total.failed, total.ignored);
+    let log = fs::read_to_string(&skip_log).with_context(|| format!("reading the skip log {}", skip_log.display()))?;
+    for line in totals::summary(&total, &totals::parse_skips(&log)) {
+        println!("{line}");
+    }
     if !status.success() {
         bail!("`cargo test` failed ({status})\n  Fix: see the failures above");
     }
     Ok(())
-}
-
-/// Sums of cargo's "test result: ok. N passed; M failed; K ignored; ..." lines.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct TestTotals {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-}
-
-impl TestTotals {
-    fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
-        for part in rest.split(';') {
-            let mut words = part.split_whitespace().rev();
-            let (Some(kind), Some(n)) = (words.next(), words.next()) else { continue };
-            let Ok(n) = n.parse::<u64>() else { continue };
-            match kind {
-                "passed" => self.passed += n,
-                "failed" => self.failed += n,
-                "ignored" => self.ignored += n,
-                _ => {}
-            }
-        }
-    }
 }
 
 /// Replaces xtask with dockexpose, so that its signals and exit code are its own. Not
@@ -628,14 +616,5 @@ mod tests {
         assert_eq!(args, ["--exact", "some_test"]);
         let Task::Bench { args } = parse(&["bench", "--iterations", "10"]) else { panic!() };
         assert_eq!(args, ["--iterations", "10"]);
-    }
-
-    #[test]
-    fn test_result_lines_add_up() {
-        let mut t = TestTotals::default();
-        t.add_line("test result: ok. 61 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.08s");
-        t.add_line("test result: FAILED. 2 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1s");
-        t.add_line("running 3 tests");
-        assert_eq!(t, TestTotals { passed: 63, failed: 1, ignored: 1 });
     }
 }

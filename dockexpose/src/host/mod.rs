@@ -1,5 +1,9 @@
-//! Facts about the host: interfaces, addresses, privileges.
+//! Facts about the host: interfaces, addresses, privileges, and its routing,
+//! neighbour and conntrack tables (over netlink).
 
+pub mod conntrack;
 pub mod interfaces;
 pub mod local;
+pub mod netlink;
 pub mod privileges;
+pub mod routes;

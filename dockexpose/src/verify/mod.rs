@@ -12,6 +12,7 @@
 pub mod daemon;
 pub mod direct;
 pub mod frame;
+pub mod host_state;
 pub mod inject;
 pub mod plan;
 pub mod sentinel;
@@ -21,7 +22,6 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    process::Command,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -34,6 +34,7 @@ const SCTP_INIT_ACK: u8 = 2;
 
 use self::{
     frame::{FrameSpec, Segment},
+    host_state::{route_to, Neighbours},
     plan::{Answers, Probe, Skipped, Target, Uplink, Verdict},
 };
 use crate::{
@@ -374,56 +375,6 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(out)
 }
 
-/// `ip route get ADDR`: the interface replies to ADDR leave by, and whether the
-/// destination is on that link (no gateway).
-fn route_to(addr: IpAddr) -> Option<(String, bool)> {
-    let out = Command::new("ip").args(["route", "get", &addr.to_string()]).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let dev = words.windows(2).find(|w| w[0] == "dev").map(|w| w[1].to_string())?;
-    Some((dev, !words.contains(&"via")))
-}
-
-/// Temporary neighbour entries, so that the host's answer to a probe source on a
-/// directly connected link is transmitted (and seen and dropped by the guard) instead
-/// of waiting on an ARP/ND reply that will never come. Removed on drop.
-#[derive(Default)]
-struct Neighbours(Vec<(IpAddr, String)>);
-
-impl Neighbours {
-    fn add(&mut self, addr: IpAddr, dev: &str) {
-        let fam = if addr.is_ipv4() { "-4" } else { "-6" };
-        let exists = Command::new("ip")
-            .args([fam, "neigh", "show", &addr.to_string(), "dev", dev])
-            .output()
-            .map(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
-            .unwrap_or(true);
-        if exists {
-            return;
-        }
-        let mac = frame::PROBE_SRC_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        let ok = Command::new("ip")
-            .args([fam, "neigh", "add", &addr.to_string(), "lladdr", &mac, "dev", dev, "nud", "reachable"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            self.0.push((addr, dev.to_string()));
-        }
-    }
-}
-
-impl Drop for Neighbours {
-    fn drop(&mut self) {
-        for (addr, dev) in &self.0 {
-            let _ = Command::new("ip").args(["neigh", "del", &addr.to_string(), "dev", dev]).status();
-        }
-    }
-}
-
 /// A random u32 (the ISNs, the first source port).
 fn random_u32() -> u32 {
     let mut b = [0u8; 4];
@@ -736,57 +687,9 @@ fn collect(events: &mut RingBuf<MapData>, answers: &mut RingBuf<MapData>, sent: 
     }
 }
 
-/// Deletes each probe's conntrack entry by its exact original tuple (`conntrack -D`),
-/// then counts what is left from the probe sources. Returns (deleted, remaining).
+/// Deletes each probe's conntrack entry by its exact original tuple, then counts what
+/// is left from the probe sources (over netlink: `host_state`). Returns (deleted,
+/// remaining).
 fn delete_conntrack(sent: &[Sent], sources: &[IpAddr], warnings: &mut Vec<String>) -> (usize, usize) {
-    let mut deleted = 0;
-    for s in sent {
-        let fam = if s.probe.source.is_ipv4() { "ipv4" } else { "ipv6" };
-        let out = Command::new("conntrack")
-            .args([
-                "-D",
-                "-f",
-                fam,
-                "-p",
-                s.probe.proto.as_str(),
-                "-s",
-                &s.probe.source.to_string(),
-                "-d",
-                &s.probe.dst.to_string(),
-                "--sport",
-                &s.sport.to_string(),
-                "--dport",
-                &s.probe.dst_port.to_string(),
-            ])
-            .output();
-        match out {
-            Ok(o) => {
-                let text = String::from_utf8_lossy(&o.stderr);
-                deleted += text
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .windows(2)
-                    .find(|w| w[1] == "flow")
-                    .and_then(|w| w[0].parse::<usize>().ok())
-                    .unwrap_or(0);
-            }
-            Err(e) => {
-                warnings.push(format!("warning: conntrack (Debian package conntrack) could not run: {e}; the probes' conntrack entries stay until they time out.\n  Fix: apt-get install conntrack"));
-                return (0, remaining_conntrack(sources));
-            }
-        }
-    }
-    (deleted, remaining_conntrack(sources))
-}
-
-/// Conntrack entries whose original source is a probe source.
-pub fn remaining_conntrack(sources: &[IpAddr]) -> usize {
-    let mut n = 0;
-    for s in sources {
-        let fam = if s.is_ipv4() { "ipv4" } else { "ipv6" };
-        if let Ok(o) = Command::new("conntrack").args(["-L", "-f", fam, "-s", &s.to_string()]).output() {
-            n += String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.trim().is_empty()).count();
-        }
-    }
-    n
+    host_state::delete_conntrack(sent.iter().map(|s| (&s.probe, s.sport)), sources, warnings)
 }

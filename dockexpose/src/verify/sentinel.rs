@@ -277,9 +277,7 @@ fn clean_after(notes: &[Note], pins: &Path) -> String {
     let (deleted, _) = super::delete_conntrack(&sent, &sources, &mut Vec::new());
     for n in notes {
         if let Note::Neighbour { addr, dev } = n {
-            let _ = Command::new("ip")
-                .args(["neigh", "del", &addr.to_string(), "dev", dev])
-                .status();
+            super::host_state::remove_neighbour(*addr, dev);
         }
     }
     super::trace::remove_stale_tables();

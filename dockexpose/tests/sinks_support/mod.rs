@@ -2,6 +2,10 @@
 //! as the daemon makes them, waiting on a sink's counters, and tools that must exist.
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+// The same skip log as the other integration tests' `support`.
+#[path = "../support/skip.rs"]
+mod skip;
+
 use std::{
     process::Command,
     sync::Arc,
@@ -76,30 +80,28 @@ fn required() -> bool {
     std::env::var_os("CI").is_some() || std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some()
 }
 
-/// Whether `program` can be run; otherwise says the test is skipped, or panics when
+/// Whether `program` can be run; otherwise records that the test is skipped, or panics when
 /// the run demands every test.
 pub fn have_tool(test: &str, program: &str, package: &str) -> bool {
     let found = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success());
     if found {
         return true;
     }
-    let why = format!("{test}: SKIPPED: {program} not found. Fix: apt-get install {package} (or `cargo xtask setup`)");
-    assert!(!required(), "{why}, and CI demands every test");
-    eprintln!("{why}");
-    false
+    let why = format!("{program} not found. Fix: apt-get install {package} (or `cargo xtask setup`)");
+    assert!(!required(), "{test}: SKIPPED: {why}, and CI demands every test");
+    skip::skip(test, &why)
 }
 
-/// Whether this runs as root; otherwise says the test is skipped, or panics when the
+/// Whether this runs as root; otherwise records that the test is skipped, or panics when the
 /// run demands every test.
 pub fn root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    let why = format!("{test}: SKIPPED: needs root (a private mount namespace)");
-    assert!(!required(), "{why}, and CI demands every test");
-    eprintln!("{why}");
-    false
+    let why = "needs root (a private mount namespace)";
+    assert!(!required(), "{test}: SKIPPED: {why}, and CI demands every test");
+    skip::skip(test, why)
 }
 
 /// A free port on 127.0.0.1 (of TCP and UDP alike, as far as can be told).

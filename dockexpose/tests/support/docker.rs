@@ -10,7 +10,7 @@ use std::{
 
 use super::sh;
 
-/// True when the engine answers. Otherwise prints why the test is skipped, or
+/// True when the engine answers. Otherwise records why the test is skipped, or
 /// panics when the run demands Docker tests (DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS).
 pub fn available(test: &str) -> bool {
     let out = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
@@ -19,15 +19,14 @@ pub fn available(test: &str) -> bool {
         Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
         Err(e) => format!("no docker client: {e}"),
     };
-    let msg = format!("{test}: SKIPPED: no Docker engine reachable ({why})");
+    let why = format!("no Docker engine reachable ({why})");
     if std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some() {
-        panic!("{msg}, and DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS is set");
+        panic!("{test}: SKIPPED: {why}, and DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS is set");
     }
-    eprintln!("{msg}");
-    false
+    super::skip(test, &why)
 }
 
-/// Root and a Docker engine, or a printed reason to skip.
+/// Root and a Docker engine, or a recorded reason to skip.
 pub fn ready(test: &str) -> bool {
     super::privileged(test) && available(test)
 }

@@ -20,19 +20,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// True when privileged tests can run. Otherwise prints why they are skipped, or
+/// True when privileged tests can run. Otherwise records why they are skipped, or
 /// panics when the run demands them (CI sets DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS).
 pub fn privileged(test: &str) -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     if root {
         return true;
     }
-    let why = format!("{test}: SKIPPED: needs root (network namespaces, iptables, eBPF)");
+    let why = "needs root (network namespaces, iptables, eBPF)";
     if std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some() {
-        panic!("{why}, and DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS is set");
+        panic!("{test}: SKIPPED: {why}, and DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS is set");
     }
-    eprintln!("{why}");
-    false
+    skip(test, why)
 }
 
 /// Runs a command, panicking with its output if it fails.
@@ -641,6 +640,8 @@ pub fn tcx_programs(iface: &str, egress: bool) -> Vec<String> {
     }
 }
 pub mod docker;
+pub mod skip;
+pub use skip::skip;
 pub mod craft;
 pub mod tun;
 pub mod engine;
