@@ -577,6 +577,20 @@ fn the_unit_runs_verify_under_a_real_systemd_and_leaves_the_host_as_found() {
             machine.journal()
         );
     }
+    // The sandbox is really there: seccomp, no new privileges, exactly the unit's four
+    // capabilities (NET_ADMIN 12, NET_RAW 13, PERFMON 38, BPF 39).
+    let main_pid = machine
+        .show("MainPID")
+        .trim()
+        .trim_start_matches("MainPID=")
+        .to_string();
+    let status = machine.sh(&["cat", &format!("/proc/{main_pid}/status")]);
+    for want in ["Seccomp:\t2", "NoNewPrivs:\t1", "CapEff:\t000000c000003000"] {
+        assert!(
+            status.contains(want),
+            "{want} not in the daemon's status: {status}"
+        );
+    }
     assert!(
         !tcx_programs(&outside.uplink, false).is_empty(),
         "nothing attached on {}: {}",
