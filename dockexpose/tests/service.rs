@@ -40,8 +40,8 @@ fn the_unit_keeps_its_hardening_and_the_traps_out() {
     for wanted in [
         "Type=notify",
         "Restart=on-failure",
-        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN",
-        "AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_NET_ADMIN",
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_NET_RAW",
+        "AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_NET_RAW",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ReadWritePaths=/sys/fs/bpf",

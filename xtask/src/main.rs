@@ -75,6 +75,11 @@ const DEB_PACKAGES: &[&str] = &[
     // tests/least_privilege.rs drops capabilities with setpriv; tests/service.rs checks
     // packaging/systemd/dockexpose.service with `systemd-analyze verify` (systemd above).
     "util-linux",
+    // tests/service_nspawn.rs starts that unit under a real systemd: a minimal Debian
+    // tree made by debootstrap (once, cached under target/tmp/nspawn), booted with
+    // systemd-nspawn.
+    "systemd-container",
+    "debootstrap",
 ];
 /// Python modules the tests drive (scapy crafts packets from an outside namespace),
 /// as (module to import, PyPI package).

@@ -91,9 +91,12 @@ impl RedirectPath {
             format!("{VETH_PREFIX}{pid}a"),
             format!("{VETH_PREFIX}{pid}b"),
         );
+        // The socket first: failing after `ip link add`, before the guard exists, left
+        // the pair behind (under a unit without AF_PACKET, one pair per run).
+        let socket = packet_socket()?;
         ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
         let mut path = RedirectPath {
-            socket: packet_socket()?,
+            socket,
             sender_ifindex: 0,
             sender: a.clone(),
             target: 0,
