@@ -16,10 +16,14 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use dockexpose_common::PROBE_FRAME_MARK;
 
+use super::owner::Owner;
 use crate::{cli::InjectionArg, kernel::loader::Kernel};
 
 /// Names of the private veth pairs: `dxinj<pid>a` (sent into) and `dxinj<pid>b`.
 pub const VETH_PREFIX: &str = "dxinj";
+
+/// The sending end's alias names the run that made the pair.
+const ALIAS_PREFIX: &str = "dockexpose-verify owner=";
 
 /// The way probes go in, chosen once a run.
 pub enum Injector {
@@ -86,11 +90,10 @@ impl Injector {
 impl RedirectPath {
     fn create(kernel: &mut Kernel) -> Result<Self> {
         remove_stale();
-        let pid = std::process::id();
-        let (a, b) = (
-            format!("{VETH_PREFIX}{pid}a"),
-            format!("{VETH_PREFIX}{pid}b"),
-        );
+        // A random name: pids repeat across pid namespaces (a daemon in a container is
+        // pid 1); the owner goes in the alias, for `remove_stale`.
+        let token = format!("{:08x}", super::random_u32());
+        let (a, b) = (format!("{VETH_PREFIX}{token}a"), format!("{VETH_PREFIX}{token}b"));
         // The socket first: failing after `ip link add`, before the guard exists, left
         // the pair behind (under a unit without AF_PACKET, one pair per run).
         let socket = packet_socket()?;
@@ -101,6 +104,7 @@ impl RedirectPath {
             sender: a.clone(),
             target: 0,
         };
+        ip(&["link", "set", &a, "alias", &format!("{ALIAS_PREFIX}{}", Owner::me().tag())])?;
         for dev in [&a, &b] {
             // No addresses, no IPv6 chatter: the pair carries probes alone.
             let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
@@ -185,23 +189,20 @@ pub fn remove_stale() -> usize {
     let mut removed = 0;
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = stale_pid(&name) {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                && ip(&["link", "del", &name]).is_ok()
-            {
-                removed += 1;
-            }
+        if !name.starts_with(VETH_PREFIX) || !name.ends_with('a') {
+            continue;
+        }
+        let alias = std::fs::read_to_string(entry.path().join("ifalias")).unwrap_or_default();
+        if owner_of(&alias).is_some_and(|o| o.is_gone()) && ip(&["link", "del", &name]).is_ok() {
+            removed += 1;
         }
     }
     removed
 }
 
-/// The pid in `dxinj<pid>a` (the end a run creates and deletes).
-fn stale_pid(name: &str) -> Option<u32> {
-    name.strip_prefix(VETH_PREFIX)?
-        .strip_suffix('a')?
-        .parse()
-        .ok()
+/// The owner in a veth's alias (`dockexpose-verify owner=PIDNS_PID`).
+fn owner_of(alias: &str) -> Option<Owner> {
+    Owner::parse(alias.trim().strip_prefix(ALIAS_PREFIX)?)
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -225,10 +226,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_sending_end_of_a_run_names_its_pid() {
-        assert_eq!(stale_pid("dxinj4242a"), Some(4242));
-        assert_eq!(stale_pid("dxinj4242b"), None);
-        assert_eq!(stale_pid("dxinjxa"), None);
-        assert_eq!(stale_pid("eth0"), None);
+    fn the_alias_names_the_owner() {
+        let me = Owner::me();
+        assert_eq!(owner_of(&format!("{ALIAS_PREFIX}{}\n", me.tag())), Some(me));
+        assert_eq!(owner_of("uplink to the office"), None);
+        assert_eq!(owner_of(""), None);
     }
 }

@@ -14,6 +14,7 @@ pub mod direct;
 pub mod frame;
 pub mod host_state;
 pub mod inject;
+pub mod owner;
 pub mod plan;
 pub mod sentinel;
 pub mod trace;

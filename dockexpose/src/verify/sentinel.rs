@@ -152,7 +152,7 @@ impl Sentinel {
 /// This run's pin directory, made; None where /sys/fs/bpf is no bpffs (then a run
 /// killed outright loses its guard at once: the warning says so).
 pub fn pin_dir() -> Result<PathBuf, String> {
-    let dir = PathBuf::from(PIN_ROOT).join(std::process::id().to_string());
+    let dir = PathBuf::from(PIN_ROOT).join(super::owner::Owner::me().tag());
     crate::kernel::pins::check_bpffs(Path::new("/sys/fs/bpf")).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     Ok(dir)
@@ -176,18 +176,14 @@ fn remove_pins(dir: &Path) -> usize {
 pub fn remove_stale() -> usize {
     let mut n = 0;
     for entry in std::fs::read_dir(PIN_ROOT).into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+        let Some(owner) = super::owner::Owner::parse(&entry.file_name().to_string_lossy()) else {
             continue;
         };
-        if !alive(pid) && !sentinel_of(pid) {
+        if owner.is_gone() && !sentinel_of(owner.pid) {
             n += remove_pins(&entry.path());
         }
     }
     n + super::trace::remove_stale_tables() + super::inject::remove_stale()
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Whether a sentinel of run `pid` is still at work.

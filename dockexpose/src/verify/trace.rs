@@ -1,5 +1,5 @@
 //! Which rule dropped a probe: netfilter's trace. A table of the project's own
-//! (`inet dockexpose_verify_<pid>`), hooked on prerouting before the raw table, sets
+//! (`inet dockexpose_verify_<pidns>_<pid>`, see `owner`), hooked on prerouting before the raw table, sets
 //! `nftrace` on the probe sources' packets only; every nftables chain they then cross
 //! (iptables-nft's too) reports itself to `nft monitor trace`, read back here and
 //! matched to each probe by its source address and port. Nothing is added to another
@@ -44,9 +44,9 @@ pub fn remove_stale_tables() -> usize {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("table inet dockexpose_verify_"))
-        .filter_map(|pid| pid.trim().parse::<u32>().ok())
-        .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-        .filter(|pid| nft(&["delete", "table", "inet", &format!("dockexpose_verify_{pid}")], None))
+        .filter_map(|tag| super::owner::Owner::parse(tag.trim()))
+        .filter(|owner| owner.is_gone())
+        .filter(|owner| nft(&["delete", "table", "inet", &format!("dockexpose_verify_{}", owner.tag())], None))
         .count()
 }
 
@@ -69,7 +69,7 @@ impl Tracer {
             }
         });
         let mut tracer = Tracer { child, lines, reader: Some(reader), undo: Vec::new() };
-        let table = format!("dockexpose_verify_{}", std::process::id());
+        let table = format!("dockexpose_verify_{}", super::owner::Owner::me().tag());
         let (v4, v6): (Vec<String>, Vec<String>) = (
             sources.iter().filter(|s| s.is_ipv4()).map(|s| s.to_string()).collect(),
             sources.iter().filter(|s| s.is_ipv6()).map(|s| s.to_string()).collect(),
