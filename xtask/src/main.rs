@@ -85,6 +85,8 @@ macro_rules! say {
     ($($arg:tt)*) => { println!("xtask: {}", format_args!($($arg)*)) };
 }
 
+mod vm;
+
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Build, run, test and bench dockexpose")]
 struct Cli {
@@ -108,6 +110,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build, then boot Debian's kernels in QEMU and run the kernel-pipeline scenario
+    /// in each (also the last step of `test`; see xtask/src/vm.rs).
+    TestVm,
     /// Build, then run the kernel-program benchmark (benches/kernel_programs.rs) as root
     /// with ARGS, then the daemon benchmarks
     /// (tests bench_rate, bench_saturation and bench_flood; they need root and Docker).
@@ -137,6 +142,17 @@ fn run_task(task: Task) -> Result<()> {
             exec_privileged(root, &bin, &args)
         }
         Task::Test { args } => test(root, &args),
+        Task::TestVm => {
+            let bin = build(root)?;
+            let outcomes = vm::run_matrix(root, &bin);
+            let mut total = TestTotals::default();
+            total.add_vm(&outcomes);
+            println!("vm: {} passed, {} failed, {} skipped", total.passed, total.failed, total.ignored);
+            if total.failed > 0 {
+                bail!("the kernel matrix failed\n  Fix: see the VMCHECK FAIL lines above");
+            }
+            Ok(())
+        }
         Task::Bench { args } => {
             build(root)?;
             let bin = build_kernel_bench()?;
@@ -235,9 +251,23 @@ fn test(root: bool, args: &[String]) -> Result<()> {
         total.add_line(&line);
     }
     let status = child.wait().context("waiting for cargo test")?;
+    // The kernel matrix: only for a whole run (a filter asks for particular tests).
+    let mut vm_failed = false;
+    if args.is_empty() {
+        run(cargo().args(["build", "--release", "--package", "dockexpose"]), "see the compiler errors above")?;
+        let outcomes = vm::run_matrix(root, &target_dir().join("release").join("dockexpose"));
+        vm_failed = outcomes.iter().any(|o| matches!(o, vm::Outcome::Failed { .. }));
+        total.add_vm(&outcomes);
+    } else {
+        say!("vm: SKIPPED: test arguments were given; `cargo xtask test-vm` runs the kernel matrix alone");
+        total.ignored += vm::SERIES.len() as u64;
+    }
     println!("tests: {} passed, {} failed, {} skipped", total.passed, total.failed, total.ignored);
     if !status.success() {
         bail!("`cargo test` failed ({status})\n  Fix: see the failures above");
+    }
+    if vm_failed {
+        bail!("the kernel matrix failed\n  Fix: see the VMCHECK FAIL lines above");
     }
     Ok(())
 }
@@ -251,6 +281,26 @@ struct TestTotals {
 }
 
 impl TestTotals {
+    /// One count per kernel of the VM matrix, each outcome printed on its own line.
+    fn add_vm(&mut self, outcomes: &[vm::Outcome]) {
+        for o in outcomes {
+            match o {
+                vm::Outcome::Passed { kernel, checks, secs } => {
+                    println!("vm kernel {kernel}: passed ({checks} checks, {secs} s)");
+                    self.passed += 1;
+                }
+                vm::Outcome::Failed { kernel, why, secs } => {
+                    println!("vm kernel {kernel}: FAILED ({secs} s): {why}");
+                    self.failed += 1;
+                }
+                vm::Outcome::Skipped { series, why } => {
+                    println!("vm kernel {series}: SKIPPED: {why}");
+                    self.ignored += 1;
+                }
+            }
+        }
+    }
+
     fn add_line(&mut self, line: &str) {
         let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
         for part in rest.split(';') {
