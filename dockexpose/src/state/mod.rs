@@ -17,6 +17,25 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> crate::error::Result<()> {
         crate::kernel::pin_root::check_pin_root(root)?;
     }
     let _lock = lock::DaemonLock::acquire_with_pins(&args.lock_file, pins)?;
+    // Kernels without TCX: our cls_bpf filters hold no pin; find them by name on every
+    // interface, then the clsact qdiscs dockexpose made (marked under the pins).
+    let filters = crate::kernel::cls_bpf::remove_everywhere();
+    if !filters.is_empty() {
+        crate::say_out!("dockexpose cleanup: removed the cls_bpf filters of dockexpose on {}", filters.join(", "));
+    }
+    let mut qdiscs = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&args.pin_dir) {
+        for dir in entries.flatten().map(|e| e.path()).filter(|p| crate::kernel::pin_root::is_ours(p)) {
+            for iface in crate::kernel::cls_bpf::marked_clsact(&dir) {
+                if crate::kernel::cls_bpf::delete_clsact(&iface).is_ok() {
+                    qdiscs.push(iface);
+                }
+            }
+        }
+    }
+    if !qdiscs.is_empty() {
+        crate::say_out!("dockexpose cleanup: removed the clsact qdisc dockexpose had added on {}", qdiscs.join(", "));
+    }
     let removed = crate::kernel::pins::cleanup(&args.pin_dir)?;
     if removed.is_empty() {
         crate::say_out!("dockexpose cleanup: nothing pinned at {}", args.pin_dir.display());

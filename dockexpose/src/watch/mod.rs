@@ -339,6 +339,10 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
 
     let watched: Vec<&str> = w.kernel.bridges().collect();
     let uplinks: Vec<&str> = w.kernel.uplinks().collect();
+    crate::say!("dockexpose: {}", w.kernel.features().line());
+    for limit in w.kernel.features().limits() {
+        crate::say!("dockexpose: this kernel: {limit}");
+    }
     match w.kernel.conntrack() {
         ConntrackAccess::Kfuncs => crate::say!(
             "dockexpose: conntrack consulted from the bridge program: exact host ports on every uplink, fragments told by the kernel's own state"
