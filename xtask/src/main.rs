@@ -693,4 +693,15 @@ mod tests {
         t.add_line("running 3 tests");
         assert_eq!(t, TestTotals { passed: 63, failed: 1, ignored: 1 });
     }
+
+    #[test]
+    fn a_kernel_that_cannot_be_had_counts_as_skipped_never_passed() {
+        let mut t = TestTotals::default();
+        t.add_vm(&[
+            vm::Outcome::Passed { kernel: "6.1.0-57-amd64".into(), checks: 29, secs: 54 },
+            vm::Outcome::Failed { kernel: "6.12.118+deb12-amd64".into(), why: "2 of 22 checks failed".into(), secs: 64 },
+            vm::Outcome::Skipped { series: "6.12", why: "no package matching".into() },
+        ]);
+        assert_eq!(t, TestTotals { passed: 1, failed: 1, ignored: 1 });
+    }
 }

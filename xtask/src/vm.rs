@@ -149,6 +149,10 @@ fn ensure_vm_tools(root: bool) -> std::result::Result<PathBuf, String> {
                 missing.join(" ")
             ));
         }
+        let _ = run(
+            Command::new("apt-get").arg("update"),
+            "check the apt sources",
+        );
         let installed = run(
             Command::new("apt-get")
                 .env("DEBIAN_FRONTEND", "noninteractive")

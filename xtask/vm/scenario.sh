@@ -27,6 +27,9 @@ done
 # The tier this kernel should land in: TCX from 6.6.
 read -r maj min _ <<<"$(uname -r | tr '.-' '  ')"
 if [ "$maj" -gt 6 ] || { [ "$maj" -eq 6 ] && [ "$min" -ge 6 ]; }; then want_hook=tcx; else want_hook=cls_bpf; fi
+# The conntrack read needs the casts of 6.2/6.3: without them host_port stays unknown
+# (null) with --no-docker; with them it is the published 8080, read from conntrack.
+if [ "$maj" -gt 6 ] || { [ "$maj" -eq 6 ] && [ "$min" -ge 3 ]; }; then want_host_port=8080; else want_host_port=null; fi
 echo "VMINFO kernel $(uname -r): expecting the $want_hook hook"
 
 # (With --no-docker the daemon attaches no uplink programs: nothing names a published
@@ -114,6 +117,15 @@ echo "VMINFO tcp source port $sp_tcp, udp source port $sp_udp"
 sleep 3
 n=$(records $W/a.json tcp 80 "$sp_tcp"); [ "$n" = 1 ]; check record_tcp4 $? "one tcp4 record of the DNAT'd connection (found ${n:-0})"
 n=$(records $W/a.json udp 53 "$sp_udp"); [ "$n" = 1 ]; check record_udp4 $? "one udp4 record of the DNAT'd flow (found ${n:-0})"
+rec=$(grep "\"src_port\":$sp_tcp," $W/a.json | head -1)
+echo "$rec" | grep -q "\"host_port\":$want_host_port[,}]"
+check host_port $? "host_port is $want_host_port on this kernel: $(echo "$rec" | grep -o '"host_port":[^,]*')"
+start=$(grep '"event":"daemon_start"' $W/a.json | head -1)
+if [ $want_hook = cls_bpf ]; then want_tier='"kernel_tier":"(basic|no-tcx)"'; else want_tier='"kernel_tier":"(full|no-conntrack)"'; fi
+echo "$start" | grep -qE "$want_tier"
+check daemon_start_tier $? "daemon_start names the tier: $(echo "$start" | grep -oE '"kernel_tier":"[^"]*"')"
+$BIN status --json 2>/dev/null | grep -q '"tier"\|"tcx":'
+check status_json_kernel $? "status --json carries the kernel's features"
 
 if [ $want_hook = cls_bpf ]; then
     for h in "br0 egress" "br0 ingress"; do
@@ -122,6 +134,8 @@ if [ $want_hook = cls_bpf ]; then
 fi
 
 # kill -9: what stays attached keeps recording into the pinned ring.
+prog_ids() { tc filter show dev br0 egress 2>/dev/null | grep -o ' id [0-9]*' | tr -d ' id' | tr '\n' ' '; }
+ids_before=$(prog_ids)
 kill -9 $DPID; wait $DPID 2>/dev/null
 sp_gap=$(connect tcp 8080)
 echo "VMINFO tcp source port while no daemon runs: $sp_gap"
@@ -137,10 +151,21 @@ if [ $want_hook = cls_bpf ]; then
     for h in "br0 egress" "br0 ingress"; do
         n=$(filters $h); [ "$n" = 1 ]; check "filters_restart ${h// /_}" $? "still one filter of ours on $h after kill -9 and restart (found $n)"
     done
+    ids_after=$(prog_ids)
+    [ -n "$ids_after" ] && [ "$ids_after" != "$ids_before" ]
+    check filter_replaced $? "the filter on br0 egress runs the new daemon's program (program id $ids_before-> $ids_after)"
 fi
 
-# kill -9 again, then cleanup: nothing of ours may stay.
-kill -9 $DPID; wait $DPID 2>/dev/null
+# A clean stop keeps the kernel side attached for the next daemon (pinned), on cls_bpf
+# as on TCX; then cleanup: nothing of ours may stay.
+kill -TERM $DPID; wait $DPID 2>/dev/null
+grep -q '"event":"daemon_stop".*"kernel_side":"kept"' $W/b.json
+check clean_stop $? "SIGTERM: daemon_stop says the kernel side is kept"
+if [ $want_hook = cls_bpf ]; then
+    for h in "br0 egress" "br0 ingress"; do
+        n=$(filters $h); [ "$n" = 1 ]; check "filters_after_stop ${h// /_}" $? "the filter of ours on $h stays attached after a clean stop (found $n)"
+    done
+fi
 $BIN cleanup >$W/cleanup.log 2>&1
 check cleanup_exit $? "dockexpose cleanup: $(tr '\n' ' ' <$W/cleanup.log)"
 for h in "br0 egress" "br0 ingress" "vo egress" "vo ingress"; do
