@@ -38,6 +38,8 @@ echo "VMINFO kernel $(uname -r): expecting the $want_hook hook"
 # (198.18.7.2) on the uplink vo (198.18.7.1); ports 8080/tcp and 5353/udp DNAT'd to it.
 ip netns add c1 && ip netns add out1
 ip link add br0 type bridge && ip addr add 10.251.7.1/24 dev br0 && ip link set br0 up
+# br1: watched by the first daemon only; the second must take our filters off it.
+ip link add br1 type bridge && ip addr add 10.251.8.1/24 dev br1 && ip link set br1 up
 ip link add vc type veth peer name eth0 netns c1 && ip link set vc master br0 up
 ip -n c1 addr add 10.251.7.2/24 dev eth0 && ip -n c1 link set eth0 up && ip -n c1 link set lo up
 ip -n c1 route add default via 10.251.7.1
@@ -90,11 +92,13 @@ filters() { # filters IFACE ingress|egress
 }
 clsact() { tc qdisc show dev "$1" 2>/dev/null | grep -c clsact; }
 
-start_daemon() { # start_daemon LOG JSON
-    $BIN watch --no-docker --bridge br0 --json "$2" --stats-interval 0 >"$1" 2>&1 &
+start_daemon() { # start_daemon LOG JSON [--bridge IFACE]...
+    log=$1 json=$2
+    shift 2
+    $BIN watch --no-docker "$@" --json "$json" --stats-interval 0 >"$log" 2>&1 &
     DPID=$!
     for _ in $(seq 1 240); do
-        grep -q "watching" "$1" && return 0
+        grep -q "watching" "$log" && return 0
         kill -0 $DPID 2>/dev/null || return 1
         sleep 0.5
     done
@@ -102,7 +106,7 @@ start_daemon() { # start_daemon LOG JSON
 }
 
 t0=$(date +%s)
-start_daemon $W/d1.log $W/a.json
+start_daemon $W/d1.log $W/a.json --bridge br0 --bridge br1
 check start1 $? "the daemon started and said it is watching ($(( $(date +%s) - t0 )) s)"
 sed 's/^/VMLOG d1: /' $W/d1.log | head -20
 grep -qi "tier" $W/d1.log
@@ -128,7 +132,7 @@ $BIN status --json 2>/dev/null | grep -q '"tier"\|"tcx":'
 check status_json_kernel $? "status --json carries the kernel's features"
 
 if [ $want_hook = cls_bpf ]; then
-    for h in "br0 egress" "br0 ingress"; do
+    for h in "br0 egress" "br0 ingress" "br1 egress" "br1 ingress"; do
         n=$(filters $h); [ "$n" = 1 ]; check "filters_start ${h// /_}" $? "one filter of ours on $h (found $n)"
     done
 fi
@@ -140,7 +144,7 @@ kill -9 $DPID; wait $DPID 2>/dev/null
 sp_gap=$(connect tcp 8080)
 echo "VMINFO tcp source port while no daemon runs: $sp_gap"
 t0=$(date +%s)
-start_daemon $W/d2.log $W/b.json
+start_daemon $W/d2.log $W/b.json --bridge br0
 check restart $? "the daemon started again after kill -9 ($(( $(date +%s) - t0 )) s)"
 sed 's/^/VMLOG d2: /' $W/d2.log | head -20
 sp_tcp2=$(connect tcp 8080)
@@ -151,6 +155,12 @@ if [ $want_hook = cls_bpf ]; then
     for h in "br0 egress" "br0 ingress"; do
         n=$(filters $h); [ "$n" = 1 ]; check "filters_restart ${h// /_}" $? "still one filter of ours on $h after kill -9 and restart (found $n)"
     done
+    # Links not claimed within 15 s are released: here, the filters on br1.
+    for _ in $(seq 1 80); do grep -q "br1" $W/d2.log && break; sleep 0.5; done
+    grep "br1" $W/d2.log | sed 's/^/VMLOG d2: /'
+    n=$(( $(filters br1 ingress) + $(filters br1 egress) )); [ "$n" = 0 ]
+    check filters_unwatched $? "no filter of ours on br1, which the restarted daemon does not watch (found $n)"
+    n=$(clsact br1); [ "$n" = 0 ]; check qdisc_unwatched $? "no clsact qdisc on br1 either (found $n)"
     ids_after=$(prog_ids)
     [ -n "$ids_after" ] && [ "$ids_after" != "$ids_before" ]
     check filter_replaced $? "the filter on br0 egress runs the new daemon's program (program id $ids_before-> $ids_after)"
@@ -171,7 +181,7 @@ check cleanup_exit $? "dockexpose cleanup: $(tr '\n' ' ' <$W/cleanup.log)"
 for h in "br0 egress" "br0 ingress" "vo egress" "vo ingress"; do
     n=$(filters $h); [ "$n" = 0 ]; check "filters_cleanup ${h// /_}" $? "no filter of ours on $h after cleanup (found $n)"
 done
-for i in br0 vo; do
+for i in br0 br1 vo; do
     n=$(clsact $i); [ "$n" = 0 ]; check "qdisc_cleanup $i" $? "no clsact qdisc on $i after cleanup (found $n)"
 done
 [ ! -e /sys/fs/bpf/dockexpose ]; check pins_cleanup $? "no pins left under /sys/fs/bpf/dockexpose ($(ls /sys/fs/bpf 2>/dev/null | tr '\n' ' '))"

@@ -10,7 +10,9 @@
 //! - `dockexpose cleanup` (and a start that finds no filter at our handle) removes
 //!   every filter named like ours on every interface;
 //! - the clsact qdisc is removed when dockexpose made it: a marker directory under the
-//!   pin directory (`clsact/<iface>`) remembers that across a kill -9.
+//!   pin directory (`clsact/<iface>`) remembers that across a kill -9, and another
+//!   (`filters/<iface>`) where the filters are, so that the next daemon removes those
+//!   on interfaces it no longer watches (not another daemon's, with its own pins).
 
 use std::{io, path::Path};
 
@@ -96,23 +98,57 @@ pub fn add_clsact(iface: &str) -> bool {
     tc::qdisc_add_clsact(iface).is_ok()
 }
 
-/// Remembers, under the pin directory `dir`, that dockexpose made `iface`'s clsact.
-pub fn mark_clsact(dir: &Path, iface: &str) {
-    let _ = std::fs::create_dir_all(dir.join("clsact").join(iface));
+/// What a marker under the pin directory remembers about an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// dockexpose made its clsact qdisc.
+    Clsact,
+    /// Filters of ours are attached there.
+    Filters,
 }
 
-pub fn unmark_clsact(dir: &Path, iface: &str) {
-    let _ = std::fs::remove_dir(dir.join("clsact").join(iface));
+impl Mark {
+    fn dir(self, pins: &Path) -> std::path::PathBuf {
+        pins.join(match self {
+            Self::Clsact => "clsact",
+            Self::Filters => "filters",
+        })
+    }
 }
 
-/// The interfaces whose clsact qdisc dockexpose made, as marked under `dir`.
-pub fn marked_clsact(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir.join("clsact")) else {
+/// Remembers `mark` for `iface` under the pin directory `dir` (bpffs takes
+/// directories, not files).
+pub fn mark(dir: &Path, mark: Mark, iface: &str) {
+    let _ = std::fs::create_dir_all(mark.dir(dir).join(iface));
+}
+
+pub fn unmark(dir: &Path, mark: Mark, iface: &str) {
+    let _ = std::fs::remove_dir(mark.dir(dir).join(iface));
+}
+
+/// The interfaces marked with `mark` under `dir`.
+pub fn marked(dir: &Path, mark: Mark) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(mark.dir(dir)) else {
         return Vec::new();
     };
     entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Removes what the marks under `dir` name: our filters on each marked interface,
+/// then the clsact qdiscs dockexpose made; returns the interfaces whose qdisc went.
+/// For a pin directory about to be removed (cleanup, a layout reset).
+pub fn release_marked(dir: &Path) -> Vec<String> {
+    for iface in marked(dir, Mark::Filters) {
+        for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+            remove_ours(&iface, direction);
+        }
+    }
+    marked(dir, Mark::Clsact)
+        .into_iter()
+        .filter(|iface| delete_clsact(iface).is_ok())
         .collect()
 }
 
@@ -243,13 +279,15 @@ mod tests {
     #[test]
     fn markers_round_trip() {
         let dir = std::env::temp_dir().join(format!("dockexpose-clsact-{}", std::process::id()));
-        mark_clsact(&dir, "br-x");
-        mark_clsact(&dir, "eth9");
-        let mut marked = marked_clsact(&dir);
-        marked.sort();
-        assert_eq!(marked, ["br-x", "eth9"]);
-        unmark_clsact(&dir, "br-x");
-        assert_eq!(marked_clsact(&dir), ["eth9"]);
+        mark(&dir, Mark::Clsact, "br-x");
+        mark(&dir, Mark::Clsact, "eth9");
+        mark(&dir, Mark::Filters, "br-y");
+        let mut got = marked(&dir, Mark::Clsact);
+        got.sort();
+        assert_eq!(got, ["br-x", "eth9"]);
+        unmark(&dir, Mark::Clsact, "br-x");
+        assert_eq!(marked(&dir, Mark::Clsact), ["eth9"]);
+        assert_eq!(marked(&dir, Mark::Filters), ["br-y"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -277,7 +277,7 @@ impl Kernel {
                 prog.pin(&path).map_err(|e| Error::Pins { path: path.clone(), reason: e.to_string() })?;
             }
             kernel.pool = LinkPool::open(dir);
-            kernel.made_clsact = cls_bpf::marked_clsact(&dir.dir).into_iter().collect();
+            kernel.made_clsact = cls_bpf::marked(&dir.dir, cls_bpf::Mark::Clsact).into_iter().collect();
             kernel.adopt_map_contents()?;
         }
         kernel.pins = pins;
@@ -447,6 +447,9 @@ impl Kernel {
                 let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
                 let (id, adopted) = cls_bpf::attach(prog, iface, direction).map_err(attach_err)?;
                 let link = prog.take_link(id).map_err(attach_err)?;
+                if let Some(dir) = &self.pins {
+                    cls_bpf::mark(&dir.dir, cls_bpf::Mark::Filters, iface);
+                }
                 return Ok((HeldLink::filter(link, keep), adopted));
             }
             Hook::Tc(direction) => {
@@ -509,17 +512,21 @@ impl Kernel {
         if self.features.tc_mechanism() == TcMechanism::ClsBpf && cls_bpf::add_clsact(iface) {
             self.made_clsact.insert(iface.to_string());
             if let Some(dir) = &self.pins {
-                cls_bpf::mark_clsact(&dir.dir, iface);
+                cls_bpf::mark(&dir.dir, cls_bpf::Mark::Clsact, iface);
             }
         }
     }
 
-    /// Removes `iface`'s clsact qdisc if dockexpose made it (our filters are gone).
+    /// After our filters on `iface` are gone: forgets them, and removes its clsact
+    /// qdisc if dockexpose made it.
     fn release_clsact(&mut self, iface: &str) {
+        if let Some(dir) = &self.pins {
+            cls_bpf::unmark(&dir.dir, cls_bpf::Mark::Filters, iface);
+        }
         if self.made_clsact.remove(iface) {
             let _ = cls_bpf::delete_clsact(iface);
             if let Some(dir) = &self.pins {
-                cls_bpf::unmark_clsact(&dir.dir, iface);
+                cls_bpf::unmark(&dir.dir, cls_bpf::Mark::Clsact, iface);
             }
         }
     }
@@ -586,8 +593,20 @@ impl Kernel {
     /// Links a previous daemon pinned that no attachment of this one claimed (the
     /// interfaces it no longer watches): detached.
     pub fn release_unclaimed_links(&mut self) -> Vec<(String, u32)> {
-        let unclaimed = self.pool.unclaimed();
+        let mut unclaimed = self.pool.unclaimed();
         self.pool.release_all();
+        // cls_bpf: the filters the previous daemon marked on interfaces this one does
+        // not watch (a TCX link would have been in the pool).
+        let marked = self.pins.as_ref().map(|d| cls_bpf::marked(&d.dir, cls_bpf::Mark::Filters)).unwrap_or_default();
+        for iface in marked {
+            if !self.bridges.contains_key(&iface) && !self.uplinks.contains_key(&iface) {
+                for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    cls_bpf::remove_ours(&iface, direction);
+                }
+                unclaimed.push((format!("cls_bpf filters on {iface}"), ifindex_of(&iface)));
+                self.release_clsact(&iface);
+            }
+        }
         // The adopted LOCAL_IFACES may still name bridges the previous daemon watched
         // and this one does not: their traffic is no longer the host's own.
         let watched: BTreeSet<u32> = self.bridges.values().map(|b| b.ifindex).chain([ifindex_of("lo")]).collect();

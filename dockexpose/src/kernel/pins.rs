@@ -246,6 +246,8 @@ pub fn prepare(dir: &PinDir) -> Result<Adoption> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name != dir.version && pin_root::is_ours(&entry.path()) {
+            // Its cls_bpf filters hold no pin: removed by what it marked.
+            super::cls_bpf::release_marked(&entry.path());
             remove_tree(&entry.path())?;
             reasons.push(format!("the pinned kernel state has layout {name}, this build has {}", dir.version));
         }

@@ -26,11 +26,7 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> crate::error::Result<()> {
     let mut qdiscs = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&args.pin_dir) {
         for dir in entries.flatten().map(|e| e.path()).filter(|p| crate::kernel::pin_root::is_ours(p)) {
-            for iface in crate::kernel::cls_bpf::marked_clsact(&dir) {
-                if crate::kernel::cls_bpf::delete_clsact(&iface).is_ok() {
-                    qdiscs.push(iface);
-                }
-            }
+            qdiscs.extend(crate::kernel::cls_bpf::release_marked(&dir));
         }
     }
     if !qdiscs.is_empty() {
