@@ -128,6 +128,10 @@ start=$(grep '"event":"daemon_start"' $W/a.json | head -1)
 if [ $want_hook = cls_bpf ]; then want_tier='"kernel_tier":"(basic|no-tcx)"'; else want_tier='"kernel_tier":"(full|no-conntrack)"'; fi
 echo "$start" | grep -qE "$want_tier"
 check daemon_start_tier $? "daemon_start names the tier: $(echo "$start" | grep -oE '"kernel_tier":"[^"]*"')"
+if [ $want_host_port = null ]; then
+    grep -q "this kernel: no conntrack kfuncs" $W/d1.log
+    check kernel_limits_alert $? "the missing conntrack defence is said at start (a kernel_limits health alert)"
+fi
 $BIN status --json 2>/dev/null | grep -q '"tier"\|"tcx":'
 check status_json_kernel $? "status --json carries the kernel's features"
 

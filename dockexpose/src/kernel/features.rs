@@ -128,23 +128,26 @@ impl Features {
         )
     }
 
-    /// What this tier cannot give, one sentence each (empty on the full tier).
-    pub fn limits(&self) -> Vec<String> {
+    /// What this tier cannot give, one sentence each with the missing feature's name
+    /// (empty on the full tier).
+    pub fn limits(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if !self.tcx {
-            out.push(
+            out.push((
+                "tcx",
                 "no TCX (Linux 6.6): programs are attached as cls_bpf filters of our own (found again by name, \
                  priority and handle); a restart replaces their program in place, but another tc user's \
                  filters at a higher priority run first and may drop a packet before ours see it"
                     .to_string(),
-            );
+            ));
         }
         if !self.conntrack_kfuncs {
-            out.push(
+            out.push((
+                "conntrack_kfuncs",
                 "no conntrack kfuncs (bpf_cast_to_kern_ctx, bpf_rdonly_cast): host_port is null where the published bindings do not name it, \
                  and a first fragment cut before the TCP flags is counted as bridge_uninspected"
                     .to_string(),
-            );
+            ));
         }
         out
     }
@@ -193,8 +196,9 @@ mod tests {
         assert!(with(true, true).limits().is_empty());
         let limits = with(false, false).limits();
         assert_eq!(limits.len(), 2);
+        assert_eq!((limits[0].0, limits[1].0), ("tcx", "conntrack_kfuncs"));
         assert!(
-            limits[0].contains("cls_bpf") && limits[1].contains("host_port is null"),
+            limits[0].1.contains("cls_bpf") && limits[1].1.contains("host_port is null"),
             "{limits:?}"
         );
     }

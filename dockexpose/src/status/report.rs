@@ -134,7 +134,7 @@ impl StatusReport {
         let att: Vec<String> = h.attachments.iter().map(|a| format!("{} {} ({})", a.role, escape_untrusted(&a.iface), a.mode)).collect();
         if !h.kernel.kernel.is_empty() {
             let _ = writeln!(out, "{}", h.kernel.line());
-            for limit in h.kernel.limits() {
+            for (_, limit) in h.kernel.limits() {
                 let _ = writeln!(out, "  this kernel: {limit}");
             }
         }
