@@ -273,6 +273,18 @@ fn fetch_kernel(series: Series) -> Result<Image> {
         "depmod comes with kmod",
     )?;
     let _ = std::fs::remove_file(&deb);
+    // An older image of the series is superseded: ~300 MB each, not kept.
+    let stem = series.prefix.trim_start_matches("linux-image-");
+    for old in std::fs::read_dir(&cache)?.filter_map(|e| e.ok()) {
+        let name = old.file_name().to_string_lossy().into_owned();
+        if name != image.version
+            && newest_package(&format!("linux-image-{name}"), series).is_some()
+            && name.starts_with(stem)
+        {
+            say!("vm: {}: removing the superseded {name}", series.name);
+            let _ = std::fs::remove_dir_all(old.path());
+        }
+    }
     Ok(image)
 }
 
