@@ -94,6 +94,8 @@ macro_rules! say {
     ($($arg:tt)*) => { println!("xtask: {}", format_args!($($arg)*)) };
 }
 
+mod vm;
+
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Build, run, test and bench dockexpose")]
 struct Cli {
@@ -117,6 +119,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build, then boot Debian's kernels in QEMU and run the kernel-pipeline scenario
+    /// in each (also the last step of `test`; see xtask/src/vm.rs).
+    TestVm,
     /// Build, then run the kernel-program benchmark (benches/kernel_programs.rs) as root
     /// with ARGS, then the daemon benchmarks
     /// (tests bench_rate, bench_saturation and bench_flood; they need root and Docker).
@@ -146,6 +151,17 @@ fn run_task(task: Task) -> Result<()> {
             exec_privileged(root, &bin, &args)
         }
         Task::Test { args } => test(root, &args),
+        Task::TestVm => {
+            let bin = build(root)?;
+            let outcomes = vm::run_matrix(root, &bin);
+            let mut total = TestTotals::default();
+            total.add_vm(&outcomes);
+            println!("vm: {} passed, {} failed, {} skipped", total.passed, total.failed, total.ignored);
+            if total.failed > 0 {
+                bail!("the kernel matrix failed\n  Fix: see the VMCHECK FAIL lines above");
+            }
+            Ok(())
+        }
         Task::Bench { args } => {
             build(root)?;
             let bin = build_kernel_bench()?;
@@ -250,12 +266,31 @@ fn test(root: bool, args: &[String]) -> Result<()> {
         total.add_line(&line);
     }
     let status = child.wait().context("waiting for cargo test")?;
+    // The kernel matrix: only for a whole run (a filter asks for particular tests).
+    let mut vm_failed = false;
+    if args.is_empty() {
+        // cargo test built it for the integration tests; a build with other features
+        // unified would recompile half the dependencies.
+        let bin = target_dir().join("release").join("dockexpose");
+        if !bin.is_file() {
+            run(cargo().args(["build", "--release", "--package", "dockexpose"]), "see the compiler errors above")?;
+        }
+        let outcomes = vm::run_matrix(root, &bin);
+        vm_failed = outcomes.iter().any(|o| matches!(o, vm::Outcome::Failed { .. }));
+        total.add_vm(&outcomes);
+    } else {
+        say!("vm: SKIPPED: test arguments were given; `cargo xtask test-vm` runs the kernel matrix alone");
+        total.ignored += vm::SERIES.len() as u64;
+    }
     let log = fs::read_to_string(&skip_log).with_context(|| format!("reading the skip log {}", skip_log.display()))?;
     for line in totals::summary(&total, &totals::parse_skips(&log)) {
         println!("{line}");
     }
     if !status.success() {
         bail!("`cargo test` failed ({status})\n  Fix: see the failures above");
+    }
+    if vm_failed {
+        bail!("the kernel matrix failed\n  Fix: see the VMCHECK FAIL lines above");
     }
     Ok(())
 }
@@ -621,5 +656,16 @@ mod tests {
         assert_eq!(args, ["--exact", "some_test"]);
         let Task::Bench { args } = parse(&["bench", "--iterations", "10"]) else { panic!() };
         assert_eq!(args, ["--iterations", "10"]);
+    }
+
+    #[test]
+    fn a_kernel_that_cannot_be_had_counts_as_skipped_never_passed() {
+        let mut t = totals::TestTotals::default();
+        t.add_vm(&[
+            vm::Outcome::Passed { kernel: "6.1.0-57-amd64".into(), checks: 29, secs: 54 },
+            vm::Outcome::Failed { kernel: "6.12.118+deb12-amd64".into(), why: "2 of 22 checks failed".into(), secs: 64 },
+            vm::Outcome::Skipped { series: "6.12", why: "no package matching".into() },
+        ]);
+        assert_eq!(t, totals::TestTotals { passed: 1, failed: 1, ignored: 1 });
     }
 }

@@ -20,6 +20,26 @@ pub struct TestTotals {
 }
 
 impl TestTotals {
+    /// One count per kernel of the VM matrix, each outcome printed on its own line.
+    pub fn add_vm(&mut self, outcomes: &[crate::vm::Outcome]) {
+        for o in outcomes {
+            match o {
+                crate::vm::Outcome::Passed { kernel, checks, secs } => {
+                    println!("vm kernel {kernel}: passed ({checks} checks, {secs} s)");
+                    self.passed += 1;
+                }
+                crate::vm::Outcome::Failed { kernel, why, secs } => {
+                    println!("vm kernel {kernel}: FAILED ({secs} s): {why}");
+                    self.failed += 1;
+                }
+                crate::vm::Outcome::Skipped { series, why } => {
+                    println!("vm kernel {series}: SKIPPED: {why}");
+                    self.ignored += 1;
+                }
+            }
+        }
+    }
+
     pub fn add_line(&mut self, line: &str) {
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
             return;

@@ -114,8 +114,16 @@ impl Btf {
                     }
                     vlen * 12
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+                KIND_ENUM | KIND_ENUM64 => {
+                    // Value names only (features.rs asks whether an enum has a value).
+                    let step = if kind == KIND_ENUM { 8 } else { 12 };
+                    for i in 0..vlen {
+                        ty.members.push(Member { name_off: u32_at(types_raw, at + i * step)?, type_id: 0, bit_offset: 0 });
+                    }
+                    vlen * step
+                }
+                KIND_FUNC_PROTO => vlen * 8,
+                KIND_DATASEC => vlen * 12,
                 0..=19 => 0,
                 other => return Err(BtfError(format!("unknown BTF kind {other}"))),
             };
@@ -133,6 +141,15 @@ impl Btf {
     /// The id of the type called `name` of `kind` (KIND_FUNC, KIND_STRUCT, ...).
     pub fn id_of(&self, name: &str, kind: u8) -> Option<u32> {
         self.types.iter().position(|t| t.kind == kind && self.name(t.name_off) == name).map(|i| i as u32)
+    }
+
+    /// Whether the enum called `enum_name` has a value called `value` (the kernel's
+    /// UAPI enums say which attach types and map types it knows).
+    pub fn has_enum_value(&self, enum_name: &str, value: &str) -> bool {
+        self.types
+            .iter()
+            .filter(|t| matches!(t.kind, KIND_ENUM | KIND_ENUM64) && self.name(t.name_off) == enum_name)
+            .any(|t| t.members.iter().any(|m| self.name(m.name_off) == value))
     }
 
     /// Follows typedefs and qualifiers, and arrays to their element (index 0).

@@ -23,7 +23,9 @@ use dockexpose_common::{
 };
 
 use super::{
-    btf, kfunc,
+    btf, cls_bpf,
+    features::{Features, TcMechanism},
+    kfunc,
     pins::{self, HeldLink, LinkPool, PinDir},
 };
 pub use crate::host::interfaces::LinkLayer;
@@ -152,6 +154,8 @@ pub enum UplinkAttachMode {
     Generic,
     /// The TCX ingress hook (`UplinkHook::Tcx`).
     Tcx,
+    /// That hook as a cls_bpf filter of ours: the kernel has no TCX.
+    ClsBpf,
     /// A link pinned by the previous daemon, kept: its program replaced by ours.
     Adopted,
 }
@@ -174,6 +178,11 @@ pub struct Kernel {
     pins: Option<PinDir>,
     /// Links pinned by the previous daemon, not yet claimed by an attachment.
     pool: LinkPool,
+    /// What the kernel offers (probed at load).
+    features: Features,
+    /// Interfaces whose clsact qdisc dockexpose made (cls_bpf only): removed with our
+    /// filters.
+    made_clsact: BTreeSet<String>,
 }
 
 /// The maps `watch` reads itself, handed out at load.
@@ -295,6 +304,7 @@ impl Kernel {
                 prog.pin(&path).map_err(|e| Error::Pins { path: path.clone(), reason: e.to_string() })?;
             }
             kernel.pool = LinkPool::open(dir);
+            kernel.made_clsact = cls_bpf::marked(&dir.dir, cls_bpf::Mark::Clsact).into_iter().collect();
             kernel.adopt_map_contents()?;
         }
         kernel.pins = pins;
@@ -337,6 +347,10 @@ impl Kernel {
 
     fn load_with(settings: KernelSettings, pins: Option<&PinDir>) -> Result<(Self, aya::maps::Map)> {
         raise_memlock_limit();
+        let features = Features::probe();
+        if let Some(why) = features.refusal() {
+            return Err(Error::Object(why));
+        }
         // Conntrack from the bridge program: kfunc ids and nf_conn offsets from the
         // running kernel's BTF, or a clearly announced fallback.
         let kernel_btf = btf::Btf::from_sys_fs();
@@ -418,6 +432,8 @@ impl Kernel {
             probes: None,
             pins: None,
             pool: LinkPool::default(),
+            features,
+            made_clsact: BTreeSet::new(),
         };
         Ok((kernel, events))
     }
@@ -436,7 +452,10 @@ impl Kernel {
                 }
             }
         }
+        let cls_bpf = self.features.tc_mechanism() == TcMechanism::ClsBpf;
         let hook_name = match hook {
+            Hook::Tc(TcAttachType::Egress) if cls_bpf => "cls_bpf egress",
+            Hook::Tc(_) if cls_bpf => "cls_bpf ingress",
             Hook::Tc(TcAttachType::Egress) => "TCX egress",
             Hook::Tc(_) => "TCX ingress",
             Hook::Xdp(_) => "XDP",
@@ -448,12 +467,24 @@ impl Kernel {
             source: Box::new(source),
         };
         let owned: std::result::Result<FdLink, Box<dyn std::any::Any + Send>> = match hook {
+            Hook::Tc(direction) if cls_bpf => {
+                // Our own filter, found again by priority, handle and name (cls_bpf.rs);
+                // it stays attached past the daemon when the maps are pinned.
+                let keep = self.pins.is_some();
+                let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+                let (id, adopted) = cls_bpf::attach(prog, iface, direction).map_err(attach_err)?;
+                let link = prog.take_link(id).map_err(attach_err)?;
+                if let Some(dir) = &self.pins {
+                    cls_bpf::mark(&dir.dir, cls_bpf::Mark::Filters, iface);
+                }
+                return Ok((HeldLink::filter(link, keep), adopted));
+            }
             Hook::Tc(direction) => {
                 let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-                let id = prog.attach(iface, direction).map_err(attach_err)?;
+                let options = tc::TcAttachOptions::TcxOrder(aya::programs::LinkOrder::default());
+                let id = prog.attach_with_options(iface, direction, options).map_err(attach_err)?;
                 let link = prog.take_link(id).map_err(attach_err)?;
-                let is_fd = <&FdLink>::try_from(&link).is_ok();
-                if is_fd { FdLink::try_from(link).map_err(|_| unreachable_link()) } else { Err(Box::new(link)) }
+                FdLink::try_from(link).map_err(|_| unreachable_link())
             }
             Hook::Xdp(mode) => {
                 let prog: &mut Xdp = program(&mut self.ebpf, name)?;
@@ -477,8 +508,7 @@ impl Kernel {
             return Ok(());
         }
         let ifindex = ifindex_of(iface);
-        // Only the netlink fallback (kernels < 6.6) needs clsact; "exists" is fine.
-        let _ = tc::qdisc_add_clsact(iface);
+        self.ensure_clsact(iface);
         let (egress, _) = self.attach_link(program_names::BRIDGE_EGRESS, iface, ifindex, Hook::Tc(TcAttachType::Egress))?;
         let (ingress, _) = match self.attach_link(program_names::BRIDGE_INGRESS, iface, ifindex, Hook::Tc(TcAttachType::Ingress)) {
             Ok(l) => l,
@@ -500,6 +530,37 @@ impl Kernel {
         let _ = self.local_ifaces.remove(&links.ifindex);
         links.egress.detach();
         links.ingress.detach();
+        self.release_clsact(iface);
+    }
+
+    /// cls_bpf only (TCX needs no qdisc): adds clsact to `iface`, remembering (in
+    /// memory and under the pin directory) when dockexpose made it.
+    fn ensure_clsact(&mut self, iface: &str) {
+        if self.features.tc_mechanism() == TcMechanism::ClsBpf && cls_bpf::add_clsact(iface) {
+            self.made_clsact.insert(iface.to_string());
+            if let Some(dir) = &self.pins {
+                cls_bpf::mark(&dir.dir, cls_bpf::Mark::Clsact, iface);
+            }
+        }
+    }
+
+    /// After our filters on `iface` are gone: forgets them, and removes its clsact
+    /// qdisc if dockexpose made it.
+    fn release_clsact(&mut self, iface: &str) {
+        if let Some(dir) = &self.pins {
+            cls_bpf::unmark(&dir.dir, cls_bpf::Mark::Filters, iface);
+        }
+        if self.made_clsact.remove(iface) {
+            let _ = cls_bpf::delete_clsact(iface);
+            if let Some(dir) = &self.pins {
+                cls_bpf::unmark(&dir.dir, cls_bpf::Mark::Clsact, iface);
+            }
+        }
+    }
+
+    /// What the kernel offers, as probed at load.
+    pub fn features(&self) -> &Features {
+        &self.features
     }
 
     /// Attaches the uplink programs: TCX ingress, or XDP (native mode where the driver
@@ -510,7 +571,7 @@ impl Kernel {
         }
         let ifindex = ifindex_of(iface);
         let (xdp_name, egress_name) = uplink_programs(layer);
-        let _ = tc::qdisc_add_clsact(iface);
+        self.ensure_clsact(iface);
         // The hook not chosen this time keeps no link from a previous daemon.
         let other = match hook {
             UplinkHook::Tcx => xdp_name,
@@ -523,7 +584,10 @@ impl Kernel {
         let attached = match hook {
             UplinkHook::Tcx => self
                 .attach_link(ingress_program(layer), iface, ifindex, Hook::Tc(TcAttachType::Ingress))
-                .map(|(l, adopted)| (l, if adopted { UplinkAttachMode::Adopted } else { UplinkAttachMode::Tcx })),
+                .map(|(l, adopted)| {
+                    let fresh = if self.features.tcx { UplinkAttachMode::Tcx } else { UplinkAttachMode::ClsBpf };
+                    (l, if adopted { UplinkAttachMode::Adopted } else { fresh })
+                }),
             UplinkHook::Xdp => match self.attach_link(xdp_name, iface, ifindex, Hook::Xdp(XdpMode::Driver)) {
                 Ok((l, adopted)) => Ok((l, if adopted { UplinkAttachMode::Adopted } else { UplinkAttachMode::Native })),
                 Err(_) => self.attach_link(xdp_name, iface, ifindex, Hook::Xdp(XdpMode::Skb)).map(|(l, _)| (l, UplinkAttachMode::Generic)),
@@ -545,6 +609,7 @@ impl Kernel {
         let Some(links) = self.uplinks.remove(iface) else { return };
         links.attempts.detach();
         links.egress.detach();
+        self.release_clsact(iface);
     }
 
     /// Whether the kernel side is pinned (and outlives this process).
@@ -555,8 +620,20 @@ impl Kernel {
     /// Links a previous daemon pinned that no attachment of this one claimed (the
     /// interfaces it no longer watches): detached.
     pub fn release_unclaimed_links(&mut self) -> Vec<(String, u32)> {
-        let unclaimed = self.pool.unclaimed();
+        let mut unclaimed = self.pool.unclaimed();
         self.pool.release_all();
+        // cls_bpf: the filters the previous daemon marked on interfaces this one does
+        // not watch (a TCX link would have been in the pool).
+        let marked = self.pins.as_ref().map(|d| cls_bpf::marked(&d.dir, cls_bpf::Mark::Filters)).unwrap_or_default();
+        for iface in marked {
+            if !self.bridges.contains_key(&iface) && !self.uplinks.contains_key(&iface) {
+                for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    cls_bpf::remove_ours(&iface, direction);
+                }
+                unclaimed.push((format!("cls_bpf filters on {iface}"), ifindex_of(&iface)));
+                self.release_clsact(&iface);
+            }
+        }
         // The adopted LOCAL_IFACES may still name bridges the previous daemon watched
         // and this one does not: their traffic is no longer the host's own.
         let watched: BTreeSet<u32> = self.bridges.values().map(|b| b.ifindex).chain([ifindex_of("lo")]).collect();

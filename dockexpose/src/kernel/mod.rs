@@ -2,7 +2,9 @@
 //! keeping their maps current, reading their records.
 
 pub mod btf;
+pub mod cls_bpf;
 pub mod event;
+pub mod features;
 pub mod kfunc;
 pub mod loader;
 pub mod pin_root;

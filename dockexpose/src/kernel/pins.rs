@@ -246,6 +246,8 @@ pub fn prepare(dir: &PinDir) -> Result<Adoption> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name != dir.version && pin_root::is_ours(&entry.path()) {
+            // Its cls_bpf filters hold no pin: removed by what it marked.
+            super::cls_bpf::release_marked(&entry.path());
             remove_tree(&entry.path())?;
             reasons.push(format!("the pinned kernel state has layout {name}, this build has {}", dir.version));
         }
@@ -319,9 +321,21 @@ fn collect(root: &Path, at: &Path, out: &mut Vec<String>) {
 pub struct HeldLink {
     link: Option<FdLink>,
     pin: Option<PathBuf>,
-    /// A link that is no fd link (tc through netlink, kernels before 6.6): it cannot
+    /// A link that is no fd link (XDP through netlink, kernels before 5.9): it cannot
     /// be pinned, and detaches when dropped.
     other: Option<Box<dyn std::any::Any + Send>>,
+    /// Our cls_bpf filter (kernels before 6.6, see cls_bpf.rs), and whether it stays
+    /// attached when the daemon exits (pinned maps: the next daemon takes it over).
+    filter: Option<(aya::programs::tc::SchedClassifierLink, bool)>,
+}
+
+impl Drop for HeldLink {
+    fn drop(&mut self) {
+        // Dropping aya's link object would delete the filter: forget it instead.
+        if let Some((link, true)) = self.filter.take() {
+            std::mem::forget(link);
+        }
+    }
 }
 
 impl HeldLink {
@@ -329,31 +343,40 @@ impl HeldLink {
     pub fn pinned(link: FdLink, pin: &Path) -> Result<Self> {
         let _ = std::fs::remove_file(pin);
         let pinned: PinnedLink = link.pin(pin).map_err(|e| pin_error(pin, &e.to_string()))?;
-        Ok(Self { link: Some(FdLink::from(pinned)), pin: Some(pin.to_path_buf()), other: None })
+        Ok(Self { link: Some(FdLink::from(pinned)), pin: Some(pin.to_path_buf()), other: None, filter: None })
     }
 
     /// A link adopted from its pin (already pinned at `pin`).
     pub fn adopted(link: FdLink, pin: PathBuf) -> Self {
-        Self { link: Some(link), pin: Some(pin), other: None }
+        Self { link: Some(link), pin: Some(pin), other: None, filter: None }
     }
 
     /// A link that lives only as long as this process holds it.
     pub fn unpinned(link: FdLink) -> Self {
-        Self { link: Some(link), pin: None, other: None }
+        Self { link: Some(link), pin: None, other: None, filter: None }
     }
 
     /// A link of another kind, held until detached.
     pub fn owned(other: Box<dyn std::any::Any + Send>) -> Self {
-        Self { link: None, pin: None, other: Some(other) }
+        Self { link: None, pin: None, other: Some(other), filter: None }
     }
 
-    /// Detaches now: removes the pin, closes the link.
+    /// A cls_bpf filter of ours; `keep_attached`: it outlives the daemon.
+    pub fn filter(link: aya::programs::tc::SchedClassifierLink, keep_attached: bool) -> Self {
+        Self { link: None, pin: None, other: None, filter: Some((link, keep_attached)) }
+    }
+
+    /// Detaches now: removes the pin, closes the link, deletes the filter.
     pub fn detach(mut self) {
         if let Some(p) = self.pin.take() {
             let _ = std::fs::remove_file(p);
         }
         self.link.take();
         self.other.take();
+        if let Some((link, _)) = self.filter.take() {
+            use aya::programs::links::Link as _;
+            let _ = link.detach();
+        }
     }
 }
 

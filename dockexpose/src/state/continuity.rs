@@ -95,6 +95,10 @@ enum Detail<'a> {
         lost_since_last_stop: u64,
         /// When the pinned kernel side was created (first start after boot or reset).
         kernel_state_since: Option<Timestamp>,
+        /// "full", "no-tcx", "no-conntrack" or "basic" (kernel/features.rs).
+        kernel_tier: &'static str,
+        /// What the kernel offers, probed at start.
+        kernel_features: &'a crate::kernel::features::Features,
     },
     Stop {
         reason: &'a str,
@@ -204,6 +208,8 @@ pub fn start(service: &ServiceSettings, settings: KernelSettings, sink: &mut Aud
             ring_bytes: ring.capacity(),
             lost_since_last_stop: lost_since,
             kernel_state_since: (created > 0).then(|| Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(created))),
+            kernel_tier: kernel.features().tier(),
+            kernel_features: kernel.features(),
         },
     ));
     if let Some(line) = sink.flush() {

@@ -22,6 +22,21 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> crate::error::Result<()> {
     if verify_left > 0 {
         crate::say_out!("dockexpose cleanup: removed {verify_left} objects killed verify runs left (guard pins, trace tables, veths)");
     }
+    // Kernels without TCX: our cls_bpf filters hold no pin; find them by name on every
+    // interface, then the clsact qdiscs dockexpose made (marked under the pins).
+    let filters = crate::kernel::cls_bpf::remove_everywhere();
+    if !filters.is_empty() {
+        crate::say_out!("dockexpose cleanup: removed the cls_bpf filters of dockexpose on {}", filters.join(", "));
+    }
+    let mut qdiscs = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&args.pin_dir) {
+        for dir in entries.flatten().map(|e| e.path()).filter(|p| crate::kernel::pin_root::is_ours(p)) {
+            qdiscs.extend(crate::kernel::cls_bpf::release_marked(&dir));
+        }
+    }
+    if !qdiscs.is_empty() {
+        crate::say_out!("dockexpose cleanup: removed the clsact qdisc dockexpose had added on {}", qdiscs.join(", "));
+    }
     let removed = crate::kernel::pins::cleanup(&args.pin_dir)?;
     if removed.is_empty() {
         crate::say_out!("dockexpose cleanup: nothing pinned at {}", args.pin_dir.display());

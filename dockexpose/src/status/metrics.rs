@@ -109,6 +109,15 @@ pub fn encode_report(report: &StatusReport, alerts: &AlertCounts) -> String {
     for a in &h.attachments {
         attached.get_or_create(&vec![("iface", a.iface.clone()), ("role", a.role.clone()), ("mode", a.mode.clone())]).set(1);
     }
+    let k = &h.kernel;
+    let info = gauge_family(&mut r, "kernel_info", "The running kernel, its tier and how the tc programs are attached (1)");
+    info.get_or_create(&vec![("kernel", k.kernel.clone()), ("tier", k.tier().into()), ("tc_hooks", k.tc_mechanism().name().into())]).set(1);
+    let feature = gauge_family(&mut r, "kernel_feature", "What the kernel offers: 1 present, 0 missing");
+    for (name, present) in
+        [("tcx", k.tcx), ("conntrack_kfuncs", k.conntrack_kfuncs), ("ring_buffer", k.ring_buffer), ("btf", k.btf), ("xdp_live_frames", k.xdp_live_frames)]
+    {
+        feature.get_or_create(&vec![("feature", name.to_string())]).set(i64::from(present));
+    }
     gauge(&mut r, "docker_connected", "1 while the Docker API answers", i64::from(h.inventory.connected));
     gauge(
         &mut r,
@@ -141,8 +150,16 @@ mod tests {
             stats: crate::output::sinks::SinkStats { dropped_full: 4, ..Default::default() },
         });
         report.health.losses.kernel_ring_full = 9;
+        report.health.kernel = crate::kernel::features::Features {
+            kernel: "6.1.0-57-amd64".into(),
+            conntrack_kfuncs: true,
+            ..Default::default()
+        };
         let text = encode_report(&report, &AlertCounts::default());
         assert!(text.contains("dockexpose_build_info{version=\"0.1.0\"} 1"), "{text}");
+        assert!(text.contains("dockexpose_kernel_info{kernel=\"6.1.0-57-amd64\",tier=\"no-tcx\",tc_hooks=\"cls_bpf\"} 1"), "{text}");
+        assert!(text.contains("dockexpose_kernel_feature{feature=\"tcx\"} 0"), "{text}");
+        assert!(text.contains("dockexpose_kernel_feature{feature=\"conntrack_kfuncs\"} 1"), "{text}");
         assert!(text.contains("dockexpose_exposure_reached_total{container=\"web\",host_port=\"8080\",proto=\"tcp\",exposure=\"published\"} 5"), "{text}");
         assert!(text.contains("dockexpose_exposure_blocked_total{container=\"web\",host_port=\"8080\",proto=\"tcp\",exposure=\"published\"} 2"), "{text}");
         assert!(text.contains("dockexpose_records_lost_total{stage=\"kernel_ring\"} 9"), "{text}");

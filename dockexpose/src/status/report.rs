@@ -29,6 +29,9 @@ pub struct Health {
     pub maps: Vec<MapFill>,
     /// Records made since start (audit log, or not).
     pub records: u64,
+    /// What the kernel offers and the tier that follows (kernel/features.rs).
+    #[serde(default)]
+    pub kernel: crate::kernel::features::Features,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +132,12 @@ impl StatusReport {
             inv.age_s.map_or(", never received".to_string(), |a| format!(", {a} s old"))
         );
         let att: Vec<String> = h.attachments.iter().map(|a| format!("{} {} ({})", a.role, escape_untrusted(&a.iface), a.mode)).collect();
+        if !h.kernel.kernel.is_empty() {
+            let _ = writeln!(out, "{}", h.kernel.line());
+            for (_, limit) in h.kernel.limits() {
+                let _ = writeln!(out, "  this kernel: {limit}");
+            }
+        }
         let _ = writeln!(out, "attached: {}", if att.is_empty() { "nothing".into() } else { att.join(", ") });
         let l = &h.losses;
         let _ = writeln!(

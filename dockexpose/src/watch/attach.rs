@@ -138,6 +138,7 @@ impl Watcher {
                 UplinkAttachMode::Native => "xdp native",
                 UplinkAttachMode::Generic => "xdp generic",
                 UplinkAttachMode::Tcx => "tcx",
+                UplinkAttachMode::ClsBpf => "cls_bpf",
                 UplinkAttachMode::Adopted => "adopted",
             },
         );
@@ -145,6 +146,7 @@ impl Watcher {
             UplinkAttachMode::Native => "XDP native",
             UplinkAttachMode::Generic => "XDP generic: the driver has no native XDP",
             UplinkAttachMode::Tcx => "TCX ingress",
+            UplinkAttachMode::ClsBpf => "a cls_bpf filter on ingress: the kernel has no TCX",
             UplinkAttachMode::Adopted => "the previous daemon's pinned link, program replaced",
         };
         let kind = match interfaces::bridge_of(name) {

@@ -86,12 +86,14 @@ impl Watcher {
             attempts_untracked: self.attempts_untracked,
             stderr_lines_lost: crate::output::console::stderr_lines_lost(),
         };
+        // "tcx" or "cls_bpf": what the kernel has, not what was asked for.
+        let tc_mode = self.kernel.features().tc_mechanism().name();
         let mut attachments: Vec<Attachment> =
-            self.kernel.bridges().map(|b| Attachment { iface: b.to_string(), role: "bridge".into(), mode: "tcx".into() }).collect();
+            self.kernel.bridges().map(|b| Attachment { iface: b.to_string(), role: "bridge".into(), mode: tc_mode.into() }).collect();
         attachments.extend(self.kernel.uplinks().map(|u| Attachment {
             iface: u.to_string(),
             role: "uplink".into(),
-            mode: self.uplink_modes.get(u).copied().unwrap_or("tcx").to_string(),
+            mode: self.uplink_modes.get(u).copied().unwrap_or(tc_mode).to_string(),
         }));
         let inventory = InventoryHealth {
             source: if self.settings.docker_endpoint.is_some() { "docker".into() } else { "off".into() },
@@ -154,6 +156,7 @@ impl Watcher {
                 sinks,
                 maps: self.kernel.map_fill().into_iter().map(|(m, e, c)| MapFill { map: m.into(), entries: e, capacity: c }).collect(),
                 records: self.outputs.records(),
+                kernel: self.kernel.features().clone(),
             },
             exposures: self.outputs.exposures.rows(),
         }

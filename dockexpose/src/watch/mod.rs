@@ -339,6 +339,12 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
 
     let watched: Vec<&str> = w.kernel.bridges().collect();
     let uplinks: Vec<&str> = w.kernel.uplinks().collect();
+    crate::say!("dockexpose: {}", w.kernel.features().line());
+    // A defence this kernel cannot give is a health alert (condition kernel_limits),
+    // printed and sent to the sinks like any other.
+    for (feature, limit) in w.kernel.features().limits() {
+        w.outputs.alerts.health_failing(HealthCondition::KernelLimits, Some(feature), format!("dockexpose: this kernel: {limit}"));
+    }
     match w.kernel.conntrack() {
         ConntrackAccess::Kfuncs => crate::say!(
             "dockexpose: conntrack consulted from the bridge program: exact host ports on every uplink, fragments told by the kernel's own state"

@@ -34,6 +34,9 @@ pub enum HealthCondition {
     Docker,
     /// A watched interface was detached (it disappeared) or could not be attached.
     Detached,
+    /// The kernel lacks a feature a defence needs (subject: `tcx`, `conntrack_kfuncs`):
+    /// said once at start, see kernel/features.rs.
+    KernelLimits,
 }
 
 impl HealthCondition {
@@ -46,6 +49,7 @@ impl HealthCondition {
             HealthCondition::AuditLog => "audit_log",
             HealthCondition::Docker => "docker",
             HealthCondition::Detached => "detached",
+            HealthCondition::KernelLimits => "kernel_limits",
         }
     }
 
