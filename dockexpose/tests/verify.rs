@@ -506,6 +506,8 @@ fn both_ways_in_agree_with_a_real_connection_and_nothing_leaks() {
     assert!(reach(open) && !reach(dropped), "the test bed: {open} open, {dropped} dropped from outside");
     let ports = [format!("{open}/tcp"), format!("{dropped}/tcp")];
     let from = format!("{}/32", outside.v4(77));
+    let qdiscs = || sh(&["tc", "qdisc", "show"]).lines().filter(|l| l.contains("clsact")).map(str::to_string).collect::<Vec<_>>();
+    let qdiscs_before = qdiscs();
     for way in ["redirect", "live-frames"] {
         let capture = Capture::start(&outside.ns, &format!("host {}", outside.v4(77)), way);
         let run = verify(&["--uplink", &outside.uplink, "--from", &from, "--port", &ports[0], "--port", &ports[1], "--injection", way]);
@@ -535,6 +537,7 @@ fn both_ways_in_agree_with_a_real_connection_and_nothing_leaks() {
             .filter(|n| n.starts_with("dxinj"))
             .collect();
         assert!(left.is_empty(), "{way}: the private veth stayed: {left:?}");
+        assert_eq!(qdiscs(), qdiscs_before, "{way}: the guard left a qdisc behind (TCX needs none)");
     }
 }
 

@@ -221,6 +221,8 @@ struct ProbeMaps {
     /// Where the guard's links are pinned, so that they outlive a killed run until its
     /// sentinel has cleaned up (None: not pinned).
     guard_pins: Option<std::path::PathBuf>,
+    /// clsact qdiscs the guard made (cls_bpf kernels only), removed with it.
+    qdiscs_made: Vec<String>,
     /// Where live frames are refused: the uplink `probe_redirect` hands probes to.
     redirect: Option<Array<MapData, u32>>,
 }
@@ -785,7 +787,7 @@ impl Kernel {
             .map_err(map_err(map_names::PROBE_GUARD_L3))?;
         let counters = PerCpuArray::try_from(take_map(&mut self.ebpf, map_names::PROBE_COUNTERS)?)
             .map_err(map_err(map_names::PROBE_COUNTERS))?;
-        self.probes = Some(ProbeMaps { sources, guard_l3, counters, guards: BTreeMap::new(), guard_pins: None, redirect: None });
+        self.probes = Some(ProbeMaps { sources, guard_l3, counters, guards: BTreeMap::new(), guard_pins: None, qdiscs_made: Vec::new(), redirect: None });
         Ok(events)
     }
 
@@ -807,7 +809,10 @@ impl Kernel {
         if layer == LinkLayer::L3 {
             self.probe_maps()?.guard_l3.insert(ifindex, 1, 0).map_err(map_err(map_names::PROBE_GUARD_L3))?;
         }
-        let _ = tc::qdisc_add_clsact(iface);
+        // TCX needs no qdisc; cls_bpf does, and a qdisc we made goes when the guard does.
+        if self.features.tc_mechanism() == TcMechanism::ClsBpf && cls_bpf::add_clsact(iface) {
+            self.probe_maps()?.qdiscs_made.push(iface.to_string());
+        }
         let id = attach_tc(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD, iface, TcAttachType::Egress)?;
         let pin_dir = self.probe_maps()?.guard_pins.clone();
         let link = match pin_dir {
@@ -829,6 +834,7 @@ impl Kernel {
     pub fn detach_probe_guards(&mut self) {
         let Some(maps) = self.probes.as_mut() else { return };
         let guards = std::mem::take(&mut maps.guards);
+        let qdiscs = std::mem::take(&mut maps.qdiscs_made);
         let Ok(prog) = program::<SchedClassifier>(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD) else { return };
         for (_, link) in guards {
             match link {
@@ -841,6 +847,9 @@ impl Kernel {
                 // Unpinned and dropped: the last reference, so the link detaches.
                 GuardLink::Pinned(pinned) => drop(pinned.unpin()),
             }
+        }
+        for iface in qdiscs {
+            let _ = cls_bpf::delete_clsact(&iface);
         }
     }
 
@@ -901,7 +910,10 @@ impl Kernel {
         let prog: &mut SchedClassifier = program(&mut self.ebpf, program_names::PROBE_REDIRECT)?;
         prog.load().map_err(|source| Error::LoadProgram { program: program_names::PROBE_REDIRECT, source: Box::new(source) })?;
         let map = Array::try_from(take_map(&mut self.ebpf, map_names::PROBE_REDIRECT)?).map_err(map_err(map_names::PROBE_REDIRECT))?;
-        let _ = tc::qdisc_add_clsact(veth);
+        // The veth is ours and deleted at the end, qdisc and all.
+        if self.features.tc_mechanism() == TcMechanism::ClsBpf {
+            let _ = cls_bpf::add_clsact(veth);
+        }
         attach_tc(&mut self.ebpf, program_names::PROBE_REDIRECT, veth, TcAttachType::Ingress)?;
         self.probe_maps()?.redirect = Some(map);
         Ok(())
