@@ -147,6 +147,12 @@ fn nmap(ns: &str, args: &[&str]) -> BTreeMap<u16, String> {
     states
 }
 
+/// Whether a real TCP connection from namespace `ns` to `ip`:`port` is accepted.
+fn connects(ns: &str, ip: &str, port: u16) -> bool {
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port}");
+    Command::new("ip").args(["netns", "exec", ns, "timeout", "2", "bash", "-c", &script]).status().unwrap().success()
+}
+
 fn conntrack_from(addr: &str) -> usize {
     let fam = if addr.contains(':') { "ipv6" } else { "ipv4" };
     let out = Command::new("conntrack").args(["-L", "-f", fam, "-s", addr]).output().expect("conntrack (Debian package conntrack)");
@@ -495,14 +501,7 @@ fn both_ways_in_agree_with_a_real_connection_and_nothing_leaks() {
     let _drop = docker::docker_user_rule(&["-i", &outside.uplink, "-p", "tcp", "-m", "conntrack", "--ctorigdstport", &dropped.to_string(), "-j", "DROP"]);
     std::thread::sleep(Duration::from_millis(300));
     // The truth, from the outside host: a real connection to each port.
-    let reach = |port: u16| {
-        let to = outside.host4(port);
-        Command::new("ip")
-            .args(["netns", "exec", &outside.ns, "timeout", "2", "bash", "-c", &format!("exec 3<>/dev/tcp/{}/{}", to.ip(), to.port())])
-            .status()
-            .unwrap()
-            .success()
-    };
+    let reach = |port: u16| connects(&outside.ns, &outside.v4(1), port);
     assert!(reach(open) && !reach(dropped), "the test bed: {open} open, {dropped} dropped from outside");
     let ports = [format!("{open}/tcp"), format!("{dropped}/tcp")];
     let from = format!("{}/32", outside.v4(77));
@@ -593,13 +592,7 @@ fn direct_exposure_of_unpublished_ports_agrees_with_a_neighbour_that_routes_to_t
     // The neighbour routes the container subnet to this host.
     sh(&["ip", "-n", &outside.ns, "route", "add", "172.17.0.0/16", "via", &outside.v4(1)]);
     std::thread::sleep(Duration::from_millis(300));
-    let neighbour_connects = || {
-        Command::new("ip")
-            .args(["netns", "exec", &outside.ns, "timeout", "2", "bash", "-c", &format!("exec 3<>/dev/tcp/{ip}/80")])
-            .status()
-            .unwrap()
-            .success()
-    };
+    let neighbour_connects = || connects(&outside.ns, &ip, 80);
     let from = format!("{}/32", outside.v4(77));
     let direct = || verify(&["--direct", "--uplink", &outside.uplink, "--from", &from]);
     let line_of = |lines: &[String], proto: &str| {
