@@ -129,6 +129,8 @@ if [ $want_hook = cls_bpf ]; then want_tier='"kernel_tier":"(basic|no-tcx)"'; el
 echo "$start" | grep -qE "$want_tier"
 check daemon_start_tier $? "daemon_start names the tier: $(echo "$start" | grep -oE '"kernel_tier":"[^"]*"')"
 if [ $want_host_port = null ]; then
+    echo "$rec" | grep -q '"shape":\[[^]]*"uninspected"'
+    check shape_uninspected $? "the record says its shape went uninspected: $(echo "$rec" | grep -o '"shape":[^]]*]')"
     grep -q "this kernel: no conntrack kfuncs" $W/d1.log
     check kernel_limits_alert $? "the missing conntrack defence is said at start (a kernel_limits health alert)"
 fi

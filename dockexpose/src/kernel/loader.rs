@@ -65,6 +65,14 @@ pub enum ConntrackAccess {
     Unavailable(String),
 }
 
+/// Whether the bridge program reads conntrack (set at load): without it, what reached a
+/// container is recorded with `shape` "uninspected".
+static CONNTRACK_INSPECTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn conntrack_inspects() -> bool {
+    CONNTRACK_INSPECTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Where the bridge program finds a packet's conntrack entry and reads it.
 #[derive(Default)]
 struct CtLayout {
@@ -372,6 +380,7 @@ impl Kernel {
         };
         let ct = offsets.unwrap_or_default();
         let ct_enabled = u32::from(conntrack == ConntrackAccess::Kfuncs);
+        CONNTRACK_INSPECTS.store(conntrack == ConntrackAccess::Kfuncs, std::sync::atomic::Ordering::Relaxed);
         // Aligned copy: the ELF parser wants 8-byte alignment.
         let mut aligned: Vec<u64> = vec![0; object.len().div_ceil(8)];
         // SAFETY: u64 -> u8 view of the same allocation, within its length.

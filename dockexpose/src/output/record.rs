@@ -153,6 +153,17 @@ pub struct Record {
     pub kseq: Option<u64>,
 }
 
+/// The shape words of an observation; on a kernel whose conntrack the bridge program
+/// cannot read, a `reached` record adds "uninspected": a first fragment cut before the
+/// TCP flags could not be told there (counted as bridge_uninspected, not recorded).
+fn shape_of(obs: &Observation, stage: Stage, conntrack: bool) -> Vec<&'static str> {
+    let mut shape = obs.shape();
+    if stage == Stage::Reached && !conntrack {
+        shape.push("uninspected");
+    }
+    shape
+}
+
 impl Record {
     /// The record of an observation, before any Docker enrichment.
     pub fn from_observation(obs: &Observation, stage: Stage, at: SystemTime, iface: &str) -> Self {
@@ -175,7 +186,7 @@ impl Record {
             path: (stage == Stage::Reached).then_some("bridge"),
             spoofed_local: obs.spoofed_local(),
             spoofed_trusted: obs.spoofed_trusted(),
-            shape: obs.shape(),
+            shape: shape_of(obs, stage, crate::kernel::loader::conntrack_inspects()),
             verdict: None,
             why: None,
             boot_id: None,
@@ -197,6 +208,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_reach_on_a_kernel_without_conntrack_says_its_shape_went_uninspected() {
+        let o = Observation::sample(Stage::Reached, crate::kernel::event::Proto::Tcp, "198.18.3.2", 40000, "172.17.0.2", 80);
+        assert_eq!(shape_of(&o, Stage::Reached, false), ["uninspected"]);
+        assert!(shape_of(&o, Stage::Reached, true).is_empty());
+        assert!(shape_of(&o, Stage::Attempted, false).is_empty(), "an attempt is never read from conntrack");
+    }
 
     #[test]
     fn timestamps_match_a_reference_formatter() {
