@@ -587,6 +587,7 @@ impl Prepared {
         drop(neighbours);
         if let Some(dir) = &pins {
             let _ = std::fs::remove_dir(dir);
+            let _ = std::fs::remove_dir(sentinel::PIN_ROOT);
         }
         if let Some(s) = sentinel {
             s.done();

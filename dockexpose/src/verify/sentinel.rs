@@ -169,6 +169,8 @@ fn remove_pins(dir: &Path) -> usize {
         }
     }
     let _ = std::fs::remove_dir(dir);
+    // The root too, when no other run's directory is left (fails harmlessly otherwise).
+    let _ = std::fs::remove_dir(PIN_ROOT);
     n
 }
 
