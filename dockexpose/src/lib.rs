@@ -22,6 +22,7 @@ pub mod cli;
 pub mod correlate;
 pub mod error;
 pub mod host;
+pub mod intent;
 pub mod inventory;
 pub mod kernel;
 pub mod net;
