@@ -20,6 +20,11 @@ pub enum Command {
     /// which ones reach a container (EXPOSED), the host itself (PROXY) or nothing (HELD).
     /// Exit code 0: nothing unexpected reachable; 1: something is; 2: error.
     Verify(VerifyArgs),
+    /// The firewall's word against reality: for each published port, family and
+    /// uplink, what UFW, firewalld or INPUT says (intent), what a probe from outside
+    /// finds (verify's verdict), whether they contradict, why, and the one rule that
+    /// makes reality match the intent. Exit code 0: no contradiction; 1: some; 2: error.
+    Explain(ExplainArgs),
     /// Ask the running daemon what is exposed and how healthy it is.
     /// Exit code 0: healthy; 1: degraded; 2: the daemon cannot be reached.
     Status(StatusArgs),
@@ -139,6 +144,39 @@ pub struct VerifyArgs {
     /// iptables: false). Reports EXPOSED (direct) with what let it through, or HELD.
     #[arg(long)]
     pub direct: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ExplainArgs {
+    /// Explain only these host ports, e.g. 8080/tcp 5353/udp. Default: every port
+    /// Docker publishes.
+    #[arg(value_name = "PORT/PROTO")]
+    pub ports: Vec<String>,
+
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Uplink to probe through (repeatable). Default: chosen as `watch` does.
+    #[arg(long = "uplink", value_name = "IFACE")]
+    pub uplinks: Vec<String>,
+
+    /// Probe from this network (repeatable), as verify does.
+    #[arg(long = "from", value_name = "CIDR")]
+    pub from: Vec<String>,
+
+    /// Where the host's root is, for its firewall configuration (/etc/ufw,
+    /// /etc/firewalld): / on the host; the host's root mounted elsewhere in a container.
+    #[arg(long = "intent-root", value_name = "DIR", default_value = "/")]
+    pub intent_root: PathBuf,
+
+    /// Docker (or Podman) API endpoint. Default: $DOCKER_HOST, else unix:///var/run/docker.sock.
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
+
+    /// How probes enter the uplink (as verify).
+    #[arg(long, value_enum, default_value_t = InjectionArg::Auto)]
+    pub injection: InjectionArg,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]

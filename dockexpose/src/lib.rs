@@ -21,6 +21,7 @@ pub mod config;
 pub mod cli;
 pub mod correlate;
 pub mod error;
+pub mod explain;
 pub mod host;
 pub mod intent;
 pub mod inventory;

@@ -28,6 +28,17 @@ fn main() {
             };
             std::process::exit(code);
         }
+        Command::Explain(args) => {
+            // 0: intent and reality agree, 1: they contradict somewhere, 2: error.
+            let code = match runtime.block_on(dockexpose::explain::run(args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    dockexpose::say!("error: {e:#}");
+                    2
+                }
+            };
+            std::process::exit(code);
+        }
         // 0 healthy, 1 degraded, 2 unreachable.
         Command::Status(args) => std::process::exit(runtime.block_on(dockexpose::status::client::run(&args))),
         Command::Config(ConfigCommand::Check { path }) => {

@@ -72,6 +72,14 @@ const DEB_PACKAGES: &[&str] = &[
     "rsyslog",
     "systemd",
     "openssl",
+    // `dockexpose explain` and the contradictions in the record read the firewall's
+    // word: tests/intent_*.rs run real UFW, ipset and fail2ban in namespaces of their
+    // own and read real firewalld zone files (its daemon needs a system bus and is
+    // never started). Debian's policy-rc.d keeps fail2ban's service from starting.
+    "ufw",
+    "ipset",
+    "fail2ban",
+    "firewalld",
     // tests/least_privilege.rs drops capabilities with setpriv; tests/service.rs checks
     // packaging/systemd/dockexpose.service with `systemd-analyze verify` (systemd above).
     "util-linux",
@@ -362,13 +370,29 @@ fn ensure_debian_packages(root: bool) -> Result<()> {
     say!("installing the missing Debian packages: {list}");
     let apt_fix = "check the network and the sources in /etc/apt/sources.list(.d)";
     run(Command::new("apt-get").arg("update"), apt_fix)?;
-    run(
+    // Packages such as fail2ban start their service on installation, which would put
+    // their rules into this host's firewall: Debian's policy-rc.d (exit 101) forbids
+    // that for the length of the install, unless the machine already has one.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        say!("writing {} (exit 101) so that no package starts its service during the install", policy.display());
+        std::fs::write(policy, "#!/bin/sh\n# dockexpose xtask: no service starts during package installation\nexit 101\n")
+            .context("writing /usr/sbin/policy-rc.d")?;
+        std::fs::set_permissions(policy, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755)).context("chmod policy-rc.d")?;
+    }
+    let result = run(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing),
         apt_fix,
-    )
+    );
+    if ours {
+        say!("removing {}", policy.display());
+        let _ = std::fs::remove_file(policy);
+    }
+    result
 }
 
 /// Each of PYTHON_MODULES that `python3 -c 'import MODULE'` cannot import is installed

@@ -61,6 +61,10 @@ pub struct Intent {
     pub action: Action,
     /// The rule as the tool shows it ("[ 3] 8080/tcp DENY IN Anywhere", "default deny (incoming)").
     pub rule: String,
+    /// Said by a default policy, not by a rule about this port: a default that
+    /// accepts promises nothing about a port being open.
+    #[serde(skip)]
+    pub default_policy: bool,
 }
 
 /// A set of sources that INPUT drops or rejects: an ipset set, a fail2ban jail, a
@@ -141,7 +145,7 @@ impl IntentBook {
                         (Some(_), None) => false,
                     }
             })
-            .map(|r| r.intent.clone())
+            .map(|r| Intent { default_policy: r.ports.is_none(), ..r.intent.clone() })
     }
 
     /// The first ban that covers `src`.

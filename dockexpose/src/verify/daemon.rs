@@ -395,6 +395,8 @@ mod tests {
             sport: 23456,
             at: SystemTime::UNIX_EPOCH,
             reached_on: Some("docker0".into()),
+            dnat_rule: None,
+            accept_rule: None,
         };
         let v: serde_json::Value = serde_json::from_str(&verified_record(&r, Some(&inv)).to_json_line()).unwrap();
         assert_eq!(v["stage"], "verified");

@@ -77,6 +77,10 @@ pub struct ProbeResult {
     pub at: SystemTime,
     /// The container bridge it was seen entering, when it reached one.
     pub reached_on: Option<String>,
+    /// Where netfilter's trace could say: the nat rule that rewrote its destination
+    /// and the forwarding rule (or policy) that accepted it.
+    pub dnat_rule: Option<String>,
+    pub accept_rule: Option<String>,
 }
 
 /// What a run found, as data: printing is the caller's job.
@@ -114,7 +118,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn catch_interrupts() {
+pub(crate) fn catch_interrupts() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_interrupt as *const () as libc::sighandler_t) };
@@ -343,7 +347,7 @@ pub fn sources_from(from: &[String]) -> std::result::Result<Vec<IpAddr>, (String
     Ok(out)
 }
 
-fn probe_sources(from: &[String]) -> Result<Vec<IpAddr>> {
+pub(crate) fn probe_sources(from: &[String]) -> Result<Vec<IpAddr>> {
     sources_from(from).map_err(|(s, reason)| {
         anyhow!("invalid CIDR {s:?} for --from: {reason}.\n  Fix: write a prefix such as 10.8.0.0/24 or 2001:db8::/64")
     })
@@ -616,6 +620,8 @@ impl Prepared {
                     sport: s.sport,
                     at: s.at,
                     reached_on: s.reached_on.map(iface_name),
+                    dnat_rule: trace::dnat_of(&trace_lines, s.probe.source, s.sport),
+                    accept_rule: trace::accept_of(&trace_lines, s.probe.source, s.sport),
                 }
             })
             .collect();

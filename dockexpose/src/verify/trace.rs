@@ -131,15 +131,35 @@ pub fn accept_of(lines: &[String], src: IpAddr, sport: u16) -> Option<String> {
     verdict_of(lines, src, sport, "accept", Some("filter"))
 }
 
-/// The first rule or policy whose verdict was `verdict` for the probe's packet.
-fn verdict_of(lines: &[String], src: IpAddr, sport: u16, verdict: &str, in_table: Option<&str>) -> Option<String> {
-    let (rule_end, policy) = (format!(" (verdict {verdict})"), format!("policy {verdict}"));
+/// The nat rule that rewrote the probe's destination, e.g. "ip nat DOCKER: iifname !=
+/// \"docker0\" tcp dport 8080 dnat to 172.17.0.2:80": the first rule of the packet's
+/// trace that says `dnat`.
+pub fn dnat_of(lines: &[String], src: IpAddr, sport: u16) -> Option<String> {
+    let id = packet_id(lines, src, sport)?;
+    let prefix = format!("trace id {id} ");
+    lines.iter().filter_map(|l| l.strip_prefix(&prefix)).find_map(|l| {
+        let words: Vec<&str> = l.splitn(4, ' ').collect();
+        let [family, table, chain, rest] = words[..] else { return None };
+        let rule = rest.strip_prefix("rule ")?;
+        let rule = rule.rsplit_once(" (verdict ").map_or(rule, |(r, _)| r);
+        rule.contains(" dnat ").then(|| format!("{family} {table} {chain}: {}", without_counters(rule)))
+    })
+}
+
+/// The trace id of the probe's packet (from `src`:`sport`).
+fn packet_id(lines: &[String], src: IpAddr, sport: u16) -> Option<String> {
     let (saddr, port) = (format!(" saddr {src} "), format!(" sport {sport} "));
-    let id = lines.iter().find_map(|l| {
+    lines.iter().find_map(|l| {
         let rest = l.strip_prefix("trace id ")?;
         let packet = format!("{} ", l.split(" packet: ").nth(1)?);
         (packet.contains(&saddr) && packet.contains(&port)).then(|| rest.split_whitespace().next().map(str::to_string))?
-    })?;
+    })
+}
+
+/// The first rule or policy whose verdict was `verdict` for the probe's packet.
+fn verdict_of(lines: &[String], src: IpAddr, sport: u16, verdict: &str, in_table: Option<&str>) -> Option<String> {
+    let (rule_end, policy) = (format!(" (verdict {verdict})"), format!("policy {verdict}"));
+    let id = packet_id(lines, src, sport)?;
     let prefix = format!("trace id {id} ");
     lines.iter().filter_map(|l| l.strip_prefix(&prefix)).find_map(|l| {
         let words: Vec<&str> = l.splitn(4, ' ').collect();
@@ -223,5 +243,22 @@ trace id 8 ip filter FORWARD policy accept meta mark 0x00000001 "#,
         assert_eq!(accept_of(&trace, src, 41000).as_deref(), Some(r#"ip filter DOCKER-USER: iifname "dxu1" accept"#));
         assert_eq!(accept_of(&trace, src, 41001).as_deref(), Some("ip filter FORWARD: policy accept"), "nat's policy is not the answer");
         assert_eq!(drop_of(&trace, src, 41001), None);
+    }
+
+    #[test]
+    fn names_the_nat_rule_that_rewrote_the_destination() {
+        let trace = lines(
+            r#"trace id 5 ip raw PREROUTING packet: iif "dxu1" ip saddr 198.18.3.77 ip daddr 198.18.3.1 tcp sport 42000 tcp dport 8080
+trace id 5 ip nat PREROUTING rule fib daddr type local counter packets 1 bytes 60 jump DOCKER (verdict jump DOCKER)
+trace id 5 ip nat DOCKER rule iifname != "docker0" meta l4proto tcp tcp dport 8080 counter packets 1 bytes 60 dnat to 172.17.0.2:80 (verdict accept)
+trace id 5 ip filter DOCKER rule ip daddr 172.17.0.2 oifname "docker0" tcp dport 80 counter packets 3 bytes 180 accept (verdict accept)"#,
+        );
+        let src: IpAddr = "198.18.3.77".parse().unwrap();
+        assert_eq!(
+            dnat_of(&trace, src, 42000).as_deref(),
+            Some(r#"ip nat DOCKER: iifname != "docker0" meta l4proto tcp tcp dport 8080 dnat to 172.17.0.2:80"#)
+        );
+        assert_eq!(accept_of(&trace, src, 42000).as_deref(), Some(r#"ip filter DOCKER: ip daddr 172.17.0.2 oifname "docker0" tcp dport 80 accept"#));
+        assert_eq!(dnat_of(&trace, src, 42001), None);
     }
 }

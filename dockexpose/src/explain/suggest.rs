@@ -1,0 +1,186 @@
+//! The one command that makes reality match the intent for a port and family.
+//!
+//! Keyed on the *host* port through conntrack's original destination
+//! (`--ctorigdstport`, `ct original proto-dst`), never on the container port: a rule
+//! on the container port is the classic mistake, where allowing 80 opens every host
+//! port mapped to it. Only new connections (`ctstate NEW`) are matched, so
+//! established traffic keeps flowing. In DOCKER-USER, which Docker's FORWARD
+//! consults first and never rewrites.
+
+use crate::{intent::Action, kernel::event::Proto};
+
+use super::rows::Reality;
+
+/// What the host's rules are written with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tool {
+    /// iptables / ip6tables (iptables-nft or legacy): Docker's DOCKER-USER chain exists.
+    Iptables,
+    /// nft, in the `ip filter` / `ip6 filter` tables Docker's iptables-nft made.
+    Nft,
+}
+
+/// The command, or None where no single rule can say it (the port is held by
+/// something other than DOCKER-USER, and only the operator can tell what).
+#[allow(clippy::too_many_arguments)]
+pub fn rule(
+    tool: Tool,
+    action: Option<Action>,
+    reality: Reality,
+    proto: Proto,
+    v6: bool,
+    host_port: u16,
+    uplink: &str,
+    held_why: &str,
+) -> Option<String> {
+    let verdict = match (action?, reality) {
+        (Action::Deny, Reality::Exposed) => Verdict::Drop,
+        // The host itself answered (a proxy on INPUT): INPUT must say no.
+        (Action::Deny, Reality::Proxy) => {
+            return Some(input_drop(tool, proto, v6, host_port, uplink))
+        }
+        // Held by DOCKER-USER: let this port leave that chain early, to Docker's own
+        // accept. Held elsewhere: not one rule's job.
+        (Action::Allow, Reality::Held) if held_why.contains("DOCKER-USER") => Verdict::Return,
+        _ => return None,
+    };
+    let p = proto.as_str();
+    Some(match tool {
+        Tool::Iptables => format!(
+            "{} -I DOCKER-USER -i {uplink} -p {p} -m conntrack --ctstate NEW --ctorigdstport {host_port} -j {}",
+            if v6 { "ip6tables" } else { "iptables" },
+            verdict.iptables()
+        ),
+        Tool::Nft => format!(
+            "nft insert rule {} filter DOCKER-USER iifname \"{uplink}\" meta l4proto {p} ct state new ct original proto-dst {host_port} {}",
+            if v6 { "ip6" } else { "ip" },
+            verdict.nft()
+        ),
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Verdict {
+    Drop,
+    Return,
+}
+
+impl Verdict {
+    fn iptables(self) -> &'static str {
+        match self {
+            Verdict::Drop => "DROP",
+            Verdict::Return => "RETURN",
+        }
+    }
+    fn nft(self) -> &'static str {
+        match self {
+            Verdict::Drop => "drop",
+            Verdict::Return => "return",
+        }
+    }
+}
+
+fn input_drop(tool: Tool, proto: Proto, v6: bool, host_port: u16, uplink: &str) -> String {
+    let p = proto.as_str();
+    match tool {
+        Tool::Iptables => format!(
+            "{} -I INPUT -i {uplink} -p {p} --dport {host_port} -m conntrack --ctstate NEW -j DROP",
+            if v6 { "ip6tables" } else { "iptables" }
+        ),
+        Tool::Nft => format!(
+            "nft insert rule {} filter INPUT iifname \"{uplink}\" {p} dport {host_port} ct state new drop",
+            if v6 { "ip6" } else { "ip" }
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_key_on_the_host_port_through_conntrack_and_only_new_connections() {
+        let r = rule(
+            Tool::Iptables,
+            Some(Action::Deny),
+            Reality::Exposed,
+            Proto::Udp,
+            true,
+            5353,
+            "eth1",
+            "",
+        )
+        .unwrap();
+        assert_eq!(r, "ip6tables -I DOCKER-USER -i eth1 -p udp -m conntrack --ctstate NEW --ctorigdstport 5353 -j DROP");
+        let r = rule(
+            Tool::Nft,
+            Some(Action::Deny),
+            Reality::Exposed,
+            Proto::Tcp,
+            false,
+            8080,
+            "eth0",
+            "",
+        )
+        .unwrap();
+        assert_eq!(r, "nft insert rule ip filter DOCKER-USER iifname \"eth0\" meta l4proto tcp ct state new ct original proto-dst 8080 drop");
+        assert!(!r.contains("dport 80 "), "never the container port");
+    }
+
+    #[test]
+    fn what_no_single_rule_can_fix_gets_none() {
+        assert_eq!(
+            rule(
+                Tool::Iptables,
+                Some(Action::Allow),
+                Reality::Held,
+                Proto::Tcp,
+                false,
+                80,
+                "eth0",
+                "dropped by ip filter FORWARD: policy drop"
+            ),
+            None
+        );
+        assert_eq!(
+            rule(
+                Tool::Iptables,
+                None,
+                Reality::Exposed,
+                Proto::Tcp,
+                false,
+                80,
+                "eth0",
+                ""
+            ),
+            None,
+            "no intent, no fix"
+        );
+        assert_eq!(
+            rule(
+                Tool::Iptables,
+                Some(Action::Deny),
+                Reality::Held,
+                Proto::Tcp,
+                false,
+                80,
+                "eth0",
+                ""
+            ),
+            None,
+            "agrees already"
+        );
+        assert!(rule(
+            Tool::Iptables,
+            Some(Action::Deny),
+            Reality::Proxy,
+            Proto::Tcp,
+            false,
+            80,
+            "eth0",
+            ""
+        )
+        .unwrap()
+        .contains("-I INPUT"));
+    }
+}
