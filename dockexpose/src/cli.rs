@@ -265,6 +265,12 @@ pub struct WatchArgs {
     #[arg(env = "DOCKEXPOSE_VERIFY_FROM", value_delimiter = ',', long = "verify-from", value_name = "CIDR", requires = "verify_every")]
     pub verify_from: Vec<String>,
 
+    /// Where the host's root is, for its firewall's word (/etc/ufw, /etc/firewalld),
+    /// set against every `reached` record: / on the host; the host's root mounted
+    /// elsewhere when dockexpose runs in a container.
+    #[arg(env = "DOCKEXPOSE_INTENT_ROOT", long = "intent-root", value_name = "DIR", default_value = "/")]
+    pub intent_root: PathBuf,
+
     /// The configuration file (TOML). Default: /etc/dockexpose/dockexpose.toml when it
     /// exists. Command line > environment (DOCKEXPOSE_…) > file > defaults.
     #[arg(long, value_name = "PATH", env = "DOCKEXPOSE_CONFIG")]

@@ -59,6 +59,8 @@ pub struct WatchSection {
     /// A duration: "1h", "30m".
     pub verify_every: Option<String>,
     pub verify_from: Option<Vec<String>>,
+    /// Where the host's root is, for its firewall's word ("/" on the host).
+    pub intent_root: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -175,6 +177,7 @@ pub fn merge(args: &WatchArgs, m: &ArgMatches, file: &FileConfig) -> Result<Watc
         alert_window: pick(m, "alert_window", args.alert_window, file.alerts.window),
         verify_every,
         verify_from: pick(m, "verify_from", args.verify_from.clone(), w.verify_from.clone()),
+        intent_root: pick(m, "intent_root", args.intent_root.clone(), w.intent_root.clone()),
         rotate_size_mb: pick(m, "rotate_size_mb", args.rotate_size_mb, file.audit.rotate_size_mb),
         max_files: pick(m, "max_files", args.max_files, file.audit.max_files),
         status_socket: pick(m, "status_socket", args.status_socket.clone(), file.status.socket.clone()),
@@ -223,6 +226,7 @@ pub fn effective_file(args: &WatchArgs, sinks: &crate::output::sinks::SinksConfi
             no_docker: Some(args.no_docker),
             verify_every: args.verify_every.map(|d| humantime::format_duration(d).to_string()),
             verify_from: Some(args.verify_from.clone()),
+            intent_root: Some(args.intent_root.clone()),
         },
         alerts: AlertsSection { window: Some(args.alert_window) },
         audit: AuditSection { path: args.json.clone(), rotate_size_mb: Some(args.rotate_size_mb), max_files: Some(args.max_files) },

@@ -22,6 +22,7 @@ use std::{
 use super::{
     alerts::{Alert, AlertKind, Alerter, HealthCondition, HealthLimiter},
     audit::{AuditLog, AuditStats},
+    contradictions::Contradictions,
     exposures::ExposureTable,
     human,
     record::Record,
@@ -128,6 +129,12 @@ impl AlertStage {
         }
     }
 
+    /// An alert made elsewhere (a contradiction, a verdict that changed): to every
+    /// output, through the priority lane when it says so.
+    pub fn raise(&mut self, alert: Alert) {
+        self.send(alert);
+    }
+
     fn send(&mut self, alert: Alert) {
         self.counts.add(alert.kind);
         let alert = Arc::new(alert);
@@ -180,6 +187,8 @@ pub struct Outputs {
     pub exposures: ExposureTable,
     human: Option<HumanLines>,
     pub alerts: AlertStage,
+    /// The firewall's word, set against each `reached` record.
+    pub contradictions: Contradictions,
     clock: KernelClock,
     /// Kernel timestamps of the records written since the last flush.
     unflushed: Vec<u64>,
@@ -195,6 +204,7 @@ impl Outputs {
             exposures: ExposureTable::default(),
             human: (!quiet).then_some(HumanLines),
             alerts,
+            contradictions: Contradictions::default(),
             clock,
             unflushed: Vec::new(),
             record_latency: LatencyHistogram::default(),
@@ -215,6 +225,7 @@ impl Outputs {
         if let Some(obs) = kernel {
             (rec.boot_id, rec.cpu, rec.kseq) = (Some(boot_id()), Some(obs.cpu), Some(obs.rec_seq));
         }
+        let contradiction = self.contradictions.annotate(&mut rec);
         let rec = Arc::new(rec);
         self.records += 1;
         self.audit.record(&rec);
@@ -226,6 +237,9 @@ impl Outputs {
         self.exposures.record(&rec);
         if let Some(h) = &mut self.human {
             h.record(&rec);
+        }
+        if let Some(a) = contradiction {
+            self.alerts.raise(a);
         }
         if self.alerts.observe(&rec, Instant::now()) {
             if let Some(t) = seen_ns {

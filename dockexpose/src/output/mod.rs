@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod console;
+pub mod contradictions;
 pub mod exposures;
 pub mod fanout;
 pub mod human;

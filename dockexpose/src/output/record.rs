@@ -142,6 +142,18 @@ pub struct Record {
     /// Only on `verified` records: a few words on why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// Only on `reached` records of a host whose firewall says something about the
+    /// host port (see "Intent against reality"): what it says...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<crate::intent::Intent>,
+    /// ...and whether this connection contradicts it (a denied port reached, or a
+    /// source that a ban in INPUT drops reached a container through FORWARD).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contradiction: Option<bool>,
+    /// The ban (an ipset set, a fail2ban jail, a `ufw deny from` rule) that INPUT
+    /// applies to this source and FORWARD does not: the connection went past it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ban_bypassed: Option<String>,
     /// The kernel's name for the record it comes from (records the kernel made, not
     /// verdicts): (boot_id, cpu, kseq) is unique per kernel record, so a duplicate
     /// written again after a crash is told. Set by the fan-out.
@@ -189,6 +201,9 @@ impl Record {
             shape: shape_of(obs, stage, crate::kernel::loader::conntrack_inspects()),
             verdict: None,
             why: None,
+            intent: None,
+            contradiction: None,
+            ban_bypassed: None,
             boot_id: None,
             cpu: None,
             kseq: None,

@@ -15,6 +15,7 @@
 
 mod attach;
 mod health;
+mod intent;
 mod settings;
 mod stage;
 mod verifying;
@@ -147,6 +148,8 @@ struct Watcher {
     answers_received: u64,
     /// `--verify-every`: None when off.
     verify: Option<VerifyState>,
+    /// The firewall's word, read off the loop.
+    intent: intent::IntentState,
     /// Kernel records of the daemon's own probes: not written.
     probe_records: u64,
     config: ConfigState,
@@ -242,6 +245,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         tx: verify_tx,
         running: None,
     });
+    let (intent_state, mut intent_rx) = intent::IntentState::new(args.intent_root.clone());
     let clock = KernelClock::now();
     let outputs = Outputs::new(audit, settings.quiet, AlertStage::new(settings.alert_window, alert_outs(&sinks)), clock);
     let mut w = Watcher {
@@ -268,10 +272,14 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         prefixes_left_out: 0,
         answers_received: 0,
         verify,
+        intent: intent_state,
         probe_records: 0,
         config: ConfigState { cli, matches, effective: args.clone(), sinks: sink_config },
         started: Instant::now(),
     };
+    let first_reading = w.intent.read_now();
+    w.intent_read(first_reading);
+
     if let Some(p) = &config_path {
         crate::say!("dockexpose: configuration from {} (command line and DOCKEXPOSE_* win over it)", p.display());
     }
@@ -398,7 +406,9 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
                 }
             }
             Some(state) = next_docker_state(&mut docker_rx) => w.docker_changed(state)?,
+            Some(book) = intent_rx.recv() => w.intent_read(book),
             _ = refresh.tick() => {
+                w.intent.tick(Instant::now());
                 w.refresh_host()?;
                 continuity.refreshed(&mut w.kernel);
             }

@@ -35,13 +35,19 @@ pub enum AlertKind {
     Repeated,
     /// Alerts held back by the rate limits (a scan or a flood?).
     Suppressed,
+    /// A connection that contradicts the firewall's word: a port it denies reached,
+    /// or a source it bans in INPUT reaching a container through FORWARD.
+    Contradiction,
+    /// `watch --verify-every` found a port's verdict changed after the ground moved
+    /// (a ruleset change, a Docker event, a link or address change).
+    ExposureChanged,
     /// The daemon's own health: records lost, the audit log failing, Docker
     /// unreachable, an interface detached... and their recovery.
     Health,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 8] = [
+    pub const ALL: [AlertKind; 10] = [
         AlertKind::Reached,
         AlertKind::LoopbackOnly,
         AlertKind::Unpublished,
@@ -50,6 +56,8 @@ impl AlertKind {
         AlertKind::Repeated,
         AlertKind::Suppressed,
         AlertKind::Health,
+        AlertKind::Contradiction,
+        AlertKind::ExposureChanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +70,8 @@ impl AlertKind {
             AlertKind::Repeated => "repeated",
             AlertKind::Suppressed => "suppressed",
             AlertKind::Health => "health",
+            AlertKind::Contradiction => "contradiction",
+            AlertKind::ExposureChanged => "exposure_changed",
         }
     }
 
@@ -106,6 +116,9 @@ impl Alert {
             (AlertKind::Health, Some(h)) => h.condition.severity(),
             (AlertKind::Health, None) => 4,
             (AlertKind::Reached | AlertKind::LoopbackOnly | AlertKind::Unpublished | AlertKind::Verified, _) => 4,
+            // The firewall's word is false: the operator believes something closed.
+            (AlertKind::Contradiction, _) => 3,
+            (AlertKind::ExposureChanged, _) => 4,
             (AlertKind::Suppressed, _) => 4,
             (AlertKind::Blocked | AlertKind::Repeated, _) => 5,
         }

@@ -26,6 +26,8 @@ pub fn message_id(kind: AlertKind) -> &'static str {
         AlertKind::Repeated => "c08d0e1bc2a14121aca15df302bda156",
         AlertKind::Suppressed => "5e2b348ac71f40d0bcc04218d73832ba",
         AlertKind::Health => "d3cc52919325452797d871dc87601cea",
+        AlertKind::Contradiction => "e1a5c0b45f47456189264f0adc811e90",
+        AlertKind::ExposureChanged => "ebedb7025f8540739c6d236bf5cf3f2a",
     }
 }
 
