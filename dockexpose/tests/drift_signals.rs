@@ -66,7 +66,16 @@ struct Causes {
 impl Causes {
     /// Reads until a cause matches `want`; panics with everything seen after ANNOUNCE.
     fn expect(&mut self, what: &str, want: impl Fn(&Cause) -> bool) -> (Cause, Instant) {
-        let deadline = Instant::now() + ANNOUNCE;
+        self.expect_within(ANNOUNCE, what, want)
+    }
+
+    fn expect_within(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        want: impl Fn(&Cause) -> bool,
+    ) -> (Cause, Instant) {
+        let deadline = Instant::now() + limit;
         loop {
             while let Ok(c) = self.rx.try_recv() {
                 self.seen.push((c, Instant::now()));
@@ -76,7 +85,7 @@ impl Causes {
             }
             assert!(
                 Instant::now() < deadline,
-                "no cause for {what} within {ANNOUNCE:?}; seen: {:?}",
+                "no cause for {what} within {limit:?}; seen: {:?}",
                 self.seen
             );
             std::thread::sleep(Duration::from_millis(1));
@@ -336,5 +345,70 @@ fn links_and_addresses_name_the_interface() {
         causes.expect("peer removed", |c| {
             c.detail.as_deref() == Some("dxd1 removed")
         });
+    });
+}
+
+#[test]
+fn iptables_legacy_changes_are_polled() {
+    const TEST: &str = "iptables_legacy_changes_are_polled";
+    if !ready(TEST, &["iptables-legacy", "iptables-legacy-save", "ip"]) {
+        return;
+    }
+    let ns = Netns::new("legacy");
+    let name = ns.0.clone();
+    // A legacy table in use in the namespace before the watchers start.
+    run(
+        &ns.0,
+        &[
+            "iptables-legacy",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "7000",
+            "-j",
+            "DROP",
+        ],
+    );
+    in_netns(&ns.0, move || {
+        let (mut causes, lines) = watch();
+        let secs = ground::LEGACY_POLL.as_secs();
+        assert!(
+            lines.contains(&format!(
+                "polling every {secs} s: iptables-legacy sends no change notifications"
+            )),
+            "{lines:?}"
+        );
+        // Let the poller take its first digest, then change the rules.
+        std::thread::sleep(Duration::from_millis(500));
+        let (_, t) = run(
+            &name,
+            &[
+                "iptables-legacy",
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                "7001",
+                "-j",
+                "DROP",
+            ],
+        );
+        let (c, at) =
+            causes.expect_within(ground::LEGACY_POLL + ANNOUNCE, "iptables-legacy -A", |c| {
+                c.detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("iptables-legacy"))
+            });
+        eprintln!("iptables-legacy -A -> {c:?} after {:?}", at - t);
+        assert_eq!((c.kind, c.process, c.pid), ("ruleset", None, None));
+        // Nothing more while the rules stay as they are (counters move, rules do not).
+        let rest = causes.drain(ground::LEGACY_POLL + Duration::from_secs(1));
+        assert!(
+            rest.is_empty(),
+            "unchanged legacy rules were reported: {rest:?}"
+        );
     });
 }
