@@ -19,7 +19,7 @@ use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_D
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkFlags, LinkMessage},
-    RouteNetlinkMessage,
+    AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 
@@ -108,6 +108,13 @@ impl HostLinks {
     /// Takes in one rtnetlink message; the events it makes (none for a repeat).
     pub fn apply(&mut self, msg: &RouteNetlinkMessage) -> Vec<LinkEvent> {
         match msg {
+            // AF_BRIDGE link messages speak of a port's bridge state: a DELLINK of
+            // that family is a port leaving its bridge, not the link going away.
+            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l)
+                if l.header.interface_family == AddressFamily::Bridge =>
+            {
+                vec![]
+            }
             RouteNetlinkMessage::NewLink(l) => self.new_link(l),
             RouteNetlinkMessage::DelLink(l) => {
                 let index = l.header.index;
@@ -326,7 +333,6 @@ fn seed() -> io::Result<HostLinks> {
 #[cfg(test)]
 mod tests {
     use netlink_packet_core::NetlinkHeader;
-    use netlink_packet_route::AddressFamily;
 
     use super::*;
 
@@ -410,6 +416,30 @@ mod tests {
             ))),
             vec![LinkEvent::LinkRemoved {
                 name: "dxd9".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_port_leaving_its_bridge_is_no_link_removed() {
+        let mut s = HostLinks::default();
+        s.apply(&RouteNetlinkMessage::NewLink(link(
+            5,
+            "veth1",
+            LinkFlags::empty(),
+        )));
+        let mut port = link(5, "veth1", LinkFlags::empty());
+        port.header.interface_family = AddressFamily::Bridge;
+        assert_eq!(s.apply(&RouteNetlinkMessage::DelLink(port.clone())), vec![]);
+        assert_eq!(s.apply(&RouteNetlinkMessage::NewLink(port)), vec![]);
+        assert_eq!(
+            s.apply(&RouteNetlinkMessage::DelLink(link(
+                5,
+                "veth1",
+                LinkFlags::empty()
+            ))),
+            vec![LinkEvent::LinkRemoved {
+                name: "veth1".into()
             }]
         );
     }

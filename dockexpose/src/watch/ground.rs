@@ -105,7 +105,7 @@ fn ruleset_loop(mut events: RulesetEvents, tx: UnboundedSender<Cause>, own_pid: 
             Ok(ruleset_events::Received::Changes(changes)) => changes
                 .into_iter()
                 .filter(|c| !is_own(c, own_pid, parent_of))
-                .map(|c| ruleset_cause(c, is_firewalld_pid))
+                .map(|c| ruleset_cause(c, is_firewalld_or_child))
                 .collect(),
             // Unknown changes are still changes: verify once more.
             Ok(ruleset_events::Received::Lost) => vec![Cause {
@@ -239,6 +239,12 @@ fn parent_of(pid: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// firewalld itself (nftables backend: libnftables in process) or its
+/// `iptables-restore` child (iptables backend).
+fn is_firewalld_or_child(pid: u32) -> bool {
+    is_firewalld_pid(pid) || parent_of(pid).is_some_and(is_firewalld_pid)
+}
+
 /// firewalld is a Python program: its comm may be "python3", its command line names
 /// the script.
 fn is_firewalld_pid(pid: u32) -> bool {
@@ -338,6 +344,40 @@ mod tests {
         );
         // This test's own process is no firewalld.
         assert!(!is_firewalld_pid(std::process::id()));
+    }
+
+    #[test]
+    fn a_firewalld_script_and_its_child_are_firewalld() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("dx-ground-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("firewalld");
+        std::fs::write(&script, "#!/bin/sh\nsleep 5\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut fw = std::process::Command::new(&script)
+            .spawn()
+            .expect("the script");
+        let children = format!("/proc/{0}/task/{0}/children", fw.id());
+        let mut child = None;
+        for _ in 0..200 {
+            child = std::fs::read_to_string(&children)
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
+            if child.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let result = (
+            is_firewalld_or_child(fw.id()),
+            child.map(is_firewalld_or_child),
+        );
+        fw.kill().unwrap();
+        fw.wait().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        // The script's command line is "/bin/sh .../firewalld"; its `sleep` child.
+        assert_eq!(result, (true, Some(true)));
+        assert!(!is_firewalld_or_child(std::process::id()));
     }
 
     #[test]
