@@ -3,7 +3,9 @@
 
 pub mod conntrack;
 pub mod interfaces;
+pub mod link_events;
 pub mod local;
 pub mod netlink;
 pub mod privileges;
 pub mod routes;
+pub mod ruleset_events;

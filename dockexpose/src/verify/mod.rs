@@ -11,6 +11,7 @@
 
 pub mod daemon;
 pub mod direct;
+pub mod drift;
 pub mod frame;
 pub mod host_state;
 pub mod inject;

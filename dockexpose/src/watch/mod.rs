@@ -14,6 +14,7 @@
 //! - `health`: counters, loss warnings, the status report.
 
 mod attach;
+pub mod ground;
 mod health;
 mod intent;
 mod settings;
