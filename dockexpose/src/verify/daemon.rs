@@ -44,6 +44,9 @@ pub enum RunKind {
     Scheduled,
     /// Ports Docker published since the last inventory.
     NewPorts(BTreeSet<(u16, Proto)>),
+    /// Every published port, because the ground moved (a ruleset, link or address
+    /// change): "after a ruleset change by iptables (pid 1234)".
+    Drift(String),
 }
 
 impl RunKind {
@@ -51,6 +54,7 @@ impl RunKind {
     pub fn describe(&self) -> String {
         match self {
             RunKind::Scheduled => "scheduled".into(),
+            RunKind::Drift(why) => format!("after {why}"),
             RunKind::NewPorts(ports) => format!(
                 "new ports {}",
                 ports.iter().map(|(p, proto)| format!("{p}/{}", proto.as_str())).collect::<Vec<_>>().join(", ")
@@ -61,7 +65,7 @@ impl RunKind {
     /// The `ports` argument of `verify::prepare` (empty: every published port).
     pub fn ports(&self) -> Vec<(u16, Proto)> {
         match self {
-            RunKind::Scheduled => Vec::new(),
+            RunKind::Scheduled | RunKind::Drift(_) => Vec::new(),
             RunKind::NewPorts(ports) => ports.iter().copied().collect(),
         }
     }
@@ -135,6 +139,16 @@ impl Schedule {
             return Some(RunKind::Scheduled);
         }
         Some(RunKind::NewPorts(ports))
+    }
+
+    /// Starts a run outside the schedule (the ground moved), unless one runs or
+    /// Docker has not answered yet; true when it started.
+    pub fn start_unscheduled(&mut self) -> bool {
+        if self.running || self.known.is_none() {
+            return false;
+        }
+        self.running = true;
+        true
     }
 
     pub fn finished(&mut self) {

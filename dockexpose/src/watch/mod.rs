@@ -14,6 +14,7 @@
 //! - `health`: counters, loss warnings, the status report.
 
 mod attach;
+mod drifting;
 pub mod ground;
 mod health;
 mod intent;
@@ -245,6 +246,9 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         probes: ProbeSources::new(v.sources.clone()),
         tx: verify_tx,
         running: None,
+        debounce: Default::default(),
+        run_causes: Vec::new(),
+        verdicts: Default::default(),
     });
     let (intent_state, mut intent_rx) = intent::IntentState::new(args.intent_root.clone());
     let clock = KernelClock::now();
@@ -278,6 +282,12 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         config: ConfigState { cli, matches, effective: args.clone(), sinks: sink_config },
         started: Instant::now(),
     };
+    // The ground: ruleset, link and address changes, each a reason to read the
+    // firewall's word again (and, with --verify-every, to verify again).
+    let (ground_tx, mut ground_rx) = mpsc::unbounded_channel();
+    for line in ground::spawn(ground_tx, std::process::id()) {
+        crate::say!("dockexpose: {line}");
+    }
     let first_reading = w.intent.read_now();
     w.intent_read(first_reading);
 
@@ -395,7 +405,11 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     let mut stopping: Option<(&'static str, Instant)> = None;
 
     let outcome = loop {
-        let verify_due = if stopping.is_some() { None } else { w.verify.as_ref().and_then(|v| v.schedule.due()) };
+        let verify_due = if stopping.is_some() {
+            None
+        } else {
+            w.verify.as_ref().and_then(|v| v.schedule.due()).map(|due| w.drift_due().map_or(due, |d| d.min(due)))
+        };
         tokio::select! {
             // While the audit log holds all it may (a full disk), records wait in the ring.
             Some(batch) = rx.recv(), if !w.outputs.audit.full() => {
@@ -408,6 +422,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
             }
             Some(state) = next_docker_state(&mut docker_rx) => w.docker_changed(state)?,
             Some(book) = intent_rx.recv() => w.intent_read(book),
+            Some(cause) = ground_rx.recv() => w.ground_moved(cause),
             _ = refresh.tick() => {
                 w.intent.tick(Instant::now());
                 w.refresh_host()?;

@@ -1,6 +1,9 @@
 //! `watch --verify-every`: verify runs from the daemon, off its loop.
 
-use std::{collections::BTreeSet, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use tokio::sync::mpsc;
 
@@ -12,6 +15,7 @@ use crate::{
     verify::{
         self,
         daemon::{self as verifyd, ProbeSources, RunKind, Schedule},
+        drift::{Cause, Debounce, VerdictKey},
         Outcome,
     },
 };
@@ -27,6 +31,11 @@ pub(super) struct VerifyState {
     pub(super) tx: mpsc::UnboundedSender<VerifyResult>,
     /// The run in progress, and the inventory it probes (its records are named from it).
     pub(super) running: Option<(RunKind, Inventory)>,
+    /// Drift: what moved since the last run, the causes of the run in progress, and
+    /// the last verdict of each port, family and uplink.
+    pub(super) debounce: Debounce,
+    pub(super) run_causes: Vec<Cause>,
+    pub(super) verdicts: BTreeMap<VerdictKey, &'static str>,
 }
 
 /// The next verify result, or never when verify is off.
@@ -45,9 +54,13 @@ impl Watcher {
     /// Starts the verify run that is due, on a blocking thread (it sleeps between
     /// probes); its result comes back over the channel. One run at a time.
     pub(super) fn start_verify(&mut self) {
+        if self.inventory.is_none() {
+            return;
+        }
+        let drift = self.take_drift_run();
         let Some(v) = self.verify.as_mut() else { return };
         let Some(inventory) = self.inventory.clone() else { return };
-        let Some(kind) = v.schedule.start(Instant::now()) else { return };
+        let Some(kind) = drift.or_else(|| v.schedule.start(Instant::now())) else { return };
         // Ports gone again since they were queued are not probed.
         let kind = match kind {
             RunKind::NewPorts(ports) => {
@@ -109,6 +122,7 @@ impl Watcher {
             self.outputs.verified(rec, Some(r.target.port.container_port));
         }
         crate::say!("{}", verifyd::summary_line(&kind, &outcome));
+        self.report_drift(&kind, &outcome);
         Ok(())
     }
 }
