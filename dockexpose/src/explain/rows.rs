@@ -176,16 +176,13 @@ pub fn rows(
             let firewall = intent.as_ref().map(|i| i.source).or(book.source);
             let suggested_rule = contradiction
                 .then(|| {
-                    suggest::rule(
-                        tool,
-                        intent.as_ref().map(|i| i.action),
-                        reality,
-                        port.proto,
-                        r.probe.dst.is_ipv6(),
-                        port.host_port,
-                        &r.uplink,
-                        &r.why,
-                    )
+                    let at = suggest::At {
+                        proto: port.proto,
+                        v6: r.probe.dst.is_ipv6(),
+                        host_port: port.host_port,
+                        uplink: &r.uplink,
+                    };
+                    suggest::rule(tool, intent.as_ref().map(|i| i.action), reality, at, &r.why)
                 })
                 .flatten();
             Row {

@@ -20,19 +20,30 @@ pub enum Tool {
     Nft,
 }
 
+/// Which port, family and uplink a rule is about.
+#[derive(Clone, Copy, Debug)]
+pub struct At<'a> {
+    pub proto: Proto,
+    pub v6: bool,
+    pub host_port: u16,
+    pub uplink: &'a str,
+}
+
 /// The command, or None where no single rule can say it (the port is held by
 /// something other than DOCKER-USER, and only the operator can tell what).
-#[allow(clippy::too_many_arguments)]
 pub fn rule(
     tool: Tool,
     action: Option<Action>,
     reality: Reality,
-    proto: Proto,
-    v6: bool,
-    host_port: u16,
-    uplink: &str,
+    at: At<'_>,
     held_why: &str,
 ) -> Option<String> {
+    let At {
+        proto,
+        v6,
+        host_port,
+        uplink,
+    } = at;
     let verdict = match (action?, reality) {
         (Action::Deny, Reality::Exposed) => Verdict::Drop,
         // The host itself answered (a proxy on INPUT): INPUT must say no.
@@ -98,16 +109,22 @@ fn input_drop(tool: Tool, proto: Proto, v6: bool, host_port: u16, uplink: &str) 
 mod tests {
     use super::*;
 
+    fn at(proto: Proto, v6: bool, host_port: u16, uplink: &str) -> At<'_> {
+        At {
+            proto,
+            v6,
+            host_port,
+            uplink,
+        }
+    }
+
     #[test]
     fn rules_key_on_the_host_port_through_conntrack_and_only_new_connections() {
         let r = rule(
             Tool::Iptables,
             Some(Action::Deny),
             Reality::Exposed,
-            Proto::Udp,
-            true,
-            5353,
-            "eth1",
+            at(Proto::Udp, true, 5353, "eth1"),
             "",
         )
         .unwrap();
@@ -116,10 +133,7 @@ mod tests {
             Tool::Nft,
             Some(Action::Deny),
             Reality::Exposed,
-            Proto::Tcp,
-            false,
-            8080,
-            "eth0",
+            at(Proto::Tcp, false, 8080, "eth0"),
             "",
         )
         .unwrap();
@@ -134,10 +148,7 @@ mod tests {
                 Tool::Iptables,
                 Some(Action::Allow),
                 Reality::Held,
-                Proto::Tcp,
-                false,
-                80,
-                "eth0",
+                at(Proto::Tcp, false, 80, "eth0"),
                 "dropped by ip filter FORWARD: policy drop"
             ),
             None
@@ -147,10 +158,7 @@ mod tests {
                 Tool::Iptables,
                 None,
                 Reality::Exposed,
-                Proto::Tcp,
-                false,
-                80,
-                "eth0",
+                at(Proto::Tcp, false, 80, "eth0"),
                 ""
             ),
             None,
@@ -161,10 +169,7 @@ mod tests {
                 Tool::Iptables,
                 Some(Action::Deny),
                 Reality::Held,
-                Proto::Tcp,
-                false,
-                80,
-                "eth0",
+                at(Proto::Tcp, false, 80, "eth0"),
                 ""
             ),
             None,
@@ -174,10 +179,7 @@ mod tests {
             Tool::Iptables,
             Some(Action::Deny),
             Reality::Proxy,
-            Proto::Tcp,
-            false,
-            80,
-            "eth0",
+            at(Proto::Tcp, false, 80, "eth0"),
             ""
         )
         .unwrap()

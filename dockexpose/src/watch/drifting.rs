@@ -33,7 +33,11 @@ pub(super) fn verdicts(outcome: &Outcome) -> BTreeMap<VerdictKey, &'static str> 
         let key = VerdictKey {
             host_port: r.target.port.host_port,
             proto: r.target.port.proto.as_str(),
-            family: if r.probe.dst.is_ipv4() { "ipv4" } else { "ipv6" },
+            family: if r.probe.dst.is_ipv4() {
+                "ipv4"
+            } else {
+                "ipv6"
+            },
             uplink: r.uplink.clone(),
         };
         let e = best.entry(key).or_insert(r.verdict);
@@ -66,15 +70,25 @@ impl Watcher {
             return None;
         }
         v.run_causes = v.debounce.take();
-        let first = v.run_causes.first().map(drift::describe).unwrap_or_else(|| "a change".into());
+        let first = v
+            .run_causes
+            .first()
+            .map(drift::describe)
+            .unwrap_or_else(|| "a change".into());
         let more = v.run_causes.len().saturating_sub(1);
-        Some(RunKind::Drift(if more > 0 { format!("{first} and {more} more") } else { first }))
+        Some(RunKind::Drift(if more > 0 {
+            format!("{first} and {more} more")
+        } else {
+            first
+        }))
     }
 
     /// A run ended: verdicts that changed since the last run that probed the same
     /// port, protocol, family and uplink are written and alerted, with the cause.
     pub(super) fn report_drift(&mut self, kind: &RunKind, outcome: &Outcome) {
-        let Some(v) = self.verify.as_mut() else { return };
+        let Some(v) = self.verify.as_mut() else {
+            return;
+        };
         let now = verdicts(outcome);
         let changed = drift::changes(&v.verdicts, &now);
         let causes = std::mem::take(&mut v.run_causes);
@@ -92,8 +106,15 @@ impl Watcher {
             if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
                 self.outputs.notice(&value);
             }
-            let text = format!("EXPOSURE CHANGED: {}", drift::exposure_changed_text(&key, from, to, &cause));
-            let mut alert = Alert::new(AlertKind::ExposureChanged, crate::output::human::escape_untrusted(&text), None);
+            let text = format!(
+                "EXPOSURE CHANGED: {}",
+                drift::exposure_changed_text(&key, from, to, &cause)
+            );
+            let mut alert = Alert::new(
+                AlertKind::ExposureChanged,
+                crate::output::human::escape_untrusted(&text),
+                None,
+            );
             alert.priority = true;
             self.outputs.alerts.raise(alert);
         }

@@ -1,0 +1,580 @@
+//! The seed's story, end to end: UFW says deny, reality says open. A second Docker
+//! engine in a namespace of its own, with real UFW enabled in that namespace only
+//! (a private copy of /etc/ufw bind-mounted in a mount namespace of its own), an
+//! outside host in front. `explain` says EXPOSED, why, and the rule that makes it
+//! hold; the live records carry the contradiction; the suggested rule, applied, makes
+//! explain agree while the allowed port stays reachable; a ban in INPUT that a
+//! container's traffic goes past is a `ban_bypassed`; and drift (a rule added, then
+//! removed) is an `exposure_changed` line naming the process, within seconds.
+//! Root and a Docker engine; run one at a time:
+//! `flock /tmp/dockexpose-root-tests.lock cargo test --release -p dockexpose --test intent_e2e -- --test-threads=1`
+
+mod support;
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{
+    docker,
+    engine::{Proxy, SecondEngine},
+    run_id, sh, skip, tcp_connect,
+};
+
+/// UFW confined to one network namespace, with its configuration in a temp dir:
+/// `/etc/ufw` and `/etc/default/ufw` are bind-mounted from there in a private mount
+/// namespace for each command, so the machine's own UFW files and firewall are never
+/// touched. `root` is what dockexpose's --intent-root reads.
+struct PrivateUfw {
+    root: PathBuf,
+    ns: String,
+}
+
+impl PrivateUfw {
+    fn new(ns: &str) -> Self {
+        let root = std::env::temp_dir().join(format!("dx-ufw-root-{}", run_id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("etc/default")).unwrap();
+        sh(&[
+            "cp",
+            "-a",
+            "/etc/ufw",
+            root.join("etc/ufw").to_str().unwrap(),
+        ]);
+        // The machine's copy may carry rules of its own: start from none.
+        for f in ["user.rules", "user6.rules"] {
+            let path = root.join("etc/ufw").join(f);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with("### tuple") && !l.starts_with("-A ufw"))
+                .collect();
+            std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+        }
+        let defaults = std::fs::read_to_string("/etc/default/ufw").unwrap();
+        // No sysctl changes from this UFW (some are not per namespace).
+        let empty = root.join("etc/ufw/no-sysctl.conf");
+        std::fs::write(&empty, "").unwrap();
+        let defaults: String = defaults
+            .lines()
+            .map(|l| {
+                if l.starts_with("IPT_SYSCTL=") {
+                    format!("IPT_SYSCTL={}", empty.display())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(root.join("etc/default/ufw"), defaults + "\n").unwrap();
+        Self {
+            root,
+            ns: ns.to_string(),
+        }
+    }
+
+    /// Runs `ufw ARGS` in the namespace, against the private files.
+    fn run(&self, args: &[&str]) -> String {
+        let script = format!(
+            "mount --bind {r}/etc/ufw /etc/ufw && mount --bind {r}/etc/default/ufw /etc/default/ufw && exec nsenter --net=/run/netns/{ns} ufw \"$@\"",
+            r = self.root.display(),
+            ns = self.ns
+        );
+        let mut full = vec![
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script.as_str(),
+            "ufw",
+        ];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// The line of `ufw status numbered` for `what` ("8080/tcp", "8080/tcp (v6)"),
+    /// whitespace collapsed: "[ 1] 8080/tcp DENY IN Anywhere".
+    fn status_line(&self, what: &str, v6: bool) -> String {
+        let status = self.run(&["status", "numbered"]);
+        status
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .find(|l| {
+                l.starts_with('[') && l.contains(&format!("] {what} ")) && l.contains("(v6)") == v6
+            })
+            .unwrap_or_else(|| panic!("no line for {what} (v6: {v6}) in:\n{status}"))
+    }
+}
+
+impl Drop for PrivateUfw {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn ready(test: &str) -> bool {
+    if !docker::ready(test) {
+        return false;
+    }
+    if Command::new("ufw").arg("--version").output().is_err() {
+        return skip(
+            test,
+            "ufw is not installed (Debian's ufw; `cargo xtask setup` installs it)",
+        );
+    }
+    true
+}
+
+/// An engine with IPv6 published through ip6tables, as a user turns it on.
+fn engine(tag: &str) -> SecondEngine {
+    let n = run_id() % 200;
+    SecondEngine::start_with(
+        tag,
+        Proxy::Off,
+        &[
+            "--experimental",
+            "--ipv6",
+            &format!("--fixed-cidr-v6=fd42:251:{n}::/64"),
+            "--ip6tables",
+        ],
+    )
+}
+
+/// `dockexpose explain --json` in the engine's namespace: (exit code, rows, stderr).
+fn explain(e: &SecondEngine, root: &Path, ports: &[&str]) -> (i32, Vec<Value>, String) {
+    let net = format!("--net=/run/netns/{}", e.ns);
+    let (from4, from6) = (
+        format!("{}/32", e.outside_v4()),
+        format!("{}/128", e.outside_v6()),
+    );
+    let out = Command::new("nsenter")
+        .args([
+            net.as_str(),
+            env!("CARGO_BIN_EXE_dockexpose"),
+            "explain",
+            "--json",
+            "--docker-host",
+            &e.socket,
+            "--uplink",
+            &e.uplink,
+        ])
+        .args([
+            "--from",
+            &from4,
+            "--from",
+            &from6,
+            "--intent-root",
+            root.to_str().unwrap(),
+        ])
+        .args(ports)
+        .output()
+        .expect("run dockexpose explain");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("explain stderr:\n{stderr}");
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .inspect(|l| eprintln!("explain: {l}"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    (out.status.code().unwrap_or(-1), rows, stderr)
+}
+
+fn row<'a>(rows: &'a [Value], port: u16, family: &str) -> &'a Value {
+    rows.iter()
+        .find(|r| r["host_port"] == port && r["family"] == family)
+        .unwrap_or_else(|| panic!("no row for {port} {family} in {rows:#?}"))
+}
+
+#[test]
+fn ufw_denies_8080_yet_it_is_exposed_explain_says_why_and_its_rule_makes_it_hold() {
+    let test = "ufw_denies_8080_yet_it_is_exposed_explain_says_why_and_its_rule_makes_it_hold";
+    if !ready(test) {
+        return;
+    }
+    let e = engine("uf");
+    let ufw = PrivateUfw::new(&e.ns);
+    ufw.run(&["--force", "enable"]);
+    ufw.run(&["deny", "8080/tcp"]);
+    ufw.run(&["allow", "9090/tcp"]);
+    let _web = e.run(
+        &format!("dxe-web-{}", e.n),
+        &["-p", "8080:80"],
+        &e.image,
+        &[],
+    );
+    let _api = e.run(
+        &format!("dxe-api-{}", e.n),
+        &["-p", "9090:80"],
+        &e.image,
+        &[],
+    );
+    let outside: IpAddr = e.outside_v4().parse().unwrap();
+    assert!(
+        tcp_connect(&e.outside_ns, Some(outside), e.host4(8080)).is_ok(),
+        "the story: UFW denies 8080, the outside reaches it"
+    );
+
+    // explain: the contradiction, why, and the fix; the allowed port agrees.
+    let (code, rows, _) = explain(&e, &ufw.root, &[]);
+    assert_eq!(code, 1, "a contradiction exists");
+    for (family, v6) in [("ipv4", false), ("ipv6", true)] {
+        let r = row(&rows, 8080, family);
+        assert_eq!(r["reality"], "EXPOSED", "{r}");
+        assert_eq!(r["contradiction"], true, "{r}");
+        assert_eq!(r["intent"]["source"], "ufw");
+        assert_eq!(r["intent"]["action"], "deny");
+        let shown = ufw.status_line(if v6 { "8080/tcp (v6)" } else { "8080/tcp" }, v6);
+        assert_eq!(
+            r["intent"]["rule"],
+            shown.as_str(),
+            "the rule as `ufw status numbered` shows it"
+        );
+        assert_eq!(r["uplink"], e.uplink.as_str());
+        let why = r["why"].as_str().unwrap();
+        assert!(
+            why.contains("dnat") && why.contains("INPUT, where UFW lives, never saw it"),
+            "{why}"
+        );
+        let fix = r["suggested_rule"].as_str().unwrap();
+        assert!(
+            fix.starts_with(if v6 { "ip6tables " } else { "iptables " })
+                && fix.contains("--ctorigdstport 8080"),
+            "{fix}"
+        );
+        let allowed = row(&rows, 9090, family);
+        assert_eq!(
+            (
+                allowed["reality"].as_str(),
+                allowed["contradiction"].as_bool()
+            ),
+            (Some("EXPOSED"), Some(false)),
+            "{allowed}"
+        );
+        assert!(allowed["suggested_rule"].is_null());
+    }
+
+    // The fixes, run as printed: explain agrees, the allowed port is still reachable.
+    for family in ["ipv4", "ipv6"] {
+        let fix = row(&rows, 8080, family)["suggested_rule"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        e.in_ns(&["sh", "-c", &fix]);
+    }
+    let (code, rows, _) = explain(&e, &ufw.root, &[]);
+    assert_eq!(code, 0, "no contradiction left: {rows:#?}");
+    for family in ["ipv4", "ipv6"] {
+        assert_eq!(row(&rows, 8080, family)["reality"], "HELD");
+        assert_eq!(row(&rows, 8080, family)["contradiction"], false);
+        assert_eq!(row(&rows, 9090, family)["reality"], "EXPOSED");
+    }
+    assert!(
+        tcp_connect(&e.outside_ns, Some(outside), e.host4(9090)).is_ok(),
+        "the allowed port still answers"
+    );
+    assert!(
+        tcp_connect(&e.outside_ns, Some(outside), e.host4(8080)).is_err(),
+        "8080 holds now"
+    );
+    let outside6: IpAddr = e.outside_v6().parse().unwrap();
+    assert!(
+        tcp_connect(&e.outside_ns, Some(outside6), e.host6(9090)).is_ok(),
+        "IPv6: the allowed port still answers"
+    );
+    assert!(
+        tcp_connect(&e.outside_ns, Some(outside6), e.host6(8080)).is_err(),
+        "IPv6: 8080 holds now"
+    );
+}
+
+#[test]
+fn live_records_carry_the_contradiction_and_a_bypassed_ban_and_alert_once() {
+    let test = "live_records_carry_the_contradiction_and_a_bypassed_ban_and_alert_once";
+    if !ready(test) {
+        return;
+    }
+    if Command::new("ipset").arg("--version").output().is_err() {
+        skip(test, "ipset is not installed: the ban part is not run");
+        return;
+    }
+    let e = engine("ul");
+    let ufw = PrivateUfw::new(&e.ns);
+    ufw.run(&["--force", "enable"]);
+    ufw.run(&["deny", "8080/tcp"]);
+    ufw.run(&["allow", "9090/tcp"]);
+    let _web = e.run(
+        &format!("dxe-web-{}", e.n),
+        &["-p", "8080:80"],
+        &e.image,
+        &[],
+    );
+    let _api = e.run(
+        &format!("dxe-api-{}", e.n),
+        &["-p", "9090:80"],
+        &e.image,
+        &[],
+    );
+    // A ban as fail2ban's ipset action makes it: a set, dropped in INPUT.
+    let banned = format!("{}.9", e.outside_v4().rsplit_once('.').unwrap().0);
+    e.in_ns(&["ipset", "create", "dxban", "hash:ip"]);
+    e.in_ns(&["ipset", "add", "dxban", &banned]);
+    e.in_ns(&[
+        "iptables",
+        "-I",
+        "INPUT",
+        "-m",
+        "set",
+        "--match-set",
+        "dxban",
+        "src",
+        "-j",
+        "DROP",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &e.outside_ns,
+        "addr",
+        "add",
+        &format!("{banned}/24"),
+        "dev",
+        "eth0",
+    ]);
+
+    let json = std::env::temp_dir().join(format!("dx-intent-live-{}.jsonl", run_id()));
+    let root = ufw.root.to_str().unwrap().to_string();
+    let mut w = e.watch(&["--intent-root", &root], json.clone());
+    w.wait_for_line("firewall intent: ufw", Duration::from_secs(10));
+    let outside: IpAddr = e.outside_v4().parse().unwrap();
+    for _ in 0..2 {
+        tcp_connect(&e.outside_ns, Some(outside), e.host4(8080))
+            .expect("8080 reached from outside");
+    }
+    tcp_connect(&e.outside_ns, Some(outside), e.host4(9090)).expect("9090 reached from outside");
+    tcp_connect(&e.outside_ns, Some(banned.parse().unwrap()), e.host4(9090))
+        .expect("the banned source reaches 9090 all the same");
+    std::thread::sleep(Duration::from_secs(1));
+    let (records, _, stderr) = w.stop();
+    let _ = std::fs::remove_file(&json);
+    let reached: Vec<&Value> = records.iter().filter(|r| r["stage"] == "reached").collect();
+    let denied: Vec<&&Value> = reached.iter().filter(|r| r["host_port"] == 8080).collect();
+    assert_eq!(denied.len(), 2, "{reached:#?}");
+    for r in &denied {
+        assert_eq!(r["contradiction"], true, "{r}");
+        assert_eq!(r["intent"]["source"], "ufw");
+        assert_eq!(
+            r["intent"]["rule"],
+            ufw.status_line("8080/tcp", false).as_str()
+        );
+    }
+    let allowed = reached
+        .iter()
+        .find(|r| r["host_port"] == 9090 && r["src_ip"] == e.outside_v4().as_str())
+        .expect("9090 record");
+    assert_eq!(
+        (
+            allowed["contradiction"].as_bool(),
+            allowed["intent"]["action"].as_str()
+        ),
+        (Some(false), Some("allow")),
+        "{allowed}"
+    );
+    assert!(allowed.get("ban_bypassed").is_none());
+    let bypass = reached
+        .iter()
+        .find(|r| r["src_ip"] == banned.as_str())
+        .expect("the banned source's record");
+    assert_eq!(bypass["ban_bypassed"], "ipset dxban", "{bypass}");
+    assert_eq!(bypass["contradiction"], true);
+    let alerts: Vec<&String> = stderr
+        .iter()
+        .filter(|l| l.contains("CONTRADICTION:"))
+        .collect();
+    let port_alerts: Vec<&&String> = alerts
+        .iter()
+        .filter(|l| l.contains("UFW denies 8080/tcp"))
+        .collect();
+    assert_eq!(port_alerts.len(), 1, "once per port and rule: {alerts:#?}");
+    let expected = format!(
+        "yet {} reached container dxe-web-{} through 8080",
+        e.outside_v4(),
+        e.n
+    );
+    assert!(port_alerts[0].contains(&expected), "{}", port_alerts[0]);
+    assert!(
+        alerts
+            .iter()
+            .any(|l| l.contains("ipset dxban bans") && l.contains("(ban_bypassed)")),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn drift_both_ways_is_an_exposure_changed_line_naming_the_process_within_seconds() {
+    let test = "drift_both_ways_is_an_exposure_changed_line_naming_the_process_within_seconds";
+    if !docker::ready(test) {
+        return;
+    }
+    let e = engine("ud");
+    let _web = e.run(
+        &format!("dxe-web-{}", e.n),
+        &["-p", "8080:80"],
+        &e.image,
+        &[],
+    );
+    let json = std::env::temp_dir().join(format!("dx-intent-drift-{}.jsonl", run_id()));
+    let from = format!("{}/32", e.outside_v4());
+    // An hour between scheduled runs: any run within the test is drift's.
+    let mut w = e.watch(
+        &["--verify-every", "1h", "--verify-from", &from],
+        json.clone(),
+    );
+    w.wait_for_line("verify (scheduled)", Duration::from_secs(30));
+
+    let changed = |json: &Path, n: usize, timeout: Duration| -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines: Vec<Value> = std::fs::read_to_string(json)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["event"] == "exposure_changed")
+                .collect();
+            if lines.len() >= n || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Held by a rule in DOCKER-USER: EXPOSED -> HELD, caused by iptables.
+    let t0 = Instant::now();
+    let mut child = Command::new("nsenter")
+        .args([
+            &format!("--net=/run/netns/{}", e.ns),
+            "iptables",
+            "-I",
+            "DOCKER-USER",
+            "-p",
+            "tcp",
+            "-m",
+            "conntrack",
+            "--ctorigdstport",
+            "8080",
+            "-j",
+            "DROP",
+        ])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    let lines = changed(&json, 1, Duration::from_secs(30));
+    let held_after = t0.elapsed();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line for the one port and family that changed: {lines:#?}"
+    );
+    let l = &lines[0];
+    assert_eq!(
+        (
+            l["host_port"].as_u64(),
+            l["proto"].as_str(),
+            l["family"].as_str()
+        ),
+        (Some(8080), Some("tcp"), Some("ipv4")),
+        "{l}"
+    );
+    assert_eq!(
+        (l["from"].as_str(), l["to"].as_str()),
+        (Some("EXPOSED"), Some("HELD")),
+        "{l}"
+    );
+    assert_eq!(l["uplink"], e.uplink.as_str());
+    assert_eq!(l["cause"]["kind"], "ruleset", "{l}");
+    assert_eq!(l["cause"]["process"], "iptables", "{l}");
+    assert_eq!(
+        l["cause"]["pid"], pid,
+        "the pid of the process that changed the ruleset: {l}"
+    );
+    assert!(l["ts"].is_string());
+
+    // Removed again: HELD -> EXPOSED.
+    let t1 = Instant::now();
+    e.in_ns(&[
+        "iptables",
+        "-D",
+        "DOCKER-USER",
+        "-p",
+        "tcp",
+        "-m",
+        "conntrack",
+        "--ctorigdstport",
+        "8080",
+        "-j",
+        "DROP",
+    ]);
+    let lines = changed(&json, 2, Duration::from_secs(30));
+    let open_after = t1.elapsed();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(
+        (lines[1]["from"].as_str(), lines[1]["to"].as_str()),
+        (Some("HELD"), Some("EXPOSED"))
+    );
+    assert_eq!(lines[1]["cause"]["process"], "iptables");
+    eprintln!("drift: change to record {held_after:?} (EXPOSED -> HELD), {open_after:?} (HELD -> EXPOSED)");
+
+    // A burst of 40 rule edits in a few seconds: a few verification runs at most.
+    let runs_before = w
+        .lines()
+        .iter()
+        .filter(|l| l.contains("dockexpose: verify (after"))
+        .count();
+    for i in 0..20 {
+        let port = (40000 + i).to_string();
+        e.in_ns(&[
+            "iptables",
+            "-A",
+            "DOCKER-USER",
+            "-p",
+            "udp",
+            "--dport",
+            &port,
+            "-j",
+            "DROP",
+        ]);
+        e.in_ns(&[
+            "iptables",
+            "-D",
+            "DOCKER-USER",
+            "-p",
+            "udp",
+            "--dport",
+            &port,
+            "-j",
+            "DROP",
+        ]);
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let runs = w
+        .lines()
+        .iter()
+        .filter(|l| l.contains("dockexpose: verify (after"))
+        .count()
+        - runs_before;
+    eprintln!("drift: 40 rule edits gave {runs} verify runs");
+    assert!((1..=3).contains(&runs), "40 edits: {runs} runs");
+    let alerts = w
+        .lines()
+        .iter()
+        .filter(|l| l.contains("EXPOSURE CHANGED: 8080/tcp"))
+        .count();
+    assert_eq!(alerts, 2, "one alert per change");
+    let (_, _, _) = w.stop();
+    let _ = std::fs::remove_file(&json);
+}
