@@ -74,14 +74,22 @@ pub struct Zone {
     pub interfaces: Vec<String>,
     pub ports: Vec<(String, PortSpec)>,
     pub services: Vec<String>,
-    /// (shown text, action, ports, family, from a specific source, that source).
-    pub rich: Vec<(
-        String,
-        Action,
-        Option<PortSpec>,
-        Option<bool>,
-        Option<String>,
-    )>,
+    pub rich: Vec<RichRule>,
+}
+
+/// A `<rule>` of a zone with a verdict.
+#[derive(Debug)]
+pub struct RichRule {
+    /// As `firewall-cmd --list-rich-rules` shows it.
+    pub text: String,
+    pub action: Action,
+    pub port: Option<PortSpec>,
+    /// A service named instead of a port: expanded in `zone_rules`.
+    pub service: Option<String>,
+    /// None: both families.
+    pub family: Option<bool>,
+    /// `<source address=..>` or `<source ipset=..>`: not from anywhere.
+    pub source: Option<String>,
 }
 
 fn rich_text(rule: roxmltree::Node) -> String {
@@ -146,19 +154,22 @@ pub fn parse_zone(xml: &str) -> Result<Zone, String> {
                         .to_string()
                 });
                 let port = el("port").and_then(port_of);
+                if el("port").is_some() && port.is_none() {
+                    continue; // a port not read (dccp, a bad range): not "every port"
+                }
                 // A rich rule naming a service: kept as its name, expanded in `rules`.
                 let svc = el("service")
                     .and_then(|s| s.attribute("name"))
                     .map(String::from);
                 let text = rich_text(n);
-                match (port, svc) {
-                    (Some(p), _) => z.rich.push((text, action, Some(p), family, src)),
-                    (None, Some(s)) => {
-                        z.rich
-                            .push((format!("{text}\u{0}{s}"), action, None, family, src))
-                    }
-                    (None, None) => z.rich.push((text, action, None, family, src)),
-                }
+                z.rich.push(RichRule {
+                    text,
+                    action,
+                    port,
+                    service: svc,
+                    family,
+                    source: src,
+                });
             }
             _ => {}
         }
@@ -203,13 +214,18 @@ pub fn zone_rules(
         })
     };
     for pass in [Action::Deny, Action::Allow] {
-        for (text, action, port, family, src) in &z.rich {
+        for r in &z.rich {
+            let (text, action, port, family, src, svc_name) = (
+                &r.text,
+                &r.action,
+                &r.port,
+                &r.family,
+                &r.source,
+                r.service.as_deref(),
+            );
             if *action != pass {
                 continue;
             }
-            let (text, svc_name) = text
-                .split_once('\u{0}')
-                .map_or((text.as_str(), None), |(t, s)| (t, Some(s)));
             if let (Some(a), Action::Deny, None, None) = (src, action, port, svc_name) {
                 match a.parse::<Prefix>() {
                     Ok(p) => bans.push(Ban {
