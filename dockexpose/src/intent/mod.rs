@@ -164,6 +164,12 @@ impl IntentBook {
             book.rules = u.rules;
             book.bans = u.bans;
             book.warnings = u.warnings;
+            // ufw.conf says enabled; its chains say whether it is loaded here.
+            if v4.as_ref().is_some_and(|f| !f.chains.contains_key("ufw-user-input")) {
+                book.warnings.push(
+                    "ufw: enabled in ufw.conf but its chains (ufw-user-input) are not loaded: its rules are intent only".into(),
+                );
+            }
         } else if firewalld::active(root) {
             let f = firewalld::read(root);
             book.source = Some(Source::Firewalld);
@@ -274,5 +280,61 @@ impl IntentBook {
     /// The first ban that covers `src`.
     pub fn ban_of(&self, src: IpAddr) -> Option<&Ban> {
         self.bans.iter().find(|b| b.covers(src))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dumps(v4: &str, nft: Result<&str, &str>) -> Dumps {
+        Dumps {
+            iptables: Ok(v4.into()),
+            ip6tables: Err("ip6tables-save not found".into()),
+            ipset: Err("ipset not found".into()),
+            nft: nft.map(String::from).map_err(String::from),
+        }
+    }
+
+    #[test]
+    fn intent_read_with_picks_the_input_source_and_says_what_is_missing() {
+        let empty = std::env::temp_dir().join(format!("dxi-intent-none-{}", std::process::id()));
+        let b = IntentBook::read_with(&empty, &dumps(netfilter::tests::SAVE, Err("nft not found")));
+        assert_eq!(b.source, Some(Source::Iptables));
+        assert!(b.summary.starts_with("iptables: INPUT policy DROP, "), "{}", b.summary);
+        assert!(b.warnings.iter().any(|w| w.starts_with("ip6tables-save: ")), "{:?}", b.warnings);
+        assert!(b.warnings.iter().any(|w| w.starts_with("ipset sets not listed")), "{:?}", b.warnings);
+        // fail2ban's chain needs no ipset listing.
+        assert_eq!(b.ban_of("198.18.7.10".parse().unwrap()).unwrap().name, "fail2ban jail sshd");
+
+        let accept = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n";
+        let b = IntentBook::read_with(&empty, &dumps(accept, Ok(netfilter::tests::NFT)));
+        assert_eq!(b.source, Some(Source::Nftables), "{}", b.summary);
+        assert_eq!(b.ban_of("198.18.8.7".parse().unwrap()).unwrap().name, "nft set inet dxfilter blocklist");
+
+        let b = IntentBook::read_with(&empty, &dumps(accept, Ok(r#"{"nftables": []}"#)));
+        assert_eq!(b.source, None);
+        assert_eq!(
+            b.summary,
+            "no host firewall found: INPUT accepts everything (policy ACCEPT, no rules); no intent to compare"
+        );
+        assert_eq!(b.for_port(80, Proto::Tcp, false, None), None);
+    }
+
+    #[test]
+    fn intent_ufw_enabled_but_not_loaded_is_said() {
+        let root = std::env::temp_dir().join(format!("dxi-intent-ufw-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("etc/ufw")).unwrap();
+        std::fs::create_dir_all(root.join("etc/default")).unwrap();
+        std::fs::write(root.join("etc/ufw/ufw.conf"), "ENABLED=yes\nLOGLEVEL=low\n").unwrap();
+        std::fs::write(root.join("etc/default/ufw"), "IPV6=no\nDEFAULT_INPUT_POLICY=\"REJECT\"\n").unwrap();
+        std::fs::write(root.join("etc/ufw/user.rules"), "### tuple ### deny tcp 8080 0.0.0.0/0 any 0.0.0.0/0 in\n").unwrap();
+        let b = IntentBook::read_with(&root, &dumps(netfilter::tests::SAVE, Err("nft not found")));
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(b.source, Some(Source::Ufw));
+        assert_eq!(b.summary, "ufw: active, default incoming reject, 1 rules");
+        assert_eq!(b.for_port(8080, Proto::Tcp, false, None).unwrap().rule, "[ 1] 8080/tcp DENY IN Anywhere");
+        assert_eq!(b.for_port(8081, Proto::Tcp, true, None).unwrap().rule, "default reject (incoming)");
+        assert!(b.warnings.iter().any(|w| w.contains("not loaded")), "{:?}", b.warnings);
     }
 }
