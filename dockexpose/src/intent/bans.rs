@@ -52,7 +52,7 @@ pub fn iptables_bans(
     let (mut bans, mut warnings): (Vec<Ban>, Vec<String>) = (Vec::new(), Vec::new());
     for chain in f.reachable_from_input() {
         for r in f.rules(chain) {
-            if let (Some(set), true) = (&r.src_set, drops(r.target.as_deref())) {
+            if let (Some(set), true) = (&r.src_set, drops(r.target.as_deref()) && !r.negated) {
                 if bans.iter().any(|b| b.name == ban_name("ipset", set)) {
                     continue;
                 }

@@ -306,7 +306,12 @@ pub fn rules_of(tuples: &[Tuple]) -> (Vec<PortRule>, Vec<Ban>, Vec<String>) {
             Action::Allow
         };
         let from_any = is_anywhere(&t.src) && t.sport == "any" && t.sapp.is_empty();
-        if !from_any && t.dport == "any" && action == Action::Deny && t.sport == "any" {
+        if !is_anywhere(&t.src)
+            && t.sapp.is_empty()
+            && t.dport == "any"
+            && action == Action::Deny
+            && t.sport == "any"
+        {
             match t.src.parse::<crate::net::prefix::Prefix>() {
                 Ok(p) => bans.push(Ban {
                     name: format!("ufw {shown}"),
