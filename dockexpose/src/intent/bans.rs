@@ -138,9 +138,9 @@ pub fn merge(bans: Vec<Ban>) -> Vec<Ban> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intent::netfilter::{
-        parse_save,
-        tests::{NFT, SAVE},
+    use crate::intent::{
+        netfilter::{parse_save, tests::SAVE},
+        nft::tests::NFT,
     };
 
     // `ipset save` (ipset v7.17) in a scratch namespace.

@@ -15,6 +15,7 @@ use crate::kernel::event::Proto;
 pub mod bans;
 pub mod firewalld;
 pub mod netfilter;
+pub mod nft;
 pub mod ufw;
 
 /// Which tool expressed an intent.
@@ -196,7 +197,7 @@ impl IntentBook {
         }
         book.warnings.extend(set_warnings);
         if let Some(j) = &nft {
-            for (fam, table, set) in netfilter::nft_rules(j).1 {
+            for (fam, table, set) in nft::nft_rules(j).1 {
                 book.bans.extend(bans::nft_set(j, &fam, &table, &set));
             }
         }
@@ -224,7 +225,7 @@ impl IntentBook {
                 ipt.extend(netfilter::input_rules(f, fam));
             }
         }
-        let nft_rules = nft.map(|j| netfilter::nft_rules(j).0).unwrap_or_default();
+        let nft_rules = nft.map(|j| nft::nft_rules(j).0).unwrap_or_default();
         // An INPUT that accepts everything (policy ACCEPT, nothing dropped) says nothing.
         let says = |rules: &[PortRule]| rules.iter().any(|r| r.intent.action == Action::Deny);
         let count = |rules: &[PortRule]| rules.iter().filter(|r| r.ports.is_some() || r.proto.is_some()).count();
@@ -308,7 +309,7 @@ mod tests {
         assert_eq!(b.ban_of("198.18.7.10".parse().unwrap()).unwrap().name, "fail2ban jail sshd");
 
         let accept = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n";
-        let b = IntentBook::read_with(&empty, &dumps(accept, Ok(netfilter::tests::NFT)));
+        let b = IntentBook::read_with(&empty, &dumps(accept, Ok(nft::tests::NFT)));
         assert_eq!(b.source, Some(Source::Nftables), "{}", b.summary);
         assert_eq!(b.ban_of("198.18.8.7".parse().unwrap()).unwrap().name, "nft set inet dxfilter blocklist");
 
