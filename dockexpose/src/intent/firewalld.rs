@@ -199,6 +199,7 @@ pub fn zone_rules(
                 source: Source::Firewalld,
                 action,
                 rule: format!("zone {name}: {rule}"),
+                default_policy: false,
             },
             ports,
             proto,

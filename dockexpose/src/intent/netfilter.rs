@@ -255,6 +255,7 @@ pub fn input_rules(f: &Filter, v6: bool) -> Vec<PortRule> {
             source: Source::Iptables,
             action,
             rule: format!("policy {p}"),
+            default_policy: false,
         };
         out.push(PortRule {
             intent,
@@ -301,6 +302,7 @@ fn push_rule(out: &mut Vec<PortRule>, r: &SavedRule, outer: Option<&SavedRule>, 
         source: Source::Iptables,
         action,
         rule,
+        default_policy: false,
     };
     out.push(PortRule {
         intent,

@@ -79,6 +79,7 @@ pub fn nft_rules(json: &serde_json::Value) -> (Vec<PortRule>, Vec<(String, Strin
                 source: Source::Nftables,
                 action,
                 rule: format!("{fam} {table} {chain}: policy {p}"),
+                default_policy: false,
             };
             let v6 = match fam.as_str() {
                 "ip" => Some(false),
@@ -254,6 +255,7 @@ fn nft_rule(
         source: Source::Nftables,
         action,
         rule: format!("{fam} {table} {chain}: {}", text.join(" ")),
+        default_policy: false,
     };
     Some(PortRule {
         intent,
