@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{anyhow, Result};
 
-use self::suggest::Tool;
+use self::suggest::{Host, Tool};
 use crate::{
     cli::ExplainArgs,
     host::privileges,
@@ -71,8 +71,9 @@ pub async fn run(args: ExplainArgs) -> Result<i32> {
     for w in &outcome.warnings {
         crate::say!("{w}");
     }
-    let tool = host_tool();
-    let rows = rows::rows(&outcome, &book, tool, |r| container_addr(&inventory, r));
+    let rows = rows::rows(&outcome, &book, host_rules(), |r| {
+        container_addr(&inventory, r)
+    });
     for r in &rows {
         if args.json {
             // Plain strings, numbers and addresses: serializing cannot fail.
@@ -121,9 +122,10 @@ fn container_addr(inventory: &Inventory, r: &ProbeResult) -> Option<(IpAddr, u16
     Some((ip, r.target.port.container_port))
 }
 
-/// What the host's rules are written with: iptables where Docker's DOCKER-USER chain
-/// answers to it (iptables-nft or legacy), else nft.
-fn host_tool() -> Tool {
+/// What the host's rules are written with: iptables where Docker's chains answer
+/// to it (iptables-nft or legacy), else nft; and for which families Docker made
+/// DOCKER-USER.
+fn host_rules() -> Host {
     let answers = |cmd: &str, args: &[&str]| {
         Command::new(cmd)
             .args(args)
@@ -132,11 +134,21 @@ fn host_tool() -> Tool {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if answers("iptables", &["-w", "5", "-S", "DOCKER-USER"])
-        || !answers("nft", &["list", "chain", "ip", "filter", "DOCKER-USER"])
-    {
-        Tool::Iptables
-    } else {
-        Tool::Nft
+    let (v4, v6) = (
+        answers("iptables", &["-w", "5", "-S", "DOCKER-USER"]),
+        answers("ip6tables", &["-w", "5", "-S", "DOCKER-USER"]),
+    );
+    if v4 || !answers("nft", &["list", "chain", "ip", "filter", "DOCKER-USER"]) {
+        return Host {
+            tool: Tool::Iptables,
+            docker_user_v4: v4,
+            docker_user_v6: v6,
+        };
+    }
+    let v6 = answers("nft", &["list", "chain", "ip6", "filter", "DOCKER-USER"]);
+    Host {
+        tool: Tool::Nft,
+        docker_user_v4: true,
+        docker_user_v6: v6,
     }
 }

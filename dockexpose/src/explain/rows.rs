@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
-use super::suggest::{self, Tool};
+use super::suggest::{self, Host};
 use crate::{
     intent::{Action, Intent, IntentBook, Source},
     kernel::event::Proto,
@@ -144,7 +144,7 @@ pub fn why_of(
 pub fn rows(
     outcome: &Outcome,
     book: &IntentBook,
-    tool: Tool,
+    host: Host,
     container_addr: impl Fn(&ProbeResult) -> Option<(IpAddr, u16)>,
 ) -> Vec<Row> {
     let mut merged: BTreeMap<(Proto, u16, bool, String), &ProbeResult> = BTreeMap::new();
@@ -182,7 +182,7 @@ pub fn rows(
                         host_port: port.host_port,
                         uplink: &r.uplink,
                     };
-                    suggest::rule(tool, intent.as_ref().map(|i| i.action), reality, at, &r.why)
+                    suggest::rule(host, intent.as_ref().map(|i| i.action), reality, at, &r.why)
                 })
                 .flatten();
             Row {
@@ -413,7 +413,16 @@ mod tests {
             ],
             vec![],
         );
-        let rows = rows(&o, &book, Tool::Iptables, |_| None);
+        let rows = rows(
+            &o,
+            &book,
+            Host {
+                tool: suggest::Tool::Iptables,
+                docker_user_v4: true,
+                docker_user_v6: true,
+            },
+            |_| None,
+        );
         assert_eq!(
             rows.len(),
             2,
@@ -467,7 +476,16 @@ mod tests {
             ],
             vec![],
         );
-        let rows = rows(&o, &book, Tool::Iptables, |_| None);
+        let rows = rows(
+            &o,
+            &book,
+            Host {
+                tool: suggest::Tool::Iptables,
+                docker_user_v4: true,
+                docker_user_v6: true,
+            },
+            |_| None,
+        );
         let held_allowed = rows.iter().find(|r| r.host_port == 9090).unwrap();
         assert!(held_allowed.contradiction);
         assert_eq!(
@@ -507,7 +525,16 @@ mod tests {
             )],
             vec![(local, Skipped::Loopback)],
         );
-        let rows = rows(&o, &none, Tool::Nft, |_| None);
+        let rows = rows(
+            &o,
+            &none,
+            Host {
+                tool: suggest::Tool::Nft,
+                docker_user_v4: true,
+                docker_user_v6: true,
+            },
+            |_| None,
+        );
         assert_eq!(rows.len(), 2);
         let v6 = rows.iter().find(|r| r.host_port == 8080).unwrap();
         assert_eq!(

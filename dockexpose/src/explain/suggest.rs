@@ -20,6 +20,26 @@ pub enum Tool {
     Nft,
 }
 
+/// The host's tool, and whether Docker made DOCKER-USER for each family (Docker
+/// before 27 made none for IPv6: the rule then goes first in FORWARD, which Docker
+/// also consults after any rule put before its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Host {
+    pub tool: Tool,
+    pub docker_user_v4: bool,
+    pub docker_user_v6: bool,
+}
+
+impl Host {
+    fn chain(&self, v6: bool) -> &'static str {
+        if (v6 && self.docker_user_v6) || (!v6 && self.docker_user_v4) {
+            "DOCKER-USER"
+        } else {
+            "FORWARD"
+        }
+    }
+}
+
 /// Which port, family and uplink a rule is about.
 #[derive(Clone, Copy, Debug)]
 pub struct At<'a> {
@@ -32,7 +52,7 @@ pub struct At<'a> {
 /// The command, or None where no single rule can say it (the port is held by
 /// something other than DOCKER-USER, and only the operator can tell what).
 pub fn rule(
-    tool: Tool,
+    host: Host,
     action: Option<Action>,
     reality: Reality,
     at: At<'_>,
@@ -48,22 +68,22 @@ pub fn rule(
         (Action::Deny, Reality::Exposed) => Verdict::Drop,
         // The host itself answered (a proxy on INPUT): INPUT must say no.
         (Action::Deny, Reality::Proxy) => {
-            return Some(input_drop(tool, proto, v6, host_port, uplink))
+            return Some(input_drop(host.tool, proto, v6, host_port, uplink))
         }
         // Held by DOCKER-USER: let this port leave that chain early, to Docker's own
         // accept. Held elsewhere: not one rule's job.
         (Action::Allow, Reality::Held) if held_why.contains("DOCKER-USER") => Verdict::Return,
         _ => return None,
     };
-    let p = proto.as_str();
-    Some(match tool {
+    let (p, chain) = (proto.as_str(), host.chain(v6));
+    Some(match host.tool {
         Tool::Iptables => format!(
-            "{} -I DOCKER-USER -i {uplink} -p {p} -m conntrack --ctstate NEW --ctorigdstport {host_port} -j {}",
+            "{} -I {chain} -i {uplink} -p {p} -m conntrack --ctstate NEW --ctorigdstport {host_port} -j {}",
             if v6 { "ip6tables" } else { "iptables" },
             verdict.iptables()
         ),
         Tool::Nft => format!(
-            "nft insert rule {} filter DOCKER-USER iifname \"{uplink}\" meta l4proto {p} ct state new ct original proto-dst {host_port} {}",
+            "nft insert rule {} filter {chain} iifname \"{uplink}\" meta l4proto {p} ct state new ct original proto-dst {host_port} {}",
             if v6 { "ip6" } else { "ip" },
             verdict.nft()
         ),
@@ -109,6 +129,12 @@ fn input_drop(tool: Tool, proto: Proto, v6: bool, host_port: u16, uplink: &str) 
 mod tests {
     use super::*;
 
+    const IPT: Host = Host {
+        tool: Tool::Iptables,
+        docker_user_v4: true,
+        docker_user_v6: true,
+    };
+
     fn at(proto: Proto, v6: bool, host_port: u16, uplink: &str) -> At<'_> {
         At {
             proto,
@@ -121,7 +147,7 @@ mod tests {
     #[test]
     fn rules_key_on_the_host_port_through_conntrack_and_only_new_connections() {
         let r = rule(
-            Tool::Iptables,
+            IPT,
             Some(Action::Deny),
             Reality::Exposed,
             at(Proto::Udp, true, 5353, "eth1"),
@@ -130,7 +156,10 @@ mod tests {
         .unwrap();
         assert_eq!(r, "ip6tables -I DOCKER-USER -i eth1 -p udp -m conntrack --ctstate NEW --ctorigdstport 5353 -j DROP");
         let r = rule(
-            Tool::Nft,
+            Host {
+                tool: Tool::Nft,
+                ..IPT
+            },
             Some(Action::Deny),
             Reality::Exposed,
             at(Proto::Tcp, false, 8080, "eth0"),
@@ -145,7 +174,7 @@ mod tests {
     fn what_no_single_rule_can_fix_gets_none() {
         assert_eq!(
             rule(
-                Tool::Iptables,
+                IPT,
                 Some(Action::Allow),
                 Reality::Held,
                 at(Proto::Tcp, false, 80, "eth0"),
@@ -155,7 +184,7 @@ mod tests {
         );
         assert_eq!(
             rule(
-                Tool::Iptables,
+                IPT,
                 None,
                 Reality::Exposed,
                 at(Proto::Tcp, false, 80, "eth0"),
@@ -166,7 +195,7 @@ mod tests {
         );
         assert_eq!(
             rule(
-                Tool::Iptables,
+                IPT,
                 Some(Action::Deny),
                 Reality::Held,
                 at(Proto::Tcp, false, 80, "eth0"),
@@ -176,7 +205,7 @@ mod tests {
             "agrees already"
         );
         assert!(rule(
-            Tool::Iptables,
+            IPT,
             Some(Action::Deny),
             Reality::Proxy,
             at(Proto::Tcp, false, 80, "eth0"),
@@ -184,5 +213,31 @@ mod tests {
         )
         .unwrap()
         .contains("-I INPUT"));
+    }
+
+    #[test]
+    fn without_docker_user_for_a_family_the_rule_goes_first_in_forward() {
+        let old_docker = Host {
+            docker_user_v6: false,
+            ..IPT
+        };
+        let r = rule(
+            old_docker,
+            Some(Action::Deny),
+            Reality::Exposed,
+            at(Proto::Tcp, true, 8080, "eth0"),
+            "",
+        )
+        .unwrap();
+        assert_eq!(r, "ip6tables -I FORWARD -i eth0 -p tcp -m conntrack --ctstate NEW --ctorigdstport 8080 -j DROP");
+        let r = rule(
+            old_docker,
+            Some(Action::Deny),
+            Reality::Exposed,
+            at(Proto::Tcp, false, 8080, "eth0"),
+            "",
+        )
+        .unwrap();
+        assert!(r.starts_with("iptables -I DOCKER-USER "), "{r}");
     }
 }
