@@ -110,7 +110,7 @@ impl Causes {
 /// children are not taken for dockexpose's own.
 fn watch() -> (Causes, Vec<String>) {
     let (tx, rx) = unbounded_channel();
-    let lines = ground::spawn(tx, 1);
+    let lines = ground::spawn(tx, 1, true);
     eprintln!("ground::spawn said: {lines:?}");
     assert!(
         !lines.iter().any(|l| l.contains("not watched")),

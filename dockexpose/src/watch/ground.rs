@@ -44,7 +44,7 @@ const OWN_TABLE_PREFIX: &str = "dockexpose_verify_";
 /// network namespace; each cause goes to `tx`. Returns lines to tell the operator (the
 /// polling fallback, a watcher that could not start); never fails the daemon. The
 /// threads end once `tx`'s receiver is dropped.
-pub fn spawn(tx: UnboundedSender<Cause>, own_pid: u32) -> Vec<String> {
+pub fn spawn(tx: UnboundedSender<Cause>, own_pid: u32, poll_legacy: bool) -> Vec<String> {
     let mut lines = Vec::new();
     match RulesetEvents::subscribe(READ_TIMEOUT) {
         Ok(events) => {
@@ -53,7 +53,9 @@ pub fn spawn(tx: UnboundedSender<Cause>, own_pid: u32) -> Vec<String> {
         }
         Err(e) => lines.push(format!("ruleset changes are not watched (nftables notifications: {e}); verify runs on its schedule only")),
     }
-    if ruleset_events::detect_legacy() {
+    // Polling costs two commands every few seconds: only where a change would
+    // start a verify run (the intent is read again on its own schedule anyway).
+    if poll_legacy && ruleset_events::detect_legacy() {
         let tx = tx.clone();
         let secs = LEGACY_POLL.as_secs();
         if start(

@@ -285,7 +285,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     // The ground: ruleset, link and address changes, each a reason to read the
     // firewall's word again (and, with --verify-every, to verify again).
     let (ground_tx, mut ground_rx) = mpsc::unbounded_channel();
-    for line in ground::spawn(ground_tx, std::process::id()) {
+    for line in ground::spawn(ground_tx, std::process::id(), w.verify.is_some()) {
         crate::say!("dockexpose: {line}");
     }
     let first_reading = w.intent.read_now();
