@@ -146,45 +146,30 @@ fn engine(tag: &str) -> SecondEngine {
     )
 }
 
-/// `dockexpose explain --json` in the engine's namespace: (exit code, rows, stderr).
-fn explain(e: &SecondEngine, root: &Path, ports: &[&str]) -> (i32, Vec<Value>, String) {
-    let (from4, from6) = (
-        format!("{}/32", e.outside_v4()),
-        format!("{}/128", e.outside_v6()),
-    );
+/// `dockexpose explain ARGS` in the engine's namespace, probing from the outside
+/// host's addresses, reading the private UFW under `root`.
+fn explain_cmd(e: &SecondEngine, root: &Path, args: &[&str]) -> std::process::Output {
+    let (from4, from6) = (format!("{}/32", e.outside_v4()), format!("{}/128", e.outside_v6()));
     // `ip netns exec`: /sys of the namespace too (verify reads the uplink's MAC there).
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            e.ns.as_str(),
-            env!("CARGO_BIN_EXE_dockexpose"),
-            "explain",
-            "--json",
-            "--docker-host",
-            &e.socket,
-            "--uplink",
-            &e.uplink,
-        ])
-        .args([
-            "--from",
-            &from4,
-            "--from",
-            &from6,
-            "--intent-root",
-            root.to_str().unwrap(),
-        ])
-        .args(ports)
+        .args(["netns", "exec", e.ns.as_str(), env!("CARGO_BIN_EXE_dockexpose"), "explain", "--docker-host", &e.socket, "--uplink", &e.uplink])
+        .args(["--from", &from4, "--from", &from6, "--intent-root", root.to_str().unwrap()])
+        .args(args)
         .output()
         .expect("run dockexpose explain");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    eprintln!("explain stderr:\n{stderr}");
+    eprintln!("explain stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// `dockexpose explain --json`: (exit code, rows).
+fn explain(e: &SecondEngine, root: &Path) -> (i32, Vec<Value>) {
+    let out = explain_cmd(e, root, &["--json"]);
     let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .inspect(|l| eprintln!("explain: {l}"))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    (out.status.code().unwrap_or(-1), rows, stderr)
+    (out.status.code().unwrap_or(-1), rows)
 }
 
 /// Whether a connection reached the container: it answered, or (the test image
@@ -250,7 +235,7 @@ fn ufw_denies_8080_yet_it_is_exposed_explain_says_why_and_its_rule_makes_it_hold
     }
 
     // explain: the contradiction, why, and the fix; the allowed port agrees.
-    let (code, rows, _) = explain(&e, &ufw.root, &[]);
+    let (code, rows) = explain(&e, &ufw.root);
     assert_eq!(code, 1, "a contradiction exists");
     for (family, v6) in [("ipv4", false), ("ipv6", true)] {
         let r = row(&rows, 8080, family);
@@ -288,6 +273,17 @@ fn ufw_denies_8080_yet_it_is_exposed_explain_says_why_and_its_rule_makes_it_hold
         assert!(allowed["suggested_rule"].is_null());
     }
 
+    // As people read it, for one port: the story in one line per family.
+    let out = explain_cmd(&e, &ufw.root, &["8080/tcp"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("explain 8080/tcp:\n{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = text.lines().find(|l| l.starts_with("8080/tcp ipv4 ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(": CONTRADICTION: UFW says deny ([ 1] 8080/tcp DENY IN Anywhere); reality EXPOSED; why: "), "{line}");
+    assert!(line.contains("; fix: iptables -I DOCKER-USER "), "{line}");
+    assert!(!text.contains("9090/tcp"), "only the port asked about: {text}");
+    assert!(text.lines().any(|l| l == "2 contradictions in 2 rows"), "{text}");
+
     // The fixes, run as printed: explain agrees, the allowed port is still reachable.
     for family in ["ipv4", "ipv6"] {
         let fix = row(&rows, 8080, family)["suggested_rule"]
@@ -296,7 +292,7 @@ fn ufw_denies_8080_yet_it_is_exposed_explain_says_why_and_its_rule_makes_it_hold
             .to_string();
         e.in_ns(&["sh", "-c", &fix]);
     }
-    let (code, rows, _) = explain(&e, &ufw.root, &[]);
+    let (code, rows) = explain(&e, &ufw.root);
     assert_eq!(code, 0, "no contradiction left: {rows:#?}");
     for family in ["ipv4", "ipv6"] {
         assert_eq!(row(&rows, 8080, family)["reality"], "HELD");
@@ -597,6 +593,116 @@ fn drift_both_ways_is_an_exposure_changed_line_naming_the_process_within_seconds
         .filter(|l| l.contains("EXPOSURE CHANGED: 8080/tcp"))
         .count();
     assert_eq!(alerts, 2, "one alert per change");
+    let (_, _, _) = w.stop();
+    let _ = std::fs::remove_file(&json);
+}
+
+/// firewalld's daemon confined to the engine's namespace: a mount namespace of its
+/// own holds a private system bus (/run/dbus), /run/firewalld and a copy of
+/// /etc/firewalld; `firewall-cmd` runs in it (nsenter into firewalld's namespaces).
+/// The machine's own bus, files and firewall are never touched. `root` is what
+/// --intent-root reads (its etc/firewalld is the copy; run/firewalld says it runs).
+struct PrivateFirewalld {
+    root: PathBuf,
+    child: std::process::Child,
+}
+
+impl PrivateFirewalld {
+    fn start(ns: &str) -> Option<Self> {
+        let root = std::env::temp_dir().join(format!("dx-fwd-root-{}", run_id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("run/firewalld")).unwrap();
+        sh(&["cp", "-a", "/etc/firewalld", root.join("etc/firewalld").to_str().unwrap()]);
+        let script = format!(
+            "mount -t tmpfs tmpfs /run/dbus && mount --bind {r}/etc/firewalld /etc/firewalld && mount --bind {r}/run/firewalld /run/firewalld \
+             && dbus-daemon --system --fork --nopidfile --print-pid > {r}/dbus.pid && exec ip netns exec {ns} firewalld --nofork --nopid --log-target console",
+            r = root.display()
+        );
+        let _ = std::fs::create_dir_all("/run/dbus");
+        let _ = std::fs::create_dir_all("/run/firewalld");
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut fw = Self { root, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fw.try_cmd(&["--state"]).is_none_or(|s| s.trim() != "running") {
+            if Instant::now() > deadline || fw.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Some(fw)
+    }
+
+    fn try_cmd(&self, args: &[&str]) -> Option<String> {
+        let pid = self.child.id().to_string();
+        let out = Command::new("nsenter").args(["-t", &pid, "-m", "-n", "firewall-cmd"]).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        self.try_cmd(args).unwrap_or_else(|| panic!("firewall-cmd {args:?} failed"))
+    }
+}
+
+impl Drop for PrivateFirewalld {
+    fn drop(&mut self) {
+        // firewalld (the exec'd shell); the bus dies with its mount namespace's last user.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(pid) = std::fs::read_to_string(self.root.join("dbus.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            // SAFETY: the private bus this guard started (its pid, printed by itself).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[test]
+fn firewalld_zones_are_the_intent_and_its_reload_is_drift_named_firewalld() {
+    let test = "firewalld_zones_are_the_intent_and_its_reload_is_drift_named_firewalld";
+    if !docker::ready(test) {
+        return;
+    }
+    if Command::new("firewalld").arg("--help").output().is_err() || Command::new("dbus-daemon").arg("--version").output().is_err() {
+        skip(test, "firewalld or dbus-daemon is not installed (Debian's firewalld; `cargo xtask setup` installs it)");
+        return;
+    }
+    let e = engine("uw");
+    let Some(fw) = PrivateFirewalld::start(&e.ns) else {
+        skip(test, "firewalld did not start in a namespace of its own with a private system bus");
+        return;
+    };
+    fw.cmd(&["--permanent", "--add-port=9090/tcp"]);
+    fw.cmd(&["--reload"]);
+    let _web = e.run(&format!("dxe-web-{}", e.n), &["-p", "8080:80"], &e.image, &[]);
+    let _api = e.run(&format!("dxe-api-{}", e.n), &["-p", "9090:80"], &e.image, &[]);
+    let (code, rows) = explain(&e, &fw.root);
+    for (port, action) in [(8080, "deny"), (9090, "allow")] {
+        let r = row(&rows, port, "ipv4");
+        assert_eq!(r["intent"]["source"], "firewalld", "{r}");
+        assert_eq!(r["intent"]["action"], action, "{r}");
+        let reachable = r["reality"] != "HELD";
+        let contradicts = if action == "deny" { reachable } else { !reachable && !r["intent"]["rule"].as_str().unwrap().contains("target") };
+        assert_eq!(r["contradiction"], contradicts, "{r}");
+    }
+    assert!(row(&rows, 9090, "ipv4")["intent"]["rule"].as_str().unwrap().contains("9090/tcp"), "{rows:#?}");
+    assert_eq!(code, i32::from(rows.iter().any(|r| r["contradiction"] == true)));
+
+    // A reload is drift named after firewalld.
+    let json = std::env::temp_dir().join(format!("dx-intent-fwd-{}.jsonl", run_id()));
+    let from = format!("{}/32", e.outside_v4());
+    let root = fw.root.to_str().unwrap().to_string();
+    let mut w = e.watch(&["--verify-every", "1h", "--verify-from", &from, "--intent-root", &root], json.clone());
+    w.wait_for_line("firewall intent: firewalld", Duration::from_secs(10));
+    w.wait_for_line("verify (scheduled)", Duration::from_secs(30));
+    fw.cmd(&["--reload"]);
+    let line = w.wait_for_line("dockexpose: verify (after a firewalld change", Duration::from_secs(20));
+    eprintln!("firewalld reload: {line}");
     let (_, _, _) = w.stop();
     let _ = std::fs::remove_file(&json);
 }

@@ -127,7 +127,15 @@ fn scenario(tag: &str, hook: &str, base: u16) {
         "a packet spoofed from the probe source right after a run is reported: {ours:#?}"
     );
     let verified: Vec<&serde_json::Value> = ours.iter().filter(|r| r["stage"] == "verified").collect();
-    assert_eq!(verified.len(), 3, "one record per probe (IPv4 only: no IPv6 source): {verified:#?}");
+    // The scheduled run and the new port's, plus any drift run (Docker's own rule
+    // changes for the new container move the ground): one record per probe sent.
+    let probes_sent: usize = lines
+        .iter()
+        .filter(|l| l.contains("dockexpose: verify ("))
+        .filter_map(|l| l.split_once(" probes on ")?.0.rsplit(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert!(verified.len() >= 3, "at least the scheduled run's 2 and the new port's 1 (IPv4 only: no IPv6 source): {verified:#?}");
+    assert_eq!(verified.len(), probes_sent, "one record per probe: {verified:#?}");
     assert!(
         ours.iter().any(|r| r["stage"] == "reached" && r["src_ip"] == outside.v4(2).as_str() && r["src_port"] == sport),
         "the outsider's connection is in the log: {ours:#?}"
