@@ -613,7 +613,16 @@ impl PrivateFirewalld {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::create_dir_all(root.join("run/firewalld")).unwrap();
+        // The zone and service definitions firewalld ships, as on the host.
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib/firewalld", root.join("usr/lib/firewalld")).unwrap();
         sh(&["cp", "-a", "/etc/firewalld", root.join("etc/firewalld").to_str().unwrap()]);
+        // A reload must not flush the namespace's other rules (Docker's chains): the
+        // setting Docker hosts run firewalld with.
+        let conf = root.join("etc/firewalld/firewalld.conf");
+        let text = std::fs::read_to_string(&conf).unwrap_or_default();
+        let text: String = text.lines().filter(|l| !l.starts_with("FlushAllOnReload=")).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&conf, text + "FlushAllOnReload=no\n").unwrap();
         let script = format!(
             "mount -t tmpfs tmpfs /run/dbus && mount --bind {r}/etc/firewalld /etc/firewalld && mount --bind {r}/run/firewalld /run/firewalld \
              && dbus-daemon --system --fork --nopidfile --print-pid > {r}/dbus.pid && exec ip netns exec {ns} firewalld --nofork --nopid --log-target console",
@@ -672,13 +681,17 @@ fn firewalld_zones_are_the_intent_and_its_reload_is_drift_named_firewalld() {
         skip(test, "firewalld or dbus-daemon is not installed (Debian's firewalld; `cargo xtask setup` installs it)");
         return;
     }
-    let e = engine("uw");
+    let mut e = engine("uw");
     let Some(fw) = PrivateFirewalld::start(&e.ns) else {
         skip(test, "firewalld did not start in a namespace of its own with a private system bus");
         return;
     };
+    // firewalld's start flushed Docker's chains; on a host, Docker starts after it
+    // (and hears its reloads on the system bus, which this dockerd cannot).
+    e.restart_dockerd();
+    // Permanent (what dockexpose reads) and at once (no reload before Docker's rules).
     fw.cmd(&["--permanent", "--add-port=9090/tcp"]);
-    fw.cmd(&["--reload"]);
+    fw.cmd(&["--add-port=9090/tcp"]);
     let _web = e.run(&format!("dxe-web-{}", e.n), &["-p", "8080:80"], &e.image, &[]);
     let _api = e.run(&format!("dxe-api-{}", e.n), &["-p", "9090:80"], &e.image, &[]);
     let (code, rows) = explain(&e, &fw.root);
@@ -703,6 +716,21 @@ fn firewalld_zones_are_the_intent_and_its_reload_is_drift_named_firewalld() {
     fw.cmd(&["--reload"]);
     let line = w.wait_for_line("dockexpose: verify (after a firewalld change", Duration::from_secs(20));
     eprintln!("firewalld reload: {line}");
+    // The reload flushed Docker's chains (a known trap: Docker re-adds them when it
+    // hears the reload on the system bus): the verdicts moved, and the cause is named.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let changed = loop {
+        let text = std::fs::read_to_string(&json).unwrap_or_default();
+        let found: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v["event"] == "exposure_changed").collect();
+        if !found.is_empty() || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("firewalld reload: {changed:#?}");
+    assert!(!changed.is_empty(), "the reload changed verdicts: an exposure_changed line");
+    assert!(changed.iter().all(|c| c["cause"]["kind"] == "firewalld" && c["cause"]["process"] == "firewalld"), "{changed:#?}");
+    assert!(!w.lines().iter().any(|l| l.contains("service ssh (zone public) not found")), "services read from the host's /usr/lib/firewalld");
     let (_, _, _) = w.stop();
     let _ = std::fs::remove_file(&json);
 }

@@ -98,6 +98,8 @@ pub struct SecondEngine {
     pub startup: Duration,
     pub image_load: Duration,
     dockerd: Option<Child>,
+    /// nsenter's arguments that start this dockerd (for `restart_dockerd`).
+    dockerd_args: Vec<String>,
     undo: Undo,
 }
 
@@ -149,6 +151,7 @@ impl SecondEngine {
             startup: Duration::ZERO,
             image_load: Duration::ZERO,
             dockerd: None,
+            dockerd_args: Vec::new(),
             undo: Undo::default(),
         };
 
@@ -219,32 +222,9 @@ impl SecondEngine {
             }
         }
         args.extend(extra_dockerd_args.iter().map(|s| s.to_string()));
-        let logfile = fs::File::create(&log).unwrap();
+        engine.dockerd_args = args;
         let start = Instant::now();
-        let child = Command::new("nsenter")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(logfile.try_clone().unwrap())
-            .stderr(logfile)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting dockerd (nsenter {args:?}): {e}"));
-        engine.dockerd = Some(child);
-
-        // Bounded wait for the API.
-        let deadline = start + Duration::from_secs(30);
-        loop {
-            let out = Command::new("docker").args(["-H", &engine.socket, "info", "--format", "{{.ServerVersion}}"]).output();
-            if out.is_ok_and(|o| o.status.success()) {
-                break;
-            }
-            if let Some(status) = engine.dockerd.as_mut().unwrap().try_wait().unwrap() {
-                panic!("second engine {ns}: dockerd exited ({status}) before answering:\n{}", engine.log_tail(40));
-            }
-            if Instant::now() > deadline {
-                panic!("second engine {ns}: dockerd did not answer on {} within 30 s:\n{}", engine.socket, engine.log_tail(40));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        engine.spawn_dockerd();
         engine.startup = start.elapsed();
 
         // The test image, from the machine's engine.
@@ -261,6 +241,51 @@ impl SecondEngine {
             engine.outside_v4()
         );
         engine
+    }
+
+    /// Stops this engine's dockerd and starts it again (as a host's boot order
+    /// would, after a firewall that flushes its rules): Docker makes its chains anew.
+    /// Containers are stopped by it.
+    /// Other processes in the namespace (a firewall daemon) are left running.
+    pub fn restart_dockerd(&mut self) {
+        if let Some(mut child) = self.dockerd.take() {
+            // SAFETY: signalling the dockerd we spawned (nsenter execs it: same pid).
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        self.spawn_dockerd();
+    }
+
+    /// Starts dockerd and waits until its API answers.
+    fn spawn_dockerd(&mut self) {
+        let (ns, args) = (self.ns.clone(), self.dockerd_args.clone());
+        let logfile = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let start = Instant::now();
+        let child = Command::new("nsenter")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone().unwrap())
+            .stderr(logfile)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting dockerd (nsenter {args:?}): {e}"));
+        self.dockerd = Some(child);
+        let engine = self;
+
+        // Bounded wait for the API.
+        let deadline = start + Duration::from_secs(30);
+        loop {
+            let out = Command::new("docker").args(["-H", &engine.socket, "info", "--format", "{{.ServerVersion}}"]).output();
+            if out.is_ok_and(|o| o.status.success()) {
+                break;
+            }
+            if let Some(status) = engine.dockerd.as_mut().unwrap().try_wait().unwrap() {
+                panic!("second engine {ns}: dockerd exited ({status}) before answering:\n{}", engine.log_tail(40));
+            }
+            if Instant::now() > deadline {
+                panic!("second engine {ns}: dockerd did not answer on {} within 30 s:\n{}", engine.socket, engine.log_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Copies an image of the machine's engine into this one (`docker save | docker load`).
