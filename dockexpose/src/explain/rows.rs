@@ -244,7 +244,7 @@ fn family(ip: IpAddr) -> &'static str {
 
 /// One row as people read it, on one line.
 pub fn human_line(r: &Row) -> String {
-    let esc = crate::output::human::escape_untrusted;
+    let esc = crate::output::human::escape_untrusted_whole;
     let via = r
         .uplink
         .as_deref()
@@ -253,7 +253,7 @@ pub fn human_line(r: &Row) -> String {
     let who = r
         .container
         .as_deref()
-        .map(|c| format!(" (container {})", esc(c)))
+        .map(|c| format!(" (container {})", crate::output::human::escape_untrusted(c)))
         .unwrap_or_default();
     let intent = match &r.intent {
         Some(i) => format!(

@@ -12,9 +12,19 @@ const MAX_SHOWN: usize = 96;
 /// Escapes control characters (C0, DEL, C1), bidirectional overrides and other
 /// invisible format characters as `\u{..}`, and cuts the string at `MAX_SHOWN` chars.
 pub fn escape_untrusted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(MAX_SHOWN + 8));
+    escape_cut(s, MAX_SHOWN)
+}
+
+/// As `escape_untrusted`, without the cut: for text a line is about (a firewall
+/// rule, the path a packet took), whose end matters as much as its start.
+pub fn escape_untrusted_whole(s: &str) -> String {
+    escape_cut(s, usize::MAX)
+}
+
+fn escape_cut(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max.saturating_add(8)));
     for (i, c) in s.chars().enumerate() {
-        if i == MAX_SHOWN {
+        if i == max {
             out.push('…');
             break;
         }
