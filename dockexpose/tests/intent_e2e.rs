@@ -21,7 +21,7 @@ use std::{
 use serde_json::Value;
 use support::{
     docker,
-    engine::{Proxy, SecondEngine},
+    engine::{EngineContainer, Proxy, SecondEngine},
     run_id, sh, skip, tcp_connect,
 };
 
@@ -172,6 +172,18 @@ fn explain(e: &SecondEngine, root: &Path) -> (i32, Vec<Value>) {
     (out.status.code().unwrap_or(-1), rows)
 }
 
+/// The story's host: UFW enabled, denying 8080/tcp and allowing 9090/tcp, and a
+/// container published on each.
+fn story(e: &SecondEngine) -> (PrivateUfw, [EngineContainer<'_>; 2]) {
+    let ufw = PrivateUfw::new(&e.ns);
+    ufw.run(&["--force", "enable"]);
+    ufw.run(&["deny", "8080/tcp"]);
+    ufw.run(&["allow", "9090/tcp"]);
+    let web = e.run(&format!("dxe-web-{}", e.n), &["-p", "8080:80"], &e.image, &[]);
+    let api = e.run(&format!("dxe-api-{}", e.n), &["-p", "9090:80"], &e.image, &[]);
+    (ufw, [web, api])
+}
+
 /// Whether a connection reached the container: it answered, or (the test image
 /// listens on IPv4 only) it refused with its own RST. A port held times out.
 fn reaches(result: std::io::Result<u16>) -> bool {
@@ -194,22 +206,7 @@ fn ufw_denies_8080_yet_it_is_exposed_explain_says_why_and_its_rule_makes_it_hold
         return;
     }
     let e = engine("uf");
-    let ufw = PrivateUfw::new(&e.ns);
-    ufw.run(&["--force", "enable"]);
-    ufw.run(&["deny", "8080/tcp"]);
-    ufw.run(&["allow", "9090/tcp"]);
-    let _web = e.run(
-        &format!("dxe-web-{}", e.n),
-        &["-p", "8080:80"],
-        &e.image,
-        &[],
-    );
-    let _api = e.run(
-        &format!("dxe-api-{}", e.n),
-        &["-p", "9090:80"],
-        &e.image,
-        &[],
-    );
+    let (ufw, _containers) = story(&e);
     let outside: IpAddr = e.outside_v4().parse().unwrap();
     assert!(
         tcp_connect(&e.outside_ns, Some(outside), e.host4(8080)).is_ok(),
@@ -322,22 +319,7 @@ fn live_records_carry_the_contradiction_and_a_bypassed_ban_and_alert_once() {
         return;
     }
     let e = engine("ul");
-    let ufw = PrivateUfw::new(&e.ns);
-    ufw.run(&["--force", "enable"]);
-    ufw.run(&["deny", "8080/tcp"]);
-    ufw.run(&["allow", "9090/tcp"]);
-    let _web = e.run(
-        &format!("dxe-web-{}", e.n),
-        &["-p", "8080:80"],
-        &e.image,
-        &[],
-    );
-    let _api = e.run(
-        &format!("dxe-api-{}", e.n),
-        &["-p", "9090:80"],
-        &e.image,
-        &[],
-    );
+    let (ufw, _containers) = story(&e);
     // A ban as fail2ban's ipset action makes it: a set, dropped in INPUT.
     let banned = format!("{}.9", e.outside_v4().rsplit_once('.').unwrap().0);
     e.in_ns(&["ipset", "create", "dxban", "hash:ip"]);

@@ -25,7 +25,8 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 
 use super::{
     netlink::Netlink,
-    ruleset_events::{set_read_timeout, NETLINK_HEADER_LEN},
+    netlink::set_read_timeout,
+    ruleset_events::NETLINK_HEADER_LEN,
 };
 
 /// include/uapi/linux/rtnetlink.h: the multicast groups (numbers, not bit masks).

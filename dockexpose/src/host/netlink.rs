@@ -18,6 +18,28 @@ use netlink_sys::{Socket, SocketAddr};
 /// How long one read waits for the kernel.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// SO_RCVTIMEO on a netlink socket: a read waits at most `timeout`.
+pub(crate) fn set_read_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt on a socket we own, with a timeval that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A netlink socket of one protocol (`netlink_sys::protocols::NETLINK_*`).
 pub struct Netlink {
     socket: Socket,
@@ -30,23 +52,7 @@ impl Netlink {
         let mut socket = Socket::new(protocol)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
-        let tv = libc::timeval {
-            tv_sec: READ_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt on a socket we own, with a timeval that outlives the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_read_timeout(&socket, READ_TIMEOUT)?;
         Ok(Self { socket, seq: 0 })
     }
 

@@ -12,7 +12,6 @@ use std::{
     collections::BTreeSet,
     hash::{Hash, Hasher},
     io,
-    os::fd::AsRawFd,
     process::Command,
     time::Duration,
 };
@@ -20,6 +19,8 @@ use std::{
 use netlink_packet_core::{NetlinkBuffer, NlasIterator, Parseable};
 use netlink_packet_netfilter::nftables::{GenAttribute, GenMessage};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+
+use crate::host::netlink::set_read_timeout;
 
 /// include/uapi/linux/netfilter/nfnetlink.h: the nftables multicast group.
 const NFNLGRP_NFTABLES: u32 = 7;
@@ -177,27 +178,6 @@ impl RulesetEvents {
     }
 }
 
-/// SO_RCVTIMEO on a netlink socket.
-pub(crate) fn set_read_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: setsockopt on a socket we own, with a timeval that outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 /// Whether iptables-legacy tables are in use: `iptables -V` names the legacy backend,
 /// or the legacy tables list (/proc/net/ip_tables_names, ip6_tables_names) is not empty.
