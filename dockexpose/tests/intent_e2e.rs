@@ -587,6 +587,7 @@ fn drift_both_ways_is_an_exposure_changed_line_naming_the_process_within_seconds
 struct PrivateFirewalld {
     root: PathBuf,
     child: std::process::Child,
+    made: Vec<PathBuf>,
 }
 
 impl PrivateFirewalld {
@@ -610,15 +611,24 @@ impl PrivateFirewalld {
              && dbus-daemon --system --fork --nopidfile --print-pid > {r}/dbus.pid && exec ip netns exec {ns} firewalld --nofork --nopid --log-target console",
             r = root.display()
         );
-        let _ = std::fs::create_dir_all("/run/dbus");
-        let _ = std::fs::create_dir_all("/run/firewalld");
+        // Mount points: made if missing, removed again by the guard (a stale
+        // /run/firewalld must not outlive the test).
+        let made: Vec<PathBuf> = ["/run/dbus", "/run/firewalld"]
+            .iter()
+            .map(PathBuf::from)
+            .filter(|d| !d.exists())
+            .inspect(|d| std::fs::create_dir_all(d).unwrap())
+            .collect();
         let child = Command::new("unshare")
             .args(["-m", "--propagation", "private", "sh", "-c", &script])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let mut fw = Self { root, child };
+            .spawn();
+        let Ok(child) = child else {
+            made.iter().for_each(|d| drop(std::fs::remove_dir(d)));
+            return None;
+        };
+        let mut fw = Self { root, child, made };
         let deadline = Instant::now() + Duration::from_secs(20);
         while fw.try_cmd(&["--state"]).is_none_or(|s| s.trim() != "running") {
             if Instant::now() > deadline || fw.child.try_wait().ok().flatten().is_some() {
@@ -650,6 +660,9 @@ impl Drop for PrivateFirewalld {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let _ = std::fs::remove_dir_all(&self.root);
+        for d in &self.made {
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
 

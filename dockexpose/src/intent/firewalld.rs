@@ -281,20 +281,23 @@ pub struct FirewalldIntent {
     pub warnings: Vec<String>,
 }
 
-/// firewalld counts when its configuration exists and it runs: its runtime directory
-/// `run/firewalld` under root (it writes its pid and state there), or a process named
-/// firewalld in this /proc (for a root mounted without its /run).
+/// firewalld counts when its configuration exists and a firewalld process runs in
+/// this network namespace: the one whose rules it writes. Not its runtime directory:
+/// `run/firewalld` outlives a stopped firewalld, and a stale one would invent an
+/// intent. (In a container, that takes the host's pid namespace: `--pid=host`.)
 pub fn active(root: &Path) -> bool {
-    root.join("etc/firewalld/firewalld.conf").exists()
-        && (root.join("run/firewalld").exists() || process_named("firewalld"))
+    root.join("etc/firewalld/firewalld.conf").exists() && process_here("firewalld")
 }
 
-fn process_named(name: &str) -> bool {
+/// A process named `name` whose network namespace is this thread's.
+fn process_here(name: &str) -> bool {
+    let ours = std::fs::read_link("/proc/thread-self/ns/net").ok();
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
-        .any(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .any(|e| std::fs::read_link(e.path().join("ns/net")).ok() == ours)
 }
 
 /// A file of firewalld's, the operator's copy under etc/ over the packaged one.
