@@ -22,6 +22,7 @@ use std::{
 use super::{
     alerts::{Alert, AlertKind, Alerter, HealthCondition, HealthLimiter},
     audit::{AuditLog, AuditStats},
+    community_id,
     contradictions::Contradictions,
     exposures::ExposureTable,
     human,
@@ -226,6 +227,7 @@ impl Outputs {
             (rec.boot_id, rec.cpu, rec.kseq) = (Some(boot_id()), Some(obs.cpu), Some(obs.rec_seq));
         }
         let contradiction = self.contradictions.annotate(&mut rec);
+        rec.community_id = Some(community_id::of_record(&rec));
         let rec = Arc::new(rec);
         self.records += 1;
         self.audit.record(&rec);
@@ -249,7 +251,8 @@ impl Outputs {
     }
 
     /// A `verified` record (a probe of `--verify-every`).
-    pub fn verified(&mut self, rec: Record, container_port: Option<u16>) {
+    pub fn verified(&mut self, mut rec: Record, container_port: Option<u16>) {
+        rec.community_id = Some(community_id::of_record(&rec));
         let rec = Arc::new(rec);
         self.records += 1;
         self.audit.record(&rec);
