@@ -191,7 +191,8 @@ mod tests {
     #[test]
     fn a_record_s_protocol_and_family_are_used() {
         let mut rec = record(Some(("198.18.3.1", 8080)));
-        (rec.proto, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port) = ("udp", ip("fd42::2"), 5000, ip("fd42:1::2"), 80);
+        (rec.proto, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port) =
+            ("udp", ip("fd42::2"), 5000, ip("fd42:1::2"), 80);
         rec.host_ip = Some(ip("fd42::1"));
         // make_udp('fd42::2','fd42::1',5000,8080)
         assert_eq!(of_record(&rec), "1:VhxOkkKT37tswI0qtq6jxDvutZI=");
