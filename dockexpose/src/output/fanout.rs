@@ -357,6 +357,34 @@ mod tests {
     }
 
     #[test]
+    fn every_record_written_carries_its_community_id() {
+        let dir = std::env::temp_dir().join(format!("dockexpose-fanout-cid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let stage = AlertStage::new(Duration::from_secs(60), Vec::new());
+        let mut out = Outputs::new(AuditLog::open(Some(&path), None).unwrap(), true, stage, KernelClock::now());
+        out.connection(reached("198.18.3.2"), None);
+        let verified = Record { stage: crate::output::record::STAGE_VERIFIED, verdict: Some("EXPOSED"), ..reached("198.18.3.2") };
+        out.verified(verified, Some(80));
+        let mut unnamed = reached("198.18.3.2");
+        (unnamed.host_ip, unnamed.host_port) = (None, None);
+        out.connection(unnamed, None);
+        out.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["community_id"].as_str().unwrap().to_owned())
+            .collect();
+        // python3 -c "import communityid as c; cid=c.CommunityID();
+        //   print(cid.calc(c.FlowTuple.make_tcp('198.18.3.2','198.18.3.1',1,8080)))"
+        assert_eq!(ids[..2], ["1:xWGxx2v8RSjyYuOhc+vwckM335E=", "1:xWGxx2v8RSjyYuOhc+vwckM335E="], "the host side");
+        let observed = super::community_id::community_id_v1(6, "198.18.3.2".parse().unwrap(), 1, "172.17.0.2".parse().unwrap(), 80);
+        assert_eq!(ids[2], observed, "no host side: the tuple observed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_failing_audit_log_is_a_health_alert_for_every_output() {
         let seen = Rc::new(RefCell::new(Vec::new()));
         let stage = AlertStage::new(Duration::from_secs(60), vec![Box::new(Collect(seen.clone()))]);
