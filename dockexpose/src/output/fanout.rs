@@ -22,6 +22,7 @@ use std::{
 use super::{
     alerts::{Alert, AlertKind, Alerter, HealthCondition, HealthLimiter},
     audit::{AuditLog, AuditStats},
+    community_id,
     contradictions::Contradictions,
     exposures::ExposureTable,
     human,
@@ -226,6 +227,7 @@ impl Outputs {
             (rec.boot_id, rec.cpu, rec.kseq) = (Some(boot_id()), Some(obs.cpu), Some(obs.rec_seq));
         }
         let contradiction = self.contradictions.annotate(&mut rec);
+        rec.community_id = Some(community_id::of_record(&rec));
         let rec = Arc::new(rec);
         self.records += 1;
         self.audit.record(&rec);
@@ -249,7 +251,8 @@ impl Outputs {
     }
 
     /// A `verified` record (a probe of `--verify-every`).
-    pub fn verified(&mut self, rec: Record, container_port: Option<u16>) {
+    pub fn verified(&mut self, mut rec: Record, container_port: Option<u16>) {
+        rec.community_id = Some(community_id::of_record(&rec));
         let rec = Arc::new(rec);
         self.records += 1;
         self.audit.record(&rec);
@@ -351,6 +354,34 @@ mod tests {
         assert_eq!(seen.borrow().len(), 2, "one alert per new source");
         assert_eq!(out.alert_counts().iter().find(|(k, _)| *k == AlertKind::Reached).unwrap().1, 2);
         assert_eq!(out.records(), 3);
+    }
+
+    #[test]
+    fn every_record_written_carries_its_community_id() {
+        let dir = std::env::temp_dir().join(format!("dockexpose-fanout-cid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let stage = AlertStage::new(Duration::from_secs(60), Vec::new());
+        let mut out = Outputs::new(AuditLog::open(Some(&path), None).unwrap(), true, stage, KernelClock::now());
+        out.connection(reached("198.18.3.2"), None);
+        let verified = Record { stage: crate::output::record::STAGE_VERIFIED, verdict: Some("EXPOSED"), ..reached("198.18.3.2") };
+        out.verified(verified, Some(80));
+        let mut unnamed = reached("198.18.3.2");
+        (unnamed.host_ip, unnamed.host_port) = (None, None);
+        out.connection(unnamed, None);
+        out.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["community_id"].as_str().unwrap().to_owned())
+            .collect();
+        // python3 -c "import communityid as c; cid=c.CommunityID();
+        //   print(cid.calc(c.FlowTuple.make_tcp('198.18.3.2','198.18.3.1',1,8080)))"
+        assert_eq!(ids[..2], ["1:xWGxx2v8RSjyYuOhc+vwckM335E=", "1:xWGxx2v8RSjyYuOhc+vwckM335E="], "the host side");
+        let observed = super::community_id::community_id_v1(6, "198.18.3.2".parse().unwrap(), 1, "172.17.0.2".parse().unwrap(), 80);
+        assert_eq!(ids[2], observed, "no host side: the tuple observed");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

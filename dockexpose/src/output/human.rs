@@ -118,6 +118,7 @@ mod tests {
             dst_port: 80,
             host_ip: Some("fd42::1".parse().unwrap()),
             host_port: Some(8080),
+            community_id: None,
             iface: "br0".into(),
             container: None,
             exposure: "unknown",

@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod community_id;
 pub mod console;
 pub mod contradictions;
 pub mod exposures;

@@ -108,6 +108,11 @@ pub struct Record {
     /// The published host side; null where unknown.
     pub host_ip: Option<IpAddr>,
     pub host_port: Option<u16>,
+    /// Community ID v1 (seed 0) of the tuple the outsider used: source to `host_ip`/
+    /// `host_port` when known, else the observed tuple. Set by the fan-out, so every
+    /// record written carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub community_id: Option<String>,
     /// Interface where the kernel saw it.
     pub iface: String,
     pub container: Option<std::sync::Arc<ContainerRef>>,
@@ -191,6 +196,7 @@ impl Record {
             dst_port: obs.dst_port,
             host_ip: obs.orig_dst.map(|(ip, _)| ip),
             host_port: obs.orig_dst.map(|(_, port)| port),
+            community_id: None,
             iface: iface.to_string(),
             container: None,
             exposure: "unknown",
