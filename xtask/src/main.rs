@@ -89,9 +89,10 @@ const DEB_PACKAGES: &[&str] = &[
     "systemd-container",
     "debootstrap",
 ];
-/// Python modules the tests drive (scapy crafts packets from an outside namespace),
-/// as (module to import, PyPI package).
-const PYTHON_MODULES: &[(&str, &str)] = &[("scapy", "scapy")];
+/// Python modules the tests drive, as (module to import, PyPI package): scapy crafts
+/// packets from an outside namespace; communityid is the reference Community ID
+/// implementation (tests/community_id_reference.rs).
+const PYTHON_MODULES: &[(&str, &str)] = &[("scapy", "scapy"), ("communityid", "communityid")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_SERIES: &str = "0.13";
 /// Without it bpf-linker's build looks for LLVM under /usr and fails on `-lLLVM`.
