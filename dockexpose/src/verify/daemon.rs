@@ -356,6 +356,23 @@ mod tests {
         assert_eq!(s.due(), Some(t0 + Duration::from_secs(7200)));
     }
 
+    #[test]
+    fn a_drift_run_starts_only_between_runs_and_after_the_first_inventory() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(3600), t0);
+        assert!(!s.start_unscheduled(), "nothing to probe before Docker answers");
+        s.inventory(set(&[(8080, Proto::Tcp)]), t0);
+        assert_eq!(s.start(t0), Some(RunKind::Scheduled));
+        assert!(!s.start_unscheduled(), "one run at a time");
+        s.finished();
+        assert!(s.start_unscheduled());
+        assert_eq!(s.due(), None, "running");
+        s.finished();
+        assert_eq!(s.due(), Some(t0 + Duration::from_secs(3600)), "the schedule is untouched");
+        assert_eq!(RunKind::Drift("a ruleset change by nft (pid 7)".into()).describe(), "after a ruleset change by nft (pid 7)");
+        assert!(RunKind::Drift(String::new()).ports().is_empty(), "every published port");
+    }
+
     fn obs(stage: Stage, src: &str, dst: &str) -> Observation {
         Observation::sample(stage, Proto::Tcp, src, 20001, dst, 8080)
     }
