@@ -415,6 +415,9 @@ fn live_records_carry_the_contradiction_and_a_bypassed_ban_and_alert_once() {
     );
 }
 
+/// A rule in DOCKER-USER that holds new connections to host port 8080.
+const HOLD_8080: [&str; 9] = ["DOCKER-USER", "-p", "tcp", "-m", "conntrack", "--ctorigdstport", "8080", "-j", "DROP"];
+
 #[test]
 fn drift_both_ways_is_an_exposure_changed_line_naming_the_process_within_seconds() {
     let test = "drift_both_ways_is_an_exposure_changed_line_naming_the_process_within_seconds";
@@ -455,20 +458,8 @@ fn drift_both_ways_is_an_exposure_changed_line_naming_the_process_within_seconds
     // Held by a rule in DOCKER-USER: EXPOSED -> HELD, caused by iptables.
     let t0 = Instant::now();
     let mut child = Command::new("nsenter")
-        .args([
-            &format!("--net=/run/netns/{}", e.ns),
-            "iptables",
-            "-I",
-            "DOCKER-USER",
-            "-p",
-            "tcp",
-            "-m",
-            "conntrack",
-            "--ctorigdstport",
-            "8080",
-            "-j",
-            "DROP",
-        ])
+        .args([&format!("--net=/run/netns/{}", e.ns), "iptables", "-I"])
+        .args(HOLD_8080)
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -506,19 +497,7 @@ fn drift_both_ways_is_an_exposure_changed_line_naming_the_process_within_seconds
 
     // Removed again: HELD -> EXPOSED.
     let t1 = Instant::now();
-    e.in_ns(&[
-        "iptables",
-        "-D",
-        "DOCKER-USER",
-        "-p",
-        "tcp",
-        "-m",
-        "conntrack",
-        "--ctorigdstport",
-        "8080",
-        "-j",
-        "DROP",
-    ]);
+    e.in_ns(&[&["iptables", "-D"][..], &HOLD_8080[..]].concat());
     let lines = changed(&json, 2, Duration::from_secs(30));
     let open_after = t1.elapsed();
     assert_eq!(lines.len(), 2, "{lines:#?}");
