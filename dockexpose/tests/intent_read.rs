@@ -260,6 +260,7 @@ fn intent_iptables_input_and_ipset_in_a_namespace() {
         ip6tables: Ok(bed.exec(&["ip6tables-save", "-t", "filter"])),
         ipset: Ok(bed.exec(&["ipset", "save"])),
         nft: Err("not asked".into()),
+        firewalld_runs: false,
     };
     let fed = IntentBook::read_with(&empty, &dumps);
     // And `read` itself, running the tools inside the namespace.
@@ -460,6 +461,8 @@ fn intent_firewalld_zones_written_by_firewall_offline_cmd() {
             ip6tables: none(),
             ipset: none(),
             nft: none(),
+            // As if its daemon ran: the zones are what firewall-offline-cmd wrote.
+            firewalld_runs: true,
         },
     );
     assert_eq!(

@@ -285,8 +285,13 @@ pub struct FirewalldIntent {
 /// this network namespace: the one whose rules it writes. Not its runtime directory:
 /// `run/firewalld` outlives a stopped firewalld, and a stale one would invent an
 /// intent. (In a container, that takes the host's pid namespace: `--pid=host`.)
-pub fn active(root: &Path) -> bool {
-    root.join("etc/firewalld/firewalld.conf").exists() && process_here("firewalld")
+pub fn active(root: &Path, runs: bool) -> bool {
+    runs && root.join("etc/firewalld/firewalld.conf").exists()
+}
+
+/// Whether a firewalld process runs in this thread's network namespace.
+pub fn runs_here() -> bool {
+    process_here("firewalld")
 }
 
 /// A process named `name` whose network namespace is this thread's.

@@ -112,6 +112,8 @@ pub struct Dumps {
     pub ip6tables: Result<String, String>,
     pub ipset: Result<String, String>,
     pub nft: Result<String, String>,
+    /// A firewalld process runs in this network namespace (see `firewalld::active`).
+    pub firewalld_runs: bool,
 }
 
 impl Dumps {
@@ -122,6 +124,7 @@ impl Dumps {
             ip6tables: netfilter::run_tool(&["ip6tables-save", "-t", "filter"]),
             ipset: netfilter::run_tool(&["ipset", "save"]),
             nft: netfilter::run_tool(&["nft", "-j", "list", "ruleset"]),
+            firewalld_runs: firewalld::runs_here(),
         }
     }
 }
@@ -190,7 +193,7 @@ impl IntentBook {
                     "ufw: enabled in ufw.conf but its chains (ufw-user-input) are not loaded: its rules are intent only".into(),
                 );
             }
-        } else if firewalld::active(root) {
+        } else if firewalld::active(root, dumps.firewalld_runs) {
             let f = firewalld::read(root);
             book.source = Some(Source::Firewalld);
             book.summary = f.summary;
@@ -353,6 +356,7 @@ mod tests {
             ip6tables: Err("ip6tables-save not found".into()),
             ipset: Err("ipset not found".into()),
             nft: nft.map(String::from).map_err(String::from),
+            firewalld_runs: false,
         }
     }
 
