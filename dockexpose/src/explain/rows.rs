@@ -2,14 +2,13 @@
 //! firewall's word (intent), one row per published port, family and uplink, with
 //! why the packet went where it did and the rule that would make the two agree.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use serde::Serialize;
 
 use super::suggest::{self, Host};
 use crate::{
     intent::{Action, Intent, IntentBook, Source},
-    kernel::event::Proto,
     verify::{plan::Skipped, plan::Verdict, Outcome, ProbeResult},
 };
 
@@ -76,29 +75,6 @@ pub fn contradicts(intent: Option<&Intent>, reality: Reality) -> bool {
     }
 }
 
-/// The intent that speaks for a binding: a loopback binding says "this host only"
-/// itself (more specific than any firewall rule); otherwise the firewall's word.
-pub fn intent_for(
-    book: &IntentBook,
-    host_ip: IpAddr,
-    host_port: u16,
-    proto: Proto,
-    uplink: Option<&str>,
-) -> Option<Intent> {
-    if host_ip.is_loopback() {
-        return Some(Intent {
-            source: Source::Binding,
-            action: Action::Deny,
-            rule: format!(
-                "published on {} only (this host only)",
-                std::net::SocketAddr::new(host_ip, host_port)
-            ),
-            default_policy: false,
-        });
-    }
-    book.for_port(host_port, proto, host_ip.is_ipv6(), uplink)
-}
-
 /// Where the packet went, in words: Docker's DNAT, the forwarding rule that took it,
 /// and that INPUT (where host firewalls live) never saw it.
 pub fn why_of(
@@ -147,31 +123,14 @@ pub fn rows(
     host: Host,
     container_addr: impl Fn(&ProbeResult) -> Option<(IpAddr, u16)>,
 ) -> Vec<Row> {
-    let mut merged: BTreeMap<(Proto, u16, bool, String), &ProbeResult> = BTreeMap::new();
-    for r in &outcome.probes {
-        let key = (
-            r.target.port.proto,
-            r.target.port.host_port,
-            r.probe.dst.is_ipv6(),
-            r.uplink.clone(),
-        );
-        let e = merged.entry(key).or_insert(r);
-        if Reality::of(r.verdict) > Reality::of(e.verdict) {
-            *e = r;
-        }
-    }
+    let merged = outcome.most_open();
     let mut out: Vec<Row> = merged
         .into_values()
         .map(|r| {
             let port = r.target.port;
             let reality = Reality::of(r.verdict);
-            let intent = intent_for(
-                book,
-                port.host_ip,
-                port.host_port,
-                port.proto,
-                Some(&r.uplink),
-            );
+            let intent =
+                book.for_binding(port.host_ip, port.host_port, port.proto, Some(&r.uplink));
             let contradiction = contradicts(intent.as_ref(), reality);
             let firewall = intent.as_ref().map(|i| i.source).or(book.source);
             let suggested_rule = contradiction
@@ -205,7 +164,7 @@ pub fn rows(
             continue;
         }
         let port = t.port;
-        let intent = intent_for(book, port.host_ip, port.host_port, port.proto, None);
+        let intent = book.for_binding(port.host_ip, port.host_port, port.proto, None);
         out.push(Row {
             host_port: port.host_port,
             proto: port.proto.as_str(),
@@ -304,6 +263,7 @@ mod tests {
     use crate::{
         intent::PortRule,
         inventory::model::PublishedPort,
+        kernel::event::Proto,
         verify::plan::{Probe, Target},
     };
 

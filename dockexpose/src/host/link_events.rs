@@ -25,7 +25,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 
 use super::{
     netlink::Netlink,
-    netlink::set_read_timeout,
+    netlink::{read_was_idle, set_read_timeout},
     ruleset_events::NETLINK_HEADER_LEN,
 };
 
@@ -300,14 +300,7 @@ impl LinkEvents {
                 }
                 Ok(Received::Lost)
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(Received::Idle)
-            }
+            Err(e) if read_was_idle(&e) => Ok(Received::Idle),
             Err(e) => Err(e),
         }
     }

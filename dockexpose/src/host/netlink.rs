@@ -40,6 +40,12 @@ pub(crate) fn set_read_timeout(socket: &Socket, timeout: Duration) -> io::Result
     Ok(())
 }
 
+/// Whether a failed read of a subscription only means "nothing yet": the read timed
+/// out, or a signal interrupted it. Anything else ends the subscription.
+pub(crate) fn read_was_idle(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+}
+
 /// A netlink socket of one protocol (`netlink_sys::protocols::NETLINK_*`).
 pub struct Netlink {
     socket: Socket,

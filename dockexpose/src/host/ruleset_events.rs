@@ -20,7 +20,7 @@ use netlink_packet_core::{NetlinkBuffer, NlasIterator, Parseable};
 use netlink_packet_netfilter::nftables::{GenAttribute, GenMessage};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
-use crate::host::netlink::set_read_timeout;
+use crate::host::netlink::{read_was_idle, set_read_timeout};
 
 /// include/uapi/linux/netfilter/nfnetlink.h: the nftables multicast group.
 const NFNLGRP_NFTABLES: u32 = 7;
@@ -165,14 +165,7 @@ impl RulesetEvents {
                 self.transactions = Transactions::default();
                 Ok(Received::Lost)
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(Received::Idle)
-            }
+            Err(e) if read_was_idle(&e) => Ok(Received::Idle),
             Err(e) => Err(e),
         }
     }

@@ -340,6 +340,21 @@ impl IntentBook {
             })
     }
 
+    /// The intent that speaks for a published binding: a loopback binding says "this
+    /// host only" itself (more specific than any firewall rule); otherwise the
+    /// firewall's word on its port.
+    pub fn for_binding(&self, host_ip: IpAddr, host_port: u16, proto: Proto, iface: Option<&str>) -> Option<Intent> {
+        if host_ip.is_loopback() {
+            return Some(Intent {
+                source: Source::Binding,
+                action: Action::Deny,
+                rule: format!("published on {} only (this host only)", std::net::SocketAddr::new(host_ip, host_port)),
+                default_policy: false,
+            });
+        }
+        self.for_port(host_port, proto, host_ip.is_ipv6(), iface)
+    }
+
     /// The first ban that covers `src`.
     pub fn ban_of(&self, src: IpAddr) -> Option<&Ban> {
         self.bans.iter().find(|b| b.covers(src))

@@ -57,9 +57,7 @@ impl Contradictions {
                     .iter()
                     .find(|h| h.host_ip.is_loopback())
                     .map(|h| h.host_ip);
-                crate::explain::rows::intent_for(
-                    &self.book,
-                    bound.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                self.book.for_binding(bound.unwrap_or(IpAddr::from([127, 0, 0, 1])),
                     port,
                     proto,
                     None,

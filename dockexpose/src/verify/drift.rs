@@ -100,7 +100,7 @@ pub fn changes(
 
 /// The audit line's fields, in this order.
 #[derive(Serialize)]
-struct ExposureChanged<'a> {
+pub struct ExposureChanged<'a> {
     event: &'static str,
     ts: &'a str,
     host_port: u16,
@@ -112,15 +112,15 @@ struct ExposureChanged<'a> {
     cause: &'a Cause,
 }
 
-/// One `exposure_changed` JSON line (no newline); unknowns are null.
-pub fn exposure_changed_json(
-    ts: &str,
-    key: &VerdictKey,
-    from: Option<&str>,
-    to: Option<&str>,
-    cause: &Cause,
-) -> String {
-    let line = ExposureChanged {
+/// One `exposure_changed` audit line; unknowns are null.
+pub fn exposure_changed<'a>(
+    ts: &'a str,
+    key: &'a VerdictKey,
+    from: Option<&'a str>,
+    to: Option<&'a str>,
+    cause: &'a Cause,
+) -> ExposureChanged<'a> {
+    ExposureChanged {
         event: "exposure_changed",
         ts,
         host_port: key.host_port,
@@ -130,8 +130,12 @@ pub fn exposure_changed_json(
         from,
         to,
         cause,
-    };
-    serde_json::to_string(&line).expect("plain strings and numbers serialize")
+    }
+}
+
+/// That line as JSON (no newline).
+pub fn exposure_changed_json(ts: &str, key: &VerdictKey, from: Option<&str>, to: Option<&str>, cause: &Cause) -> String {
+    serde_json::to_string(&exposure_changed(ts, key, from, to, cause)).expect("plain strings and numbers serialize")
 }
 
 /// The alert: "8080/tcp (ipv4, via eth0) went from HELD to EXPOSED after a ruleset

@@ -140,6 +140,25 @@ impl Outcome {
         self.probes.iter().filter(|p| p.verdict == verdict).count()
     }
 
+    /// One probe per published port, protocol, family (of the address probed) and
+    /// uplink: the most open verdict (one source that gets in is enough).
+    pub fn most_open(&self) -> BTreeMap<(Proto, u16, bool, String), &ProbeResult> {
+        let rank = |v: Verdict| match v {
+            Verdict::Held => 0,
+            Verdict::Proxy => 1,
+            Verdict::Exposed => 2,
+        };
+        let mut best: BTreeMap<(Proto, u16, bool, String), &ProbeResult> = BTreeMap::new();
+        for r in &self.probes {
+            let key = (r.target.port.proto, r.target.port.host_port, r.probe.dst.is_ipv6(), r.uplink.clone());
+            let e = best.entry(key).or_insert(r);
+            if rank(r.verdict) > rank(e.verdict) {
+                *e = r;
+            }
+        }
+        best
+    }
+
     /// (host port, protocol) of every probe that found the port reachable.
     pub fn reachable(&self) -> Vec<(u16, Proto)> {
         self.probes.iter().filter(|p| p.verdict.reachable()).map(|p| (p.target.port.host_port, p.target.port.proto)).collect()

@@ -15,37 +15,28 @@ use crate::{
     verify::{
         daemon::RunKind,
         drift::{self, Cause, VerdictKey},
-        plan::Verdict,
         Outcome,
     },
 };
 
-/// The most open verdict per port, protocol, family and uplink (one source that
-/// gets in is enough).
+/// The verdict per port, protocol, family and uplink.
 pub(super) fn verdicts(outcome: &Outcome) -> BTreeMap<VerdictKey, &'static str> {
-    let rank = |v: Verdict| match v {
-        Verdict::Held => 0,
-        Verdict::Proxy => 1,
-        Verdict::Exposed => 2,
-    };
-    let mut best: BTreeMap<VerdictKey, Verdict> = BTreeMap::new();
-    for r in &outcome.probes {
-        let key = VerdictKey {
-            host_port: r.target.port.host_port,
-            proto: r.target.port.proto.as_str(),
-            family: if r.probe.dst.is_ipv4() {
-                "ipv4"
-            } else {
-                "ipv6"
-            },
-            uplink: r.uplink.clone(),
-        };
-        let e = best.entry(key).or_insert(r.verdict);
-        if rank(r.verdict) > rank(*e) {
-            *e = r.verdict;
-        }
-    }
-    best.into_iter().map(|(k, v)| (k, v.as_str())).collect()
+    outcome
+        .most_open()
+        .into_iter()
+        .map(|((proto, host_port, v6, uplink), r)| {
+            let family = if v6 { "ipv6" } else { "ipv4" };
+            (
+                VerdictKey {
+                    host_port,
+                    proto: proto.as_str(),
+                    family,
+                    uplink,
+                },
+                r.verdict.as_str(),
+            )
+        })
+        .collect()
 }
 
 impl Watcher {
@@ -102,10 +93,8 @@ impl Watcher {
         for (key, from, to) in changed {
             let ts = Timestamp(std::time::SystemTime::now()).format();
             let ts = std::str::from_utf8(&ts).unwrap_or_default().to_string();
-            let line = drift::exposure_changed_json(&ts, &key, from, to, &cause);
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                self.outputs.notice(&value);
-            }
+            self.outputs
+                .notice(&drift::exposure_changed(&ts, &key, from, to, &cause));
             let text = format!(
                 "EXPOSURE CHANGED: {}",
                 drift::exposure_changed_text(&key, from, to, &cause)
