@@ -7,6 +7,7 @@ pub mod community_id;
 pub mod console;
 pub mod contradictions;
 pub mod exposures;
+pub mod formats;
 pub mod fanout;
 pub mod human;
 pub mod record;

@@ -1,0 +1,18 @@
+//! ecs: to be written (issue 21).
+
+use serde_json::Value;
+
+use super::Observer;
+use crate::output::{alerts::Alert, record::Record};
+
+pub fn record(_rec: &Record, _observer: &Observer) -> Value {
+    todo!("ecs record")
+}
+
+pub fn alert(_alert: &Alert, _observer: &Observer) -> Value {
+    todo!("ecs alert")
+}
+
+pub fn daemon_line(native: Value, _observer: &Observer) -> Value {
+    native
+}

@@ -1,0 +1,109 @@
+//! The audit log's and the sinks' JSON in the format a security team ingests:
+//! `native` (the contract, README "The JSON record"), `ecs` (Elastic Common Schema)
+//! or `ocsf` (Open Cybersecurity Schema Framework, Network Activity).
+//!
+//! Pure: a record, an alert or a daemon line in, one JSON object out.
+
+mod ecs;
+mod ocsf;
+
+use serde_json::Value;
+
+use super::{alerts::Alert, record::Record};
+
+/// `--json-format`: the shape of every JSON object dockexpose writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonFormat {
+    /// dockexpose's own record: the documented contract.
+    #[default]
+    Native,
+    /// Elastic Common Schema.
+    Ecs,
+    /// OCSF Network Activity (class 4001).
+    Ocsf,
+}
+
+impl JsonFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JsonFormat::Native => "native",
+            JsonFormat::Ecs => "ecs",
+            JsonFormat::Ocsf => "ocsf",
+        }
+    }
+}
+
+/// Who observed: the host written into every ECS and OCSF event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observer {
+    /// The host's name (`gethostname`).
+    pub hostname: String,
+    /// `/etc/machine-id`, when readable.
+    pub host_id: Option<String>,
+    /// dockexpose's version.
+    pub version: &'static str,
+}
+
+impl Observer {
+    /// This host.
+    pub fn this_host() -> Self {
+        let host_id = std::fs::read_to_string("/etc/machine-id").ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        Self { hostname: super::sinks::hostname(), host_id, version: env!("CARGO_PKG_VERSION") }
+    }
+}
+
+/// A format and the observer its events name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Formatter {
+    pub format: JsonFormat,
+    pub observer: Observer,
+}
+
+impl Formatter {
+    pub fn new(format: JsonFormat, observer: Observer) -> Self {
+        Self { format, observer }
+    }
+
+    /// A connection record (any stage, `verified` included) as one JSON object.
+    pub fn record(&self, rec: &Record) -> Value {
+        match self.format {
+            JsonFormat::Native => serde_json::to_value(rec).expect("a Record always serializes"),
+            JsonFormat::Ecs => ecs::record(rec, &self.observer),
+            JsonFormat::Ocsf => ocsf::record(rec, &self.observer),
+        }
+    }
+
+    /// An alert as the webhook's JSON body and the syslog message carry it.
+    pub fn alert(&self, alert: &Alert) -> Value {
+        match self.format {
+            JsonFormat::Native => native_alert(alert, &self.observer),
+            JsonFormat::Ecs => ecs::alert(alert, &self.observer),
+            JsonFormat::Ocsf => ocsf::alert(alert, &self.observer),
+        }
+    }
+
+    /// A line about the daemon itself (`daemon_start`, `daemon_stop`,
+    /// `kernel_state_reset`, `exposure_changed`), given in its native form.
+    pub fn daemon_line(&self, native: Value) -> Value {
+        match self.format {
+            JsonFormat::Native => native,
+            JsonFormat::Ecs => ecs::daemon_line(native, &self.observer),
+            JsonFormat::Ocsf => ocsf::daemon_line(native, &self.observer),
+        }
+    }
+}
+
+/// Today's webhook body: `{kind, text, host, record, health}`.
+fn native_alert(alert: &Alert, observer: &Observer) -> Value {
+    let mut body = serde_json::json!({
+        "kind": alert.kind.as_str(),
+        "text": alert.text,
+        "host": observer.hostname,
+        "record": alert.record.as_deref(),
+    });
+    if let Some(h) = &alert.health {
+        body["health"] = serde_json::to_value(h).expect("HealthInfo always serializes");
+    }
+    body
+}
