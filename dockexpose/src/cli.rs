@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::output::formats::JsonFormat;
+
 #[derive(Debug, Parser)]
 #[command(name = "dockexpose", version, about = "Tells which Docker published ports the outside world really reaches, from the kernel")]
 pub struct Cli {
@@ -208,6 +210,12 @@ pub struct WatchArgs {
     /// Write the JSON-lines audit log here (appended); `-` for stdout.
     #[arg(env = "DOCKEXPOSE_JSON", long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+
+    /// The shape of the audit log's lines and of the webhook and syslog sinks' JSON:
+    /// `native` (dockexpose's record, the documented contract), `ecs` (Elastic Common
+    /// Schema) or `ocsf` (OCSF Network Activity).
+    #[arg(env = "DOCKEXPOSE_JSON_FORMAT", long, value_name = "FORMAT", value_enum, default_value_t = JsonFormat::Native)]
+    pub json_format: JsonFormat,
 
     /// The hook that sees attempts on the uplinks: `tc` (TCX ingress, the default:
     /// ahead of every firewall table, reading each packet where it is) or `xdp` (the

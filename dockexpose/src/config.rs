@@ -18,7 +18,7 @@ use std::{
 use clap::{parser::ValueSource, ArgMatches};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{UplinkHookArg, WatchArgs};
+use crate::cli::{JsonFormat, UplinkHookArg, WatchArgs};
 
 /// Where the file is looked for without --config (a missing file there is fine).
 pub const DEFAULT_PATH: &str = "/etc/dockexpose/dockexpose.toml";
@@ -79,6 +79,8 @@ pub struct AuditSection {
     pub rotate_size_mb: Option<u64>,
     /// Old files kept by size rotation.
     pub max_files: Option<u32>,
+    /// "native", "ecs" or "ocsf": the audit log's lines and the sinks' JSON.
+    pub json_format: Option<JsonFormat>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -165,6 +167,7 @@ pub fn merge(args: &WatchArgs, m: &ArgMatches, file: &FileConfig) -> Result<Watc
         bridges: pick(m, "bridges", args.bridges.clone(), w.bridges.clone()),
         trusted: pick(m, "trusted", args.trusted.clone(), w.trusted.clone()),
         json: pick(m, "json", args.json.clone(), file.audit.path.clone().map(Some)),
+        json_format: pick(m, "json_format", args.json_format, file.audit.json_format),
         uplink_hook: pick(m, "uplink_hook", args.uplink_hook, w.uplink_hook),
         udp_idle: pick(m, "udp_idle", args.udp_idle, w.udp_idle),
         stats_interval: pick(m, "stats_interval", args.stats_interval, w.stats_interval),
@@ -229,7 +232,12 @@ pub fn effective_file(args: &WatchArgs, sinks: &crate::output::sinks::SinksConfi
             intent_root: Some(args.intent_root.clone()),
         },
         alerts: AlertsSection { window: Some(args.alert_window) },
-        audit: AuditSection { path: args.json.clone(), rotate_size_mb: Some(args.rotate_size_mb), max_files: Some(args.max_files) },
+        audit: AuditSection {
+            path: args.json.clone(),
+            rotate_size_mb: Some(args.rotate_size_mb),
+            max_files: Some(args.max_files),
+            json_format: Some(args.json_format),
+        },
         status: StatusSection { socket: Some(args.status_socket.clone()) },
         metrics: MetricsSection { listen: args.metrics.clone(), allow_remote: Some(args.metrics_allow_remote) },
         sinks: sinks.clone(),
@@ -292,6 +300,7 @@ pub fn needs_restart(old: &WatchArgs, new: &WatchArgs) -> Vec<&'static str> {
     check("watch.verify_every", old.verify_every != new.verify_every);
     check("watch.verify_from", old.verify_from != new.verify_from);
     check("audit.path", old.json != new.json);
+    check("audit.json_format", old.json_format != new.json_format);
     check("status.socket", old.status_socket != new.status_socket);
     check("metrics.listen", old.metrics != new.metrics || old.metrics_allow_remote != new.metrics_allow_remote);
     out

@@ -101,22 +101,50 @@ impl PipelineCounters {
         self.kernel.get(Counter::RingbufFull) + self.reader_lost
     }
 
-    /// `name=value` pairs on one line.
+    /// Every counter by name, kernel's first (`status` shows them all).
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> = Counter::ALL.iter().map(|c| (c.name(), self.kernel.get(*c))).collect();
+        out.extend([
+            ("reader_lost", self.reader_lost),
+            ("unbound_attempts", self.unbound_attempts),
+            ("answers_received", self.answers_received),
+            ("attempts_untracked", self.attempts_untracked),
+            ("probe_records", self.probe_records),
+            ("reader_wakeups", self.reader_wakeups),
+            ("records_read", self.records_read),
+            ("record_latency_p50_us", self.record_latency.p50_us),
+            ("record_latency_p99_us", self.record_latency.p99_us),
+            ("alert_latency_p50_us", self.alert_latency.p50_us),
+            ("alert_latency_p99_us", self.alert_latency.p99_us),
+        ]);
+        out
+    }
+
+    /// `name=value` pairs on one line: the last word of a run (`final counters`).
     pub fn format(&self) -> String {
-        let mut parts: Vec<String> =
-            Counter::ALL.iter().map(|c| format!("{}={}", c.name(), self.kernel.get(*c))).collect();
-        parts.push(format!("reader_lost={}", self.reader_lost));
-        parts.push(format!("unbound_attempts={}", self.unbound_attempts));
-        parts.push(format!("answers_received={}", self.answers_received));
-        parts.push(format!("attempts_untracked={}", self.attempts_untracked));
-        parts.push(format!("probe_records={}", self.probe_records));
-        parts.push(format!("reader_wakeups={}", self.reader_wakeups));
-        parts.push(format!("records_read={}", self.records_read));
-        parts.push(format!("record_latency_p50_us={}", self.record_latency.p50_us));
-        parts.push(format!("record_latency_p99_us={}", self.record_latency.p99_us));
-        parts.push(format!("alert_latency_p50_us={}", self.alert_latency.p50_us));
-        parts.push(format!("alert_latency_p99_us={}", self.alert_latency.p99_us));
-        parts.join(" ")
+        self.named().iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join(" ")
+    }
+
+    /// A few words for people on what happened since `before`: connections that reached
+    /// containers, attempts on the uplinks, and loss (always said, even when nothing).
+    pub fn summary(&self, before: &PipelineCounters) -> String {
+        let since = |c: Counter| self.kernel.get(c).saturating_sub(before.kernel.get(c));
+        let lost = self.lost().saturating_sub(before.lost());
+        let mut line = format!(
+            "{} connections reached containers, {} attempts seen on the uplinks",
+            since(Counter::ReachedEmitted),
+            since(Counter::AttemptsEmitted)
+        );
+        if lost == 0 {
+            line.push_str(", nothing lost");
+        } else {
+            line.push_str(&format!(", {lost} RECORDS LOST (see the warning)"));
+        }
+        if self.record_latency.p99_us > 0 {
+            line.push_str(&format!("; record latency p99 {:.1} ms", self.record_latency.p99_us as f64 / 1000.0));
+        }
+        line.push_str(". Every counter: dockexpose status");
+        line
     }
 }
 
@@ -192,6 +220,17 @@ mod tests {
         }
         assert!(s.contains("reached_emitted=7"));
         assert!(s.contains("reader_lost=0"));
+    }
+
+    #[test]
+    fn the_summary_says_what_happened_since_the_last_one_and_always_says_loss() {
+        let (before, now) = (counters(0, 0), counters(2, 1));
+        let line = now.summary(&before);
+        assert!(line.contains("reached containers"), "{line}");
+        assert!(line.contains("3 RECORDS LOST"), "{line}");
+        assert!(now.summary(&now).contains("0 connections reached containers") && now.summary(&now).contains("nothing lost"));
+        assert!(line.len() < 200, "a short line: {line}");
+        assert!(now.summary(&PipelineCounters::default()).starts_with("7 connections reached containers"));
     }
 
     #[test]

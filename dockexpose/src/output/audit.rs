@@ -23,6 +23,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::{
+    formats::{Formatter, JsonFormat},
+    record::Record,
+};
 use crate::error::{Error, Result};
 
 /// How often a continuing write failure is said again.
@@ -74,6 +78,8 @@ pub struct AuditLog {
     stats: AuditStats,
     /// The failure being reported, and when it was last said.
     failure: Option<(String, Instant)>,
+    /// `--json-format` ecs or ocsf; None: native, written straight from the record.
+    formatter: Option<Formatter>,
 }
 
 impl AuditLog {
@@ -95,6 +101,7 @@ impl AuditLog {
             buffered: 0,
             stats: AuditStats::default(),
             failure: None,
+            formatter: None,
         })
     }
 
@@ -117,8 +124,39 @@ impl AuditLog {
         self.rotation = rotation;
     }
 
-    /// Appends one record as a JSON line, encoded straight into the buffer.
-    pub fn write_record<T: serde::Serialize>(&mut self, record: &T) {
+    /// The shape of every line from now on (`--json-format`).
+    pub fn set_format(&mut self, formatter: Formatter) {
+        self.formatter = (formatter.format != JsonFormat::Native).then_some(formatter);
+    }
+
+    /// Appends one connection record, in the log's format.
+    pub fn write_connection(&mut self, rec: &Record) {
+        match &self.formatter {
+            None => self.write_json(rec),
+            Some(f) => {
+                let event = f.record(rec);
+                self.write_json(&event)
+            }
+        }
+    }
+
+    /// Appends one line about the daemon itself (`daemon_start`, `exposure_changed`...),
+    /// in the log's format.
+    pub fn write_record<T: serde::Serialize>(&mut self, line: &T) {
+        match &self.formatter {
+            None => self.write_json(line),
+            Some(f) => match serde_json::to_value(line) {
+                Ok(native) => {
+                    let event = f.daemon_line(native);
+                    self.write_json(&event)
+                }
+                Err(_) => self.stats.lines_lost += 1,
+            },
+        }
+    }
+
+    /// Appends one JSON line, encoded straight into the buffer.
+    fn write_json<T: serde::Serialize + ?Sized>(&mut self, record: &T) {
         if self.is_off() {
             return;
         }

@@ -48,7 +48,7 @@ pub trait AlertOut {
 
 impl Consumer for AuditLog {
     fn record(&mut self, rec: &Arc<Record>) {
-        self.write_record(&**rec);
+        self.write_connection(rec);
     }
 }
 

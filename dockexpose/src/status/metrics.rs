@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn names_follow_the_conventions_and_labels_come_from_the_inventory() {
-        let mut report = StatusReport { version: "0.1.0".into(), health: Health { state: "healthy".into(), ..Health::default() }, exposures: vec![] };
+        let mut report = StatusReport { version: "0.1.0".into(), health: Health { state: "healthy".into(), ..Health::default() }, exposures: vec![], counters: Default::default() };
         let mut web = crate::output::exposures::ExposureRow::sample("web");
         (web.attempts, web.reached, web.blocked, web.distinct_sources) = (7, 5, 2, 3);
         report.exposures.push(web);

@@ -12,6 +12,9 @@ pub struct StatusReport {
     pub version: String,
     pub health: Health,
     pub exposures: Vec<ExposureRow>,
+    /// Every pipeline counter by name (the periodic line on stderr is a summary).
+    #[serde(default)]
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -246,6 +249,7 @@ mod tests {
             version: "0.1.0".into(),
             health: Health { state: "healthy".into(), ..Health::default() },
             exposures: vec![row("web"), row("evil\u{1b}[2J")],
+            ..StatusReport::default()
         };
         let t = report.to_table();
         assert!(t.contains("HEALTHY"), "{t}");
@@ -258,7 +262,12 @@ mod tests {
 
     #[test]
     fn the_report_round_trips_as_json() {
-        let report = StatusReport { version: "x".into(), health: Health::default(), exposures: vec![row("web")] };
+        let report = StatusReport {
+            version: "x".into(),
+            exposures: vec![row("web")],
+            counters: [("reached_emitted".to_string(), 3)].into(),
+            ..StatusReport::default()
+        };
         let text = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<StatusReport>(&text).unwrap(), report);
     }

@@ -50,9 +50,20 @@ impl Watcher {
         Ok(())
     }
 
-    pub(super) fn report_counters(&mut self, label: &str) -> Result<()> {
+    /// Every --stats-interval: a short line for people on what happened since the
+    /// last one (every counter is in `dockexpose status`).
+    pub(super) fn report_counters(&mut self) -> Result<()> {
         let now = self.counters()?;
-        crate::say!("dockexpose: {label}: {}", now.format());
+        crate::say!("dockexpose: since the last summary: {}", now.summary(&self.counters_said));
+        self.counters_said = now;
+        self.warn_about_loss()
+    }
+
+    /// At exit: the run's summary, then every counter on one line, the run's record.
+    pub(super) fn report_final_counters(&mut self) -> Result<()> {
+        let now = self.counters()?;
+        crate::say!("dockexpose: this run: {}", now.summary(&PipelineCounters::default()).replace(". Every counter: dockexpose status", ""));
+        crate::say!("dockexpose: final counters: {}", now.format());
         self.warn_about_loss()
     }
 
@@ -159,6 +170,7 @@ impl Watcher {
                 kernel: self.kernel.features().clone(),
             },
             exposures: self.outputs.exposures.rows(),
+            counters: counters.named().into_iter().map(|(name, value)| (name.to_string(), value)).collect(),
         }
     }
 }

@@ -58,11 +58,12 @@ use crate::{
         alerts::{Alert, HealthCondition},
         audit::AuditLog,
         fanout::{AlertOut, AlertStage, Outputs, StderrAlerts},
+        formats::{Formatter, Observer},
         human,
         sinks::{self, SinkHandle, SinksConfig},
     },
     state::{self, continuity::ServiceSettings, pending::PendingRecords},
-    stats::LossTracker,
+    stats::{LossTracker, PipelineCounters},
     status::{self, Query},
     verdict::AttemptTracker,
     verify::daemon::{self as verifyd, ProbeSources, RunKind, Schedule},
@@ -127,6 +128,8 @@ struct Watcher {
     clock: KernelClock,
     reader: ReaderStats,
     losses: LossTracker,
+    /// The counters when the last periodic summary was said.
+    counters_said: PipelineCounters,
     /// When a loss was last noticed (status: degraded for a while after).
     last_loss: Option<Instant>,
     /// Last inventory Docker gave; kept while Docker is unreachable.
@@ -230,6 +233,8 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     let settings = settings::validate(&args, &host)?;
     let metrics_addr = config::metrics_addr(&args).map_err(Error::Config)?;
     let mut audit = AuditLog::open(args.json.as_deref(), settings::rotation(&args))?;
+    let formatter = Formatter::new(args.json_format, Observer::this_host());
+    audit.set_format(formatter.clone());
     privileges::check()?;
     let sinks = start_sinks(&sink_config)?;
     // Continuity (state/): the lock, the pinned kernel side adopted or created, the
@@ -264,6 +269,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         clock,
         reader: ReaderStats::default(),
         losses: LossTracker::default(),
+        counters_said: PipelineCounters::default(),
         last_loss: None,
         inventory: None,
         inventory_at: None,
@@ -428,7 +434,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
                 w.refresh_host()?;
                 continuity.refreshed(&mut w.kernel);
             }
-            _ = stats.tick() => w.report_counters("counters")?,
+            _ = stats.tick() => w.report_counters()?,
             Some(query) = query_rx.recv() => w.answer(query),
             Some(result) = next_verify_result(&mut verify_rx) => w.verify_done(result)?,
             _ = sleep_until(verify_due) => w.start_verify(),
@@ -495,7 +501,7 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     }
     let reason = outcome?;
     w.outputs.tick(Instant::now() + w.settings.alert_window);
-    w.report_counters("final counters")?;
+    w.report_final_counters()?;
     let bridges: Vec<String> = w.kernel.bridges().chain(w.kernel.uplinks()).map(str::to_string).collect();
     let kept = continuity.pin_dir().filter(|_| !continuity.detach_on_exit).map(|d| d.dir.display().to_string());
     continuity.stop(&mut w.kernel, &mut w.outputs.audit, reason)?;
