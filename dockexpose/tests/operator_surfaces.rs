@@ -58,7 +58,11 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// A real Prometheus server scraping `target` every second; killed on drop.
+/// The shipped alerting rules (packaging/prometheus), loaded by the real Prometheus.
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/prometheus/dockexpose.rules.yml");
+
+/// A real Prometheus server scraping `target` every second and evaluating the shipped
+/// rules every second; killed on drop.
 struct Prometheus {
     child: Child,
     pub api: SocketAddr,
@@ -74,7 +78,7 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: dockexpose\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {RULES}\nscrape_configs:\n  - job_name: dockexpose\n    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
         .unwrap();
@@ -88,6 +92,14 @@ impl Prometheus {
             .spawn()
             .expect("start prometheus");
         Self { child, api }
+    }
+
+    /// The rules of group `dockexpose` as Prometheus loaded them (/api/v1/rules).
+    fn rules(&self) -> Vec<Value> {
+        let Some((200, body)) = http_get(self.api, "/api/v1/rules") else { return Vec::new() };
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let groups = v["data"]["groups"].as_array().cloned().unwrap_or_default();
+        groups.into_iter().filter(|g| g["name"] == "dockexpose").flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect()
     }
 
     /// The value of an instant query's first sample.
@@ -179,6 +191,21 @@ fn status_and_a_real_prometheus_show_the_bypass_story() {
     assert_eq!(prometheus.query("dockexpose_build_info"), Some(1.0));
     assert_eq!(prometheus.query("dockexpose_records_lost_total{stage=\"kernel_ring\"}"), Some(0.0));
     assert!(prometheus.query("dockexpose_map_capacity_entries{map=\"ATTEMPTS\"}").is_some_and(|v| v > 0.0));
+    // The shipped rules, evaluated every second: the port's exposure fires, every rule
+    // evaluates without error on the real figures, and nothing was lost.
+    let firing = format!("ALERTS{{alertname=\"DockexposePortExposed\",alertstate=\"firing\",container=\"{name}\",host_port=\"{web_port}\"}}");
+    let t = Instant::now();
+    assert_eq!(within(Duration::from_secs(20), || prometheus.query(&firing)), Some(1.0), "DockexposePortExposed fires for {name}");
+    eprintln!("DockexposePortExposed firing in Prometheus {:?} after the reaches were scraped", t.elapsed());
+    let rules = within(Duration::from_secs(5), || {
+        let rules = prometheus.rules();
+        rules.iter().all(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001"))).then_some(rules)
+    })
+    .expect("every rule evaluated");
+    let alerts = std::fs::read_to_string(RULES).unwrap().matches("- alert:").count();
+    assert_eq!(rules.len(), alerts, "every shipped rule loaded: {rules:#?}");
+    assert!(rules.iter().all(|r| r["health"] == "ok"), "a rule fails to evaluate: {rules:#?}");
+    assert_eq!(prometheus.query("ALERTS{alertname=\"DockexposeRecordsLost\"}"), None, "no loss alert");
     let (code, body) = http_get(metrics, "/healthz").unwrap();
     assert_eq!((code, body.trim()), (200, "ok"));
     let (code, _) = http_get(metrics, "/readyz").unwrap();
