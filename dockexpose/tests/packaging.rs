@@ -20,7 +20,7 @@ use dockexpose::{
     output::{exposures::ExposureRow, fanout::AlertCounts, sinks::SinkStats},
     status::{
         metrics::encode_report,
-        report::{Attachment, Health, MapFill, SinkHealth, StatusReport},
+        report::{Attachment, Health, MapFill, SinkHealth, StatusReport, VerifyHealth},
     },
 };
 use serde_json::Value;
@@ -85,11 +85,16 @@ fn exported() -> Exported {
     let mut report = StatusReport {
         version: "0.0.0".into(),
         health: Health { state: "healthy".into(), ..Health::default() },
-        exposures: vec![],
+        ..StatusReport::default()
     };
     for (i, exposure) in ["published", "loopback_only", "unpublished", "direct"].into_iter().enumerate() {
         report.exposures.push(row(&format!("c{i}"), exposure));
     }
+    // verify's verdicts and runs (watch --verify-every): every verdict a probe gives.
+    for (i, verdict) in ["EXPOSED", "PROXY", "HELD"].into_iter().enumerate() {
+        report.exposures[i].verified = Some(verdict.into());
+    }
+    report.health.verify = Some(VerifyHealth { every_s: 3600, last_success_age_s: 10, runs_ok: 1, runs_failed: 0 });
     report.health.sinks.push(SinkHealth { name: "webhook".into(), stats: SinkStats::default() });
     report.health.maps.push(MapFill { map: "ATTEMPTS".into(), entries: 1, capacity: 2 });
     report.health.attachments.push(Attachment { iface: "eth0".into(), role: "uplink".into(), mode: "tcx".into() });

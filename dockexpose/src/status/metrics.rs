@@ -62,7 +62,31 @@ pub fn encode_report(report: &StatusReport, alerts: &AlertCounts) -> String {
         sources.get_or_create(&labels).inc_by(e.distinct_sources as i64);
     }
 
+    let verified = gauge_family(&mut r, "port_verified", "The last verify probe's verdict of a published port (1, by verdict)");
+    for e in report.exposures.iter().filter(|e| e.verified.is_some()) {
+        let verdict = e.verified.clone().unwrap_or_default();
+        let labels: Labels = vec![
+            ("container", e.container.clone()),
+            ("host_port", e.host_port.map_or_else(|| "none".to_string(), |p| p.to_string())),
+            ("proto", e.proto.clone()),
+            ("verdict", verdict),
+        ];
+        verified.get_or_create(&labels).set(1);
+    }
+
     let h = &report.health;
+    if let Some(v) = &h.verify {
+        gauge(&mut r, "verify_interval_seconds", "watch --verify-every, in seconds", v.every_s as i64);
+        gauge(
+            &mut r,
+            "verify_last_success_age_seconds",
+            "Seconds since the last verify run that completed (since the start when none did yet)",
+            v.last_success_age_s as i64,
+        );
+        let runs = counter_family(&mut r, "verify_runs", "Verify runs, by result");
+        runs.get_or_create(&vec![("result", "ok".into())]).inc_by(v.runs_ok);
+        runs.get_or_create(&vec![("result", "failed".into())]).inc_by(v.runs_failed);
+    }
     counter(&mut r, "records", "Connection records made", h.records);
     let alerts_family = counter_family(&mut r, "alerts", "Alerts raised, by kind");
     for (kind, n) in alerts.iter() {

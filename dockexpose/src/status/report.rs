@@ -35,6 +35,21 @@ pub struct Health {
     /// What the kernel offers and the tier that follows (kernel/features.rs).
     #[serde(default)]
     pub kernel: crate::kernel::features::Features,
+    /// `watch --verify-every`: its runs (null when off).
+    #[serde(default)]
+    pub verify: Option<VerifyHealth>,
+}
+
+/// How `watch --verify-every` keeps up.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyHealth {
+    /// --verify-every, in seconds.
+    pub every_s: u64,
+    /// Seconds since the last run that completed, or since the start when none did yet
+    /// (so that a verify that never completes grows stale too).
+    pub last_success_age_s: u64,
+    pub runs_ok: u64,
+    pub runs_failed: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use crate::{
     stats::PipelineCounters,
     status::{
         metrics,
-        report::{Attachment, AuditHealth, Health, InventoryHealth, Losses, MapFill, SinkHealth},
+        report::{Attachment, AuditHealth, Health, InventoryHealth, Losses, MapFill, SinkHealth, VerifyHealth},
         Query, StatusReport,
     },
 };
@@ -168,6 +168,12 @@ impl Watcher {
                 maps: self.kernel.map_fill().into_iter().map(|(m, e, c)| MapFill { map: m.into(), entries: e, capacity: c }).collect(),
                 records: self.outputs.records(),
                 kernel: self.kernel.features().clone(),
+                verify: self.verify.as_ref().map(|v| VerifyHealth {
+                    every_s: v.settings.every.as_secs(),
+                    last_success_age_s: v.last_success.unwrap_or(self.started).elapsed().as_secs(),
+                    runs_ok: v.runs_ok,
+                    runs_failed: v.runs_failed,
+                }),
             },
             exposures: self.outputs.exposures.rows(),
             counters: counters.named().into_iter().map(|(name, value)| (name.to_string(), value)).collect(),

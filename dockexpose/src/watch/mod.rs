@@ -254,6 +254,9 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
         debounce: Default::default(),
         run_causes: Vec::new(),
         verdicts: Default::default(),
+        last_success: None,
+        runs_ok: 0,
+        runs_failed: 0,
     });
     let (intent_state, mut intent_rx) = intent::IntentState::new(args.intent_root.clone());
     let clock = KernelClock::now();

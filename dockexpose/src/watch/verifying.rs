@@ -36,6 +36,11 @@ pub(super) struct VerifyState {
     pub(super) debounce: Debounce,
     pub(super) run_causes: Vec<Cause>,
     pub(super) verdicts: BTreeMap<VerdictKey, &'static str>,
+    /// When the last run completed (None: none yet), and the runs so far, for `status`
+    /// and the metrics (a stale verify is alerted on).
+    pub(super) last_success: Option<Instant>,
+    pub(super) runs_ok: u64,
+    pub(super) runs_failed: u64,
 }
 
 /// The next verify result, or never when verify is off.
@@ -110,10 +115,12 @@ impl Watcher {
         let outcome = match result {
             Ok(o) => o,
             Err(e) => {
+                v.runs_failed += 1;
                 crate::say!("warning: verify ({}) failed: {}; trying again at the next run", kind.describe(), human::escape_untrusted(&e));
                 return Ok(());
             }
         };
+        (v.last_success, v.runs_ok) = (Some(Instant::now()), v.runs_ok + 1);
         for warning in &outcome.warnings {
             crate::say!("{warning}");
         }
