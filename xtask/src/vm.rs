@@ -130,7 +130,7 @@ fn ensure_vm_tools(root: bool) -> std::result::Result<PathBuf, String> {
             let out = Command::new("dpkg-query")
                 .args(["-W", "-f=${Status}", p])
                 .output();
-            !out.is_ok_and(|o| crate::dpkg_installed(&String::from_utf8_lossy(&o.stdout)))
+            !out.is_ok_and(|o| crate::setup::dpkg_installed(&String::from_utf8_lossy(&o.stdout)))
         })
         .collect();
     say!(
