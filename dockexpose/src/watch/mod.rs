@@ -7,6 +7,9 @@
 //! (`attach`), answers `dockexpose status` and metrics scrapes (`status`), reloads the
 //! configuration on SIGHUP and reopens the audit log on SIGUSR1.
 //!
+//! - `start`: the options settled, the outputs and the kernel side opened, the inputs
+//!   connected, the start lines said;
+//! - `serve`: the loop, and the stop that drains the ring;
 //! - `settings`: the options, validated;
 //! - `attach`: bridges and uplinks, attached and detached as the host changes;
 //! - `stage`: kernel records -> connection records;
@@ -18,55 +21,39 @@ mod drifting;
 pub mod ground;
 mod health;
 mod intent;
+mod serve;
 mod settings;
 mod stage;
+mod start;
 mod verifying;
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use clap::ArgMatches;
-use tokio::{
-    signal::unix::{signal, SignalKind},
-    sync::{mpsc, watch},
-    time::{interval, MissedTickBehavior},
-};
+use tokio::sync::watch;
 
-use self::{
-    settings::{Settings, UplinkSelection, VerifySettings},
-    verifying::{next_verify_result, VerifyResult, VerifyState},
-};
+use self::{settings::Settings, verifying::VerifyState};
 use crate::{
     cli::WatchArgs,
     config::{self, FileConfig},
     error::{Error, Result},
-    host::{interfaces::HostSnapshot, privileges},
-    inventory::{
-        docker::{self, DockerState},
-        model::Inventory,
-    },
-    kernel::{
-        event::KernelClock,
-        loader::{ConntrackAccess, Kernel},
-        reader::ReaderStats,
-        ring,
-    },
+    host::interfaces::HostSnapshot,
+    inventory::{docker::DockerState, model::Inventory},
+    kernel::{event::KernelClock, loader::Kernel, reader::ReaderStats},
     output::{
         alerts::{Alert, HealthCondition},
-        audit::AuditLog,
-        fanout::{AlertOut, AlertStage, Outputs, StderrAlerts},
-        formats::{Formatter, Observer},
+        fanout::{AlertOut, Outputs, StderrAlerts},
         human,
         sinks::{self, SinkHandle, SinksConfig},
     },
-    state::{self, continuity::ServiceSettings, pending::PendingRecords},
+    state::pending::PendingRecords,
     stats::{LossTracker, PipelineCounters},
-    status::{self, Query},
     verdict::AttemptTracker,
-    verify::daemon::{self as verifyd, ProbeSources, RunKind, Schedule},
+    verify::daemon::{self as verifyd, RunKind},
 };
 
 /// Most batches handled before the audit log is flushed.
@@ -224,304 +211,15 @@ pub fn print_config(cli: &WatchArgs, matches: &ArgMatches) -> Result<()> {
     Ok(())
 }
 
+/// `dockexpose watch`, in its stages.
 pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     if cli.print_config {
         return print_config(&cli, &matches);
     }
-    let (args, sink_config, config_path) = effective(&cli, &matches)?;
-    let host = HostSnapshot::read()?;
-    let settings = settings::validate(&args, &host)?;
-    let metrics_addr = config::metrics_addr(&args).map_err(Error::Config)?;
-    let mut audit = AuditLog::open(args.json.as_deref(), settings::rotation(&args))?;
-    let formatter = Formatter::new(args.json_format, Observer::this_host());
-    audit.set_format(formatter.clone());
-    privileges::check()?;
-    let sinks = start_sinks(&sink_config)?;
-    // Continuity (state/): the lock, the pinned kernel side adopted or created, the
-    // start records.
-    let service = ServiceSettings::from_args(&args.service);
-    let (kernel, mut continuity) = state::continuity::start(&service, settings.kernel, &mut audit)?;
-
-    let blocked_after_ns = settings.blocked_after_ns;
-    let (verify_tx, verify_rx) = mpsc::unbounded_channel::<VerifyResult>();
-    let mut verify_rx = settings.verify.is_some().then_some(verify_rx);
-    let verify = settings.verify.as_ref().map(|v| VerifyState {
-        settings: VerifySettings { every: v.every, sources: v.sources.clone(), uplinks: v.uplinks.clone() },
-        schedule: Schedule::new(v.every, Instant::now()),
-        probes: ProbeSources::new(v.sources.clone()),
-        tx: verify_tx,
-        running: None,
-        debounce: Default::default(),
-        run_causes: Vec::new(),
-        verdicts: Default::default(),
-        last_success: None,
-        runs_ok: 0,
-        runs_failed: 0,
-    });
-    let (intent_state, mut intent_rx) = intent::IntentState::new(args.intent_root.clone());
-    let clock = KernelClock::now();
-    let outputs = Outputs::new(audit, settings.quiet, AlertStage::new(settings.alert_window, alert_outs(&sinks)), clock);
-    let mut w = Watcher {
-        kernel,
-        settings,
-        host,
-        ifnames: BTreeMap::new(),
-        uplink_modes: BTreeMap::new(),
-        outputs,
-        sinks,
-        clock,
-        reader: ReaderStats::default(),
-        losses: LossTracker::default(),
-        counters_said: PipelineCounters::default(),
-        last_loss: None,
-        inventory: None,
-        inventory_at: None,
-        docker_connected: false,
-        docker_problem: None,
-        pending: PendingRecords::new(continuity.take_pending_map(), MAX_PENDING),
-        ring_unreleased: 0,
-        attempts: AttemptTracker::new(blocked_after_ns),
-        unbound_attempts: 0,
-        attempts_untracked: 0,
-        prefixes_left_out: 0,
-        answers_received: 0,
-        verify,
-        intent: intent_state,
-        probe_records: 0,
-        config: ConfigState { cli, matches, effective: args.clone(), sinks: sink_config },
-        started: Instant::now(),
-    };
-    // The ground: ruleset, link and address changes, each a reason to read the
-    // firewall's word again (and, with --verify-every, to verify again).
-    let (ground_tx, mut ground_rx) = mpsc::unbounded_channel();
-    for line in ground::spawn(ground_tx, std::process::id(), w.verify.is_some()) {
-        crate::say!("dockexpose: {line}");
-    }
-    let first_reading = w.intent.read_now();
-    w.intent_read(first_reading);
-
-    if let Some(p) = &config_path {
-        crate::say!("dockexpose: configuration from {} (command line and DOCKEXPOSE_* win over it)", p.display());
-    }
-    // Docker first: its networks decide which bridges to watch.
-    let mut docker_rx = match w.settings.docker_endpoint.clone() {
-        Some(endpoint) => {
-            let (tx, mut rx) = watch::channel(DockerState::Starting);
-            tokio::spawn(docker::run(endpoint, tx));
-            let _ = tokio::time::timeout(DOCKER_FIRST_ANSWER, rx.wait_for(|s| *s != DockerState::Starting)).await;
-            let state = rx.borrow_and_update().clone();
-            w.docker_changed(state)?;
-            Some(rx)
-        }
-        None => {
-            crate::say!("dockexpose: --no-docker: running without container identity");
-            None
-        }
-    };
-    // The operator's bridges must attach, or nothing is watched where they expect.
-    for bridge in w.settings.explicit_bridges.clone() {
-        w.attach_bridge(&bridge)?;
-    }
-    w.reconcile_bridges();
-    // The operator's uplinks must attach (a bridge: its ports), or attempts they
-    // expect to see are missed.
-    if let UplinkSelection::Given(_) = &w.settings.uplinks {
-        for uplink in w.desired_uplinks() {
-            w.attach_uplink(&uplink)?;
-        }
-    }
-    w.reconcile_uplinks();
-    w.sync_prefixes();
-    w.handle_left_pending()?;
-
-    // The status socket and the metrics: questions come to this loop.
-    let (query_tx, mut query_rx) = mpsc::channel::<Query>(QUERY_QUEUE);
-    let _status_socket = match status::server::serve_status(&args.status_socket, query_tx.clone()) {
-        Ok(s) => {
-            crate::say!("dockexpose: `dockexpose status` answered on {}", args.status_socket.display());
-            Some(s)
-        }
-        Err(e) => {
-            crate::say!("warning: no status socket ({e}); `dockexpose status` cannot ask this daemon, detection goes on");
-            None
-        }
-    };
-    if let Some(addr) = metrics_addr {
-        let bound = status::server::serve_metrics(addr, query_tx.clone()).await.map_err(Error::Config)?;
-        crate::say!("dockexpose: Prometheus metrics on http://{bound}/metrics (also /healthz, /readyz)");
-    }
-    drop(query_tx);
-
-    let (tx, mut rx) = mpsc::channel::<ring::Batch>(CHANNEL_BATCHES);
-    let (stop_reader, reader_stop) = tokio::sync::oneshot::channel();
-    let mut reader_task = tokio::spawn(ring::run(continuity.ring(), tx, w.reader.clone(), reader_stop));
-    let mut reader_ended = false;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
-    let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(Error::Signals)?;
-    let mut refresh = interval(HOST_REFRESH);
-    refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut stats = interval(w.settings.stats_interval.unwrap_or(Duration::from_secs(3600 * 24 * 365)));
-    stats.tick().await;
-
-    let watched: Vec<&str> = w.kernel.bridges().collect();
-    let uplinks: Vec<&str> = w.kernel.uplinks().collect();
-    crate::say!("dockexpose: {}", w.kernel.features().line());
-    // A defence this kernel cannot give is a health alert (condition kernel_limits),
-    // printed and sent to the sinks like any other.
-    for (feature, limit) in w.kernel.features().limits() {
-        w.outputs.alerts.health_failing(HealthCondition::KernelLimits, Some(feature), format!("dockexpose: this kernel: {limit}"));
-    }
-    match w.kernel.conntrack() {
-        ConntrackAccess::Kfuncs => crate::say!(
-            "dockexpose: conntrack consulted from the bridge program: exact host ports on every uplink, fragments told by the kernel's own state"
-        ),
-        ConntrackAccess::Unavailable(why) => crate::say!(
-            "warning: conntrack cannot be consulted ({}): host ports come from the uplink programs and the published bindings; a first fragment cut before the TCP flags is counted as bridge_uninspected",
-            human::escape_untrusted(why)
-        ),
-    }
-    crate::say!(
-        "dockexpose: watching {} ({}); uplinks: {}; JSON log: {}",
-        if watched.is_empty() { "no bridge yet".to_string() } else { watched.join(", ") },
-        w.bridge_source(),
-        match w.settings.uplinks {
-            UplinkSelection::Off(why) => why.to_string(),
-            UplinkSelection::Auto if uplinks.is_empty() => {
-                "none found (no up interface with a global address that is not a container bridge); picked up when one appears".to_string()
-            }
-            _ if uplinks.is_empty() => "none yet".to_string(),
-            _ => uplinks.join(", "),
-        },
-        args.json.as_deref().map_or("off".into(), |p| if p == Path::new("-") { "stdout".into() } else { p.display().to_string() }),
-    );
-    for s in &w.sinks {
-        crate::say!("dockexpose: alerts also go to {}", human::escape_untrusted(s.name()));
-    }
-    if let Some(v) = &w.verify {
-        crate::say!(
-            "dockexpose: verify: every published port now and every {}, new published ports {} s after Docker publishes them; probes from {} on {} (their records are not outside connections)",
-            humantime::format_duration(v.settings.every),
-            verifyd::DEBOUNCE.as_secs(),
-            v.settings.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
-            if v.settings.uplinks.is_empty() { "the uplinks verify chooses".to_string() } else { v.settings.uplinks.join(", ") },
-        );
-    }
-    // Attached and reading: a Type=notify service is now started.
-    state::notify::tell("READY=1");
-    // SIGINT/SIGTERM while a verify run goes: wait for it to clean up, then stop.
-    let mut stopping: Option<(&'static str, Instant)> = None;
-
-    let outcome = loop {
-        let verify_due = if stopping.is_some() {
-            None
-        } else {
-            w.verify.as_ref().and_then(|v| v.schedule.due()).map(|due| w.drift_due().map_or(due, |d| d.min(due)))
-        };
-        tokio::select! {
-            // While the audit log holds all it may (a full disk), records wait in the ring.
-            Some(batch) = rx.recv(), if !w.outputs.audit.full() => {
-                w.handle_batch(&batch)?;
-                // Take the rest of a burst now; flushed below, once.
-                for _ in 0..BATCHES_PER_FLUSH {
-                    let Ok(batch) = rx.try_recv() else { break };
-                    w.handle_batch(&batch)?;
-                }
-            }
-            Some(state) = next_docker_state(&mut docker_rx) => w.docker_changed(state)?,
-            Some(book) = intent_rx.recv() => w.intent_read(book),
-            Some(cause) = ground_rx.recv() => w.ground_moved(cause),
-            _ = refresh.tick() => {
-                w.intent.tick(Instant::now());
-                w.refresh_host()?;
-                continuity.refreshed(&mut w.kernel);
-            }
-            _ = stats.tick() => w.report_counters()?,
-            Some(query) = query_rx.recv() => w.answer(query),
-            Some(result) = next_verify_result(&mut verify_rx) => w.verify_done(result)?,
-            _ = sleep_until(verify_due) => w.start_verify(),
-            _ = sighup.recv() => {
-                w.reopen_audit_log("SIGHUP");
-                w.reload().await;
-            }
-            _ = sigusr1.recv() => w.reopen_audit_log("SIGUSR1"),
-            // The audit log failed: try it again (the flush below) now and then.
-            _ = tokio::time::sleep(AUDIT_RETRY), if w.outputs.audit.holding() => {}
-            _ = sigint.recv() => {
-                if !w.verify_running() {
-                    break Ok("SIGINT");
-                }
-                stopping.get_or_insert(("SIGINT", Instant::now() + VERIFY_STOP_WAIT));
-            }
-            _ = sigterm.recv() => {
-                if !w.verify_running() {
-                    break Ok("SIGTERM");
-                }
-                stopping.get_or_insert(("SIGTERM", Instant::now() + VERIFY_STOP_WAIT));
-            }
-            res = &mut reader_task => {
-                reader_ended = true;
-                break match res {
-                    Ok(Ok(_)) => Err(Error::RingBuffer(std::io::Error::other("the reader stopped"))),
-                    Ok(Err(e)) => Err(e),
-                    Err(e) => Err(Error::RingBuffer(std::io::Error::other(e))),
-                };
-            }
-        }
-        // Before waiting again, everything seen so far is written out; then (only
-        // then) its ring space is released.
-        w.flush();
-        let holding = w.outputs.audit.holding();
-        continuity.flushed(holding);
-        w.pending.flushed(!holding);
-        w.ring_unreleased = continuity.unreleased();
-        if let Some((reason, deadline)) = stopping {
-            if !w.verify_running() {
-                break Ok(reason);
-            }
-            if Instant::now() >= deadline {
-                crate::say!("warning: the verify run in progress did not finish within {} s; stopping without its results", VERIFY_STOP_WAIT.as_secs());
-                break Ok(reason);
-            }
-        }
-    };
-    // What the reader handed over, then what is still in the ring, gets written.
-    state::notify::tell("STOPPING=1");
-    let _ = stop_reader.send(());
-    let cursor = if reader_ended { None } else { reader_task.await.ok().and_then(|r| r.ok()) };
-    while let Ok(batch) = rx.try_recv() {
-        w.handle_batch(&batch)?;
-    }
-    if let Some(cursor) = cursor {
-        let rest = ring::drain_rest(&continuity.ring(), cursor, &w.reader);
-        w.handle_batch(&rest)?;
-    }
-    w.release_pending(true)?;
-    w.flush();
-    if !w.attempts.is_empty() {
-        crate::say!("dockexpose: {} attempts were still within their --blocked-after window at exit: no verdict", w.attempts.len());
-    }
-    let reason = outcome?;
-    w.outputs.tick(Instant::now() + w.settings.alert_window);
-    w.report_final_counters()?;
-    let bridges: Vec<String> = w.kernel.bridges().chain(w.kernel.uplinks()).map(str::to_string).collect();
-    let kept = continuity.pin_dir().filter(|_| !continuity.detach_on_exit).map(|d| d.dir.display().to_string());
-    continuity.stop(&mut w.kernel, &mut w.outputs.audit, reason)?;
-    // Give the sinks a moment to deliver the last alerts.
-    let sinks = std::mem::take(&mut w.sinks);
-    drop(w);
-    for s in sinks {
-        if let Ok(s) = std::rc::Rc::try_unwrap(s) {
-            s.stop().await;
-        }
-    }
-    let list = if bridges.is_empty() { "nothing".into() } else { bridges.join(", ") };
-    match kept {
-        Some(dir) => crate::say!("dockexpose: {reason}: the kernel side stays attached to {list} and keeps recording (pinned at {dir}; the next start resumes it, `dockexpose cleanup` removes it)"),
-        None => crate::say!("dockexpose: {reason}: detached from {list}"),
-    }
-    Ok(())
+    let (mut w, mut continuity, mut inputs, config_path) = start::open(cli, matches)?.connect().await?;
+    w.announce(config_path.as_deref());
+    let outcome = w.serve(&mut inputs, &mut continuity).await?;
+    w.stop(outcome, inputs, continuity).await
 }
 
 /// The next Docker state, or never when Docker is off.
