@@ -156,6 +156,9 @@ fn build_kernel_bench() -> Result<PathBuf> {
 
 fn test(root: bool, args: &[String]) -> Result<()> {
     setup::install(root)?;
+    // The tools every Rust project uses, first; a failure is said at the end, after
+    // the tests, so that it never hides their results.
+    let lint_failures = lint();
     let mut cmd = cargo();
     // One test at a time: the integration tests share kernel state (bpffs, TCX links,
     // iptables rules, network namespaces).
@@ -213,7 +216,38 @@ fn test(root: bool, args: &[String]) -> Result<()> {
     if vm_failed {
         bail!("the kernel matrix failed\n  Fix: see the VMCHECK FAIL lines above");
     }
+    if !lint_failures.is_empty() {
+        bail!("{} failed\n  Fix: see its output near the start of this run", lint_failures.join(" and "));
+    }
     Ok(())
+}
+
+/// rustfmt over the whole workspace (the eBPF crate included) and clippy over the
+/// userspace crates, warnings denied. Returns what failed, by name.
+fn lint() -> Vec<&'static str> {
+    let mut failed = Vec::new();
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--release", "--workspace", "--exclude", "dockexpose-ebpf", "--all-targets", "--", "-D", "warnings"]);
+    for (name, cmd, fix) in [
+        ("rustfmt", &mut fmt, "run `cargo fmt --all` and commit the result"),
+        ("clippy", &mut clippy, "mend what clippy names above"),
+    ] {
+        say!("lint: running: {}", describe(cmd));
+        match cmd.status() {
+            Ok(status) if status.success() => say!("lint: {name}: clean"),
+            Ok(status) => {
+                say!("lint: {name}: FAILED ({status}); fix: {fix}");
+                failed.push(name);
+            }
+            Err(e) => {
+                say!("lint: {name}: could not run ({e}); fix: rustup component add {name}");
+                failed.push(name);
+            }
+        }
+    }
+    failed
 }
 
 /// Replaces xtask with dockexpose, so that its signals and exit code are its own. Not

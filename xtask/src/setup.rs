@@ -99,6 +99,7 @@ pub(crate) fn install(root: bool) -> Result<()> {
     ensure_debian_packages(root)?;
     ensure_python_modules(root)?;
     ensure_bpf_linker()?;
+    ensure_lint_tools()?;
     report_ebpf_compiler();
     ensure_bpffs(root);
     say!("setup: done");
@@ -320,4 +321,18 @@ pub(crate) fn bpffs_mounted(mounts: &str) -> bool {
         let fields: Vec<&str> = line.split_whitespace().collect();
         fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
     })
+}
+
+/// rustfmt and clippy, which `cargo xtask test` runs first: rustup's components of the
+/// toolchain in use (a minimal rustup profile lacks them).
+pub(crate) fn ensure_lint_tools() -> Result<()> {
+    for (component, probe) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
+        let present = cargo().args([probe, "--version"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        if present {
+            say!("setup: {component} present");
+            continue;
+        }
+        run(Command::new("rustup").args(["component", "add", component]), "install rustup, or the component by hand")?;
+    }
+    Ok(())
 }
