@@ -217,6 +217,11 @@ pub struct WatchArgs {
     #[arg(env = "DOCKEXPOSE_JSON_FORMAT", long, value_name = "FORMAT", value_enum, default_value_t = JsonFormat::Native)]
     pub json_format: JsonFormat,
 
+    /// The name every record and event gives this host (`host`; ECS host.name, OCSF
+    /// device.hostname). Default: the hostname.
+    #[arg(env = "DOCKEXPOSE_HOST_NAME", long, value_name = "NAME")]
+    pub host_name: Option<String>,
+
     /// The hook that sees attempts on the uplinks: `tc` (TCX ingress, the default:
     /// ahead of every firewall table, reading each packet where it is) or `xdp` (the
     /// earliest hook; native XDP on veth and virtio NICs converts every packet and

@@ -61,6 +61,8 @@ pub struct WatchSection {
     pub verify_from: Option<Vec<String>>,
     /// Where the host's root is, for its firewall's word ("/" on the host).
     pub intent_root: Option<PathBuf>,
+    /// The name records give this host (default: the hostname).
+    pub host_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -181,6 +183,7 @@ pub fn merge(args: &WatchArgs, m: &ArgMatches, file: &FileConfig) -> Result<Watc
         verify_every,
         verify_from: pick(m, "verify_from", args.verify_from.clone(), w.verify_from.clone()),
         intent_root: pick(m, "intent_root", args.intent_root.clone(), w.intent_root.clone()),
+        host_name: pick(m, "host_name", args.host_name.clone(), w.host_name.clone().map(Some)),
         rotate_size_mb: pick(m, "rotate_size_mb", args.rotate_size_mb, file.audit.rotate_size_mb),
         max_files: pick(m, "max_files", args.max_files, file.audit.max_files),
         status_socket: pick(m, "status_socket", args.status_socket.clone(), file.status.socket.clone()),
@@ -230,6 +233,7 @@ pub fn effective_file(args: &WatchArgs, sinks: &crate::output::sinks::SinksConfi
             verify_every: args.verify_every.map(|d| humantime::format_duration(d).to_string()),
             verify_from: Some(args.verify_from.clone()),
             intent_root: Some(args.intent_root.clone()),
+            host_name: args.host_name.clone(),
         },
         alerts: AlertsSection { window: Some(args.alert_window) },
         audit: AuditSection {
@@ -301,6 +305,7 @@ pub fn needs_restart(old: &WatchArgs, new: &WatchArgs) -> Vec<&'static str> {
     check("watch.verify_from", old.verify_from != new.verify_from);
     check("audit.path", old.json != new.json);
     check("audit.json_format", old.json_format != new.json_format);
+    check("watch.host_name", old.host_name != new.host_name);
     check("status.socket", old.status_socket != new.status_socket);
     check("metrics.listen", old.metrics != new.metrics || old.metrics_allow_remote != new.metrics_allow_remote);
     out

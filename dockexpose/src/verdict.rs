@@ -73,6 +73,15 @@ pub enum Verdict {
     Blocked { attempt: Observation, iface: String },
 }
 
+impl Verdict {
+    /// The attempt judged.
+    pub fn attempt(&self) -> &Observation {
+        match self {
+            Verdict::ReachedViaProxy { attempt, .. } | Verdict::Blocked { attempt, .. } => attempt,
+        }
+    }
+}
+
 pub struct AttemptTracker {
     window_ns: u64,
     waiting: HashMap<Key, Waiting>,

@@ -24,9 +24,11 @@ use super::{
     audit::{AuditLog, AuditStats},
     community_id,
     contradictions::Contradictions,
+    formats::Observer,
     exposures::ExposureTable,
     human,
     record::Record,
+    record_id,
 };
 use crate::{
     kernel::event::{KernelClock, Observation},
@@ -196,6 +198,9 @@ pub struct Outputs {
     record_latency: LatencyHistogram,
     alert_latency: LatencyHistogram,
     records: u64,
+    /// The `host` and `host_id` of every record.
+    host: Arc<str>,
+    host_id: Option<Arc<str>>,
 }
 
 impl Outputs {
@@ -211,7 +216,31 @@ impl Outputs {
             record_latency: LatencyHistogram::default(),
             alert_latency: LatencyHistogram::default(),
             records: 0,
+            host: "-".into(),
+            host_id: None,
         }
+        .named_by(&Observer::this_host())
+    }
+
+    /// The host every record names (the observer the formats name too).
+    pub fn named_by(mut self, observer: &Observer) -> Self {
+        self.host = observer.hostname.as_str().into();
+        self.host_id = observer.host_id.as_deref().map(Into::into);
+        self
+    }
+
+    /// What every record written carries: its host, and its Community ID.
+    fn stamp(&self, rec: &mut Record) {
+        rec.community_id = Some(community_id::of_record(rec));
+        (rec.host, rec.host_id) = (Some(self.host.clone()), self.host_id.clone());
+    }
+
+    /// A verdict on an attempt (blocked, or reached through a proxy): named by the
+    /// attempt it judges, so that a verdict made again from the same attempt after a
+    /// restart is the same record.
+    pub fn verdict(&mut self, mut rec: Record, attempt: &Observation) {
+        rec.record_id = Some(record_id::of_kernel(boot_id(), attempt.cpu, attempt.rec_seq, rec.stage));
+        self.connection(rec, None);
     }
 
     pub fn set_quiet(&mut self, quiet: bool) {
@@ -225,9 +254,10 @@ impl Outputs {
     pub fn connection(&mut self, mut rec: Record, kernel: Option<&Observation>) {
         if let Some(obs) = kernel {
             (rec.boot_id, rec.cpu, rec.kseq) = (Some(boot_id()), Some(obs.cpu), Some(obs.rec_seq));
+            rec.record_id = Some(record_id::of_kernel(boot_id(), obs.cpu, obs.rec_seq, rec.stage));
         }
         let contradiction = self.contradictions.annotate(&mut rec);
-        rec.community_id = Some(community_id::of_record(&rec));
+        self.stamp(&mut rec);
         let rec = Arc::new(rec);
         self.records += 1;
         self.audit.record(&rec);
@@ -252,7 +282,8 @@ impl Outputs {
 
     /// A `verified` record (a probe of `--verify-every`).
     pub fn verified(&mut self, mut rec: Record, container_port: Option<u16>) {
-        rec.community_id = Some(community_id::of_record(&rec));
+        self.stamp(&mut rec);
+        rec.record_id = Some(record_id::of_content(&rec));
         let rec = Arc::new(rec);
         self.records += 1;
         self.audit.record(&rec);

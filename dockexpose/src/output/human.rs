@@ -135,6 +135,9 @@ mod tests {
             boot_id: None,
             cpu: None,
             kseq: None,
+            record_id: None,
+            host: None,
+            host_id: None,
         };
         assert_eq!(
             connection_line(&rec),

@@ -11,4 +11,5 @@ pub mod formats;
 pub mod fanout;
 pub mod human;
 pub mod record;
+pub mod record_id;
 pub mod sinks;

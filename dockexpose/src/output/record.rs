@@ -168,6 +168,16 @@ pub struct Record {
     pub cpu: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kseq: Option<u64>,
+    /// The record's own name, the same each time the same record is delivered
+    /// (output/record_id.rs). Set by the fan-out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_id: Option<String>,
+    /// The host that saw it (`--host-name`, by default the hostname) and its
+    /// /etc/machine-id. Set by the fan-out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<std::sync::Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<std::sync::Arc<str>>,
 }
 
 /// The shape words of an observation; on a kernel whose conntrack the bridge program
@@ -213,6 +223,9 @@ impl Record {
             boot_id: None,
             cpu: None,
             kseq: None,
+            record_id: None,
+            host: None,
+            host_id: None,
         }
     }
 

@@ -168,8 +168,32 @@ pub(super) fn trusted(list: &[String]) -> Result<Vec<Prefix>> {
         .collect()
 }
 
+/// `--host-name`: written into every record, so a name a store can key on: 1 to 255
+/// printable characters, no whitespace.
+pub(super) fn host_name(name: &str) -> Result<String> {
+    let ok = !name.is_empty() && name.len() <= 255 && name.chars().all(|c| c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control() && !c.is_whitespace()));
+    if !ok {
+        return Err(Error::Config(format!(
+            "--host-name {:?}: a host name is 1 to 255 printable characters without spaces.\n  Fix: give e.g. --host-name web-01, or leave it out to use the hostname",
+            crate::output::human::escape_untrusted(name)
+        )));
+    }
+    Ok(name.to_string())
+}
+
+
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_host_name_is_printable_and_without_spaces() {
+        assert_eq!(super::host_name("web-01.example").unwrap(), "web-01.example");
+        for bad in ["", "web 01", "evil\n", "tab\there", &"x".repeat(256)] {
+            let e = super::host_name(bad).unwrap_err().to_string();
+            assert!(e.contains("--host-name") && e.contains("Fix:"), "{e}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -20,7 +20,7 @@ impl Watcher {
         for verdict in self.attempts.expire(clock.ktime_now()) {
             let rec = correlate::verdict_record(&verdict, |k| clock.wall(k), self.inventory.as_ref());
             // Verdicts wait for their window by design: no latency sample.
-            self.outputs.connection(rec, None);
+            self.outputs.verdict(rec, verdict.attempt());
         }
         let untracked = self.attempts.take_untracked();
         self.attempts_untracked += untracked;

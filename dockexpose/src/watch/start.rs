@@ -64,7 +64,11 @@ pub(super) fn open(cli: WatchArgs, matches: ArgMatches) -> Result<Opened> {
     let settings = settings::validate(&args, &host)?;
     let metrics_addr = config::metrics_addr(&args).map_err(Error::Config)?;
     let mut audit = AuditLog::open(args.json.as_deref(), settings::rotation(&args))?;
-    let formatter = Formatter::new(args.json_format, Observer::this_host());
+    let mut observer = Observer::this_host();
+    if let Some(name) = &args.host_name {
+        observer.hostname = settings::host_name(name)?;
+    }
+    let formatter = Formatter::new(args.json_format, observer);
     audit.set_format(formatter.clone());
     privileges::check()?;
     let sinks = start_sinks(&sink_config)?;
@@ -91,7 +95,8 @@ pub(super) fn open(cli: WatchArgs, matches: ArgMatches) -> Result<Opened> {
     });
     let (intent_state, intent_rx) = intent::IntentState::new(args.intent_root.clone());
     let clock = KernelClock::now();
-    let outputs = Outputs::new(audit, settings.quiet, AlertStage::new(settings.alert_window, alert_outs(&sinks)), clock);
+    let outputs = Outputs::new(audit, settings.quiet, AlertStage::new(settings.alert_window, alert_outs(&sinks)), clock)
+        .named_by(&formatter.observer);
     let w = Watcher {
         kernel,
         settings,
