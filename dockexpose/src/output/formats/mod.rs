@@ -6,6 +6,8 @@
 
 mod ecs;
 mod ocsf;
+#[cfg(test)]
+mod samples;
 
 use serde_json::{Map, Value};
 
