@@ -3,7 +3,7 @@
 //! itself; `exposure_changed` as Network Activity "Other" on the host port.
 //!
 //! `dst_endpoint` is the host side the outsider used, with the container in
-//! `dst_endpoint.container`; the container side's address, where the host side was
+//! `dst_endpoint.container` (uid and name: OCSF's image needs the image ID); the container side's address, where the host side was
 //! translated to it, is `dst_endpoint.proxy_endpoint` (OCSF's place for NAT). The
 //! rest of the record is in `unmapped`, under its native keys.
 
@@ -196,16 +196,18 @@ fn network_activity(rec: &Record, observer: &Observer, severity_id: u32) -> Map<
     }
     let mut rest = native_map(rec);
     if let Some(c) = &rec.container {
-        dst["container"] = json!({ "uid": c.id, "name": c.name, "image": { "name": c.image } });
-        // Compose and swarm have no OCSF attribute: they stay, under their own keys.
+        // OCSF's image requires its uid (the image ID), which the record does not
+        // have: the image's name stays in unmapped, with compose and swarm.
+        dst["container"] = json!({ "uid": c.id, "name": c.name });
         let mut labels = Map::new();
         for (key, value) in [
-            ("compose_project", &c.compose_project),
-            ("compose_service", &c.compose_service),
-            ("swarm_service", &c.swarm_service),
-            ("swarm_task", &c.swarm_task),
+            ("image", Some(&c.image)),
+            ("compose_project", c.compose_project.as_ref()),
+            ("compose_service", c.compose_service.as_ref()),
+            ("swarm_service", c.swarm_service.as_ref()),
+            ("swarm_task", c.swarm_task.as_ref()),
         ] {
-            labels.insert(key.into(), value.as_deref().into());
+            labels.insert(key.into(), value.map(String::as_str).into());
         }
         rest.insert("container".into(), Value::Object(labels));
     } else {
@@ -282,7 +284,11 @@ pub fn daemon_line(native: Value, observer: &Observer) -> Value {
         let to = native.get("to").and_then(Value::as_str);
         let severity_id = if matches!(to, Some("EXPOSED" | "PROXY")) { 3 } else { 1 };
         let mut event = base(&NETWORK_ACTIVITY, (99, "Exposure Changed"), time, severity_id, observer);
-        let mut dst = json!({});
+        // The destination is this host's port, on the uplink the probe came in by.
+        let mut dst = json!({ "hostname": observer.hostname });
+        if let Some(uplink) = native.get("uplink").and_then(Value::as_str) {
+            dst["interface_name"] = uplink.into();
+        }
         if let Some(port) = native.get("host_port").filter(|p| p.is_u64()) {
             dst["port"] = port.clone();
         }
