@@ -37,7 +37,7 @@ use dockexpose::{
         record::{ContainerRef, HostSide, Record},
     },
 };
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 fn observer() -> Observer {
     Observer { hostname: "web-01".into(), host_id: Some("0123456789abcdef0123456789abcdef".into()), version: "0.1.0" }
@@ -82,7 +82,7 @@ fn record(stage: Stage, proto: Proto, src: &str, dst: (&str, u16), host: Option<
 
 /// Every kind of event the formats write, by name: records, alerts, daemon lines.
 enum Input {
-    Record(Record),
+    Record(Box<Record>),
     Alert(Alert),
     Daemon(Value),
 }
@@ -98,10 +98,13 @@ fn inputs() -> Vec<(&'static str, Input)> {
     contradicted.contradiction = Some(true);
     contradicted.ban_bypassed = Some("ipset blocklist".into());
     let mut health = HealthLimiter::new(Duration::from_secs(60));
-    let failing =
-        health.failing(HealthCondition::AuditLog, None, "WARNING: writing the audit log failed".into(), Instant::now()).unwrap();
+    let failing = health
+        .failing(HealthCondition::AuditLog, None, "WARNING: writing the audit log failed".into(), Instant::now())
+        .unwrap();
     let mut detached = HealthLimiter::new(Duration::from_secs(60));
-    let detached = detached.failing(HealthCondition::Detached, Some("br-x"), "bridge br-x disappeared".into(), Instant::now()).unwrap();
+    let detached = detached
+        .failing(HealthCondition::Detached, Some("br-x"), "bridge br-x disappeared".into(), Instant::now())
+        .unwrap();
     let lifecycle = |event: &str, extra: Value| {
         let mut line = json!({"schema": 1, "ts": "2026-11-29T15:52:05.254839Z", "event": event,
                               "boot_id": "cc02aa2a-5c1e-4b7e-9d1a-2f0e6c9b8a71", "pid": 27299, "version": "0.1.0",
@@ -110,27 +113,101 @@ fn inputs() -> Vec<(&'static str, Input)> {
         line
     };
     vec![
-        ("attempted", Input::Record(record(Stage::Attempted, Proto::Tcp, "198.18.3.2", ("198.18.3.1", 8080), Some(("198.18.3.1", 8080))))),
-        ("reached", Input::Record(reached.clone())),
-        ("reached without host side", Input::Record(record(Stage::Reached, Proto::Tcp, "198.18.3.2", ("172.17.0.2", 80), None))),
-        ("blocked", Input::Record(blocked)),
-        ("verified", Input::Record(verified)),
-        ("reached ipv6", Input::Record(record(Stage::Reached, Proto::Tcp, "fd42:198::2", ("fd42:198:1::2", 80), Some(("fd42:198::1", 8080))))),
-        ("reached udp", Input::Record(record(Stage::Reached, Proto::Udp, "198.18.3.2", ("172.17.0.2", 53), Some(("198.18.3.1", 5353))))),
-        ("reached sctp", Input::Record(record(Stage::Reached, Proto::Sctp, "198.18.3.2", ("172.17.0.2", 9899), Some(("198.18.3.1", 9899))))),
-        ("alert", Input::Alert(Alert::new(AlertKind::Reached, "EXPOSED web (nginx:1.27) 198.18.3.1:8080 -> 80/tcp".into(), Some(Arc::new(reached))))),
-        ("contradiction alert", Input::Alert(Alert::new(AlertKind::Contradiction, "CONTRADICTION: ipset blocklist".into(), Some(Arc::new(contradicted))))),
+        (
+            "attempted",
+            Input::Record(Box::new(record(
+                Stage::Attempted,
+                Proto::Tcp,
+                "198.18.3.2",
+                ("198.18.3.1", 8080),
+                Some(("198.18.3.1", 8080)),
+            ))),
+        ),
+        ("reached", Input::Record(Box::new(reached.clone()))),
+        (
+            "reached without host side",
+            Input::Record(Box::new(record(Stage::Reached, Proto::Tcp, "198.18.3.2", ("172.17.0.2", 80), None))),
+        ),
+        ("blocked", Input::Record(Box::new(blocked))),
+        ("verified", Input::Record(Box::new(verified))),
+        (
+            "reached ipv6",
+            Input::Record(Box::new(record(
+                Stage::Reached,
+                Proto::Tcp,
+                "fd42:198::2",
+                ("fd42:198:1::2", 80),
+                Some(("fd42:198::1", 8080)),
+            ))),
+        ),
+        (
+            "reached udp",
+            Input::Record(Box::new(record(
+                Stage::Reached,
+                Proto::Udp,
+                "198.18.3.2",
+                ("172.17.0.2", 53),
+                Some(("198.18.3.1", 5353)),
+            ))),
+        ),
+        (
+            "reached sctp",
+            Input::Record(Box::new(record(
+                Stage::Reached,
+                Proto::Sctp,
+                "198.18.3.2",
+                ("172.17.0.2", 9899),
+                Some(("198.18.3.1", 9899)),
+            ))),
+        ),
+        (
+            "alert",
+            Input::Alert(Alert::new(
+                AlertKind::Reached,
+                "EXPOSED web (nginx:1.27) 198.18.3.1:8080 -> 80/tcp".into(),
+                Some(Arc::new(reached)),
+            )),
+        ),
+        (
+            "contradiction alert",
+            Input::Alert(Alert::new(
+                AlertKind::Contradiction,
+                "CONTRADICTION: ipset blocklist".into(),
+                Some(Arc::new(contradicted)),
+            )),
+        ),
         ("health alert", Input::Alert(failing)),
         ("detached alert", Input::Alert(detached)),
-        ("summary alert", Input::Alert(Alert::new(AlertKind::Suppressed, "WARNING: 12 more alerts not shown".into(), None))),
-        ("daemon_start", Input::Daemon(lifecycle("daemon_start", json!({"kernel_state": "resumed", "previous_stop": "crash",
+        (
+            "summary alert",
+            Input::Alert(Alert::new(AlertKind::Suppressed, "WARNING: 12 more alerts not shown".into(), None)),
+        ),
+        (
+            "daemon_start",
+            Input::Daemon(lifecycle(
+                "daemon_start",
+                json!({"kernel_state": "resumed", "previous_stop": "crash",
             "backlog_records": 412, "backlog_bytes": 39552, "ring_bytes": 4194304, "lost_since_last_stop": 0,
-            "kernel_state_since": "2026-11-29T15:51:58.000000Z"})))),
-        ("daemon_stop", Input::Daemon(lifecycle("daemon_stop", json!({"reason": "SIGTERM", "kernel_side": "kept", "left_in_ring": 0})))),
-        ("kernel_state_reset", Input::Daemon(lifecycle("kernel_state_reset", json!({"reason": "layout changed", "lost": null})))),
-        ("exposure_changed", Input::Daemon(json!({"event": "exposure_changed", "ts": "2026-12-07T07:00:00Z", "host_port": 8080,
+            "kernel_state_since": "2026-11-29T15:51:58.000000Z"}),
+            )),
+        ),
+        (
+            "daemon_stop",
+            Input::Daemon(lifecycle(
+                "daemon_stop",
+                json!({"reason": "SIGTERM", "kernel_side": "kept", "left_in_ring": 0}),
+            )),
+        ),
+        (
+            "kernel_state_reset",
+            Input::Daemon(lifecycle("kernel_state_reset", json!({"reason": "layout changed", "lost": null}))),
+        ),
+        (
+            "exposure_changed",
+            Input::Daemon(json!({"event": "exposure_changed", "ts": "2026-12-07T07:00:00Z", "host_port": 8080,
             "proto": "tcp", "family": "ipv4", "uplink": "eth0", "from": "HELD", "to": "EXPOSED",
-            "cause": {"kind": "ruleset", "process": "iptables", "pid": 1234, "detail": null}}))),
+            "cause": {"kind": "ruleset", "process": "iptables", "pid": 1234, "detail": null}})),
+        ),
     ]
 }
 
@@ -189,8 +266,10 @@ fn ecs_fields() -> BTreeMap<String, (String, bool)> {
     let header = &rows[0];
     let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}"));
     let (field, kind, norm) = (col("Field"), col("Type"), col("Normalization"));
-    let fields: BTreeMap<_, _> =
-        rows[1..].iter().map(|r| (r[field].clone(), (r[kind].clone(), r[norm].split(',').any(|n| n.trim() == "array")))).collect();
+    let fields: BTreeMap<_, _> = rows[1..]
+        .iter()
+        .map(|r| (r[field].clone(), (r[kind].clone(), r[norm].split(',').any(|n| n.trim() == "array"))))
+        .collect();
     assert!(fields.len() > 1500, "the whole reference was read: {} fields", fields.len());
     fields
 }
@@ -205,7 +284,8 @@ struct Allowed {
 fn ecs_allowed() -> Allowed {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ecs-8.11.0-event.yml");
     let text = std::fs::read_to_string(path).expect("the ECS reference is in tests/data");
-    let (mut values, mut expected) = (BTreeMap::<String, BTreeSet<String>>::new(), BTreeMap::<String, BTreeSet<String>>::new());
+    let (mut values, mut expected) =
+        (BTreeMap::<String, BTreeSet<String>>::new(), BTreeMap::<String, BTreeSet<String>>::new());
     let (mut field, mut value) = (String::new(), String::new());
     for line in text.lines() {
         if let Some(name) = line.strip_prefix("    - name: ") {
@@ -243,7 +323,9 @@ fn ecs_problems(event: &Value, fields: &BTreeMap<String, (String, bool)>, allowe
     fn walk(prefix: &str, v: &Value, fields: &BTreeMap<String, (String, bool)>, out: &mut Vec<String>) {
         let Some((ecs_type, array)) = fields.get(prefix) else {
             match v {
-                Value::Object(map) if !prefix.is_empty() && fields.keys().any(|f| f.starts_with(&format!("{prefix}."))) => {
+                Value::Object(map)
+                    if !prefix.is_empty() && fields.keys().any(|f| f.starts_with(&format!("{prefix}."))) =>
+                {
                     for (k, child) in map {
                         walk(&format!("{prefix}.{k}"), child, fields, out);
                     }
@@ -348,7 +430,8 @@ fn ocsf_events_validate_against_the_ocsf_schema() {
         }
         skip::skip(TEST, &format!("{why} (python3 -m pip install ocsf-json-schema jsonschema)"));
     };
-    let probe = Command::new("python3").args(["-c", "import ocsf_json_schema, jsonschema"]).stderr(Stdio::null()).status();
+    let probe =
+        Command::new("python3").args(["-c", "import ocsf_json_schema, jsonschema"]).stderr(Stdio::null()).status();
     match probe {
         Ok(s) if s.success() => {}
         Ok(_) => return missing("python3 cannot import ocsf_json_schema and jsonschema".into()),
@@ -364,7 +447,8 @@ fn ocsf_events_validate_against_the_ocsf_schema() {
     bad_uid["type_uid"] = 400105.into();
     let mut bad_caption = events[3].1.clone();
     bad_caption["disposition"] = "Allowed".into();
-    let controls = [("broken: unknown attribute", broken), ("broken: type_uid", bad_uid), ("broken: caption", bad_caption)];
+    let controls =
+        [("broken: unknown attribute", broken), ("broken: type_uid", bad_uid), ("broken: caption", bad_caption)];
     let control_names: Vec<&str> = controls.iter().map(|(n, _)| *n).collect();
     events.extend(controls);
 

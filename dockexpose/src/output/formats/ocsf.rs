@@ -3,9 +3,11 @@
 //! itself; `exposure_changed` as Network Activity "Other" on the host port.
 //!
 //! `dst_endpoint` is the host side the outsider used, with the container in
-//! `dst_endpoint.container` (uid and name: OCSF's image needs the image ID); the container side's address, where the host side was
-//! translated to it, is `dst_endpoint.proxy_endpoint` (OCSF's place for NAT). The
-//! rest of the record is in `unmapped`, under its native keys.
+//! `dst_endpoint.container` (uid and name: OCSF's image needs the image ID, which the
+//! record lacks); the container side's address, where the host side was translated to
+//! it, is `dst_endpoint.proxy_endpoint` (OCSF's place for NAT). The rest of the record
+//! is in `unmapped`, under its native keys (health alerts and summaries without a
+//! record are Application Lifecycle "Other", about dockexpose itself).
 
 use std::time::SystemTime;
 
