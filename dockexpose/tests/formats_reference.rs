@@ -414,7 +414,7 @@ fn ecs_events_use_ecs_field_names_types_and_values() {
     for expected in ["destination.nat.address", "source.port", "event.kind", "event.type creation"] {
         assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected} not caught: {problems:#?}");
     }
-    println!("{} ECS events match ECS 8.11.0", events.len());
+    println!("{} ECS events match ECS 8.11.0; the reached one:\n{}", events.len(), events[1].1);
 }
 
 // ---------------------------------------------------------------------------------
@@ -471,5 +471,10 @@ fn ocsf_events_validate_against_the_ocsf_schema() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    println!("{} OCSF events valid, {} broken ones caught", events.len() - control_names.len(), control_names.len());
+    println!(
+        "{} OCSF events valid, {} broken ones caught; the reached one:\n{}",
+        events.len() - control_names.len(),
+        control_names.len(),
+        events[1].1
+    );
 }

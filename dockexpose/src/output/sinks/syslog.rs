@@ -294,4 +294,20 @@ mod tests {
         // local0 (16) * 8 + notice (5).
         assert!(format(&summary, 16, "", 1, at, &formatter(JsonFormat::Native)).starts_with("<133>1 2026-11-29T07:20:34.123456Z - dockexpose 1 blocked [dockexpose@32473 kind=\"blocked\"] x"));
     }
+
+    #[test]
+    fn in_ecs_and_ocsf_the_message_is_the_event_as_compact_json() {
+        let alert = Alert::new(AlertKind::Reached, "EXPOSED web\nx".into(), Some(Arc::new(super::super::test_record())));
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_936_834_123_456);
+        let native = format(&alert, 3, "host one", 42, at, &formatter(JsonFormat::Native));
+        let header = native.split_once("] ").unwrap().0;
+        for json_format in [JsonFormat::Ecs, JsonFormat::Ocsf] {
+            let msg = format(&alert, 3, "host one", 42, at, &formatter(json_format));
+            let (head, body) = msg.split_once("] ").unwrap();
+            assert_eq!(head, header, "header and structured data as in native");
+            assert!(!body.contains('\n'), "one line: {body}");
+            let event: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(event["message"], "EXPOSED web\nx");
+        }
+    }
 }

@@ -323,6 +323,21 @@ mod tests {
     }
 
     #[test]
+    fn json_body_in_ecs_and_ocsf_is_the_alert_event() {
+        let alert = Alert::new(AlertKind::Reached, "EXPOSED web".into(), Some(Arc::new(super::super::test_record())));
+        let observer = Observer { hostname: "h1".into(), host_id: None, version: "0.1.0" };
+        let ecs = Formatter::new(JsonFormat::Ecs, observer.clone());
+        let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Json, &ecs)).unwrap();
+        assert_eq!((v["event"]["kind"].as_str(), v["message"].as_str()), (Some("alert"), Some("EXPOSED web")));
+        assert_eq!(v["destination"]["port"], 8080);
+        let ocsf = Formatter::new(JsonFormat::Ocsf, observer);
+        let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Json, &ocsf)).unwrap();
+        assert_eq!((v["class_uid"].as_u64(), v["dst_endpoint"]["port"].as_u64()), (Some(4001), Some(8080)));
+        let slack: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Slack, &ocsf)).unwrap();
+        assert_eq!(slack, serde_json::json!({"text": "dockexpose on h1: EXPOSED web"}), "Slack's body is text in every format");
+    }
+
+    #[test]
     fn slack_body_is_escaped_text() {
         let alert = Alert::new(AlertKind::Reached, "EXPOSED a&b <web> 1.2.3.4:80 -> 80/tcp \"q\"".into(), None);
         let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Slack, &native("h1"))).unwrap();
