@@ -13,10 +13,16 @@ use std::{
 
 use dockexpose::output::{
     alerts::{AlertKind, HealthCondition},
+    formats::{Formatter, JsonFormat, Observer},
     sinks::{self, journald::message_id, JournaldConfig, SinksConfig},
 };
 use serde_json::Value;
 use sinks_support::{alert, have_tool, health_alert, root, wait_for};
+
+/// The sinks' payloads as today: native JSON.
+fn native() -> Formatter {
+    Formatter::new(JsonFormat::Native, Observer::this_host())
+}
 
 const JOURNALD: &str = "/lib/systemd/systemd-journald";
 
@@ -104,7 +110,7 @@ async fn alerts_reach_the_real_journald_with_their_fields() {
     }
     let server = Journald::start().await;
     let config = SinksConfig { journald: Some(JournaldConfig { socket: server.socket(), ..Default::default() }), ..Default::default() };
-    let sink = sinks::start(&config).unwrap().pop().unwrap();
+    let sink = sinks::start(&config, &native()).unwrap().pop().unwrap();
     // A newline in a container name takes the binary form and forges no field.
     sink.offer(&alert(AlertKind::Reached, "web\nDOCKEXPOSE_STAGE=forged", 8080, "EXPOSED web 198.18.3.1:8080 -> 80/tcp"));
     sink.offer(&alert(AlertKind::Blocked, "db", 5432, "BLOCKED db 198.18.3.1:5432"));
@@ -147,7 +153,7 @@ async fn health_alerts_reach_the_real_journald() {
     }
     let server = Journald::start().await;
     let config = SinksConfig { journald: Some(JournaldConfig { socket: server.socket(), ..Default::default() }), ..Default::default() };
-    let sink = sinks::start(&config).unwrap().pop().unwrap();
+    let sink = sinks::start(&config, &native()).unwrap().pop().unwrap();
     sink.offer(&health_alert(HealthCondition::AuditLog, None, "WARNING: writing the audit log /x failed", false));
     sink.offer(&health_alert(HealthCondition::AuditLog, None, "dockexpose: the audit log /x is written again", true));
     wait_for(&sink, Duration::from_secs(5), |s| s.delivered == 2).await;

@@ -15,9 +15,15 @@ use std::{
 
 use dockexpose::output::{
     alerts::{Alert, AlertKind, HealthCondition},
+    formats::{Formatter, JsonFormat, Observer},
     sinks::{self, SinkHandle, SinksConfig, SyslogConfig},
 };
 use sinks_support::{alert, free_port, have_tool, health_alert, wait_for, TempDir};
+
+/// The sinks' payloads as today: native JSON.
+fn native() -> Formatter {
+    Formatter::new(JsonFormat::Native, Observer::this_host())
+}
 
 struct Rsyslog {
     child: Child,
@@ -105,7 +111,7 @@ fn syslog(address: String) -> SyslogConfig {
 }
 
 fn start(configs: Vec<SyslogConfig>) -> Vec<SinkHandle> {
-    sinks::start(&SinksConfig { syslog: configs, ..Default::default() }).unwrap()
+    sinks::start(&SinksConfig { syslog: configs, ..Default::default() }, &native()).unwrap()
 }
 
 const EVIL: &str = "we\"b]\\";

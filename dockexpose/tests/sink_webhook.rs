@@ -14,6 +14,7 @@ use std::{
 use bytes::Bytes;
 use dockexpose::output::{
     alerts::{AlertKind, HealthCondition},
+    formats::{Formatter, JsonFormat, Observer},
     sinks::{self, SinksConfig, WebhookConfig, WebhookFormat},
 };
 use http_body_util::{BodyExt, Full};
@@ -21,6 +22,11 @@ use hyper::{body::Incoming, header::HeaderMap, service::service_fn, Request, Res
 use hyper_util::rt::TokioIo;
 use sinks_support::{alert, have_tool, health_alert, wait_for, TempDir};
 use tokio::net::TcpListener;
+
+/// The sinks' payloads as today: native JSON.
+fn native() -> Formatter {
+    Formatter::new(JsonFormat::Native, Observer::this_host())
+}
 
 /// How the server answers one request.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -100,7 +106,7 @@ fn webhook(url: String) -> WebhookConfig {
 }
 
 fn start_one(config: WebhookConfig) -> sinks::SinkHandle {
-    sinks::start(&SinksConfig { webhook: vec![config], ..Default::default() }).unwrap().pop().unwrap()
+    sinks::start(&SinksConfig { webhook: vec![config], ..Default::default() }, &native()).unwrap().pop().unwrap()
 }
 
 /// 500, then 429 with Retry-After: 1, then no answer at all (the 2 s timeout), then

@@ -175,7 +175,12 @@ fn start_sinks(config: &SinksConfig) -> Result<Vec<std::rc::Rc<SinkHandle>>> {
     if config.journald.is_none() && sinks::journald::stderr_is_journal() {
         config.journald = Some(Default::default());
     }
-    let handles = sinks::start(&config).map_err(|e| Error::Config(e.to_string()))?;
+    // lead: json_format from settings
+    let formatter = crate::output::formats::Formatter::new(
+        crate::output::formats::JsonFormat::Native,
+        crate::output::formats::Observer::this_host(),
+    );
+    let handles = sinks::start(&config, &formatter).map_err(|e| Error::Config(e.to_string()))?;
     Ok(handles.into_iter().map(std::rc::Rc::new).collect())
 }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use self::queue::Queue;
-use super::alerts::Alert;
+use super::{alerts::Alert, formats::Formatter};
 
 mod config;
 pub mod journald;
@@ -187,12 +187,13 @@ impl Drop for SinkHandle {
     }
 }
 
-/// Validates `config` and starts one worker task per sink.
+/// Validates `config` and starts one worker task per sink; the webhook's `json` body
+/// and the syslog message take `formatter`'s JSON format.
 ///
 /// # Errors
 /// [`SinkError::Config`] names the first bad key (a URL, a header, an address, a
 /// kind, a queue length) and says how to fix it; [`SinkError::NoRuntime`] outside tokio.
-pub fn start(config: &SinksConfig) -> Result<Vec<SinkHandle>, SinkError> {
+pub fn start(config: &SinksConfig, formatter: &Formatter) -> Result<Vec<SinkHandle>, SinkError> {
     // Everything is checked before any worker starts.
     let mut ready: Vec<Box<dyn FnOnce() -> SinkHandle>> = Vec::new();
     if let Some(j) = &config.journald {
@@ -206,7 +207,7 @@ pub fn start(config: &SinksConfig) -> Result<Vec<SinkHandle>, SinkError> {
         let key = format!("sinks.syslog[{i}]");
         check_queue(&format!("{key}.queue"), s.queue)?;
         let kinds = KindSet::parse(&format!("{key}.kinds"), s.kinds.as_deref())?;
-        let sink = syslog::Syslog::new(&key, s)?;
+        let sink = syslog::Syslog::new(&key, s, formatter)?;
         let (name, queue) = (format!("syslog {}", s.address), s.queue);
         ready.push(Box::new(move || SinkHandle::spawn(name, kinds, queue, sink)));
     }
@@ -214,7 +215,7 @@ pub fn start(config: &SinksConfig) -> Result<Vec<SinkHandle>, SinkError> {
         let key = format!("sinks.webhook[{i}]");
         check_queue(&format!("{key}.queue"), w.queue)?;
         let kinds = KindSet::parse(&format!("{key}.kinds"), w.kinds.as_deref())?;
-        let sink = webhook::Webhook::new(&key, w)?;
+        let sink = webhook::Webhook::new(&key, w, formatter)?;
         let (name, queue) = (format!("webhook {}", sink.origin()), w.queue);
         ready.push(Box::new(move || SinkHandle::spawn(name, kinds, queue, sink)));
     }

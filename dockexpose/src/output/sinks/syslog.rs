@@ -4,7 +4,9 @@
 //! `<PRI>1 TIMESTAMP HOSTNAME dockexpose PROCID KIND [dockexpose@32473 kind=".."
 //! container=".." ...] TEXT`: MSGID is the alert kind, and the STRUCTURED-DATA element
 //! carries the record's fields for rules that match on them (32473 is the enterprise
-//! number RFC 5612 reserves for examples and documentation).
+//! number RFC 5612 reserves for examples and documentation). With `--json-format ecs`
+//! or `ocsf` the MSG is the alert's event as one line of compact JSON instead of TEXT;
+//! header and structured data stay.
 
 use std::{
     fmt::Write as _,
@@ -21,7 +23,11 @@ use tokio::{
 };
 
 use super::{escape_controls, hostname, Deliver, Failure, SinkError, SyslogConfig};
-use crate::output::{alerts::Alert, record::Timestamp};
+use crate::output::{
+    alerts::Alert,
+    formats::{Formatter, JsonFormat},
+    record::Timestamp,
+};
 
 /// The SD-ID of dockexpose's structured data.
 pub const SD_ID: &str = "dockexpose@32473";
@@ -87,8 +93,8 @@ fn header_field(s: &str, max: usize) -> String {
     if out.is_empty() { "-".into() } else { out }
 }
 
-/// The RFC 5424 message of an alert.
-pub fn format(alert: &Alert, facility: u8, host: &str, pid: u32, now: SystemTime) -> String {
+/// The RFC 5424 message of an alert: TEXT for the native format, else the event's JSON.
+pub fn format(alert: &Alert, facility: u8, host: &str, pid: u32, now: SystemTime, formatter: &Formatter) -> String {
     let pri = u32::from(facility) * 8 + u32::from(alert.severity());
     let ts = Timestamp(now).format();
     let ts = std::str::from_utf8(&ts).expect("ASCII");
@@ -118,7 +124,12 @@ pub fn format(alert: &Alert, facility: u8, host: &str, pid: u32, now: SystemTime
         param("stage", rec.stage);
     }
     out.push_str("] ");
-    out.push_str(&escape_controls(&alert.text));
+    if formatter.format == JsonFormat::Native {
+        out.push_str(&escape_controls(&alert.text));
+    } else {
+        // Compact JSON holds no control character: strings are escaped.
+        out.push_str(&formatter.alert_at(alert, now).to_string());
+    }
     out
 }
 
@@ -144,12 +155,13 @@ pub struct Syslog {
     facility: u8,
     host: String,
     pid: u32,
+    formatter: Formatter,
     conn: Option<Conn>,
 }
 
 impl Syslog {
     /// `key`: the config key of this sink ("sinks.syslog[0]"), for errors.
-    pub fn new(key: &str, config: &SyslogConfig) -> Result<Self, SinkError> {
+    pub fn new(key: &str, config: &SyslogConfig, formatter: &Formatter) -> Result<Self, SinkError> {
         let target = parse_address(&config.address).map_err(|reason| {
             SinkError::config(
                 format!("{key}.address"),
@@ -167,7 +179,15 @@ impl Syslog {
             ));
         };
         let host = config.hostname.clone().unwrap_or_else(hostname);
-        Ok(Self { target, address: config.address.clone(), facility: facility as u8, host, pid: std::process::id(), conn: None })
+        Ok(Self {
+            target,
+            address: config.address.clone(),
+            facility: facility as u8,
+            host,
+            pid: std::process::id(),
+            formatter: formatter.clone(),
+            conn: None,
+        })
     }
 
     async fn connect(&self) -> io::Result<Conn> {
@@ -199,7 +219,7 @@ impl Syslog {
 
 impl Deliver for Syslog {
     async fn deliver(&mut self, alert: &Alert) -> Result<(), Failure> {
-        let msg = format(alert, self.facility, &self.host, self.pid, SystemTime::now());
+        let msg = format(alert, self.facility, &self.host, self.pid, SystemTime::now(), &self.formatter);
         let failed = |what: &str, e: io::Error| Failure::Retry { after: None, reason: format!("{what} {}: {e}", self.address) };
         // A TCP peer that closed (a restarted server): reconnect rather than write
         // into a connection that will only answer with a reset.
@@ -233,7 +253,11 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use super::*;
-    use crate::output::alerts::AlertKind;
+    use crate::output::{alerts::AlertKind, formats::Observer};
+
+    fn formatter(format: JsonFormat) -> Formatter {
+        Formatter::new(format, Observer { hostname: "h1".into(), host_id: None, version: "0.1.0" })
+    }
 
     #[test]
     fn addresses() {
@@ -259,7 +283,7 @@ mod tests {
         Arc::make_mut(rec.container.as_mut().unwrap()).name = "we\"b]".into();
         let alert = Alert::new(AlertKind::Reached, "EXPOSED we\"b] 198.18.3.1:8080".into(), Some(Arc::new(rec)));
         let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_936_834_123_456);
-        let msg = format(&alert, 3, "host one", 42, at);
+        let msg = format(&alert, 3, "host one", 42, at, &formatter(JsonFormat::Native));
         assert_eq!(
             msg,
             "<28>1 2026-11-29T07:20:34.123456Z hostone dockexpose 42 reached [dockexpose@32473 kind=\"reached\" \
@@ -268,6 +292,22 @@ mod tests {
         );
         let summary = Alert::new(AlertKind::Blocked, "x".into(), None);
         // local0 (16) * 8 + notice (5).
-        assert!(format(&summary, 16, "", 1, at).starts_with("<133>1 2026-11-29T07:20:34.123456Z - dockexpose 1 blocked [dockexpose@32473 kind=\"blocked\"] x"));
+        assert!(format(&summary, 16, "", 1, at, &formatter(JsonFormat::Native)).starts_with("<133>1 2026-11-29T07:20:34.123456Z - dockexpose 1 blocked [dockexpose@32473 kind=\"blocked\"] x"));
+    }
+
+    #[test]
+    fn in_ecs_and_ocsf_the_message_is_the_event_as_compact_json() {
+        let alert = Alert::new(AlertKind::Reached, "EXPOSED web\nx".into(), Some(Arc::new(super::super::test_record())));
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_936_834_123_456);
+        let native = format(&alert, 3, "host one", 42, at, &formatter(JsonFormat::Native));
+        let header = native.split_once("] ").unwrap().0;
+        for json_format in [JsonFormat::Ecs, JsonFormat::Ocsf] {
+            let msg = format(&alert, 3, "host one", 42, at, &formatter(json_format));
+            let (head, body) = msg.split_once("] ").unwrap();
+            assert_eq!(head, header, "header and structured data as in native");
+            assert!(!body.contains('\n'), "one line: {body}");
+            let event: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(event["message"], "EXPOSED web\nx");
+        }
     }
 }

@@ -1,7 +1,10 @@
 //! The sinks' handles, queues and retry policy, without a real server.
 
 use super::*;
-use crate::output::alerts::AlertKind;
+use crate::output::{
+    alerts::AlertKind,
+    formats::{Formatter, JsonFormat, Observer},
+};
 
 #[test]
 fn backoff_doubles_from_250_ms_to_8_s() {
@@ -36,7 +39,7 @@ fn config_defaults_and_unknown_keys() {
 
 fn start_err(json: &str) -> String {
     let c: SinksConfig = serde_json::from_str(json).unwrap();
-    match start(&c) {
+    match start(&c, &Formatter::new(JsonFormat::Native, Observer::this_host())) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("{json} started"),
     }

@@ -6,6 +6,8 @@
 //!   README's contract), null for the shared rate-limit summary (`kind` "suppressed")
 //!   and for `health` alerts, which carry `"health": {"condition", "state", "count",
 //!   "subject"}` instead.
+//!   With `--json-format ecs` or `ocsf` the body is the alert's ECS or OCSF event
+//!   instead (`formats`).
 //! - `format = "slack"`: `{"text": "dockexpose on web-01: EXPOSED ..."}`, what Slack
 //!   and Mattermost incoming webhooks take (`&`, `<`, `>` escaped as Slack asks).
 //!
@@ -34,9 +36,10 @@ use tokio_rustls::{
     TlsConnector,
 };
 
-use super::{hostname, Deliver, Failure, SinkError, WebhookConfig, WebhookFormat};
+use super::{Deliver, Failure, SinkError, WebhookConfig, WebhookFormat};
 use crate::output::{
     alerts::{Alert, HealthInfo},
+    formats::{Formatter, JsonFormat},
     record::Record,
 };
 
@@ -53,7 +56,7 @@ pub struct Webhook {
     headers: HeaderMap,
     format: WebhookFormat,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    host: String,
+    formatter: Formatter,
     conn: Option<(SendRequest<Full<Bytes>>, JoinHandle<()>)>,
 }
 
@@ -73,9 +76,12 @@ struct SlackBody {
     text: String,
 }
 
-/// The body of an alert in `format`.
-pub fn body(alert: &Alert, format: WebhookFormat, host: &str) -> Vec<u8> {
+/// The body of an alert in `format`; a `json` body in the formatter's JSON format
+/// (native: the struct above, whose key order is the contract's).
+pub fn body(alert: &Alert, format: WebhookFormat, formatter: &Formatter) -> Vec<u8> {
+    let host = formatter.observer.hostname.as_str();
     match format {
+        WebhookFormat::Json if formatter.format != JsonFormat::Native => serde_json::to_vec(&formatter.alert(alert)),
         WebhookFormat::Json => serde_json::to_vec(&JsonBody {
             kind: alert.kind.as_str(),
             text: &alert.text,
@@ -132,7 +138,7 @@ fn tls_config(key: &str, ca_file: Option<&Path>) -> Result<ClientConfig, SinkErr
 
 impl Webhook {
     /// `key`: the config key of this sink ("sinks.webhook[0]"), for errors.
-    pub fn new(key: &str, config: &WebhookConfig) -> Result<Self, SinkError> {
+    pub fn new(key: &str, config: &WebhookConfig, formatter: &Formatter) -> Result<Self, SinkError> {
         let url_error = |reason: &str| {
             SinkError::config(
                 format!("{key}.url"),
@@ -197,7 +203,7 @@ impl Webhook {
             headers,
             format: config.format,
             tls,
-            host: hostname(),
+            formatter: formatter.clone(),
             conn: None,
         })
     }
@@ -250,7 +256,7 @@ impl Webhook {
 
 impl Deliver for Webhook {
     async fn deliver(&mut self, alert: &Alert) -> Result<(), Failure> {
-        let body = Bytes::from(body(alert, self.format, &self.host));
+        let body = Bytes::from(body(alert, self.format, &self.formatter));
         if self.conn.as_ref().is_some_and(|(s, _)| s.is_closed()) {
             self.reset();
         }
@@ -296,26 +302,45 @@ impl Deliver for Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::alerts::AlertKind;
+    use crate::output::{alerts::AlertKind, formats::Observer};
+
+    fn native(host: &str) -> Formatter {
+        Formatter::new(JsonFormat::Native, Observer { hostname: host.into(), host_id: None, version: "0.1.0" })
+    }
 
     #[test]
     fn json_body_carries_the_record() {
         let alert = Alert::new(AlertKind::Reached, "EXPOSED web".into(), Some(Arc::new(super::super::test_record())));
-        let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Json, "h1")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Json, &native("h1"))).unwrap();
         assert_eq!(v["kind"], "reached");
         assert_eq!(v["text"], "EXPOSED web");
         assert_eq!(v["host"], "h1");
         assert_eq!(v["record"]["container"]["name"], "web");
         assert_eq!(v["record"]["host_port"], 8080);
         let summary = Alert::new(AlertKind::Suppressed, "WARNING".into(), None);
-        let v: serde_json::Value = serde_json::from_slice(&body(&summary, WebhookFormat::Json, "h1")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body(&summary, WebhookFormat::Json, &native("h1"))).unwrap();
         assert!(v["record"].is_null());
+    }
+
+    #[test]
+    fn json_body_in_ecs_and_ocsf_is_the_alert_event() {
+        let alert = Alert::new(AlertKind::Reached, "EXPOSED web".into(), Some(Arc::new(super::super::test_record())));
+        let observer = Observer { hostname: "h1".into(), host_id: None, version: "0.1.0" };
+        let ecs = Formatter::new(JsonFormat::Ecs, observer.clone());
+        let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Json, &ecs)).unwrap();
+        assert_eq!((v["event"]["kind"].as_str(), v["message"].as_str()), (Some("alert"), Some("EXPOSED web")));
+        assert_eq!(v["destination"]["port"], 8080);
+        let ocsf = Formatter::new(JsonFormat::Ocsf, observer);
+        let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Json, &ocsf)).unwrap();
+        assert_eq!((v["class_uid"].as_u64(), v["dst_endpoint"]["port"].as_u64()), (Some(4001), Some(8080)));
+        let slack: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Slack, &ocsf)).unwrap();
+        assert_eq!(slack, serde_json::json!({"text": "dockexpose on h1: EXPOSED web"}), "Slack's body is text in every format");
     }
 
     #[test]
     fn slack_body_is_escaped_text() {
         let alert = Alert::new(AlertKind::Reached, "EXPOSED a&b <web> 1.2.3.4:80 -> 80/tcp \"q\"".into(), None);
-        let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Slack, "h1")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Slack, &native("h1"))).unwrap();
         assert_eq!(v, serde_json::json!({"text": "dockexpose on h1: EXPOSED a&amp;b &lt;web&gt; 1.2.3.4:80 -&gt; 80/tcp \"q\""}));
     }
 
@@ -330,12 +355,12 @@ mod tests {
     #[test]
     fn origin_hides_the_path_and_defaults_the_port() {
         let config = WebhookConfig { url: "https://hooks.example.com/services/SECRET".into(), ..Default::default() };
-        let w = Webhook::new("k", &config).unwrap();
+        let w = Webhook::new("k", &config, &native("h1")).unwrap();
         assert_eq!((w.origin(), w.target.as_str(), w.connect_to.as_str()), ("https://hooks.example.com:443", "/services/SECRET", "hooks.example.com:443"));
         let config = WebhookConfig { url: "http://[::1]:8080".into(), ..Default::default() };
-        let w = Webhook::new("k", &config).unwrap();
+        let w = Webhook::new("k", &config, &native("h1")).unwrap();
         assert_eq!((w.origin(), w.target.as_str()), ("http://[::1]:8080", "/"));
         let config = WebhookConfig { url: "https://user:pw@hooks.example.com/".into(), ..Default::default() };
-        assert!(Webhook::new("k", &config).err().unwrap().to_string().contains("credentials"));
+        assert!(Webhook::new("k", &config, &native("h1")).err().unwrap().to_string().contains("credentials"));
     }
 }
