@@ -82,8 +82,14 @@ pub(crate) const DEB_PACKAGES: &[&str] = &[
 
 /// Python modules the tests drive, as (module to import, PyPI package): scapy crafts
 /// packets from an outside namespace; communityid is the reference Community ID
-/// implementation (tests/community_id_reference.rs).
-pub(crate) const PYTHON_MODULES: &[(&str, &str)] = &[("scapy", "scapy"), ("communityid", "communityid")];
+/// implementation (tests/community_id_reference.rs); ocsf-json-schema builds OCSF's JSON
+/// Schema offline and jsonschema checks events against it (tests/formats_reference.rs).
+pub(crate) const PYTHON_MODULES: &[(&str, &str)] = &[
+    ("scapy", "scapy"),
+    ("communityid", "communityid"),
+    ("ocsf_json_schema", "ocsf-json-schema"),
+    ("jsonschema", "jsonschema"),
+];
 
 pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";
 

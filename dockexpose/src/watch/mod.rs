@@ -47,6 +47,7 @@ use crate::{
     output::{
         alerts::{Alert, HealthCondition},
         fanout::{AlertOut, Outputs, StderrAlerts},
+        formats::Formatter,
         human,
         sinks::{self, SinkHandle, SinksConfig},
     },
@@ -89,6 +90,8 @@ struct ConfigState {
     /// The effective options and sinks now.
     effective: WatchArgs,
     sinks: SinksConfig,
+    /// `--json-format` and the host events name (a restart changes them).
+    formatter: Formatter,
 }
 
 /// An alert sink's queue, as the fan-out sees it.
@@ -170,17 +173,13 @@ fn effective(cli: &WatchArgs, matches: &ArgMatches) -> Result<(WatchArgs, SinksC
 }
 
 /// Starts the alert sinks; journald by default when stderr is the journal.
-fn start_sinks(config: &SinksConfig) -> Result<Vec<std::rc::Rc<SinkHandle>>> {
+/// Their JSON (a webhook's body, a syslog message's) is in `formatter`'s format.
+fn start_sinks(config: &SinksConfig, formatter: &Formatter) -> Result<Vec<std::rc::Rc<SinkHandle>>> {
     let mut config = config.clone();
     if config.journald.is_none() && sinks::journald::stderr_is_journal() {
         config.journald = Some(Default::default());
     }
-    // lead: json_format from settings
-    let formatter = crate::output::formats::Formatter::new(
-        crate::output::formats::JsonFormat::Native,
-        crate::output::formats::Observer::this_host(),
-    );
-    let handles = sinks::start(&config, &formatter).map_err(|e| Error::Config(e.to_string()))?;
+    let handles = sinks::start(&config, formatter).map_err(|e| Error::Config(e.to_string()))?;
     Ok(handles.into_iter().map(std::rc::Rc::new).collect())
 }
 
@@ -331,7 +330,7 @@ impl Watcher {
         let old = config::Reloadable::of(&self.config.effective, &self.config.sinks);
         let new = config::Reloadable::of(&args, &sinks);
         if old.sinks != new.sinks {
-            match start_sinks(&sinks) {
+            match start_sinks(&sinks, &self.config.formatter) {
                 Ok(handles) => {
                     self.outputs.alerts.set_outs(alert_outs(&handles));
                     for s in std::mem::replace(&mut self.sinks, handles) {

@@ -71,7 +71,7 @@ pub(super) fn open(cli: WatchArgs, matches: ArgMatches) -> Result<Opened> {
     let formatter = Formatter::new(args.json_format, observer);
     audit.set_format(formatter.clone());
     privileges::check()?;
-    let sinks = start_sinks(&sink_config)?;
+    let sinks = start_sinks(&sink_config, &formatter)?;
     // Continuity (state/): the lock, the pinned kernel side adopted or created, the
     // start records.
     let service = ServiceSettings::from_args(&args.service);
@@ -124,7 +124,7 @@ pub(super) fn open(cli: WatchArgs, matches: ArgMatches) -> Result<Opened> {
         verify,
         intent: intent_state,
         probe_records: 0,
-        config: ConfigState { cli, matches, effective: args, sinks: sink_config },
+        config: ConfigState { cli, matches, effective: args, sinks: sink_config, formatter },
         started: Instant::now(),
     };
     Ok(Opened { w, continuity, intent_rx, verify_rx, metrics_addr, config_path })

@@ -237,9 +237,14 @@ fn connection(rec: &Record, observer: &Observer) -> Map<String, Value> {
         event.insert("rule".into(), rule);
     }
 
+    // The record's own name: what a store deduplicates on.
+    if let Some(id) = &rec.record_id {
+        event["event"]["id"] = id.as_str().into();
+    }
     let mut rest = native_map(rec);
-    for key in MAPPED {
-        rest.remove(key);
+    // host and host_id are the observer's, in host.*.
+    for key in MAPPED.iter().chain(&["record_id", "host", "host_id"]) {
+        rest.remove(*key);
     }
     rest.insert("host_side_known".into(), host_side.is_some().into());
     event.insert("dockexpose".into(), Value::Object(rest));

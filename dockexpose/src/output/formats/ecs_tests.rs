@@ -111,6 +111,9 @@ fn nothing_of_the_record_is_lost() {
                 "host_ip" | "host_port" => e["destination"][&key[5..]] == *value,
                 "community_id" => e["network"]["community_id"] == *value,
                 "iface" => e["observer"]["ingress"]["interface"]["name"] == *value,
+                "record_id" => e["event"]["id"] == *value,
+                "host" => e["host"]["name"] == *value,
+                "host_id" => e["host"]["id"] == *value,
                 "container" => {
                     let ec = &e["container"];
                     ec["id"] == c["id"]

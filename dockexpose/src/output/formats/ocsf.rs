@@ -223,7 +223,12 @@ fn network_activity(rec: &Record, observer: &Observer, severity_id: u32) -> Map<
     }
     event.insert("connection_info".into(), info);
 
-    for key in MAPPED.iter().filter(|&&k| k != "container") {
+    // The record's own name: what a store deduplicates on. host and host_id are the
+    // observer's, in device.
+    if let Some(id) = &rec.record_id {
+        event["metadata"]["uid"] = id.as_str().into();
+    }
+    for key in MAPPED.iter().filter(|&&k| k != "container").chain(&["record_id", "host", "host_id"]) {
         rest.remove(*key);
     }
     rest.insert("host_side_known".into(), host_side.is_some().into());

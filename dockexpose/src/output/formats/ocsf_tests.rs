@@ -91,6 +91,9 @@ fn nothing_of_the_record_is_lost() {
                 "host_ip" | "host_port" if value.is_null() => e["unmapped"]["host_side_known"] == false,
                 "host_ip" | "host_port" => dst[&key[5..]] == *value,
                 "community_id" => e["connection_info"]["community_uid"] == *value,
+                "record_id" => e["metadata"]["uid"] == *value,
+                "host" => e["device"]["hostname"] == *value,
+                "host_id" => e["device"]["uid"] == *value,
                 "container" => {
                     let (oc, un) = (&dst["container"], &e["unmapped"]["container"]);
                     oc["uid"] == c["id"]

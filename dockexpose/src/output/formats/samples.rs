@@ -47,6 +47,8 @@ pub fn reached() -> Record {
     rec.boot_id = Some("cc02aa2a-0000");
     rec.cpu = Some(1);
     rec.kseq = Some(77);
+    rec.record_id = Some(crate::output::record_id::of_kernel("cc02aa2a-0000", 1, 77, "reached"));
+    (rec.host, rec.host_id) = (Some("web-01".into()), Some("0123abcd".into()));
     rec
 }
 
