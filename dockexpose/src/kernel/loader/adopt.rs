@@ -2,22 +2,40 @@
 //! filters) becomes this daemon's, what it no longer watches is released, and
 //! `--detach-on-exit` removes the whole pinned kernel side.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use aya::programs::TcAttachType;
 use dockexpose_common::{PortKey, PREFIX_HOST, PREFIX_LOCAL, PREFIX_TRUSTED};
 
-use super::{cls_bpf, ifindex_of, pins, Kernel};
+use super::{
+    cls_bpf, ifindex_of,
+    pins::{self, LinkPool, PinDir},
+    Kernel, WATCH_PROGRAMS,
+};
 use crate::{
-    error::Result,
-    net::prefix::{PrefixTable, SourceKind},
+    error::{Error, Result},
+    net::prefix::{Prefix, PrefixTable, SourceKind},
 };
 
 impl Kernel {
+    /// `watch` with a pin directory: pins the programs, opens the links and marks a
+    /// previous daemon left, and takes over what its maps hold.
+    pub(super) fn adopt_pinned(&mut self, dir: &PinDir) -> Result<()> {
+        for (name, _) in WATCH_PROGRAMS {
+            let path = dir.progs().join(name);
+            let _ = std::fs::remove_file(&path);
+            let prog = self.ebpf.program_mut(name).ok_or(Error::MissingMap(name))?;
+            prog.pin(&path).map_err(|e| Error::Pins { path: path.clone(), reason: e.to_string() })?;
+        }
+        self.pool = LinkPool::open(dir);
+        self.made_clsact = cls_bpf::marked(&dir.dir, cls_bpf::Mark::Clsact).into_iter().collect();
+        self.adopt_map_contents()
+    }
+
     /// What the previous daemon left in the adopted maps becomes what this one knows,
     /// so that the first sync removes what is stale and keeps the rest (the programs
     /// keep judging with it meanwhile).
-    pub(super) fn adopt_map_contents(&mut self) -> Result<()> {
+    fn adopt_map_contents(&mut self) -> Result<()> {
         let mut table = PrefixTable::default();
         let kind = |v: u8| match v {
             PREFIX_HOST => Some(SourceKind::HostAddress),
@@ -25,15 +43,11 @@ impl Kernel {
             PREFIX_LOCAL => Some(SourceKind::Local),
             _ => None,
         };
-        for (key, value) in self.local_v4.iter().filter_map(|r| r.ok()) {
-            let prefix = crate::net::prefix::Prefix::new(std::net::IpAddr::from(key.data()), key.prefix_len() as u8);
-            if let (Some(p), Some(k)) = (prefix, kind(value)) {
-                table.insert(p, k);
-            }
-        }
-        for (key, value) in self.local_v6.iter().filter_map(|r| r.ok()) {
-            let prefix = crate::net::prefix::Prefix::new(std::net::IpAddr::from(key.data()), key.prefix_len() as u8);
-            if let (Some(p), Some(k)) = (prefix, kind(value)) {
+        // Both families' tries, as (address, prefix length, value).
+        let v4 = self.local_v4.iter().filter_map(|r| r.ok()).map(|(k, v)| (IpAddr::from(k.data()), k.prefix_len(), v));
+        let v6 = self.local_v6.iter().filter_map(|r| r.ok()).map(|(k, v)| (IpAddr::from(k.data()), k.prefix_len(), v));
+        for (addr, len, value) in v4.chain(v6) {
+            if let (Some(p), Some(k)) = (Prefix::new(addr, len as u8), kind(value)) {
                 table.insert(p, k);
             }
         }

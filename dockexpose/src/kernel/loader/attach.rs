@@ -18,6 +18,17 @@ pub(super) struct BridgeLinks {
     ingress: HeldLink,
 }
 
+impl BridgeLinks {
+    /// How the bridge's programs are attached (both alike: attached together).
+    pub(super) fn mechanism(&self) -> TcMechanism {
+        if self.egress.is_filter() {
+            TcMechanism::ClsBpf
+        } else {
+            TcMechanism::Tcx
+        }
+    }
+}
+
 pub(super) struct UplinkLinks {
     pub(super) ifindex: u32,
     attempts: HeldLink,
@@ -89,44 +100,27 @@ impl Kernel {
                 }
             }
         }
-        let cls_bpf = self.features.tc_mechanism() == TcMechanism::ClsBpf;
-        let hook_name = match hook {
-            Hook::Tc(TcAttachType::Egress) if cls_bpf => "cls_bpf egress",
-            Hook::Tc(_) if cls_bpf => "cls_bpf ingress",
-            Hook::Tc(TcAttachType::Egress) => "TCX egress",
-            Hook::Tc(_) => "TCX ingress",
-            Hook::Xdp(_) => "XDP",
-        };
-        let attach_err = |source: aya::programs::ProgramError| Error::Attach {
-            program: name,
-            iface: iface.to_string(),
-            hook: hook_name,
-            source: Box::new(source),
-        };
+        let mechanism = self.features.tc_mechanism();
+        let attach_err = attach_error(name, iface, hook_name(hook, mechanism));
         let owned: std::result::Result<FdLink, Box<dyn std::any::Any + Send>> = match hook {
-            Hook::Tc(direction) if cls_bpf => {
-                // Our own filter, found again by priority, handle and name (cls_bpf.rs);
-                // it stays attached past the daemon when the maps are pinned.
-                let keep = self.pins.is_some();
-                let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-                let (id, adopted) = cls_bpf::attach(prog, iface, direction).map_err(attach_err)?;
-                let link = prog.take_link(id).map_err(attach_err)?;
-                if let Some(dir) = &self.pins {
-                    cls_bpf::mark(&dir.dir, cls_bpf::Mark::Filters, iface);
-                }
-                return Ok((HeldLink::filter(link, keep), adopted));
-            }
             Hook::Tc(direction) => {
+                let (id, adopted) = attach_classifier(&mut self.ebpf, mechanism, name, iface, direction, Filter::Ours)?;
                 let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-                let options = tc::TcAttachOptions::TcxOrder(aya::programs::LinkOrder::default());
-                let id = prog.attach_with_options(iface, direction, options).map_err(attach_err)?;
-                let link = prog.take_link(id).map_err(attach_err)?;
+                let link = prog.take_link(id).map_err(&attach_err)?;
+                if mechanism == TcMechanism::ClsBpf {
+                    // Our own filter, found again by priority, handle and name (cls_bpf.rs);
+                    // it stays attached past the daemon when the maps are pinned.
+                    if let Some(dir) = &self.pins {
+                        cls_bpf::mark(&dir.dir, cls_bpf::Mark::Filters, iface);
+                    }
+                    return Ok((HeldLink::filter(link, self.pins.is_some()), adopted));
+                }
                 FdLink::try_from(link).map_err(|_| unreachable_link())
             }
             Hook::Xdp(mode) => {
                 let prog: &mut Xdp = program(&mut self.ebpf, name)?;
-                let id = prog.attach(iface, mode).map_err(attach_err)?;
-                let link = prog.take_link(id).map_err(attach_err)?;
+                let id = prog.attach(iface, mode).map_err(&attach_err)?;
+                let link = prog.take_link(id).map_err(&attach_err)?;
                 // A netlink XDP attachment (kernels before 5.9) is no fd link.
                 FdLink::try_from(link).map_err(|_| unreachable_link())
             }
@@ -268,19 +262,50 @@ where
     prog.try_into().map_err(|source| Error::LoadProgram { program: name, source: Box::new(source) })
 }
 
-pub(super) fn attach_tc(
+/// Where a classifier goes on a kernel without TCX.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Filter {
+    /// Our own filter (cls_bpf.rs): at our priority and handle, taken over by the next
+    /// daemon.
+    Ours,
+    /// Where the kernel puts it, for this process only: `verify`'s guard and redirect
+    /// sit beside the daemon's filters, never in their place.
+    Beside,
+}
+
+/// The one way a classifier is attached: a TCX link, or on a kernel without TCX a
+/// cls_bpf filter placed as `filter` says. True when a filter of ours was taken over.
+pub(super) fn attach_classifier(
     ebpf: &mut Ebpf,
+    mechanism: TcMechanism,
     name: &'static str,
     iface: &str,
     direction: TcAttachType,
-) -> Result<tc::SchedClassifierLinkId> {
+    filter: Filter,
+) -> Result<(tc::SchedClassifierLinkId, bool)> {
     let prog: &mut SchedClassifier = program(ebpf, name)?;
-    prog.attach(iface, direction).map_err(|source| Error::Attach {
-        program: name,
-        iface: iface.to_string(),
-        hook: if direction == TcAttachType::Egress { "TCX egress" } else { "TCX ingress" },
-        source: Box::new(source),
-    })
+    let failed = attach_error(name, iface, hook_name(Hook::Tc(direction), mechanism));
+    let options = match (mechanism, filter) {
+        (TcMechanism::ClsBpf, Filter::Ours) => return cls_bpf::attach(prog, iface, direction).map_err(failed),
+        (TcMechanism::ClsBpf, Filter::Beside) => tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
+        (TcMechanism::Tcx, _) => tc::TcAttachOptions::TcxOrder(aya::programs::LinkOrder::default()),
+    };
+    prog.attach_with_options(iface, direction, options).map(|id| (id, false)).map_err(failed)
+}
+
+/// How `hook` is named in errors, on a kernel whose classifiers attach by `mechanism`.
+fn hook_name(hook: Hook, mechanism: TcMechanism) -> &'static str {
+    match (hook, mechanism) {
+        (Hook::Tc(TcAttachType::Egress), TcMechanism::ClsBpf) => "cls_bpf egress",
+        (Hook::Tc(_), TcMechanism::ClsBpf) => "cls_bpf ingress",
+        (Hook::Tc(TcAttachType::Egress), TcMechanism::Tcx) => "TCX egress",
+        (Hook::Tc(_), TcMechanism::Tcx) => "TCX ingress",
+        (Hook::Xdp(_), _) => "XDP",
+    }
+}
+
+fn attach_error<'a>(name: &'static str, iface: &'a str, hook: &'static str) -> impl Fn(aya::programs::ProgramError) -> Error + 'a {
+    move |source| Error::Attach { program: name, iface: iface.to_string(), hook, source: Box::new(source) }
 }
 
 /// Replaces the program behind a pinned link with ours (BPF_LINK_UPDATE: atomic, the
@@ -306,4 +331,17 @@ fn replace_program(ebpf: &mut Ebpf, name: &'static str, link: FdLink, hook: Hook
 
 fn unreachable_link() -> Box<dyn std::any::Any + Send> {
     Box::new(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_hook_the_kernel_really_has() {
+        let egress = Hook::Tc(TcAttachType::Egress);
+        assert_eq!(hook_name(egress, TcMechanism::ClsBpf), "cls_bpf egress");
+        assert_eq!(hook_name(Hook::Tc(TcAttachType::Ingress), TcMechanism::Tcx), "TCX ingress");
+        assert_eq!(hook_name(Hook::Xdp(XdpMode::Skb), TcMechanism::ClsBpf), "XDP");
+    }
 }

@@ -43,7 +43,7 @@ pub use self::{
     maps::{addr16, CounterSnapshot, WatchMaps},
 };
 use self::{
-    attach::{attach_tc, ifindex_of, program, BridgeLinks, UplinkLinks},
+    attach::{attach_classifier, ifindex_of, program, BridgeLinks, Filter, UplinkLinks},
     maps::{map_err, take_map},
     probes::ProbeMaps,
 };
@@ -133,17 +133,35 @@ pub struct Kernel {
     made_clsact: BTreeSet<String>,
 }
 
-/// The programs `watch` attaches (pinned under progs/).
-const WATCH_PROGRAMS: [&str; 8] = [
-    program_names::BRIDGE_EGRESS,
-    program_names::BRIDGE_INGRESS,
-    program_names::UPLINK_EGRESS,
-    program_names::UPLINK_EGRESS_L3,
-    program_names::UPLINK_INGRESS,
-    program_names::UPLINK_INGRESS_L3,
-    program_names::UPLINK_XDP,
-    program_names::UPLINK_XDP_L3,
+/// What a program is loaded as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum ProgramKind {
+    /// A TC classifier: a TCX link, or a cls_bpf filter before TCX.
+    Classifier,
+    Xdp,
+}
+
+/// Every program `watch` loads, attaches and pins (under progs/). The classifiers'
+/// names are also what its cls_bpf filters carry (cls_bpf.rs).
+pub(super) const WATCH_PROGRAMS: [(&str, ProgramKind); 8] = [
+    (program_names::BRIDGE_EGRESS, ProgramKind::Classifier),
+    (program_names::BRIDGE_INGRESS, ProgramKind::Classifier),
+    (program_names::UPLINK_EGRESS, ProgramKind::Classifier),
+    (program_names::UPLINK_EGRESS_L3, ProgramKind::Classifier),
+    (program_names::UPLINK_INGRESS, ProgramKind::Classifier),
+    (program_names::UPLINK_INGRESS_L3, ProgramKind::Classifier),
+    (program_names::UPLINK_XDP, ProgramKind::Xdp),
+    (program_names::UPLINK_XDP_L3, ProgramKind::Xdp),
 ];
+
+/// Loads `name` into the kernel as what it is.
+fn load_program(ebpf: &mut Ebpf, name: &'static str, kind: ProgramKind) -> Result<()> {
+    let loaded = match kind {
+        ProgramKind::Classifier => program::<SchedClassifier>(ebpf, name)?.load(),
+        ProgramKind::Xdp => program::<Xdp>(ebpf, name)?.load(),
+    };
+    loaded.map_err(|source| Error::LoadProgram { program: name, source: Box::new(source) })
+}
 
 impl Kernel {
     /// Loads the object and its programs (not attached yet). Returns the ring buffer
@@ -175,15 +193,7 @@ impl Kernel {
             None => None,
         };
         if let Some(dir) = &pins {
-            for name in WATCH_PROGRAMS {
-                let path = dir.progs().join(name);
-                let _ = std::fs::remove_file(&path);
-                let prog = kernel.ebpf.program_mut(name).ok_or(Error::MissingMap(name))?;
-                prog.pin(&path).map_err(|e| Error::Pins { path: path.clone(), reason: e.to_string() })?;
-            }
-            kernel.pool = LinkPool::open(dir);
-            kernel.made_clsact = cls_bpf::marked(&dir.dir, cls_bpf::Mark::Clsact).into_iter().collect();
-            kernel.adopt_map_contents()?;
+            kernel.adopt_pinned(dir)?;
         }
         kernel.pins = pins;
         Ok((kernel, WatchMaps { events, daemon_state, record_seq, counters, pending }))
@@ -236,20 +246,8 @@ impl Kernel {
             .override_global(global_names::CT_ORIG_DST_ADDR_OFF, &ct.orig_dst_addr, true)
             .override_global(global_names::CT_ORIG_DST_PORT_OFF, &ct.orig_dst_port, true)
             .load(bytes)?;
-        for name in [
-            program_names::BRIDGE_EGRESS,
-            program_names::BRIDGE_INGRESS,
-            program_names::UPLINK_EGRESS,
-            program_names::UPLINK_EGRESS_L3,
-            program_names::UPLINK_INGRESS,
-            program_names::UPLINK_INGRESS_L3,
-        ] {
-            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| Error::LoadProgram { program: name, source: Box::new(source) })?;
-        }
-        for name in [program_names::UPLINK_XDP, program_names::UPLINK_XDP_L3] {
-            let xdp: &mut Xdp = program(&mut ebpf, name)?;
-            xdp.load().map_err(|source| Error::LoadProgram { program: name, source: Box::new(source) })?;
+        for (name, kind) in WATCH_PROGRAMS {
+            load_program(&mut ebpf, name, kind)?;
         }
 
         let events = take_map(&mut ebpf, map_names::EVENTS)?;
@@ -306,6 +304,12 @@ impl Kernel {
 
     pub fn bridges(&self) -> impl Iterator<Item = &str> {
         self.bridges.keys().map(String::as_str)
+    }
+
+    /// Each watched bridge with how its programs are attached: a TCX link or a
+    /// cls_bpf filter, as the attachment was made (not as the kernel would offer).
+    pub fn bridge_mechanisms(&self) -> impl Iterator<Item = (&str, TcMechanism)> {
+        self.bridges.iter().map(|(name, links)| (name.as_str(), links.mechanism()))
     }
 
     pub fn uplinks(&self) -> impl Iterator<Item = &str> {
