@@ -20,22 +20,13 @@ use aya::programs::{
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     SchedClassifier, TcAttachType,
 };
-use dockexpose_common::program_names;
+
+use super::loader::{ProgramKind, WATCH_PROGRAMS};
 
 /// Ahead of filters added without a priority (the kernel starts those at 49152):
 /// an observer should see a packet before another filter drops it.
 pub const PRIORITY: u16 = 0x0dec;
 pub const HANDLE: TcHandle = TcHandle::new(0xdec5, 1);
-
-/// Every classifier `watch` attaches, by the name its filters carry.
-pub const PROGRAMS: [&str; 6] = [
-    program_names::BRIDGE_EGRESS,
-    program_names::BRIDGE_INGRESS,
-    program_names::UPLINK_EGRESS,
-    program_names::UPLINK_EGRESS_L3,
-    program_names::UPLINK_INGRESS,
-    program_names::UPLINK_INGRESS_L3,
-];
 
 /// Attaches `prog` to `iface`'s hook as our filter: replaces the program of the one a
 /// previous daemon left (returns true), or removes filters of ours at other places
@@ -64,9 +55,10 @@ pub fn attach(
 /// Removes every filter named like one of ours on `iface`'s hook; returns how many
 /// program names had filters there.
 pub fn remove_ours(iface: &str, direction: TcAttachType) -> usize {
-    PROGRAMS
+    WATCH_PROGRAMS
         .iter()
-        .filter(|name| tc::qdisc_detach_program(iface, direction, name).is_ok())
+        .filter(|(_, kind)| *kind == ProgramKind::Classifier)
+        .filter(|(name, _)| tc::qdisc_detach_program(iface, direction, name).is_ok())
         .count()
 }
 

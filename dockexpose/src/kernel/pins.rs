@@ -366,6 +366,11 @@ impl HeldLink {
         Self { link: None, pin: None, other: None, filter: Some((link, keep_attached)) }
     }
 
+    /// Whether this is a cls_bpf filter (otherwise a BPF link: TCX or XDP).
+    pub fn is_filter(&self) -> bool {
+        self.filter.is_some()
+    }
+
     /// Detaches now: removes the pin, closes the link, deletes the filter.
     pub fn detach(mut self) {
         if let Some(p) = self.pin.take() {

@@ -97,10 +97,14 @@ impl Watcher {
             attempts_untracked: self.attempts_untracked,
             stderr_lines_lost: crate::output::console::stderr_lines_lost(),
         };
-        // "tcx" or "cls_bpf": what the kernel has, not what was asked for.
+        // "tcx" or "cls_bpf": how each bridge's programs were attached.
+        let mut attachments: Vec<Attachment> = self
+            .kernel
+            .bridge_mechanisms()
+            .map(|(b, how)| Attachment { iface: b.to_string(), role: "bridge".into(), mode: how.name().into() })
+            .collect();
+        // An uplink without a recorded mode: what the kernel has, not what was asked for.
         let tc_mode = self.kernel.features().tc_mechanism().name();
-        let mut attachments: Vec<Attachment> =
-            self.kernel.bridges().map(|b| Attachment { iface: b.to_string(), role: "bridge".into(), mode: tc_mode.into() }).collect();
         attachments.extend(self.kernel.uplinks().map(|u| Attachment {
             iface: u.to_string(),
             role: "uplink".into(),

@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{links::FdLink, tc, SchedClassifier, TcAttachType, Xdp},
+    programs::{links::FdLink, tc, SchedClassifier, TcAttachType},
     Ebpf,
 };
 use dockexpose_common::{map_names, program_names};
 
-use super::{addr16, attach_tc, cls_bpf, ifindex_of, map_err, program, take_map, Kernel, LinkLayer, TcMechanism};
+use super::{
+    addr16, attach_classifier, cls_bpf, ifindex_of, load_program, map_err, program, take_map, Filter, Kernel, LinkLayer,
+    ProgramKind, TcMechanism,
+};
 use crate::error::{Error, Result};
 
 /// The maps and links of `dockexpose verify` (see `Kernel::prepare_probes`).
@@ -56,14 +59,8 @@ impl Kernel {
     /// `verify`: loads the injector and the egress guard, and returns the ring buffer
     /// of answers the guard stopped. `watch` never calls it.
     pub fn prepare_probes(&mut self) -> Result<RingBuf<MapData>> {
-        let inject: &mut Xdp = program(&mut self.ebpf, program_names::PROBE_INJECT)?;
-        inject
-            .load()
-            .map_err(|source| Error::LoadProgram { program: program_names::PROBE_INJECT, source: Box::new(source) })?;
-        let guard: &mut SchedClassifier = program(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD)?;
-        guard
-            .load()
-            .map_err(|source| Error::LoadProgram { program: program_names::UPLINK_PROBE_GUARD, source: Box::new(source) })?;
+        load_program(&mut self.ebpf, program_names::PROBE_INJECT, ProgramKind::Xdp)?;
+        load_program(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD, ProgramKind::Classifier)?;
         let events = RingBuf::try_from(take_map(&mut self.ebpf, map_names::PROBE_EVENTS)?)
             .map_err(map_err(map_names::PROBE_EVENTS))?;
         let sources = HashMap::try_from(take_map(&mut self.ebpf, map_names::PROBE_SOURCES)?)
@@ -98,7 +95,9 @@ impl Kernel {
         if self.features.tc_mechanism() == TcMechanism::ClsBpf && cls_bpf::add_clsact(iface) {
             self.probe_maps()?.qdiscs_made.push(iface.to_string());
         }
-        let id = attach_tc(&mut self.ebpf, program_names::UPLINK_PROBE_GUARD, iface, TcAttachType::Egress)?;
+        let mechanism = self.features.tc_mechanism();
+        let guard = program_names::UPLINK_PROBE_GUARD;
+        let (id, _) = attach_classifier(&mut self.ebpf, mechanism, guard, iface, TcAttachType::Egress, Filter::Beside)?;
         let pin_dir = self.probe_maps()?.guard_pins.clone();
         let link = match pin_dir {
             Some(dir) => pin_guard(&mut self.ebpf, id, &dir.join(format!("guard-{ifindex}")))?,
@@ -192,14 +191,15 @@ impl Kernel {
     /// (the far end of a private veth pair), which hands marked frames to the uplink
     /// named by `set_redirect_target`.
     pub fn prepare_redirect(&mut self, veth: &str) -> Result<()> {
-        let prog: &mut SchedClassifier = program(&mut self.ebpf, program_names::PROBE_REDIRECT)?;
-        prog.load().map_err(|source| Error::LoadProgram { program: program_names::PROBE_REDIRECT, source: Box::new(source) })?;
+        load_program(&mut self.ebpf, program_names::PROBE_REDIRECT, ProgramKind::Classifier)?;
         let map = Array::try_from(take_map(&mut self.ebpf, map_names::PROBE_REDIRECT)?).map_err(map_err(map_names::PROBE_REDIRECT))?;
         // The veth is ours and deleted at the end, qdisc and all.
         if self.features.tc_mechanism() == TcMechanism::ClsBpf {
             let _ = cls_bpf::add_clsact(veth);
         }
-        attach_tc(&mut self.ebpf, program_names::PROBE_REDIRECT, veth, TcAttachType::Ingress)?;
+        let mechanism = self.features.tc_mechanism();
+        let redirect = program_names::PROBE_REDIRECT;
+        attach_classifier(&mut self.ebpf, mechanism, redirect, veth, TcAttachType::Ingress, Filter::Beside)?;
         self.probe_maps()?.redirect = Some(map);
         Ok(())
     }
