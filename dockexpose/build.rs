@@ -1,5 +1,5 @@
 //! Builds the kernel programs (dockexpose-ebpf) for bpfel-unknown-none and hands the
-//! object to `src/kernel/loader.rs`, which embeds it: `cargo build --release` gives a
+//! object to `src/kernel/loader/mod.rs`, which embeds it: `cargo build --release` gives a
 //! standalone binary.
 //!
 //! The eBPF crate needs `-Z build-std=core`, i.e. a compiler with its library source:
