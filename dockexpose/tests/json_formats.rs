@@ -20,6 +20,31 @@ fn lines_of(path: &Path) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
 }
 
+/// What OCSF's schema says of each event (tests/formats_ocsf.py, PyPI's
+/// ocsf-json-schema and jsonschema): the invalid ones, with the validator's reasons.
+/// None when the validator cannot run here (reported as a skip; a failure in CI).
+fn ocsf_invalid(test: &str, events: &[Value]) -> Option<Vec<String>> {
+    use std::{
+        io::Write,
+        process::{Command, Stdio},
+    };
+    let probe = Command::new("python3").args(["-c", "import ocsf_json_schema, jsonschema"]).stderr(Stdio::null()).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        assert!(std::env::var_os("CI").is_none(), "the OCSF validator is needed in CI: run cargo xtask setup");
+        skip::skip(test, "python3 cannot import ocsf_json_schema and jsonschema: the daemon's OCSF lines were not validated (cargo xtask setup installs them)");
+        return None;
+    }
+    let named: Vec<Value> = events.iter().enumerate().map(|(i, e)| serde_json::json!([format!("line {i}"), e])).collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/formats_ocsf.py");
+    let mut child = Command::new("python3").arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python3 runs");
+    child.stdin.take().unwrap().write_all(&serde_json::to_vec(&named).unwrap()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the validator failed to run: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), events.len(), "one verdict per line: {text}");
+    Some(text.lines().filter(|l| !l.ends_with("\tvalid")).map(str::to_string).collect())
+}
+
 /// The value at a dotted path ("destination.nat.port").
 fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(v, |v, key| &v[key])
@@ -55,6 +80,8 @@ fn ecs_and_ocsf_audit_logs_describe_the_connection_the_native_record_does() {
     let (sport, native) = &logs["native"];
     let reached = native.iter().find(|r| r["stage"] == "reached" && r["src_port"] == *sport).expect("a native reached record");
     assert_eq!((reached["host_port"].as_u64(), reached["dst_port"].as_u64()), (Some(u64::from(port)), Some(80)));
+    let is_id = |v: &Value| v.as_str().is_some_and(|s| s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit()));
+    assert!(is_id(&reached["record_id"]) && reached["host"].as_str().is_some_and(|h| !h.is_empty()), "{reached:#}");
 
     // ECS: one event per line; the reach is the host side, its NAT the container side.
     let (sport, ecs) = &logs["ecs"];
@@ -62,10 +89,11 @@ fn ecs_and_ocsf_audit_logs_describe_the_connection_the_native_record_does() {
         assert!(line["ecs"]["version"].as_str().is_some_and(|v| v.starts_with("8.")), "every ECS line says its version: {line}");
         assert!(line["@timestamp"].is_string(), "{line}");
     }
-    let event = ecs
+    let ecs_event = ecs
         .iter()
         .find(|e| e["event"]["action"] == "reached" && at(e, "source.port") == *sport)
         .unwrap_or_else(|| panic!("an ECS reached event from port {sport}: {ecs:#?}"));
+    let event = ecs_event;
     let expected = [
         ("source.ip", Value::from(src.to_string())),
         ("destination.ip", Value::from(host.ip().to_string())),
@@ -81,9 +109,12 @@ fn ecs_and_ocsf_audit_logs_describe_the_connection_the_native_record_does() {
     for (path, value) in &expected {
         assert_eq!(at(event, path), value, "ECS {path}: {event:#}");
     }
+    assert!(is_id(at(event, "event.id")), "ECS event.id is the record_id: {event:#}");
+    assert_eq!(at(event, "host.name"), &reached["host"], "the same host names both");
     assert!(ecs.iter().any(|e| at(e, "event.action") == "daemon_start"), "the daemon's own start line is ECS too: {ecs:#?}");
 
-    // OCSF Network Activity: Open, Allowed, the host side as the destination.
+    // OCSF Network Activity: the reach is Open, Allowed, the host side its destination
+    // (the attempt before it is Traffic).
     let (sport, ocsf) = &logs["ocsf"];
     for line in ocsf {
         assert!(line["metadata"]["version"].as_str().is_some_and(|v| v.starts_with("1.")), "every OCSF line says its version: {line}");
@@ -91,8 +122,8 @@ fn ecs_and_ocsf_audit_logs_describe_the_connection_the_native_record_does() {
     }
     let event = ocsf
         .iter()
-        .find(|e| e["class_uid"] == 4001 && at(e, "src_endpoint.port") == *sport)
-        .unwrap_or_else(|| panic!("an OCSF Network Activity from port {sport}: {ocsf:#?}"));
+        .find(|e| e["class_uid"] == 4001 && at(e, "unmapped.stage") == "reached" && at(e, "src_endpoint.port") == *sport)
+        .unwrap_or_else(|| panic!("an OCSF Network Activity (the reach) from port {sport}: {ocsf:#?}"));
     let expected = [
         ("activity_id", Value::from(1)),
         ("type_uid", Value::from(400101)),
@@ -107,5 +138,11 @@ fn ecs_and_ocsf_audit_logs_describe_the_connection_the_native_record_does() {
     ];
     for (path, value) in &expected {
         assert_eq!(at(event, path), value, "OCSF {path}: {event:#}");
+    }
+    assert!(is_id(at(event, "metadata.uid")), "OCSF metadata.uid is the record_id: {event:#}");
+    eprintln!("{test}: the reach, as the daemon wrote it:\nnative {reached}\necs {}\nocsf {event}", serde_json::to_string(ecs_event).unwrap());
+    // Every line the daemon wrote, its own lines included, is valid OCSF.
+    if let Some(invalid) = ocsf_invalid(test, ocsf) {
+        assert!(invalid.is_empty(), "the daemon wrote invalid OCSF: {invalid:#?}\n{ocsf:#?}");
     }
 }
