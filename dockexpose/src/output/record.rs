@@ -171,7 +171,7 @@ pub struct Record {
     /// The record's own name, the same each time the same record is delivered
     /// (output/record_id.rs). Set by the fan-out.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub record_id: Option<String>,
+    pub record_id: Option<super::record_id::RecordId>,
     /// The host that saw it (`--host-name`, by default the hostname) and its
     /// /etc/machine-id. Set by the fan-out.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -9,29 +9,67 @@
 //! - A `verified` record, made by userspace alone, by its content: its time, tuple and
 //!   verdict.
 //!
-//! 32 hex digits: the first 16 bytes of a SHA-1 of those fields.
+//! 32 hex digits: the first 16 bytes of a SHA-1 of those fields (a name, not a secret:
+//! SHA-1 is what Community ID uses already).
 
 use sha1::{Digest as _, Sha1};
 
 use super::record::Record;
 
-fn hex16(digest: &[u8]) -> String {
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+/// A record's id: 16 bytes, written as 32 hex digits (on a stack buffer: the kernel's
+/// records each get one, on the per-record path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RecordId(pub [u8; 16]);
+
+impl RecordId {
+    fn of(hasher: Sha1) -> Self {
+        let digest = hasher.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        Self(id)
+    }
+
+    /// The 32 hex digits.
+    pub fn hex(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 15)];
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for RecordId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Hex digits only.
+        f.write_str(std::str::from_utf8(&self.hex()).expect("ASCII"))
+    }
+}
+
+impl serde::Serialize for RecordId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(std::str::from_utf8(&self.hex()).expect("ASCII"))
+    }
 }
 
 /// The id of a record that comes from kernel record (boot, cpu, kseq), at `stage`.
-pub fn of_kernel(boot_id: &str, cpu: u32, kseq: u64, stage: &str) -> String {
+pub fn of_kernel(boot_id: &str, cpu: u32, kseq: u64, stage: &str) -> RecordId {
     let mut h = Sha1::new();
-    h.update(format!("k\0{boot_id}\0{cpu}\0{kseq}\0{stage}").as_bytes());
-    hex16(&h.finalize())
+    h.update(b"k\0");
+    h.update(boot_id.as_bytes());
+    h.update(cpu.to_le_bytes());
+    h.update(kseq.to_le_bytes());
+    h.update(stage.as_bytes());
+    RecordId::of(h)
 }
 
 /// The id of a record userspace alone made (a probe's `verified` record).
-pub fn of_content(rec: &Record) -> String {
+pub fn of_content(rec: &Record) -> RecordId {
     let mut h = Sha1::new();
-    let ts = rec.ts.format();
     h.update(b"c\0");
-    h.update(ts);
+    h.update(rec.ts.format());
     h.update(
         format!(
             "\0{}\0{}\0{}\0{}\0{}\0{}\0{}\0{}",
@@ -46,7 +84,7 @@ pub fn of_content(rec: &Record) -> String {
         )
         .as_bytes(),
     );
-    hex16(&h.finalize())
+    RecordId::of(h)
 }
 
 #[cfg(test)]
@@ -59,8 +97,10 @@ mod tests {
     #[test]
     fn a_kernel_record_is_named_by_its_origin_and_stage() {
         let a = of_kernel("b1", 0, 7, "attempted");
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        let text = a.to_string();
+        assert_eq!(text.len(), 32);
+        assert!(text.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(serde_json::to_value(a).unwrap(), serde_json::Value::from(text));
         assert_eq!(a, of_kernel("b1", 0, 7, "attempted"), "the same record, the same id");
         for other in [of_kernel("b2", 0, 7, "attempted"), of_kernel("b1", 1, 7, "attempted"), of_kernel("b1", 0, 8, "attempted")] {
             assert_ne!(a, other);

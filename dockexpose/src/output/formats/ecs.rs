@@ -239,7 +239,7 @@ fn connection(rec: &Record, observer: &Observer) -> Map<String, Value> {
 
     // The record's own name: what a store deduplicates on.
     if let Some(id) = &rec.record_id {
-        event["event"]["id"] = id.as_str().into();
+        event["event"]["id"] = id.to_string().into();
     }
     let mut rest = native_map(rec);
     // host and host_id are the observer's, in host.*.

@@ -226,7 +226,7 @@ fn network_activity(rec: &Record, observer: &Observer, severity_id: u32) -> Map<
     // The record's own name: what a store deduplicates on. host and host_id are the
     // observer's, in device.
     if let Some(id) = &rec.record_id {
-        event["metadata"]["uid"] = id.as_str().into();
+        event["metadata"]["uid"] = id.to_string().into();
     }
     for key in MAPPED.iter().filter(|&&k| k != "container").chain(&["record_id", "host", "host_id"]) {
         rest.remove(*key);
