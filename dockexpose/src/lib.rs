@@ -7,7 +7,10 @@
 //! - `correlate`: kernel observation + inventory -> connection record;
 //! - `verdict`: attempted -> reached / reached through a proxy / blocked;
 //! - `net/`: prefixes and source classification;
-//! - `output/`: the JSON audit record, human lines and alerts, the audit-log sink;
+//! - `output/`: the JSON audit record and its formats (native, ECS, OCSF), human lines
+//!   and alerts, the audit log and the alert sinks;
+//! - `intent/`: the firewall's word (UFW, firewalld, iptables, nftables, bans);
+//! - `explain`: `dockexpose explain`, the firewall's word against the probes;
 //! - `state/`: the daemon as a service: pinned kernel side adopted across restarts,
 //!   records at least once, the one-daemon lock, sd_notify;
 //! - `watch`: the daemon loop that ties them together;
@@ -16,6 +19,11 @@
 //! - `status`: `dockexpose status` (unix socket) and Prometheus metrics.
 //!
 //! The kernel-program benchmark is a bench target (benches/kernel_programs.rs).
+//!
+//! No `unwrap()` outside tests: what the world controls is an error with its fix, and an
+//! invariant that cannot fail says why in an `expect("...")`.
+
+#![deny(clippy::unwrap_used)]
 
 pub mod config;
 pub mod cli;

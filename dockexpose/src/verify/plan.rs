@@ -126,8 +126,8 @@ pub fn targets(inventory: &Inventory, ports: &[(u16, Proto)]) -> Vec<Target> {
                 }
             }
             if !found {
-                for host_ip in ["0.0.0.0", "::"] {
-                    let port = PublishedPort { host_ip: host_ip.parse().unwrap(), host_port: port, container_port: port, proto };
+                for host_ip in [IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])] {
+                    let port = PublishedPort { host_ip, host_port: port, container_port: port, proto };
                     out.push(Target { container: None, port, direct: false });
                 }
             }
