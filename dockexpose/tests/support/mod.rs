@@ -25,18 +25,17 @@ pub mod engine;
 pub mod skip;
 pub mod tun;
 
-// Each test binary uses a different part of these (like the dead_code allow above).
-#[allow(unused_imports)]
+#[allow(unused_imports, reason = "each test binary uses a different part of the test bed")]
 pub use bed::{assert_unrouted, free_ports, run_id, Bed, OutsideHost, C_TCP, C_UDP, HOST_INPUT_TCP, HOST_TCP, HOST_UDP};
-#[allow(unused_imports)]
+#[allow(unused_imports, reason = "each test binary uses a different part of the test bed")]
 pub use hooks::{tcx_programs, xdp_attached};
-#[allow(unused_imports)]
+#[allow(unused_imports, reason = "each test binary uses a different part of the test bed")]
 pub use load::{bench_uplink_hook, connect_loop, peak_rss_kib, spoofed_syn, syn_flood, tx_dropped};
-#[allow(unused_imports)]
+#[allow(unused_imports, reason = "each test binary uses a different part of the test bed")]
 pub use netns::{in_netns, spawn_in_netns, tcp_connect, tcp_connect_root, udp_exchange, Services};
-#[allow(unused_imports)]
+#[allow(unused_imports, reason = "each test binary uses a different part of the test bed")]
 pub use shell::{privileged, sh, sh_quiet, Undo};
-#[allow(unused_imports)]
+#[allow(unused_imports, reason = "each test binary uses a different part of the test bed")]
 pub use skip::skip;
-#[allow(unused_imports)]
+#[allow(unused_imports, reason = "each test binary uses a different part of the test bed")]
 pub use watcher::{counter, json_path, Watcher};
