@@ -16,9 +16,10 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod adoption;
 mod restarts;
 mod without_daemon;
-mod adoption;
 
 use std::{
     collections::BTreeMap,

@@ -11,9 +11,10 @@
 
 #[path = "../support/mod.rs"]
 mod support;
-mod ufw;
+
 mod drift;
 mod firewalld;
+mod ufw;
 
 use std::{
     net::IpAddr,

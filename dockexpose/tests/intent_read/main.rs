@@ -5,10 +5,11 @@
 
 #[path = "../support/mod.rs"]
 mod support;
-mod ufw;
-mod iptables;
+
 mod fail2ban;
 mod firewalld;
+mod iptables;
+mod ufw;
 
 use std::{
     path::{Path, PathBuf},

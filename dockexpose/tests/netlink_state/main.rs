@@ -7,9 +7,10 @@
 
 #[path = "../support/mod.rs"]
 mod support;
-mod route_lookups;
-mod neighbours;
+
 mod conntrack_flows;
+mod neighbours;
+mod route_lookups;
 
 use std::{
     io::Read,

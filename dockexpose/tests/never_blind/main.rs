@@ -6,9 +6,10 @@
 
 #[path = "../support/mod.rs"]
 mod support;
-mod ring;
+
 mod paths;
 mod reuse;
+mod ring;
 
 use std::{
     net::{SocketAddr, SocketAddrV4},

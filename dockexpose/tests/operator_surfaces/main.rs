@@ -5,8 +5,9 @@
 
 #[path = "../support/mod.rs"]
 mod support;
-mod prometheus;
+
 mod audit_log;
+mod prometheus;
 mod webhook;
 
 use std::{

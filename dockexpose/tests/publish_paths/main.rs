@@ -15,11 +15,12 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod cni;
 mod compose;
 mod nftables;
 mod podman;
 mod second_engine;
-mod cni;
 
 use std::{
     net::{IpAddr, SocketAddr},

@@ -4,9 +4,10 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod interrupted;
 mod ports;
 mod uplinks;
-mod interrupted;
 
 use std::{
     collections::BTreeMap,
