@@ -47,6 +47,15 @@ use std::{
 
 use super::{assert_unrouted, run_id, sh, sh_quiet, Undo, Watcher};
 
+mod container;
+mod sctp;
+
+#[allow(unused_imports, reason = "each test binary uses a different part of the test bed")]
+pub use container::EngineContainer;
+#[allow(unused_imports, reason = "each test binary uses a different part of the test bed")]
+pub use sctp::kernel_has_sctp_sockets;
+use sctp::SCTP_PROXY_STUB;
+
 /// How the engine publishes ports besides its iptables rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proxy {
@@ -458,71 +467,4 @@ impl Drop for SecondEngine {
         drop(std::mem::take(&mut self.undo));
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A container of a SecondEngine, removed (with force) on drop.
-pub struct EngineContainer<'a> {
-    pub engine: &'a SecondEngine,
-    pub name: String,
-}
-
-impl EngineContainer<'_> {
-    pub fn inspect(&self, format: &str) -> String {
-        self.engine.docker(&["inspect", "-f", format, &self.name]).trim().to_string()
-    }
-    pub fn id(&self) -> String {
-        self.inspect("{{.Id}}")
-    }
-    /// The container's address on `network` ("bridge" for the default one).
-    pub fn ip(&self, network: &str) -> String {
-        self.inspect(&format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"))
-    }
-    /// The pid of its init process (in the root pid namespace).
-    pub fn pid(&self) -> u32 {
-        self.inspect("{{.State.Pid}}").parse().expect("container pid")
-    }
-    /// A counter of the container's network stack from /proc/PID/net/snmp, e.g.
-    /// ("Ip", "InUnknownProtos"): packets for a protocol it has no handler for.
-    pub fn snmp(&self, group: &str, field: &str) -> u64 {
-        let text = fs::read_to_string(format!("/proc/{}/net/snmp", self.pid())).expect("container snmp");
-        let mut rows = text.lines().filter(|l| l.starts_with(&format!("{group}:")));
-        let (names, values) = (rows.next().expect("snmp names"), rows.next().expect("snmp values"));
-        let i = names.split_whitespace().position(|n| n == field).unwrap_or_else(|| panic!("no {group} {field} in snmp"));
-        values.split_whitespace().nth(i).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for EngineContainer<'_> {
-    fn drop(&mut self) {
-        let _ = self.engine.try_docker(&["rm", "-f", &self.name]);
-    }
-}
-
-
-/// The stand-in userland proxy (see [`Proxy::SctpStub`]). dockerd passes
-/// `-proto P -host-ip … -host-port … -container-ip … -container-port …` and waits
-/// for "0\n" (started) or "1\n<error>" on fd 3; it stops the proxy with SIGINT.
-const SCTP_PROXY_STUB: &str = r#"#!/bin/sh
-# Test stand-in for docker-proxy: this kernel has no SCTP sockets, so neither the
-# real proxy nor dockerd can listen on a published SCTP port. Tell dockerd the SCTP
-# proxy started and idle; TCP and UDP get the real docker-proxy.
-case " $* " in
-*" -proto sctp "*)
-    printf '0\n' >&3
-    exec 3>&-
-    exec sleep 2147483647
-    ;;
-esac
-exec docker-proxy "$@"
-"#;
-
-/// True when this kernel can open SCTP sockets (it cannot on the test machines).
-pub fn kernel_has_sctp_sockets() -> bool {
-    // SAFETY: a plain socket(2), closed at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) };
-    if fd >= 0 {
-        unsafe { libc::close(fd) };
-        return true;
-    }
-    false
 }
