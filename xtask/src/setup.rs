@@ -39,20 +39,20 @@ pub(crate) const DEB_PACKAGES: &[&str] = &[
     // ApacheBench (`ab`): the load of tests/bench_saturation.rs.
     "apache2-utils",
     // `dockexpose verify`: conntrack is the tests' reference for the probes' entries
-    // (verify itself deletes them over netlink); nmap is what tests/verify.rs compares
+    // (verify itself deletes them over netlink); nmap is what tests/verify/ compares
     // its verdicts with; tcpdump watches that none leaks; nft reads back the netfilter
     // trace that names the rule dropping a probe.
     "nmap",
     "conntrack",
     "nftables",
     "tcpdump",
-    // A real compose project in tests/publish_paths.rs (Debian's docker-compose v1:
+    // A real compose project in tests/publish_paths/ (Debian's docker-compose v1:
     // the same Engine API and com.docker.compose.* labels as compose v2).
     "docker-compose",
     // CNI's bridge and portmap plugins (Kubernetes hostPort), driven as a container
-    // runtime drives them, in tests/publish_paths.rs.
+    // runtime drives them, in tests/publish_paths/.
     "containernetworking-plugins",
-    // tests/operator_surfaces.rs: a real Prometheus server scrapes the daemon, and the
+    // tests/operator_surfaces/: a real Prometheus server scrapes the daemon, and the
     // real logrotate rotates the audit log with packaging/logrotate/dockexpose.
     "prometheus",
     "logrotate",
@@ -73,7 +73,7 @@ pub(crate) const DEB_PACKAGES: &[&str] = &[
     // tests/least_privilege.rs drops capabilities with setpriv; tests/service.rs checks
     // packaging/systemd/dockexpose.service with `systemd-analyze verify` (systemd above).
     "util-linux",
-    // tests/service_nspawn.rs starts that unit under a real systemd: a minimal Debian
+    // tests/service_nspawn/ starts that unit under a real systemd: a minimal Debian
     // tree made by debootstrap (once, cached under target/tmp/nspawn), booted with
     // systemd-nspawn.
     "systemd-container",

@@ -63,7 +63,7 @@ impl TestTotals {
 /// One test that skipped itself, and why.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Skip {
-    /// The test binary (`verify` for tests/verify.rs).
+    /// The test binary (`verify` for tests/verify/).
     pub binary: String,
     pub test: String,
     pub reason: String,
