@@ -73,8 +73,7 @@ fn main() {
     }
     let built = target_dir.join(TARGET).join("release").join("dockexpose-ebpf");
     let dest = out_dir.join("dockexpose-ebpf.o");
-    std::fs::copy(&built, &dest)
-        .unwrap_or_else(|e| fail(&format!("copying {} failed: {e}", built.display())));
+    std::fs::copy(&built, &dest).unwrap_or_else(|e| fail(&format!("copying {} failed: {e}", built.display())));
 }
 
 fn fail(msg: &str) -> ! {
@@ -137,7 +136,22 @@ fn scrub_cargo_env(cmd: &mut Command) {
     for (key, _) in env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         let inherited = (key.starts_with("CARGO_") && key != "CARGO_HOME")
-            || matches!(key, "RUSTC" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTFLAGS" | "RUSTDOC" | "TARGET" | "HOST" | "OUT_DIR" | "OPT_LEVEL" | "PROFILE" | "DEBUG" | "NUM_JOBS" | "RUSTC_LINKER");
+            || matches!(
+                key,
+                "RUSTC"
+                    | "RUSTC_WRAPPER"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "RUSTFLAGS"
+                    | "RUSTDOC"
+                    | "TARGET"
+                    | "HOST"
+                    | "OUT_DIR"
+                    | "OPT_LEVEL"
+                    | "PROFILE"
+                    | "DEBUG"
+                    | "NUM_JOBS"
+                    | "RUSTC_LINKER"
+            );
         if inherited {
             cmd.env_remove(key);
         }

@@ -73,5 +73,10 @@ pub fn conntrack(ctx: &TcContext, flow: &Flow) -> Conntrack {
             orig[i * 4..i * 4 + 4].copy_from_slice(&orig_addr[i].to_ne_bytes());
         }
     }
-    Conntrack::FromOutside { orig_addr: orig, orig_port: u16::from_be(orig_port), replied: ctinfo != IP_CT_NEW, ct: ct_addr }
+    Conntrack::FromOutside {
+        orig_addr: orig,
+        orig_port: u16::from_be(orig_port),
+        replied: ctinfo != IP_CT_NEW,
+        ct: ct_addr,
+    }
 }

@@ -94,10 +94,7 @@ pub const TCP_SYN_ACK: u8 = TCP_FLAG_SYN | TCP_FLAG_ACK;
 /// (wg, tun, ipip, gre devices). With `UDP_ONLY`, everything but UDP is skipped as
 /// early as can be (the bridge ingress program needs only UDP).
 #[inline(always)]
-pub fn parse<const ETHERNET: bool, const UDP_ONLY: bool, const TCP_FLAGS: u8>(
-    data: usize,
-    data_end: usize,
-) -> Parsed {
+pub fn parse<const ETHERNET: bool, const UDP_ONLY: bool, const TCP_FLAGS: u8>(data: usize, data_end: usize) -> Parsed {
     if !ETHERNET {
         // The smallest IP header at once: a one-byte bounds check compiles to a
         // comparison the verifier does not take as one.

@@ -101,10 +101,7 @@ pub const HOST_UNPUBLISHED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 
 
 /// RFC 1071 checksum of an IPv4 header whose checksum field is zero.
 pub fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
+    let mut sum: u32 = header.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -275,8 +272,18 @@ fn figures() -> Vec<Figure> {
 }
 
 /// One round: each real program right after its empty counterpart.
-const ROUND: [usize; 10] =
-    [EMPTY_TC, BRIDGE_ACK, EMPTY_TC, BRIDGE_SYN, EMPTY_TC, BRIDGE_NON_IP, EMPTY_XDP_SYN, XDP_SYN, EMPTY_XDP_ACK, XDP_ACK];
+const ROUND: [usize; 10] = [
+    EMPTY_TC,
+    BRIDGE_ACK,
+    EMPTY_TC,
+    BRIDGE_SYN,
+    EMPTY_TC,
+    BRIDGE_NON_IP,
+    EMPTY_XDP_SYN,
+    XDP_SYN,
+    EMPTY_XDP_ACK,
+    XDP_ACK,
+];
 
 /// The order of round `r`: as written on even rounds, reversed on odd ones.
 pub fn round_order(r: u32) -> Vec<usize> {
@@ -437,7 +444,8 @@ fn print_report(args: &BenchArgs, figs: &[Figure], before: &CounterSnapshot, aft
             },
             None => "baseline".to_string(),
         };
-        let batched = if f.batched { format!("  (batches of {SYN_BATCH}, ring drained between)") } else { String::new() };
+        let batched =
+            if f.batched { format!("  (batches of {SYN_BATCH}, ring drained between)") } else { String::new() };
         println!(
             "  {:<23} {:<16} {:6.1} ns/run (min {:6.1} max {:6.1})  {}{}",
             f.program,
@@ -490,7 +498,11 @@ fn print_report(args: &BenchArgs, figs: &[Figure], before: &CounterSnapshot, aft
     println!();
     println!("goals:");
     goal("bridge_egress fast path (ack_fastpath) within 1.5x of empty", BRIDGE_ACK, GOAL_BRIDGE_FASTPATH);
-    goal("bridge_egress new-flow record (syn_record, conntrack asked) within 6x of empty", BRIDGE_SYN, GOAL_BRIDGE_RECORD);
+    goal(
+        "bridge_egress new-flow record (syn_record, conntrack asked) within 6x of empty",
+        BRIDGE_SYN,
+        GOAL_BRIDGE_RECORD,
+    );
     goal("uplink_xdp fast path (ack_fastpath) within 1.5x of empty", XDP_ACK, GOAL_XDP_FASTPATH);
     goal("uplink_xdp on syn_unpublished (no record) within 2.5x of empty", XDP_SYN, GOAL_XDP_CLOSE);
 }
@@ -538,7 +550,10 @@ mod tests {
         // Summing a header including its checksum gives 0xffff, i.e. 0 once inverted.
         assert_eq!(ipv4_checksum(&f[ETH_HLEN..ETH_HLEN + IPV4_HLEN]), 0);
         // RFC 1071 example-style check on a known header.
-        let h = [0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0, 0, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7];
+        let h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0, 0, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8, 0x00,
+            0xc7,
+        ];
         assert_eq!(ipv4_checksum(&h), 0xb861);
     }
 

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 pub use crate::output::formats::JsonFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "dockexpose", version, about = "Tells which Docker published ports the outside world really reaches, from the kernel")]
+#[command(
+    name = "dockexpose",
+    version,
+    about = "Tells which Docker published ports the outside world really reaches, from the kernel"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -46,7 +50,6 @@ pub enum Command {
     },
 }
 
-
 #[derive(Debug, Args, Clone)]
 pub struct CleanupArgs {
     /// The pin directory `watch` used.
@@ -80,7 +83,6 @@ pub struct ServiceArgs {
     #[arg(long, value_name = "PATH", default_value = crate::state::lock::DEFAULT_LOCK_FILE)]
     pub lock_file: PathBuf,
 }
-
 
 #[derive(Debug, Args, Clone)]
 pub struct StatusArgs {
@@ -252,7 +254,13 @@ pub struct WatchArgs {
 
     /// Uplink to watch for attempts (repeatable). Without it: every interface that is up,
     /// has a global address, and is not a bridge, a container veth or loopback.
-    #[arg(env = "DOCKEXPOSE_UPLINK", value_delimiter = ',', long = "uplink", value_name = "IFACE", conflicts_with = "no_uplinks")]
+    #[arg(
+        env = "DOCKEXPOSE_UPLINK",
+        value_delimiter = ',',
+        long = "uplink",
+        value_name = "IFACE",
+        conflicts_with = "no_uplinks"
+    )]
     pub uplinks: Vec<String>,
 
     /// No uplink programs: only what reaches containers is reported, no attempts.
@@ -275,7 +283,13 @@ pub struct WatchArgs {
 
     /// Probe from this network (repeatable; its first host address), as verify's
     /// --from. Default: 198.51.100.77 and 2001:db8:dc::77 (documentation ranges).
-    #[arg(env = "DOCKEXPOSE_VERIFY_FROM", value_delimiter = ',', long = "verify-from", value_name = "CIDR", requires = "verify_every")]
+    #[arg(
+        env = "DOCKEXPOSE_VERIFY_FROM",
+        value_delimiter = ',',
+        long = "verify-from",
+        value_name = "CIDR",
+        requires = "verify_every"
+    )]
     pub verify_from: Vec<String>,
 
     /// Where the host's root is, for its firewall's word (/etc/ufw, /etc/firewalld),
@@ -342,7 +356,9 @@ mod tests {
 
     #[test]
     fn repeatable_bridges_and_trusted_networks() {
-        let cli = parse(&["watch", "--bridge", "docker0", "--bridge", "br-1", "--trusted", "10.8.0.0/24", "--json", "-"]).unwrap();
+        let cli =
+            parse(&["watch", "--bridge", "docker0", "--bridge", "br-1", "--trusted", "10.8.0.0/24", "--json", "-"])
+                .unwrap();
         let Command::Watch(w) = cli.command else { panic!("expected the watch command") };
         assert_eq!(w.bridges, ["docker0", "br-1"]);
         assert_eq!(w.trusted, ["10.8.0.0/24"]);
@@ -355,8 +371,22 @@ mod tests {
         let Command::Verify(v) = parse(&["verify"]).unwrap().command else { panic!("expected verify") };
         assert!(v.ports.is_empty() && v.from.is_empty() && v.uplinks.is_empty());
         assert_eq!((v.rate, v.window_ms), (200, 300));
-        let cli = parse(&["verify", "--port", "80/tcp", "--port", "53/udp", "--from", "10.8.0.0/24", "--uplink", "eth0",
-            "--expect-exposed", "443/tcp", "--rate", "50"]).unwrap();
+        let cli = parse(&[
+            "verify",
+            "--port",
+            "80/tcp",
+            "--port",
+            "53/udp",
+            "--from",
+            "10.8.0.0/24",
+            "--uplink",
+            "eth0",
+            "--expect-exposed",
+            "443/tcp",
+            "--rate",
+            "50",
+        ])
+        .unwrap();
         let Command::Verify(v) = cli.command else { panic!("expected verify") };
         assert_eq!(v.ports, ["80/tcp", "53/udp"]);
         assert_eq!((v.from.len(), v.uplinks.len(), v.expect_exposed.len(), v.rate), (1, 1, 1, 50));
@@ -367,15 +397,22 @@ mod tests {
     fn verify_every_takes_a_duration_and_sources() {
         let Command::Watch(w) = parse(&["watch"]).unwrap().command else { panic!("expected watch") };
         assert_eq!(w.verify_every, None, "off by default");
-        let cli = parse(&["watch", "--verify-every", "1h", "--verify-from", "198.18.5.77/32", "--verify-from", "fd42::/64"]).unwrap();
+        let cli =
+            parse(&["watch", "--verify-every", "1h", "--verify-from", "198.18.5.77/32", "--verify-from", "fd42::/64"])
+                .unwrap();
         let Command::Watch(w) = cli.command else { panic!("expected watch") };
         assert_eq!(w.verify_every, Some(std::time::Duration::from_secs(3600)));
         assert_eq!(w.verify_from, ["198.18.5.77/32", "fd42::/64"]);
-        let Command::Watch(w) = parse(&["watch", "--verify-every", "10m"]).unwrap().command else { panic!("expected watch") };
+        let Command::Watch(w) = parse(&["watch", "--verify-every", "10m"]).unwrap().command else {
+            panic!("expected watch")
+        };
         assert_eq!(w.verify_every, Some(std::time::Duration::from_secs(600)));
         assert!(parse(&["watch", "--verify-every", "often"]).is_err());
         assert!(parse(&["watch", "--verify-from", "10.0.0.0/8"]).is_err(), "--verify-from needs --verify-every");
-        assert!(parse(&["watch", "--verify-every", "1h", "--no-docker"]).is_err(), "verify needs Docker's published ports");
+        assert!(
+            parse(&["watch", "--verify-every", "1h", "--no-docker"]).is_err(),
+            "verify needs Docker's published ports"
+        );
     }
 
     #[test]
@@ -385,7 +422,9 @@ mod tests {
         assert_eq!(w.service.lock_file, std::path::Path::new("/run/dockexpose/lock"));
         assert!(!w.service.no_pin && !w.service.detach_on_exit);
         assert!(parse(&["watch", "--no-pin", "--detach-on-exit"]).is_err(), "nothing pinned, nothing to detach");
-        let Command::Cleanup(c) = parse(&["cleanup", "--pin-dir", "/sys/fs/bpf/x"]).unwrap().command else { panic!("expected cleanup") };
+        let Command::Cleanup(c) = parse(&["cleanup", "--pin-dir", "/sys/fs/bpf/x"]).unwrap().command else {
+            panic!("expected cleanup")
+        };
         assert_eq!(c.pin_dir, std::path::Path::new("/sys/fs/bpf/x"));
     }
 

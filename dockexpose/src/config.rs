@@ -114,8 +114,10 @@ pub enum ConfigError {
 
 impl FileConfig {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let cfg: FileConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+        let cfg: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
         cfg.check(path)?;
         Ok(cfg)
     }
@@ -134,15 +136,23 @@ impl FileConfig {
 
     /// Values serde cannot check on its own.
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key, value: &str, reason: String| ConfigError::Value { path: path.to_path_buf(), key, value: value.to_string(), reason };
+        let bad = |key, value: &str, reason: String| ConfigError::Value {
+            path: path.to_path_buf(),
+            key,
+            value: value.to_string(),
+            reason,
+        };
         if let Some(v) = &self.watch.verify_every {
-            humantime::parse_duration(v).map_err(|e| bad("watch.verify_every", v, format!("{e} (write e.g. \"1h\" or \"30m\")")))?;
+            humantime::parse_duration(v)
+                .map_err(|e| bad("watch.verify_every", v, format!("{e} (write e.g. \"1h\" or \"30m\")")))?;
         }
         for t in self.watch.trusted.iter().flatten() {
-            crate::net::prefix::trusted_network(t).map_err(|r| bad("watch.trusted", t, format!("{}.\n  Fix: {}", r.reason, r.fix)))?;
+            crate::net::prefix::trusted_network(t)
+                .map_err(|r| bad("watch.trusted", t, format!("{}.\n  Fix: {}", r.reason, r.fix)))?;
         }
         if let Some(l) = &self.metrics.listen {
-            l.parse::<SocketAddr>().map_err(|e| bad("metrics.listen", l, format!("{e} (write host:port, e.g. \"127.0.0.1:9464\")")))?;
+            l.parse::<SocketAddr>()
+                .map_err(|e| bad("metrics.listen", l, format!("{e} (write host:port, e.g. \"127.0.0.1:9464\")")))?;
         }
         Ok(())
     }
@@ -204,10 +214,12 @@ pub fn sinks(args: &WatchArgs, file: &FileConfig) -> crate::output::sinks::Sinks
     use crate::output::sinks::{JournaldConfig, SyslogConfig, WebhookConfig};
     let mut s = file.sinks.clone();
     if !args.webhooks.is_empty() {
-        s.webhook = args.webhooks.iter().map(|u| WebhookConfig { url: u.clone(), ..WebhookConfig::default() }).collect();
+        s.webhook =
+            args.webhooks.iter().map(|u| WebhookConfig { url: u.clone(), ..WebhookConfig::default() }).collect();
     }
     if !args.syslogs.is_empty() {
-        s.syslog = args.syslogs.iter().map(|a| SyslogConfig { address: a.clone(), ..SyslogConfig::default() }).collect();
+        s.syslog =
+            args.syslogs.iter().map(|a| SyslogConfig { address: a.clone(), ..SyslogConfig::default() }).collect();
     }
     if args.journald {
         s.journald.get_or_insert_with(JournaldConfig::default);
@@ -251,7 +263,8 @@ pub fn effective_file(args: &WatchArgs, sinks: &crate::output::sinks::SinksConfi
 /// The metrics address, checked: loopback unless allowed explicitly.
 pub fn metrics_addr(args: &WatchArgs) -> Result<Option<SocketAddr>, String> {
     let Some(s) = &args.metrics else { return Ok(None) };
-    let addr: SocketAddr = s.parse().map_err(|e| format!("--metrics {s:?}: {e}; write host:port, e.g. 127.0.0.1:9464"))?;
+    let addr: SocketAddr =
+        s.parse().map_err(|e| format!("--metrics {s:?}: {e}; write host:port, e.g. 127.0.0.1:9464"))?;
     if !addr.ip().is_loopback() && !args.metrics_allow_remote {
         return Err(format!(
             "--metrics {addr} is not a loopback address: the metrics name containers and ports to whoever asks.\n  Fix: use 127.0.0.1:PORT, or add --metrics-allow-remote (metrics.allow_remote = true) and firewall the port"
@@ -356,7 +369,10 @@ listen = "127.0.0.1:9464"
         let (args, m) = parse(&["watch", "--udp-idle", "10"]);
         let eff = merge(&args, &m, &file).unwrap();
         assert_eq!(eff.udp_idle, 10, "the command line wins");
-        assert_eq!((eff.alert_window, eff.quiet, eff.bridges.as_slice()), (120, true, ["docker0".to_string()].as_slice()));
+        assert_eq!(
+            (eff.alert_window, eff.quiet, eff.bridges.as_slice()),
+            (120, true, ["docker0".to_string()].as_slice())
+        );
         assert_eq!(eff.json.as_deref(), Some(Path::new("/var/log/dockexpose/audit.jsonl")));
         assert_eq!((eff.rotate_size_mb, eff.max_files), (100, 3));
         assert_eq!(eff.metrics.as_deref(), Some("127.0.0.1:9464"));
@@ -365,7 +381,9 @@ listen = "127.0.0.1:9464"
 
     #[test]
     fn unknown_keys_name_the_key_and_the_line() {
-        let e = FileConfig::parse(Path::new("/etc/x.toml"), "[watch]\nudp_idle = 3\nudp_idel = 4\n").unwrap_err().to_string();
+        let e = FileConfig::parse(Path::new("/etc/x.toml"), "[watch]\nudp_idle = 3\nudp_idel = 4\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("udp_idel") && e.contains("line 3") && e.contains("/etc/x.toml"), "{e}");
         let e = FileConfig::parse(Path::new("x.toml"), "[wacth]\n").unwrap_err().to_string();
         assert!(e.contains("wacth") && e.contains("line 1"), "{e}");
@@ -373,7 +391,8 @@ listen = "127.0.0.1:9464"
 
     #[test]
     fn bad_values_are_named() {
-        let e = FileConfig::parse(Path::new("x.toml"), "[watch]\ntrusted = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
+        let e =
+            FileConfig::parse(Path::new("x.toml"), "[watch]\ntrusted = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
         assert!(e.contains("watch.trusted") && e.contains("10.0.0.0/33"), "{e}");
         let e = FileConfig::parse(Path::new("x.toml"), "[watch]\nverify_every = \"often\"\n").unwrap_err().to_string();
         assert!(e.contains("watch.verify_every"), "{e}");
@@ -424,7 +443,8 @@ mod shipped {
 
     /// `key = value`, as opposed to prose.
     fn is_setting(line: &str) -> bool {
-        line.split_once(" = ").is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        line.split_once(" = ")
+            .is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
     }
 
     #[test]

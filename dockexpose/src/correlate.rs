@@ -24,7 +24,9 @@ pub fn record(obs: &Observation, stage: Stage, at: SystemTime, iface: &str, inve
 /// The record of a verdict on an attempt that reached no bridge.
 pub fn verdict_record(verdict: &Verdict, clock: impl Fn(u64) -> SystemTime, inventory: Option<&Inventory>) -> Record {
     match verdict {
-        Verdict::Blocked { attempt, iface } => record(attempt, Stage::Blocked, clock(attempt.ktime_ns), iface, inventory),
+        Verdict::Blocked { attempt, iface } => {
+            record(attempt, Stage::Blocked, clock(attempt.ktime_ns), iface, inventory)
+        }
         Verdict::ReachedViaProxy { attempt, iface } => {
             // Described from the uplink: the destination is the host side the proxy
             // answered on; the container comes from the published mapping.
@@ -114,7 +116,11 @@ fn candidates(mappings: &[&PublishedPort], ipv4: bool) -> Vec<HostSide> {
 /// The items that pass `keep`, or all of them when none does.
 fn prefer(items: Vec<&PublishedPort>, keep: impl Fn(&PublishedPort) -> bool) -> Vec<&PublishedPort> {
     let kept: Vec<&PublishedPort> = items.iter().copied().filter(|m| keep(m)).collect();
-    if kept.is_empty() { items } else { kept }
+    if kept.is_empty() {
+        items
+    } else {
+        kept
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +141,10 @@ mod tests {
         let inv = sample();
         let r = rec(&reached("172.17.0.2", 53, Proto::Udp), Some(&inv));
         let c = r.container.as_ref().unwrap();
-        assert_eq!((c.name.as_str(), c.image.as_str(), c.compose_project.as_deref()), ("web", "nginx:1.27", Some("shop")));
+        assert_eq!(
+            (c.name.as_str(), c.image.as_str(), c.compose_project.as_deref()),
+            ("web", "nginx:1.27", Some("shop"))
+        );
         assert_eq!(r.host_port, Some(5353));
         assert_eq!(r.host_ip, Some("0.0.0.0".parse().unwrap()));
         assert_eq!(r.exposure, "published");
@@ -184,7 +193,11 @@ mod tests {
         let r = rec(&obs, Some(&inv));
         assert_eq!((r.exposure, r.host_ip, r.host_port), ("direct", None, None));
         assert_eq!(r.container.as_ref().unwrap().name, "web");
-        assert_eq!(r.published.iter().map(|h| h.host_port).collect::<Vec<_>>(), [5353], "the mapping it did not use is listed");
+        assert_eq!(
+            r.published.iter().map(|h| h.host_port).collect::<Vec<_>>(),
+            [5353],
+            "the mapping it did not use is listed"
+        );
         // Not published at all: still `unpublished`.
         let mut obs = reached("172.17.0.2", 22, Proto::Tcp);
         obs.flags |= dockexpose_common::FLAG_DIRECT;
@@ -217,7 +230,8 @@ mod tests {
         let mut attempt = reached("198.18.3.1", 8080, Proto::Tcp);
         attempt.stage = Stage::Attempted;
         let clock = |_| SystemTime::UNIX_EPOCH;
-        let blocked = verdict_record(&Verdict::Blocked { attempt: attempt.clone(), iface: "eth0".into() }, clock, Some(&inv));
+        let blocked =
+            verdict_record(&Verdict::Blocked { attempt: attempt.clone(), iface: "eth0".into() }, clock, Some(&inv));
         assert_eq!((blocked.stage, blocked.path, blocked.iface.as_str()), ("blocked", None, "eth0"));
         assert_eq!(blocked.container.as_ref().unwrap().name, "web");
         let proxied = verdict_record(&Verdict::ReachedViaProxy { attempt, iface: "eth0".into() }, clock, Some(&inv));
@@ -234,7 +248,10 @@ mod tests {
         let r = rec(&obs, Some(&inv));
         let c = r.container.as_ref().expect("named by the service");
         assert_eq!((c.name.as_str(), c.swarm_service.as_deref(), c.swarm_task.as_deref()), ("web", Some("web"), None));
-        assert_eq!((r.exposure, r.host_ip, r.host_port), ("published", Some("198.18.3.1".parse().unwrap()), Some(8080)));
+        assert_eq!(
+            (r.exposure, r.host_ip, r.host_port),
+            ("published", Some("198.18.3.1".parse().unwrap()), Some(8080))
+        );
         assert_eq!(r.published.iter().map(|h| h.host_port).collect::<Vec<_>>(), [8080]);
         // Without conntrack: the port DOCKER-INGRESS kept.
         let r = rec(&reached("172.18.0.2", 8080, Proto::Tcp), Some(&inv));

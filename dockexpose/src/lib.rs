@@ -25,8 +25,8 @@
 
 #![deny(clippy::unwrap_used)]
 
-pub mod config;
 pub mod cli;
+pub mod config;
 pub mod correlate;
 pub mod error;
 pub mod explain;

@@ -56,7 +56,9 @@ fn main() {
             runtime.block_on(dockexpose::watch::run(args, sub)).map_err(|e| e.to_string())
         }
         Command::Cleanup(args) => dockexpose::state::cleanup(&args).map_err(|e| e.to_string()),
-        Command::VerifySentinel { parent, pins } => std::process::exit(dockexpose::verify::sentinel::run(parent, &pins)),
+        Command::VerifySentinel { parent, pins } => {
+            std::process::exit(dockexpose::verify::sentinel::run(parent, &pins))
+        }
     };
     if let Err(e) = result {
         dockexpose::say!("error: {e}");

@@ -228,7 +228,10 @@ mod tests {
         let line = now.summary(&before);
         assert!(line.contains("reached containers"), "{line}");
         assert!(line.contains("3 RECORDS LOST"), "{line}");
-        assert!(now.summary(&now).contains("0 connections reached containers") && now.summary(&now).contains("nothing lost"));
+        assert!(
+            now.summary(&now).contains("0 connections reached containers")
+                && now.summary(&now).contains("nothing lost")
+        );
         assert!(line.len() < 200, "a short line: {line}");
         assert!(now.summary(&PipelineCounters::default()).starts_with("7 connections reached containers"));
     }

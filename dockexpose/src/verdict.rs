@@ -50,7 +50,14 @@ struct SourceKey {
 impl Key {
     /// An attempt or an answer: the destination is the host side.
     fn of_attempt(obs: &Observation) -> Self {
-        Self { src: obs.src, src_port: obs.src_port, proto: obs.proto, host: obs.dst, host_port: obs.dst_port, seq: obs.seq }
+        Self {
+            src: obs.src,
+            src_port: obs.src_port,
+            proto: obs.proto,
+            host: obs.dst,
+            host_port: obs.dst_port,
+            seq: obs.seq,
+        }
     }
 
     fn source(&self) -> SourceKey {
@@ -163,7 +170,8 @@ impl AttemptTracker {
                 break;
             }
             self.deadlines.pop_front();
-            let due = self.waiting.get(&key).is_some_and(|w| w.attempt.ktime_ns.saturating_add(self.window_ns) <= now_ns);
+            let due =
+                self.waiting.get(&key).is_some_and(|w| w.attempt.ktime_ns.saturating_add(self.window_ns) <= now_ns);
             if !due {
                 continue;
             }

@@ -8,8 +8,6 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{docker, *};
 
-
-
 fn with_stage<'a>(records: &'a [Value], stage: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["stage"] == stage).collect()
 }
@@ -23,8 +21,16 @@ fn published_ports_are_attempted_then_reached_with_their_exact_host_port() {
     let outside = OutsideHost::new("a");
     let n = outside.n as u16;
     let (p1, p2, unpublished) = (23000 + n, 24000 + n, 25000 + n);
-    let web = docker::Container::run(&format!("dx-two-{n}"), &["-p", &format!("{p1}:80"), "-p", &format!("{p2}:80")], &image, &["80", "5300"]);
-    let w = Watcher::start(&["--uplink", &outside.uplink, "--blocked-after", "2", "--stats-interval", "0"], json_path("two"));
+    let web = docker::Container::run(
+        &format!("dx-two-{n}"),
+        &["-p", &format!("{p1}:80"), "-p", &format!("{p2}:80")],
+        &image,
+        &["80", "5300"],
+    );
+    let w = Watcher::start(
+        &["--uplink", &outside.uplink, "--blocked-after", "2", "--stats-interval", "0"],
+        json_path("two"),
+    );
     let s1 = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(p1)).expect("first host port");
     let s2 = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(p2)).expect("second host port");
     assert!(tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(unpublished)).is_err(), "INPUT drops it");
@@ -37,7 +43,10 @@ fn published_ports_are_attempted_then_reached_with_their_exact_host_port() {
     let reached = with_stage(&records, "reached");
     assert_eq!((attempted.len(), reached.len()), (2, 2), "{records:#?}");
     assert!(with_stage(&records, "blocked").is_empty(), "reached attempts are not blocked: {records:#?}");
-    assert!(!records.iter().any(|r| r["dst_port"] == unpublished || r["host_port"] == unpublished), "an unpublished port gives no record");
+    assert!(
+        !records.iter().any(|r| r["dst_port"] == unpublished || r["host_port"] == unpublished),
+        "an unpublished port gives no record"
+    );
     for (sport, port) in [(s1, p1), (s2, p2)] {
         let a = attempted.iter().find(|r| r["src_port"] == sport).expect("attempt");
         assert_eq!((a["dst_ip"].as_str(), a["dst_port"].as_u64()), (Some(outside.v4(1).as_str()), Some(port as u64)));
@@ -66,9 +75,23 @@ fn a_docker_user_drop_is_attempted_and_blocked_never_reached() {
     // The rule that really holds: DOCKER-USER, before Docker's accepts (post-DNAT, so
     // matched on the original destination port).
     let port_s = port.to_string();
-    let _drop = docker::docker_user_rule(&["-i", &outside.uplink, "-p", "tcp", "-m", "conntrack", "--ctorigdstport", &port_s, "-j", "DROP"]);
+    let _drop = docker::docker_user_rule(&[
+        "-i",
+        &outside.uplink,
+        "-p",
+        "tcp",
+        "-m",
+        "conntrack",
+        "--ctorigdstport",
+        &port_s,
+        "-j",
+        "DROP",
+    ]);
 
-    let w = Watcher::start(&["--uplink", &outside.uplink, "--blocked-after", "2", "--stats-interval", "0"], json_path("blk"));
+    let w = Watcher::start(
+        &["--uplink", &outside.uplink, "--blocked-after", "2", "--stats-interval", "0"],
+        json_path("blk"),
+    );
     let r = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port));
     assert!(r.is_err(), "DOCKER-USER must drop it: {r:?}");
     std::thread::sleep(Duration::from_millis(3500));
@@ -83,7 +106,12 @@ fn a_docker_user_drop_is_attempted_and_blocked_never_reached() {
     assert_eq!(blocked[0]["src_port"], attempted[0]["src_port"]);
     assert_eq!(blocked[0]["host_port"], port);
     assert_eq!(blocked[0]["container"]["name"], web.name.as_str());
-    let alert = format!("BLOCKED {} ({image}) {}:{port} attempted from {}: the firewall held", web.name, outside.v4(1), outside.v4(2));
+    let alert = format!(
+        "BLOCKED {} ({image}) {}:{port} attempted from {}: the firewall held",
+        web.name,
+        outside.v4(1),
+        outside.v4(2)
+    );
     assert!(lines.iter().any(|l| l == &alert), "{alert:?} not in {lines:#?}");
 }
 
@@ -98,13 +126,22 @@ fn ipv6_relayed_by_docker_proxy_is_reached_through_the_proxy_or_blocked() {
     let outside = OutsideHost::new("p");
     let n = outside.n as u16;
     let (open, closed) = (27000 + n, 28000 + n);
-    let web = docker::Container::run(&format!("dx-px-{n}"), &["-p", &format!("{open}:80"), "-p", &format!("{closed}:80")], &image, &["80", "5300"]);
+    let web = docker::Container::run(
+        &format!("dx-px-{n}"),
+        &["-p", &format!("{open}:80"), "-p", &format!("{closed}:80")],
+        &image,
+        &["80", "5300"],
+    );
     // The operator allowed `open` on INPUT for IPv6 (ufw allow), not `closed`.
     let chain = format!("DXIp{}", outside.n);
     let open_s = open.to_string();
     sh(&["ip6tables", "-I", &chain, "1", "-p", "tcp", "--dport", &open_s, "-j", "ACCEPT"]);
-    let w = Watcher::start(&["--uplink", &outside.uplink, "--blocked-after", "2", "--stats-interval", "0"], json_path("px"));
-    let ok = tcp_connect(&outside.ns, Some(outside.src6()), outside.host6(open)).expect("docker-proxy answers over IPv6");
+    let w = Watcher::start(
+        &["--uplink", &outside.uplink, "--blocked-after", "2", "--stats-interval", "0"],
+        json_path("px"),
+    );
+    let ok =
+        tcp_connect(&outside.ns, Some(outside.src6()), outside.host6(open)).expect("docker-proxy answers over IPv6");
     let no = tcp_connect(&outside.ns, Some(outside.src6()), outside.host6(closed));
     assert!(no.is_err(), "INPUT drops the other port: {no:?}");
     std::thread::sleep(Duration::from_millis(3500));

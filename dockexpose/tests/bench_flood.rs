@@ -141,7 +141,9 @@ impl Tail {
                     if let Some(at) = line.find(&needle) {
                         if line.contains("\"stage\":\"reached\"") {
                             let rest = &line[at + needle.len()..];
-                            if let Ok(port) = rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse() {
+                            if let Ok(port) =
+                                rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse()
+                            {
                                 map.lock().unwrap().entry(port).or_insert(now);
                             }
                         }
@@ -186,7 +188,11 @@ fn conntrack_stats() -> HashMap<String, u64> {
 }
 
 fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "NOT met" }
+    if ok {
+        "met"
+    } else {
+        "NOT met"
+    }
 }
 
 #[test]
@@ -212,9 +218,13 @@ fn flood_at_the_highest_rate() {
     undo.push(&["ip", "route", "del", SPOOFED]);
     sh(&["ip", "-n", &outside.ns, "route", "add", "blackhole", SPOOFED]);
     let port = 32000 + n as u16;
-    let _web = docker::Container::run(&format!("dx-bflood-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    let _web =
+        docker::Container::run(&format!("dx-bflood-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
     let json = std::env::temp_dir().join(format!("dockexpose-bflood-{n}.json"));
-    let mut w = Watcher::start(&["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0"], json.clone());
+    let mut w = Watcher::start(
+        &["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0"],
+        json.clone(),
+    );
     let pid = w.pid();
     let src = outside.src4();
     let legit_dst = outside.host4(port);
@@ -254,7 +264,8 @@ fn flood_at_the_highest_rate() {
     let (made, legit_failed) = legit.join().unwrap();
     let veth_dropped = tx_dropped(&outside.ns, "eth0") - dropped_before;
     let ct_after = conntrack_stats();
-    let ct = |name: &str| ct_after.get(name).copied().unwrap_or(0).saturating_sub(ct_before.get(name).copied().unwrap_or(0));
+    let ct =
+        |name: &str| ct_after.get(name).copied().unwrap_or(0).saturating_sub(ct_before.get(name).copied().unwrap_or(0));
     let rate = sent as f64 / flood_time.as_secs_f64();
     eprintln!("{test}: sent {sent} SYNs in {flood_time:.1?} ({rate:.0}/s); the veth dropped {veth_dropped}");
 
@@ -286,11 +297,15 @@ fn flood_at_the_highest_rate() {
     }
     let _ = std::fs::remove_file(&json);
 
-    let c = |name: &str| last.split_whitespace().any(|kv| kv.starts_with(&format!("{name}="))).then(|| counter(&last, name));
+    let c = |name: &str| {
+        last.split_whitespace().any(|kv| kv.starts_with(&format!("{name}="))).then(|| counter(&last, name))
+    };
     let shown = |v: Option<u64>| v.map_or("n/a".to_string(), |v| v.to_string());
     let (ring_lost, reader_lost) = (c("ringbuf_full_lost"), c("reader_lost"));
-    let latencies: Vec<Duration> = made.iter().filter_map(|(p, t0, _)| seen.get(p).map(|t| t.saturating_duration_since(*t0))).collect();
-    let from_up: Vec<Duration> = made.iter().filter_map(|(p, _, t1)| seen.get(p).map(|t| t.saturating_duration_since(*t1))).collect();
+    let latencies: Vec<Duration> =
+        made.iter().filter_map(|(p, t0, _)| seen.get(p).map(|t| t.saturating_duration_since(*t0))).collect();
+    let from_up: Vec<Duration> =
+        made.iter().filter_map(|(p, _, t1)| seen.get(p).map(|t| t.saturating_duration_since(*t1))).collect();
     let unseen = made.len() - latencies.len();
     let (p50, p99) = (percentile(latencies.clone(), 50.0), percentile(latencies.clone(), 99.0));
     let (up50, up99) = (percentile(from_up.clone(), 50.0), percentile(from_up.clone(), 99.0));
@@ -298,7 +313,10 @@ fn flood_at_the_highest_rate() {
     let warned = lines.iter().any(|l| l.starts_with("WARNING:") && l.contains("lost"));
 
     println!("dockexpose under a SYN flood ({flood_time:.1?}, one sender thread, batches of {BATCH}):");
-    println!("  sent       {sent} SYNs from {sent} distinct spoofed sources (address and port in {SPOOFED}), {rate:.0}/s{}", if cap > 0 { format!(" (capped at {cap}/s)") } else { String::new() });
+    println!(
+        "  sent       {sent} SYNs from {sent} distinct spoofed sources (address and port in {SPOOFED}), {rate:.0}/s{}",
+        if cap > 0 { format!(" (capped at {cap}/s)") } else { String::new() }
+    );
     let (uplink, bridge) = (c("uplink_packets"), c("bridge_new_flows"));
     println!(
         "  delivered  past the veth {} ({:.0}/s; sent - tx_dropped); seen by the uplink XDP program {} packets, new flows at the bridge {} ({:.0}/s)",
@@ -316,7 +334,10 @@ fn flood_at_the_highest_rate() {
         ct("insert_failed"),
         ct("invalid")
     );
-    println!("  recorded   {attempted} attempted + {reached} reached records in the audit log ({:.0} MiB)", bytes as f64 / 1048576.0);
+    println!(
+        "  recorded   {attempted} attempted + {reached} reached records in the audit log ({:.0} MiB)",
+        bytes as f64 / 1048576.0
+    );
     println!(
         "  lost       veth tx_dropped {veth_dropped} (before any hook); ring buffer full {}; reader {}{}",
         shown(ring_lost),
@@ -339,7 +360,10 @@ fn flood_at_the_highest_rate() {
         ("peak RSS < 64 MiB".to_string(), verdict(peak > 0 && peak < GOAL_RSS_KIB)),
         // A legit connection that could not be made (its SYN or SYN-ACK lost in the
         // flood) has no record to wait for: reported above, not part of this goal.
-        ("legit connection's connect() to record p99 < 1 s".to_string(), verdict(unseen == 0 && p99.is_some_and(|p| p < GOAL_LEGIT_P99))),
+        (
+            "legit connection's connect() to record p99 < 1 s".to_string(),
+            verdict(unseen == 0 && p99.is_some_and(|p| p < GOAL_LEGIT_P99)),
+        ),
     ];
     println!("  goals:");
     for (what, v) in &goals {

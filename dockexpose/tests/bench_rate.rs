@@ -15,7 +15,11 @@ const LENGTH: Duration = Duration::from_secs(3);
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let m = v.len() / 2;
-    if v.len().is_multiple_of(2) { (v[m - 1] + v[m]) / 2.0 } else { v[m] }
+    if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
 }
 
 #[test]
@@ -29,7 +33,12 @@ fn connection_rate_attached_vs_detached() {
     let outside = OutsideHost::new("r");
     let hook = bench_uplink_hook();
     let port = 30000 + outside.n as u16;
-    let _web = docker::Container::run(&format!("dx-rate-{}", outside.n), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    let _web = docker::Container::run(
+        &format!("dx-rate-{}", outside.n),
+        &["-p", &format!("{port}:80")],
+        &image,
+        &["80", "5300"],
+    );
     let json = std::env::temp_dir().join(format!("dockexpose-rate-{}.json", outside.n));
     // Warm up conntrack, ARP, the container.
     connect_loop(&outside.ns, outside.src4(), outside.host4(port), Duration::from_millis(500));
@@ -39,7 +48,10 @@ fn connection_rate_attached_vs_detached() {
         // Alternate which goes first, so that drift over the run hits both alike.
         for attach in if round % 2 == 0 { [false, true] } else { [true, false] } {
             let watcher = attach.then(|| {
-                Watcher::start(&["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0"], json.clone())
+                Watcher::start(
+                    &["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0"],
+                    json.clone(),
+                )
             });
             let n = connect_loop(&outside.ns, outside.src4(), outside.host4(port), LENGTH);
             let rate = n as f64 / LENGTH.as_secs_f64();

@@ -129,8 +129,9 @@ fn compiler_jiffies() -> std::collections::HashMap<u32, u64> {
     dir.filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| matches!(c.trim(), "rustc" | "bpf-linker" | "cc1" | "cc1plus" | "ld" | "ld.bfd" | "ld.lld" | "clang"))
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| {
+                matches!(c.trim(), "rustc" | "bpf-linker" | "cc1" | "cc1plus" | "ld" | "ld.bfd" | "ld.lld" | "clang")
+            })
         })
         .filter_map(|pid| {
             // It may have exited since: skip it then.
@@ -156,21 +157,46 @@ struct Ab {
 fn ab_args(clients: u32, seconds: u32, src: IpAddr, url: &str) -> Vec<String> {
     // -t sets -n to 50 000: a -n after it raises the cap so that time alone ends the run.
     // No -k: every request is a new connection. -r: a receive error does not end the run.
-    ["ab", "-q", "-r", "-s", "5", "-c", &clients.to_string(), "-t", &seconds.to_string(), "-n", "10000000", "-B", &src.to_string(), url]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "ab",
+        "-q",
+        "-r",
+        "-s",
+        "5",
+        "-c",
+        &clients.to_string(),
+        "-t",
+        &seconds.to_string(),
+        "-n",
+        "10000000",
+        "-B",
+        &src.to_string(),
+        url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn run_ab(ns: &str, args: &[String]) -> Ab {
     let out = Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("run ab (apache2-utils)");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{args:?} failed ({}):\n{text}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let field = |name: &str| -> f64 {
-        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name:?} in ab's output:\n{text}"));
+        let line =
+            text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name:?} in ab's output:\n{text}"));
         line[name.len()..].split_whitespace().next().unwrap().parse().unwrap()
     };
-    Ab { complete: field("Complete requests:") as u64, failed: field("Failed requests:") as u64, seconds: field("Time taken for tests:") }
+    Ab {
+        complete: field("Complete requests:") as u64,
+        failed: field("Failed requests:") as u64,
+        seconds: field("Time taken for tests:"),
+    }
 }
 
 /// One measured round.
@@ -196,13 +222,18 @@ struct Round {
 
 /// The daemon's latency figures from its final counters line.
 fn latencies(last: &str) -> [Option<f64>; 3] {
-    ["record_latency_p50_us", "record_latency_p99_us", "alert_latency_p99_us"].map(|n| maybe_counter(last, n).map(|v| v as f64))
+    ["record_latency_p50_us", "record_latency_p99_us", "alert_latency_p99_us"]
+        .map(|n| maybe_counter(last, n).map(|v| v as f64))
 }
 
 /// "reached" records of `src` in the audit log so far.
 fn reached_in_log(json: &Path, src: &str) -> usize {
     let needle = format!("\"src_ip\":\"{src}\"");
-    std::fs::read_to_string(json).unwrap_or_default().lines().filter(|l| l.contains("\"stage\":\"reached\"") && l.contains(&needle)).count()
+    std::fs::read_to_string(json)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"stage\":\"reached\"") && l.contains(&needle))
+        .count()
 }
 
 /// One HTTP GET over a new connection from `ns`, bound to `src`; returns the local port.
@@ -237,9 +268,19 @@ fn socket2_connect(src: IpAddr, dst: SocketAddr) -> TcpStream {
         assert!(fd >= 0);
         let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
         let a = sin(src, 0);
-        assert_eq!(libc::bind(fd, (&a as *const libc::sockaddr_in).cast(), len), 0, "bind: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            libc::bind(fd, (&a as *const libc::sockaddr_in).cast(), len),
+            0,
+            "bind: {}",
+            std::io::Error::last_os_error()
+        );
         let d = sin(*dst.ip(), dst.port());
-        assert_eq!(libc::connect(fd, (&d as *const libc::sockaddr_in).cast(), len), 0, "connect: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            libc::connect(fd, (&d as *const libc::sockaddr_in).cast(), len),
+            0,
+            "connect: {}",
+            std::io::Error::last_os_error()
+        );
         stream
     }
 }
@@ -281,7 +322,8 @@ fn saturation_attached_vs_detached() {
             }
         });
     }
-    let watch_args = ["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0", "--syslog", &sink];
+    let watch_args =
+        ["--uplink", &outside.uplink, "--uplink-hook", &hook, "--quiet", "--stats-interval", "0", "--syslog", &sink];
 
     // The server answers (it may take a moment to start).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -304,7 +346,11 @@ fn saturation_attached_vs_detached() {
         let ab = run_ab(&outside.ns, &ab_args(c, 2, src, &url));
         let (b1, t1) = cpu_jiffies();
         let share = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
-        eprintln!("calibration: -c {c}: {:.0} connections/s, CPUs {:.1}% busy", ab.complete as f64 / ab.seconds, share * 100.0);
+        eprintln!(
+            "calibration: -c {c}: {:.0} connections/s, CPUs {:.1}% busy",
+            ab.complete as f64 / ab.seconds,
+            share * 100.0
+        );
         clients = c;
         if share >= SATURATED {
             break;
@@ -352,7 +398,11 @@ fn saturation_attached_vs_detached() {
                 let (records, status, lines) = w.stop();
                 assert!(status.success(), "dockexpose exited with {status}");
                 let reached = outside.own(records).iter().filter(|r| r["stage"] == "reached").count();
-                assert!(reached as u64 >= ab.complete, "every connection recorded while attached: {reached} reached records < {} connections", ab.complete);
+                assert!(
+                    reached as u64 >= ab.complete,
+                    "every connection recorded while attached: {reached} reached records < {} connections",
+                    ab.complete
+                );
                 let last = lines.iter().find(|l| l.contains("final counters")).expect("a final counters line").clone();
                 let conns = ab.complete.max(1) as f64;
                 r.wakeups = maybe_counter(&last, "reader_wakeups").map(|v| v as f64 / conns);
@@ -369,12 +419,23 @@ fn saturation_attached_vs_detached() {
                 r.busy_share * 100.0,
                 r.host_us,
                 match (r.daemon_user_us, r.daemon_sys_us) {
-                    (Some(u), Some(s)) => format!(", daemon {:.2} µs/conn ({u:.2} user + {s:.2} sys in jiffies)", r.daemon_total_us.unwrap_or(0.0)),
+                    (Some(u), Some(s)) => format!(
+                        ", daemon {:.2} µs/conn ({u:.2} user + {s:.2} sys in jiffies)",
+                        r.daemon_total_us.unwrap_or(0.0)
+                    ),
                     _ => String::new(),
                 },
-                if r.compilers > SKEWED { format!("  [other builds used {:.0}% of the CPUs: skewed]", r.compilers * 100.0) } else { String::new() }
+                if r.compilers > SKEWED {
+                    format!("  [other builds used {:.0}% of the CPUs: skewed]", r.compilers * 100.0)
+                } else {
+                    String::new()
+                }
             );
-            if attach { attached.push(r) } else { detached.push(r) }
+            if attach {
+                attached.push(r)
+            } else {
+                detached.push(r)
+            }
         }
     }
 
@@ -410,21 +471,29 @@ fn saturation_attached_vs_detached() {
     // Medians.
     let med = |v: &[Round], f: &dyn Fn(&Round) -> Option<f64>| median(v.iter().filter_map(f).collect());
     let (d_rate, a_rate) = (med(&detached, &|r| Some(r.rate)).unwrap(), med(&attached, &|r| Some(r.rate)).unwrap());
-    let (d_host, a_host) = (med(&detached, &|r| Some(r.host_us)).unwrap(), med(&attached, &|r| Some(r.host_us)).unwrap());
-    let (d_busy, a_busy) = (med(&detached, &|r| Some(r.busy_share)).unwrap(), med(&attached, &|r| Some(r.busy_share)).unwrap());
+    let (d_host, a_host) =
+        (med(&detached, &|r| Some(r.host_us)).unwrap(), med(&attached, &|r| Some(r.host_us)).unwrap());
+    let (d_busy, a_busy) =
+        (med(&detached, &|r| Some(r.busy_share)).unwrap(), med(&attached, &|r| Some(r.busy_share)).unwrap());
     let user = med(&attached, &|r| r.daemon_user_us);
     let sys = med(&attached, &|r| r.daemon_sys_us);
     let daemon = med(&attached, &|r| r.daemon_total_us);
     let wakeups = med(&attached, &|r| r.wakeups);
     let records = med(&attached, &|r| r.records);
-    let (rec50, rec99, alert99) = (med(&attached, &|r| r.record_p50), med(&attached, &|r| r.record_p99), med(&attached, &|r| r.alert_p99));
+    let (rec50, rec99, alert99) =
+        (med(&attached, &|r| r.record_p50), med(&attached, &|r| r.record_p99), med(&attached, &|r| r.alert_p99));
     let failed: u64 = detached.iter().chain(&attached).map(|r| r.failed).sum();
     let (rate_ratio, host_ratio) = (a_rate / d_rate, a_host / d_host);
     let all = |v: &[Round]| v.iter().map(|r| format!("{:.0}", r.rate)).collect::<Vec<_>>().join(" ");
 
     println!("dockexpose at saturation: {ROUNDS} rounds of {LENGTH_S} s each way, interleaved; medians");
     println!("  load: {invocation}");
-    println!("  CPUs busy during the load: detached {:.1}%, attached {:.1}% (saturated: >= {:.0}%)", d_busy * 100.0, a_busy * 100.0, SATURATED * 100.0);
+    println!(
+        "  CPUs busy during the load: detached {:.1}%, attached {:.1}% (saturated: >= {:.0}%)",
+        d_busy * 100.0,
+        a_busy * 100.0,
+        SATURATED * 100.0
+    );
     println!("  CPUs busy before the load (other work on the machine): {:.1}%", background * 100.0);
     let skewed = detached.iter().chain(&attached).filter(|r| r.compilers > SKEWED).count();
     println!("  rounds with other builds running (skewed): {skewed} of {}", 2 * ROUNDS);
@@ -442,7 +511,12 @@ fn saturation_attached_vs_detached() {
         jiffy / med(&attached, &|r| Some(r.complete as f64)).unwrap_or(1.0)
     );
     println!("  ring buffer          wakeups/conn {}   records/conn {}", show(wakeups, ""), show(records, ""));
-    println!("  latency (saturated)  record p50 {}   record p99 {}   alert p99 {}", show(rec50, "µs"), show(rec99, "µs"), show(alert99, "µs"));
+    println!(
+        "  latency (saturated)  record p50 {}   record p99 {}   alert p99 {}",
+        show(rec50, "µs"),
+        show(rec99, "µs"),
+        show(alert99, "µs")
+    );
     println!(
         "  latency (idle, {IDLE_CONNECTIONS} connections {IDLE_GAP:?} apart)  record p50 {}   record p99 {}   alert p99 {}",
         show(idle_p50, "µs"),
@@ -485,7 +559,10 @@ fn saturation_attached_vs_detached() {
 
 /// One request, for "is the server up yet".
 fn run_ab_quietly(ns: &str, url: &str) -> Result<(), ()> {
-    let out = Command::new("ip").args(["netns", "exec", ns, "ab", "-q", "-s", "2", "-n", "1", url]).output().map_err(drop)?;
+    let out =
+        Command::new("ip").args(["netns", "exec", ns, "ab", "-q", "-s", "2", "-n", "1", url]).output().map_err(drop)?;
     let text = String::from_utf8_lossy(&out.stdout);
-    (out.status.success() && text.contains("Complete requests:      1") && text.contains("Failed requests:        0")).then_some(()).ok_or(())
+    (out.status.success() && text.contains("Complete requests:      1") && text.contains("Failed requests:        0"))
+        .then_some(())
+        .ok_or(())
 }

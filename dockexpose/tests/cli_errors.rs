@@ -51,7 +51,11 @@ fn bad_numbers_are_refused_by_the_parser() {
 
 fn dockexpose(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dockexpose")).args(args).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
@@ -80,7 +84,10 @@ fn a_bad_config_file_names_the_key_and_the_line_and_stops() {
 
 #[test]
 fn print_config_shows_command_line_over_environment_over_file() {
-    let path = temp_file("layers.toml", "[watch]\nudp_idle = 45\nblocked_after = 7\nstats_interval = 9\n[alerts]\nwindow = 120\n");
+    let path = temp_file(
+        "layers.toml",
+        "[watch]\nudp_idle = 45\nblocked_after = 7\nstats_interval = 9\n[alerts]\nwindow = 120\n",
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_dockexpose"))
         .args(["watch", "--config", path.to_str().unwrap(), "--print-config", "--udp-idle", "10"])
         .env("DOCKEXPOSE_BLOCKED_AFTER", "5")

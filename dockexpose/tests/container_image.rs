@@ -50,13 +50,20 @@ fn build_image(image: &str) {
     let out = Command::new(&script).args([BIN, image]).output().unwrap();
     assert!(out.status.success(), "build.sh: {}", String::from_utf8_lossy(&out.stderr));
     eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
-    let files = sh(&["sh", "-c", &format!("docker save {image} | tar -xO --wildcards '*/layer.tar' | tar -t | grep -v '/$'")]);
+    let files =
+        sh(&["sh", "-c", &format!("docker save {image} | tar -xO --wildcards '*/layer.tar' | tar -t | grep -v '/$'")]);
     let files: Vec<&str> = files.lines().map(|f| f.trim_start_matches("./")).collect();
     for wanted in ["usr/local/bin/dockexpose", "usr/sbin/ip", "usr/sbin/conntrack", "usr/sbin/nft"] {
         assert!(files.contains(&wanted), "{wanted} missing: {files:?}");
     }
     let helper = |f: &str| ["usr/sbin/ip", "usr/sbin/conntrack", "usr/sbin/nft"].contains(&f);
-    assert!(files.iter().all(|f| f.starts_with("usr/local/bin/dockexpose") || helper(f) || f.contains("lib") || f.starts_with("etc/")), "{files:?}");
+    assert!(
+        files.iter().all(|f| f.starts_with("usr/local/bin/dockexpose")
+            || helper(f)
+            || f.contains("lib")
+            || f.starts_with("etc/")),
+        "{files:?}"
+    );
     assert!(!files.iter().any(|f| f.ends_with("bin/sh")), "no shell in the image: {files:?}");
 }
 
@@ -83,7 +90,10 @@ fn run_with_kernel_caps(name: &str, image: &str, extra: &[&str], args: &[&str]) 
     }
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown capability"), "the engine refused for another reason: {err}");
-    eprintln!("NOTE: this engine does not know CAP_BPF/CAP_PERFMON by name ({}); running with SYS_ADMIN in their place", err.trim());
+    eprintln!(
+        "NOTE: this engine does not know CAP_BPF/CAP_PERFMON by name ({}); running with SYS_ADMIN in their place",
+        err.trim()
+    );
     sh_quiet(&["docker", "rm", "-f", name]);
     let fallback: Vec<&str> = ["SYS_ADMIN", "NET_ADMIN"].iter().chain(extra).copied().collect();
     let out = run_image(name, image, &fallback, args);
@@ -106,18 +116,37 @@ fn the_image_detects_the_bypass_story_with_dropped_capabilities() {
     let outside = OutsideHost::with_n("10i", 69);
     let port = 46_069;
     let img = docker::echo_image();
-    let web = docker::Container::run(&format!("dx10-img-web-{id}"), &["-p", &format!("{port}:80")], &img, &["80", "5300"]);
-    let args = ["watch", "--json", "-", "--stats-interval", "0", "--uplink", &outside.uplink, "--pin-dir", &pins, "--detach-on-exit"];
+    let web =
+        docker::Container::run(&format!("dx10-img-web-{id}"), &["-p", &format!("{port}:80")], &img, &["80", "5300"]);
+    let args = [
+        "watch",
+        "--json",
+        "-",
+        "--stats-interval",
+        "0",
+        "--uplink",
+        &outside.uplink,
+        "--pin-dir",
+        &pins,
+        "--detach-on-exit",
+    ];
     let caps = run_with_kernel_caps(&name, &image, &[], &args);
     let start = Instant::now();
     while !logs(&name).1.contains("dockexpose: watching") {
         assert!(start.elapsed() < Duration::from_secs(30), "not watching: {:?}", logs(&name));
         std::thread::sleep(Duration::from_millis(100));
     }
-    let inspect = sh(&["docker", "inspect", "--format", "{{.HostConfig.CapDrop}} {{.HostConfig.CapAdd}} {{.HostConfig.NetworkMode}}", &name]);
+    let inspect = sh(&[
+        "docker",
+        "inspect",
+        "--format",
+        "{{.HostConfig.CapDrop}} {{.HostConfig.CapAdd}} {{.HostConfig.NetworkMode}}",
+        &name,
+    ]);
     assert!(inspect.starts_with("[ALL]") && inspect.contains("host"), "{inspect}");
 
-    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("published port reachable from outside");
+    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port))
+        .expect("published port reachable from outside");
     std::thread::sleep(Duration::from_millis(500));
     sh(&["docker", "stop", "-t", "10", &name]);
     let (stdout, stderr) = logs(&name);
@@ -154,20 +183,61 @@ fn the_image_runs_verify_with_its_programs() {
     let base = free_ports(23_100, 2);
     let (open, dropped) = (base, base + 1);
     let img = docker::echo_image();
-    let web = docker::Container::run(&format!("dx10-imgv-web-{id}"), &["-p", &format!("{open}:80"), "-p", &format!("{dropped}:80")], &img, &["80", "5300"]);
+    let web = docker::Container::run(
+        &format!("dx10-imgv-web-{id}"),
+        &["-p", &format!("{open}:80"), "-p", &format!("{dropped}:80")],
+        &img,
+        &["80", "5300"],
+    );
     let dropped_s = dropped.to_string();
-    let _rule = docker::docker_user_rule(&["-i", &outside.uplink, "-p", "tcp", "-m", "conntrack", "--ctorigdstport", &dropped_s, "-j", "DROP"]);
+    let _rule = docker::docker_user_rule(&[
+        "-i",
+        &outside.uplink,
+        "-p",
+        "tcp",
+        "-m",
+        "conntrack",
+        "--ctorigdstport",
+        &dropped_s,
+        "-j",
+        "DROP",
+    ]);
     let probe_src = outside.v4(77);
-    let links = || sh(&["ip", "-o", "link", "show"]).lines().filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string())).collect::<Vec<_>>();
+    let links = || {
+        sh(&["ip", "-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+            .collect::<Vec<_>>()
+    };
     let (links_before, tables_before) = (links(), sh(&["nft", "list", "tables"]));
-    let verify_pins = || std::fs::read_dir("/sys/fs/bpf/dockexpose-verify").map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>()).unwrap_or_default();
+    let verify_pins = || {
+        std::fs::read_dir("/sys/fs/bpf/dockexpose-verify")
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
     let pins_before = verify_pins();
 
     let from = format!("{probe_src}/32");
-    let args = ["watch", "--json", "-", "--stats-interval", "0", "--uplink", &outside.uplink, "--pin-dir", &pins, "--detach-on-exit", "--verify-every", "1h", "--verify-from", &from];
+    let args = [
+        "watch",
+        "--json",
+        "-",
+        "--stats-interval",
+        "0",
+        "--uplink",
+        &outside.uplink,
+        "--pin-dir",
+        &pins,
+        "--detach-on-exit",
+        "--verify-every",
+        "1h",
+        "--verify-from",
+        &from,
+    ];
     // NET_RAW: verify's packet socket.
     let caps = run_with_kernel_caps(&name, &image, &["NET_RAW"], &args);
-    let records = |stdout: &str| stdout.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect::<Vec<_>>();
+    let records =
+        |stdout: &str| stdout.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect::<Vec<_>>();
     let start = Instant::now();
     let (exposed, held) = loop {
         let (stdout, stderr) = logs(&name);
@@ -200,7 +270,8 @@ fn the_image_runs_verify_with_its_programs() {
     sh(&["docker", "stop", "-t", "10", &name]);
     let (stdout, stderr) = logs(&name);
     assert!(!stderr.contains("warning: verify"), "{stderr}");
-    let from_probes = records(&stdout).into_iter().filter(|r| r["src_ip"] == probe_src.as_str() && r["stage"] != "verified").count();
+    let from_probes =
+        records(&stdout).into_iter().filter(|r| r["src_ip"] == probe_src.as_str() && r["stage"] != "verified").count();
     assert_eq!(from_probes, 0, "the probes were reported as connections:\n{stdout}");
     assert_eq!(links(), links_before, "links left behind");
     assert_eq!(sh(&["nft", "list", "tables"]), tables_before, "nftables tables left behind");

@@ -74,14 +74,17 @@ fn crafted_tcp_and_udp_first_packets_are_answered_by_the_container() {
     // Controls: the tool can say "no answer". A port without DNAT meets the
     // outside host's INPUT drop; a routing header the container's stack refuses
     // (segment routing, seg6_enabled=0) arrives there and is dropped.
-    for (shape, src, dst) in [("tcp4-plain", src4, bed.outside.host4(HOST_TCP + 7)), ("tcp6-frag", src6, bed.outside.host6(HOST_TCP + 7))] {
+    for (shape, src, dst) in
+        [("tcp4-plain", src4, bed.outside.host4(HOST_TCP + 7)), ("tcp6-frag", src6, bed.outside.host6(HOST_TCP + 7))]
+    {
         let got = craft(&ns, shape, src, dst, next(), Duration::from_secs(2));
         eprintln!("  control {shape} to {dst} (no DNAT): {got:?}");
         if got.answered {
             wrong.push(format!("{shape} to {dst}, a port nothing publishes, was answered: {got:?}"));
         }
     }
-    let srh = craft_args(&ns, "tcp6-routing", src6, bed.host_tcp_v6(), next(), Duration::from_secs(2), &["--rh-type", "4"]);
+    let srh =
+        craft_args(&ns, "tcp6-routing", src6, bed.host_tcp_v6(), next(), Duration::from_secs(2), &["--rh-type", "4"]);
     eprintln!("  control tcp6-routing type 4 (SRH): {srh:?}");
     let seg6 = sh(&["ip", "netns", "exec", &bed.c1_ns, "sysctl", "-n", "net.ipv6.conf.all.seg6_enabled"]);
     if seg6.trim() == "0" && srh.answered {
@@ -113,8 +116,14 @@ fn conntrack_lines() -> Option<Vec<String>> {
 /// tuple); IPv6 addresses there are printed in full, so compare parsed values.
 fn tuple(line: &str) -> (Vec<IpAddr>, Vec<u16>) {
     let field = |k: &str| -> Vec<&str> { line.split_whitespace().filter_map(|t| t.strip_prefix(k)).collect() };
-    let ips = field("src=").into_iter().zip(field("dst=")).flat_map(|(s, d)| [s, d]).filter_map(|a| a.parse().ok()).collect();
-    let ports = field("sport=").into_iter().zip(field("dport=")).flat_map(|(s, d)| [s, d]).filter_map(|p| p.parse().ok()).collect();
+    let ips =
+        field("src=").into_iter().zip(field("dst=")).flat_map(|(s, d)| [s, d]).filter_map(|a| a.parse().ok()).collect();
+    let ports = field("sport=")
+        .into_iter()
+        .zip(field("dport="))
+        .flat_map(|(s, d)| [s, d])
+        .filter_map(|p| p.parse().ok())
+        .collect();
     (ips, ports)
 }
 
@@ -136,7 +145,23 @@ fn sctp_inits_are_dnatted_to_the_container() {
         sh(&[tool, "-t", "nat", "-N", &nat]);
         undo.push(&[tool, "-t", "nat", "-X", &nat]);
         undo.push(&[tool, "-t", "nat", "-F", &nat]);
-        sh(&[tool, "-t", "nat", "-A", &nat, "-d", &host, "-p", "sctp", "--dport", &HOST_SCTP.to_string(), "-j", "DNAT", "--to-destination", &to]);
+        sh(&[
+            tool,
+            "-t",
+            "nat",
+            "-A",
+            &nat,
+            "-d",
+            &host,
+            "-p",
+            "sctp",
+            "--dport",
+            &HOST_SCTP.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ]);
         sh(&[tool, "-t", "nat", "-I", "PREROUTING", "1", "-i", &bed.outside.uplink, "-j", &nat]);
         undo.push(&[tool, "-t", "nat", "-D", "PREROUTING", "-i", &bed.outside.uplink, "-j", &nat]);
         // Counts what FORWARD sends toward the container after DNAT.
@@ -144,7 +169,23 @@ fn sctp_inits_are_dnatted_to_the_container() {
         undo.push(&[tool, "-X", &fwd]);
         undo.push(&[tool, "-F", &fwd]);
         let c1 = c1.to_string();
-        sh(&[tool, "-A", &fwd, "-i", &bed.outside.uplink, "-o", &bed.bridge, "-d", &c1, "-p", "sctp", "--dport", &C_SCTP.to_string(), "-j", "ACCEPT"]);
+        sh(&[
+            tool,
+            "-A",
+            &fwd,
+            "-i",
+            &bed.outside.uplink,
+            "-o",
+            &bed.bridge,
+            "-d",
+            &c1,
+            "-p",
+            "sctp",
+            "--dport",
+            &C_SCTP.to_string(),
+            "-j",
+            "ACCEPT",
+        ]);
         sh(&[tool, "-I", "FORWARD", "1", "-j", &fwd]);
         undo.push(&[tool, "-D", "FORWARD", "-j", &fwd]);
     }
@@ -219,20 +260,64 @@ fn a_syn_written_into_a_tun_uplink_is_answered_through_dnat() {
     let m = 230 + bed.n % 20;
     let name = format!("dxtun{}", bed.n);
     let tun = Tun::create(&name, &format!("198.18.{m}.1/24"), &format!("fd42:198:{m}::1/64"));
-    let (host4, peer4): (Ipv4Addr, Ipv4Addr) = (format!("198.18.{m}.1").parse().unwrap(), format!("198.18.{m}.2").parse().unwrap());
-    let (host6, peer6): (Ipv6Addr, Ipv6Addr) = (format!("fd42:198:{m}::1").parse().unwrap(), format!("fd42:198:{m}::2").parse().unwrap());
+    let (host4, peer4): (Ipv4Addr, Ipv4Addr) =
+        (format!("198.18.{m}.1").parse().unwrap(), format!("198.18.{m}.2").parse().unwrap());
+    let (host6, peer6): (Ipv6Addr, Ipv6Addr) =
+        (format!("fd42:198:{m}::1").parse().unwrap(), format!("fd42:198:{m}::2").parse().unwrap());
 
     let mut undo = Undo::default();
     let (nat, fwd) = (format!("DXTN{}", bed.n), format!("DXTF{}", bed.n));
     for (tool, host, c1_tcp, c1_udp) in [
-        ("iptables", host4.to_string(), format!("{}:{C_TCP}", bed.bridge_v4(2)), format!("{}:{C_UDP}", bed.bridge_v4(2))),
-        ("ip6tables", host6.to_string(), format!("[{}]:{C_TCP}", bed.bridge_v6(2)), format!("[{}]:{C_UDP}", bed.bridge_v6(2))),
+        (
+            "iptables",
+            host4.to_string(),
+            format!("{}:{C_TCP}", bed.bridge_v4(2)),
+            format!("{}:{C_UDP}", bed.bridge_v4(2)),
+        ),
+        (
+            "ip6tables",
+            host6.to_string(),
+            format!("[{}]:{C_TCP}", bed.bridge_v6(2)),
+            format!("[{}]:{C_UDP}", bed.bridge_v6(2)),
+        ),
     ] {
         sh(&[tool, "-t", "nat", "-N", &nat]);
         undo.push(&[tool, "-t", "nat", "-X", &nat]);
         undo.push(&[tool, "-t", "nat", "-F", &nat]);
-        sh(&[tool, "-t", "nat", "-A", &nat, "-d", &host, "-p", "tcp", "--dport", &HOST_TCP.to_string(), "-j", "DNAT", "--to-destination", &c1_tcp]);
-        sh(&[tool, "-t", "nat", "-A", &nat, "-d", &host, "-p", "udp", "--dport", &HOST_UDP.to_string(), "-j", "DNAT", "--to-destination", &c1_udp]);
+        sh(&[
+            tool,
+            "-t",
+            "nat",
+            "-A",
+            &nat,
+            "-d",
+            &host,
+            "-p",
+            "tcp",
+            "--dport",
+            &HOST_TCP.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &c1_tcp,
+        ]);
+        sh(&[
+            tool,
+            "-t",
+            "nat",
+            "-A",
+            &nat,
+            "-d",
+            &host,
+            "-p",
+            "udp",
+            "--dport",
+            &HOST_UDP.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &c1_udp,
+        ]);
         sh(&[tool, "-t", "nat", "-I", "PREROUTING", "1", "-i", &name, "-j", &nat]);
         undo.push(&[tool, "-t", "nat", "-D", "PREROUTING", "-i", &name, "-j", &nat]);
         sh(&[tool, "-N", &fwd]);
@@ -251,15 +336,23 @@ fn a_syn_written_into_a_tun_uplink_is_answered_through_dnat() {
     ];
     for (peer, host, syn, sport, seq) in syns {
         tun.write(&syn);
-        let reply = read_until(&tun, TIMEOUT, |p| tcp_reply(p).filter(|&(s, sp, d, dp, _)| (s, sp, d, dp) == (host, HOST_TCP, peer, sport)));
+        let reply = read_until(&tun, TIMEOUT, |p| {
+            tcp_reply(p).filter(|&(s, sp, d, dp, _)| (s, sp, d, dp) == (host, HOST_TCP, peer, sport))
+        });
         match reply {
             Some(((.., flags), packet)) => {
-                eprintln!("  {peer}:{sport} -> {host}:{HOST_TCP} via {name}: flags {flags:#04x}, {} bytes", packet.len());
+                eprintln!(
+                    "  {peer}:{sport} -> {host}:{HOST_TCP} via {name}: flags {flags:#04x}, {} bytes",
+                    packet.len()
+                );
                 if flags & 0x12 != 0x12 {
                     wrong.push(format!("{peer}:{sport}: answer with flags {flags:#04x}, not SYN-ACK"));
                 }
                 if ack_of(&packet) != seq.wrapping_add(1) {
-                    wrong.push(format!("{peer}:{sport}: SYN-ACK acknowledges {:#x}, not our SYN {seq:#x}", ack_of(&packet)));
+                    wrong.push(format!(
+                        "{peer}:{sport}: SYN-ACK acknowledges {:#x}, not our SYN {seq:#x}",
+                        ack_of(&packet)
+                    ));
                 }
                 if !checksums_ok(&packet) {
                     wrong.push(format!("{peer}:{sport}: SYN-ACK read from the TUN has a bad checksum"));
@@ -272,7 +365,9 @@ fn a_syn_written_into_a_tun_uplink_is_answered_through_dnat() {
     // UDP: the container's echo comes back out of the TUN, un-NATed.
     let payload = b"dockexpose tun udp";
     tun.write(&ipv4_udp(peer4, host4, 44003, HOST_UDP, payload));
-    let echo = read_until(&tun, TIMEOUT, |p| udp_datagram(p).filter(|(s, sp, d, dp, _)| (*s, *sp, *d, *dp) == (host4.into(), HOST_UDP, peer4.into(), 44003)));
+    let echo = read_until(&tun, TIMEOUT, |p| {
+        udp_datagram(p).filter(|(s, sp, d, dp, _)| (*s, *sp, *d, *dp) == (host4.into(), HOST_UDP, peer4.into(), 44003))
+    });
     match echo {
         Some(((.., data), packet)) => {
             if data != payload || !checksums_ok(&packet) {

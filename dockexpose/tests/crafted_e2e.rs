@@ -66,7 +66,23 @@ fn crafted_first_packets_that_reach_a_container_are_each_reported_with_the_exact
         ("iptables", bed.outside.v4(1), format!("{}:{C_SCTP}", bed.bridge_v4(2))),
         ("ip6tables", bed.outside.v6(1), format!("[{}]:{C_SCTP}", bed.bridge_v6(2))),
     ] {
-        let rule = ["-t", "nat", "-I", "PREROUTING", "1", "-d", &host, "-p", "sctp", "--dport", &HOST_SCTP.to_string(), "-j", "DNAT", "--to-destination", &to];
+        let rule = [
+            "-t",
+            "nat",
+            "-I",
+            "PREROUTING",
+            "1",
+            "-d",
+            &host,
+            "-p",
+            "sctp",
+            "--dport",
+            &HOST_SCTP.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ];
         let mut add = vec![tool];
         add.extend_from_slice(&rule);
         sh(&add);
@@ -84,7 +100,12 @@ fn crafted_first_packets_that_reach_a_container_are_each_reported_with_the_exact
     let mut sent = Vec::new();
     let mut wrong = Vec::new();
     let mut sport = 43100;
-    let mut send = |shape: &'static str, src: IpAddr, host: SocketAddr, proto: &'static str, want: Option<&str>, wrong: &mut Vec<String>| {
+    let mut send = |shape: &'static str,
+                    src: IpAddr,
+                    host: SocketAddr,
+                    proto: &'static str,
+                    want: Option<&str>,
+                    wrong: &mut Vec<String>| {
         sport += 1;
         let got = craft(&ns, shape, src, host, sport, TIMEOUT);
         eprintln!("  {shape:<16} {src} -> {host} sport {sport}: {got:?}");
@@ -139,7 +160,8 @@ fn crafted_first_packets_that_reach_a_container_are_each_reported_with_the_exact
         if (r["host_ip"].clone(), r["host_port"].clone()) != host {
             wrong.push(format!("{}: host side {:?} wanted {host:?}", s.shape, (&r["host_ip"], &r["host_port"])));
         }
-        let shape: Vec<&str> = r["shape"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let shape: Vec<&str> =
+            r["shape"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         for m in s.marks {
             if !shape.contains(m) {
                 wrong.push(format!("{}: shape {shape:?} lacks {m}", s.shape));
@@ -159,8 +181,16 @@ fn a_syn_in_8_byte_fragments_is_reported_on_the_real_engine() {
     let image = docker::echo_image();
     let outside = OutsideHost::new("fr");
     let tcp_port = 27000 + outside.n as u16;
-    let c = docker::Container::run(&format!("dx-frag-{}", outside.n), &["-p", &format!("{tcp_port}:80")], &image, &["80", "5300"]);
-    let w = Watcher::start(&["--uplink", &outside.uplink, "--blocked-after", "2", "--stats-interval", "0"], json_path("frag"));
+    let c = docker::Container::run(
+        &format!("dx-frag-{}", outside.n),
+        &["-p", &format!("{tcp_port}:80")],
+        &image,
+        &["80", "5300"],
+    );
+    let w = Watcher::start(
+        &["--uplink", &outside.uplink, "--blocked-after", "2", "--stats-interval", "0"],
+        json_path("frag"),
+    );
     let frags = craft(&outside.ns, "tcp4-tiny-frags", outside.src4(), outside.host4(tcp_port), 44002, TIMEOUT);
     assert_eq!(frags.answer.as_deref(), Some("SA"), "the container answered the fragmented SYN");
     std::thread::sleep(Duration::from_millis(2500)); // past --blocked-after
@@ -174,7 +204,10 @@ fn a_syn_in_8_byte_fragments_is_reported_on_the_real_engine() {
     assert_eq!(reached[0]["host_port"], tcp_port);
     assert_eq!(reached[0]["container"]["name"], c.name.as_str());
     assert!(reached[0]["shape"].as_array().unwrap().iter().any(|s| s == "flags_hidden"), "{}", reached[0]);
-    assert!(!records.iter().any(|r| r["src_port"] == 44002 && r["stage"] == "blocked"), "never called blocked: {records:#?}");
+    assert!(
+        !records.iter().any(|r| r["src_port"] == 44002 && r["stage"] == "blocked"),
+        "never called blocked: {records:#?}"
+    );
     let last = lines.iter().find(|l| l.contains("final counters")).unwrap();
     assert!(counter(last, "conntrack_first_packets") >= 1, "{last}");
     assert!(counter(last, "unparsed") >= 1, "the uplink counted what it could not inspect: {last}");
@@ -191,7 +224,12 @@ fn sctp_published_ports_are_attempted_and_reached_on_a_real_engine() {
     // gets Docker's real SCTP DNAT and FORWARD rules.
     let engine = SecondEngine::start_with("sc", Proxy::SctpStub, &[]);
     let port = 26100;
-    let c = engine.run(&format!("dx-sctp-{}", engine.n), &["-p", &format!("{port}:{C_SCTP}/sctp")], &engine.image, &["80", "5300"]);
+    let c = engine.run(
+        &format!("dx-sctp-{}", engine.n),
+        &["-p", &format!("{port}:{C_SCTP}/sctp")],
+        &engine.image,
+        &["80", "5300"],
+    );
     let w = engine.watch(&["--blocked-after", "2", "--stats-interval", "0"], json_path("sctp"));
     let src: IpAddr = engine.outside_v4().parse().unwrap();
     let before = c.snmp("Ip", "InUnknownProtos");
@@ -200,7 +238,9 @@ fn sctp_published_ports_are_attempted_and_reached_on_a_real_engine() {
     std::thread::sleep(Duration::from_millis(2500)); // past --blocked-after
     let (records, status, _) = w.stop();
     assert!(status.success());
-    let of = |stage: &str| -> Vec<Value> { records.iter().filter(|r| r["src_port"] == 44001 && r["stage"] == stage).cloned().collect() };
+    let of = |stage: &str| -> Vec<Value> {
+        records.iter().filter(|r| r["src_port"] == 44001 && r["stage"] == stage).cloned().collect()
+    };
     let (attempted, reached) = (of("attempted"), of("reached"));
     assert_eq!((attempted.len(), reached.len()), (1, 1), "{records:#?}");
     assert!(of("blocked").is_empty(), "reached, so never blocked: {records:#?}");

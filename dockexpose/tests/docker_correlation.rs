@@ -12,9 +12,6 @@ use std::{
 use serde_json::Value;
 use support::{docker, *};
 
-
-
-
 /// Polls `f` until it returns true or `limit` passes; returns how long it took.
 fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
@@ -61,7 +58,8 @@ fn firewall_bypass_story_is_reported_with_container_and_ports() {
     let input = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(22_222));
     assert!(input.is_err(), "INPUT must drop the outside host: {input:?}");
     // ...yet the published port is open to the world: the bypass.
-    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(web_port)).expect("published port reachable from outside");
+    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(web_port))
+        .expect("published port reachable from outside");
     // Bound to 127.0.0.1: not reachable from outside, and nothing to report.
     let lo = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(local_port));
     assert!(lo.is_err(), "a 127.0.0.1 binding must not be reachable from outside: {lo:?}");
@@ -79,7 +77,8 @@ fn firewall_bypass_story_is_reported_with_container_and_ports() {
     let reached: Vec<&Value> = records.iter().filter(|r| r["stage"] == "reached").collect();
     assert_eq!(reached.len(), 2, "exactly the TCP and the UDP connection from outside:\n{records:#?}");
     // The uplink saw both attempts first; the 127.0.0.1 binding's port: nothing at all.
-    let attempted: Vec<u64> = records.iter().filter(|r| r["stage"] == "attempted").filter_map(|r| r["host_port"].as_u64()).collect();
+    let attempted: Vec<u64> =
+        records.iter().filter(|r| r["stage"] == "attempted").filter_map(|r| r["host_port"].as_u64()).collect();
     assert_eq!(attempted.len(), 2, "{records:#?}");
     assert!(attempted.contains(&(web_port as u64)) && attempted.contains(&(udp_port as u64)));
     assert!(!records.iter().any(|r| r["host_port"] == local_port || r["stage"] == "blocked"), "{records:#?}");
@@ -100,10 +99,14 @@ fn firewall_bypass_story_is_reported_with_container_and_ports() {
     assert_eq!((c["compose_project"].as_str(), c["compose_service"].as_str()), (Some("dxstory"), Some("web")));
     assert_eq!(tcp["path"], "bridge");
     let udp = *reached.iter().find(|r| r["proto"] == "udp").unwrap();
-    assert_eq!((udp["src_port"].as_u64(), udp["dst_port"].as_u64(), udp["host_port"].as_u64()), (Some(uport as u64), Some(5300), Some(udp_port as u64)));
+    assert_eq!(
+        (udp["src_port"].as_u64(), udp["dst_port"].as_u64(), udp["host_port"].as_u64()),
+        (Some(uport as u64), Some(5300), Some(udp_port as u64))
+    );
     assert_eq!(udp["container"]["name"], web.name.as_str());
 
-    let alert = format!("EXPOSED {} ({image}) {}:{web_port} -> 80/tcp reached from {}", web.name, outside.v4(1), outside.v4(2));
+    let alert =
+        format!("EXPOSED {} ({image}) {}:{web_port} -> 80/tcp reached from {}", web.name, outside.v4(1), outside.v4(2));
     assert!(lines.iter().any(|l| l == &alert), "alert line {alert:?} missing in {lines:#?}");
 }
 
@@ -128,7 +131,12 @@ fn networks_and_containers_created_later_are_followed_live() {
 
     // A container on it, reached from outside, is named.
     let port_a = 21000 + n as u16;
-    let a = docker::Container::run(&format!("dx-a-{n}"), &["--network", &net.name, "-p", &format!("{port_a}:80")], &image, &["80", "5300"]);
+    let a = docker::Container::run(
+        &format!("dx-a-{n}"),
+        &["--network", &net.name, "-p", &format!("{port_a}:80")],
+        &image,
+        &["80", "5300"],
+    );
     let a_ip_before = a.ip(&net.name);
     within(Duration::from_secs(2), || tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port_a)).is_ok())
         .expect("container A reachable");
@@ -136,7 +144,12 @@ fn networks_and_containers_created_later_are_followed_live() {
     // A restarted with another address (B takes the old one): names stay right.
     sh(&["docker", "stop", "-t", "0", &a.name]);
     let port_b = 22000 + n as u16;
-    let b = docker::Container::run(&format!("dx-b-{n}"), &["--network", &net.name, "-p", &format!("{port_b}:80")], &image, &["80", "5300"]);
+    let b = docker::Container::run(
+        &format!("dx-b-{n}"),
+        &["--network", &net.name, "-p", &format!("{port_b}:80")],
+        &image,
+        &["80", "5300"],
+    );
     sh(&["docker", "start", &a.name]);
     let a_ip_after = a.ip(&net.name);
     assert_eq!(b.ip(&net.name), a_ip_before, "B took A's old address");
@@ -152,12 +165,17 @@ fn networks_and_containers_created_later_are_followed_live() {
     drop(b);
     drop(net);
     w.wait_for_line(&format!("bridge {bridge} "), Duration::from_secs(3));
-    assert!(within(Duration::from_secs(3), || w.lines().iter().any(|l| l.contains(&bridge) && l.contains("no longer"))).is_some());
+    assert!(within(Duration::from_secs(3), || w
+        .lines()
+        .iter()
+        .any(|l| l.contains(&bridge) && l.contains("no longer")))
+    .is_some());
 
     let (records, status, _) = w.stop();
     let records = outside.own(records);
     assert!(status.success());
-    let by_port = |p: u16| -> Vec<&Value> { records.iter().filter(|r| r["host_port"] == p && r["stage"] == "reached").collect() };
+    let by_port =
+        |p: u16| -> Vec<&Value> { records.iter().filter(|r| r["host_port"] == p && r["stage"] == "reached").collect() };
     let a_recs = by_port(port_a);
     assert!(a_recs.len() >= 2, "two reaches of A: {records:#?}");
     for r in &a_recs {
@@ -168,7 +186,9 @@ fn networks_and_containers_created_later_are_followed_live() {
     assert!(a_recs.iter().any(|r| r["dst_ip"] == a_ip_after.as_str()), "A at its new address: {a_recs:#?}");
     let b_recs = by_port(port_b);
     assert!(!b_recs.is_empty());
-    assert!(b_recs.iter().all(|r| r["container"]["name"] == format!("dx-b-{n}").as_str() && r["dst_ip"] == a_ip_before.as_str()));
+    assert!(b_recs
+        .iter()
+        .all(|r| r["container"]["name"] == format!("dx-b-{n}").as_str() && r["dst_ip"] == a_ip_before.as_str()));
 }
 
 #[test]
@@ -182,7 +202,10 @@ fn without_a_docker_socket_detection_goes_on_and_says_why() {
         &["--docker-host", "unix:///nonexistent/docker.sock", "--bridge", &bed.bridge, "--uplink", &bed.outside.uplink],
         json_path("nodocker"),
     );
-    let warned = w.lines().iter().any(|l| l.contains("running without container identity") && l.contains("/nonexistent/docker.sock"));
+    let warned = w
+        .lines()
+        .iter()
+        .any(|l| l.contains("running without container identity") && l.contains("/nonexistent/docker.sock"));
     assert!(warned, "{:?}", w.lines());
     tcp_connect(&bed.outside.ns, Some(bed.outside.src4()), bed.host_tcp_v4()).expect("reachable");
     std::thread::sleep(Duration::from_millis(300));
@@ -206,20 +229,25 @@ fn a_docker_daemon_that_goes_away_and_returns_is_followed() {
     let sock = std::env::temp_dir().join(format!("dx-relay-{n}.sock"));
     let mut relay = docker::SocketRelay::start(&sock);
     let endpoint = format!("unix://{}", sock.display());
-    let mut w = Watcher::start(&["--docker-host", &endpoint, "--uplink", &outside.uplink, "--stats-interval", "0"], json_path("relay"));
+    let mut w = Watcher::start(
+        &["--docker-host", &endpoint, "--uplink", &outside.uplink, "--stats-interval", "0"],
+        json_path("relay"),
+    );
     assert!(w.lines().iter().any(|l| l.contains("Docker inventory: ")), "{:?}", w.lines());
 
     // The daemon goes away: said once, and the kernel side keeps reporting, with the
     // last known inventory.
     relay.stop();
     w.wait_for_line("keeping the kernel side and the last known inventory", Duration::from_secs(5));
-    let during = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("reachable while Docker is away");
+    let during =
+        tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("reachable while Docker is away");
 
     // It comes back: listed again.
     let _relay = docker::SocketRelay::start(&sock);
     let start = Instant::now();
     assert!(
-        within(Duration::from_secs(20), || w.lines().iter().filter(|l| l.contains("Docker inventory: ")).count() >= 2).is_some(),
+        within(Duration::from_secs(20), || w.lines().iter().filter(|l| l.contains("Docker inventory: ")).count() >= 2)
+            .is_some(),
         "no reconnection: {:?}",
         w.lines()
     );
@@ -227,7 +255,10 @@ fn a_docker_daemon_that_goes_away_and_returns_is_followed() {
     let (records, status, _) = w.stop();
     let records = outside.own(records);
     assert!(status.success());
-    let r = records.iter().find(|r| r["stage"] == "reached" && r["src_port"] == during).expect("reach while Docker was away");
+    let r = records
+        .iter()
+        .find(|r| r["stage"] == "reached" && r["src_port"] == during)
+        .expect("reach while Docker was away");
     assert_eq!(r["container"]["name"], web.name.as_str());
 }
 
@@ -245,7 +276,8 @@ fn direct_routing_to_an_unpublished_port_is_flagged() {
     let ip = db.ip("bridge");
     let _accept = docker::docker_user_rule(&["-i", outside.uplink.as_str(), "-o", "docker0", "-j", "ACCEPT"]);
     let w = Watcher::start(&["--uplink", &outside.uplink, "--stats-interval", "0"], json_path("direct"));
-    let sport = tcp_connect(&outside.ns, Some(outside.src4()), SocketAddr::new(ip.parse().unwrap(), 5432)).expect("routed to the container");
+    let sport = tcp_connect(&outside.ns, Some(outside.src4()), SocketAddr::new(ip.parse().unwrap(), 5432))
+        .expect("routed to the container");
     std::thread::sleep(Duration::from_millis(300));
     let (records, status, lines) = w.stop();
     let records = outside.own(records);

@@ -31,9 +31,7 @@ impl Netns {
         sh_quiet(&["ip", "netns", "del", &name]);
         sh(&["ip", "netns", "add", &name]);
         let ns = Netns(name);
-        sh(&[
-            "ip", "netns", "exec", &ns.0, "ip", "link", "set", "lo", "up",
-        ]);
+        sh(&["ip", "netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]);
         ns
     }
 }
@@ -69,12 +67,7 @@ impl Causes {
         self.expect_within(ANNOUNCE, what, want)
     }
 
-    fn expect_within(
-        &mut self,
-        limit: Duration,
-        what: &str,
-        want: impl Fn(&Cause) -> bool,
-    ) -> (Cause, Instant) {
+    fn expect_within(&mut self, limit: Duration, what: &str, want: impl Fn(&Cause) -> bool) -> (Cause, Instant) {
         let deadline = Instant::now() + limit;
         loop {
             while let Ok(c) = self.rx.try_recv() {
@@ -83,11 +76,7 @@ impl Causes {
             if let Some(i) = self.seen.iter().position(|(c, _)| want(c)) {
                 return self.seen.remove(i);
             }
-            assert!(
-                Instant::now() < deadline,
-                "no cause for {what} within {limit:?}; seen: {:?}",
-                self.seen
-            );
+            assert!(Instant::now() < deadline, "no cause for {what} within {limit:?}; seen: {:?}", self.seen);
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -112,28 +101,15 @@ fn watch() -> (Causes, Vec<String>) {
     let (tx, rx) = unbounded_channel();
     let lines = ground::spawn(tx, 1, true);
     eprintln!("ground::spawn said: {lines:?}");
-    assert!(
-        !lines.iter().any(|l| l.contains("not watched")),
-        "a watcher did not start: {lines:?}"
-    );
-    (
-        Causes {
-            rx,
-            seen: Vec::new(),
-        },
-        lines,
-    )
+    assert!(!lines.iter().any(|l| l.contains("not watched")), "a watcher did not start: {lines:?}");
+    (Causes { rx, seen: Vec::new() }, lines)
 }
 
 /// Runs `args` in namespace `ns`; its pid (ip netns exec execs the program in place,
 /// so the child's pid is the program's) and when it was started.
 fn run(ns: &str, args: &[&str]) -> (u32, Instant) {
     let started = Instant::now();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .spawn()
-        .expect("ip netns exec");
+    let mut child = Command::new("ip").args(["netns", "exec", ns]).args(args).spawn().expect("ip netns exec");
     let pid = child.id();
     let status = child.wait().expect("wait");
     assert!(status.success(), "{args:?}: {status}");
@@ -161,38 +137,23 @@ fn ruleset_changes_name_the_committing_process() {
 
         // iptables is a link to xtables-nft-multi; the kernel names the committing
         // task by its comm, which is the name it was exec'd by: "iptables".
-        let (pid, t) = run(
-            &name,
-            &[
-                "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP",
-            ],
-        );
+        let (pid, t) = run(&name, &["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP"]);
         let (c, at) = causes.expect("iptables -A", |c| c.pid == Some(pid));
         eprintln!("iptables -A -> {c:?} after {:?}", at - t);
-        assert_eq!(
-            (c.kind, c.process.as_deref()),
-            ("ruleset", Some("iptables"))
-        );
+        assert_eq!((c.kind, c.process.as_deref()), ("ruleset", Some("iptables")));
         assert_eq!(c.detail.as_deref(), Some("tables: filter"));
 
         // verify's trace table is dockexpose's own change: nothing for it, while the
         // change after it is reported.
-        let (own, _) = run(
-            &name,
-            &["nft", "add", "table", "inet", "dockexpose_verify_0_1"],
-        );
-        run(
-            &name,
-            &["nft", "delete", "table", "inet", "dockexpose_verify_0_1"],
-        );
+        let (own, _) = run(&name, &["nft", "add", "table", "inet", "dockexpose_verify_0_1"]);
+        run(&name, &["nft", "delete", "table", "inet", "dockexpose_verify_0_1"]);
         let (pid, _) = run(&name, &["nft", "add", "table", "inet", "dxd_t2"]);
         causes.expect("nft add table dxd_t2", |c| c.pid == Some(pid));
         let rest = causes.drain(Duration::from_millis(500));
         assert!(
-            !rest.iter().any(|(c, _)| c.pid == Some(own)
-                || c.detail
-                    .as_deref()
-                    .is_some_and(|d| d.contains("dockexpose_verify"))),
+            !rest.iter().any(
+                |(c, _)| c.pid == Some(own) || c.detail.as_deref().is_some_and(|d| d.contains("dockexpose_verify"))
+            ),
             "verify's own table was reported: {rest:?}"
         );
     });
@@ -213,33 +174,15 @@ fn a_burst_of_40_rule_edits_gives_at_most_2_runs() {
         let mut pids = Vec::new();
         for i in 0..40u16 {
             let port = (9000 + i).to_string();
-            pids.push(
-                run(
-                    &name,
-                    &[
-                        "iptables", "-A", "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP",
-                    ],
-                )
-                .0,
-            );
+            pids.push(run(&name, &["iptables", "-A", "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP"]).0);
         }
         let burst = start.elapsed();
         let seen = causes.drain(Duration::from_millis(1500));
-        let ours: Vec<_> = seen
-            .iter()
-            .filter(|(c, _)| c.pid.is_some_and(|p| pids.contains(&p)))
-            .collect();
-        eprintln!(
-            "40 edits in {burst:?}: {} causes ({} of them from the 40 commands)",
-            seen.len(),
-            ours.len()
-        );
+        let ours: Vec<_> = seen.iter().filter(|(c, _)| c.pid.is_some_and(|p| pids.contains(&p))).collect();
+        eprintln!("40 edits in {burst:?}: {} causes ({} of them from the 40 commands)", seen.len(), ours.len());
         // Every edit is one committed transaction, and each is announced.
         for pid in &pids {
-            assert!(
-                ours.iter().any(|(c, _)| c.pid == Some(*pid)),
-                "edit by pid {pid} not announced: {seen:?}"
-            );
+            assert!(ours.iter().any(|(c, _)| c.pid == Some(*pid)), "edit by pid {pid} not announced: {seen:?}");
         }
         // The daemon's loop: a run whenever the debounce is due before the next cause.
         let mut d = Debounce::default();
@@ -254,15 +197,8 @@ fn a_burst_of_40_rule_edits_gives_at_most_2_runs() {
         eprintln!("verify runs for the burst: {runs}");
         // 40 edits within 2 s: at most 2 runs. On a machine too loaded to make them
         // that fast, one more run per MAX_WAIT (3 s) of burst.
-        let allowed = if burst <= Duration::from_secs(2) {
-            2
-        } else {
-            2 + burst.as_secs() as usize / 3
-        };
-        assert!(
-            (1..=allowed).contains(&runs),
-            "{runs} runs for 40 edits in {burst:?}"
-        );
+        let allowed = if burst <= Duration::from_secs(2) { 2 } else { 2 + burst.as_secs() as usize / 3 };
+        assert!((1..=allowed).contains(&runs), "{runs} runs for 40 edits in {burst:?}");
     });
 }
 
@@ -280,17 +216,13 @@ fn links_and_addresses_name_the_interface() {
         std::thread::sleep(Duration::from_millis(100));
         let mut step = |what: &str, args: &[&str], kind: &'static str, detail: String| {
             let (_, t) = run(&name, args);
-            let (c, at) = causes.expect(what, |c| {
-                c.kind == kind && c.detail.as_deref() == Some(detail.as_str())
-            });
+            let (c, at) = causes.expect(what, |c| c.kind == kind && c.detail.as_deref() == Some(detail.as_str()));
             eprintln!("{what} -> {c:?} after {:?}", at - t);
             assert_eq!((c.process, c.pid), (None, None));
         };
         step(
             "veth add",
-            &[
-                "ip", "link", "add", "dxd0", "type", "veth", "peer", "name", "dxd1",
-            ],
+            &["ip", "link", "add", "dxd0", "type", "veth", "peer", "name", "dxd1"],
             "link",
             "dxd0 added".into(),
         );
@@ -302,24 +234,11 @@ fn links_and_addresses_name_the_interface() {
             format!("{v4}/24 added on dxd0"),
         );
         run(&name, &["ip", "link", "set", "dxd1", "up"]);
-        step(
-            "link up",
-            &["ip", "link", "set", "dxd0", "up"],
-            "link",
-            "dxd0 up".into(),
-        );
+        step("link up", &["ip", "link", "set", "dxd0", "up"], "link", "dxd0 up".into());
         let v6 = format!("fd42:198:{n}::1");
         step(
             "v6 address add",
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                "dxd0",
-                "nodad",
-            ],
+            &["ip", "addr", "add", &format!("{v6}/64"), "dev", "dxd0", "nodad"],
             "address",
             format!("{v6}/64 added on dxd0"),
         );
@@ -329,22 +248,10 @@ fn links_and_addresses_name_the_interface() {
             "address",
             format!("{v4}/24 removed from dxd0"),
         );
-        step(
-            "link down",
-            &["ip", "link", "set", "dxd0", "down"],
-            "link",
-            "dxd0 down".into(),
-        );
-        step(
-            "veth del",
-            &["ip", "link", "del", "dxd0"],
-            "link",
-            "dxd0 removed".into(),
-        );
+        step("link down", &["ip", "link", "set", "dxd0", "down"], "link", "dxd0 down".into());
+        step("veth del", &["ip", "link", "del", "dxd0"], "link", "dxd0 removed".into());
         // The peer went with it, and was announced too.
-        causes.expect("peer removed", |c| {
-            c.detail.as_deref() == Some("dxd1 removed")
-        });
+        causes.expect("peer removed", |c| c.detail.as_deref() == Some("dxd1 removed"));
     });
 }
 
@@ -357,58 +264,24 @@ fn iptables_legacy_changes_are_polled() {
     let ns = Netns::new("legacy");
     let name = ns.0.clone();
     // A legacy table in use in the namespace before the watchers start.
-    run(
-        &ns.0,
-        &[
-            "iptables-legacy",
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            "7000",
-            "-j",
-            "DROP",
-        ],
-    );
+    run(&ns.0, &["iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "7000", "-j", "DROP"]);
     in_netns(&ns.0, move || {
         let (mut causes, lines) = watch();
         let secs = ground::LEGACY_POLL.as_secs();
         assert!(
-            lines.contains(&format!(
-                "polling every {secs} s: iptables-legacy sends no change notifications"
-            )),
+            lines.contains(&format!("polling every {secs} s: iptables-legacy sends no change notifications")),
             "{lines:?}"
         );
         // Let the poller take its first digest, then change the rules.
         std::thread::sleep(Duration::from_millis(500));
-        let (_, t) = run(
-            &name,
-            &[
-                "iptables-legacy",
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                "7001",
-                "-j",
-                "DROP",
-            ],
-        );
-        let (c, at) =
-            causes.expect_within(ground::LEGACY_POLL + ANNOUNCE, "iptables-legacy -A", |c| {
-                c.detail
-                    .as_deref()
-                    .is_some_and(|d| d.contains("iptables-legacy"))
-            });
+        let (_, t) = run(&name, &["iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "7001", "-j", "DROP"]);
+        let (c, at) = causes.expect_within(ground::LEGACY_POLL + ANNOUNCE, "iptables-legacy -A", |c| {
+            c.detail.as_deref().is_some_and(|d| d.contains("iptables-legacy"))
+        });
         eprintln!("iptables-legacy -A -> {c:?} after {:?}", at - t);
         assert_eq!((c.kind, c.process, c.pid), ("ruleset", None, None));
         // Nothing more while the rules stay as they are (counters move, rules do not).
         let rest = causes.drain(ground::LEGACY_POLL + Duration::from_secs(1));
-        assert!(
-            rest.is_empty(),
-            "unchanged legacy rules were reported: {rest:?}"
-        );
+        assert!(rest.is_empty(), "unchanged legacy rules were reported: {rest:?}");
     });
 }

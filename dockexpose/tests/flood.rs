@@ -20,7 +20,6 @@ const SYNS: usize = 100_000;
 const SYNS_PER_SECOND: u32 = 25_000;
 const MAX_RSS_KIB: u64 = 256 * 1024;
 
-
 #[test]
 fn a_syn_flood_is_counted_bounded_and_survived() {
     let test = "a_syn_flood_is_counted_bounded_and_survived";
@@ -38,9 +37,15 @@ fn a_syn_flood_is_counted_bounded_and_survived() {
     sh(&["ip", "route", "add", &spoofed, "via", &outside.v4(2), "dev", &outside.uplink]);
     undo.push(&["ip", "route", "del", &spoofed]);
     let port = 29000 + n as u16;
-    let _web = docker::Container::run(&format!("dx-flood-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    let _web =
+        docker::Container::run(&format!("dx-flood-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
     let other_port = 30000 + n as u16;
-    let other = docker::Container::run(&format!("dx-flood2-{n}"), &["-p", &format!("{other_port}:80")], &image, &["80", "5300"]);
+    let other = docker::Container::run(
+        &format!("dx-flood2-{n}"),
+        &["-p", &format!("{other_port}:80")],
+        &image,
+        &["80", "5300"],
+    );
     let json = std::env::temp_dir().join(format!("dockexpose-flood-{n}.json"));
     let w = Watcher::start(&["--uplink", &outside.uplink, "--quiet", "--stats-interval", "0"], json.clone());
 
@@ -63,7 +68,8 @@ fn a_syn_flood_is_counted_bounded_and_survived() {
 
     // Still responsive: a real connection right after is reported within seconds.
     std::thread::sleep(Duration::from_millis(500));
-    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("legit connection after the flood");
+    let sport =
+        tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("legit connection after the flood");
     let needle = format!("\"src_port\":{sport}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let seen = loop {
@@ -78,7 +84,11 @@ fn a_syn_flood_is_counted_bounded_and_survived() {
     std::thread::sleep(Duration::from_secs(3)); // let verdicts settle
     let (records, status, lines) = w.stop();
     assert!(status.success());
-    eprintln!("{test}: legit connection reported {:?} after the flood ended; peak RSS {} KiB", seen - (started + flood_time), peak);
+    eprintln!(
+        "{test}: legit connection reported {:?} after the flood ended; peak RSS {} KiB",
+        seen - (started + flood_time),
+        peak
+    );
     assert!(peak > 0 && peak < MAX_RSS_KIB, "daemon peak RSS {peak} KiB");
 
     // Every record the kernel emitted is in the log, or counted as lost.
@@ -89,7 +99,8 @@ fn a_syn_flood_is_counted_bounded_and_survived() {
     let (lost_ring, lost_reader, unbound) =
         (counter(last, "ringbuf_full_lost"), counter(last, "reader_lost"), counter(last, "unbound_attempts"));
     let json_attempted = records.iter().filter(|r| r["stage"] == "attempted").count() as u64;
-    let json_reached = records.iter().filter(|r: &&Value| r["stage"] == "reached" && r["path"] == "bridge").count() as u64;
+    let json_reached =
+        records.iter().filter(|r: &&Value| r["stage"] == "reached" && r["path"] == "bridge").count() as u64;
     let answers_received = counter(last, "answers_received");
     assert_eq!(
         attempts + reached + answered,
@@ -101,7 +112,10 @@ fn a_syn_flood_is_counted_bounded_and_survived() {
     let seen = attempts + counter(last, "attempts_deduplicated") + lost_ring + veth_dropped;
     assert!(seen >= sent as u64, "{sent} SYNs sent, {seen} accounted for ({last})");
     let alert = format!("EXPOSED {} ", other.name);
-    assert!(lines.iter().any(|l| l.starts_with(&alert)), "the new exposure was alerted despite the flood: no {alert:?} line");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&alert)),
+        "the new exposure was alerted despite the flood: no {alert:?} line"
+    );
     let lost = lost_ring + lost_reader;
     if lost > 0 {
         assert!(lines.iter().any(|l| l.starts_with("WARNING:") && l.contains("lost")), "loss must be reported");

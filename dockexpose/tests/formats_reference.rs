@@ -37,7 +37,7 @@ use dockexpose::{
         record::{ContainerRef, HostSide, Record},
     },
 };
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 fn observer() -> Observer {
     Observer { hostname: "web-01".into(), host_id: Some("0123456789abcdef0123456789abcdef".into()), version: "0.1.0" }

@@ -31,16 +31,22 @@ fn bridge_counters(bridge: &str) -> [u64; Counter::COUNT as usize] {
         maps::{Map, MapData, MapInfo, PerCpuArray},
         programs::{SchedClassifier, TcAttachType},
     };
-    let (_, progs) = SchedClassifier::query_tcx(bridge, TcAttachType::Egress).unwrap_or_else(|e| panic!("TCX egress query of {bridge}: {e}"));
+    let (_, progs) = SchedClassifier::query_tcx(bridge, TcAttachType::Egress)
+        .unwrap_or_else(|e| panic!("TCX egress query of {bridge}: {e}"));
     assert_eq!(progs.len(), 1, "one program on {bridge}'s egress");
-    let map_ids = progs[0].map_ids().unwrap_or_else(|e| panic!("map ids of bridge_egress: {e}")).expect("map ids (kernel >= 4.15)");
+    let map_ids = progs[0]
+        .map_ids()
+        .unwrap_or_else(|e| panic!("map ids of bridge_egress: {e}"))
+        .expect("map ids (kernel >= 4.15)");
     let id = map_ids
         .into_iter()
         .find(|id| MapInfo::from_id(*id).is_ok_and(|info| info.name_as_str() == Some(map_names::COUNTERS)))
         .expect("bridge_egress uses a COUNTERS map");
     let map = MapData::from_id(id).unwrap_or_else(|e| panic!("COUNTERS map {id}: {e}"));
-    let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(map)).expect("COUNTERS is a per-CPU array");
-    Counter::ALL.map(|c| counters.get(&(c as u32), 0).unwrap_or_else(|e| panic!("reading {}: {e}", c.name())).iter().sum())
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(map)).expect("COUNTERS is a per-CPU array");
+    Counter::ALL
+        .map(|c| counters.get(&(c as u32), 0).unwrap_or_else(|e| panic!("reading {}: {e}", c.name())).iter().sum())
 }
 
 /// How counter `c` grew from `before` to `after`.
@@ -62,7 +68,20 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     let trusted6 = format!("{}/128", bed.outside.v6(3));
     let watcher = Watcher::start(
         // XDP explicitly: the default TCX ingress hook is covered by the Docker tests.
-        &["--bridge", &bed.bridge, "--uplink", &bed.outside.uplink, "--uplink-hook", "xdp", "--trusted", &trusted4, "--trusted", &trusted6, "--stats-interval", "0"],
+        &[
+            "--bridge",
+            &bed.bridge,
+            "--uplink",
+            &bed.outside.uplink,
+            "--uplink-hook",
+            "xdp",
+            "--trusted",
+            &trusted4,
+            "--trusted",
+            &trusted6,
+            "--stats-interval",
+            "0",
+        ],
         json,
     );
     if let Some(secs) = std::env::var("DOCKEXPOSE_TEST_HOLD").ok().and_then(|s| s.parse().ok()) {
@@ -76,7 +95,11 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
 
     // The firewall holds for the host itself: INPUT drops the outside host...
     let host_listener = std::net::TcpListener::bind((bed.outside.v4(1).as_str(), HOST_INPUT_TCP)).unwrap();
-    let input_probe = tcp_connect(&bed.outside.ns, Some(bed.outside.v4(2).parse().unwrap()), SocketAddr::new(bed.outside.v4(1).parse().unwrap(), HOST_INPUT_TCP));
+    let input_probe = tcp_connect(
+        &bed.outside.ns,
+        Some(bed.outside.v4(2).parse().unwrap()),
+        SocketAddr::new(bed.outside.v4(1).parse().unwrap(), HOST_INPUT_TCP),
+    );
     assert!(input_probe.is_err(), "INPUT should drop the outside host, got {input_probe:?}");
     drop(host_listener);
 
@@ -103,7 +126,11 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     tcp_connect(&bed.c2_ns, None, c1_v4).expect("container to container, switched");
     tcp_connect(&bed.c2_ns, None, c1_v6).expect("container to container, switched, IPv6");
     let after = bridge_counters(&bed.bridge);
-    assert_eq!(grew(&before, &after, Counter::BridgeNewFlows), 0, "switched traffic between two ports of the bridge does not cross its egress hook");
+    assert_eq!(
+        grew(&before, &after, Counter::BridgeNewFlows),
+        0,
+        "switched traffic between two ports of the bridge does not cross its egress hook"
+    );
 
     // Container to container through the host: c2 reaches c1 by way of the gateway
     // (the host routes it back into the bridge, as between two networks of one host),
@@ -115,12 +142,18 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     sh(&["ip", "-n", &bed.c2_ns, "route", "add", &c1_host4, "via", &bed.bridge_v4(1)]);
     sh(&["ip", "-n", &bed.c2_ns, "-6", "route", "add", &c1_host6, "via", &bed.bridge_v6(1)]);
     // The host's ICMP redirect ("c1 is on your link") must not shorten the path.
-    for key in ["net.ipv4.conf.all.accept_redirects", "net.ipv4.conf.eth0.accept_redirects", "net.ipv6.conf.all.accept_redirects", "net.ipv6.conf.eth0.accept_redirects"] {
+    for key in [
+        "net.ipv4.conf.all.accept_redirects",
+        "net.ipv4.conf.eth0.accept_redirects",
+        "net.ipv6.conf.all.accept_redirects",
+        "net.ipv6.conf.eth0.accept_redirects",
+    ] {
         sh(&["ip", "netns", "exec", &bed.c2_ns, "sysctl", "-qw", &format!("{key}=0")]);
     }
     for (family, dst) in [("IPv4", c1_v4), ("IPv6", c1_v6)] {
         let before = bridge_counters(&bed.bridge);
-        tcp_connect(&bed.c2_ns, None, dst).unwrap_or_else(|e| panic!("container to container through the host, {family}: {e}"));
+        tcp_connect(&bed.c2_ns, None, dst)
+            .unwrap_or_else(|e| panic!("container to container through the host, {family}: {e}"));
         let after = bridge_counters(&bed.bridge);
         let (new, local, emitted) = (
             grew(&before, &after, Counter::BridgeNewFlows),
@@ -149,21 +182,25 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
         assert!(records.iter().all(|r| r["src_ip"] != c2.as_str()), "container c2 ({c2}) reported:\n{records:#?}");
     }
 
-    let check = |r: &Value, proto: &str, family: &str, src: String, sport: u16, dst: String, dport: u16, host: SocketAddr| {
-        assert_eq!(r["stage"], "reached");
-        assert_eq!(r["proto"], proto);
-        assert_eq!(r["family"], family);
-        assert_eq!(r["src_ip"], src.as_str());
-        assert_eq!(r["src_port"], sport);
-        assert_eq!(r["dst_ip"], dst.as_str());
-        assert_eq!(r["dst_port"], dport);
-        assert_eq!(r["iface"], bed.bridge.as_str());
-        assert!(r["container"].is_null());
-        // No uplink program here: the exact host side comes from conntrack's NAT state.
-        assert_eq!((r["host_ip"].as_str(), r["host_port"].as_u64()), (Some(host.ip().to_string().as_str()), Some(host.port() as u64)));
-        let ts = r["ts"].as_str().unwrap();
-        assert!(ts.ends_with('Z') && ts.starts_with("20"), "ts {ts}");
-    };
+    let check =
+        |r: &Value, proto: &str, family: &str, src: String, sport: u16, dst: String, dport: u16, host: SocketAddr| {
+            assert_eq!(r["stage"], "reached");
+            assert_eq!(r["proto"], proto);
+            assert_eq!(r["family"], family);
+            assert_eq!(r["src_ip"], src.as_str());
+            assert_eq!(r["src_port"], sport);
+            assert_eq!(r["dst_ip"], dst.as_str());
+            assert_eq!(r["dst_port"], dport);
+            assert_eq!(r["iface"], bed.bridge.as_str());
+            assert!(r["container"].is_null());
+            // No uplink program here: the exact host side comes from conntrack's NAT state.
+            assert_eq!(
+                (r["host_ip"].as_str(), r["host_port"].as_u64()),
+                (Some(host.ip().to_string().as_str()), Some(host.port() as u64))
+            );
+            let ts = r["ts"].as_str().unwrap();
+            assert!(ts.ends_with('Z') && ts.starts_with("20"), "ts {ts}");
+        };
     let one = |proto: &str, family: &str| {
         let m = records_matching(&records, proto, family);
         assert_eq!(m.len(), 1, "{proto}/{family}: {m:#?}");
@@ -186,13 +223,14 @@ fn outside_connections_are_reported_once_and_nothing_else_is() {
     assert!(tcx_programs(&bed.bridge, false).is_empty(), "ingress still attached after stop");
     assert!(tcx_programs(&bed.outside.uplink, true).is_empty(), "uplink egress still attached after stop");
     assert!(!xdp_attached(&bed.outside.uplink), "XDP still attached after stop");
-    let again = Watcher::start(&["--bridge", &bed.bridge, "--no-uplinks"], std::env::temp_dir().join(format!("dockexpose-test-{}-2.json", bed.n)));
+    let again = Watcher::start(
+        &["--bridge", &bed.bridge, "--no-uplinks"],
+        std::env::temp_dir().join(format!("dockexpose-test-{}-2.json", bed.n)),
+    );
     let (_, status, _) = again.stop();
     assert!(status.success());
     assert!(tcx_programs(&bed.bridge, true).is_empty());
 }
-
-
 
 #[test]
 fn a_bridge_that_disappears_is_dropped_without_a_crash() {
@@ -205,7 +243,10 @@ fn a_bridge_that_disappears_is_dropped_without_a_crash() {
     sh(&["ip", "link", "add", &bridge, "type", "bridge"]);
     undo.push(&["ip", "link", "del", &bridge]);
     sh(&["ip", "link", "set", &bridge, "up"]);
-    let mut w = Watcher::start(&["--bridge", &bridge, "--no-uplinks"], std::env::temp_dir().join(format!("dockexpose-gone-{n}.json")));
+    let mut w = Watcher::start(
+        &["--bridge", &bridge, "--no-uplinks"],
+        std::env::temp_dir().join(format!("dockexpose-gone-{n}.json")),
+    );
     sh(&["ip", "link", "del", &bridge]);
     w.wait_for_line("disappeared", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(1500));
@@ -219,7 +260,10 @@ fn an_interface_that_is_not_a_bridge_gets_a_warning() {
     if !privileged("an_interface_that_is_not_a_bridge_gets_a_warning") {
         return;
     }
-    let w = Watcher::start(&["--bridge", "lo", "--no-uplinks"], std::env::temp_dir().join(format!("dockexpose-lo-{}.json", run_id())));
+    let w = Watcher::start(
+        &["--bridge", "lo", "--no-uplinks"],
+        std::env::temp_dir().join(format!("dockexpose-lo-{}.json", run_id())),
+    );
     let (_, status, lines) = w.stop();
     assert!(status.success());
     assert!(lines.iter().any(|l| l.contains("warning: lo is not a Linux bridge")), "{lines:?}");
@@ -290,7 +334,8 @@ fn connections_right_before_sigterm_are_in_the_log() {
     // take them out first, or the last connections before a restart are lost.
     let bed = Bed::new("st");
     let _c1 = Services::start(&bed.c1_ns, C_TCP, C_UDP);
-    let watcher = Watcher::start(&["--bridge", &bed.bridge, "--no-uplinks", "--stats-interval", "0"], json_path("sigterm"));
+    let watcher =
+        Watcher::start(&["--bridge", &bed.bridge, "--no-uplinks", "--stats-interval", "0"], json_path("sigterm"));
     // A burst right up to the signal: the last ~20 ms of it are still in the ring.
     let made = connect_loop(&bed.outside.ns, bed.outside.src4(), bed.host_tcp_v4(), Duration::from_millis(400));
     let (records, status, _) = watcher.stop();
@@ -315,7 +360,8 @@ fn an_untracked_udp_flow_from_outside_is_still_reported() {
     let src = bed.outside.v4(2);
     sh(&["iptables", "-t", "raw", "-I", "PREROUTING", "1", "-s", &src, "-p", "udp", "-j", "NOTRACK"]);
     undo.push(&["iptables", "-t", "raw", "-D", "PREROUTING", "-s", &src, "-p", "udp", "-j", "NOTRACK"]);
-    let watcher = Watcher::start(&["--bridge", &bed.bridge, "--no-uplinks", "--stats-interval", "0"], json_path("notrack"));
+    let watcher =
+        Watcher::start(&["--bridge", &bed.bridge, "--no-uplinks", "--stats-interval", "0"], json_path("notrack"));
     // Straight to the container's address (no DNAT without conntrack).
     let dst = SocketAddr::new(bed.bridge_v4(2).parse().unwrap(), C_UDP);
     let (sport, echoed) = udp_exchange(&bed.outside.ns, Some(bed.outside.src4()), dst, 2);

@@ -5,7 +5,6 @@ mod support;
 
 use std::net::IpAddr;
 
-
 use std::collections::BTreeSet;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
@@ -53,8 +52,7 @@ struct Loaded {
 
 impl Loaded {
     fn new(local: &[&str], trusted: &[&str]) -> Self {
-        let (mut kernel, ring) =
-            Kernel::load(KernelSettings::default()).unwrap();
+        let (mut kernel, ring) = Kernel::load(KernelSettings::default()).unwrap();
         let mut table = PrefixTable::default();
         for p in local {
             // A single address is one of the host's own; a prefix, a bridge's subnet.
@@ -117,7 +115,9 @@ fn bridge_program_reports_outside_syns_of_both_families_and_skips_local_ones() {
     }
     // Not a new connection: SYN-ACK, ACK.
     for flags in [0x12, 0x10] {
-        assert!(k.run(program_names::BRIDGE_EGRESS, &frame(ip("198.18.1.2"), 40000, ip("10.251.1.2"), 80, 6, flags)).is_empty());
+        assert!(k
+            .run(program_names::BRIDGE_EGRESS, &frame(ip("198.18.1.2"), 40000, ip("10.251.1.2"), 80, 6, flags))
+            .is_empty());
     }
     assert_eq!(k.counter(Counter::ReachedEmitted), 2);
     assert_eq!(k.counter(Counter::BridgeLocalOrTrusted), 5);
@@ -152,7 +152,9 @@ fn uplink_attempts_and_answers_are_matched_by_their_whole_tuple_for_both_familie
     let mut k = Loaded::new(&["10.251.1.0/24", "fd42:251:1::/64", "198.18.1.1", "fd42:198:1::1"], &[]);
     let ports: BTreeSet<PortKey> = [8080, 8443].iter().map(|p| PortKey { port: *p, proto: 6, _pad: 0 }).collect();
     k.kernel.sync_published_ports(&ports).unwrap();
-    for (client, host, container) in [("198.18.1.2", "198.18.1.1", "10.251.1.2"), ("fd42:198:1::2", "fd42:198:1::1", "fd42:251:1::2")] {
+    for (client, host, container) in
+        [("198.18.1.2", "198.18.1.1", "10.251.1.2"), ("fd42:198:1::2", "fd42:198:1::1", "fd42:251:1::2")]
+    {
         // Not published: no attempt.
         assert!(k.run_xdp(&frame(ip(client), 40000, ip(host), 9999, 6, 0x02)).is_empty());
         // A scanner's SYNs: one source port, two host ports. Two attempts; neither
@@ -160,7 +162,10 @@ fn uplink_attempts_and_answers_are_matched_by_their_whole_tuple_for_both_familie
         for host_port in [8080u16, 8443] {
             let attempt = k.run_xdp(&frame(ip(client), 41000, ip(host), host_port, 6, 0x02));
             assert_eq!(attempt.len(), 1);
-            assert_eq!((attempt[0].stage, attempt[0].dst, attempt[0].dst_port), (Stage::Attempted, ip(host), host_port));
+            assert_eq!(
+                (attempt[0].stage, attempt[0].dst, attempt[0].dst_port),
+                (Stage::Attempted, ip(host), host_port)
+            );
             assert!(k.run_xdp(&frame(ip(client), 41000, ip(host), host_port, 6, 0x02)).is_empty(), "retransmit");
         }
         // Each SYN-ACK leaving the uplink from its host port answers its own attempt, once.
@@ -168,7 +173,9 @@ fn uplink_attempts_and_answers_are_matched_by_their_whole_tuple_for_both_familie
             let answer = k.run(program_names::UPLINK_EGRESS, &frame(ip(host), host_port, ip(client), 41000, 6, 0x12));
             assert_eq!(answer.len(), 1);
             assert_eq!((answer[0].stage, answer[0].src_port, answer[0].dst_port), (Stage::Answered, 41000, host_port));
-            assert!(k.run(program_names::UPLINK_EGRESS, &frame(ip(host), host_port, ip(client), 41000, 6, 0x12)).is_empty());
+            assert!(k
+                .run(program_names::UPLINK_EGRESS, &frame(ip(host), host_port, ip(client), 41000, 6, 0x12))
+                .is_empty());
         }
         // On the bridge, past DNAT, without a conntrack entry (a test frame has none):
         // reported, with no invented host side.

@@ -162,8 +162,10 @@ impl Loaded {
     /// (0: sent by the host itself).
     fn bridge(&mut self, frame: &[u8], ingress_ifindex: u32) -> Vec<Observation> {
         let ctx = skb_ctx(ingress_ifindex);
-        let prog: &mut SchedClassifier = self.kernel.program_mut(program_names::BRIDGE_EGRESS).unwrap().try_into().unwrap();
-        let res = prog.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..Default::default() }).unwrap();
+        let prog: &mut SchedClassifier =
+            self.kernel.program_mut(program_names::BRIDGE_EGRESS).unwrap().try_into().unwrap();
+        let res =
+            prog.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..Default::default() }).unwrap();
         assert_eq!(res.return_value, u32::MAX, "fail open: TCX_NEXT");
         self.drain()
     }
@@ -220,7 +222,12 @@ fn every_first_packet_shape_reaching_a_bridge_is_reported() {
         ),
         ("ipv6 udp behind options", ipv6(o6, c6, &[60], 0, 17, &udp(40010, 5300)), Proto::Udp, &["ip_options"]),
         ("sctp init ipv4", ipv4(o4, c4, 132, &[], 0, &sctp(40011, 3868, 1, 77)), Proto::Sctp, &[]),
-        ("sctp init ipv6 behind options", ipv6(o6, c6, &[60], 0, 132, &sctp(40012, 3868, 1, 78)), Proto::Sctp, &["ip_options"]),
+        (
+            "sctp init ipv6 behind options",
+            ipv6(o6, c6, &[60], 0, 132, &sctp(40012, 3868, 1, 78)),
+            Proto::Sctp,
+            &["ip_options"],
+        ),
     ];
     for (what, packet, proto, shape) in &cases {
         let got = k.bridge(&eth(packet, &[]), FROM_UPLINK);
@@ -308,7 +315,10 @@ fn locality_is_judged_by_the_path_not_by_the_source_address() {
     }
     assert_eq!(k.counter(Counter::SpoofedLocal), 3);
     // On an uplink every packet is from outside: a local source there is spoofed too.
-    let got = k.xdp(program_names::UPLINK_XDP, &eth(&ipv4("10.251.1.7", "198.18.1.1", 6, &[], 0, &tcp(42003, 8080, 1, SYN)), &[]));
+    let got = k.xdp(
+        program_names::UPLINK_XDP,
+        &eth(&ipv4("10.251.1.7", "198.18.1.1", 6, &[], 0, &tcp(42003, 8080, 1, SYN)), &[]),
+    );
     assert_eq!(got.len(), 1);
     assert!(got[0].spoofed_local() && got[0].stage == Stage::Attempted);
 }
@@ -350,8 +360,12 @@ fn uplinks_of_every_link_layer_see_attempts() {
     }
     // Past the host (to a VM on a bridged uplink, routed through): no attempt, even
     // at a published port number.
-    assert!(k.xdp(program_names::UPLINK_XDP, &eth(&ipv4(o4, "198.18.1.9", 6, &[], 0, &tcp(next(), 8080, 1, SYN)), &[])).is_empty());
-    assert!(k.xdp(program_names::UPLINK_XDP, &eth(&ipv4(o4, "10.251.1.2", 6, &[], 0, &tcp(next(), 8080, 1, SYN)), &[])).is_empty());
+    assert!(k
+        .xdp(program_names::UPLINK_XDP, &eth(&ipv4(o4, "198.18.1.9", 6, &[], 0, &tcp(next(), 8080, 1, SYN)), &[]))
+        .is_empty());
+    assert!(k
+        .xdp(program_names::UPLINK_XDP, &eth(&ipv4(o4, "10.251.1.2", 6, &[], 0, &tcp(next(), 8080, 1, SYN)), &[]))
+        .is_empty());
     // The Ethernet program on a bare IP packet must not invent an attempt.
     assert!(k.xdp(program_names::UPLINK_XDP, &ipv4(o4, h4, 6, &[], 0, &tcp(next(), 8080, 1, SYN))).is_empty());
     // A scanner: one source port, two published ports, one ISN: two attempts, and
@@ -361,13 +375,20 @@ fn uplinks_of_every_link_layer_see_attempts() {
         let payload = if proto == 6 { tcp(scan_port, port, 1, SYN) } else { udp(scan_port, port) };
         assert_eq!(k.xdp(program_names::UPLINK_XDP, &eth(&ipv4(o4, h4, proto, &[], 0, &payload), &[])).len(), 1);
     }
-    let answer = k.classifier(program_names::UPLINK_EGRESS, &eth(&ipv4(h4, o4, 6, &[], 0, &tcp(8080, scan_port, 9, SYN | ACK)), &[]));
+    let answer = k.classifier(
+        program_names::UPLINK_EGRESS,
+        &eth(&ipv4(h4, o4, 6, &[], 0, &tcp(8080, scan_port, 9, SYN | ACK)), &[]),
+    );
     assert_eq!(answer.len(), 1);
     assert_eq!((answer[0].stage, answer[0].dst_port, answer[0].proto), (Stage::Answered, 8080, Proto::Tcp));
     // An SCTP INIT answered by INIT-ACK.
     let init_port = next();
-    assert_eq!(k.xdp(program_names::UPLINK_XDP, &eth(&ipv4(o4, h4, 132, &[], 0, &sctp(init_port, 3868, 1, 5)), &[])).len(), 1);
-    let init_ack = k.classifier(program_names::UPLINK_EGRESS, &eth(&ipv4(h4, o4, 132, &[], 0, &sctp(3868, init_port, 2, 6)), &[]));
+    assert_eq!(
+        k.xdp(program_names::UPLINK_XDP, &eth(&ipv4(o4, h4, 132, &[], 0, &sctp(init_port, 3868, 1, 5)), &[])).len(),
+        1
+    );
+    let init_ack =
+        k.classifier(program_names::UPLINK_EGRESS, &eth(&ipv4(h4, o4, 132, &[], 0, &sctp(3868, init_port, 2, 6)), &[]));
     assert_eq!((init_ack.len(), init_ack[0].proto), (1, Proto::Sctp));
     // A first fragment cut before the flags cannot be judged here: counted, no attempt
     // (the bridge reports it if it reaches a container).

@@ -99,17 +99,34 @@ fn the_bypass_story_is_detected_with_exactly_three_capabilities() {
     let web = docker::Container::run("dx10-lp-68", &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
     let json = PathBuf::from(sandbox.path("audit.jsonl"));
     let (pins, lock) = (sandbox.path("bpffs/dockexpose"), sandbox.path("lock"));
-    let args = ["--stats-interval", "0", "--uplink", outside.uplink.as_str(), "--pin-dir", &pins, "--lock-file", &lock, "--detach-on-exit"];
+    let args = [
+        "--stats-interval",
+        "0",
+        "--uplink",
+        outside.uplink.as_str(),
+        "--pin-dir",
+        &pins,
+        "--lock-file",
+        &lock,
+        "--detach-on-exit",
+    ];
     let w = Watcher::spawn_command(setpriv(&gid, "+bpf,+perfmon,+net_admin"), &args, json);
     assert_eq!(cap_eff(w.pid()), EXACT_MASK, "exactly CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN");
     let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
-    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some(NOBODY)), "runs as nobody:\n{status}");
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some(NOBODY)),
+        "runs as nobody:\n{status}"
+    );
 
-    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("published port reachable from outside");
+    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port))
+        .expect("published port reachable from outside");
     std::thread::sleep(Duration::from_millis(500));
     let (records, status, lines) = w.stop();
     assert!(status.success(), "{lines:#?}");
-    let r = records.iter().find(|r| r["stage"] == "reached" && r["src_port"] == sport).unwrap_or_else(|| panic!("no reached record: {records:#?}"));
+    let r = records
+        .iter()
+        .find(|r| r["stage"] == "reached" && r["src_port"] == sport)
+        .unwrap_or_else(|| panic!("no reached record: {records:#?}"));
     assert_eq!(r["container"]["name"], web.name.as_str(), "named through the Docker socket (group access)");
     assert_eq!(r["host_port"], port);
     assert!(records.iter().any(|r| r["stage"] == "attempted" && r["src_port"] == sport));
@@ -124,7 +141,9 @@ fn a_missing_capability_is_named_with_the_fix() {
         return;
     }
     let gid = docker_gid();
-    for (caps, missing) in [("+bpf,+net_admin", "CAP_PERFMON"), ("+perfmon,+net_admin", "CAP_BPF"), ("+bpf,+perfmon", "CAP_NET_ADMIN")] {
+    for (caps, missing) in
+        [("+bpf,+net_admin", "CAP_PERFMON"), ("+perfmon,+net_admin", "CAP_BPF"), ("+bpf,+perfmon", "CAP_NET_ADMIN")]
+    {
         let out = setpriv(&gid, caps).args(["watch", "--no-docker", "--bridge", "lo"]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());

@@ -67,7 +67,8 @@ fn a_bpffs_mount_root_is_refused_and_left_alone() {
            echo \"== cleanup $p\"; {BIN} cleanup --pin-dir $p --lock-file {d}.lock; echo \"exit $?\"; \
          done; echo '== left'; ls {d}"
     );
-    let out = Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let out =
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
     let _ = std::fs::remove_dir(&dir);
     let _ = std::fs::remove_file(format!("{d}.lock"));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -133,7 +134,9 @@ fn one_pin_dir_is_one_daemon_whatever_the_lock_file() {
     let root = format!("/sys/fs/bpf/dx17-lock-{id}");
     let (lock1, lock2) = (format!("/run/dockexpose/dx17-a-{id}.lock"), format!("/tmp/dx17-b-{id}.lock"));
     let args = |lock: &str| -> Vec<String> {
-        ["--no-docker", "--stats-interval", "0", "--bridge", &br, "--pin-dir", &root, "--lock-file", lock].map(String::from).to_vec()
+        ["--no-docker", "--stats-interval", "0", "--bridge", &br, "--pin-dir", &root, "--lock-file", lock]
+            .map(String::from)
+            .to_vec()
     };
     let _leftovers = Leftovers { root: root.clone(), lock: lock1.clone(), made: Vec::new() };
     let a1 = args(&lock1);

@@ -73,8 +73,17 @@ impl Podman {
         }
         match Command::new("podman").arg("--version").output() {
             Ok(o) if o.status.success() => eprintln!("{test}: {}", String::from_utf8_lossy(&o.stdout).trim()),
-            Ok(o) => return skip(test, &format!("`podman --version` failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
-            Err(e) => return skip(test, &format!("podman is not installed (running `podman --version`: {e}); `cargo xtask setup` installs it")),
+            Ok(o) => {
+                return skip(test, &format!("`podman --version` failed: {}", String::from_utf8_lossy(&o.stderr).trim()))
+            }
+            Err(e) => {
+                return skip(
+                    test,
+                    &format!(
+                        "podman is not installed (running `podman --version`: {e}); `cargo xtask setup` installs it"
+                    ),
+                )
+            }
         }
         let busybox = PathBuf::from("/bin/busybox");
         if !busybox.exists() {
@@ -91,7 +100,11 @@ impl Podman {
         }
         // netavark's base chains stay after its last container; remove them when they
         // were not there before (a podman already in use keeps its own).
-        let had_netavark = Command::new("iptables").args(["-S", "NETAVARK_FORWARD"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let had_netavark = Command::new("iptables")
+            .args(["-S", "NETAVARK_FORWARD"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         if !had_netavark.map(|s| s.success()).unwrap_or(false) {
             forget_netavark_chains(&mut undo);
         }
@@ -156,7 +169,8 @@ impl Podman {
         self.undo.push(&["podman", "rm", "-f", "-t", "0", &name]);
         // Podman's default limits (nofile 1048576, nproc 4194304) need
         // CAP_SYS_RESOURCE to be raised to, which a sandboxed root may lack.
-        let mut full = vec!["podman", "run", "-d", "--name", &name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
+        let mut full =
+            vec!["podman", "run", "-d", "--name", &name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
         full.extend_from_slice(args);
         full.extend_from_slice(&[&self.image, "/bin/busybox", "httpd", "-f", "-p", "80"]);
         sh(&full).trim().to_string()
@@ -221,7 +235,19 @@ fn forget_netavark_chains(undo: &mut Undo) {
         cmds.push(vec![tool, "-F", "NETAVARK_FORWARD"]);
         cmds.push(vec![tool, "-X", "NETAVARK_FORWARD"]);
         for hook in ["PREROUTING", "OUTPUT"] {
-            cmds.push(vec![tool, "-t", "nat", "-D", hook, "-m", "addrtype", "--dst-type", "LOCAL", "-j", "NETAVARK-HOSTPORT-DNAT"]);
+            cmds.push(vec![
+                tool,
+                "-t",
+                "nat",
+                "-D",
+                hook,
+                "-m",
+                "addrtype",
+                "--dst-type",
+                "LOCAL",
+                "-j",
+                "NETAVARK-HOSTPORT-DNAT",
+            ]);
         }
         cmds.push(vec![tool, "-t", "nat", "-D", "POSTROUTING", "-j", "NETAVARK-HOSTPORT-MASQ"]);
         for chain in ["NETAVARK-HOSTPORT-DNAT", "NETAVARK-HOSTPORT-MASQ", "NETAVARK-HOSTPORT-SETMARK"] {
@@ -238,7 +264,10 @@ fn forget_netavark_chains(undo: &mut Undo) {
 }
 
 fn container<'a>(inv: &'a Inventory, id: &str) -> &'a dockexpose::inventory::model::Container {
-    inv.containers.iter().find(|c| c.id == id).unwrap_or_else(|| panic!("container {id} not in the inventory: {inv:#?}"))
+    inv.containers
+        .iter()
+        .find(|c| c.id == id)
+        .unwrap_or_else(|| panic!("container {id} not in the inventory: {inv:#?}"))
 }
 
 fn port(host_ip: &str, host_port: u16, container_port: u16, proto: Proto) -> PublishedPort {
@@ -261,10 +290,8 @@ async fn podman_containers_come_with_their_addresses_and_published_ports() {
     let net = podman.network();
     let (p_web, p_local, p_udp) = (podman.port(0), podman.port(1), podman.port(2));
     let web = podman.run("web", &["-p", &format!("{p_web}:80")]);
-    let db = podman.run(
-        "db",
-        &["--network", &net, "-p", &format!("127.0.0.1:{p_local}:80"), "-p", &format!("{p_udp}:5353/udp")],
-    );
+    let db = podman
+        .run("db", &["--network", &net, "-p", &format!("127.0.0.1:{p_local}:80"), "-p", &format!("{p_udp}:5353/udp")]);
     assert!(http_answers(SocketAddr::from(([127, 0, 0, 1], p_web))), "busybox httpd does not answer on {p_web}");
 
     // The daemon's own calls: negotiate_version + ping, list_networks, list_containers.
@@ -308,12 +335,21 @@ async fn podman_networks_name_their_real_bridge() {
     let mut seen = 0;
     for n in &inv.networks {
         let real = podman.interface(&n.id);
-        assert!(PathBuf::from("/sys/class/net").join(&real).exists(), "podman says {} is on {real}, which does not exist", n.id);
+        assert!(
+            PathBuf::from("/sys/class/net").join(&real).exists(),
+            "podman says {} is on {real}, which does not exist",
+            n.id
+        );
         // The bridge that holds an address of the network's subnet: what would work.
         let by_subnet: BTreeSet<String> = n
             .subnets
             .iter()
-            .flat_map(|p| sh(&["ip", "-o", "addr", "show", "to", &p.to_string()]).lines().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()).collect::<Vec<_>>())
+            .flat_map(|p| {
+                sh(&["ip", "-o", "addr", "show", "to", &p.to_string()])
+                    .lines()
+                    .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         eprintln!(
             "{test}: network {:?} id {} subnets {:?}: dockexpose says bridge {:?}, podman's interface is {real:?}, interface(s) holding the subnet: {by_subnet:?}",
@@ -339,7 +375,12 @@ async fn podman_events_keep_the_inventory_current() {
     let (tx, mut rx) = tokio::sync::watch::channel(DockerState::Starting);
     let follow = tokio::spawn(docker::run(podman.endpoint.clone(), tx));
 
-    async fn wait_for(rx: &mut tokio::sync::watch::Receiver<DockerState>, limit: Duration, what: &str, f: impl Fn(&Inventory) -> bool) -> Duration {
+    async fn wait_for(
+        rx: &mut tokio::sync::watch::Receiver<DockerState>,
+        limit: Duration,
+        what: &str,
+        f: impl Fn(&Inventory) -> bool,
+    ) -> Duration {
         let start = Instant::now();
         loop {
             if let DockerState::Connected(inv) = &*rx.borrow_and_update() {
@@ -360,10 +401,13 @@ async fn podman_events_keep_the_inventory_current() {
     // Well under the 30 s resync: only an event explains it.
     let limit = Duration::from_secs(10);
     let id = podman.run("late", &["-p", &format!("{}:80", podman.port(3))]);
-    let took = wait_for(&mut rx, limit, "a started container appears", |inv| inv.containers.iter().any(|c| c.id == id)).await;
+    let took =
+        wait_for(&mut rx, limit, "a started container appears", |inv| inv.containers.iter().any(|c| c.id == id)).await;
     eprintln!("{test}: started container listed after {took:?}");
     podman.rm(&id);
-    let took = wait_for(&mut rx, limit, "a removed container disappears", |inv| inv.containers.iter().all(|c| c.id != id)).await;
+    let took =
+        wait_for(&mut rx, limit, "a removed container disappears", |inv| inv.containers.iter().all(|c| c.id != id))
+            .await;
     eprintln!("{test}: removed container gone after {took:?}");
     follow.abort();
 }

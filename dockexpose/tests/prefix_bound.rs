@@ -33,7 +33,8 @@ fn more_host_prefixes_than_the_tries_hold_degrade_and_never_end_the_daemon() {
         args.extend(cmd.split(' '));
         sh(&args);
     }
-    let mut batch = Command::new("ip").args(["-n", &ns, "-b", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    let mut batch =
+        Command::new("ip").args(["-n", &ns, "-b", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
     {
         let mut stdin = batch.stdin.take().unwrap();
         for i in 0..ADDRESSES {
@@ -51,7 +52,10 @@ fn more_host_prefixes_than_the_tries_hold_degrade_and_never_end_the_daemon() {
     let json = w.json.clone();
     let warning = w.wait_for_line("left out of the kernel's tries", Duration::from_secs(5));
     assert!(warning.contains("16384 per address family"), "{warning}");
-    let out = Command::new(env!("CARGO_BIN_EXE_dockexpose")).args(["status", "--socket", socket_arg, "--json"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dockexpose"))
+        .args(["status", "--socket", socket_arg, "--json"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "degraded:\n{text}");
     assert!(text.contains("over the kernel's bound and left out"), "{text}");

@@ -55,7 +55,10 @@ fn the_unit_keeps_its_hardening_and_the_traps_out() {
     // ProtectKernelTunables= would remount /sys/fs/bpf read-only: no pinning.
     assert!(!lines.iter().any(|l| l.starts_with("ProtectKernelTunables=yes")));
     let exec = lines.iter().find(|l| l.starts_with("ExecStart=")).unwrap();
-    assert!(exec.contains(" watch ") && exec.contains("/var/log/dockexpose/") && exec.contains("/run/dockexpose/lock"), "{exec}");
+    assert!(
+        exec.contains(" watch ") && exec.contains("/var/log/dockexpose/") && exec.contains("/run/dockexpose/lock"),
+        "{exec}"
+    );
     assert!(!exec.contains("--detach-on-exit") && !exec.contains("--no-pin"), "a restart must not leave a gap: {exec}");
 }
 
@@ -118,8 +121,13 @@ fn ready_is_sent_once_attached_and_stopping_on_sigterm() {
         let mut cmd = Command::new(BIN);
         cmd.env("NOTIFY_SOCKET", &target);
         let started = Instant::now();
-        let w = Watcher::spawn_command(cmd, &["--no-docker", "--bridge", &bridge, "--no-pin", "--stats-interval", "0"], json_path("dx10-notify"));
-        let ready = recv(&listener, Duration::from_secs(20)).unwrap_or_else(|| panic!("no READY=1 on {target}: {:?}", w.lines()));
+        let w = Watcher::spawn_command(
+            cmd,
+            &["--no-docker", "--bridge", &bridge, "--no-pin", "--stats-interval", "0"],
+            json_path("dx10-notify"),
+        );
+        let ready = recv(&listener, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("no READY=1 on {target}: {:?}", w.lines()));
         assert_eq!(ready, "READY=1", "{target}");
         // Sent once attached: the programs are on the bridge, the watching line printed.
         assert_eq!(tcx_programs(&bridge, true), ["bridge_egress"], "READY=1 before the programs were attached");

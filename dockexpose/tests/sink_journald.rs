@@ -46,7 +46,11 @@ impl Journald {
         let server = Journald { child, root };
         let t0 = Instant::now();
         while !server.socket().exists() || !server.journal_dir().exists() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "systemd-journald did not open {} within 10 s", server.socket().display());
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "systemd-journald did not open {} within 10 s",
+                server.socket().display()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server
@@ -109,10 +113,18 @@ async fn alerts_reach_the_real_journald_with_their_fields() {
         return;
     }
     let server = Journald::start().await;
-    let config = SinksConfig { journald: Some(JournaldConfig { socket: server.socket(), ..Default::default() }), ..Default::default() };
+    let config = SinksConfig {
+        journald: Some(JournaldConfig { socket: server.socket(), ..Default::default() }),
+        ..Default::default()
+    };
     let sink = sinks::start(&config, &native()).unwrap().pop().unwrap();
     // A newline in a container name takes the binary form and forges no field.
-    sink.offer(&alert(AlertKind::Reached, "web\nDOCKEXPOSE_STAGE=forged", 8080, "EXPOSED web 198.18.3.1:8080 -> 80/tcp"));
+    sink.offer(&alert(
+        AlertKind::Reached,
+        "web\nDOCKEXPOSE_STAGE=forged",
+        8080,
+        "EXPOSED web 198.18.3.1:8080 -> 80/tcp",
+    ));
     sink.offer(&alert(AlertKind::Blocked, "db", 5432, "BLOCKED db 198.18.3.1:5432"));
     let stats = wait_for(&sink, Duration::from_secs(5), |s| s.delivered == 2).await;
     assert_eq!((stats.retries, stats.dropped_failed), (0, 0), "{stats:?}");
@@ -152,7 +164,10 @@ async fn health_alerts_reach_the_real_journald() {
         return;
     }
     let server = Journald::start().await;
-    let config = SinksConfig { journald: Some(JournaldConfig { socket: server.socket(), ..Default::default() }), ..Default::default() };
+    let config = SinksConfig {
+        journald: Some(JournaldConfig { socket: server.socket(), ..Default::default() }),
+        ..Default::default()
+    };
     let sink = sinks::start(&config, &native()).unwrap().pop().unwrap();
     sink.offer(&health_alert(HealthCondition::AuditLog, None, "WARNING: writing the audit log /x failed", false));
     sink.offer(&health_alert(HealthCondition::AuditLog, None, "dockexpose: the audit log /x is written again", true));
@@ -160,7 +175,10 @@ async fn health_alerts_reach_the_real_journald() {
     let entries = server.entries(2).await;
     let got: Vec<[String; 5]> = entries
         .iter()
-        .map(|e| ["PRIORITY", "MESSAGE_ID", "DOCKEXPOSE_KIND", "DOCKEXPOSE_HEALTH", "DOCKEXPOSE_HEALTH_STATE"].map(|n| field(e, n)))
+        .map(|e| {
+            ["PRIORITY", "MESSAGE_ID", "DOCKEXPOSE_KIND", "DOCKEXPOSE_HEALTH", "DOCKEXPOSE_HEALTH_STATE"]
+                .map(|n| field(e, n))
+        })
         .collect();
     let id = message_id(AlertKind::Health).to_string();
     assert_eq!(

@@ -140,7 +140,12 @@ async fn syslog_over_udp_tcp_and_unix_reaches_rsyslogd() {
         sink.offer(&exposed(via));
     }
     // Two more on the TCP stream: the frames must stay apart.
-    sinks[1].offer(&alert(AlertKind::Blocked, "db", 5432, "BLOCKED db (postgres) 198.18.3.1:5432 attempted from 198.18.3.2"));
+    sinks[1].offer(&alert(
+        AlertKind::Blocked,
+        "db",
+        5432,
+        "BLOCKED db (postgres) 198.18.3.1:5432 attempted from 198.18.3.2",
+    ));
     sinks[1].offer(&exposed("tcp again"));
     for (sink, n) in sinks.iter().zip([1, 3, 1]) {
         let stats = wait_for(sink, Duration::from_secs(5), |s| s.delivered == n).await;
@@ -160,7 +165,13 @@ async fn syslog_over_udp_tcp_and_unix_reaches_rsyslogd() {
     };
     let text = |via: &str| format!("EXPOSED {EVIL} (nginx:1.27) 198.18.3.1:8080 -> 80/tcp via {via}");
     let expected = [
-        line("imtcp", "blocked", "notice", &sd("blocked", "db", 5432), "BLOCKED db (postgres) 198.18.3.1:5432 attempted from 198.18.3.2"),
+        line(
+            "imtcp",
+            "blocked",
+            "notice",
+            &sd("blocked", "db", 5432),
+            "BLOCKED db (postgres) 198.18.3.1:5432 attempted from 198.18.3.2",
+        ),
         line("imtcp", "reached", "warning", &evil_sd, &text("tcp")),
         line("imtcp", "reached", "warning", &evil_sd, &text("tcp again")),
         line("imudp", "reached", "warning", &evil_sd, &text("udp")),
@@ -242,13 +253,25 @@ async fn health_alerts_reach_rsyslogd_with_their_severity() {
     sink.offer(&health_alert(HealthCondition::Detached, Some("br-x"), "dockexpose: bridge br-x watched", true));
     wait_for(&sink, Duration::from_secs(5), |s| s.delivered == 3).await;
     let pid = std::process::id();
-    let line = |severity: &str, sd: &str, text: &str| format!("imtcp|health|dockexpose|dx-test|{pid}|daemon|{severity}|[dockexpose@32473 kind=\"health\" {sd}]|{text}");
+    let line = |severity: &str, sd: &str, text: &str| {
+        format!(
+            "imtcp|health|dockexpose|dx-test|{pid}|daemon|{severity}|[dockexpose@32473 kind=\"health\" {sd}]|{text}"
+        )
+    };
     assert_eq!(
         server.lines(3).await,
         [
             line("err", r#"condition="records_lost" state="failing" count="1""#, lost),
-            line("warning", r#"condition="detached" state="failing" count="1" subject="br-x""#, "dockexpose: bridge br-x disappeared"),
-            line("notice", r#"condition="detached" state="recovered" count="1" subject="br-x""#, "dockexpose: bridge br-x watched"),
+            line(
+                "warning",
+                r#"condition="detached" state="failing" count="1" subject="br-x""#,
+                "dockexpose: bridge br-x disappeared"
+            ),
+            line(
+                "notice",
+                r#"condition="detached" state="recovered" count="1" subject="br-x""#,
+                "dockexpose: bridge br-x watched"
+            ),
         ]
     );
 }

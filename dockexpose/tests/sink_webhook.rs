@@ -64,7 +64,9 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<Full<B
         s.seen.push(Seen { at: Instant::now(), headers, body, answer });
         answer
     };
-    let response = |code: u16, text: &'static str| Response::builder().status(code).body(Full::new(Bytes::from_static(text.as_bytes())));
+    let response = |code: u16, text: &'static str| {
+        Response::builder().status(code).body(Full::new(Bytes::from_static(text.as_bytes())))
+    };
     Ok(match answer {
         Answer::Status(code) => response(code, "answer of the test server").unwrap(),
         Answer::TooMany(secs) => {
@@ -122,7 +124,12 @@ async fn webhook_fails_stalls_and_recovers() {
     assert_eq!(sink.name(), format!("webhook http://127.0.0.1:{port}"), "the path (a secret) is not shown");
 
     let t0 = Instant::now();
-    sink.offer(&alert(AlertKind::Reached, "web", 8080, "EXPOSED web (nginx:1.27) 198.18.3.1:8080 -> 80/tcp reached from 198.18.3.2"));
+    sink.offer(&alert(
+        AlertKind::Reached,
+        "web",
+        8080,
+        "EXPOSED web (nginx:1.27) 198.18.3.1:8080 -> 80/tcp reached from 198.18.3.2",
+    ));
     let stats = wait_for(&sink, Duration::from_secs(10), |s| s.delivered == 1).await;
     let took = t0.elapsed();
     assert_eq!((stats.retries, stats.timeouts, stats.dropped_failed, stats.dropped_full), (3, 1, 0, 0), "{stats:?}");
@@ -230,7 +237,10 @@ async fn slack_format_posts_text() {
     wait_for(&sink, Duration::from_secs(5), |s| s.delivered == 1).await;
     let body: serde_json::Value = serde_json::from_slice(&state.lock().unwrap().seen[0].body).unwrap();
     let text = body["text"].as_str().unwrap();
-    assert!(text.starts_with("dockexpose on ") && text.ends_with(": EXPOSED web (nginx:1.27) 198.18.3.1:8080 -&gt; 80/tcp"), "{body}");
+    assert!(
+        text.starts_with("dockexpose on ") && text.ends_with(": EXPOSED web (nginx:1.27) 198.18.3.1:8080 -&gt; 80/tcp"),
+        "{body}"
+    );
     assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
 }
 
@@ -241,12 +251,30 @@ fn make_certs(dir: &std::path::Path) {
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dockexpose test CA"]].concat());
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dockexpose test CA"],
+    ]
+    .concat());
     run(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat());
     std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2",
-        "-extfile", "ext",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
     ]);
 }
 
@@ -316,7 +344,11 @@ async fn a_closed_kept_connection_is_not_a_failure() {
                 let Some(end) = text.find("\r\n\r\n") else { return false };
                 let length = text[..end]
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
                     .unwrap_or(0);
                 r.len() >= end + 4 + length
             };
@@ -368,7 +400,10 @@ async fn a_health_alert_reaches_the_webhook_ahead_of_a_flood() {
     assert_eq!(bodies[0]["text"], text);
     assert_eq!(bodies[0]["health"], serde_json::json!({"condition": "records_lost", "state": "failing", "count": 1}));
     assert!(bodies[0]["record"].is_null());
-    assert_eq!(bodies[1]["health"], serde_json::json!({"condition": "detached", "state": "recovered", "count": 1, "subject": "br-x"}));
+    assert_eq!(
+        bodies[1]["health"],
+        serde_json::json!({"condition": "detached", "state": "recovered", "count": 1, "subject": "br-x"})
+    );
     let rest: Vec<&str> = bodies[2..].iter().map(|b| b["text"].as_str().unwrap()).collect();
     assert_eq!(rest, ["EXPOSED web 0", "EXPOSED web 1", "EXPOSED web 2", "EXPOSED web 3"]);
     assert!(bodies[2].get("health").is_none(), "only health alerts carry it");

@@ -31,10 +31,14 @@ fn an_l3_uplink_sees_attempts_and_reaches_carry_the_exact_host_port() {
     let m = 230 + n % 20;
     let name = format!("dxl3{n}");
     let tun = Tun::create(&name, &format!("198.18.{m}.1/24"), &format!("fd42:198:{m}::1/64"));
-    let (host, peer): (Ipv4Addr, Ipv4Addr) = (format!("198.18.{m}.1").parse().unwrap(), format!("198.18.{m}.2").parse().unwrap());
+    let (host, peer): (Ipv4Addr, Ipv4Addr) =
+        (format!("198.18.{m}.1").parse().unwrap(), format!("198.18.{m}.2").parse().unwrap());
     // Both hooks: TCX ingress (the default) and XDP, each with its L3 program.
     for (hook, sport) in [("tc", 45001u16), ("xdp", 45002)] {
-        let mut w = Watcher::start(&["--uplink", &name, "--uplink-hook", hook, "--blocked-after", "2", "--stats-interval", "0"], json_path("l3"));
+        let mut w = Watcher::start(
+            &["--uplink", &name, "--uplink-hook", hook, "--blocked-after", "2", "--stats-interval", "0"],
+            json_path("l3"),
+        );
         let line = w.wait_for_line(&format!("uplink {name} watched"), Duration::from_secs(5));
         assert!(line.contains("L3, no Ethernet header"), "the L3 program is chosen for a TUN: {line}");
         assert!(line.contains(if hook == "tc" { "TCX ingress" } else { "XDP" }), "{line}");
@@ -60,9 +64,15 @@ fn an_l3_uplink_sees_attempts_and_reaches_carry_the_exact_host_port() {
         assert_eq!((attempted.len(), reached.len()), (1, 1), "{records:#?}");
         assert!(own_stage(&records, &peer_s, sport, "blocked").is_empty());
         assert_eq!(attempted[0]["iface"], name.as_str());
-        assert_eq!((attempted[0]["dst_ip"].as_str(), attempted[0]["dst_port"].as_u64()), (Some(host.to_string().as_str()), Some(port as u64)));
+        assert_eq!(
+            (attempted[0]["dst_ip"].as_str(), attempted[0]["dst_port"].as_u64()),
+            (Some(host.to_string().as_str()), Some(port as u64))
+        );
         assert_eq!(attempted[0]["container"]["name"], web.name.as_str());
-        assert_eq!((reached[0]["host_ip"].as_str(), reached[0]["host_port"].as_u64()), (Some(host.to_string().as_str()), Some(port as u64)));
+        assert_eq!(
+            (reached[0]["host_ip"].as_str(), reached[0]["host_port"].as_u64()),
+            (Some(host.to_string().as_str()), Some(port as u64))
+        );
         let last = lines.iter().find(|l| l.contains("final counters")).unwrap();
         // The SYN-ACK leaving the TUN, seen by the L3 egress program: an answer to a
         // reached attempt, counted without a record.
@@ -113,7 +123,10 @@ fn automatic_selection_picks_ethernet_l3_and_bridged_uplinks_and_says_which() {
     let (_, status, lines) = w.stop();
     assert!(status.success());
     for not_uplink in ["brlonely", "vmbr0 ", "lo "] {
-        assert!(!lines.iter().any(|l| l.contains(&format!("uplink {not_uplink}"))), "{not_uplink} is no uplink: {lines:#?}");
+        assert!(
+            !lines.iter().any(|l| l.contains(&format!("uplink {not_uplink}"))),
+            "{not_uplink} is no uplink: {lines:#?}"
+        );
     }
     assert!(start.contains("uplinks: eno1, eth0, wg0"), "{start}");
 }
@@ -126,7 +139,12 @@ fn an_uplink_recreated_under_the_same_name_is_attached_again_while_traffic_flows
     let image = docker::echo_image();
     let outside = OutsideHost::new("rc");
     let port = 29000 + outside.n as u16;
-    let _web = docker::Container::run(&format!("dx-rc-{}", outside.n), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    let _web = docker::Container::run(
+        &format!("dx-rc-{}", outside.n),
+        &["-p", &format!("{port}:80")],
+        &image,
+        &["80", "5300"],
+    );
     let mut w = Watcher::start(&["--uplink", &outside.uplink, "--stats-interval", "0"], json_path("rc"));
     let before = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("before");
     // Traffic keeps flowing from another thread (from .3, so that its source ports
@@ -138,14 +156,22 @@ fn an_uplink_recreated_under_the_same_name_is_attached_again_while_traffic_flows
     outside.plug();
     w.wait_for_line("attaching again", Duration::from_secs(5));
     flow.join().unwrap();
-    assert!(tcx_programs(&outside.uplink, false).iter().any(|p| p == "uplink_ingress"), "the new device has the ingress program");
+    assert!(
+        tcx_programs(&outside.uplink, false).iter().any(|p| p == "uplink_ingress"),
+        "the new device has the ingress program"
+    );
     let after = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("after");
     std::thread::sleep(Duration::from_millis(300));
     let (records, status, _) = w.stop();
     assert!(status.success());
     let src = outside.v4(2);
     for (what, sport) in [("before", before), ("after", after)] {
-        assert_eq!(own_stage(&records, &src, sport, "attempted").len(), 1, "{what}: attempt seen on {}: {records:#?}", outside.uplink);
+        assert_eq!(
+            own_stage(&records, &src, sport, "attempted").len(),
+            1,
+            "{what}: attempt seen on {}: {records:#?}",
+            outside.uplink
+        );
         assert_eq!(own_stage(&records, &src, sport, "reached").len(), 1, "{what}");
     }
 }
@@ -228,7 +254,12 @@ fn the_tcx_ingress_hook_sees_attempts_as_xdp_does() {
     let image = docker::echo_image();
     let outside = OutsideHost::new("tc");
     let port = free_ports(16300 + outside.n as u16, 1);
-    let web = docker::Container::run(&format!("dx-tc-{}", outside.n), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    let web = docker::Container::run(
+        &format!("dx-tc-{}", outside.n),
+        &["-p", &format!("{port}:80")],
+        &image,
+        &["80", "5300"],
+    );
     let mut w = Watcher::start(
         &["--uplink", &outside.uplink, "--uplink-hook", "tc", "--blocked-after", "2", "--stats-interval", "0"],
         json_path("tc"),
@@ -236,7 +267,10 @@ fn the_tcx_ingress_hook_sees_attempts_as_xdp_does() {
     let line = w.wait_for_line(&format!("uplink {} watched", outside.uplink), Duration::from_secs(5));
     assert!(line.contains("TCX ingress"), "{line}");
     assert!(!xdp_attached(&outside.uplink), "no XDP program with --uplink-hook tc");
-    assert!(tcx_programs(&outside.uplink, false).iter().any(|p| p == "uplink_ingress"), "the TCX ingress program is attached");
+    assert!(
+        tcx_programs(&outside.uplink, false).iter().any(|p| p == "uplink_ingress"),
+        "the TCX ingress program is attached"
+    );
     let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("reachable");
     // An unpublished port: INPUT drops it, and no attempt is recorded.
     assert!(tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port + 1)).is_err());

@@ -24,7 +24,11 @@ fn wait_verified(path: &std::path::Path, host_port: u16, timeout: Duration) -> (
         if let Some(r) = found {
             return (r, Instant::now());
         }
-        assert!(Instant::now() < deadline, "no verified record for port {host_port} within {timeout:?}: {:?}", read_log(path));
+        assert!(
+            Instant::now() < deadline,
+            "no verified record for port {host_port} within {timeout:?}: {:?}",
+            read_log(path)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -53,9 +57,25 @@ fn scenario(tag: &str, hook: &str, base: u16) {
     let n = outside.n as u16;
     let (open, dropped, later) = (base + n, base + 1000 + n, base + 2000 + n);
     let name = format!("dx-{tag}atch-{n}");
-    let _c = docker::Container::run(&name, &["-p", &format!("{open}:80"), "-p", &format!("{dropped}:80")], &image, &["80", "5300"]);
+    let _c = docker::Container::run(
+        &name,
+        &["-p", &format!("{open}:80"), "-p", &format!("{dropped}:80")],
+        &image,
+        &["80", "5300"],
+    );
     let dropped_s = dropped.to_string();
-    let _rule = docker::docker_user_rule(&["-i", &outside.uplink, "-p", "tcp", "-m", "conntrack", "--ctorigdstport", &dropped_s, "-j", "DROP"]);
+    let _rule = docker::docker_user_rule(&[
+        "-i",
+        &outside.uplink,
+        "-p",
+        "tcp",
+        "-m",
+        "conntrack",
+        "--ctorigdstport",
+        &dropped_s,
+        "-j",
+        "DROP",
+    ]);
     std::thread::sleep(Duration::from_millis(500));
 
     let probe_src = outside.v4(77);
@@ -88,7 +108,10 @@ fn scenario(tag: &str, hook: &str, base: u16) {
     let alert = w.wait_for_line("EXPOSED (verified)", Duration::from_secs(5));
     assert_eq!(
         alert,
-        format!("EXPOSED (verified) {name} ({image}) {h1}:{open} -> 80/tcp reachable from outside on {}", outside.uplink)
+        format!(
+            "EXPOSED (verified) {name} ({image}) {h1}:{open} -> 80/tcp reachable from outside on {}",
+            outside.uplink
+        )
     );
     let summary = w.wait_for_line("dockexpose: verify (scheduled)", Duration::from_secs(5));
     assert!(summary.contains("1 exposed, 0 through a proxy, 1 held") && summary.contains(" 0 remain"), "{summary}");
@@ -97,10 +120,18 @@ fn scenario(tag: &str, hook: &str, base: u16) {
     // exploit timed to the schedule): only the probes' exact tuples are the daemon's own,
     // so this one is reported.
     let spoof_port = 43_210;
-    craft(&outside.ns, "tcp4-plain", probe_src.parse().unwrap(), outside.host4(open), spoof_port, Duration::from_millis(300));
+    craft(
+        &outside.ns,
+        "tcp4-plain",
+        probe_src.parse().unwrap(),
+        outside.host4(open),
+        spoof_port,
+        Duration::from_millis(300),
+    );
 
     // An outsider is still reported while the daemon verifies.
-    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(open)).expect("published port reachable from outside");
+    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(open))
+        .expect("published port reachable from outside");
 
     // A container started while the watcher runs: its port is verified within seconds.
     let name2 = format!("dx-{tag}atch-new-{n}");
@@ -119,11 +150,14 @@ fn scenario(tag: &str, hook: &str, base: u16) {
     let (records, status, lines) = w.stop();
     assert!(status.success(), "{status}");
     let ours = outside.own(records.clone());
-    let from_probes: Vec<&serde_json::Value> =
-        ours.iter().filter(|r| r["src_ip"] == probe_src.as_str() && r["stage"] != "verified" && r["src_port"] != spoof_port).collect();
+    let from_probes: Vec<&serde_json::Value> = ours
+        .iter()
+        .filter(|r| r["src_ip"] == probe_src.as_str() && r["stage"] != "verified" && r["src_port"] != spoof_port)
+        .collect();
     assert!(from_probes.is_empty(), "the daemon's own probes were reported as outside connections: {from_probes:#?}");
     assert!(
-        ours.iter().any(|r| r["stage"] == "reached" && r["src_ip"] == probe_src.as_str() && r["src_port"] == spoof_port),
+        ours.iter()
+            .any(|r| r["stage"] == "reached" && r["src_ip"] == probe_src.as_str() && r["src_port"] == spoof_port),
         "a packet spoofed from the probe source right after a run is reported: {ours:#?}"
     );
     let verified: Vec<&serde_json::Value> = ours.iter().filter(|r| r["stage"] == "verified").collect();
@@ -134,13 +168,18 @@ fn scenario(tag: &str, hook: &str, base: u16) {
         .filter(|l| l.contains("dockexpose: verify ("))
         .filter_map(|l| l.split_once(" probes on ")?.0.rsplit(' ').next()?.parse::<usize>().ok())
         .sum();
-    assert!(verified.len() >= 3, "at least the scheduled run's 2 and the new port's 1 (IPv4 only: no IPv6 source): {verified:#?}");
+    assert!(
+        verified.len() >= 3,
+        "at least the scheduled run's 2 and the new port's 1 (IPv4 only: no IPv6 source): {verified:#?}"
+    );
     assert_eq!(verified.len(), probes_sent, "one record per probe: {verified:#?}");
     assert!(
         ours.iter().any(|r| r["stage"] == "reached" && r["src_ip"] == outside.v4(2).as_str() && r["src_port"] == sport),
         "the outsider's connection is in the log: {ours:#?}"
     );
-    assert!(!records.iter().any(|r| r["stage"] != "verified" && (r.get("verdict").is_some() || r.get("why").is_some())));
+    assert!(!records
+        .iter()
+        .any(|r| r["stage"] != "verified" && (r.get("verdict").is_some() || r.get("why").is_some())));
     let counters = lines.iter().find(|l| l.contains("final counters")).expect("final counters line");
     let probe_records: u64 = counters
         .split_whitespace()

@@ -9,9 +9,9 @@ use std::{
     env,
     ffi::OsStr,
     fs,
+    io::{BufRead, BufReader},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
 };
 
@@ -102,14 +102,24 @@ fn run_task(task: Task) -> Result<()> {
             // The daemon-side benchmarks are ignored tests, so that they share the
             // namespace and Docker test bed with the tests; one after the other.
             for (test, what) in [
-                ("bench_rate", "connection rate of one sequential client, attached vs detached (latency-bound; about 30 s)"),
-                ("bench_saturation", "at saturation: ApacheBench through a published port, attached vs detached (about 2 min)"),
+                (
+                    "bench_rate",
+                    "connection rate of one sequential client, attached vs detached (latency-bound; about 30 s)",
+                ),
+                (
+                    "bench_saturation",
+                    "at saturation: ApacheBench through a published port, attached vs detached (about 2 min)",
+                ),
                 ("bench_flood", "a SYN flood from 1M+ spoofed sources at the highest rate (about 90 s)"),
             ] {
                 say!("{what}");
                 run(
-                    cargo().args(["test", "--release", "--package", "dockexpose", "--test", test])
-                        .args(["--", "--ignored", "--nocapture", "--test-threads=1"]),
+                    cargo().args(["test", "--release", "--package", "dockexpose", "--test", test]).args([
+                        "--",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ]),
                     &format!("the {test} benchmark failed (it needs root and Docker)"),
                 )?;
             }
@@ -136,7 +146,15 @@ fn build(root: bool) -> Result<PathBuf> {
 /// product's source) and returns its executable, which runs as root.
 fn build_kernel_bench() -> Result<PathBuf> {
     let out = cargo()
-        .args(["bench", "--package", "dockexpose", "--bench", "kernel_programs", "--no-run", "--message-format=json-render-diagnostics"])
+        .args([
+            "bench",
+            "--package",
+            "dockexpose",
+            "--bench",
+            "kernel_programs",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .context("could not start cargo bench --no-run")?;
@@ -229,7 +247,17 @@ fn lint() -> Vec<&'static str> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
     let mut clippy = cargo();
-    clippy.args(["clippy", "--release", "--workspace", "--exclude", "dockexpose-ebpf", "--all-targets", "--", "-D", "warnings"]);
+    clippy.args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "dockexpose-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     for (name, cmd, fix) in [
         ("rustfmt", &mut fmt, "run `cargo fmt --all` and commit the result"),
         ("clippy", &mut clippy, "mend what clippy names above"),
@@ -257,7 +285,8 @@ fn exec_privileged(root: bool, bin: &Path, args: &[String]) -> Result<()> {
     let mut cmd = privileged(root, bin, args)?;
     say!("running: {}", describe(&cmd));
     let err = cmd.exec(); // returns only if the exec failed
-    Err(err).with_context(|| format!("could not start `{}`; run `cargo xtask build` and check the path", describe(&cmd)))
+    Err(err)
+        .with_context(|| format!("could not start `{}`; run `cargo xtask build` and check the path", describe(&cmd)))
 }
 
 /// `bin ARGS` as root: directly when root, else through `sudo -E`.
@@ -402,7 +431,8 @@ mod tests {
 
     #[test]
     fn trailing_args_reach_the_task() {
-        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).unwrap().task;
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).unwrap().task;
         let Task::Run { args } = parse(&["run", "--", "watch", "--json", "-"]) else { panic!() };
         assert_eq!(args, ["watch", "--json", "-"]);
         let Task::Run { args } = parse(&["run"]) else { panic!() };
@@ -418,7 +448,11 @@ mod tests {
         let mut t = totals::TestTotals::default();
         t.add_vm(&[
             vm::Outcome::Passed { kernel: "6.1.0-57-amd64".into(), checks: 29, secs: 54 },
-            vm::Outcome::Failed { kernel: "6.12.118+deb12-amd64".into(), why: "2 of 22 checks failed".into(), secs: 64 },
+            vm::Outcome::Failed {
+                kernel: "6.12.118+deb12-amd64".into(),
+                why: "2 of 22 checks failed".into(),
+                secs: 64,
+            },
             vm::Outcome::Skipped { series: "6.12", why: "no package matching".into() },
         ]);
         assert_eq!(t, totals::TestTotals { passed: 1, failed: 1, ignored: 1 });

@@ -153,9 +153,13 @@ pub(crate) fn ensure_debian_packages(root: bool) -> Result<()> {
     let ours = !policy.exists();
     if ours {
         say!("writing {} (exit 101) so that no package starts its service during the install", policy.display());
-        std::fs::write(policy, "#!/bin/sh\n# dockexpose xtask: no service starts during package installation\nexit 101\n")
-            .context("writing /usr/sbin/policy-rc.d")?;
-        std::fs::set_permissions(policy, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755)).context("chmod policy-rc.d")?;
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# dockexpose xtask: no service starts during package installation\nexit 101\n",
+        )
+        .context("writing /usr/sbin/policy-rc.d")?;
+        std::fs::set_permissions(policy, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755))
+            .context("chmod policy-rc.d")?;
     }
     let result = run(
         Command::new("apt-get")
@@ -176,7 +180,11 @@ pub(crate) fn ensure_debian_packages(root: bool) -> Result<()> {
 pub(crate) fn ensure_python_modules(root: bool) -> Result<()> {
     let mut missing = Vec::new();
     for &(module, package) in PYTHON_MODULES {
-        let probe = Command::new("python3").args(["-c", &format!("import {module}")]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let probe = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let found = match probe {
             Ok(status) => status.success(),
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -184,7 +192,10 @@ pub(crate) fn ensure_python_modules(root: bool) -> Result<()> {
             }
             Err(e) => return Err(e).context("could not run python3"),
         };
-        say!("checking Python module {module} (`python3 -c 'import {module}'`): {}", if found { "found" } else { "MISSING" });
+        say!(
+            "checking Python module {module} (`python3 -c 'import {module}'`): {}",
+            if found { "found" } else { "MISSING" }
+        );
         if !found {
             missing.push(package);
         }
@@ -333,7 +344,12 @@ pub(crate) fn bpffs_mounted(mounts: &str) -> bool {
 /// toolchain in use (a minimal rustup profile lacks them).
 pub(crate) fn ensure_lint_tools() -> Result<()> {
     for (component, probe) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
-        let present = cargo().args([probe, "--version"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        let present = cargo()
+            .args([probe, "--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
         if present {
             say!("setup: {component} present");
             continue;

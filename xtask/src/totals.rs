@@ -77,17 +77,11 @@ pub fn parse_skips(log: &str) -> Vec<Skip> {
     let mut skips = Vec::new();
     for line in log.lines() {
         let mut fields = line.splitn(3, '\t');
-        let (Some(binary), Some(test), Some(reason)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(binary), Some(test), Some(reason)) = (fields.next(), fields.next(), fields.next()) else {
             continue;
         };
         if seen.insert((binary.to_string(), test.to_string())) {
-            skips.push(Skip {
-                binary: binary.into(),
-                test: test.into(),
-                reason: reason.into(),
-            });
+            skips.push(Skip { binary: binary.into(), test: test.into(), reason: reason.into() });
         }
     }
     skips
@@ -100,24 +94,16 @@ pub fn with_skips(total: &TestTotals, skips: &[Skip]) -> (u64, u64, u64) {
     let skipped = skips.len() as u64;
     // Never below zero: a skip log left from a run that cargo did not count (a test
     // binary that crashed) must not make the passed count wrap.
-    (
-        total.passed.saturating_sub(skipped),
-        total.failed,
-        total.ignored + skipped,
-    )
+    (total.passed.saturating_sub(skipped), total.failed, total.ignored + skipped)
 }
 
 /// The lines printed before the closing line: every skip with its reason, then
 /// "tests: N passed, M failed, K skipped".
 pub fn summary(total: &TestTotals, skips: &[Skip]) -> Vec<String> {
-    let mut lines: Vec<String> = skips
-        .iter()
-        .map(|s| format!("skipped: {} {}: {}", s.binary, s.test, s.reason))
-        .collect();
+    let mut lines: Vec<String> =
+        skips.iter().map(|s| format!("skipped: {} {}: {}", s.binary, s.test, s.reason)).collect();
     let (passed, failed, skipped) = with_skips(total, skips);
-    lines.push(format!(
-        "tests: {passed} passed, {failed} failed, {skipped} skipped"
-    ));
+    lines.push(format!("tests: {passed} passed, {failed} failed, {skipped} skipped"));
     lines
 }
 
@@ -131,14 +117,7 @@ mod tests {
         t.add_line("test result: ok. 61 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.08s");
         t.add_line("test result: FAILED. 2 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1s");
         t.add_line("running 3 tests");
-        assert_eq!(
-            t,
-            TestTotals {
-                passed: 63,
-                failed: 1,
-                ignored: 1
-            }
-        );
+        assert_eq!(t, TestTotals { passed: 63, failed: 1, ignored: 1 });
     }
 
     #[test]
@@ -155,31 +134,19 @@ mod tests {
         // The same test twice in one binary is one skip; the same name in another
         // binary is another test.
         assert_eq!(skips.len(), 3, "{skips:?}");
-        assert_eq!(
-            skips[0].reason,
-            "needs root (network namespaces, iptables, eBPF)"
-        );
+        assert_eq!(skips[0].reason, "needs root (network namespaces, iptables, eBPF)");
         assert_eq!(with_skips(&t, &skips), (12, 1, 5));
         let lines = summary(&t, &skips);
         assert_eq!(lines.len(), 4);
-        assert_eq!(
-            lines[1],
-            "skipped: service the_unit_runs: systemd-analyze not installed"
-        );
-        assert_eq!(
-            lines.last().unwrap(),
-            "tests: 12 passed, 1 failed, 5 skipped"
-        );
+        assert_eq!(lines[1], "skipped: service the_unit_runs: systemd-analyze not installed");
+        assert_eq!(lines.last().unwrap(), "tests: 12 passed, 1 failed, 5 skipped");
     }
 
     #[test]
     fn no_skip_log_changes_nothing_and_a_stale_one_never_wraps() {
         let mut t = TestTotals::default();
         t.add_line("test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
-        assert_eq!(
-            summary(&t, &parse_skips("")),
-            ["tests: 1 passed, 0 failed, 0 skipped"]
-        );
+        assert_eq!(summary(&t, &parse_skips("")), ["tests: 1 passed, 0 failed, 0 skipped"]);
         let skips = parse_skips("a\tx\twhy\nb\ty\twhy\n");
         assert_eq!(with_skips(&t, &skips), (0, 0, 2));
     }

@@ -36,54 +36,26 @@ pub struct Series {
 
 /// Debian 12's kernel (no TCX, no cast kfuncs) and the backports' 6.12 (both).
 pub const SERIES: &[Series] = &[
-    Series {
-        name: "6.1",
-        prefix: "linux-image-6.1.0-",
-        suffix: "-amd64",
-    },
-    Series {
-        name: "6.12",
-        prefix: "linux-image-6.12.",
-        suffix: "+deb12-amd64",
-    },
+    Series { name: "6.1", prefix: "linux-image-6.1.0-", suffix: "-amd64" },
+    Series { name: "6.12", prefix: "linux-image-6.12.", suffix: "+deb12-amd64" },
 ];
 
 /// How one kernel fared.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Passed {
-        kernel: String,
-        checks: u32,
-        secs: u64,
-    },
-    Failed {
-        kernel: String,
-        why: String,
-        secs: u64,
-    },
-    Skipped {
-        series: &'static str,
-        why: String,
-    },
+    Passed { kernel: String, checks: u32, secs: u64 },
+    Failed { kernel: String, why: String, secs: u64 },
+    Skipped { series: &'static str, why: String },
 }
 
 /// Boots every series and runs the scenario in each; `bin` is the release binary.
 pub fn run_matrix(root: bool, bin: &Path) -> Vec<Outcome> {
     let started = Instant::now();
     let outcomes = match ensure_vm_tools(root) {
-        Err(why) => SERIES
-            .iter()
-            .map(|s| Outcome::Skipped {
-                series: s.name,
-                why: why.clone(),
-            })
-            .collect(),
+        Err(why) => SERIES.iter().map(|s| Outcome::Skipped { series: s.name, why: why.clone() }).collect(),
         Ok(vng) => SERIES.iter().map(|s| one_kernel(&vng, *s, bin)).collect(),
     };
-    say!(
-        "vm: the kernel matrix took {} s",
-        started.elapsed().as_secs()
-    );
+    say!("vm: the kernel matrix took {} s", started.elapsed().as_secs());
     outcomes
 }
 
@@ -92,10 +64,7 @@ fn one_kernel(vng: &Path, series: Series, bin: &Path) -> Outcome {
         Ok(image) => image,
         Err(why) => {
             say!("vm: {}: SKIPPED: {why:#}", series.name);
-            return Outcome::Skipped {
-                series: series.name,
-                why: format!("{why:#}"),
-            };
+            return Outcome::Skipped { series: series.name, why: format!("{why:#}") };
         }
     };
     let started = Instant::now();
@@ -104,19 +73,11 @@ fn one_kernel(vng: &Path, series: Series, bin: &Path) -> Outcome {
     match result {
         Ok(checks) => {
             say!("vm: {}: passed, {checks} checks ({secs} s)", image.version);
-            Outcome::Passed {
-                kernel: image.version,
-                checks,
-                secs,
-            }
+            Outcome::Passed { kernel: image.version, checks, secs }
         }
         Err(why) => {
             say!("vm: {}: FAILED ({secs} s): {why:#}", image.version);
-            Outcome::Failed {
-                kernel: image.version,
-                why: format!("{why:#}"),
-                secs,
-            }
+            Outcome::Failed { kernel: image.version, why: format!("{why:#}"), secs }
         }
     }
 }
@@ -127,32 +88,20 @@ fn ensure_vm_tools(root: bool) -> std::result::Result<PathBuf, String> {
         .iter()
         .copied()
         .filter(|p| {
-            let out = Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output();
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
             !out.is_ok_and(|o| crate::setup::dpkg_installed(&String::from_utf8_lossy(&o.stdout)))
         })
         .collect();
     say!(
         "vm: checking Debian packages {}: {}",
         VM_DEB_PACKAGES.join(" "),
-        if missing.is_empty() {
-            "installed".into()
-        } else {
-            format!("MISSING {}", missing.join(" "))
-        }
+        if missing.is_empty() { "installed".into() } else { format!("MISSING {}", missing.join(" ")) }
     );
     if !missing.is_empty() {
         if !root {
-            return Err(format!(
-                "not root, and {} are not installed",
-                missing.join(" ")
-            ));
+            return Err(format!("not root, and {} are not installed", missing.join(" ")));
         }
-        let _ = run(
-            Command::new("apt-get").arg("update"),
-            "check the apt sources",
-        );
+        let _ = run(Command::new("apt-get").arg("update"), "check the apt sources");
         let installed = run(
             Command::new("apt-get")
                 .env("DEBIAN_FRONTEND", "noninteractive")
@@ -171,16 +120,14 @@ fn ensure_vm_tools(root: bool) -> std::result::Result<PathBuf, String> {
     }
     say!("vm: virtme-ng not found: installing it from PyPI");
     run(
-        Command::new("python3")
-            .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-                "virtme-ng",
-            ]),
+        Command::new("python3").env("PIP_BREAK_SYSTEM_PACKAGES", "1").args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "virtme-ng",
+        ]),
         "check access to PyPI",
     )
     .map_err(|e| format!("could not install virtme-ng: {e:#}"))?;
@@ -197,20 +144,14 @@ struct Image {
 
 impl Image {
     fn vmlinuz(&self) -> PathBuf {
-        self.dir
-            .join("boot")
-            .join(format!("vmlinuz-{}", self.version))
+        self.dir.join("boot").join(format!("vmlinuz-{}", self.version))
     }
 }
 
 /// The newest image of `series` apt offers, downloaded and unpacked under
 /// target/vm-kernels (the guest sees the build directory; /var/cache it does not).
 fn fetch_kernel(series: Series) -> Result<Image> {
-    let pattern = format!(
-        "^{}[0-9]+{}$",
-        regex_escape(series.prefix),
-        regex_escape(series.suffix)
-    );
+    let pattern = format!("^{}[0-9]+{}$", regex_escape(series.prefix), regex_escape(series.suffix));
     say!("vm: {}: looking for {pattern}", series.name);
     let out = Command::new("apt-cache")
         .args(["search", "--names-only", &pattern])
@@ -221,32 +162,13 @@ fn fetch_kernel(series: Series) -> Result<Image> {
     };
     let version = package.trim_start_matches("linux-image-").to_string();
     let cache = target_dir().join("vm-kernels");
-    let image = Image {
-        dir: cache.join(&version),
-        version,
-    };
-    if image.vmlinuz().is_file()
-        && image
-            .dir
-            .join("lib/modules")
-            .join(&image.version)
-            .join("modules.dep")
-            .is_file()
-    {
-        say!(
-            "vm: {}: {package} already unpacked in {}",
-            series.name,
-            image.dir.display()
-        );
+    let image = Image { dir: cache.join(&version), version };
+    if image.vmlinuz().is_file() && image.dir.join("lib/modules").join(&image.version).join("modules.dep").is_file() {
+        say!("vm: {}: {package} already unpacked in {}", series.name, image.dir.display());
         return Ok(image);
     }
     std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    run(
-        Command::new("apt-get")
-            .args(["download", &package])
-            .current_dir(&cache),
-        "check the apt sources",
-    )?;
+    run(Command::new("apt-get").args(["download", &package]).current_dir(&cache), "check the apt sources")?;
     let deb = std::fs::read_dir(&cache)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
@@ -254,24 +176,10 @@ fn fetch_kernel(series: Series) -> Result<Image> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
         })
-        .with_context(|| {
-            format!(
-                "apt-get download left no {package}_*.deb in {}",
-                cache.display()
-            )
-        })?;
-    run(
-        Command::new("dpkg").arg("-x").arg(&deb).arg(&image.dir),
-        "is the .deb complete?",
-    )?;
+        .with_context(|| format!("apt-get download left no {package}_*.deb in {}", cache.display()))?;
+    run(Command::new("dpkg").arg("-x").arg(&deb).arg(&image.dir), "is the .deb complete?")?;
     // Without it modprobe in the guest finds nothing.
-    run(
-        Command::new("depmod")
-            .arg("-b")
-            .arg(&image.dir)
-            .arg(&image.version),
-        "depmod comes with kmod",
-    )?;
+    run(Command::new("depmod").arg("-b").arg(&image.dir).arg(&image.version), "depmod comes with kmod")?;
     let _ = std::fs::remove_file(&deb);
     // An older image of the series is superseded: ~300 MB each, not kept.
     let stem = series.prefix.trim_start_matches("linux-image-");
@@ -297,25 +205,13 @@ fn boot_and_check(vng: &Path, image: &Image, bin: &Path) -> Result<u32> {
     cmd.args(["--disable-kvm", "--memory", "2G", "--cpus", "2", "--exec"]);
     cmd.arg(format!("{} {}", script.display(), bin.display()));
     say!("vm: running: {}", crate::describe(&cmd));
-    let log_path = target_dir()
-        .join("vm-kernels")
-        .join(format!("{}.log", image.version));
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("could not start vng")?;
+    let log_path = target_dir().join("vm-kernels").join(format!("{}.log", image.version));
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("could not start vng")?;
     // Both streams, line by line, through one channel so that a stuck VM can be timed out.
     let (tx, rx) = mpsc::channel::<String>();
     for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -351,11 +247,7 @@ fn boot_and_check(vng: &Path, image: &Image, bin: &Path) -> Result<u32> {
     let _ = child.wait();
     let _ = std::fs::write(&log_path, &output);
     if timed_out {
-        bail!(
-            "the VM did not finish within {} s (its output: {})",
-            VM_TIMEOUT.as_secs(),
-            log_path.display()
-        );
+        bail!("the VM did not finish within {} s (its output: {})", VM_TIMEOUT.as_secs(), log_path.display());
     }
     match parse_result(&output) {
         None => bail!(
@@ -386,24 +278,10 @@ pub struct ScenarioResult {
 }
 
 pub fn parse_result(output: &str) -> Option<ScenarioResult> {
-    let last = output
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix("VMRESULT "))?;
-    let field = |key: &str| {
-        last.split_whitespace()
-            .find_map(|w| w.strip_prefix(key)?.parse::<u32>().ok())
-    };
-    let failed = output
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("VMCHECK FAIL "))
-        .map(str::to_string)
-        .collect();
-    Some(ScenarioResult {
-        pass: field("pass=")?,
-        fail: field("fail=")?,
-        failed,
-    })
+    let last = output.lines().rev().find_map(|l| l.trim().strip_prefix("VMRESULT "))?;
+    let field = |key: &str| last.split_whitespace().find_map(|w| w.strip_prefix(key)?.parse::<u32>().ok());
+    let failed = output.lines().filter_map(|l| l.trim().strip_prefix("VMCHECK FAIL ")).map(str::to_string).collect();
+    Some(ScenarioResult { pass: field("pass=")?, fail: field("fail=")?, failed })
 }
 
 /// The package of `series` with the highest number among `apt-cache search` lines
@@ -413,11 +291,7 @@ pub fn newest_package(apt_cache_output: &str, series: Series) -> Option<String> 
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter_map(|name| {
-            let n: u32 = name
-                .strip_prefix(series.prefix)?
-                .strip_suffix(series.suffix)?
-                .parse()
-                .ok()?;
+            let n: u32 = name.strip_prefix(series.prefix)?.strip_suffix(series.suffix)?.parse().ok()?;
             Some((n, name))
         })
         .max_by_key(|(n, _)| *n)
@@ -425,15 +299,7 @@ pub fn newest_package(apt_cache_output: &str, series: Series) -> Option<String> 
 }
 
 fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if ".+*?()[]{}^$|\\".contains(c) {
-                vec!['\\', c]
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    s.chars().flat_map(|c| if ".+*?()[]{}^$|\\".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
 }
 
 #[cfg(test)]
@@ -446,25 +312,15 @@ mod tests {
                    linux-image-6.1.0-56-amd64 - Linux 6.1\nlinux-image-6.1.0-57-cloud-amd64 - cloud\n\
                    linux-image-6.12.118+deb12-amd64 - Linux 6.12\nlinux-image-6.12.118+deb12-rt-amd64 - rt\n\
                    linux-image-6.12.43+deb12-amd64 - Linux 6.12\n";
-        assert_eq!(
-            newest_package(out, SERIES[0]).as_deref(),
-            Some("linux-image-6.1.0-57-amd64")
-        );
-        assert_eq!(
-            newest_package(out, SERIES[1]).as_deref(),
-            Some("linux-image-6.12.118+deb12-amd64")
-        );
+        assert_eq!(newest_package(out, SERIES[0]).as_deref(), Some("linux-image-6.1.0-57-amd64"));
+        assert_eq!(newest_package(out, SERIES[1]).as_deref(), Some("linux-image-6.12.118+deb12-amd64"));
         assert_eq!(newest_package("", SERIES[0]), None);
-        assert_eq!(
-            newest_package("linux-image-6.1.0-57-cloud-amd64 - cloud\n", SERIES[0]),
-            None
-        );
+        assert_eq!(newest_package("linux-image-6.1.0-57-cloud-amd64 - cloud\n", SERIES[0]), None);
     }
 
     #[test]
     fn scenario_verdict() {
-        let out =
-            "[ 1.0] boot\nVMCHECK ok start1: x\nVMCHECK FAIL status_hook: status names cls_bpf\n\
+        let out = "[ 1.0] boot\nVMCHECK ok start1: x\nVMCHECK FAIL status_hook: status names cls_bpf\n\
                    VMRESULT pass=14 fail=1 kernel=6.1.0-57-amd64\n";
         let r = parse_result(out).unwrap();
         assert_eq!((r.pass, r.fail), (14, 1));

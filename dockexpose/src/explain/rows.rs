@@ -77,11 +77,7 @@ pub fn contradicts(intent: Option<&Intent>, reality: Reality) -> bool {
 
 /// Where the packet went, in words: Docker's DNAT, the forwarding rule that took it,
 /// and that INPUT (where host firewalls live) never saw it.
-pub fn why_of(
-    r: &ProbeResult,
-    container_addr: Option<(IpAddr, u16)>,
-    firewall: Option<Source>,
-) -> String {
+pub fn why_of(r: &ProbeResult, container_addr: Option<(IpAddr, u16)>, firewall: Option<Source>) -> String {
     let lives = match firewall {
         Some(Source::Binding) | None => "host firewalls live".to_string(),
         Some(s) => format!("{} lives", s.display()),
@@ -89,27 +85,16 @@ pub fn why_of(
     match r.verdict {
         Verdict::Exposed => {
             let dnat = r.dnat_rule.clone().unwrap_or_else(|| match container_addr {
-                Some((ip, port)) => format!(
-                    "Docker's nat rule: DNAT to {}",
-                    std::net::SocketAddr::new(ip, port)
-                ),
+                Some((ip, port)) => format!("Docker's nat rule: DNAT to {}", std::net::SocketAddr::new(ip, port)),
                 None => "Docker's nat rule (DNAT)".into(),
             });
-            let accept = r
-                .accept_rule
-                .clone()
-                .unwrap_or_else(|| "Docker's FORWARD rules".into());
-            let bridge = r
-                .reached_on
-                .as_deref()
-                .map(|b| format!(" into {b}"))
-                .unwrap_or_default();
+            let accept = r.accept_rule.clone().unwrap_or_else(|| "Docker's FORWARD rules".into());
+            let bridge = r.reached_on.as_deref().map(|b| format!(" into {b}")).unwrap_or_default();
             format!("{dnat}; then forwarded{bridge}, accepted by {accept}; so INPUT, where {lives}, never saw it")
         }
-        Verdict::Proxy => format!(
-            "no DNAT took it: the host itself answered on {} (docker-proxy), through INPUT",
-            r.probe.dst_port
-        ),
+        Verdict::Proxy => {
+            format!("no DNAT took it: the host itself answered on {} (docker-proxy), through INPUT", r.probe.dst_port)
+        }
         Verdict::Held => r.why.clone(),
     }
 }
@@ -129,8 +114,7 @@ pub fn rows(
         .map(|r| {
             let port = r.target.port;
             let reality = Reality::of(r.verdict);
-            let intent =
-                book.for_binding(port.host_ip, port.host_port, port.proto, Some(&r.uplink));
+            let intent = book.for_binding(port.host_ip, port.host_port, port.proto, Some(&r.uplink));
             let contradiction = contradicts(intent.as_ref(), reality);
             let firewall = intent.as_ref().map(|i| i.source).or(book.source);
             let suggested_rule = contradiction
@@ -182,14 +166,7 @@ pub fn rows(
             suggested_rule: None,
         });
     }
-    out.sort_by(|a, b| {
-        (a.proto, a.host_port, a.family, &a.uplink).cmp(&(
-            b.proto,
-            b.host_port,
-            b.family,
-            &b.uplink,
-        ))
-    });
+    out.sort_by(|a, b| (a.proto, a.host_port, a.family, &a.uplink).cmp(&(b.proto, b.host_port, b.family, &b.uplink)));
     out
 }
 
@@ -204,35 +181,18 @@ fn family(ip: IpAddr) -> &'static str {
 /// One row as people read it, on one line.
 pub fn human_line(r: &Row) -> String {
     let esc = crate::output::human::escape_untrusted_whole;
-    let via = r
-        .uplink
-        .as_deref()
-        .map(|u| format!(" via {}", esc(u)))
-        .unwrap_or_default();
+    let via = r.uplink.as_deref().map(|u| format!(" via {}", esc(u))).unwrap_or_default();
     let who = r
         .container
         .as_deref()
         .map(|c| format!(" (container {})", crate::output::human::escape_untrusted(c)))
         .unwrap_or_default();
     let intent = match &r.intent {
-        Some(i) => format!(
-            "{} says {} ({})",
-            i.source.display(),
-            action_word(i.action),
-            esc(&i.rule)
-        ),
+        Some(i) => format!("{} says {} ({})", i.source.display(), action_word(i.action), esc(&i.rule)),
         None => "no intent expressed".into(),
     };
-    let head = if r.contradiction {
-        "CONTRADICTION"
-    } else {
-        "agrees"
-    };
-    let fix = r
-        .suggested_rule
-        .as_deref()
-        .map(|f| format!("; fix: {f}"))
-        .unwrap_or_default();
+    let head = if r.contradiction { "CONTRADICTION" } else { "agrees" };
+    let fix = r.suggested_rule.as_deref().map(|f| format!("; fix: {f}")).unwrap_or_default();
     format!(
         "{}/{} {}{via}{who}: {head}: {intent}; reality {}; why: {}{fix}",
         r.host_port,
@@ -268,11 +228,7 @@ mod tests {
     };
 
     fn probe(port: u16, dst: &str, verdict: Verdict, uplink: &str, source: &str) -> ProbeResult {
-        let host_ip: IpAddr = if dst.contains(':') {
-            "::".parse().unwrap()
-        } else {
-            "0.0.0.0".parse().unwrap()
-        };
+        let host_ip: IpAddr = if dst.contains(':') { "::".parse().unwrap() } else { "0.0.0.0".parse().unwrap() };
         ProbeResult {
             verdict,
             why: if verdict == Verdict::Held {
@@ -282,12 +238,7 @@ mod tests {
             },
             target: Target {
                 container: Some(("web".into(), "nginx".into())),
-                port: PublishedPort {
-                    host_ip,
-                    host_port: port,
-                    container_port: 80,
-                    proto: Proto::Tcp,
-                },
+                port: PublishedPort { host_ip, host_port: port, container_port: 80, proto: Proto::Tcp },
                 direct: false,
             },
             probe: Probe {
@@ -304,8 +255,7 @@ mod tests {
             reached_on: (verdict == Verdict::Exposed).then(|| "docker0".into()),
             dnat_rule: (verdict == Verdict::Exposed)
                 .then(|| "ip nat DOCKER: tcp dport 8080 dnat to 172.17.0.2:80".into()),
-            accept_rule: (verdict == Verdict::Exposed)
-                .then(|| "ip filter DOCKER: ip daddr 172.17.0.2 accept".into()),
+            accept_rule: (verdict == Verdict::Exposed).then(|| "ip filter DOCKER: ip daddr 172.17.0.2 accept".into()),
         }
     }
 
@@ -331,12 +281,7 @@ mod tests {
         let rules = rules
             .iter()
             .map(|&(port, action, text)| PortRule {
-                intent: Intent {
-                    source: Source::Ufw,
-                    action,
-                    rule: text.into(),
-                    default_policy: port.is_none(),
-                },
+                intent: Intent { source: Source::Ufw, action, rule: text.into(), default_policy: port.is_none() },
                 ports: port.map(|p| vec![(p, p)]),
                 proto: Some(Proto::Tcp),
                 v6: None,
@@ -356,51 +301,21 @@ mod tests {
         let o = outcome(
             vec![
                 probe(8080, "198.18.3.1", Verdict::Held, "eth0", "198.51.100.77"),
-                probe(
-                    8080,
-                    "198.18.3.1",
-                    Verdict::Exposed,
-                    "eth0",
-                    "198.51.100.78",
-                ),
-                probe(
-                    9090,
-                    "198.18.3.1",
-                    Verdict::Exposed,
-                    "eth0",
-                    "198.51.100.77",
-                ),
+                probe(8080, "198.18.3.1", Verdict::Exposed, "eth0", "198.51.100.78"),
+                probe(9090, "198.18.3.1", Verdict::Exposed, "eth0", "198.51.100.77"),
             ],
             vec![],
         );
-        let rows = rows(
-            &o,
-            &book,
-            Host {
-                tool: suggest::Tool::Iptables,
-                docker_user_v4: true,
-                docker_user_v6: true,
-            },
-            |_| None,
-        );
-        assert_eq!(
-            rows.len(),
-            2,
-            "two sources of one port, family and uplink are one row"
-        );
+        let rows =
+            rows(&o, &book, Host { tool: suggest::Tool::Iptables, docker_user_v4: true, docker_user_v6: true }, |_| {
+                None
+            });
+        assert_eq!(rows.len(), 2, "two sources of one port, family and uplink are one row");
         let r = &rows[0];
-        assert_eq!(
-            (r.host_port, r.reality, r.contradiction),
-            (8080, "EXPOSED", true),
-            "the most open verdict wins"
-        );
-        assert_eq!(
-            r.intent.as_ref().unwrap().rule,
-            "[ 1] 8080/tcp DENY IN Anywhere"
-        );
+        assert_eq!((r.host_port, r.reality, r.contradiction), (8080, "EXPOSED", true), "the most open verdict wins");
+        assert_eq!(r.intent.as_ref().unwrap().rule, "[ 1] 8080/tcp DENY IN Anywhere");
         assert!(
-            r.why.contains("dnat to 172.17.0.2:80")
-                && r.why.contains("INPUT, where UFW lives, never saw it"),
+            r.why.contains("dnat to 172.17.0.2:80") && r.why.contains("INPUT, where UFW lives, never saw it"),
             "{}",
             r.why
         );
@@ -408,23 +323,17 @@ mod tests {
             r.suggested_rule.as_deref(),
             Some("iptables -I DOCKER-USER -i eth0 -p tcp -m conntrack --ctstate NEW --ctorigdstport 8080 -j DROP")
         );
-        assert!(
-            !rows[1].contradiction && rows[1].suggested_rule.is_none(),
-            "an allowed port that is open agrees"
-        );
+        assert!(!rows[1].contradiction && rows[1].suggested_rule.is_none(), "an allowed port that is open agrees");
         assert_eq!(exit_code(&rows), 1);
         assert!(
-            human_line(r).starts_with(
-                "8080/tcp ipv4 via eth0 (container web): CONTRADICTION: UFW says deny"
-            ),
+            human_line(r).starts_with("8080/tcp ipv4 via eth0 (container web): CONTRADICTION: UFW says deny"),
             "{}",
             human_line(r)
         );
     }
 
     #[test]
-    fn an_allowed_port_that_is_held_is_the_reverse_contradiction_but_a_default_accept_is_no_promise(
-    ) {
+    fn an_allowed_port_that_is_held_is_the_reverse_contradiction_but_a_default_accept_is_no_promise() {
         let book = ufw(&[
             (Some(9090), Action::Allow, "[ 1] 9090/tcp ALLOW IN Anywhere"),
             (None, Action::Allow, "default allow (incoming)"),
@@ -436,16 +345,10 @@ mod tests {
             ],
             vec![],
         );
-        let rows = rows(
-            &o,
-            &book,
-            Host {
-                tool: suggest::Tool::Iptables,
-                docker_user_v4: true,
-                docker_user_v6: true,
-            },
-            |_| None,
-        );
+        let rows =
+            rows(&o, &book, Host { tool: suggest::Tool::Iptables, docker_user_v4: true, docker_user_v6: true }, |_| {
+                None
+            });
         let held_allowed = rows.iter().find(|r| r.host_port == 9090).unwrap();
         assert!(held_allowed.contradiction);
         assert_eq!(
@@ -453,13 +356,7 @@ mod tests {
             Some("iptables -I DOCKER-USER -i eth0 -p tcp -m conntrack --ctstate NEW --ctorigdstport 9090 -j RETURN"),
             "held in DOCKER-USER: let it out of that chain"
         );
-        assert!(
-            !rows
-                .iter()
-                .find(|r| r.host_port == 7070)
-                .unwrap()
-                .contradiction
-        );
+        assert!(!rows.iter().find(|r| r.host_port == 7070).unwrap().contradiction);
     }
 
     #[test]
@@ -476,25 +373,11 @@ mod tests {
         };
         let none = IntentBook::from_rules(None, "no host firewall found".into(), vec![], vec![]);
         let o = outcome(
-            vec![probe(
-                8080,
-                "fd42:198:3::1",
-                Verdict::Exposed,
-                "eth0",
-                "2001:db8:dc::77",
-            )],
+            vec![probe(8080, "fd42:198:3::1", Verdict::Exposed, "eth0", "2001:db8:dc::77")],
             vec![(local, Skipped::Loopback)],
         );
-        let rows = rows(
-            &o,
-            &none,
-            Host {
-                tool: suggest::Tool::Nft,
-                docker_user_v4: true,
-                docker_user_v6: true,
-            },
-            |_| None,
-        );
+        let rows =
+            rows(&o, &none, Host { tool: suggest::Tool::Nft, docker_user_v4: true, docker_user_v6: true }, |_| None);
         assert_eq!(rows.len(), 2);
         let v6 = rows.iter().find(|r| r.host_port == 8080).unwrap();
         assert_eq!(
@@ -503,10 +386,7 @@ mod tests {
             "no intent: no contradiction invented"
         );
         let db = rows.iter().find(|r| r.host_port == 5432).unwrap();
-        assert_eq!(
-            (db.reality, db.uplink.as_deref(), db.contradiction),
-            ("LOCAL", None, false)
-        );
+        assert_eq!((db.reality, db.uplink.as_deref(), db.contradiction), ("LOCAL", None, false));
         assert_eq!(db.intent.as_ref().unwrap().source, Source::Binding);
         assert_eq!(exit_code(&rows), 0);
     }

@@ -51,25 +51,12 @@ pub struct At<'a> {
 
 /// The command, or None where no single rule can say it (the port is held by
 /// something other than DOCKER-USER, and only the operator can tell what).
-pub fn rule(
-    host: Host,
-    action: Option<Action>,
-    reality: Reality,
-    at: At<'_>,
-    held_why: &str,
-) -> Option<String> {
-    let At {
-        proto,
-        v6,
-        host_port,
-        uplink,
-    } = at;
+pub fn rule(host: Host, action: Option<Action>, reality: Reality, at: At<'_>, held_why: &str) -> Option<String> {
+    let At { proto, v6, host_port, uplink } = at;
     let verdict = match (action?, reality) {
         (Action::Deny, Reality::Exposed) => Verdict::Drop,
         // The host itself answered (a proxy on INPUT): INPUT must say no.
-        (Action::Deny, Reality::Proxy) => {
-            return Some(input_drop(host.tool, proto, v6, host_port, uplink))
-        }
+        (Action::Deny, Reality::Proxy) => return Some(input_drop(host.tool, proto, v6, host_port, uplink)),
         // Held by DOCKER-USER: let this port leave that chain early, to Docker's own
         // accept. Held elsewhere: not one rule's job.
         (Action::Allow, Reality::Held) if held_why.contains("DOCKER-USER") => Verdict::Return,
@@ -129,37 +116,21 @@ fn input_drop(tool: Tool, proto: Proto, v6: bool, host_port: u16, uplink: &str) 
 mod tests {
     use super::*;
 
-    const IPT: Host = Host {
-        tool: Tool::Iptables,
-        docker_user_v4: true,
-        docker_user_v6: true,
-    };
+    const IPT: Host = Host { tool: Tool::Iptables, docker_user_v4: true, docker_user_v6: true };
 
     fn at(proto: Proto, v6: bool, host_port: u16, uplink: &str) -> At<'_> {
-        At {
-            proto,
-            v6,
-            host_port,
-            uplink,
-        }
+        At { proto, v6, host_port, uplink }
     }
 
     #[test]
     fn rules_key_on_the_host_port_through_conntrack_and_only_new_connections() {
+        let r = rule(IPT, Some(Action::Deny), Reality::Exposed, at(Proto::Udp, true, 5353, "eth1"), "").unwrap();
+        assert_eq!(
+            r,
+            "ip6tables -I DOCKER-USER -i eth1 -p udp -m conntrack --ctstate NEW --ctorigdstport 5353 -j DROP"
+        );
         let r = rule(
-            IPT,
-            Some(Action::Deny),
-            Reality::Exposed,
-            at(Proto::Udp, true, 5353, "eth1"),
-            "",
-        )
-        .unwrap();
-        assert_eq!(r, "ip6tables -I DOCKER-USER -i eth1 -p udp -m conntrack --ctstate NEW --ctorigdstport 5353 -j DROP");
-        let r = rule(
-            Host {
-                tool: Tool::Nft,
-                ..IPT
-            },
+            Host { tool: Tool::Nft, ..IPT },
             Some(Action::Deny),
             Reality::Exposed,
             at(Proto::Tcp, false, 8080, "eth0"),
@@ -182,62 +153,24 @@ mod tests {
             ),
             None
         );
+        assert_eq!(rule(IPT, None, Reality::Exposed, at(Proto::Tcp, false, 80, "eth0"), ""), None, "no intent, no fix");
         assert_eq!(
-            rule(
-                IPT,
-                None,
-                Reality::Exposed,
-                at(Proto::Tcp, false, 80, "eth0"),
-                ""
-            ),
-            None,
-            "no intent, no fix"
-        );
-        assert_eq!(
-            rule(
-                IPT,
-                Some(Action::Deny),
-                Reality::Held,
-                at(Proto::Tcp, false, 80, "eth0"),
-                ""
-            ),
+            rule(IPT, Some(Action::Deny), Reality::Held, at(Proto::Tcp, false, 80, "eth0"), ""),
             None,
             "agrees already"
         );
-        assert!(rule(
-            IPT,
-            Some(Action::Deny),
-            Reality::Proxy,
-            at(Proto::Tcp, false, 80, "eth0"),
-            ""
-        )
-        .unwrap()
-        .contains("-I INPUT"));
+        assert!(rule(IPT, Some(Action::Deny), Reality::Proxy, at(Proto::Tcp, false, 80, "eth0"), "")
+            .unwrap()
+            .contains("-I INPUT"));
     }
 
     #[test]
     fn without_docker_user_for_a_family_the_rule_goes_first_in_forward() {
-        let old_docker = Host {
-            docker_user_v6: false,
-            ..IPT
-        };
-        let r = rule(
-            old_docker,
-            Some(Action::Deny),
-            Reality::Exposed,
-            at(Proto::Tcp, true, 8080, "eth0"),
-            "",
-        )
-        .unwrap();
+        let old_docker = Host { docker_user_v6: false, ..IPT };
+        let r = rule(old_docker, Some(Action::Deny), Reality::Exposed, at(Proto::Tcp, true, 8080, "eth0"), "").unwrap();
         assert_eq!(r, "ip6tables -I FORWARD -i eth0 -p tcp -m conntrack --ctstate NEW --ctorigdstport 8080 -j DROP");
-        let r = rule(
-            old_docker,
-            Some(Action::Deny),
-            Reality::Exposed,
-            at(Proto::Tcp, false, 8080, "eth0"),
-            "",
-        )
-        .unwrap();
+        let r =
+            rule(old_docker, Some(Action::Deny), Reality::Exposed, at(Proto::Tcp, false, 8080, "eth0"), "").unwrap();
         assert!(r.starts_with("iptables -I DOCKER-USER "), "{r}");
     }
 }

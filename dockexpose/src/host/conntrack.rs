@@ -55,10 +55,7 @@ fn message(family: NetfilterProtoFamily, msg: ConntrackMessage) -> NetfilterMess
 /// CTA_TUPLE_ORIG for `t`.
 fn original(t: &FlowTuple) -> ConntrackAttribute {
     ConntrackAttribute::CtaTupleOrig(vec![
-        Tuple::Ip(vec![
-            IPTuple::SourceAddress(t.src),
-            IPTuple::DestinationAddress(t.dst),
-        ]),
+        Tuple::Ip(vec![IPTuple::SourceAddress(t.src), IPTuple::DestinationAddress(t.dst)]),
         Tuple::Proto(vec![
             ProtoTuple::Protocol(Protocol::from(t.proto)),
             ProtoTuple::SourcePort(t.sport),
@@ -85,11 +82,7 @@ fn entry_of(msg: NetfilterMessage) -> Option<Entry> {
             _ => {}
         }
     }
-    Some(Entry {
-        src: src?,
-        original: tuple,
-        id,
-    })
+    Some(Entry { src: src?, original: tuple, id })
 }
 
 /// The source address, and the whole tuple if it has every part.
@@ -119,15 +112,7 @@ fn flow_tuple(parts: &[Tuple]) -> (Option<IpAddr>, Option<FlowTuple>) {
             _ => {}
         }
     }
-    let whole = || {
-        Some(FlowTuple {
-            proto: proto?,
-            src: src?,
-            dst: dst?,
-            sport: sport?,
-            dport: dport?,
-        })
-    };
+    let whole = || Some(FlowTuple { proto: proto?, src: src?, dst: dst?, sport: sport?, dport: dport? });
     (src, whole())
 }
 
@@ -154,10 +139,7 @@ pub fn delete(t: &FlowTuple) -> io::Result<usize> {
     }
     let mut attrs = vec![original(t)];
     if let Some(id) = entry.id {
-        attrs.push(ConntrackAttribute::Other(DefaultNla::new(
-            CTA_ID,
-            id.to_be_bytes().to_vec(),
-        )));
+        attrs.push(ConntrackAttribute::Other(DefaultNla::new(CTA_ID, id.to_be_bytes().to_vec())));
     }
     let msg = message(nf_family(t.src), ConntrackMessage::Delete(attrs));
     match Netlink::open(NETLINK_NETFILTER)?.request(msg, 0) {
@@ -173,10 +155,7 @@ pub fn list() -> io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
     let mut socket = Netlink::open(NETLINK_NETFILTER)?;
     for family in [NetfilterProtoFamily::IPv4, NetfilterProtoFamily::IPv6] {
-        let answer = socket.request(
-            message(family, ConntrackMessage::Get(Vec::new())),
-            NLM_F_DUMP,
-        )?;
+        let answer = socket.request(message(family, ConntrackMessage::Get(Vec::new())), NLM_F_DUMP)?;
         entries.extend(answer.into_iter().filter_map(entry_of));
     }
     Ok(entries)
@@ -194,13 +173,7 @@ mod tests {
     use super::*;
 
     fn tcp(src: &str, dst: &str) -> FlowTuple {
-        FlowTuple {
-            proto: 6,
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            sport: 40000,
-            dport: 8080,
-        }
+        FlowTuple { proto: 6, src: src.parse().unwrap(), dst: dst.parse().unwrap(), sport: 40000, dport: 8080 }
     }
 
     /// An entry as the kernel sends it (IPCTNL_MSG_CT_NEW), through the wire format.
@@ -213,43 +186,22 @@ mod tests {
         let mut buf = vec![0; msg.buffer_len()];
         msg.serialize(&mut buf);
         let back = NetlinkMessage::<NetfilterMessage>::deserialize(&buf).unwrap();
-        let NetlinkPayload::InnerMessage(m) = back.payload else {
-            panic!("not an inner message: {back:?}")
-        };
+        let NetlinkPayload::InnerMessage(m) = back.payload else { panic!("not an inner message: {back:?}") };
         entry_of(m)
     }
 
     #[test]
     fn an_entry_is_read_back_with_its_original_tuple_and_id() {
-        for t in [
-            tcp("198.18.7.2", "198.18.7.1"),
-            tcp("fd42:198:7::2", "fd42:198:7::1"),
-        ] {
-            let reply = FlowTuple {
-                src: "10.251.7.2".parse().unwrap(),
-                dst: t.src,
-                sport: t.dport,
-                dport: t.sport,
-                ..t
-            };
-            let id = ConntrackAttribute::Other(DefaultNla::new(
-                CTA_ID,
-                0xdead_beef_u32.to_be_bytes().to_vec(),
-            ));
+        for t in [tcp("198.18.7.2", "198.18.7.1"), tcp("fd42:198:7::2", "fd42:198:7::1")] {
+            let reply =
+                FlowTuple { src: "10.251.7.2".parse().unwrap(), dst: t.src, sport: t.dport, dport: t.sport, ..t };
+            let id = ConntrackAttribute::Other(DefaultNla::new(CTA_ID, 0xdead_beef_u32.to_be_bytes().to_vec()));
             let reply_attr = match original(&reply) {
                 ConntrackAttribute::CtaTupleOrig(parts) => ConntrackAttribute::CtaTupleReply(parts),
                 other => panic!("{other:?}"),
             };
-            let e =
-                from_wire(nf_family(t.src), vec![original(&t), reply_attr, id]).expect("an entry");
-            assert_eq!(
-                e,
-                Entry {
-                    src: t.src,
-                    original: Some(t),
-                    id: Some(0xdead_beef)
-                }
-            );
+            let e = from_wire(nf_family(t.src), vec![original(&t), reply_attr, id]).expect("an entry");
+            assert_eq!(e, Entry { src: t.src, original: Some(t), id: Some(0xdead_beef) });
         }
     }
 
@@ -258,21 +210,12 @@ mod tests {
         // ICMP: the tuple has addresses and a protocol, no ports.
         let src: IpAddr = "198.18.7.2".parse().unwrap();
         let attrs = vec![ConntrackAttribute::CtaTupleOrig(vec![
-            Tuple::Ip(vec![
-                IPTuple::SourceAddress(src),
-                IPTuple::DestinationAddress("198.18.7.1".parse().unwrap()),
-            ]),
+            Tuple::Ip(vec![IPTuple::SourceAddress(src), IPTuple::DestinationAddress("198.18.7.1".parse().unwrap())]),
             Tuple::Proto(vec![ProtoTuple::Protocol(Protocol::Icmp)]),
         ])];
         let e = from_wire(NetfilterProtoFamily::IPv4, attrs).expect("an entry");
         assert_eq!((e.src, e.original, e.id), (src, None, None));
         // A message with no original tuple is no entry.
-        assert_eq!(
-            from_wire(
-                NetfilterProtoFamily::IPv4,
-                vec![ConntrackAttribute::CtaMark(1)]
-            ),
-            None
-        );
+        assert_eq!(from_wire(NetfilterProtoFamily::IPv4, vec![ConntrackAttribute::CtaMark(1)]), None);
     }
 }

@@ -77,7 +77,9 @@ impl HostSnapshot {
         for ifa in addrs {
             let entry = interfaces.entry(ifa.interface_name.clone()).or_insert_with(|| {
                 let sys = Path::new("/sys/class/net").join(&ifa.interface_name);
-                let number = |file: &str| std::fs::read_to_string(sys.join(file)).ok().and_then(|s| s.trim().parse::<u32>().ok());
+                let number = |file: &str| {
+                    std::fs::read_to_string(sys.join(file)).ok().and_then(|s| s.trim().parse::<u32>().ok())
+                };
                 Interface {
                     name: ifa.interface_name.clone(),
                     is_bridge: sys.join("bridge").exists(),
@@ -117,11 +119,7 @@ impl HostSnapshot {
 
     /// Linux bridges that carry an address: candidates for container bridges.
     pub fn addressed_bridges(&self) -> Vec<String> {
-        self.interfaces
-            .values()
-            .filter(|i| i.is_bridge && !i.addresses.is_empty())
-            .map(|i| i.name.clone())
-            .collect()
+        self.interfaces.values().filter(|i| i.is_bridge && !i.addresses.is_empty()).map(|i| i.name.clone()).collect()
     }
 
     /// Interfaces that can bring traffic from outside: up, with a global address, not
@@ -263,10 +261,18 @@ mod tests {
             .collect(),
         };
         let containers: BTreeSet<String> = ["docker0".to_string()].into();
-        let up = |name: &str, layer, bridge: Option<&str>| Uplink { name: name.into(), layer, bridge: bridge.map(Into::into) };
+        let up = |name: &str, layer, bridge: Option<&str>| Uplink {
+            name: name.into(),
+            layer,
+            bridge: bridge.map(Into::into),
+        };
         assert_eq!(
             host.uplink_candidates(&containers),
-            [up("eth0", LinkLayer::Ethernet, None), up("eno1", LinkLayer::Ethernet, Some("vmbr0")), up("wg0", LinkLayer::L3, None)],
+            [
+                up("eth0", LinkLayer::Ethernet, None),
+                up("eno1", LinkLayer::Ethernet, Some("vmbr0")),
+                up("wg0", LinkLayer::L3, None)
+            ],
             "the bridged uplink vmbr0 stands for its port eno1; the container bridge and the portless bridge are none"
         );
     }
@@ -281,7 +287,14 @@ mod tests {
 
     #[test]
     fn global_addresses() {
-        for (a, global) in [("198.18.0.1", true), ("169.254.1.1", false), ("127.0.0.1", false), ("fd00::2", true), ("fe80::1", false), ("::1", false)] {
+        for (a, global) in [
+            ("198.18.0.1", true),
+            ("169.254.1.1", false),
+            ("127.0.0.1", false),
+            ("fd00::2", true),
+            ("fe80::1", false),
+            ("::1", false),
+        ] {
             assert_eq!(is_global(a.parse().unwrap()), global, "{a}");
         }
     }

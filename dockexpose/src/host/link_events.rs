@@ -84,16 +84,8 @@ impl fmt::Display for LinkEvent {
             Self::LinkRenamed { from, name } => write!(f, "{from} renamed to {name}"),
             Self::LinkUp { name } => write!(f, "{name} up"),
             Self::LinkDown { name } => write!(f, "{name} down"),
-            Self::AddressAdded {
-                name,
-                addr,
-                prefix_len,
-            } => write!(f, "{addr}/{prefix_len} added on {name}"),
-            Self::AddressRemoved {
-                name,
-                addr,
-                prefix_len,
-            } => write!(f, "{addr}/{prefix_len} removed from {name}"),
+            Self::AddressAdded { name, addr, prefix_len } => write!(f, "{addr}/{prefix_len} added on {name}"),
+            Self::AddressRemoved { name, addr, prefix_len } => write!(f, "{addr}/{prefix_len} removed from {name}"),
         }
     }
 }
@@ -122,9 +114,7 @@ impl HostLinks {
                 self.addrs.retain(|a| a.0 != index);
                 match self.links.remove(&index) {
                     Some((name, _)) => vec![LinkEvent::LinkRemoved { name }],
-                    None => vec![LinkEvent::LinkRemoved {
-                        name: link_name(l).unwrap_or_else(|| format!("if{index}")),
-                    }],
+                    None => vec![LinkEvent::LinkRemoved { name: link_name(l).unwrap_or_else(|| format!("if{index}")) }],
                 }
             }
             RouteNetlinkMessage::NewAddress(a) => {
@@ -134,11 +124,7 @@ impl HostLinks {
                 if !self.addrs.insert(key) {
                     return vec![]; // lifetimes refreshed, flags changed: the same address
                 }
-                vec![LinkEvent::AddressAdded {
-                    name: self.name(a),
-                    addr: key.1,
-                    prefix_len: key.2,
-                }]
+                vec![LinkEvent::AddressAdded { name: self.name(a), addr: key.1, prefix_len: key.2 }]
             }
             RouteNetlinkMessage::DelAddress(a) => {
                 let Some(key) = addr_key(a) else {
@@ -147,11 +133,7 @@ impl HostLinks {
                 if !self.addrs.remove(&key) {
                     return vec![];
                 }
-                vec![LinkEvent::AddressRemoved {
-                    name: self.name(a),
-                    addr: key.1,
-                    prefix_len: key.2,
-                }]
+                vec![LinkEvent::AddressRemoved { name: self.name(a), addr: key.1, prefix_len: key.2 }]
             }
             _ => vec![],
         }
@@ -170,19 +152,12 @@ impl HostLinks {
             Some((known, was_up)) => {
                 let mut out = Vec::new();
                 if let Some(name) = name.filter(|n| n != known) {
-                    out.push(LinkEvent::LinkRenamed {
-                        from: std::mem::replace(known, name.clone()),
-                        name,
-                    });
+                    out.push(LinkEvent::LinkRenamed { from: std::mem::replace(known, name.clone()), name });
                 }
                 if up != *was_up {
                     *was_up = up;
                     let name = known.clone();
-                    out.push(if up {
-                        LinkEvent::LinkUp { name }
-                    } else {
-                        LinkEvent::LinkDown { name }
-                    });
+                    out.push(if up { LinkEvent::LinkUp { name } } else { LinkEvent::LinkDown { name } });
                 }
                 out
             }
@@ -192,18 +167,15 @@ impl HostLinks {
     /// The interface of an address: as known, else its IPv4 label, else its index.
     fn name(&self, a: &AddressMessage) -> String {
         let index = a.header.index;
-        self.links
-            .get(&index)
-            .map(|l| l.0.clone())
-            .unwrap_or_else(|| {
-                a.attributes
-                    .iter()
-                    .find_map(|attr| match attr {
-                        AddressAttribute::Label(l) => Some(l.clone()),
-                        _ => None,
-                    })
-                    .unwrap_or_else(|| format!("if{index}"))
-            })
+        self.links.get(&index).map(|l| l.0.clone()).unwrap_or_else(|| {
+            a.attributes
+                .iter()
+                .find_map(|attr| match attr {
+                    AddressAttribute::Label(l) => Some(l.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| format!("if{index}"))
+        })
     }
 }
 
@@ -279,21 +251,15 @@ impl LinkEvents {
         }
         let _ = socket.set_rx_buf_sz(1 << 20);
         set_read_timeout(&socket, timeout)?;
-        Ok(Self {
-            socket,
-            state: seed()?,
-        })
+        Ok(Self { socket, state: seed()? })
     }
 
     /// Waits for the next datagram.
     pub fn recv(&mut self) -> io::Result<Received> {
         match self.socket.recv_from_full() {
-            Ok((data, _)) => Ok(Received::Events(
-                parse_datagram(&data)
-                    .iter()
-                    .flat_map(|m| self.state.apply(m))
-                    .collect(),
-            )),
+            Ok((data, _)) => {
+                Ok(Received::Events(parse_datagram(&data).iter().flat_map(|m| self.state.apply(m)).collect()))
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 if let Ok(state) = seed() {
                     self.state = state;
@@ -310,14 +276,8 @@ impl LinkEvents {
 fn seed() -> io::Result<HostLinks> {
     let mut state = HostLinks::default();
     let mut nl = Netlink::open(NETLINK_ROUTE)?;
-    let links = nl.request(
-        RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        NLM_F_DUMP,
-    )?;
-    let addrs = nl.request(
-        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-        NLM_F_DUMP,
-    )?;
+    let links = nl.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP)?;
+    let addrs = nl.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP)?;
     for m in links.iter().chain(&addrs) {
         state.apply(m);
     }
@@ -341,11 +301,7 @@ mod tests {
     fn addr(index: u32, ip: &str, prefix_len: u8) -> AddressMessage {
         let mut a = AddressMessage::default();
         let ip: IpAddr = ip.parse().unwrap();
-        a.header.family = if ip.is_ipv4() {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
+        a.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         a.header.index = index;
         a.header.prefix_len = prefix_len;
         a.attributes.push(AddressAttribute::Address(ip));
@@ -356,8 +312,7 @@ mod tests {
     fn datagram(msgs: Vec<RouteNetlinkMessage>) -> Vec<u8> {
         let mut out = Vec::new();
         for m in msgs {
-            let mut msg =
-                NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(m));
+            let mut msg = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(m));
             msg.finalize();
             let mut buf = vec![0; msg.buffer_len()];
             msg.serialize(&mut buf);
@@ -373,89 +328,47 @@ mod tests {
         let new = |l| RouteNetlinkMessage::NewLink(l);
         assert_eq!(
             s.apply(&new(link(7, "dxd0", LinkFlags::empty()))),
-            vec![LinkEvent::LinkAdded {
-                name: "dxd0".into()
-            }]
+            vec![LinkEvent::LinkAdded { name: "dxd0".into() }]
         );
-        assert_eq!(
-            s.apply(&new(link(7, "dxd0", LinkFlags::empty()))),
-            vec![],
-            "a repeat is no change"
-        );
+        assert_eq!(s.apply(&new(link(7, "dxd0", LinkFlags::empty()))), vec![], "a repeat is no change");
         // Admin up without carrier is not up yet.
         assert_eq!(s.apply(&new(link(7, "dxd0", LinkFlags::Up))), vec![]);
-        assert_eq!(
-            s.apply(&new(link(7, "dxd0", up))),
-            vec![LinkEvent::LinkUp {
-                name: "dxd0".into()
-            }]
-        );
+        assert_eq!(s.apply(&new(link(7, "dxd0", up))), vec![LinkEvent::LinkUp { name: "dxd0".into() }]);
         assert_eq!(
             s.apply(&new(link(7, "dxd9", LinkFlags::empty()))),
             vec![
-                LinkEvent::LinkRenamed {
-                    from: "dxd0".into(),
-                    name: "dxd9".into()
-                },
-                LinkEvent::LinkDown {
-                    name: "dxd9".into()
-                }
+                LinkEvent::LinkRenamed { from: "dxd0".into(), name: "dxd9".into() },
+                LinkEvent::LinkDown { name: "dxd9".into() }
             ]
         );
         assert_eq!(
-            s.apply(&RouteNetlinkMessage::DelLink(link(
-                7,
-                "dxd9",
-                LinkFlags::empty()
-            ))),
-            vec![LinkEvent::LinkRemoved {
-                name: "dxd9".into()
-            }]
+            s.apply(&RouteNetlinkMessage::DelLink(link(7, "dxd9", LinkFlags::empty()))),
+            vec![LinkEvent::LinkRemoved { name: "dxd9".into() }]
         );
     }
 
     #[test]
     fn a_port_leaving_its_bridge_is_no_link_removed() {
         let mut s = HostLinks::default();
-        s.apply(&RouteNetlinkMessage::NewLink(link(
-            5,
-            "veth1",
-            LinkFlags::empty(),
-        )));
+        s.apply(&RouteNetlinkMessage::NewLink(link(5, "veth1", LinkFlags::empty())));
         let mut port = link(5, "veth1", LinkFlags::empty());
         port.header.interface_family = AddressFamily::Bridge;
         assert_eq!(s.apply(&RouteNetlinkMessage::DelLink(port.clone())), vec![]);
         assert_eq!(s.apply(&RouteNetlinkMessage::NewLink(port)), vec![]);
         assert_eq!(
-            s.apply(&RouteNetlinkMessage::DelLink(link(
-                5,
-                "veth1",
-                LinkFlags::empty()
-            ))),
-            vec![LinkEvent::LinkRemoved {
-                name: "veth1".into()
-            }]
+            s.apply(&RouteNetlinkMessage::DelLink(link(5, "veth1", LinkFlags::empty()))),
+            vec![LinkEvent::LinkRemoved { name: "veth1".into() }]
         );
     }
 
     #[test]
     fn addresses_reported_once_with_their_interface_name() {
         let mut s = HostLinks::default();
-        s.apply(&RouteNetlinkMessage::NewLink(link(
-            3,
-            "eth0",
-            LinkFlags::empty(),
-        )));
+        s.apply(&RouteNetlinkMessage::NewLink(link(3, "eth0", LinkFlags::empty())));
         let a = addr(3, "fd42:198:1::1", 64);
-        let added = LinkEvent::AddressAdded {
-            name: "eth0".into(),
-            addr: "fd42:198:1::1".parse().unwrap(),
-            prefix_len: 64,
-        };
-        assert_eq!(
-            s.apply(&RouteNetlinkMessage::NewAddress(a.clone())),
-            vec![added.clone()]
-        );
+        let added =
+            LinkEvent::AddressAdded { name: "eth0".into(), addr: "fd42:198:1::1".parse().unwrap(), prefix_len: 64 };
+        assert_eq!(s.apply(&RouteNetlinkMessage::NewAddress(a.clone())), vec![added.clone()]);
         assert_eq!(added.to_string(), "fd42:198:1::1/64 added on eth0");
         // A router advertisement refreshing its lifetimes: the same address.
         assert_eq!(s.apply(&RouteNetlinkMessage::NewAddress(a.clone())), vec![]);

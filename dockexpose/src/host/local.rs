@@ -106,6 +106,10 @@ mod tests {
         // 4 000 containers would fill the kernel's tries.
         let t = source_table(&host(), ["br0"], &[]);
         assert_eq!(t.classify("fe80::8c1:2ff:fe03:405".parse().unwrap()), None);
-        assert_eq!(t.classify("198.18.77.1".parse().unwrap()), Some(SourceKind::HostAddress), "other addresses of a port stay");
+        assert_eq!(
+            t.classify("198.18.77.1".parse().unwrap()),
+            Some(SourceKind::HostAddress),
+            "other addresses of a port stay"
+        );
     }
 }

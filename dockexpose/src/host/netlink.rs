@@ -10,8 +10,7 @@
 use std::{io, os::fd::AsRawFd, time::Duration};
 
 use netlink_packet_core::{
-    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
-    NLM_F_ACK, NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_ACK, NLM_F_REQUEST,
 };
 use netlink_sys::{Socket, SocketAddr};
 
@@ -83,16 +82,12 @@ impl Netlink {
         loop {
             let (data, _) = self.socket.recv_from_full()?;
             if data.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "netlink socket closed",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "netlink socket closed"));
             }
             let mut at = 0;
             while at < data.len() {
-                let reply = NetlinkMessage::<T>::deserialize(&data[at..]).map_err(|e| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("netlink answer: {e}"))
-                })?;
+                let reply = NetlinkMessage::<T>::deserialize(&data[at..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink answer: {e}")))?;
                 let len = reply.header.length as usize;
                 // Messages of another request (a late answer) are not ours.
                 let ours = reply.header.sequence_number == self.seq;

@@ -10,10 +10,7 @@ const CAP_BPF: u32 = 39;
 
 /// Parses the effective capability mask from the text of /proc/self/status.
 pub fn effective_caps(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
 fn has(mask: u64, cap: u32) -> bool {
@@ -70,6 +67,10 @@ mod tests {
         assert_eq!(missing((1 << CAP_BPF) | (1 << CAP_NET_ADMIN)), vec!["CAP_PERFMON"]);
         // Exactly the three: nothing missing (no CAP_SYS_ADMIN, no CAP_SYS_RESOURCE).
         assert_eq!(missing((1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN)), Vec::<&str>::new());
-        assert_eq!(missing(1 << CAP_SYS_ADMIN | 1 << CAP_NET_ADMIN), Vec::<&str>::new(), "older kernels: CAP_SYS_ADMIN");
+        assert_eq!(
+            missing(1 << CAP_SYS_ADMIN | 1 << CAP_NET_ADMIN),
+            Vec::<&str>::new(),
+            "older kernels: CAP_SYS_ADMIN"
+        );
     }
 }

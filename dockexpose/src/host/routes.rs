@@ -45,8 +45,7 @@ pub fn route_get(addr: IpAddr) -> io::Result<Route> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family(addr);
     msg.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
-    msg.attributes
-        .push(RouteAttribute::Destination(addr.into()));
+    msg.attributes.push(RouteAttribute::Destination(addr.into()));
     let answer = Netlink::open(NETLINK_ROUTE)?.request(RouteNetlinkMessage::GetRoute(msg), 0)?;
     let route = answer
         .into_iter()
@@ -55,10 +54,7 @@ pub fn route_get(addr: IpAddr) -> io::Result<Route> {
             _ => None,
         })
         .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("no route in the kernel's answer for {addr}"),
-            )
+            io::Error::new(io::ErrorKind::InvalidData, format!("no route in the kernel's answer for {addr}"))
         })?;
     let mut ifindex = None;
     let mut gateway = None;
@@ -72,20 +68,10 @@ pub fn route_get(addr: IpAddr) -> io::Result<Route> {
             _ => {}
         }
     }
-    let ifindex = ifindex.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the route to {addr} names no interface"),
-        )
-    })?;
-    let dev = nix::net::if_::if_indextoname(ifindex)
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(Route {
-        ifindex,
-        dev,
-        gateway,
-    })
+    let ifindex = ifindex
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("the route to {addr} names no interface")))?;
+    let dev = nix::net::if_::if_indextoname(ifindex).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Route { ifindex, dev, gateway })
 }
 
 fn via_addr(via: &netlink_packet_route::route::RouteVia) -> Option<IpAddr> {
@@ -115,13 +101,9 @@ fn neighbour(addr: IpAddr, ifindex: u32) -> NeighbourMessage {
 pub fn neighbour_add(addr: IpAddr, ifindex: u32, mac: [u8; 6]) -> io::Result<bool> {
     let mut msg = neighbour(addr, ifindex);
     msg.header.state = NeighbourState::Reachable;
-    msg.attributes
-        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
     // NLM_F_EXCL: "add if absent" in one step, as `ip neigh add` (never replace).
-    match Netlink::open(NETLINK_ROUTE)?.request(
-        RouteNetlinkMessage::NewNeighbour(msg),
-        NLM_F_CREATE | NLM_F_EXCL,
-    ) {
+    match Netlink::open(NETLINK_ROUTE)?.request(RouteNetlinkMessage::NewNeighbour(msg), NLM_F_CREATE | NLM_F_EXCL) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
         Err(e) => Err(e),
@@ -130,21 +112,13 @@ pub fn neighbour_add(addr: IpAddr, ifindex: u32, mac: [u8; 6]) -> io::Result<boo
 
 /// Removes the neighbour entry of `addr` on `ifindex` (`ip neigh del`).
 pub fn neighbour_del(addr: IpAddr, ifindex: u32) -> io::Result<()> {
-    Netlink::open(NETLINK_ROUTE)?
-        .request(
-            RouteNetlinkMessage::DelNeighbour(neighbour(addr, ifindex)),
-            0,
-        )
-        .map(drop)
+    Netlink::open(NETLINK_ROUTE)?.request(RouteNetlinkMessage::DelNeighbour(neighbour(addr, ifindex)), 0).map(drop)
 }
 
 /// The neighbour entry of `addr` on `ifindex`: its state and link-layer address, or
 /// None when there is none.
 pub fn neighbour_get(addr: IpAddr, ifindex: u32) -> io::Result<Option<(NeighbourState, Vec<u8>)>> {
-    match Netlink::open(NETLINK_ROUTE)?.request(
-        RouteNetlinkMessage::GetNeighbour(neighbour(addr, ifindex)),
-        0,
-    ) {
+    match Netlink::open(NETLINK_ROUTE)?.request(RouteNetlinkMessage::GetNeighbour(neighbour(addr, ifindex)), 0) {
         Ok(answer) => Ok(answer.into_iter().find_map(|m| match m {
             RouteNetlinkMessage::NewNeighbour(n) => {
                 let mac = n.attributes.iter().find_map(|a| match a {

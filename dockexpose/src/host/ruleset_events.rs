@@ -124,14 +124,11 @@ fn parse_gen(attrs: &[u8]) -> RulesetChange {
 
 /// Attribute 1 of an nftables object message: the table it belongs to.
 fn table_name(attrs: &[u8]) -> Option<String> {
-    NlasIterator::new(attrs)
-        .map_while(Result::ok)
-        .find(|nla| nla.kind() == NFTA_TABLE)
-        .and_then(|nla| {
-            let v = nla.value();
-            let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
-            std::str::from_utf8(&v[..end]).ok().map(str::to_string)
-        })
+    NlasIterator::new(attrs).map_while(Result::ok).find(|nla| nla.kind() == NFTA_TABLE).and_then(|nla| {
+        let v = nla.value();
+        let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+        std::str::from_utf8(&v[..end]).ok().map(str::to_string)
+    })
 }
 
 /// A NETLINK_NETFILTER socket joined to NFNLGRP_NFTABLES.
@@ -150,10 +147,7 @@ impl RulesetEvents {
         // A firewalld reload is thousands of object messages: room for them.
         let _ = socket.set_rx_buf_sz(4 << 20);
         set_read_timeout(&socket, timeout)?;
-        Ok(Self {
-            socket,
-            transactions: Transactions::default(),
-        })
+        Ok(Self { socket, transactions: Transactions::default() })
     }
 
     /// Waits for the next datagram.
@@ -170,7 +164,6 @@ impl RulesetEvents {
         }
     }
 }
-
 
 /// Whether iptables-legacy tables are in use: `iptables -V` names the legacy backend,
 /// or the legacy tables list (/proc/net/ip_tables_names, ip6_tables_names) is not empty.
@@ -217,10 +210,7 @@ pub fn read_legacy_digest() -> io::Result<u64> {
     let mut outs = Vec::new();
     let mut last_err = None;
     for prog in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        match Command::new(prog)
-            .stderr(std::process::Stdio::null())
-            .output()
-        {
+        match Command::new(prog).stderr(std::process::Stdio::null()).output() {
             Ok(o) => outs.push(String::from_utf8_lossy(&o.stdout).into_owned()),
             Err(e) => last_err = Some(e),
         }
@@ -228,9 +218,7 @@ pub fn read_legacy_digest() -> io::Result<u64> {
     if outs.is_empty() {
         return Err(last_err.unwrap_or_else(|| io::Error::other("no iptables-legacy-save")));
     }
-    Ok(legacy_digest(
-        &outs.iter().map(String::as_str).collect::<Vec<_>>(),
-    ))
+    Ok(legacy_digest(&outs.iter().map(String::as_str).collect::<Vec<_>>()))
 }
 
 #[cfg(test)]
@@ -238,30 +226,23 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     // Captured from the kernel (6.18) on NFNLGRP_NFTABLES in a fresh namespace:
     // `nft add table inet dxd_t` run as pid 10378: NEWTABLE, then NEWGEN.
     const NFT_NEWTABLE: &str = "3c000000000a0000010000008a280000010000020a0001006478645f7400000008000300000000000c00040000000000000000010800020000000000";
-    const NFT_NEWGEN: &str =
-        "2c0000000f0a0000010000008a280000000000020800010000000002080002000000288a080003006e667400";
+    const NFT_NEWGEN: &str = "2c0000000f0a0000010000008a280000000000020800010000000002080002000000288a080003006e667400";
     // `iptables -A INPUT -p tcp --dport 8080 -j DROP` (iptables-nft 1.8.9) as pid 10469:
     // NEWTABLE filter, NEWCHAIN INPUT and NEWRULE in one datagram, NEWGEN in the next.
     const IPT_OBJECTS: &str = "3c000000000a000402000000e5280000020000030b00010066696c746572000008000300000000010c0004000000000000000002080002000000000070000000030a000403000000e5280000020000030b00010066696c74657200000a000300494e5055540000000c0002000000000000000001140004000800010000000001080002000000000008000500000000010b00070066696c746572000008000a0000000001080006000000000148010000060a000c04000000e5280000020000030b00010066696c74657200000a000200494e5055540000000c00030000000000000000021001040024000100090001006d6574610000000014000200080002000000001008000100000000012c00010008000100636d700020000200080001000000000108000200000000000c0003000500010006000000340001000c0001007061796c6f6164002400020008000100000000010800020000000002080003000000000208000400000000022c00010008000100636d700020000200080001000000000108000200000000000c000300060001001f9000002c0001000c000100636f756e746572001c0002000c00010000000000000000000c0002000000000000000000300001000e000100696d6d6564696174650000001c0002000800010000000000100002000c0002000800010000000000";
-    const IPT_NEWGEN: &str = "340000000f0a000002000000e528000000000003080001000000000308000200000028e50d00030069707461626c657300000000";
+    const IPT_NEWGEN: &str =
+        "340000000f0a000002000000e528000000000003080001000000000308000200000028e50d00030069707461626c657300000000";
 
     #[test]
     fn newgen_of_nft_names_the_process_and_the_tables_before_it() {
         let mut t = Transactions::default();
-        assert_eq!(
-            t.feed(&hex(NFT_NEWTABLE)),
-            vec![],
-            "object messages are no change of their own"
-        );
+        assert_eq!(t.feed(&hex(NFT_NEWTABLE)), vec![], "object messages are no change of their own");
         let changes = t.feed(&hex(NFT_NEWGEN));
         assert_eq!(
             changes,
@@ -294,10 +275,7 @@ mod tests {
     fn truncated_or_foreign_messages_give_nothing_and_do_not_panic() {
         let gen = hex(NFT_NEWGEN);
         for cut in 0..gen.len() {
-            assert!(
-                Transactions::default().feed(&gen[..cut]).is_empty(),
-                "cut at {cut}"
-            );
+            assert!(Transactions::default().feed(&gen[..cut]).is_empty(), "cut at {cut}");
         }
         // A conntrack (subsystem 1) message of the NEWGEN's shape is not a change.
         let mut other = gen.clone();
@@ -314,10 +292,7 @@ mod tests {
     #[test]
     fn legacy_detection() {
         assert!(legacy_in_use("iptables v1.8.7 (legacy)\n", ""));
-        assert!(legacy_in_use(
-            "iptables v1.8.9 (nf_tables)\n",
-            "filter\nnat\n"
-        ));
+        assert!(legacy_in_use("iptables v1.8.9 (nf_tables)\n", "filter\nnat\n"));
         assert!(!legacy_in_use("iptables v1.8.9 (nf_tables)\n", ""));
         assert!(!legacy_in_use("", "\n"));
     }

@@ -45,10 +45,7 @@ fn drops(target: Option<&str>) -> bool {
 
 /// The bans of one iptables-save dump: sets matched by INPUT or the chains it jumps to,
 /// and fail2ban chains INPUT jumps to. Warnings name sets that `ipset` did not list.
-pub fn iptables_bans(
-    f: &Filter,
-    ipsets: &BTreeMap<String, Vec<Prefix>>,
-) -> (Vec<Ban>, Vec<String>) {
+pub fn iptables_bans(f: &Filter, ipsets: &BTreeMap<String, Vec<Prefix>>) -> (Vec<Ban>, Vec<String>) {
     let (mut bans, mut warnings): (Vec<Ban>, Vec<String>) = (Vec::new(), Vec::new());
     for chain in f.reachable_from_input() {
         for r in f.rules(chain) {
@@ -57,13 +54,8 @@ pub fn iptables_bans(
                     continue;
                 }
                 match ipsets.get(set) {
-                    Some(m) => bans.push(Ban {
-                        name: ban_name("ipset", set),
-                        members: m.clone(),
-                    }),
-                    None => warnings.push(format!(
-                        "ipset {set} is matched by INPUT but could not be listed"
-                    )),
+                    Some(m) => bans.push(Ban { name: ban_name("ipset", set), members: m.clone() }),
+                    None => warnings.push(format!("ipset {set} is matched by INPUT but could not be listed")),
                 }
             }
         }
@@ -75,10 +67,7 @@ pub fn iptables_bans(
                 .filter(|r| drops(r.target.as_deref()) && !r.negated)
                 .filter_map(|r| r.src.as_deref()?.parse().ok())
                 .collect();
-            bans.push(Ban {
-                name: ban_name("chain", chain),
-                members,
-            });
+            bans.push(Ban { name: ban_name("chain", chain), members });
         }
     }
     (bans, warnings)
@@ -111,10 +100,7 @@ pub fn nft_set(json: &serde_json::Value, family: &str, table: &str, name: &str) 
                 .collect()
         })
         .unwrap_or_default();
-    Some(Ban {
-        name: format!("nft set {family} {table} {name}"),
-        members,
-    })
+    Some(Ban { name: format!("nft set {family} {table} {name}"), members })
 }
 
 /// Merges bans of the same name (a jail seen in iptables and ip6tables).
@@ -144,7 +130,8 @@ mod tests {
     };
 
     // `ipset save` (ipset v7.17) in a scratch namespace.
-    const IPSET: &str = "create dxi-block hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x55e5c8b3
+    const IPSET: &str =
+        "create dxi-block hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x55e5c8b3
 add dxi-block 198.18.7.9
 create dxi-nets hash:net family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x37131dc2
 add dxi-nets 198.18.9.1
@@ -158,17 +145,8 @@ add f2b-web 198.18.7.11 timeout 499
     #[test]
     fn bans_ipset_save_members() {
         let s = parse_ipset_save(IPSET);
-        assert_eq!(
-            s["dxi-nets"],
-            vec![
-                "198.18.9.1/32".parse().unwrap(),
-                "198.18.8.0/24".parse().unwrap()
-            ]
-        );
-        assert_eq!(
-            s["dxi6"],
-            vec!["fd42:198:7::/64".parse::<Prefix>().unwrap()]
-        );
+        assert_eq!(s["dxi-nets"], vec!["198.18.9.1/32".parse().unwrap(), "198.18.8.0/24".parse().unwrap()]);
+        assert_eq!(s["dxi6"], vec!["fd42:198:7::/64".parse::<Prefix>().unwrap()]);
         assert_eq!(s["f2b-web"].len(), 1);
     }
 
@@ -177,10 +155,7 @@ add f2b-web 198.18.7.11 timeout 499
         let (bans, warnings) = iptables_bans(&parse_save(SAVE), &parse_ipset_save(IPSET));
         assert!(warnings.is_empty(), "{warnings:?}");
         let names: Vec<&str> = bans.iter().map(|b| b.name.as_str()).collect();
-        assert_eq!(
-            names,
-            vec!["ipset dxi-block", "fail2ban jail web", "fail2ban jail sshd"]
-        );
+        assert_eq!(names, vec!["ipset dxi-block", "fail2ban jail web", "fail2ban jail sshd"]);
         let book = crate::intent::IntentBook::from_rules(None, String::new(), vec![], bans);
         let of = |ip: &str| book.ban_of(ip.parse().unwrap()).map(|b| b.name.clone());
         assert_eq!(of("198.18.7.9").as_deref(), Some("ipset dxi-block"));
@@ -197,19 +172,11 @@ add f2b-web 198.18.7.11 timeout 499
         let v: serde_json::Value = serde_json::from_str(NFT).unwrap();
         let b = nft_set(&v, "inet", "dxfilter", "blocklist").unwrap();
         assert_eq!(b.name, "nft set inet dxfilter blocklist");
-        assert!(
-            b.covers("198.18.8.200".parse().unwrap()) && b.covers("198.18.7.9".parse().unwrap())
-        );
+        assert!(b.covers("198.18.8.200".parse().unwrap()) && b.covers("198.18.7.9".parse().unwrap()));
         assert!(!b.covers("198.18.7.8".parse().unwrap()));
         let m = merge(vec![
-            Ban {
-                name: "fail2ban jail x".into(),
-                members: vec!["198.18.1.1".parse().unwrap()],
-            },
-            Ban {
-                name: "fail2ban jail x".into(),
-                members: vec!["fd42:198:1::1".parse().unwrap()],
-            },
+            Ban { name: "fail2ban jail x".into(), members: vec!["198.18.1.1".parse().unwrap()] },
+            Ban { name: "fail2ban jail x".into(), members: vec!["fd42:198:1::1".parse().unwrap()] },
         ]);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].members.len(), 2);

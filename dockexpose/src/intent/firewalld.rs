@@ -34,11 +34,7 @@ fn port_range(s: &str) -> Option<(u16, u16)> {
 }
 
 fn port_of(n: roxmltree::Node) -> Option<PortSpec> {
-    Some((
-        vec![port_range(n.attribute("port")?)?],
-        proto(n.attribute("protocol")?)?,
-        None,
-    ))
+    Some((vec![port_range(n.attribute("port")?)?], proto(n.attribute("protocol")?)?, None))
 }
 
 /// A service file's ports and included services' names. A `<destination>` of one
@@ -47,14 +43,11 @@ pub fn parse_service(xml: &str) -> Result<(Vec<PortSpec>, Vec<String>), String> 
     let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
     let root = doc.root_element();
     let dest = root.children().find(|n| n.has_tag_name("destination"));
-    let family =
-        dest.and_then(
-            |d| match (d.attribute("ipv4").is_some(), d.attribute("ipv6").is_some()) {
-                (true, false) => Some(false),
-                (false, true) => Some(true),
-                _ => None,
-            },
-        );
+    let family = dest.and_then(|d| match (d.attribute("ipv4").is_some(), d.attribute("ipv6").is_some()) {
+        (true, false) => Some(false),
+        (false, true) => Some(true),
+        _ => None,
+    });
     let mut ports = Vec::new();
     let mut includes = Vec::new();
     for n in root.children().filter(|n| n.is_element()) {
@@ -93,11 +86,8 @@ pub struct RichRule {
 }
 
 fn rich_text(rule: roxmltree::Node) -> String {
-    let attrs = |n: roxmltree::Node| {
-        n.attributes()
-            .map(|a| format!(" {}=\"{}\"", a.name(), a.value()))
-            .collect::<String>()
-    };
+    let attrs =
+        |n: roxmltree::Node| n.attributes().map(|a| format!(" {}=\"{}\"", a.name(), a.value())).collect::<String>();
     let mut s = format!("rule{}", attrs(rule));
     for c in rule.children().filter(|n| n.is_element()) {
         let name = c.tag_name().name();
@@ -115,21 +105,15 @@ fn rich_text(rule: roxmltree::Node) -> String {
 pub fn parse_zone(xml: &str) -> Result<Zone, String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
     let root = doc.root_element();
-    let mut z = Zone {
-        target: root.attribute("target").unwrap_or("default").to_string(),
-        ..Default::default()
-    };
+    let mut z = Zone { target: root.attribute("target").unwrap_or("default").to_string(), ..Default::default() };
     for n in root.children().filter(|n| n.is_element()) {
         match n.tag_name().name() {
             "interface" => z.interfaces.extend(n.attribute("name").map(String::from)),
             "service" => z.services.extend(n.attribute("name").map(String::from)),
             "port" => {
                 if let Some(p) = port_of(n) {
-                    let shown = format!(
-                        "port {}/{}",
-                        n.attribute("port").unwrap_or(""),
-                        n.attribute("protocol").unwrap_or("")
-                    );
+                    let shown =
+                        format!("port {}/{}", n.attribute("port").unwrap_or(""), n.attribute("protocol").unwrap_or(""));
                     z.ports.push((shown, p));
                 }
             }
@@ -147,29 +131,16 @@ pub fn parse_zone(xml: &str) -> Result<Zone, String> {
                     Some("ipv6") => Some(true),
                     _ => None,
                 };
-                let src = el("source").map(|s| {
-                    s.attribute("address")
-                        .or(s.attribute("ipset"))
-                        .unwrap_or("?")
-                        .to_string()
-                });
+                let src =
+                    el("source").map(|s| s.attribute("address").or(s.attribute("ipset")).unwrap_or("?").to_string());
                 let port = el("port").and_then(port_of);
                 if el("port").is_some() && port.is_none() {
                     continue; // a port not read (dccp, a bad range): not "every port"
                 }
                 // A rich rule naming a service: kept as its name, expanded in `rules`.
-                let svc = el("service")
-                    .and_then(|s| s.attribute("name"))
-                    .map(String::from);
+                let svc = el("service").and_then(|s| s.attribute("name")).map(String::from);
                 let text = rich_text(n);
-                z.rich.push(RichRule {
-                    text,
-                    action,
-                    port,
-                    service: svc,
-                    family,
-                    source: src,
-                });
+                z.rich.push(RichRule { text, action, port, service: svc, family, source: src });
             }
             _ => {}
         }
@@ -216,26 +187,15 @@ pub fn zone_rules(
     };
     for pass in [Action::Deny, Action::Allow] {
         for r in &z.rich {
-            let (text, action, port, family, src, svc_name) = (
-                &r.text,
-                &r.action,
-                &r.port,
-                &r.family,
-                &r.source,
-                r.service.as_deref(),
-            );
+            let (text, action, port, family, src, svc_name) =
+                (&r.text, &r.action, &r.port, &r.family, &r.source, r.service.as_deref());
             if *action != pass {
                 continue;
             }
             if let (Some(a), Action::Deny, None, None) = (src, action, port, svc_name) {
                 match a.parse::<Prefix>() {
-                    Ok(p) => bans.push(Ban {
-                        name: format!("firewalld zone {name}: {text}"),
-                        members: vec![p],
-                    }),
-                    Err(_) => warnings.push(format!(
-                        "firewalld: zone {name}: source {a} not read as a ban"
-                    )),
+                    Ok(p) => bans.push(Ban { name: format!("firewalld zone {name}: {text}"), members: vec![p] }),
+                    Err(_) => warnings.push(format!("firewalld: zone {name}: source {a} not read as a ban")),
                 }
             }
             let specs = match svc_name {
@@ -252,13 +212,7 @@ pub fn zone_rules(
             }
             for s in &z.services {
                 for spec in svc(s, warnings) {
-                    push(
-                        format!("service {s}"),
-                        Action::Allow,
-                        Some(spec),
-                        None,
-                        true,
-                    );
+                    push(format!("service {s}"), Action::Allow, Some(spec), None, true);
                 }
             }
         }
@@ -307,15 +261,14 @@ fn process_here(name: &str) -> bool {
 
 /// A file of firewalld's, the operator's copy under etc/ over the packaged one.
 fn config_file(root: &Path, kind: &str, name: &str) -> Option<String> {
-    ["etc/firewalld", "usr/lib/firewalld"].iter().find_map(|d| {
-        std::fs::read_to_string(root.join(d).join(kind).join(format!("{name}.xml"))).ok()
-    })
+    ["etc/firewalld", "usr/lib/firewalld"]
+        .iter()
+        .find_map(|d| std::fs::read_to_string(root.join(d).join(kind).join(format!("{name}.xml"))).ok())
 }
 
 pub fn read(root: &Path) -> FirewalldIntent {
     let mut warnings = Vec::new();
-    let conf =
-        std::fs::read_to_string(root.join("etc/firewalld/firewalld.conf")).unwrap_or_default();
+    let conf = std::fs::read_to_string(root.join("etc/firewalld/firewalld.conf")).unwrap_or_default();
     let value = |k: &str| super::ufw::conf_value(&conf, k);
     let default_zone = value("DefaultZone").unwrap_or_else(|| "public".into());
     let service = |s: &str| -> Option<Vec<PortSpec>> {
@@ -336,18 +289,8 @@ pub fn read(root: &Path) -> FirewalldIntent {
     // Zone names: both directories, the operator's files shadowing the packaged ones.
     let mut names: Vec<String> = ["etc/firewalld/zones", "usr/lib/firewalld/zones"]
         .iter()
-        .flat_map(|d| {
-            std::fs::read_dir(root.join(d))
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_suffix(".xml")
-                .map(String::from)
-        })
+        .flat_map(|d| std::fs::read_dir(root.join(d)).into_iter().flatten().flatten())
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".xml").map(String::from))
         .collect();
     names.sort();
     names.dedup();
@@ -389,12 +332,7 @@ pub fn read(root: &Path) -> FirewalldIntent {
     if let Some(s) = value("StrictForwardPorts") {
         summary += &format!(", StrictForwardPorts={s}");
     }
-    FirewalldIntent {
-        rules,
-        bans: super::bans::merge(bans),
-        summary,
-        warnings,
-    }
+    FirewalldIntent { rules, bans: super::bans::merge(bans), summary, warnings }
 }
 
 #[cfg(test)]

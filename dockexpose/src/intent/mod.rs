@@ -163,21 +163,9 @@ impl IntentBook {
     /// fail2ban and ipset rules sit in INPUT whichever tool manages the rest.
     pub fn read_with(root: &Path, dumps: &Dumps) -> IntentBook {
         let mut book = IntentBook::default();
-        let v4 = dumps
-            .iptables
-            .as_ref()
-            .ok()
-            .map(|t| netfilter::parse_save(t));
-        let v6 = dumps
-            .ip6tables
-            .as_ref()
-            .ok()
-            .map(|t| netfilter::parse_save(t));
-        let nft = dumps
-            .nft
-            .as_ref()
-            .ok()
-            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok());
+        let v4 = dumps.iptables.as_ref().ok().map(|t| netfilter::parse_save(t));
+        let v6 = dumps.ip6tables.as_ref().ok().map(|t| netfilter::parse_save(t));
+        let nft = dumps.nft.as_ref().ok().and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok());
         if let Some(u) = ufw::read(root) {
             book.source = Some(Source::Ufw);
             book.summary = u.summary;
@@ -185,10 +173,7 @@ impl IntentBook {
             book.bans = u.bans;
             book.warnings = u.warnings;
             // ufw.conf says enabled; its chains say whether it is loaded here.
-            if v4
-                .as_ref()
-                .is_some_and(|f| !f.chains.contains_key("ufw-user-input"))
-            {
+            if v4.as_ref().is_some_and(|f| !f.chains.contains_key("ufw-user-input")) {
                 book.warnings.push(
                     "ufw: enabled in ufw.conf but its chains (ufw-user-input) are not loaded: its rules are intent only".into(),
                 );
@@ -224,13 +209,9 @@ impl IntentBook {
             }
         }
         book.bans = bans::merge(std::mem::take(&mut book.bans));
-        for (what, r) in [
-            ("iptables-save", &dumps.iptables),
-            ("ip6tables-save", &dumps.ip6tables),
-        ] {
+        for (what, r) in [("iptables-save", &dumps.iptables), ("ip6tables-save", &dumps.ip6tables)] {
             if let Err(e) = r {
-                book.warnings
-                    .push(format!("{what}: {e}: INPUT and its bans not read"));
+                book.warnings.push(format!("{what}: {e}: INPUT and its bans not read"));
             }
         }
         book.warnings.dedup();
@@ -254,39 +235,28 @@ impl IntentBook {
         let nft_rules = nft.map(|j| nft::nft_rules(j).0).unwrap_or_default();
         // An INPUT that accepts everything (policy ACCEPT, nothing dropped) says nothing.
         let says = |rules: &[PortRule]| rules.iter().any(|r| r.intent.action == Action::Deny);
-        let count = |rules: &[PortRule]| {
-            rules
-                .iter()
-                .filter(|r| r.ports.is_some() || r.proto.is_some())
-                .count()
-        };
+        let count = |rules: &[PortRule]| rules.iter().filter(|r| r.ports.is_some() || r.proto.is_some()).count();
         if says(&ipt) {
             let policy = v4.as_ref().and_then(|f| f.policy("INPUT")).unwrap_or("?");
             self.source = Some(Source::Iptables);
-            self.summary = format!(
-                "iptables: INPUT policy {policy}, {} port rules",
-                count(&ipt)
-            );
+            self.summary = format!("iptables: INPUT policy {policy}, {} port rules", count(&ipt));
             if says(&nft_rules) {
-                self.warnings.push(
-                    "nftables input chains of their own also filter; only iptables' INPUT is read"
-                        .into(),
-                );
+                self.warnings
+                    .push("nftables input chains of their own also filter; only iptables' INPUT is read".into());
             }
             self.rules = ipt;
         } else if says(&nft_rules) {
             self.source = Some(Source::Nftables);
-            let first = nft_rules
-                .last()
-                .map(|r| r.intent.rule.clone())
-                .unwrap_or_default();
+            let first = nft_rules.last().map(|r| r.intent.rule.clone()).unwrap_or_default();
             self.summary = format!("nftables: {} port rules, last: {first}", count(&nft_rules));
             self.rules = nft_rules;
         } else if v4.is_none() && v6.is_none() && nft.is_none() {
-            self.summary = "no host firewall read (no UFW, no firewalld, INPUT unreadable): no intent to compare".into();
+            self.summary =
+                "no host firewall read (no UFW, no firewalld, INPUT unreadable): no intent to compare".into();
         } else if count(&ipt) + count(&nft_rules) == 0 {
             self.summary =
-                "no host firewall found: INPUT accepts everything (policy ACCEPT, no rules); no intent to compare".into();
+                "no host firewall found: INPUT accepts everything (policy ACCEPT, no rules); no intent to compare"
+                    .into();
         } else {
             self.summary =
                 "no host firewall found: INPUT accepts everything (policy ACCEPT, only accept rules); no intent to compare"
@@ -294,38 +264,19 @@ impl IntentBook {
         }
     }
 
-    pub fn from_rules(
-        source: Option<Source>,
-        summary: String,
-        rules: Vec<PortRule>,
-        bans: Vec<Ban>,
-    ) -> IntentBook {
-        IntentBook {
-            source,
-            summary,
-            bans,
-            warnings: Vec::new(),
-            rules,
-        }
+    pub fn from_rules(source: Option<Source>, summary: String, rules: Vec<PortRule>, bans: Vec<Ban>) -> IntentBook {
+        IntentBook { source, summary, bans, warnings: Vec::new(), rules }
     }
 
     /// What the source says about traffic from anywhere to this host port, protocol
     /// and family (arriving on `iface` when known): the first matching rule, else its
     /// default; None when the host has no source.
-    pub fn for_port(
-        &self,
-        host_port: u16,
-        proto: Proto,
-        v6: bool,
-        iface: Option<&str>,
-    ) -> Option<Intent> {
+    pub fn for_port(&self, host_port: u16, proto: Proto, v6: bool, iface: Option<&str>) -> Option<Intent> {
         self.rules
             .iter()
             .find(|r| {
                 r.from_any
-                    && r.ports
-                        .as_ref()
-                        .is_none_or(|ps| ps.iter().any(|&(lo, hi)| (lo..=hi).contains(&host_port)))
+                    && r.ports.as_ref().is_none_or(|ps| ps.iter().any(|&(lo, hi)| (lo..=hi).contains(&host_port)))
                     && r.proto.is_none_or(|p| p == proto)
                     && r.v6.is_none_or(|f| f == v6)
                     && match (&r.iface, iface) {
@@ -334,10 +285,7 @@ impl IntentBook {
                         (Some(_), None) => false,
                     }
             })
-            .map(|r| Intent {
-                default_policy: r.ports.is_none(),
-                ..r.intent.clone()
-            })
+            .map(|r| Intent { default_policy: r.ports.is_none(), ..r.intent.clone() })
     }
 
     /// The intent that speaks for a published binding: a loopback binding says "this
@@ -380,36 +328,16 @@ mod tests {
         let empty = std::env::temp_dir().join(format!("dxi-intent-none-{}", std::process::id()));
         let b = IntentBook::read_with(&empty, &dumps(netfilter::tests::SAVE, Err("nft not found")));
         assert_eq!(b.source, Some(Source::Iptables));
-        assert!(
-            b.summary.starts_with("iptables: INPUT policy DROP, "),
-            "{}",
-            b.summary
-        );
-        assert!(
-            b.warnings.iter().any(|w| w.starts_with("ip6tables-save: ")),
-            "{:?}",
-            b.warnings
-        );
-        assert!(
-            b.warnings
-                .iter()
-                .any(|w| w.starts_with("ipset sets not listed")),
-            "{:?}",
-            b.warnings
-        );
+        assert!(b.summary.starts_with("iptables: INPUT policy DROP, "), "{}", b.summary);
+        assert!(b.warnings.iter().any(|w| w.starts_with("ip6tables-save: ")), "{:?}", b.warnings);
+        assert!(b.warnings.iter().any(|w| w.starts_with("ipset sets not listed")), "{:?}", b.warnings);
         // fail2ban's chain needs no ipset listing.
-        assert_eq!(
-            b.ban_of("198.18.7.10".parse().unwrap()).unwrap().name,
-            "fail2ban jail sshd"
-        );
+        assert_eq!(b.ban_of("198.18.7.10".parse().unwrap()).unwrap().name, "fail2ban jail sshd");
 
         let accept = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n";
         let b = IntentBook::read_with(&empty, &dumps(accept, Ok(nft::tests::NFT)));
         assert_eq!(b.source, Some(Source::Nftables), "{}", b.summary);
-        assert_eq!(
-            b.ban_of("198.18.8.7".parse().unwrap()).unwrap().name,
-            "nft set inet dxfilter blocklist"
-        );
+        assert_eq!(b.ban_of("198.18.8.7".parse().unwrap()).unwrap().name, "nft set inet dxfilter blocklist");
 
         let b = IntentBook::read_with(&empty, &dumps(accept, Ok(r#"{"nftables": []}"#)));
         assert_eq!(b.source, None);
@@ -426,32 +354,15 @@ mod tests {
         std::fs::create_dir_all(root.join("etc/ufw")).unwrap();
         std::fs::create_dir_all(root.join("etc/default")).unwrap();
         std::fs::write(root.join("etc/ufw/ufw.conf"), "ENABLED=yes\nLOGLEVEL=low\n").unwrap();
-        std::fs::write(
-            root.join("etc/default/ufw"),
-            "IPV6=no\nDEFAULT_INPUT_POLICY=\"REJECT\"\n",
-        )
-        .unwrap();
-        std::fs::write(
-            root.join("etc/ufw/user.rules"),
-            "### tuple ### deny tcp 8080 0.0.0.0/0 any 0.0.0.0/0 in\n",
-        )
-        .unwrap();
+        std::fs::write(root.join("etc/default/ufw"), "IPV6=no\nDEFAULT_INPUT_POLICY=\"REJECT\"\n").unwrap();
+        std::fs::write(root.join("etc/ufw/user.rules"), "### tuple ### deny tcp 8080 0.0.0.0/0 any 0.0.0.0/0 in\n")
+            .unwrap();
         let b = IntentBook::read_with(&root, &dumps(netfilter::tests::SAVE, Err("nft not found")));
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(b.source, Some(Source::Ufw));
         assert_eq!(b.summary, "ufw: active, default incoming reject, 1 rules");
-        assert_eq!(
-            b.for_port(8080, Proto::Tcp, false, None).unwrap().rule,
-            "[ 1] 8080/tcp DENY IN Anywhere"
-        );
-        assert_eq!(
-            b.for_port(8081, Proto::Tcp, true, None).unwrap().rule,
-            "default reject (incoming)"
-        );
-        assert!(
-            b.warnings.iter().any(|w| w.contains("not loaded")),
-            "{:?}",
-            b.warnings
-        );
+        assert_eq!(b.for_port(8080, Proto::Tcp, false, None).unwrap().rule, "[ 1] 8080/tcp DENY IN Anywhere");
+        assert_eq!(b.for_port(8081, Proto::Tcp, true, None).unwrap().rule, "default reject (incoming)");
+        assert!(b.warnings.iter().any(|w| w.contains("not loaded")), "{:?}", b.warnings);
     }
 }

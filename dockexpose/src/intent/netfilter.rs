@@ -53,11 +53,7 @@ pub fn run_tool(argv: &[&str]) -> Result<String, String> {
         if let Some(mut e) = child.stderr.take() {
             let _ = e.read_to_string(&mut err);
         }
-        return Err(format!(
-            "{} failed ({status}): {}",
-            argv.join(" "),
-            err.trim()
-        ));
+        return Err(format!("{} failed ({status}): {}", argv.join(" "), err.trim()));
     }
     Ok(out)
 }
@@ -129,27 +125,20 @@ pub fn parse_save(text: &str) -> Filter {
             }
         } else if line.starts_with("-A ") {
             let w = words(line);
-            let mut r = SavedRule {
-                text: line.to_string(),
-                ..Default::default()
-            };
+            let mut r = SavedRule { text: line.to_string(), ..Default::default() };
             let mut i = 2;
             while i < w.len() {
                 let next = w.get(i + 1).cloned();
                 match w[i].as_str() {
                     "!" => r.negated = true,
                     "-p" | "--protocol" => r.proto = next,
-                    "--dport" | "--dports" | "--destination-port" | "--destination-ports" => {
-                        r.dports = next
-                    }
+                    "--dport" | "--dports" | "--destination-port" | "--destination-ports" => r.dports = next,
                     "-i" | "--in-interface" => r.iface = next,
                     "-s" | "--source" => r.src = next,
                     "-j" | "-g" | "--jump" | "--goto" => r.target = next,
                     "--ctstate" | "--state" => r.states = next,
                     "--match-set" => {
-                        if w.get(i + 2)
-                            .is_some_and(|d| d.split(',').next() == Some("src"))
-                        {
+                        if w.get(i + 2).is_some_and(|d| d.split(',').next() == Some("src")) {
                             r.src_set = next;
                         }
                         i += 1;
@@ -219,10 +208,7 @@ pub(super) fn l4(p: Option<&str>) -> Result<Option<Proto>, ()> {
 
 /// Only for replies (ESTABLISHED, RELATED) and never a new connection from outside.
 pub(super) fn replies_only(states: Option<&str>) -> bool {
-    states.is_some_and(|s| {
-        !s.split(',')
-            .any(|x| x == "NEW" || x == "UNTRACKED" || x == "INVALID")
-    })
+    states.is_some_and(|s| !s.split(',').any(|x| x == "NEW" || x == "UNTRACKED" || x == "INVALID"))
 }
 
 /// INPUT's port rules in order, then its policy; user chains INPUT jumps to are
@@ -233,11 +219,7 @@ pub fn input_rules(f: &Filter, v6: bool) -> Vec<PortRule> {
         match r.target.as_deref() {
             Some(t) if f.chains.contains_key(t) => {
                 for inner in f.rules(t) {
-                    if !inner
-                        .target
-                        .as_deref()
-                        .is_some_and(|t| f.chains.contains_key(t))
-                    {
+                    if !inner.target.as_deref().is_some_and(|t| f.chains.contains_key(t)) {
                         push_rule(&mut out, inner, Some(r), v6);
                     }
                 }
@@ -246,25 +228,9 @@ pub fn input_rules(f: &Filter, v6: bool) -> Vec<PortRule> {
         }
     }
     if let Some(p) = f.policy("INPUT") {
-        let action = if p == "ACCEPT" {
-            Action::Allow
-        } else {
-            Action::Deny
-        };
-        let intent = Intent {
-            source: Source::Iptables,
-            action,
-            rule: format!("policy {p}"),
-            default_policy: false,
-        };
-        out.push(PortRule {
-            intent,
-            ports: None,
-            proto: None,
-            v6: Some(v6),
-            from_any: true,
-            iface: None,
-        });
+        let action = if p == "ACCEPT" { Action::Allow } else { Action::Deny };
+        let intent = Intent { source: Source::Iptables, action, rule: format!("policy {p}"), default_policy: false };
+        out.push(PortRule { intent, ports: None, proto: None, v6: Some(v6), from_any: true, iface: None });
     }
     out
 }
@@ -277,10 +243,7 @@ fn push_rule(out: &mut Vec<PortRule>, r: &SavedRule, outer: Option<&SavedRule>, 
         _ => return,
     };
     let pick = |f: fn(&SavedRule) -> Option<&String>| f(r).or_else(|| outer.and_then(f)).cloned();
-    if r.negated
-        || outer.is_some_and(|o| o.negated)
-        || replies_only(pick(|x| x.states.as_ref()).as_deref())
-    {
+    if r.negated || outer.is_some_and(|o| o.negated) || replies_only(pick(|x| x.states.as_ref()).as_deref()) {
         return;
     }
     let Ok(proto) = l4(pick(|x| x.proto.as_ref()).as_deref()) else {
@@ -298,20 +261,8 @@ fn push_rule(out: &mut Vec<PortRule>, r: &SavedRule, outer: Option<&SavedRule>, 
         Some(o) => format!("{} → {}", o.text, r.text),
         None => r.text.clone(),
     };
-    let intent = Intent {
-        source: Source::Iptables,
-        action,
-        rule,
-        default_policy: false,
-    };
-    out.push(PortRule {
-        intent,
-        ports,
-        proto,
-        v6: Some(v6),
-        from_any,
-        iface: pick(|x| x.iface.as_ref()),
-    });
+    let intent = Intent { source: Source::Iptables, action, rule, default_policy: false };
+    out.push(PortRule { intent, ports, proto, v6: Some(v6), from_any, iface: pick(|x| x.iface.as_ref()) });
 }
 
 #[cfg(test)]
@@ -320,8 +271,7 @@ pub(crate) mod tests {
     use crate::intent::IntentBook;
 
     // iptables-save v1.8.9 (nf_tables) in a scratch namespace.
-    pub(crate) const SAVE: &str =
-        "# Generated by iptables-save v1.8.9 (nf_tables) on Mon Dec  7 06:52:26 2026
+    pub(crate) const SAVE: &str = "# Generated by iptables-save v1.8.9 (nf_tables) on Mon Dec  7 06:52:26 2026
 *filter
 :INPUT DROP [0:0]
 :FORWARD ACCEPT [0:0]
@@ -357,23 +307,10 @@ COMMIT
         assert_eq!(f.policy("INPUT"), Some("DROP"));
         let b = book(input_rules(&f, false));
         let rule = |p, pr| b.for_port(p, pr, false, None).map(|i| (i.action, i.rule));
-        assert_eq!(
-            rule(22, Proto::Tcp),
-            Some((
-                Action::Allow,
-                "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT".into()
-            ))
-        );
+        assert_eq!(rule(22, Proto::Tcp), Some((Action::Allow, "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT".into())));
         assert_eq!(rule(8050, Proto::Tcp).unwrap().0, Action::Allow);
-        assert_eq!(
-            rule(8101, Proto::Tcp),
-            Some((Action::Deny, "policy DROP".into()))
-        );
-        assert_eq!(
-            rule(53, Proto::Udp).unwrap().1,
-            "policy DROP",
-            "from one network only"
-        );
+        assert_eq!(rule(8101, Proto::Tcp), Some((Action::Deny, "policy DROP".into())));
+        assert_eq!(rule(53, Proto::Udp).unwrap().1, "policy DROP", "from one network only");
         assert_eq!(
             rule(9090, Proto::Tcp).unwrap().1,
             "-A INPUT -j dxi-user → -A dxi-user -p tcp -m tcp --dport 9090 -j ACCEPT"
@@ -383,27 +320,13 @@ COMMIT
             rule(6000, Proto::Tcp).unwrap().1,
             "-A INPUT -p tcp -m tcp --dport 6000 -j REJECT --reject-with tcp-reset"
         );
-        assert!(rule(6001, Proto::Udp)
-            .unwrap()
-            .1
-            .contains("--dport 6001 -j DROP"));
-        assert_eq!(
-            b.for_port(7000, Proto::Tcp, false, Some("eth1"))
-                .unwrap()
-                .action,
-            Action::Allow
-        );
+        assert!(rule(6001, Proto::Udp).unwrap().1.contains("--dport 6001 -j DROP"));
+        assert_eq!(b.for_port(7000, Proto::Tcp, false, Some("eth1")).unwrap().action, Action::Allow);
         // The family is the dump's.
         assert_eq!(b.for_port(22, Proto::Tcp, true, None), None);
-        assert_eq!(
-            f.reachable_from_input(),
-            vec!["INPUT", "f2b-sshd", "dxi-user"]
-        );
+        assert_eq!(f.reachable_from_input(), vec!["INPUT", "f2b-sshd", "dxi-user"]);
         assert_eq!(f.rules("INPUT")[3].src_set.as_deref(), Some("dxi-block"));
-        assert_eq!(
-            words(r#"-m comment --comment "a \"b\" c" -j X"#)[3],
-            r#"a "b" c"#
-        );
+        assert_eq!(words(r#"-m comment --comment "a \"b\" c" -j X"#)[3], r#"a "b" c"#);
     }
 
     // `nft -j list ruleset` (nftables 1.0.6) of an inet table of the operator's own.
@@ -412,8 +335,6 @@ COMMIT
         let e = run_tool(&["dockexpose-no-such-tool"]).unwrap_err();
         assert!(e.contains("not found"), "{e}");
         assert_eq!(run_tool(&["sh", "-c", "echo hi"]).unwrap(), "hi\n");
-        assert!(run_tool(&["sh", "-c", "exit 3"])
-            .unwrap_err()
-            .contains("failed"));
+        assert!(run_tool(&["sh", "-c", "exit 3"]).unwrap_err().contains("failed"));
     }
 }

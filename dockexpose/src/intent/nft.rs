@@ -9,8 +9,7 @@ use super::{
 
 /// Tables iptables-nft made (its compatibility tables) are read through iptables-save.
 pub fn is_iptables_table(family: &str, name: &str) -> bool {
-    matches!(family, "ip" | "ip6")
-        && matches!(name, "filter" | "mangle" | "raw" | "security" | "nat")
+    matches!(family, "ip" | "ip6") && matches!(name, "filter" | "mangle" | "raw" | "security" | "nat")
 }
 
 /// The port rules of nftables base chains hooked on input, from `nft -j list ruleset`,
@@ -22,12 +21,7 @@ pub fn nft_rules(json: &serde_json::Value) -> (Vec<PortRule>, Vec<(String, Strin
         .iter()
         .filter_map(|i| i.get("chain"))
         .filter(|c| c["hook"] == "input" && c["type"] == "filter")
-        .filter(|c| {
-            !is_iptables_table(
-                c["family"].as_str().unwrap_or(""),
-                c["table"].as_str().unwrap_or(""),
-            )
-        })
+        .filter(|c| !is_iptables_table(c["family"].as_str().unwrap_or(""), c["table"].as_str().unwrap_or("")))
         .map(|c| {
             let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
             (
@@ -52,10 +46,8 @@ pub fn nft_rules(json: &serde_json::Value) -> (Vec<PortRule>, Vec<(String, Strin
     for (_, fam, table, chain, policy) in &chains {
         for expr in rules_of(fam, table, chain) {
             // A jump into a regular chain: its rules, after the jump's own matches.
-            let jump = expr
-                .iter()
-                .find_map(|e| e.get("jump").or_else(|| e.get("goto")))
-                .and_then(|j| j["target"].as_str());
+            let jump =
+                expr.iter().find_map(|e| e.get("jump").or_else(|| e.get("goto"))).and_then(|j| j["target"].as_str());
             let bodies = match jump {
                 Some(t) => rules_of(fam, table, t)
                     .into_iter()
@@ -70,11 +62,7 @@ pub fn nft_rules(json: &serde_json::Value) -> (Vec<PortRule>, Vec<(String, Strin
             }
         }
         if let Some(p) = policy {
-            let action = if p == "accept" {
-                Action::Allow
-            } else {
-                Action::Deny
-            };
+            let action = if p == "accept" { Action::Allow } else { Action::Deny };
             let intent = Intent {
                 source: Source::Nftables,
                 action,
@@ -86,14 +74,7 @@ pub fn nft_rules(json: &serde_json::Value) -> (Vec<PortRule>, Vec<(String, Strin
                 "ip6" => Some(true),
                 _ => None,
             };
-            out.push(PortRule {
-                intent,
-                ports: None,
-                proto: None,
-                v6,
-                from_any: true,
-                iface: None,
-            });
+            out.push(PortRule { intent, ports: None, proto: None, v6, from_any: true, iface: None });
         }
     }
     (out, sets)
@@ -105,16 +86,9 @@ fn nft_value(v: &serde_json::Value) -> String {
         serde_json::Value::Array(a) => a.iter().map(nft_value).collect::<Vec<_>>().join(","),
         serde_json::Value::Object(o) => {
             if let Some(s) = o.get("set").and_then(|s| s.as_array()) {
-                format!(
-                    "{{ {} }}",
-                    s.iter().map(nft_value).collect::<Vec<_>>().join(", ")
-                )
+                format!("{{ {} }}", s.iter().map(nft_value).collect::<Vec<_>>().join(", "))
             } else if let Some(r) = o.get("range").and_then(|r| r.as_array()) {
-                format!(
-                    "{}-{}",
-                    nft_value(&r[0]),
-                    r.get(1).map(nft_value).unwrap_or_default()
-                )
+                format!("{}-{}", nft_value(&r[0]), r.get(1).map(nft_value).unwrap_or_default())
             } else if let Some(p) = o.get("prefix") {
                 format!("{}/{}", nft_value(&p["addr"]), p["len"])
             } else {
@@ -148,18 +122,14 @@ fn nft_rule(
     sets: &mut Vec<(String, String, String)>,
 ) -> Option<PortRule> {
     let (mut text, mut action) = (Vec::new(), None);
-    let (mut proto, mut ports, mut from_any, mut iface, mut v6, mut states) =
-        (None, None, true, None, None, None);
+    let (mut proto, mut ports, mut from_any, mut iface, mut v6, mut states) = (None, None, true, None, None, None);
     let mut src_set = None;
     for e in expr {
         if let Some(m) = e.get("match") {
             let (left, right, op) = (&m["left"], &m["right"], m["op"].as_str().unwrap_or("=="));
             let rv = nft_value(right);
             let lt = if let Some(p) = left.get("payload") {
-                let (pr, field) = (
-                    p["protocol"].as_str().unwrap_or(""),
-                    p["field"].as_str().unwrap_or(""),
-                );
+                let (pr, field) = (p["protocol"].as_str().unwrap_or(""), p["field"].as_str().unwrap_or(""));
                 match (pr, field) {
                     ("tcp" | "udp" | "sctp", "dport") => {
                         proto = l4(Some(pr)).ok()?;
@@ -199,16 +169,8 @@ fn nft_rule(
             } else {
                 nft_value(left)
             };
-            let op = if op == "==" || op == "in" {
-                String::new()
-            } else {
-                format!("{op} ")
-            };
-            let shown = if right.is_string() && (lt == "iifname" || lt == "iif") {
-                format!("\"{rv}\"")
-            } else {
-                rv
-            };
+            let op = if op == "==" || op == "in" { String::new() } else { format!("{op} ") };
+            let shown = if right.is_string() && (lt == "iifname" || lt == "iif") { format!("\"{rv}\"") } else { rv };
             text.push(format!("{lt} {op}{shown}"));
         } else if e.get("counter").is_some() {
         } else if e.get("accept").is_some() {
@@ -225,11 +187,7 @@ fn nft_rule(
             }
         } else {
             // A statement not read here (log, limit, ...): keep it in the text.
-            text.push(
-                e.as_object()
-                    .and_then(|o| o.keys().next().cloned())
-                    .unwrap_or_default(),
-            );
+            text.push(e.as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default());
         }
     }
     let action = action?;
@@ -238,10 +196,7 @@ fn nft_rule(
             sets.push((fam.to_string(), table.to_string(), s.clone()));
         }
     }
-    if states
-        .as_deref()
-        .is_some_and(|s| replies_only(Some(&s.to_uppercase())))
-    {
+    if states.as_deref().is_some_and(|s| replies_only(Some(&s.to_uppercase()))) {
         return None;
     }
     if v6.is_none() {
@@ -257,14 +212,7 @@ fn nft_rule(
         rule: format!("{fam} {table} {chain}: {}", text.join(" ")),
         default_policy: false,
     };
-    Some(PortRule {
-        intent,
-        ports,
-        proto,
-        v6,
-        from_any,
-        iface,
-    })
+    Some(PortRule { intent, ports, proto, v6, from_any, iface })
 }
 
 #[cfg(test)]
@@ -292,42 +240,20 @@ pub(crate) mod tests {
     fn netfilter_nft_input_chains() {
         let v: serde_json::Value = serde_json::from_str(NFT).unwrap();
         let (rules, sets) = nft_rules(&v);
-        assert_eq!(
-            sets,
-            vec![(
-                "inet".to_string(),
-                "dxfilter".to_string(),
-                "blocklist".to_string()
-            )]
-        );
+        assert_eq!(sets, vec![("inet".to_string(), "dxfilter".to_string(), "blocklist".to_string())]);
         let b = IntentBook::from_rules(Some(Source::Nftables), String::new(), rules, vec![]);
         let rule = |p, pr, v6| b.for_port(p, pr, v6, None).map(|i| (i.action, i.rule));
         assert_eq!(
             rule(8080, Proto::Tcp, false),
-            Some((
-                Action::Deny,
-                "inet dxfilter input: tcp dport 8080 drop".into()
-            ))
+            Some((Action::Deny, "inet dxfilter input: tcp dport 8080 drop".into()))
         );
         assert_eq!(
             rule(443, Proto::Tcp, true),
-            Some((
-                Action::Allow,
-                "inet dxfilter input: tcp dport { 80, 443 } accept".into()
-            ))
+            Some((Action::Allow, "inet dxfilter input: tcp dport { 80, 443 } accept".into()))
         );
-        assert_eq!(
-            rule(9001, Proto::Udp, false).unwrap().1,
-            "inet dxfilter input: udp dport 9000-9010 accept"
-        );
-        assert_eq!(
-            rule(6000, Proto::Tcp, false).unwrap().1,
-            "inet dxfilter input: policy drop"
-        );
-        assert_eq!(
-            rule(9090, Proto::Tcp, false).unwrap().1,
-            "inet dxfilter input: tcp dport 9090 accept"
-        );
+        assert_eq!(rule(9001, Proto::Udp, false).unwrap().1, "inet dxfilter input: udp dport 9000-9010 accept");
+        assert_eq!(rule(6000, Proto::Tcp, false).unwrap().1, "inet dxfilter input: policy drop");
+        assert_eq!(rule(9090, Proto::Tcp, false).unwrap().1, "inet dxfilter input: tcp dport 9090 accept");
         assert_eq!(rule(8443, Proto::Tcp, true).unwrap().0, Action::Deny);
         assert_eq!(
             rule(8443, Proto::Tcp, false).unwrap().1,
@@ -335,15 +261,9 @@ pub(crate) mod tests {
             "reject with icmpv6: IPv6 only"
         );
         // iptables-nft's own `ip filter` is read through iptables-save, not here.
-        assert!(b
-            .for_port(8090, Proto::Tcp, false, None)
-            .unwrap()
-            .rule
-            .ends_with("policy drop"));
+        assert!(b.for_port(8090, Proto::Tcp, false, None).unwrap().rule.ends_with("policy drop"));
         assert_eq!(
-            b.for_port(7000, Proto::Tcp, false, Some("eth1"))
-                .unwrap()
-                .rule,
+            b.for_port(7000, Proto::Tcp, false, Some("eth1")).unwrap().rule,
             "inet dxfilter input: iifname \"eth1\" tcp dport 7000 accept"
         );
     }

@@ -49,29 +49,17 @@ pub fn parse_tuples(text: &str, v6: bool) -> (Vec<Tuple>, Vec<String>) {
         };
         let f: Vec<&str> = body.split_whitespace().collect();
         if !(6..=9).contains(&f.len()) {
-            warnings.push(format!(
-                "ufw: skipping malformed tuple (bad length): {}",
-                body.trim()
-            ));
+            warnings.push(format!("ufw: skipping malformed tuple (bad length): {}", body.trim()));
             continue;
         }
         // 6 or 8 fields: the old format without direction, which means "in".
-        let (mut direction, mut iface_in, mut iface_out) =
-            ("in".to_string(), String::new(), String::new());
+        let (mut direction, mut iface_in, mut iface_out) = ("in".to_string(), String::new(), String::new());
         if f.len() == 7 || f.len() == 9 {
             let last = f[f.len() - 1];
             direction = last.split('_').next().unwrap_or("in").to_string();
             if let Some((a, b)) = last.split_once('!') {
-                iface_in = a
-                    .split_once('_')
-                    .map(|x| x.1)
-                    .unwrap_or_default()
-                    .to_string();
-                iface_out = b
-                    .split_once('_')
-                    .map(|x| x.1)
-                    .unwrap_or_default()
-                    .to_string();
+                iface_in = a.split_once('_').map(|x| x.1).unwrap_or_default().to_string();
+                iface_out = b.split_once('_').map(|x| x.1).unwrap_or_default().to_string();
             } else if let Some(i) = last.strip_prefix("in_") {
                 iface_in = i.to_string();
             } else if let Some(i) = last.strip_prefix("out_") {
@@ -82,18 +70,9 @@ pub fn parse_tuples(text: &str, v6: bool) -> (Vec<Tuple>, Vec<String>) {
             Some((_, a)) => (true, a),
             None => (false, f[0]),
         };
-        let mut parts = action
-            .to_lowercase()
-            .splitn(2, '_')
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-            .into_iter();
+        let mut parts = action.to_lowercase().splitn(2, '_').map(str::to_string).collect::<Vec<_>>().into_iter();
         let act = parts.next().unwrap_or_default();
-        let act = if ["allow", "reject", "limit"].contains(&act.as_str()) {
-            act
-        } else {
-            "deny".into()
-        };
+        let act = if ["allow", "reject", "limit"].contains(&act.as_str()) { act } else { "deny".into() };
         let app = |s: &str| {
             if s == "-" {
                 String::new()
@@ -101,11 +80,7 @@ pub fn parse_tuples(text: &str, v6: bool) -> (Vec<Tuple>, Vec<String>) {
                 s.replace("%20", " ")
             }
         };
-        let (dapp, sapp) = if f.len() >= 8 {
-            (app(f[6]), app(f[7]))
-        } else {
-            (String::new(), String::new())
-        };
+        let (dapp, sapp) = if f.len() >= 8 { (app(f[6]), app(f[7])) } else { (String::new(), String::new()) };
         // ufw's set_v6 turns "any"/the other family's anywhere into this family's.
         let anyaddr = |s: &str| match s {
             "any" | "0.0.0.0/0" | "::/0" => if v6 { "::/0" } else { "0.0.0.0/0" }.to_string(),
@@ -134,9 +109,8 @@ pub fn parse_tuples(text: &str, v6: bool) -> (Vec<Tuple>, Vec<String>) {
 
 fn hex_decode(h: &str) -> String {
     // ufw drops a trailing odd nibble and replaces undecodable bytes.
-    let bytes: Vec<u8> = (0..h.len() / 2)
-        .filter_map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect();
+    let bytes: Vec<u8> =
+        (0..h.len() / 2).filter_map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()).collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -150,16 +124,8 @@ impl Tuple {
         if self.dapp.is_empty() && self.sapp.is_empty() {
             return String::new();
         }
-        let d = if self.dapp.is_empty() {
-            &self.dport
-        } else {
-            &self.dapp
-        };
-        let s = if self.sapp.is_empty() {
-            &self.sport
-        } else {
-            &self.sapp
-        };
+        let d = if self.dapp.is_empty() { &self.dport } else { &self.dapp };
+        let s = if self.sapp.is_empty() { &self.sport } else { &self.sapp };
         let mut t = format!("{d} {} {s} {}", self.dst, self.src);
         if self.iface_in.is_empty() && self.iface_out.is_empty() {
             t += &format!(" {}", self.direction);
@@ -180,11 +146,8 @@ impl Tuple {
         let show_proto = self.dapp.is_empty() && self.sapp.is_empty();
         let mut loc = [String::new(), String::new()];
         for (i, dst) in [true, false].into_iter().enumerate() {
-            let (addr, app, port) = if dst {
-                (&self.dst, &self.dapp, &self.dport)
-            } else {
-                (&self.src, &self.sapp, &self.sport)
-            };
+            let (addr, app, port) =
+                if dst { (&self.dst, &self.dapp, &self.dport) } else { (&self.src, &self.sapp, &self.sport) };
             let port = if !app.is_empty() {
                 let mut p = app.clone();
                 if self.v6 && addr == "::/0" {
@@ -211,11 +174,7 @@ impl Tuple {
             if port == "any" {
                 if is_anywhere(addr) {
                     *l = "Anywhere".into();
-                    if show_proto
-                        && self.proto != "any"
-                        && self.dst == self.src
-                        && self.dport == self.sport
-                    {
+                    if show_proto && self.proto != "any" && self.dst == self.src && self.dport == self.sport {
                         *l += &format!("/{}", self.proto);
                     }
                     if addr == "::/0" {
@@ -227,11 +186,8 @@ impl Tuple {
             } else if self.v6 && self.src == "::/0" && self.dst == "::/0" && !l.contains(" (v6)") {
                 *l += " (v6)";
             }
-            let (on_dst, on_src) = if self.forward {
-                (&self.iface_out, &self.iface_in)
-            } else {
-                (&self.iface_in, &self.iface_out)
-            };
+            let (on_dst, on_src) =
+                if self.forward { (&self.iface_out, &self.iface_in) } else { (&self.iface_in, &self.iface_out) };
             let on = if dst { on_dst } else { on_src };
             if !on.is_empty() {
                 *l += &format!(" on {on}");
@@ -244,18 +200,8 @@ impl Tuple {
         if self.direction == "out" {
             attribs.push("out".to_string());
         }
-        let dir = if self.forward {
-            "FWD".to_string()
-        } else {
-            self.direction.to_uppercase()
-        };
-        let mut s = format!(
-            "[{number:2}] {} {} {} {}",
-            loc[0],
-            self.action.to_uppercase(),
-            dir,
-            loc[1]
-        );
+        let dir = if self.forward { "FWD".to_string() } else { self.direction.to_uppercase() };
+        let mut s = format!("[{number:2}] {} {} {} {}", loc[0], self.action.to_uppercase(), dir, loc[1]);
         if !attribs.is_empty() {
             s += &format!(" ({})", attribs.join(", "));
         }
@@ -264,10 +210,7 @@ impl Tuple {
         }
         // "[ 3]" keeps its padding: collapse only after the number.
         let (num, rest) = s.split_at(5);
-        format!(
-            "{num}{}",
-            rest.split_whitespace().collect::<Vec<_>>().join(" ")
-        )
+        format!("{num}{}", rest.split_whitespace().collect::<Vec<_>>().join(" "))
     }
 }
 
@@ -300,23 +243,11 @@ pub fn rules_of(tuples: &[Tuple]) -> (Vec<PortRule>, Vec<Ban>, Vec<String>) {
         if t.forward || t.direction != "in" {
             continue;
         }
-        let action = if t.action == "deny" || t.action == "reject" {
-            Action::Deny
-        } else {
-            Action::Allow
-        };
+        let action = if t.action == "deny" || t.action == "reject" { Action::Deny } else { Action::Allow };
         let from_any = is_anywhere(&t.src) && t.sport == "any" && t.sapp.is_empty();
-        if !is_anywhere(&t.src)
-            && t.sapp.is_empty()
-            && t.dport == "any"
-            && action == Action::Deny
-            && t.sport == "any"
-        {
+        if !is_anywhere(&t.src) && t.sapp.is_empty() && t.dport == "any" && action == Action::Deny && t.sport == "any" {
             match t.src.parse::<crate::net::prefix::Prefix>() {
-                Ok(p) => bans.push(Ban {
-                    name: format!("ufw {shown}"),
-                    members: vec![p],
-                }),
+                Ok(p) => bans.push(Ban { name: format!("ufw {shown}"), members: vec![p] }),
                 Err(e) => warnings.push(format!("ufw: rule {shown}: source {}: {}", t.src, e.0)),
             }
         }
@@ -333,10 +264,7 @@ pub fn rules_of(tuples: &[Tuple]) -> (Vec<PortRule>, Vec<Ban>, Vec<String>) {
             match parse_ports(&t.dport) {
                 Some(p) => Some(p),
                 None => {
-                    warnings.push(format!(
-                        "ufw: rule {shown}: port {:?} not understood; skipped",
-                        t.dport
-                    ));
+                    warnings.push(format!("ufw: rule {shown}: port {:?} not understood; skipped", t.dport));
                     continue;
                 }
             }
@@ -345,12 +273,7 @@ pub fn rules_of(tuples: &[Tuple]) -> (Vec<PortRule>, Vec<Ban>, Vec<String>) {
         // kept as if to any of the host's addresses: approximate, since which address a
         // published port's traffic was sent to is not known here.
         rules.push(PortRule {
-            intent: Intent {
-                source: Source::Ufw,
-                action,
-                rule: shown.clone(),
-                default_policy: false,
-            },
+            intent: Intent { source: Source::Ufw, action, rule: shown.clone(), default_policy: false },
             ports,
             proto,
             v6: Some(t.v6),
@@ -430,31 +353,16 @@ pub fn read(root: &Path) -> Option<UfwIntent> {
     warnings.extend(w);
     let policy = conf_value(&defaults, "DEFAULT_INPUT_POLICY").unwrap_or_default();
     let default = default_rule(&policy);
-    let word = default.as_ref().map_or("unknown", |d| {
-        d.intent
-            .rule
-            .trim_start_matches("default ")
-            .split(' ')
-            .next()
-            .unwrap_or("")
-    });
-    let summary = format!(
-        "ufw: active, default incoming {word}, {} rules",
-        tuples.len()
-    );
+    let word = default
+        .as_ref()
+        .map_or("unknown", |d| d.intent.rule.trim_start_matches("default ").split(' ').next().unwrap_or(""));
+    let summary = format!("ufw: active, default incoming {word}, {} rules", tuples.len());
     if let Some(d) = default {
         rules.push(d);
     } else {
-        warnings.push(format!(
-            "ufw: DEFAULT_INPUT_POLICY {policy:?} not understood"
-        ));
+        warnings.push(format!("ufw: DEFAULT_INPUT_POLICY {policy:?} not understood"));
     }
-    Some(UfwIntent {
-        rules,
-        bans,
-        summary,
-        warnings,
-    })
+    Some(UfwIntent { rules, bans, summary, warnings })
 }
 
 #[cfg(test)]

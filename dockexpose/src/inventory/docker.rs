@@ -6,10 +6,12 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use bollard::{
     models::{
-        ContainerSummary, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum, EventMessage, LocalNodeState,
-        NetworkInspect, PortSummaryTypeEnum, Service,
+        ContainerSummary, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum, EventMessage,
+        LocalNodeState, NetworkInspect, PortSummaryTypeEnum, Service,
     },
-    query_parameters::{EventsOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, ListServicesOptions},
+    query_parameters::{
+        EventsOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, ListServicesOptions,
+    },
     Docker,
 };
 use futures_util::StreamExt;
@@ -36,8 +38,13 @@ pub enum DockerState {
 
 /// Where the API is: `--docker-host`, else DOCKER_HOST, else the default socket.
 pub fn endpoint(flag: Option<&str>) -> String {
-    let raw = flag.map(str::to_string).or_else(|| std::env::var("DOCKER_HOST").ok()).unwrap_or_else(|| DEFAULT_SOCKET.into());
-    if raw.starts_with('/') { format!("unix://{raw}") } else { raw }
+    let raw =
+        flag.map(str::to_string).or_else(|| std::env::var("DOCKER_HOST").ok()).unwrap_or_else(|| DEFAULT_SOCKET.into());
+    if raw.starts_with('/') {
+        format!("unix://{raw}")
+    } else {
+        raw
+    }
 }
 
 /// A connected engine: Docker, or Podman through its Docker-compatible API.
@@ -103,7 +110,8 @@ pub async fn snapshot(engine: &Engine) -> Result<Inventory, bollard::errors::Err
         .iter()
         .filter_map(container_from)
         .collect();
-    let (mesh_services, ingress_sbox) = if engine.podman { Default::default() } else { routing_mesh(docker, &containers).await };
+    let (mesh_services, ingress_sbox) =
+        if engine.podman { Default::default() } else { routing_mesh(docker, &containers).await };
     Ok(Inventory { networks, containers, mesh_services, ingress_sbox })
 }
 
@@ -112,7 +120,11 @@ pub async fn snapshot(engine: &Engine) -> Result<Inventory, bollard::errors::Err
 pub async fn pids(engine: &Engine, ids: &[String]) -> HashMap<String, u32> {
     let mut out = HashMap::new();
     for id in ids {
-        let Ok(c) = engine.docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await else { continue };
+        let Ok(c) =
+            engine.docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await
+        else {
+            continue;
+        };
         if let Some(pid) = c.state.and_then(|s| s.pid).filter(|p| *p > 0) {
             out.insert(id.clone(), pid as u32);
         }
@@ -135,7 +147,11 @@ async fn routing_mesh(docker: &Docker, containers: &[Container]) -> (Vec<Contain
     if mesh.is_empty() {
         return (mesh, Vec::new());
     }
-    let sbox = docker.inspect_network("docker_gwbridge", None::<InspectNetworkOptions>).await.map(|n| ingress_sbox_from(&n)).unwrap_or_default();
+    let sbox = docker
+        .inspect_network("docker_gwbridge", None::<InspectNetworkOptions>)
+        .await
+        .map(|n| ingress_sbox_from(&n))
+        .unwrap_or_default();
     (mesh, sbox)
 }
 
@@ -178,7 +194,8 @@ pub fn mesh_services_from(services: &[Service], containers: &[Container]) -> Vec
                 .and_then(|c| c.image.clone())
                 .map(|i| i.split('@').next().unwrap_or(&i).to_string())
                 .unwrap_or_default();
-            let service = Container { id, image, swarm_service: Some(name.clone()), name, ports, ..Default::default() }.with_identity();
+            let service = Container { id, image, swarm_service: Some(name.clone()), name, ports, ..Default::default() }
+                .with_identity();
             let mut tasks = containers.iter().filter(|c| c.swarm_service == service.swarm_service);
             Some(match (tasks.next(), tasks.next()) {
                 (Some(task), None) => Container { identity: task.identity.clone(), ..service },
@@ -193,7 +210,9 @@ pub fn ingress_sbox_from(n: &NetworkInspect) -> Vec<IpAddr> {
     n.containers
         .iter()
         .flatten()
-        .filter(|(key, ep)| key.as_str() == "ingress-sbox" || ep.name.as_deref().is_some_and(|n| n.ends_with("ingress-sbox")))
+        .filter(|(key, ep)| {
+            key.as_str() == "ingress-sbox" || ep.name.as_deref().is_some_and(|n| n.ends_with("ingress-sbox"))
+        })
         .flat_map(|(_, ep)| [&ep.ipv4_address, &ep.ipv6_address])
         .filter_map(|a| a.as_deref()?.split('/').next()?.parse().ok())
         .collect()
@@ -254,19 +273,21 @@ pub fn container_from(c: &ContainerSummary) -> Option<Container> {
         .collect();
     ports.sort();
     ports.dedup();
-    Some(Container {
-        id,
-        name,
-        image: c.image.clone().unwrap_or_default(),
-        compose_project: labels.get("com.docker.compose.project").cloned(),
-        compose_service: labels.get("com.docker.compose.service").cloned(),
-        swarm_service: labels.get("com.docker.swarm.service.name").cloned(),
-        swarm_task: labels.get("com.docker.swarm.task.name").cloned(),
-        addresses,
-        ports,
-        identity: Default::default(),
-    }
-    .with_identity())
+    Some(
+        Container {
+            id,
+            name,
+            image: c.image.clone().unwrap_or_default(),
+            compose_project: labels.get("com.docker.compose.project").cloned(),
+            compose_service: labels.get("com.docker.compose.service").cloned(),
+            swarm_service: labels.get("com.docker.swarm.service.name").cloned(),
+            swarm_task: labels.get("com.docker.swarm.task.name").cloned(),
+            addresses,
+            ports,
+            identity: Default::default(),
+        }
+        .with_identity(),
+    )
 }
 
 /// True for the events that change what we track.
@@ -434,7 +455,9 @@ mod tests {
 
     #[test]
     fn mesh_services_keep_ingress_ports_and_name_their_one_local_task() {
-        use bollard::models::{EndpointPortConfig, EndpointResource, ServiceEndpoint, ServiceSpec, TaskSpec, TaskSpecContainerSpec};
+        use bollard::models::{
+            EndpointPortConfig, EndpointResource, ServiceEndpoint, ServiceSpec, TaskSpec, TaskSpecContainerSpec,
+        };
         let port = |published: i64, target: i64, mode| EndpointPortConfig {
             protocol: Some(EndpointPortConfigProtocolEnum::TCP),
             published_port: Some(published),
@@ -447,7 +470,10 @@ mod tests {
             spec: Some(ServiceSpec {
                 name: Some(name.into()),
                 task_template: Some(TaskSpec {
-                    container_spec: Some(TaskSpecContainerSpec { image: Some("web:1@sha256:abcd".into()), ..Default::default() }),
+                    container_spec: Some(TaskSpecContainerSpec {
+                        image: Some("web:1@sha256:abcd".into()),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -456,22 +482,62 @@ mod tests {
             ..Default::default()
         };
         let services = [
-            service("s1", "web", vec![port(8080, 80, EndpointPortConfigPublishModeEnum::INGRESS), port(9090, 90, EndpointPortConfigPublishModeEnum::HOST)]),
+            service(
+                "s1",
+                "web",
+                vec![
+                    port(8080, 80, EndpointPortConfigPublishModeEnum::INGRESS),
+                    port(9090, 90, EndpointPortConfigPublishModeEnum::HOST),
+                ],
+            ),
             service("s2", "api", vec![port(8081, 81, EndpointPortConfigPublishModeEnum::INGRESS)]),
             service("s3", "worker", vec![port(9091, 91, EndpointPortConfigPublishModeEnum::HOST)]),
         ];
-        let task = Container { id: "t1".into(), name: "api.1.xyz".into(), swarm_service: Some("api".into()), swarm_task: Some("api.1.xyz".into()), ..Default::default() }.with_identity();
+        let task = Container {
+            id: "t1".into(),
+            name: "api.1.xyz".into(),
+            swarm_service: Some("api".into()),
+            swarm_task: Some("api.1.xyz".into()),
+            ..Default::default()
+        }
+        .with_identity();
         let mesh = mesh_services_from(&services, &[task]);
         assert_eq!(mesh.len(), 2, "host-mode ports are the task containers' own: {mesh:#?}");
         let web = &mesh[0];
-        assert_eq!((web.name.as_str(), web.image.as_str(), web.identity.swarm_service.as_deref(), web.identity.swarm_task.as_deref()), ("web", "web:1", Some("web"), None));
+        assert_eq!(
+            (
+                web.name.as_str(),
+                web.image.as_str(),
+                web.identity.swarm_service.as_deref(),
+                web.identity.swarm_task.as_deref()
+            ),
+            ("web", "web:1", Some("web"), None)
+        );
         assert_eq!(web.ports.iter().map(|p| (p.host_port, p.container_port)).collect::<Vec<_>>(), [(8080, 80)]);
         assert!(web.addresses.is_empty());
-        assert_eq!((mesh[1].identity.name.as_str(), mesh[1].identity.swarm_task.as_deref()), ("api.1.xyz", Some("api.1.xyz")), "its one local task");
+        assert_eq!(
+            (mesh[1].identity.name.as_str(), mesh[1].identity.swarm_task.as_deref()),
+            ("api.1.xyz", Some("api.1.xyz")),
+            "its one local task"
+        );
 
         let mut eps = HashMap::new();
-        eps.insert("ingress-sbox".to_string(), EndpointResource { name: Some("gateway_ingress-sbox".into()), ipv4_address: Some("172.18.0.2/16".into()), ..Default::default() });
-        eps.insert("abc".to_string(), EndpointResource { name: Some("gateway_abc".into()), ipv4_address: Some("172.18.0.3/16".into()), ..Default::default() });
+        eps.insert(
+            "ingress-sbox".to_string(),
+            EndpointResource {
+                name: Some("gateway_ingress-sbox".into()),
+                ipv4_address: Some("172.18.0.2/16".into()),
+                ..Default::default()
+            },
+        );
+        eps.insert(
+            "abc".to_string(),
+            EndpointResource {
+                name: Some("gateway_abc".into()),
+                ipv4_address: Some("172.18.0.3/16".into()),
+                ..Default::default()
+            },
+        );
         let gw = NetworkInspect { containers: Some(eps), ..Default::default() };
         assert_eq!(ingress_sbox_from(&gw), vec!["172.18.0.2".parse::<IpAddr>().unwrap()]);
     }

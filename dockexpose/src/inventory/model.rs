@@ -146,12 +146,18 @@ impl Inventory {
     /// A reach of the routing mesh's hop (ingress-sbox) on `port`: the service that
     /// publishes it, and its mappings of that port. DOCKER-INGRESS keeps the port
     /// (it DNATs to the ingress-sbox's address, same port).
-    pub fn mesh_service_reached(&self, dst: IpAddr, port: u16, proto: Proto) -> Option<(&Container, Vec<&PublishedPort>)> {
+    pub fn mesh_service_reached(
+        &self,
+        dst: IpAddr,
+        port: u16,
+        proto: Proto,
+    ) -> Option<(&Container, Vec<&PublishedPort>)> {
         if !self.ingress_sbox.contains(&dst) {
             return None;
         }
         self.mesh_services.iter().find_map(|s| {
-            let ports: Vec<&PublishedPort> = s.ports.iter().filter(|p| p.host_port == port && p.proto == proto).collect();
+            let ports: Vec<&PublishedPort> =
+                s.ports.iter().filter(|p| p.host_port == port && p.proto == proto).collect();
             (!ports.is_empty()).then_some((s, ports))
         })
     }
@@ -235,7 +241,12 @@ pub(crate) mod tests {
                     ports: vec![
                         PublishedPort { host_ip: any4, host_port: 8080, container_port: 80, proto: Proto::Tcp },
                         PublishedPort { host_ip: any4, host_port: 8443, container_port: 80, proto: Proto::Tcp },
-                        PublishedPort { host_ip: "127.0.0.1".parse().unwrap(), host_port: 9000, container_port: 9000, proto: Proto::Tcp },
+                        PublishedPort {
+                            host_ip: "127.0.0.1".parse().unwrap(),
+                            host_port: 9000,
+                            container_port: 9000,
+                            proto: Proto::Tcp,
+                        },
                         PublishedPort { host_ip: any4, host_port: 5353, container_port: 53, proto: Proto::Udp },
                     ],
                     identity: Default::default(),
@@ -324,15 +335,22 @@ pub(crate) mod tests {
     #[test]
     fn routing_mesh_ports_are_published_and_their_hop_is_no_container() {
         let inv = swarm_sample();
-        let (svc, p) = inv.published_at("198.18.0.1".parse().unwrap(), 8080, Proto::Tcp).expect("a mesh port is published");
+        let (svc, p) =
+            inv.published_at("198.18.0.1".parse().unwrap(), 8080, Proto::Tcp).expect("a mesh port is published");
         assert_eq!((svc.name.as_str(), svc.swarm_service.as_deref(), p.container_port), ("web", Some("web"), 80));
-        assert!(inv.published_host_ports().contains(&PortKey { port: 8080, proto: 6, _pad: 0 }), "the uplink watches mesh ports");
+        assert!(
+            inv.published_host_ports().contains(&PortKey { port: 8080, proto: 6, _pad: 0 }),
+            "the uplink watches mesh ports"
+        );
         let sbox: IpAddr = "172.18.0.2".parse().unwrap();
         assert!(inv.container_at(sbox).is_none(), "ingress-sbox is not a container");
         let (svc, ports) = inv.mesh_service_reached(sbox, 8080, Proto::Tcp).unwrap();
         assert_eq!((svc.name.as_str(), ports.len()), ("web", 1));
         assert!(inv.mesh_service_reached(sbox, 9090, Proto::Tcp).is_none(), "not a mesh port");
-        assert!(inv.mesh_service_reached("172.18.0.3".parse().unwrap(), 8080, Proto::Tcp).is_none(), "not the mesh's hop");
+        assert!(
+            inv.mesh_service_reached("172.18.0.3".parse().unwrap(), 8080, Proto::Tcp).is_none(),
+            "not the mesh's hop"
+        );
     }
 
     #[test]
@@ -346,10 +364,15 @@ pub(crate) mod tests {
     fn podman_bridges_are_found_by_their_gateway() {
         use crate::host::interfaces::Interface;
         let mut host = HostSnapshot::default();
-        for (name, is_bridge, addr) in [("podman0", true, "10.88.0.1/16"), ("eth0", false, "10.89.0.2/16"), ("podman1", true, "10.89.0.1/24")] {
+        for (name, is_bridge, addr) in
+            [("podman0", true, "10.88.0.1/16"), ("eth0", false, "10.89.0.2/16"), ("podman1", true, "10.89.0.1/24")]
+        {
             let (ip, len) = addr.split_once('/').unwrap();
             let p = Prefix::new(ip.parse().unwrap(), len.parse().unwrap()).unwrap();
-            host.interfaces.insert(name.into(), Interface { name: name.into(), is_bridge, addresses: vec![p], ..Default::default() });
+            host.interfaces.insert(
+                name.into(),
+                Interface { name: name.into(), is_bridge, addresses: vec![p], ..Default::default() },
+            );
         }
         assert_eq!(bridge_holding(&["10.88.0.0/16".parse().unwrap()], &host).as_deref(), Some("podman0"));
         assert_eq!(bridge_holding(&["10.89.0.0/24".parse().unwrap()], &host).as_deref(), Some("podman1"));

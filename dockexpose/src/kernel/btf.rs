@@ -54,7 +54,9 @@ pub struct Btf {
 pub struct BtfError(pub String);
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, BtfError> {
-    b.get(at..at + 2).map(|s| u16::from_le_bytes([s[0], s[1]])).ok_or_else(|| BtfError(format!("truncated at byte {at}")))
+    b.get(at..at + 2)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+        .ok_or_else(|| BtfError(format!("truncated at byte {at}")))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -118,7 +120,11 @@ impl Btf {
                     // Value names only (features.rs asks whether an enum has a value).
                     let step = if kind == KIND_ENUM { 8 } else { 12 };
                     for i in 0..vlen {
-                        ty.members.push(Member { name_off: u32_at(types_raw, at + i * step)?, type_id: 0, bit_offset: 0 });
+                        ty.members.push(Member {
+                            name_off: u32_at(types_raw, at + i * step)?,
+                            type_id: 0,
+                            bit_offset: 0,
+                        });
                     }
                     vlen * step
                 }
@@ -157,7 +163,9 @@ impl Btf {
         for _ in 0..32 {
             let t = self.types.get(id as usize)?;
             match t.kind {
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG | KIND_ARRAY => id = t.type_ref,
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG | KIND_ARRAY => {
+                    id = t.type_ref
+                }
                 _ => return Some(t),
             }
         }

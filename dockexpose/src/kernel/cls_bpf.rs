@@ -43,11 +43,7 @@ pub fn attach(
         }
     }
     remove_ours(iface, direction);
-    let options = NlOptions {
-        priority: PRIORITY,
-        handle: HANDLE,
-        ..Default::default()
-    };
+    let options = NlOptions { priority: PRIORITY, handle: HANDLE, ..Default::default() };
     let id = prog.attach_with_options(iface, direction, TcAttachOptions::Netlink(options))?;
     Ok((id, false))
 }
@@ -69,14 +65,8 @@ pub fn remove_everywhere() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
         return removed;
     };
-    for iface in entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-    {
-        for (direction, name) in [
-            (TcAttachType::Ingress, "ingress"),
-            (TcAttachType::Egress, "egress"),
-        ] {
+    for iface in entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()) {
+        for (direction, name) in [(TcAttachType::Ingress, "ingress"), (TcAttachType::Egress, "egress")] {
             if remove_ours(&iface, direction) > 0 {
                 removed.push(format!("{iface} {name}"));
             }
@@ -123,10 +113,7 @@ pub fn marked(dir: &Path, mark: Mark) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(mark.dir(dir)) else {
         return Vec::new();
     };
-    entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
+    entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
 }
 
 /// Removes what the marks under `dir` name: our filters on each marked interface,
@@ -138,10 +125,7 @@ pub fn release_marked(dir: &Path) -> Vec<String> {
             remove_ours(&iface, direction);
         }
     }
-    marked(dir, Mark::Clsact)
-        .into_iter()
-        .filter(|iface| delete_clsact(iface).is_ok())
-        .collect()
+    marked(dir, Mark::Clsact).into_iter().filter(|iface| delete_clsact(iface).is_ok()).collect()
 }
 
 /// Deletes `iface`'s clsact qdisc (and whatever filters are still under it).
@@ -151,11 +135,7 @@ pub fn delete_clsact(iface: &str) -> io::Result<()> {
     let request = delete_qdisc_request(ifindex, 1);
     // SAFETY: plain socket calls on an fd we own, with buffers that outlive them.
     unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        );
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -209,16 +189,8 @@ fn delete_qdisc_request(ifindex: u32, seq: u32) -> Vec<u8> {
 
 /// The kernel's answer: an NLMSG_ERROR whose error is 0 is the ack.
 fn ack_error(reply: &[u8]) -> io::Result<()> {
-    let u16_at = |at: usize| {
-        reply
-            .get(at..at + 2)
-            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
-    };
-    let i32_at = |at: usize| {
-        reply
-            .get(at..at + 4)
-            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let u16_at = |at: usize| reply.get(at..at + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    let i32_at = |at: usize| reply.get(at..at + 4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
     match (u16_at(4), i32_at(16)) {
         (Some(NLMSG_ERROR), Some(0)) => Ok(()),
         (Some(NLMSG_ERROR), Some(e)) => Err(io::Error::from_raw_os_error(-e)),
@@ -234,21 +206,10 @@ mod tests {
     fn the_delete_request_is_what_tc_sends() {
         let m = delete_qdisc_request(7, 1);
         assert_eq!(m.len(), 16 + 20 + 12, "header, tcmsg, TCA_KIND padded to 4");
-        assert_eq!(
-            u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
-            m.len()
-        );
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize, m.len());
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), RTM_DELQDISC);
-        assert_eq!(
-            i32::from_ne_bytes(m[20..24].try_into().unwrap()),
-            7,
-            "ifindex"
-        );
-        assert_eq!(
-            u32::from_ne_bytes(m[28..32].try_into().unwrap()),
-            TC_H_CLSACT,
-            "parent"
-        );
+        assert_eq!(i32::from_ne_bytes(m[20..24].try_into().unwrap()), 7, "ifindex");
+        assert_eq!(u32::from_ne_bytes(m[28..32].try_into().unwrap()), TC_H_CLSACT, "parent");
         assert_eq!(&m[40..47], b"clsact\0");
     }
 
@@ -261,10 +222,7 @@ mod tests {
             r
         };
         assert!(ack_error(&reply(0)).is_ok());
-        assert_eq!(
-            ack_error(&reply(-libc::ENOENT)).unwrap_err().raw_os_error(),
-            Some(libc::ENOENT)
-        );
+        assert_eq!(ack_error(&reply(-libc::ENOENT)).unwrap_err().raw_os_error(), Some(libc::ENOENT));
         assert!(ack_error(&[0u8; 4]).is_err());
     }
 

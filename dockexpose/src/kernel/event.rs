@@ -113,11 +113,7 @@ impl Observation {
     /// Decodes the bytes of one ring-buffer record.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() < size_of::<ConnEvent>() {
-            return Err(DecodeError(format!(
-                "record of {} bytes, expected {}",
-                bytes.len(),
-                size_of::<ConnEvent>()
-            )));
+            return Err(DecodeError(format!("record of {} bytes, expected {}", bytes.len(), size_of::<ConnEvent>())));
         }
         // SAFETY: ConnEvent is repr(C) plain data, any bit pattern is valid; length checked.
         let ev = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ConnEvent>()) };
@@ -125,8 +121,8 @@ impl Observation {
     }
 
     pub fn from_event(ev: &ConnEvent) -> Result<Self, DecodeError> {
-        let proto = Proto::from_kernel(ev.proto)
-            .ok_or_else(|| DecodeError(format!("unknown protocol {}", ev.proto)))?;
+        let proto =
+            Proto::from_kernel(ev.proto).ok_or_else(|| DecodeError(format!("unknown protocol {}", ev.proto)))?;
         let stage = match ev.stage {
             STAGE_ATTEMPTED => Stage::Attempted,
             STAGE_REACHED => Stage::Reached,
@@ -136,8 +132,8 @@ impl Observation {
         if ev.family != FAMILY_IPV4 && ev.family != dockexpose_common::FAMILY_IPV6 {
             return Err(DecodeError(format!("unknown address family {}", ev.family)));
         }
-        let orig_dst = (ev.flags & FLAG_HAS_ORIG_DST != 0)
-            .then(|| (addr(ev.family, &ev.orig_dst_addr), ev.orig_dst_port));
+        let orig_dst =
+            (ev.flags & FLAG_HAS_ORIG_DST != 0).then(|| (addr(ev.family, &ev.orig_dst_addr), ev.orig_dst_port));
         Ok(Self {
             ktime_ns: ev.ktime_ns,
             stage,
@@ -267,10 +263,7 @@ mod tests {
 
     fn as_bytes(ev: &ConnEvent) -> Vec<u8> {
         // SAFETY: ConnEvent is repr(C) plain data without implicit padding.
-        unsafe {
-            std::slice::from_raw_parts((ev as *const ConnEvent).cast::<u8>(), size_of::<ConnEvent>())
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts((ev as *const ConnEvent).cast::<u8>(), size_of::<ConnEvent>()) }.to_vec()
     }
 
     #[test]

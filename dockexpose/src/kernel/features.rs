@@ -59,13 +59,7 @@ impl Features {
             Ok(b) => Self::from_btf(kernel, &b, ring_buffer),
             // Without BTF nothing can be asked of the kernel's types: TCX as aya decides
             // it (by version), no kfuncs.
-            Err(_) => Self {
-                tcx: version_at_least(&kernel, 6, 6),
-                kernel,
-                btf: false,
-                ring_buffer,
-                ..Self::default()
-            },
+            Err(_) => Self { tcx: version_at_least(&kernel, 6, 6), kernel, btf: false, ring_buffer, ..Self::default() },
         }
     }
 
@@ -76,9 +70,7 @@ impl Features {
             btf: true,
             ring_buffer,
             tcx: b.has_enum_value("bpf_attach_type", "BPF_TCX_INGRESS"),
-            conntrack_kfuncs: kfunc_names::ALL
-                .iter()
-                .all(|f| b.id_of(f, btf::KIND_FUNC).is_some())
+            conntrack_kfuncs: kfunc_names::ALL.iter().all(|f| b.id_of(f, btf::KIND_FUNC).is_some())
                 && b.id_of("nf_conn", btf::KIND_STRUCT).is_some(),
             xdp_live_frames: b.id_of("xdp_test_data", btf::KIND_STRUCT).is_some(),
         }
@@ -155,17 +147,13 @@ impl Features {
 
 /// `uname -r`.
 fn release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// Whether `release` ("6.1.0-57-amd64") is at least `major.minor`.
 fn version_at_least(release: &str, major: u32, minor: u32) -> bool {
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts =
+        release.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse::<u32>().unwrap_or(0));
     let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (ma, mi) >= (major, minor)
 }
@@ -197,10 +185,7 @@ mod tests {
         let limits = with(false, false).limits();
         assert_eq!(limits.len(), 2);
         assert_eq!((limits[0].0, limits[1].0), ("tcx", "conntrack_kfuncs"));
-        assert!(
-            limits[0].1.contains("cls_bpf") && limits[1].1.contains("host_port is null"),
-            "{limits:?}"
-        );
+        assert!(limits[0].1.contains("cls_bpf") && limits[1].1.contains("host_port is null"), "{limits:?}");
     }
 
     #[test]
@@ -215,16 +200,9 @@ mod tests {
     #[test]
     fn no_ring_buffer_is_refused_with_the_kernel_named() {
         assert_eq!(with(false, false).refusal(), None);
-        let old = Features {
-            ring_buffer: false,
-            kernel: "5.4.0-1-amd64".into(),
-            ..with(false, false)
-        };
+        let old = Features { ring_buffer: false, kernel: "5.4.0-1-amd64".into(), ..with(false, false) };
         let why = old.refusal().expect("refused");
-        assert!(
-            why.contains("5.4.0-1-amd64") && why.contains("ring buffer"),
-            "{why}"
-        );
+        assert!(why.contains("5.4.0-1-amd64") && why.contains("ring buffer"), "{why}");
     }
 
     #[test]
@@ -246,16 +224,9 @@ mod tests {
         };
         let f = Features::from_btf("running".into(), &b, true);
         // BPF_TCX_INGRESS came with TCX in 6.6; the UAPI enum is in every BTF'd kernel.
-        assert!(
-            b.has_enum_value("bpf_attach_type", "BPF_CGROUP_INET_INGRESS"),
-            "the UAPI enum is readable"
-        );
+        assert!(b.has_enum_value("bpf_attach_type", "BPF_CGROUP_INET_INGRESS"), "the UAPI enum is readable");
         assert!(!b.has_enum_value("bpf_attach_type", "NO_SUCH_VALUE"));
         let release = release();
-        assert_eq!(
-            f.tcx,
-            version_at_least(&release, 6, 6),
-            "TCX in BTF iff the kernel is 6.6 or later ({release})"
-        );
+        assert_eq!(f.tcx, version_at_least(&release, 6, 6), "TCX in BTF iff the kernel is 6.6 or later ({release})");
     }
 }

@@ -24,7 +24,11 @@ pub struct Patched {
 }
 
 /// Returns a copy of `elf` whose calls to `kfuncs` point at their BTF ids (`id_of`).
-pub fn resolve(elf: &[u8], kfuncs: &[&'static str], id_of: impl Fn(&str) -> Option<u32>) -> Result<(Vec<u8>, Patched), String> {
+pub fn resolve(
+    elf: &[u8],
+    kfuncs: &[&'static str],
+    id_of: impl Fn(&str) -> Option<u32>,
+) -> Result<(Vec<u8>, Patched), String> {
     let file = object::File::parse(elf).map_err(|e| format!("the embedded eBPF object is not valid ELF: {e}"))?;
     let mut out = elf.to_vec();
     let mut patched = Patched::default();

@@ -26,7 +26,9 @@ pub const OWNER_MARK: &str = "made-by-dockexpose";
 
 /// Whether `name` has the shape of a layout directory: `v` and 12 lowercase hex digits.
 pub fn is_layout_name(name: &str) -> bool {
-    name.len() == 13 && name.starts_with('v') && name[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    name.len() == 13
+        && name.starts_with('v')
+        && name[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Whether `dir`, an entry of the pin root, is a layout directory dockexpose made.
@@ -83,7 +85,8 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let code = b.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| u8::from_str_radix(d, 8).ok());
+        let code =
+            b.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| u8::from_str_radix(d, 8).ok());
         match (b[i], code) {
             (b'\\', Some(c)) => {
                 out.push(c);
@@ -105,7 +108,9 @@ mod tests {
     #[test]
     fn only_the_layout_shape_is_a_candidate() {
         assert!(is_layout_name("v0123456789ab"));
-        for other in ["v1", "vendor", "v0123456789AB", "v0123456789abc", "x0123456789ab", "v0123456789ag", "vé23456789ab"] {
+        for other in
+            ["v1", "vendor", "v0123456789AB", "v0123456789abc", "x0123456789ab", "v0123456789ag", "vé23456789ab"]
+        {
             assert!(!is_layout_name(other), "{other}");
         }
     }

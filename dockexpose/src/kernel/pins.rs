@@ -27,8 +27,7 @@ use aya::{
 };
 use dockexpose_common::{
     map_names, AttemptValue, ConnEvent, Counter, FlowKey, Opening, PendingKey, PortKey, ATTEMPTS_MAX, DAEMON_STATE_LEN,
-    PENDING_MAX,
-    EVENTS_RING_BYTES, FLOWS_MAX, LOCAL_IFACES_MAX, OPENINGS_LEN, PREFIXES_MAX, PUBLISHED_PORTS_LEN,
+    EVENTS_RING_BYTES, FLOWS_MAX, LOCAL_IFACES_MAX, OPENINGS_LEN, PENDING_MAX, PREFIXES_MAX, PUBLISHED_PORTS_LEN,
 };
 
 use super::pin_root;
@@ -54,7 +53,13 @@ pub struct MapSpec {
 
 /// Every map `watch` pins, as this build's eBPF object declares it.
 pub fn expected_maps() -> [MapSpec; 12] {
-    let spec = |name, kind, key: usize, value: usize, max_entries| MapSpec { name, kind, key: key as u32, value: value as u32, max_entries };
+    let spec = |name, kind, key: usize, value: usize, max_entries| MapSpec {
+        name,
+        kind,
+        key: key as u32,
+        value: value as u32,
+        max_entries,
+    };
     [
         spec(map_names::EVENTS, MapType::RingBuf, 0, 0, EVENTS_RING_BYTES),
         spec(map_names::COUNTERS, MapType::PerCpuArray, 4, 8, Counter::COUNT),
@@ -223,7 +228,15 @@ pub fn map_mismatch(path: &Path, spec: &MapSpec) -> Option<String> {
     (found != want).then(|| {
         format!(
             "map {} is {:?} key {} value {} entries {}, this build expects {:?} key {} value {} entries {}",
-            spec.name, found.0, found.1, found.2, found.3, want.0.unwrap_or(spec.kind), want.1, want.2, want.3
+            spec.name,
+            found.0,
+            found.1,
+            found.2,
+            found.3,
+            want.0.unwrap_or(spec.kind),
+            want.1,
+            want.2,
+            want.3
         )
     })
 }
@@ -252,12 +265,19 @@ pub fn prepare(dir: &PinDir) -> Result<Adoption> {
             reasons.push(format!("the pinned kernel state has layout {name}, this build has {}", dir.version));
         }
     }
-    if dir.dir.exists() && !pin_root::is_ours(&dir.dir) && std::fs::read_dir(&dir.dir).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(pin_error(&dir.dir, "it was not made by dockexpose (no made-by-dockexpose mark in it), so it is left alone"));
+    if dir.dir.exists()
+        && !pin_root::is_ours(&dir.dir)
+        && std::fs::read_dir(&dir.dir).is_ok_and(|mut d| d.next().is_some())
+    {
+        return Err(pin_error(
+            &dir.dir,
+            "it was not made by dockexpose (no made-by-dockexpose mark in it), so it is left alone",
+        ));
     }
     let mut adoption = Adoption::Fresh;
     if dir.maps().is_dir() {
-        let problems: Vec<String> = expected_maps().iter().filter_map(|spec| map_mismatch(&dir.map(spec.name), spec)).collect();
+        let problems: Vec<String> =
+            expected_maps().iter().filter_map(|spec| map_mismatch(&dir.map(spec.name), spec)).collect();
         if problems.is_empty() {
             adoption = Adoption::Resumed;
         } else {
@@ -401,7 +421,8 @@ impl LinkPool {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((program, ifindex)) = name.rsplit_once('@').and_then(|(p, i)| Some((p.to_string(), i.parse::<u32>().ok()?)))
+            let Some((program, ifindex)) =
+                name.rsplit_once('@').and_then(|(p, i)| Some((p.to_string(), i.parse::<u32>().ok()?)))
             else {
                 let _ = std::fs::remove_file(&path);
                 continue;

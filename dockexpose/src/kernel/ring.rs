@@ -94,7 +94,14 @@ impl EventRing {
             // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the
             // offsets and protections (the producer side is read-only).
             let addr = unsafe {
-                libc::mmap(std::ptr::null_mut(), len as usize, prot, libc::MAP_SHARED, fd.as_raw_fd(), offset as libc::off_t)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len as usize,
+                    prot,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    offset as libc::off_t,
+                )
             };
             if addr == libc::MAP_FAILED {
                 return Err(io::Error::last_os_error());
@@ -297,7 +304,12 @@ pub fn releasable(committable: u64, held: bool, handled: u64, waiting: bool) -> 
 /// Reads the ring from the committed position until told to stop (or the channel
 /// closes). A batch the channel has no room for stays in the ring (the cursor goes
 /// back to it): the kernel counts what the ring then cannot hold.
-pub async fn run(shared: Arc<RingShared>, tx: mpsc::Sender<Batch>, stats: ReaderStats, mut stop: oneshot::Receiver<()>) -> Result<u64> {
+pub async fn run(
+    shared: Arc<RingShared>,
+    tx: mpsc::Sender<Batch>,
+    stats: ReaderStats,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<u64> {
     let poll = PollFd(shared.ring.fd.as_raw_fd());
     // SAFETY: the fd belongs to the ring, which `shared` keeps open for longer than
     // this task registers it.

@@ -62,15 +62,27 @@ pub fn is_link_local(addr: IpAddr) -> bool {
 }
 
 fn max_len(addr: &IpAddr) -> u8 {
-    if addr.is_ipv4() { 32 } else { 128 }
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
 }
 
 fn mask_u32(v: u32, len: u8) -> u32 {
-    if len == 0 { 0 } else { v & (u32::MAX << (32 - u32::from(len))) }
+    if len == 0 {
+        0
+    } else {
+        v & (u32::MAX << (32 - u32::from(len)))
+    }
 }
 
 fn mask_u128(v: u128, len: u8) -> u128 {
-    if len == 0 { 0 } else { v & (u128::MAX << (128 - u32::from(len))) }
+    if len == 0 {
+        0
+    } else {
+        v & (u128::MAX << (128 - u32::from(len)))
+    }
 }
 
 impl fmt::Display for Prefix {
@@ -94,18 +106,16 @@ impl FromStr for Prefix {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| PrefixParseError(format!("{addr:?} is not an IPv4 or IPv6 address")))?;
+        let addr: IpAddr =
+            addr.parse().map_err(|_| PrefixParseError(format!("{addr:?} is not an IPv4 or IPv6 address")))?;
         let len = match len {
             None => max_len(&addr),
             Some(l) => l.parse::<u8>().map_err(|_| {
                 PrefixParseError(format!("prefix length {l:?} is not a number from 0 to {}", max_len(&addr)))
             })?,
         };
-        Prefix::new(addr, len).ok_or_else(|| {
-            PrefixParseError(format!("prefix length {len} is longer than {} bits", max_len(&addr)))
-        })
+        Prefix::new(addr, len)
+            .ok_or_else(|| PrefixParseError(format!("prefix length {len} is longer than {} bits", max_len(&addr))))
     }
 }
 
@@ -137,7 +147,11 @@ pub fn trusted_network(s: &str) -> Result<(Prefix, Option<String>), TrustedRefus
     if p.len() == 0 {
         return Err(TrustedRefusal {
             reason: format!("a /0 is every {family} address: the whole internet would never be reported"),
-            fix: format!("write the network meant, such as {}, or the one host: {}", example_network(given), Prefix::host(given)),
+            fix: format!(
+                "write the network meant, such as {}, or the one host: {}",
+                example_network(given),
+                Prefix::host(given)
+            ),
         });
     }
     if p.addr() != given {
@@ -146,8 +160,9 @@ pub fn trusted_network(s: &str) -> Result<(Prefix, Option<String>), TrustedRefus
             fix: format!("write {p} to trust that network, or {} to trust that one host", Prefix::host(given)),
         });
     }
-    let warning = (p.len() < widest)
-        .then(|| format!("{p} is wider than /{widest}: every source in it is never reported; narrow it unless you mean it"));
+    let warning = (p.len() < widest).then(|| {
+        format!("{p} is wider than /{widest}: every source in it is never reported; narrow it unless you mean it")
+    });
     Ok((p, warning))
 }
 
@@ -199,11 +214,7 @@ impl PrefixTable {
 
     /// The longest matching prefix's kind, as the kernel's LPM lookup gives it.
     pub fn classify(&self, ip: IpAddr) -> Option<SourceKind> {
-        self.entries
-            .iter()
-            .filter(|(p, _)| p.contains(ip))
-            .max_by_key(|(p, _)| p.len())
-            .map(|(_, k)| *k)
+        self.entries.iter().filter(|(p, _)| p.contains(ip)).max_by_key(|(p, _)| p.len()).map(|(_, k)| *k)
     }
 
     /// At most `max` entries per family (the kernel's tries are bounded), and how many
@@ -230,12 +241,8 @@ impl PrefixTable {
     /// What to remove and what to add (or change) to go from `self` to `next`.
     pub fn diff<'a>(&'a self, next: &'a PrefixTable) -> (Vec<Prefix>, Vec<(Prefix, SourceKind)>) {
         let removed = self.entries.keys().filter(|p| !next.entries.contains_key(p)).copied().collect();
-        let added = next
-            .entries
-            .iter()
-            .filter(|(p, k)| self.entries.get(p) != Some(k))
-            .map(|(p, k)| (*p, *k))
-            .collect();
+        let added =
+            next.entries.iter().filter(|(p, k)| self.entries.get(p) != Some(k)).map(|(p, k)| (*p, *k)).collect();
         (removed, added)
     }
 }
@@ -288,7 +295,11 @@ mod tests {
     fn wide_trusted_networks_are_kept_with_a_warning() {
         assert_eq!(trusted_network("10.8.0.0/24").unwrap(), (p("10.8.0.0/24"), None));
         assert_eq!(trusted_network("10.8.0.1").unwrap(), (p("10.8.0.1/32"), None));
-        assert_eq!(trusted_network("10.0.0.0/8").unwrap(), (p("10.0.0.0/8"), None), "/8 is the widest without a warning");
+        assert_eq!(
+            trusted_network("10.0.0.0/8").unwrap(),
+            (p("10.0.0.0/8"), None),
+            "/8 is the widest without a warning"
+        );
         assert_eq!(trusted_network("2001:db8::/32").unwrap(), (p("2001:db8::/32"), None));
         assert_eq!(trusted_network("2001::/16").unwrap().1, None, "/16 is the widest IPv6 without a warning");
         let (net, warning) = trusted_network("0.0.0.0/1").unwrap();

@@ -47,7 +47,11 @@ pub struct Rotation {
 
 enum Target {
     Stdout(io::Stdout),
-    File { path: PathBuf, file: File, size: u64 },
+    File {
+        path: PathBuf,
+        file: File,
+        size: u64,
+    },
     /// No audit log asked for.
     Off,
 }

@@ -27,10 +27,7 @@ pub struct Contradictions {
 
 impl Contradictions {
     pub fn new(book: Arc<IntentBook>) -> Self {
-        Self {
-            book,
-            ..Default::default()
-        }
+        Self { book, ..Default::default() }
     }
 
     /// A new reading of the intent (the ground moved). What was said stays said:
@@ -52,16 +49,8 @@ impl Contradictions {
         let mut alert = None;
         if let (Some(port), Some(proto)) = (rec.host_port, Proto::parse(rec.proto)) {
             let intent = if rec.exposure == "loopback_only" {
-                let bound = rec
-                    .published
-                    .iter()
-                    .find(|h| h.host_ip.is_loopback())
-                    .map(|h| h.host_ip);
-                self.book.for_binding(bound.unwrap_or(IpAddr::from([127, 0, 0, 1])),
-                    port,
-                    proto,
-                    None,
-                )
+                let bound = rec.published.iter().find(|h| h.host_ip.is_loopback()).map(|h| h.host_ip);
+                self.book.for_binding(bound.unwrap_or(IpAddr::from([127, 0, 0, 1])), port, proto, None)
             } else {
                 self.book.for_port(port, proto, rec.family == "ipv6", None)
             };
@@ -112,10 +101,7 @@ fn port_alert(rec: &Record, port: u16, intent: &Intent) -> Alert {
 /// "fail2ban jail sshd bans 198.18.7.10 in INPUT, yet it reached container web
 /// through 8080 (ban_bypassed)".
 fn ban_alert(rec: &Record, ban: &str) -> Alert {
-    let through = rec
-        .host_port
-        .map(|p| format!(" through {p}"))
-        .unwrap_or_default();
+    let through = rec.host_port.map(|p| format!(" through {p}")).unwrap_or_default();
     let text = format!(
         "CONTRADICTION: {} bans {} in INPUT, yet it reached {}{through} by FORWARD (ban_bypassed)",
         escape_untrusted(ban),
@@ -138,12 +124,7 @@ mod tests {
 
     fn book() -> IntentBook {
         let rule = |port: Option<u16>, action, text: &str| PortRule {
-            intent: Intent {
-                source: Source::Ufw,
-                action,
-                rule: text.into(),
-                default_policy: false,
-            },
+            intent: Intent { source: Source::Ufw, action, rule: text.into(), default_policy: false },
             ports: port.map(|p| vec![(p, p)]),
             proto: port.map(|_| Proto::Tcp),
             v6: None,
@@ -158,10 +139,7 @@ mod tests {
                 rule(Some(9090), Action::Allow, "[ 2] 9090/tcp ALLOW IN Anywhere"),
                 rule(None, Action::Deny, "default deny (incoming)"),
             ],
-            vec![Ban {
-                name: "ipset blocklist".into(),
-                members: vec!["198.18.7.0/24".parse().unwrap()],
-            }],
+            vec![Ban { name: "ipset blocklist".into(), members: vec!["198.18.7.0/24".parse().unwrap()] }],
         )
     }
 
@@ -169,13 +147,7 @@ mod tests {
         let mut o = Observation::sample(Stage::Reached, Proto::Tcp, src, 40000, "172.17.0.2", 80);
         o.orig_dst = Some(("198.18.3.1".parse().unwrap(), port));
         let mut r = Record::from_observation(&o, Stage::Reached, SystemTime::UNIX_EPOCH, "docker0");
-        r.container = Some(
-            ContainerRef {
-                name: "web".into(),
-                ..Default::default()
-            }
-            .into(),
-        );
+        r.container = Some(ContainerRef { name: "web".into(), ..Default::default() }.into());
         r.exposure = "published";
         r
     }
@@ -198,16 +170,10 @@ mod tests {
             serde_json::json!({"source": "ufw", "action": "deny", "rule": "[ 1] 8080/tcp DENY IN Anywhere"})
         );
         assert!(v.get("ban_bypassed").is_none());
-        assert!(
-            c.annotate(&mut reached("198.18.3.3", 8080)).is_none(),
-            "once per port and rule"
-        );
+        assert!(c.annotate(&mut reached("198.18.3.3", 8080)).is_none(), "once per port and rule");
         let mut other = reached("198.18.3.3", 7070);
         assert!(
-            c.annotate(&mut other)
-                .unwrap()
-                .text
-                .contains("(default deny (incoming))"),
+            c.annotate(&mut other).unwrap().text.contains("(default deny (incoming))"),
             "the default speaks for other ports"
         );
     }
@@ -217,10 +183,7 @@ mod tests {
         let mut c = Contradictions::new(Arc::new(book()));
         let mut r = reached("198.18.3.2", 9090);
         assert!(c.annotate(&mut r).is_none());
-        assert_eq!(
-            (r.contradiction, r.intent.as_ref().map(|i| i.action)),
-            (Some(false), Some(Action::Allow))
-        );
+        assert_eq!((r.contradiction, r.intent.as_ref().map(|i| i.action)), (Some(false), Some(Action::Allow)));
         let mut attempt = reached("198.18.3.2", 8080);
         attempt.stage = "attempted";
         assert!(c.annotate(&mut attempt).is_none());
@@ -228,10 +191,7 @@ mod tests {
         let mut none = Contradictions::new(Arc::new(IntentBook::default()));
         let mut r = reached("198.18.3.2", 8080);
         assert!(none.annotate(&mut r).is_none());
-        assert!(
-            !r.to_json_line().contains("contradiction"),
-            "no firewall: no key, nothing invented"
-        );
+        assert!(!r.to_json_line().contains("contradiction"), "no firewall: no key, nothing invented");
     }
 
     #[test]
@@ -240,16 +200,9 @@ mod tests {
         let mut r = reached("198.18.7.9", 9090);
         let alert = c.annotate(&mut r).expect("alerted");
         assert_eq!(r.ban_bypassed.as_deref(), Some("ipset blocklist"));
-        assert_eq!(
-            r.contradiction,
-            Some(true),
-            "allowed port, banned source: still a contradiction"
-        );
+        assert_eq!(r.contradiction, Some(true), "allowed port, banned source: still a contradiction");
         assert!(
-            alert
-                .text
-                .contains("ipset blocklist bans 198.18.7.9 in INPUT")
-                && alert.text.ends_with("(ban_bypassed)"),
+            alert.text.contains("ipset blocklist bans 198.18.7.9 in INPUT") && alert.text.ends_with("(ban_bypassed)"),
             "{}",
             alert.text
         );

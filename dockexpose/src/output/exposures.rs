@@ -159,9 +159,15 @@ impl ExposureTable {
         let mut by_port: HashMap<(u16, &'static str), Vec<RowKey>> = HashMap::default();
         for c in &inv.containers {
             for p in &c.ports {
-                let key = RowKey { container_id: c.id.clone(), host_ip: Some(p.host_ip), port: p.host_port, proto: p.proto.as_str() };
+                let key = RowKey {
+                    container_id: c.id.clone(),
+                    host_ip: Some(p.host_ip),
+                    port: p.host_port,
+                    proto: p.proto.as_str(),
+                };
                 let exposure = if p.loopback_only() { "loopback_only" } else { "published" };
-                let mut row = self.rows.remove(&key).unwrap_or_else(|| Row::new(c.identity.clone(), p.container_port, exposure));
+                let mut row =
+                    self.rows.remove(&key).unwrap_or_else(|| Row::new(c.identity.clone(), p.container_port, exposure));
                 row.container = c.identity.clone();
                 row.container_port = p.container_port;
                 by_port.entry((p.host_port, key.proto)).or_default().push(key.clone());
@@ -189,14 +195,17 @@ impl ExposureTable {
                 let exact = ours().find(|k| k.host_ip.is_some() && k.host_ip == rec.host_ip);
                 let wildcard = || {
                     ours().find(|k| {
-                        k.host_ip.is_some_and(|ip| ip.is_unspecified() && rec.host_ip.is_none_or(|h| h.is_ipv4() == ip.is_ipv4()))
+                        k.host_ip.is_some_and(|ip| {
+                            ip.is_unspecified() && rec.host_ip.is_none_or(|h| h.is_ipv4() == ip.is_ipv4())
+                        })
                     })
                 };
                 let key = exact.or_else(wildcard).or_else(|| ours().next())?;
                 self.rows.get_mut(key)
             }
             None if matches!(rec.exposure, "unpublished" | "direct") && rec.stage == "reached" => {
-                let key = RowKey { container_id: container.id.clone(), host_ip: None, port: rec.dst_port, proto: rec.proto };
+                let key =
+                    RowKey { container_id: container.id.clone(), host_ip: None, port: rec.dst_port, proto: rec.proto };
                 if !self.rows.contains_key(&key) {
                     if self.rows.keys().filter(|k| k.host_ip.is_none()).count() >= MAX_UNPUBLISHED_ROWS {
                         return None;
@@ -311,11 +320,19 @@ mod tests {
             cpu: 0,
             rec_seq: 0,
         };
-        correlate::record(&obs, stage, SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000), "docker0", Some(&sample()))
+        correlate::record(
+            &obs,
+            stage,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+            "docker0",
+            Some(&sample()),
+        )
     }
 
     fn row<'a>(rows: &'a [ExposureRow], name: &str, port: Option<u16>) -> &'a ExposureRow {
-        rows.iter().find(|r| r.container == name && r.host_port == port).unwrap_or_else(|| panic!("no row {name} {port:?}: {rows:#?}"))
+        rows.iter()
+            .find(|r| r.container == name && r.host_port == port)
+            .unwrap_or_else(|| panic!("no row {name} {port:?}: {rows:#?}"))
     }
 
     #[test]
@@ -345,7 +362,11 @@ mod tests {
         t.record(&rec(Stage::Attempted, "198.18.3.2", "198.18.3.1", 8080, None));
         t.record(&rec(Stage::Reached, "198.18.3.2", "172.17.0.2", 80, Some(("198.18.3.1", 8080))));
         let web = row(&t.rows(), "web", Some(8080)).clone();
-        assert_eq!(web.top_sources[0], SourceCount { ip: "198.18.3.2".parse().unwrap(), connections: 4 }, "attempt + reach: one connection");
+        assert_eq!(
+            web.top_sources[0],
+            SourceCount { ip: "198.18.3.2".parse().unwrap(), connections: 4 },
+            "attempt + reach: one connection"
+        );
         assert!(web.distinct_sources_exact);
         assert_eq!(web.first_seen.as_deref(), Some("1970-01-12T13:46:40.000000Z"));
     }

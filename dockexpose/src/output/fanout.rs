@@ -24,8 +24,8 @@ use super::{
     audit::{AuditLog, AuditStats},
     community_id,
     contradictions::Contradictions,
-    formats::Observer,
     exposures::ExposureTable,
+    formats::Observer,
     human,
     record::Record,
     record_id,
@@ -396,7 +396,8 @@ mod tests {
         let stage = AlertStage::new(Duration::from_secs(60), Vec::new());
         let mut out = Outputs::new(AuditLog::open(Some(&path), None).unwrap(), true, stage, KernelClock::now());
         out.connection(reached("198.18.3.2"), None);
-        let verified = Record { stage: crate::output::record::STAGE_VERIFIED, verdict: Some("EXPOSED"), ..reached("198.18.3.2") };
+        let verified =
+            Record { stage: crate::output::record::STAGE_VERIFIED, verdict: Some("EXPOSED"), ..reached("198.18.3.2") };
         out.verified(verified, Some(80));
         let mut unnamed = reached("198.18.3.2");
         (unnamed.host_ip, unnamed.host_port) = (None, None);
@@ -410,7 +411,13 @@ mod tests {
         // python3 -c "import communityid as c; cid=c.CommunityID();
         //   print(cid.calc(c.FlowTuple.make_tcp('198.18.3.2','198.18.3.1',1,8080)))"
         assert_eq!(ids[..2], ["1:xWGxx2v8RSjyYuOhc+vwckM335E=", "1:xWGxx2v8RSjyYuOhc+vwckM335E="], "the host side");
-        let observed = super::community_id::community_id_v1(6, "198.18.3.2".parse().unwrap(), 1, "172.17.0.2".parse().unwrap(), 80);
+        let observed = super::community_id::community_id_v1(
+            6,
+            "198.18.3.2".parse().unwrap(),
+            1,
+            "172.17.0.2".parse().unwrap(),
+            80,
+        );
         assert_eq!(ids[2], observed, "no host side: the tuple observed");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -420,7 +427,12 @@ mod tests {
         let seen = Rc::new(RefCell::new(Vec::new()));
         let stage = AlertStage::new(Duration::from_secs(60), vec![Box::new(Collect(seen.clone()))]);
         // /dev/full: every write fails with ENOSPC.
-        let mut out = Outputs::new(AuditLog::open(Some(std::path::Path::new("/dev/full")), None).unwrap(), true, stage, KernelClock::now());
+        let mut out = Outputs::new(
+            AuditLog::open(Some(std::path::Path::new("/dev/full")), None).unwrap(),
+            true,
+            stage,
+            KernelClock::now(),
+        );
         out.connection(reached("198.18.3.2"), None);
         out.flush();
         out.connection(reached("198.18.3.3"), None);

@@ -42,7 +42,11 @@ fn escape_cut(s: &str, max: usize) -> String {
 }
 
 fn endpoint(ip: std::net::IpAddr, port: u16) -> String {
-    if ip.is_ipv6() { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
+    if ip.is_ipv6() {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
 }
 
 /// One line per connection, for the live view.

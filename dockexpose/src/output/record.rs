@@ -245,7 +245,14 @@ mod tests {
 
     #[test]
     fn a_reach_on_a_kernel_without_conntrack_says_its_shape_went_uninspected() {
-        let o = Observation::sample(Stage::Reached, crate::kernel::event::Proto::Tcp, "198.18.3.2", 40000, "172.17.0.2", 80);
+        let o = Observation::sample(
+            Stage::Reached,
+            crate::kernel::event::Proto::Tcp,
+            "198.18.3.2",
+            40000,
+            "172.17.0.2",
+            80,
+        );
         assert_eq!(shape_of(&o, Stage::Reached, false), ["uninspected"]);
         assert!(shape_of(&o, Stage::Reached, true).is_empty());
         assert!(shape_of(&o, Stage::Attempted, false).is_empty(), "an attempt is never read from conntrack");
@@ -257,7 +264,11 @@ mod tests {
             for micros in [0u32, 1, 999_999, 123_456] {
                 let t = SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000);
                 let ours = Timestamp(t).format();
-                assert_eq!(std::str::from_utf8(&ours).unwrap(), humantime::format_rfc3339_micros(t).to_string(), "{secs}.{micros}");
+                assert_eq!(
+                    std::str::from_utf8(&ours).unwrap(),
+                    humantime::format_rfc3339_micros(t).to_string(),
+                    "{secs}.{micros}"
+                );
             }
         }
     }
@@ -289,8 +300,18 @@ mod tests {
         assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         for key in [
-            "ts", "stage", "proto", "family", "src_ip", "src_port", "dst_ip", "dst_port", "host_ip",
-            "host_port", "iface", "container",
+            "ts",
+            "stage",
+            "proto",
+            "family",
+            "src_ip",
+            "src_port",
+            "dst_ip",
+            "dst_port",
+            "host_ip",
+            "host_port",
+            "iface",
+            "container",
         ] {
             assert!(v.get(key).is_some(), "missing contract key {key}");
         }
@@ -314,9 +335,10 @@ mod tests {
         o.dst = "fd42:2::2".parse().unwrap();
         o.proto = Proto::Udp;
         o.orig_dst = Some(("fd42:1::1".parse().unwrap(), 8080));
-        let v: serde_json::Value =
-            serde_json::from_str(&Record::from_observation(&o, Stage::Reached, SystemTime::UNIX_EPOCH, "br0").to_json_line())
-                .unwrap();
+        let v: serde_json::Value = serde_json::from_str(
+            &Record::from_observation(&o, Stage::Reached, SystemTime::UNIX_EPOCH, "br0").to_json_line(),
+        )
+        .unwrap();
         assert_eq!(v["family"], "ipv6");
         assert_eq!(v["proto"], "udp");
         assert_eq!(v["host_ip"], "fd42:1::1");
@@ -327,7 +349,13 @@ mod tests {
     fn untrusted_strings_are_valid_json() {
         let mut rec = Record::from_observation(&obs(), Stage::Reached, SystemTime::UNIX_EPOCH, "br0");
         rec.container = Some(
-            ContainerRef { id: "abc".into(), name: "evil\"\n\u{1b}[31m".into(), image: "img".into(), ..Default::default() }.into(),
+            ContainerRef {
+                id: "abc".into(),
+                name: "evil\"\n\u{1b}[31m".into(),
+                image: "img".into(),
+                ..Default::default()
+            }
+            .into(),
         );
         let line = rec.to_json_line();
         assert_eq!(line.matches('\n').count(), 1);

@@ -102,7 +102,9 @@ mod tests {
         assert!(text.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(serde_json::to_value(a).unwrap(), serde_json::Value::from(text));
         assert_eq!(a, of_kernel("b1", 0, 7, "attempted"), "the same record, the same id");
-        for other in [of_kernel("b2", 0, 7, "attempted"), of_kernel("b1", 1, 7, "attempted"), of_kernel("b1", 0, 8, "attempted")] {
+        for other in
+            [of_kernel("b2", 0, 7, "attempted"), of_kernel("b1", 1, 7, "attempted"), of_kernel("b1", 0, 8, "attempted")]
+        {
             assert_ne!(a, other);
         }
         assert_ne!(a, of_kernel("b1", 0, 7, "blocked"), "a verdict on an attempt is not the attempt");

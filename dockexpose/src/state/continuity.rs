@@ -52,7 +52,11 @@ pub struct ServiceSettings {
 
 impl ServiceSettings {
     pub fn from_args(args: &crate::cli::ServiceArgs) -> Self {
-        Self { pin_root: (!args.no_pin).then(|| args.pin_dir.clone()), detach_on_exit: args.detach_on_exit, lock_file: args.lock_file.clone() }
+        Self {
+            pin_root: (!args.no_pin).then(|| args.pin_dir.clone()),
+            detach_on_exit: args.detach_on_exit,
+            lock_file: args.lock_file.clone(),
+        }
     }
 }
 
@@ -60,7 +64,9 @@ impl ServiceSettings {
 pub fn boot_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
     })
 }
 
@@ -280,7 +286,9 @@ impl Continuity {
         }
         self.links_claimed = true;
         for (program, ifindex) in kernel.release_unclaimed_links() {
-            crate::say!("dockexpose: {program} on ifindex {ifindex}, left by the previous daemon, is not watched now: detached");
+            crate::say!(
+                "dockexpose: {program} on ifindex {ifindex}, left by the previous daemon, is not watched now: detached"
+            );
         }
     }
 
@@ -296,7 +304,11 @@ impl Continuity {
         sink.write_record(&lifecycle(
             "daemon_stop",
             self.pin_dir.as_ref(),
-            Detail::Stop { reason, kernel_side: if kept { "kept" } else { "detached" }, left_in_ring: if kept { left } else { 0 } },
+            Detail::Stop {
+                reason,
+                kernel_side: if kept { "kept" } else { "detached" },
+                left_in_ring: if kept { left } else { 0 },
+            },
         ));
         if let Some(line) = sink.flush() {
             crate::say!("{line}");
@@ -318,7 +330,9 @@ impl Continuity {
     }
 
     /// The pinned map of records held back for identity.
-    pub fn take_pending_map(&mut self) -> Option<aya::maps::HashMap<MapData, dockexpose_common::PendingKey, dockexpose_common::ConnEvent>> {
+    pub fn take_pending_map(
+        &mut self,
+    ) -> Option<aya::maps::HashMap<MapData, dockexpose_common::PendingKey, dockexpose_common::ConnEvent>> {
         self.pending_map.take()
     }
 

@@ -74,10 +74,15 @@ impl PendingRecords {
     /// Takes the records to write now: those whose time is up, those `still_waits`
     /// no longer holds for, or all of them. They leave the map once the caller has
     /// written them (`written`).
-    pub fn take_due(&mut self, all: bool, mut still_waits: impl FnMut(&Observation) -> bool) -> Vec<(Observation, String)> {
+    pub fn take_due(
+        &mut self,
+        all: bool,
+        mut still_waits: impl FnMut(&Observation) -> bool,
+    ) -> Vec<(Observation, String)> {
         let now = Instant::now();
-        let (due, keep): (Vec<Waiting>, Vec<Waiting>) =
-            std::mem::take(&mut self.waiting).into_iter().partition(|w| all || now >= w.deadline || !still_waits(&w.obs));
+        let (due, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| all || now >= w.deadline || !still_waits(&w.obs));
         self.waiting = keep;
         due.into_iter().map(|w| (w.obs, w.iface)).collect()
     }
@@ -148,7 +153,10 @@ mod tests {
             assert!(p.hold(&ev, Observation::from_event(&ev).unwrap(), "docker0".into(), later));
         }
         let ev = event(3, 12);
-        assert!(!p.hold(&ev, Observation::from_event(&ev).unwrap(), "docker0".into(), later), "past the bound: written at once");
+        assert!(
+            !p.hold(&ev, Observation::from_event(&ev).unwrap(), "docker0".into(), later),
+            "past the bound: written at once"
+        );
         assert_eq!((p.len(), p.refused), (2, 1));
         // .11 got a name: it goes; .10 still waits.
         let due = p.take_due(false, |obs| obs.dst != "172.17.254.11".parse::<std::net::IpAddr>().unwrap());

@@ -29,7 +29,8 @@ pub async fn fetch(socket: &Path) -> Result<StatusReport, Unreachable> {
     })?;
     let no_answer = |reason: String| Unreachable::NoAnswer { path: shown.clone(), reason };
     let exchange = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| no_answer(e.to_string()))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| no_answer(e.to_string()))?;
         tokio::spawn(conn);
         let req = Request::get("/v1/status")
             .header("host", "dockexpose")
@@ -41,9 +42,12 @@ pub async fn fetch(socket: &Path) -> Result<StatusReport, Unreachable> {
         if !status.is_success() {
             return Err(no_answer(format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim())));
         }
-        serde_json::from_slice::<StatusReport>(&body).map_err(|e| no_answer(format!("an answer that is not a status report ({e})")))
+        serde_json::from_slice::<StatusReport>(&body)
+            .map_err(|e| no_answer(format!("an answer that is not a status report ({e})")))
     };
-    tokio::time::timeout(std::time::Duration::from_secs(5), exchange).await.map_err(|_| no_answer("no answer within 5 s".into()))?
+    tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| no_answer("no answer within 5 s".into()))?
 }
 
 /// The command: prints the report; returns the exit code (0 healthy, 1 degraded,

@@ -44,7 +44,11 @@ pub fn encode_report(report: &StatusReport, alerts: &AlertCounts) -> String {
     let mut r = Registry::with_prefix("dockexpose");
     r.register("build", "Build of the running daemon", Info::new(vec![("version", report.version.clone())]));
 
-    let attempts = counter_family(&mut r, "exposure_attempts", "Connections from outside attempted at a published port (seen on an uplink)");
+    let attempts = counter_family(
+        &mut r,
+        "exposure_attempts",
+        "Connections from outside attempted at a published port (seen on an uplink)",
+    );
     let reached = counter_family(&mut r, "exposure_reached", "Connections from outside that reached the container");
     let blocked = counter_family(&mut r, "exposure_blocked", "Attempts the firewall held");
     let sources = gauge_family(&mut r, "exposure_distinct_sources", "Distinct sources seen (exact up to 10 000)");
@@ -62,7 +66,8 @@ pub fn encode_report(report: &StatusReport, alerts: &AlertCounts) -> String {
         sources.get_or_create(&labels).inc_by(e.distinct_sources as i64);
     }
 
-    let verified = gauge_family(&mut r, "port_verified", "The last verify probe's verdict of a published port (1, by verdict)");
+    let verified =
+        gauge_family(&mut r, "port_verified", "The last verify probe's verdict of a published port (1, by verdict)");
     for e in report.exposures.iter().filter(|e| e.verified.is_some()) {
         let verdict = e.verified.clone().unwrap_or_default();
         let labels: Labels = vec![
@@ -92,17 +97,30 @@ pub fn encode_report(report: &StatusReport, alerts: &AlertCounts) -> String {
     for (kind, n) in alerts.iter() {
         alerts_family.get_or_create(&vec![("kind", kind.as_str().to_string())]).inc_by(n);
     }
-    let lost = counter_family(&mut r, "records_lost", "Records lost, by where (kernel ring buffer full, reader overrun, audit log write failure)");
+    let lost = counter_family(
+        &mut r,
+        "records_lost",
+        "Records lost, by where (kernel ring buffer full, reader overrun, audit log write failure)",
+    );
     lost.get_or_create(&vec![("stage", "kernel_ring".into())]).inc_by(h.losses.kernel_ring_full);
     lost.get_or_create(&vec![("stage", "reader".into())]).inc_by(h.losses.reader_lost);
     lost.get_or_create(&vec![("stage", "audit_log".into())]).inc_by(h.losses.audit_lines_lost);
-    counter(&mut r, "bridge_uninspected_packets", "Packets from outside a bridge program could not inspect", h.losses.bridge_uninspected);
+    counter(
+        &mut r,
+        "bridge_uninspected_packets",
+        "Packets from outside a bridge program could not inspect",
+        h.losses.bridge_uninspected,
+    );
     counter(&mut r, "attempts_untracked", "Attempts that got no verdict (tracker full)", h.losses.attempts_untracked);
     counter(&mut r, "audit_lines_written", "Lines written to the audit log", h.audit.lines_written);
     gauge(&mut r, "audit_failing", "1 while writing the audit log fails", i64::from(h.audit.failing));
 
     let delivered = counter_family(&mut r, "sink_alerts_delivered", "Alerts a sink delivered");
-    let dropped = counter_family(&mut r, "sink_alerts_dropped", "Alerts a sink dropped: queue full, or delivery given up after retries");
+    let dropped = counter_family(
+        &mut r,
+        "sink_alerts_dropped",
+        "Alerts a sink dropped: queue full, or delivery given up after retries",
+    );
     let retries = counter_family(&mut r, "sink_retries", "Delivery attempts retried");
     let timeouts = counter_family(&mut r, "sink_timeouts", "Delivery attempts that took longer than 2 s");
     let depth = gauge_family(&mut r, "sink_queue_depth", "Alerts waiting in a sink's queue");
@@ -131,15 +149,27 @@ pub fn encode_report(report: &StatusReport, alerts: &AlertCounts) -> String {
     }
     let attached = gauge_family(&mut r, "attached", "Interfaces the kernel programs are attached to (1 each)");
     for a in &h.attachments {
-        attached.get_or_create(&vec![("iface", a.iface.clone()), ("role", a.role.clone()), ("mode", a.mode.clone())]).set(1);
+        attached
+            .get_or_create(&vec![("iface", a.iface.clone()), ("role", a.role.clone()), ("mode", a.mode.clone())])
+            .set(1);
     }
     let k = &h.kernel;
-    let info = gauge_family(&mut r, "kernel_info", "The running kernel, its tier and how the tc programs are attached (1)");
-    info.get_or_create(&vec![("kernel", k.kernel.clone()), ("tier", k.tier().into()), ("tc_hooks", k.tc_mechanism().name().into())]).set(1);
+    let info =
+        gauge_family(&mut r, "kernel_info", "The running kernel, its tier and how the tc programs are attached (1)");
+    info.get_or_create(&vec![
+        ("kernel", k.kernel.clone()),
+        ("tier", k.tier().into()),
+        ("tc_hooks", k.tc_mechanism().name().into()),
+    ])
+    .set(1);
     let feature = gauge_family(&mut r, "kernel_feature", "What the kernel offers: 1 present, 0 missing");
-    for (name, present) in
-        [("tcx", k.tcx), ("conntrack_kfuncs", k.conntrack_kfuncs), ("ring_buffer", k.ring_buffer), ("btf", k.btf), ("xdp_live_frames", k.xdp_live_frames)]
-    {
+    for (name, present) in [
+        ("tcx", k.tcx),
+        ("conntrack_kfuncs", k.conntrack_kfuncs),
+        ("ring_buffer", k.ring_buffer),
+        ("btf", k.btf),
+        ("xdp_live_frames", k.xdp_live_frames),
+    ] {
         feature.get_or_create(&vec![("feature", name.to_string())]).set(i64::from(present));
     }
     gauge(&mut r, "docker_connected", "1 while the Docker API answers", i64::from(h.inventory.connected));
@@ -165,7 +195,12 @@ mod tests {
 
     #[test]
     fn names_follow_the_conventions_and_labels_come_from_the_inventory() {
-        let mut report = StatusReport { version: "0.1.0".into(), health: Health { state: "healthy".into(), ..Health::default() }, exposures: vec![], counters: Default::default() };
+        let mut report = StatusReport {
+            version: "0.1.0".into(),
+            health: Health { state: "healthy".into(), ..Health::default() },
+            exposures: vec![],
+            counters: Default::default(),
+        };
         let mut web = crate::output::exposures::ExposureRow::sample("web");
         (web.attempts, web.reached, web.blocked, web.distinct_sources) = (7, 5, 2, 3);
         report.exposures.push(web);
@@ -181,7 +216,10 @@ mod tests {
         };
         let text = encode_report(&report, &AlertCounts::default());
         assert!(text.contains("dockexpose_build_info{version=\"0.1.0\"} 1"), "{text}");
-        assert!(text.contains("dockexpose_kernel_info{kernel=\"6.1.0-57-amd64\",tier=\"no-tcx\",tc_hooks=\"cls_bpf\"} 1"), "{text}");
+        assert!(
+            text.contains("dockexpose_kernel_info{kernel=\"6.1.0-57-amd64\",tier=\"no-tcx\",tc_hooks=\"cls_bpf\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("dockexpose_kernel_feature{feature=\"tcx\"} 0"), "{text}");
         assert!(text.contains("dockexpose_kernel_feature{feature=\"conntrack_kfuncs\"} 1"), "{text}");
         assert!(text.contains("dockexpose_exposure_reached_total{container=\"web\",host_port=\"8080\",proto=\"tcp\",exposure=\"published\"} 5"), "{text}");

@@ -149,7 +149,8 @@ impl StatusReport {
             inv.networks,
             inv.age_s.map_or(", never received".to_string(), |a| format!(", {a} s old"))
         );
-        let att: Vec<String> = h.attachments.iter().map(|a| format!("{} {} ({})", a.role, escape_untrusted(&a.iface), a.mode)).collect();
+        let att: Vec<String> =
+            h.attachments.iter().map(|a| format!("{} {} ({})", a.role, escape_untrusted(&a.iface), a.mode)).collect();
         if !h.kernel.kernel.is_empty() {
             let _ = writeln!(out, "{}", h.kernel.line());
             for (_, limit) in h.kernel.limits() {
@@ -171,7 +172,10 @@ impl StatusReport {
             a.lines_written,
             a.lines_lost,
             if a.failing {
-                format!(", FAILING now: {} lines ({} bytes) held, {} ring bytes not released", a.lines_held, a.bytes_held, a.ring_bytes_unreleased)
+                format!(
+                    ", FAILING now: {} lines ({} bytes) held, {} ring bytes not released",
+                    a.lines_held, a.bytes_held, a.ring_bytes_unreleased
+                )
             } else {
                 String::new()
             }
@@ -196,7 +200,18 @@ impl StatusReport {
             let _ = writeln!(out, "map {}: {} of {} entries", m.map, m.entries, m.capacity);
         }
         out.push('\n');
-        let header = ["CONTAINER", "IMAGE", "PUBLISHED", "EXPOSURE", "ATTEMPTS", "REACHED", "BLOCKED", "SOURCES", "LAST SEEN", "TOP SOURCES"];
+        let header = [
+            "CONTAINER",
+            "IMAGE",
+            "PUBLISHED",
+            "EXPOSURE",
+            "ATTEMPTS",
+            "REACHED",
+            "BLOCKED",
+            "SOURCES",
+            "LAST SEEN",
+            "TOP SOURCES",
+        ];
         let rows: Vec<[String; 10]> = self
             .exposures
             .iter()
@@ -207,7 +222,12 @@ impl StatusReport {
                     _ => format!("(not published) {}/{}", r.container_port, r.proto),
                 };
                 let sources = format!("{}{}", r.distinct_sources, if r.distinct_sources_exact { "" } else { "+" });
-                let top = r.top_sources.iter().map(|s| format!("{} ({})", s.ip, s.connections)).collect::<Vec<_>>().join(", ");
+                let top = r
+                    .top_sources
+                    .iter()
+                    .map(|s| format!("{} ({})", s.ip, s.connections))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 [
                     escape_untrusted(&r.container),
                     escape_untrusted(&r.image),

@@ -38,24 +38,34 @@ async fn ask<T>(queries: &mpsc::Sender<Query>, make: impl FnOnce(oneshot::Sender
     tokio::time::timeout(ANSWER_WITHIN, rx).await.ok()?.ok()
 }
 
-async fn status_request(req: Request<Incoming>, queries: mpsc::Sender<Query>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn status_request(
+    req: Request<Incoming>,
+    queries: mpsc::Sender<Query>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() != "/v1/status" {
         return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "not found; try GET /v1/status\n"));
     }
     Ok(match ask(&queries, Query::Status).await {
         Some(report) => match serde_json::to_vec(&report) {
             Ok(body) => reply(StatusCode::OK, "application/json", body),
-            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding the report failed: {e}\n")),
+            Err(e) => {
+                reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding the report failed: {e}\n"))
+            }
         },
         None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the daemon's loop did not answer within 2 s\n"),
     })
 }
 
-async fn metrics_request(req: Request<Incoming>, queries: mpsc::Sender<Query>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn metrics_request(
+    req: Request<Incoming>,
+    queries: mpsc::Sender<Query>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/metrics" => match ask(&queries, Query::Metrics).await {
             Some(text) => reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
-            None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the daemon's loop did not answer within 2 s\n"),
+            None => {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the daemon's loop did not answer within 2 s\n")
+            }
         },
         // Alive: the loop answers.
         "/healthz" => match ask(&queries, Query::Status).await {
@@ -64,11 +74,20 @@ async fn metrics_request(req: Request<Incoming>, queries: mpsc::Sender<Query>) -
         },
         // Ready: attached and healthy.
         "/readyz" => match ask(&queries, Query::Status).await {
-            Some(r) if r.health.state == "healthy" && !r.health.attachments.is_empty() => reply(StatusCode::OK, "text/plain", "ready\n"),
+            Some(r) if r.health.state == "healthy" && !r.health.attachments.is_empty() => {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            }
             Some(r) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
-                format!("not ready: {}\n", if r.health.reasons.is_empty() { "nothing attached yet".into() } else { r.health.reasons.join("; ") }),
+                format!(
+                    "not ready: {}\n",
+                    if r.health.reasons.is_empty() {
+                        "nothing attached yet".into()
+                    } else {
+                        r.health.reasons.join("; ")
+                    }
+                ),
             ),
             None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the daemon's loop does not answer\n"),
         },
@@ -134,7 +153,8 @@ pub fn serve_status(path: &Path, queries: mpsc::Sender<Query>) -> Result<StatusS
 
 /// Binds the metrics address now (a taken port fails at start) and serves it.
 pub async fn serve_metrics(addr: SocketAddr, queries: mpsc::Sender<Query>) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| format!("binding the metrics address {addr} failed: {e}"))?;
+    let listener =
+        TcpListener::bind(addr).await.map_err(|e| format!("binding the metrics address {addr} failed: {e}"))?;
     let local = listener.local_addr().unwrap_or(addr);
     tokio::spawn(async move {
         loop {

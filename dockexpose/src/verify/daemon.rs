@@ -89,7 +89,15 @@ pub struct Schedule {
 impl Schedule {
     /// The first scheduled run is due at once (as soon as the inventory is known).
     pub fn new(every: Duration, now: Instant) -> Self {
-        Self { every, next_scheduled: now, known: None, queued: BTreeSet::new(), queued_first: None, queued_last: None, running: false }
+        Self {
+            every,
+            next_scheduled: now,
+            known: None,
+            queued: BTreeSet::new(),
+            queued_first: None,
+            queued_last: None,
+            running: false,
+        }
     }
 
     /// Docker's published ports now. Returns those that are new (queued for a run);
@@ -349,7 +357,10 @@ mod tests {
         // Gone and back: new again.
         s.inventory(set(&[(1, Proto::Tcp)]), t0 + Duration::from_secs(5));
         assert_eq!(s.due(), Some(t0 + Duration::from_secs(3600)), "nothing new queued");
-        assert_eq!(s.inventory(set(&[(1, Proto::Tcp), (2, Proto::Tcp)]), t0 + Duration::from_secs(6)), set(&[(2, Proto::Tcp)]));
+        assert_eq!(
+            s.inventory(set(&[(1, Proto::Tcp), (2, Proto::Tcp)]), t0 + Duration::from_secs(6)),
+            set(&[(2, Proto::Tcp)])
+        );
         // A scheduled run that falls due covers the queued ports too.
         assert_eq!(s.start(t0 + Duration::from_secs(3600)), Some(RunKind::Scheduled));
         s.finished();
@@ -369,7 +380,10 @@ mod tests {
         assert_eq!(s.due(), None, "running");
         s.finished();
         assert_eq!(s.due(), Some(t0 + Duration::from_secs(3600)), "the schedule is untouched");
-        assert_eq!(RunKind::Drift("a ruleset change by nft (pid 7)".into()).describe(), "after a ruleset change by nft (pid 7)");
+        assert_eq!(
+            RunKind::Drift("a ruleset change by nft (pid 7)".into()).describe(),
+            "after a ruleset change by nft (pid 7)"
+        );
         assert!(RunKind::Drift(String::new()).ports().is_empty(), "every published port");
     }
 
@@ -442,8 +456,16 @@ mod tests {
         assert_eq!(v["published"][0]["host_port"], 8080);
         assert!(v["path"].is_null());
         assert_eq!(v["ts"], "1970-01-01T00:00:00.000000Z");
-        let held = ProbeResult { verdict: Verdict::Held, why: "dropped before reaching the container".into(), reached_on: None, ..r };
+        let held = ProbeResult {
+            verdict: Verdict::Held,
+            why: "dropped before reaching the container".into(),
+            reached_on: None,
+            ..r
+        };
         let v: serde_json::Value = serde_json::from_str(&verified_record(&held, Some(&inv)).to_json_line()).unwrap();
-        assert_eq!((v["verdict"].as_str(), v["why"].as_str()), (Some("HELD"), Some("dropped before reaching the container")));
+        assert_eq!(
+            (v["verdict"].as_str(), v["why"].as_str()),
+            (Some("HELD"), Some("dropped before reaching the container"))
+        );
     }
 }

@@ -58,11 +58,7 @@ pub fn parse_proc_net(text: &str, proto: Proto) -> Vec<Listening> {
 
 /// An address as the kernel prints it there: 32-bit words in hex, each in host order.
 fn parse_addr(hex: &str) -> Option<IpAddr> {
-    let word = |i: usize| {
-        u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16)
-            .ok()
-            .map(u32::to_ne_bytes)
-    };
+    let word = |i: usize| u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok().map(u32::to_ne_bytes);
     match hex.len() {
         8 => Some(IpAddr::from(word(0)?)),
         32 => {
@@ -79,12 +75,7 @@ fn parse_addr(hex: &str) -> Option<IpAddr> {
 /// The listening sockets of the process `pid`'s network namespace.
 pub fn listening_of(pid: u32) -> Vec<Listening> {
     let mut out = BTreeSet::new();
-    for (file, proto) in [
-        ("tcp", Proto::Tcp),
-        ("tcp6", Proto::Tcp),
-        ("udp", Proto::Udp),
-        ("udp6", Proto::Udp),
-    ] {
+    for (file, proto) in [("tcp", Proto::Tcp), ("tcp6", Proto::Tcp), ("udp", Proto::Udp), ("udp6", Proto::Udp)] {
         if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) {
             out.extend(parse_proc_net(&text, proto));
         }
@@ -106,20 +97,11 @@ pub fn targets(inventory: &Inventory, listening: &HashMap<String, Vec<Listening>
         for s in socks.iter().filter(|s| !s.addr.is_loopback()) {
             for (_, addr) in &c.addresses {
                 let serves = s.addr == *addr
-                    || (s.addr.is_unspecified()
-                        && (s.addr.is_ipv4() == addr.is_ipv4() || s.addr.is_ipv6()));
+                    || (s.addr.is_unspecified() && (s.addr.is_ipv4() == addr.is_ipv4() || s.addr.is_ipv6()));
                 if serves && seen.insert((*addr, s.port, s.proto)) {
-                    let port = PublishedPort {
-                        host_ip: *addr,
-                        host_port: s.port,
-                        container_port: s.port,
-                        proto: s.proto,
-                    };
-                    out.push(Target {
-                        container: Some((c.name.clone(), c.image.clone())),
-                        port,
-                        direct: true,
-                    });
+                    let port =
+                        PublishedPort { host_ip: *addr, host_port: s.port, container_port: s.port, proto: s.proto };
+                    out.push(Target { container: Some((c.name.clone(), c.image.clone())), port, direct: true });
                 }
             }
         }
@@ -133,11 +115,7 @@ pub fn plan(targets: &[Target], uplinks: usize, sources: &[IpAddr]) -> Plan {
     let mut plan = Plan::default();
     for (ti, t) in targets.iter().enumerate() {
         let dst = t.port.host_ip;
-        let family: Vec<IpAddr> = sources
-            .iter()
-            .copied()
-            .filter(|s| s.is_ipv4() == dst.is_ipv4())
-            .collect();
+        let family: Vec<IpAddr> = sources.iter().copied().filter(|s| s.is_ipv4() == dst.is_ipv4()).collect();
         if family.is_empty() {
             plan.skipped.push((ti, Skipped::NoSource));
         }
@@ -166,10 +144,8 @@ pub fn prepare(
 ) -> Result<Prepared> {
     let started = Instant::now();
     let host = HostSnapshot::read().map_err(|e| anyhow!("{e}"))?;
-    let listening: HashMap<String, Vec<Listening>> = pids
-        .iter()
-        .map(|(id, pid)| (id.clone(), listening_of(*pid)))
-        .collect();
+    let listening: HashMap<String, Vec<Listening>> =
+        pids.iter().map(|(id, pid)| (id.clone(), listening_of(*pid))).collect();
     let bridges = inventory.bridges();
     let uplinks = super::choose_uplinks(&host, &bridges, uplinks)?;
     let targets = targets(inventory, &listening);
@@ -197,8 +173,7 @@ mod tests {
    1: 0100007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 100 0 0 10 0
    2: 020011AC:1F90 050011AC:D431 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 100 0 0 10 0
 ";
-    const TCP6: &str =
-        "  sl  local_address                         remote_address                        st
+    const TCP6: &str = "  sl  local_address                         remote_address                        st
    0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A
    1: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A
 ";
@@ -213,33 +188,19 @@ mod tests {
         assert_eq!(
             tcp,
             [
-                Listening {
-                    proto: Proto::Tcp,
-                    addr: "0.0.0.0".parse().unwrap(),
-                    port: 8080
-                },
-                Listening {
-                    proto: Proto::Tcp,
-                    addr: "127.0.0.1".parse().unwrap(),
-                    port: 53
-                },
+                Listening { proto: Proto::Tcp, addr: "0.0.0.0".parse().unwrap(), port: 8080 },
+                Listening { proto: Proto::Tcp, addr: "127.0.0.1".parse().unwrap(), port: 53 },
             ]
         );
         let tcp6 = parse_proc_net(TCP6, Proto::Tcp);
         assert_eq!(
-            tcp6.iter()
-                .map(|l| (l.addr.to_string(), l.port))
-                .collect::<Vec<_>>(),
+            tcp6.iter().map(|l| (l.addr.to_string(), l.port)).collect::<Vec<_>>(),
             [("::1".into(), 22), ("::".into(), 80)]
         );
         // A connected UDP socket takes datagrams from its peer alone.
         assert_eq!(
             parse_proc_net(UDP, Proto::Udp),
-            [Listening {
-                proto: Proto::Udp,
-                addr: "0.0.0.0".parse().unwrap(),
-                port: 5355
-            }]
+            [Listening { proto: Proto::Udp, addr: "0.0.0.0".parse().unwrap(), port: 5355 }]
         );
     }
 
@@ -255,18 +216,12 @@ mod tests {
             ],
             ..Default::default()
         };
-        let inventory = Inventory {
-            containers: vec![c],
-            ..Default::default()
-        };
+        let inventory = Inventory { containers: vec![c], ..Default::default() };
         let mut socks = parse_proc_net(TCP, Proto::Tcp);
         socks.extend(parse_proc_net(TCP6, Proto::Tcp));
         let listening = HashMap::from([("abc".to_string(), socks)]);
         let t = targets(&inventory, &listening);
-        let got: Vec<String> = t
-            .iter()
-            .map(|t| format!("{}:{}", t.port.host_ip, t.port.host_port))
-            .collect();
+        let got: Vec<String> = t.iter().map(|t| format!("{}:{}", t.port.host_ip, t.port.host_port)).collect();
         // 8080 on 0.0.0.0 (IPv4 only), 80 on :: (both families); loopback never.
         assert_eq!(got, ["172.17.0.2:8080", "172.17.0.2:80", "fd00::2:80"]);
         assert!(t.iter().all(|t| t.direct));

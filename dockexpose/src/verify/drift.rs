@@ -45,9 +45,7 @@ impl Debounce {
     pub fn push(&mut self, cause: Cause, now: Instant) {
         // One entry per (kind, process, detail): 40 `iptables` calls are one cause,
         // named by the first of them (its pid).
-        let same = |c: &Cause| {
-            c.kind == cause.kind && c.process == cause.process && c.detail == cause.detail
-        };
+        let same = |c: &Cause| c.kind == cause.kind && c.process == cause.process && c.detail == cause.detail;
         if !self.causes.iter().any(same) {
             self.causes.push(cause);
         }
@@ -134,18 +132,19 @@ pub fn exposure_changed<'a>(
 }
 
 /// That line as JSON (no newline).
-pub fn exposure_changed_json(ts: &str, key: &VerdictKey, from: Option<&str>, to: Option<&str>, cause: &Cause) -> String {
-    serde_json::to_string(&exposure_changed(ts, key, from, to, cause)).expect("plain strings and numbers serialize")
-}
-
-/// The alert: "8080/tcp (ipv4, via eth0) went from HELD to EXPOSED after a ruleset
-/// change by iptables (pid 1234)".
-pub fn exposure_changed_text(
+pub fn exposure_changed_json(
+    ts: &str,
     key: &VerdictKey,
     from: Option<&str>,
     to: Option<&str>,
     cause: &Cause,
 ) -> String {
+    serde_json::to_string(&exposure_changed(ts, key, from, to, cause)).expect("plain strings and numbers serialize")
+}
+
+/// The alert: "8080/tcp (ipv4, via eth0) went from HELD to EXPOSED after a ruleset
+/// change by iptables (pid 1234)".
+pub fn exposure_changed_text(key: &VerdictKey, from: Option<&str>, to: Option<&str>, cause: &Cause) -> String {
     let (from, to) = (from.unwrap_or("unknown"), to.unwrap_or("unknown"));
     format!(
         "{}/{} ({}, via {}) went from {from} to {to} after {}",
@@ -186,12 +185,7 @@ mod tests {
     use super::*;
 
     fn ruleset(process: &str, pid: u32) -> Cause {
-        Cause {
-            kind: "ruleset",
-            process: Some(process.into()),
-            pid: Some(pid),
-            detail: None,
-        }
+        Cause { kind: "ruleset", process: Some(process.into()), pid: Some(pid), detail: None }
     }
 
     /// Drives a debounce as the daemon does: causes at `at` (offsets from t0), a run
@@ -205,10 +199,7 @@ mod tests {
         let mut now = Duration::ZERO;
         while now <= end {
             while next.peek().is_some_and(|t| **t <= now) {
-                d.push(
-                    ruleset("iptables", 1000 + out.len() as u32),
-                    t0 + *next.next().unwrap(),
-                );
+                d.push(ruleset("iptables", 1000 + out.len() as u32), t0 + *next.next().unwrap());
             }
             if d.due().is_some_and(|due| due <= t0 + now) {
                 assert!(!d.take().is_empty());
@@ -232,10 +223,7 @@ mod tests {
     fn an_endless_stream_still_runs_every_max_wait() {
         let stream: Vec<_> = (0..100).map(|i| Duration::from_millis(i * 50)).collect();
         let r = runs(&stream);
-        assert_eq!(
-            r[0], MAX_WAIT,
-            "the first run is not held back past MAX_WAIT"
-        );
+        assert_eq!(r[0], MAX_WAIT, "the first run is not held back past MAX_WAIT");
         assert_eq!(r.len(), 2, "runs at {r:?}");
     }
 
@@ -248,38 +236,20 @@ mod tests {
         assert_eq!(d.due(), Some(t0 + QUIET));
         d.push(ruleset("nft", 2), t0 + Duration::from_millis(500));
         d.push(
-            Cause {
-                kind: "link",
-                process: None,
-                pid: None,
-                detail: Some("dxd0 added".into()),
-            },
+            Cause { kind: "link", process: None, pid: None, detail: Some("dxd0 added".into()) },
             t0 + Duration::from_millis(600),
         );
         assert_eq!(d.due(), Some(t0 + Duration::from_millis(1600)));
         let taken = d.take();
-        assert_eq!(
-            taken.len(),
-            2,
-            "the same process's edits are one cause: {taken:?}"
-        );
-        assert_eq!(
-            taken[0],
-            ruleset("nft", 1),
-            "the first cause comes first, with its pid"
-        );
+        assert_eq!(taken.len(), 2, "the same process's edits are one cause: {taken:?}");
+        assert_eq!(taken[0], ruleset("nft", 1), "the first cause comes first, with its pid");
         assert_eq!(taken[1].kind, "link");
         assert_eq!(d.due(), None);
         assert!(d.take().is_empty());
     }
 
     fn key(port: u16, uplink: &str) -> VerdictKey {
-        VerdictKey {
-            host_port: port,
-            proto: "tcp",
-            family: "ipv4",
-            uplink: uplink.into(),
-        }
+        VerdictKey { host_port: port, proto: "tcp", family: "ipv4", uplink: uplink.into() }
     }
 
     #[test]
@@ -299,10 +269,7 @@ mod tests {
         ]);
         assert_eq!(
             changes(&before, &after),
-            vec![
-                (key(8080, "eth0"), Some("HELD"), Some("EXPOSED")),
-                (key(8080, "eth1"), Some("HELD"), Some("PROXY"))
-            ]
+            vec![(key(8080, "eth0"), Some("HELD"), Some("EXPOSED")), (key(8080, "eth1"), Some("HELD"), Some("PROXY"))]
         );
         assert!(changes(&after, &after).is_empty());
     }
@@ -320,20 +287,9 @@ mod tests {
             json,
             r#"{"event":"exposure_changed","ts":"2026-12-07T07:00:00Z","host_port":8080,"proto":"tcp","family":"ipv4","uplink":"eth0","from":"HELD","to":"EXPOSED","cause":{"kind":"ruleset","process":"iptables","pid":1234,"detail":null}}"#
         );
-        let link = Cause {
-            kind: "link",
-            process: None,
-            pid: None,
-            detail: Some("eth1 down".into()),
-        };
-        let v: serde_json::Value = serde_json::from_str(&exposure_changed_json(
-            "t",
-            &key(53, "eth1"),
-            None,
-            Some("HELD"),
-            &link,
-        ))
-        .unwrap();
+        let link = Cause { kind: "link", process: None, pid: None, detail: Some("eth1 down".into()) };
+        let v: serde_json::Value =
+            serde_json::from_str(&exposure_changed_json("t", &key(53, "eth1"), None, Some("HELD"), &link)).unwrap();
         assert_eq!(v["from"], serde_json::Value::Null);
         assert_eq!(v["cause"]["process"], serde_json::Value::Null);
         assert_eq!(v["cause"]["detail"], "eth1 down");

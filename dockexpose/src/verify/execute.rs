@@ -58,7 +58,12 @@ impl Prepared {
 
     /// `execute`, telling `note` the source, source port and protocol of each probe
     /// just before it is sent (the daemon recognises its own probes by them).
-    pub fn execute_noting(self, rate: u32, window: Duration, mut note: impl FnMut(IpAddr, u16, Proto)) -> Result<Outcome> {
+    pub fn execute_noting(
+        self,
+        rate: u32,
+        window: Duration,
+        mut note: impl FnMut(IpAddr, u16, Proto),
+    ) -> Result<Outcome> {
         let Prepared { started, bridges, uplinks, targets, plan, sources, injection, mut guarded } = self;
         let sources = &sources[..];
         // The kernel side: bridge programs (what reached a container), the injector, the guard.
@@ -70,7 +75,11 @@ impl Prepared {
         let mut warnings = Vec::new();
         sentinel::remove_stale();
         let pins = sentinel::pin_dir()
-            .map_err(|e| warnings.push(format!("warning: the guard is not pinned ({e}): a run killed outright (SIGKILL) loses its guard at once")))
+            .map_err(|e| {
+                warnings.push(format!(
+                    "warning: the guard is not pinned ({e}): a run killed outright (SIGKILL) loses its guard at once"
+                ))
+            })
             .ok();
         let mut sentinel = match &pins {
             Some(dir) => {
@@ -156,7 +165,10 @@ impl Prepared {
                 std::thread::sleep(wait);
                 last = Instant::now();
                 injector.inject(&mut kernel, &frame::build(&spec), uplink.ifindex).map_err(|e| {
-                    anyhow!("injecting a probe into {} failed: {e:#}.\n  Fix: verify needs root (CAP_NET_ADMIN, CAP_BPF)", uplink.name)
+                    anyhow!(
+                        "injecting a probe into {} failed: {e:#}.\n  Fix: verify needs root (CAP_NET_ADMIN, CAP_BPF)",
+                        uplink.name
+                    )
                 })?;
                 sent.push(Sent {
                     probe: probe.clone(),
@@ -225,10 +237,12 @@ impl Prepared {
                 let why = match (verdict, trace::drop_of(&trace_lines, s.probe.source, s.sport)) {
                     (Verdict::Held, Some(rule)) => format!("dropped by {rule}"),
                     // Direct: what let a packet nobody published through.
-                    (Verdict::Exposed, _) if targets[s.probe.target].direct => match trace::accept_of(&trace_lines, s.probe.source, s.sport) {
-                        Some(rule) => format!("{why} directly; let through by {rule}"),
-                        None => format!("{why} directly"),
-                    },
+                    (Verdict::Exposed, _) if targets[s.probe.target].direct => {
+                        match trace::accept_of(&trace_lines, s.probe.source, s.sport) {
+                            Some(rule) => format!("{why} directly; let through by {rule}"),
+                            None => format!("{why} directly"),
+                        }
+                    }
                     _ => why.to_string(),
                 };
                 ProbeResult {
@@ -264,7 +278,9 @@ impl Prepared {
 }
 
 fn iface_name(ifindex: u32) -> String {
-    nix::net::if_::if_indextoname(ifindex).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("ifindex {ifindex}"))
+    nix::net::if_::if_indextoname(ifindex)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("ifindex {ifindex}"))
 }
 
 fn ip_of(bytes: &[u8; 16], family: u8) -> IpAddr {
@@ -282,7 +298,9 @@ fn collect(events: &mut RingBuf<MapData>, answers: &mut RingBuf<MapData>, sent: 
         if obs.stage != Stage::Reached {
             continue;
         }
-        if let Some(s) = sent.iter_mut().find(|s| s.probe.source == obs.src && s.sport == obs.src_port && s.probe.proto == obs.proto) {
+        if let Some(s) =
+            sent.iter_mut().find(|s| s.probe.source == obs.src && s.sport == obs.src_port && s.probe.proto == obs.proto)
+        {
             s.reached_on.get_or_insert(obs.ifindex);
         }
     }
@@ -300,12 +318,18 @@ fn collect(events: &mut RingBuf<MapData>, answers: &mut RingBuf<MapData>, sent: 
             _ => continue,
         };
         let Some(s) = sent.iter_mut().find(|s| {
-            s.probe.source == dst && s.sport == a.dst_port && s.probe.proto == proto && s.probe.dst == src && s.probe.dst_port == a.src_port
+            s.probe.source == dst
+                && s.sport == a.dst_port
+                && s.probe.proto == proto
+                && s.probe.dst == src
+                && s.probe.dst_port == a.src_port
         }) else {
             continue;
         };
         match proto {
-            Proto::Tcp if a.tcp_flags & (frame::TCP_SYN | frame::TCP_ACK) == frame::TCP_SYN | frame::TCP_ACK => s.answers.syn_ack = true,
+            Proto::Tcp if a.tcp_flags & (frame::TCP_SYN | frame::TCP_ACK) == frame::TCP_SYN | frame::TCP_ACK => {
+                s.answers.syn_ack = true
+            }
             Proto::Tcp if a.tcp_flags & frame::TCP_RST != 0 => s.answers.rst = true,
             Proto::Udp => s.answers.udp = true,
             // The first chunk's type, in the flags byte: INIT-ACK accepts, ABORT refuses.

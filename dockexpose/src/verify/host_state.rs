@@ -63,13 +63,7 @@ pub fn probe_tuple(probe: &Probe, sport: u16) -> conntrack::FlowTuple {
         Proto::Udp => libc::IPPROTO_UDP,
         Proto::Sctp => libc::IPPROTO_SCTP,
     } as u8;
-    conntrack::FlowTuple {
-        proto,
-        src: probe.source,
-        dst: probe.dst,
-        sport,
-        dport: probe.dst_port,
-    }
+    conntrack::FlowTuple { proto, src: probe.source, dst: probe.dst, sport, dport: probe.dst_port }
 }
 
 /// Deletes each probe's conntrack entry by its exact original tuple, then counts what

@@ -48,21 +48,19 @@ impl Injector {
             let path = RedirectPath::create(kernel)?;
             return Ok((
                 Injector::Redirect(path),
-                "probes enter through a private veth and bpf_redirect (--injection redirect)"
-                    .into(),
+                "probes enter through a private veth and bpf_redirect (--injection redirect)".into(),
             ));
         }
         match kernel.live_frames_work() {
-            Ok(()) => Ok((
-                Injector::LiveFrames,
-                "probes enter through XDP live frames".into(),
-            )),
+            Ok(()) => Ok((Injector::LiveFrames, "probes enter through XDP live frames".into())),
             Err(why) if choice == InjectionArg::LiveFrames => {
                 bail!("this kernel refuses XDP live frames ({why}).\n  Fix: --injection redirect (or auto), which needs only TC BPF")
             }
             Err(why) => {
                 let path = RedirectPath::create(kernel)?;
-                let note = format!("probes enter through a private veth and bpf_redirect (this kernel refuses XDP live frames: {why})");
+                let note = format!(
+                    "probes enter through a private veth and bpf_redirect (this kernel refuses XDP live frames: {why})"
+                );
                 Ok((Injector::Redirect(path), note))
             }
         }
@@ -71,14 +69,12 @@ impl Injector {
     /// Puts `frame` (Ethernet) into the receive path of interface `ifindex`.
     pub fn inject(&mut self, kernel: &mut Kernel, frame: &[u8], ifindex: u32) -> Result<()> {
         match self {
-            Injector::LiveFrames => kernel
-                .inject(frame, ifindex)
-                .map_err(|e| anyhow!("BPF_PROG_TEST_RUN with live frames: {e}")),
+            Injector::LiveFrames => {
+                kernel.inject(frame, ifindex).map_err(|e| anyhow!("BPF_PROG_TEST_RUN with live frames: {e}"))
+            }
             Injector::Redirect(path) => {
                 if path.target != ifindex {
-                    kernel
-                        .set_redirect_target(ifindex)
-                        .map_err(|e| anyhow!("{e}"))?;
+                    kernel.set_redirect_target(ifindex).map_err(|e| anyhow!("{e}"))?;
                     path.target = ifindex;
                 }
                 path.send(frame)
@@ -98,20 +94,14 @@ impl RedirectPath {
         // the pair behind (under a unit without AF_PACKET, one pair per run).
         let socket = packet_socket()?;
         ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
-        let mut path = RedirectPath {
-            socket,
-            sender_ifindex: 0,
-            sender: a.clone(),
-            target: 0,
-        };
+        let mut path = RedirectPath { socket, sender_ifindex: 0, sender: a.clone(), target: 0 };
         ip(&["link", "set", &a, "alias", &format!("{ALIAS_PREFIX}{}", Owner::me().tag())])?;
         for dev in [&a, &b] {
             // No addresses, no IPv6 chatter: the pair carries probes alone.
             let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
             ip(&["link", "set", dev, "up"])?;
         }
-        path.sender_ifindex =
-            nix::net::if_::if_nametoindex(a.as_str()).with_context(|| format!("ifindex of {a}"))?;
+        path.sender_ifindex = nix::net::if_::if_nametoindex(a.as_str()).with_context(|| format!("ifindex of {a}"))?;
         kernel.prepare_redirect(&b).map_err(|e| anyhow!("{e}"))?;
         Ok(path)
     }
@@ -135,11 +125,7 @@ impl RedirectPath {
             )
         };
         if n < 0 {
-            bail!(
-                "sending a probe into {}: {}",
-                self.sender,
-                std::io::Error::last_os_error()
-            );
+            bail!("sending a probe into {}: {}", self.sender, std::io::Error::last_os_error());
         }
         Ok(())
     }
@@ -156,10 +142,7 @@ fn packet_socket() -> Result<OwnedFd> {
     // SAFETY: plain syscalls; the fd is owned at once.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        bail!(
-            "opening a packet socket: {}",
-            std::io::Error::last_os_error()
-        );
+        bail!("opening a packet socket: {}", std::io::Error::last_os_error());
     }
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let mark = PROBE_FRAME_MARK;
@@ -173,10 +156,7 @@ fn packet_socket() -> Result<OwnedFd> {
         )
     };
     if ok != 0 {
-        bail!(
-            "marking probe frames (SO_MARK): {}",
-            std::io::Error::last_os_error()
-        );
+        bail!("marking probe frames (SO_MARK): {}", std::io::Error::last_os_error());
     }
     Ok(socket)
 }
@@ -206,17 +186,10 @@ fn owner_of(alias: &str) -> Option<Owner> {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .output()
-        .context("running ip (Debian package iproute2)")?;
+    let out =
+        Command::new("ip").args(args).stdout(Stdio::null()).output().context("running ip (Debian package iproute2)")?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }

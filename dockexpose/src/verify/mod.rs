@@ -23,8 +23,8 @@ pub mod sentinel;
 mod text;
 pub mod trace;
 
-pub use text::{cleanup_text, counts_text, header_line, outcome_lines};
 use execute::{delete_conntrack, random_u32, Sent};
+pub use text::{cleanup_text, counts_text, header_line, outcome_lines};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -158,7 +158,11 @@ impl Outcome {
 
     /// (host port, protocol) of every probe that found the port reachable.
     pub fn reachable(&self) -> Vec<(u16, Proto)> {
-        self.probes.iter().filter(|p| p.verdict.reachable()).map(|p| (p.target.port.host_port, p.target.port.proto)).collect()
+        self.probes
+            .iter()
+            .filter(|p| p.verdict.reachable())
+            .map(|p| (p.target.port.host_port, p.target.port.proto))
+            .collect()
     }
 }
 
@@ -200,8 +204,12 @@ impl Prepared {
 pub async fn run(args: VerifyArgs) -> Result<i32> {
     privileges::check().map_err(|e| anyhow!("{e}"))?;
     catch_interrupts();
-    let ports: Vec<(u16, Proto)> =
-        args.ports.iter().map(|s| plan::parse_port(s)).collect::<std::result::Result<_, _>>().map_err(|e| anyhow!("--port {e}"))?;
+    let ports: Vec<(u16, Proto)> = args
+        .ports
+        .iter()
+        .map(|s| plan::parse_port(s))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| anyhow!("--port {e}"))?;
     let expected: BTreeSet<(u16, Proto)> = args
         .expect_exposed
         .iter()
@@ -225,15 +233,21 @@ pub async fn run(args: VerifyArgs) -> Result<i32> {
             engine_for_direct = Some(engine);
             inventory
         }
-        Err(e) if args.direct => bail!("{e}\n  (verify --direct needs the Docker inventory: which containers run, and where)"),
+        Err(e) if args.direct => {
+            bail!("{e}\n  (verify --direct needs the Docker inventory: which containers run, and where)")
+        }
         Err(e) if !ports.is_empty() => {
-            crate::say_out!("note: no Docker inventory ({e}); probing the --port list, container bridges found on the host");
+            crate::say_out!(
+                "note: no Docker inventory ({e}); probing the --port list, container bridges found on the host"
+            );
             Inventory::default()
         }
         Err(e) => bail!("{e}\n  (verify needs the Docker inventory, or ports given with --port)"),
     };
     let pids = match (&engine_for_direct, args.direct) {
-        (Some(engine), true) => Some(docker::pids(engine, &inventory.containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>()).await),
+        (Some(engine), true) => {
+            Some(docker::pids(engine, &inventory.containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>()).await)
+        }
         _ => None,
     };
     let report = run_with(&args, &inventory, &ports, &expected, &sources, pids.as_ref())?;
@@ -282,12 +296,14 @@ pub fn run_with(
     Ok(report)
 }
 
-
 /// Probe sources from `--from` prefixes (their first host address each); the
 /// documentation addresses without any.
 pub fn sources_from(from: &[String]) -> std::result::Result<Vec<IpAddr>, (String, String)> {
     if from.is_empty() {
-        return Ok(vec![plan::DEFAULT_SOURCE_V4.parse().expect("literal"), plan::DEFAULT_SOURCE_V6.parse().expect("literal")]);
+        return Ok(vec![
+            plan::DEFAULT_SOURCE_V4.parse().expect("literal"),
+            plan::DEFAULT_SOURCE_V6.parse().expect("literal"),
+        ]);
     }
     let mut out = Vec::new();
     for s in from {
@@ -308,13 +324,19 @@ pub(crate) fn probe_sources(from: &[String]) -> Result<Vec<IpAddr>> {
 
 fn uplink_info(host: &HostSnapshot, name: &str) -> Result<Uplink> {
     let Some(i) = host.get(name) else {
-        bail!("unknown interface {name:?} for --uplink: no such interface here.\n  Fix: pick one from `ip -br link`{}", host.suggest(name));
+        bail!(
+            "unknown interface {name:?} for --uplink: no such interface here.\n  Fix: pick one from `ip -br link`{}",
+            host.suggest(name)
+        );
     };
     let mac = match i.link_layer {
         LinkLayer::Ethernet => {
             let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))
                 .with_context(|| format!("reading the MAC address of {name}"))?;
-            Some(parse_mac(text.trim()).ok_or_else(|| anyhow!("{name} has no usable MAC address ({:?})", text.trim()))?)
+            Some(
+                parse_mac(text.trim())
+                    .ok_or_else(|| anyhow!("{name} has no usable MAC address ({:?})", text.trim()))?,
+            )
         }
         LinkLayer::L3 => None,
     };
@@ -335,7 +357,12 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 /// Reads the host and plans the probes: the bindings to verify (every published port
 /// of the inventory, or `ports`), the uplinks (`uplinks`, or chosen as `watch` does).
-pub fn prepare(uplinks: &[String], inventory: &Inventory, ports: &[(u16, Proto)], sources: &[IpAddr]) -> Result<Prepared> {
+pub fn prepare(
+    uplinks: &[String],
+    inventory: &Inventory,
+    ports: &[(u16, Proto)],
+    sources: &[IpAddr],
+) -> Result<Prepared> {
     let started = Instant::now();
     let host = HostSnapshot::read().map_err(|e| anyhow!("{e}"))?;
     let mut bridges = inventory.bridges();
@@ -346,13 +373,25 @@ pub fn prepare(uplinks: &[String], inventory: &Inventory, ports: &[(u16, Proto)]
     let targets = plan::targets(inventory, ports);
     let plan = plan::plan(&targets, &uplinks, sources);
     let guarded = plan::guarded_interfaces(&host, &uplinks);
-    Ok(Prepared { started, bridges, uplinks, targets, plan, sources: sources.to_vec(), injection: InjectionArg::Auto, guarded })
+    Ok(Prepared {
+        started,
+        bridges,
+        uplinks,
+        targets,
+        plan,
+        sources: sources.to_vec(),
+        injection: InjectionArg::Auto,
+        guarded,
+    })
 }
 
 /// The uplinks named, or chosen as `watch` does.
 fn choose_uplinks(host: &HostSnapshot, bridges: &BTreeSet<String>, named: &[String]) -> Result<Vec<Uplink>> {
-    let names: Vec<String> =
-        if named.is_empty() { host.uplink_candidates(bridges).into_iter().map(|u| u.name).collect() } else { named.to_vec() };
+    let names: Vec<String> = if named.is_empty() {
+        host.uplink_candidates(bridges).into_iter().map(|u| u.name).collect()
+    } else {
+        named.to_vec()
+    };
     if names.is_empty() {
         bail!("no uplink to probe: no interface is up with a global address besides bridges and loopback.\n  Fix: name one with --uplink IFACE");
     }

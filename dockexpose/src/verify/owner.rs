@@ -17,10 +17,7 @@ pub struct Owner {
 impl Owner {
     /// This process.
     pub fn me() -> Owner {
-        Owner {
-            pidns: pidns_of("self").unwrap_or(0),
-            pid: std::process::id(),
-        }
+        Owner { pidns: pidns_of("self").unwrap_or(0), pid: std::process::id() }
     }
 
     /// `PIDNS_PID`, usable in table names, paths and interface aliases.
@@ -30,28 +27,19 @@ impl Owner {
 
     pub fn parse(tag: &str) -> Option<Owner> {
         let (ns, pid) = tag.split_once('_')?;
-        Some(Owner {
-            pidns: ns.parse().ok()?,
-            pid: pid.parse().ok()?,
-        })
+        Some(Owner { pidns: ns.parse().ok()?, pid: pid.parse().ok()? })
     }
 
     /// True only when the owner is of our pid namespace and its process is gone.
     pub fn is_gone(&self) -> bool {
         let me = Owner::me();
-        self.pidns == me.pidns
-            && me.pidns != 0
-            && !Path::new(&format!("/proc/{}", self.pid)).exists()
+        self.pidns == me.pidns && me.pidns != 0 && !Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 }
 
 fn pidns_of(pid: &str) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?;
-    link.to_str()?
-        .strip_prefix("pid:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
+    link.to_str()?.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
 }
 
 #[cfg(test)]
@@ -65,17 +53,9 @@ mod tests {
         assert_eq!(Owner::parse(&me.tag()), Some(me));
         assert!(!me.is_gone(), "we are alive");
         // A pid that no process of ours holds, in our namespace: gone.
-        assert!(Owner {
-            pid: u32::MAX - 1,
-            ..me
-        }
-        .is_gone());
+        assert!(Owner { pid: u32::MAX - 1, ..me }.is_gone());
         // The same pid in another namespace: not ours to judge.
-        assert!(!Owner {
-            pidns: me.pidns + 1,
-            pid: u32::MAX - 1
-        }
-        .is_gone());
+        assert!(!Owner { pidns: me.pidns + 1, pid: u32::MAX - 1 }.is_gone());
         assert_eq!(Owner::parse("12"), None);
         assert_eq!(Owner::parse("x_12"), None);
     }

@@ -156,7 +156,14 @@ pub fn plan(targets: &[Target], uplinks: &[Uplink], sources: &[IpAddr]) -> Plan 
             for dst in dsts.filter(|a| bind.is_unspecified() || *a == bind) {
                 any = true;
                 for &source in &family_sources {
-                    plan.probes.push(Probe { target: ti, uplink: ui, source, dst, dst_port: t.port.host_port, proto: t.port.proto });
+                    plan.probes.push(Probe {
+                        target: ti,
+                        uplink: ui,
+                        source,
+                        dst,
+                        dst_port: t.port.host_port,
+                        proto: t.port.proto,
+                    });
                 }
             }
         }
@@ -209,7 +216,9 @@ pub fn decide(proto: Proto, reached: bool, answers: Answers) -> (Verdict, &'stat
     if reached {
         let why = match (proto, answers) {
             (Proto::Tcp, a) if a.syn_ack => "reached the container, which accepted (SYN-ACK)",
-            (Proto::Tcp, a) if a.rst => "reached the container; nothing listens there (RST), yet the port is open to outsiders",
+            (Proto::Tcp, a) if a.rst => {
+                "reached the container; nothing listens there (RST), yet the port is open to outsiders"
+            }
             (Proto::Udp, a) if a.udp => "reached the container, which answered",
             (Proto::Sctp, a) if a.init_ack => "reached the container, which accepted (INIT-ACK)",
             _ => "reached the container",
@@ -227,7 +236,11 @@ pub fn decide(proto: Proto, reached: bool, answers: Answers) -> (Verdict, &'stat
 
 /// 0: nothing reachable beyond the ports the operator expects; 1: something else is.
 pub fn exit_code(reachable: &[(u16, Proto)], expected: &BTreeSet<(u16, Proto)>) -> i32 {
-    if reachable.iter().any(|p| !expected.contains(p)) { 1 } else { 0 }
+    if reachable.iter().any(|p| !expected.contains(p)) {
+        1
+    } else {
+        0
+    }
 }
 
 /// "nothing unexpected is reachable", or the reachable ports not expected (20 at most).
@@ -246,7 +259,11 @@ pub fn unexpected_text(reachable: &[(u16, Proto)], expected: &BTreeSet<(u16, Pro
 }
 
 fn endpoint(ip: IpAddr, port: u16) -> String {
-    if ip.is_ipv6() { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
+    if ip.is_ipv6() {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
 }
 
 /// "container web (image nginx:1.27), binding 0.0.0.0:8080->80/tcp"
@@ -256,9 +273,18 @@ pub fn describe_target(t: &Target) -> String {
         None => "no container publishes it".to_string(),
     };
     if t.direct {
-        return format!("{who}, listening on {}/{}, never published", endpoint(t.port.host_ip, t.port.host_port), t.port.proto.as_str());
+        return format!(
+            "{who}, listening on {}/{}, never published",
+            endpoint(t.port.host_ip, t.port.host_port),
+            t.port.proto.as_str()
+        );
     }
-    format!("{who}, binding {}->{}/{}", endpoint(t.port.host_ip, t.port.host_port), t.port.container_port, t.port.proto.as_str())
+    format!(
+        "{who}, binding {}->{}/{}",
+        endpoint(t.port.host_ip, t.port.host_port),
+        t.port.container_port,
+        t.port.proto.as_str()
+    )
 }
 
 /// One line per probe.
@@ -282,7 +308,9 @@ pub fn probe_line(verdict: Verdict, why: &str, t: &Target, p: &Probe, uplink: &s
 pub fn skipped_line(t: &Target, why: &Skipped) -> String {
     let (head, text) = match why {
         Skipped::Loopback => ("LOCAL", "bound to loopback only: not reachable from outside (not probed)"),
-        Skipped::NoUplinkAddress => ("LOCAL", "no uplink holds this address or family: not reachable through them (not probed)"),
+        Skipped::NoUplinkAddress => {
+            ("LOCAL", "no uplink holds this address or family: not reachable through them (not probed)")
+        }
         Skipped::NoSource => ("SKIPPED", "no probe source of this family (add a --from of it)"),
     };
     format!("{head:<8}{} {}: {text}", t.port.proto.as_str(), describe_target(t))
@@ -329,8 +357,10 @@ mod tests {
     fn families_addresses_and_loopback() {
         let targets = targets(&inv(), &[]);
         assert_eq!(targets.len(), 4);
-        let uplinks =
-            [uplink("eth0", &["198.18.5.1", "fe80::1", "fd42:198:5::1"]), uplink("eth1", &["198.18.7.1", "169.254.1.1"])];
+        let uplinks = [
+            uplink("eth0", &["198.18.5.1", "fe80::1", "fd42:198:5::1"]),
+            uplink("eth1", &["198.18.7.1", "169.254.1.1"]),
+        ];
         let sources: Vec<IpAddr> = vec![DEFAULT_SOURCE_V4.parse().unwrap(), DEFAULT_SOURCE_V6.parse().unwrap()];
         let plan = plan(&targets, &uplinks, &sources);
         let got: Vec<(u16, String, &str)> =
@@ -355,11 +385,15 @@ mod tests {
     fn a_family_without_source_or_uplink_address_is_said() {
         let targets = targets(&inv(), &[]);
         let plan = plan(&targets, &[uplink("eth0", &["198.18.5.1"])], &["198.18.9.77".parse().unwrap()]);
-        let why: Vec<(u16, bool, &Skipped)> =
-            plan.skipped.iter().map(|(t, w)| (targets[*t].port.host_port, targets[*t].port.host_ip.is_ipv6(), w)).collect();
+        let why: Vec<(u16, bool, &Skipped)> = plan
+            .skipped
+            .iter()
+            .map(|(t, w)| (targets[*t].port.host_port, targets[*t].port.host_ip.is_ipv6(), w))
+            .collect();
         assert!(why.contains(&(8080, true, &Skipped::NoUplinkAddress)), "{why:?}");
         assert!(why.contains(&(5353, false, &Skipped::NoUplinkAddress)), "{why:?}");
-        let plan2 = super::plan(&targets, &[uplink("eth0", &["198.18.5.1", "fd42::1"])], &["198.18.9.77".parse().unwrap()]);
+        let plan2 =
+            super::plan(&targets, &[uplink("eth0", &["198.18.5.1", "fd42::1"])], &["198.18.9.77".parse().unwrap()]);
         assert!(plan2.skipped.iter().any(|(t, w)| targets[*t].port.host_ip.is_ipv6() && *w == Skipped::NoSource));
     }
 
@@ -367,7 +401,11 @@ mod tests {
     fn ports_given_by_hand() {
         let t = targets(&inv(), &[(8080, Proto::Tcp), (7000, Proto::Udp)]);
         assert_eq!(t.iter().filter(|t| t.container.is_some()).count(), 2);
-        let hand: Vec<_> = t.iter().filter(|t| t.container.is_none()).map(|t| (t.port.host_ip.to_string(), t.port.host_port)).collect();
+        let hand: Vec<_> = t
+            .iter()
+            .filter(|t| t.container.is_none())
+            .map(|t| (t.port.host_ip.to_string(), t.port.host_port))
+            .collect();
         assert_eq!(hand, [("0.0.0.0".to_string(), 7000), ("::".to_string(), 7000)]);
         assert_eq!(parse_port("8080/udp"), Ok((8080, Proto::Udp)));
         assert_eq!(parse_port("443"), Ok((443, Proto::Tcp)));
@@ -397,7 +435,10 @@ mod tests {
         assert_eq!(decide(Proto::Udp, true, none).0, Verdict::Exposed);
         assert_eq!(decide(Proto::Tcp, false, synack).0, Verdict::Proxy);
         assert_eq!(decide(Proto::Udp, false, udp).0, Verdict::Proxy);
-        assert_eq!(decide(Proto::Tcp, false, rst), (Verdict::Held, "refused by the host (RST): not forwarded to the container"));
+        assert_eq!(
+            decide(Proto::Tcp, false, rst),
+            (Verdict::Held, "refused by the host (RST): not forwarded to the container")
+        );
         assert_eq!(decide(Proto::Tcp, false, none), (Verdict::Held, "dropped before reaching the container"));
         assert_eq!(decide(Proto::Udp, false, none).0, Verdict::Held);
     }
@@ -426,9 +467,21 @@ mod tests {
     #[test]
     fn lines_escape_untrusted_names() {
         let t = &targets(&inv(), &[])[0];
-        let p = Probe { target: 0, uplink: 0, source: DEFAULT_SOURCE_V4.parse().unwrap(), dst: "198.18.5.1".parse().unwrap(), dst_port: 8080, proto: Proto::Tcp };
+        let p = Probe {
+            target: 0,
+            uplink: 0,
+            source: DEFAULT_SOURCE_V4.parse().unwrap(),
+            dst: "198.18.5.1".parse().unwrap(),
+            dst_port: 8080,
+            proto: Proto::Tcp,
+        };
         let line = probe_line(Verdict::Exposed, "reached the container", t, &p, "eth0", false);
-        assert!(line.starts_with("EXPOSED tcp 198.18.5.1:8080 from 198.51.100.77 via eth0: container web\\u{1b}[2J (image nginx)"), "{line}");
+        assert!(
+            line.starts_with(
+                "EXPOSED tcp 198.18.5.1:8080 from 198.51.100.77 via eth0: container web\\u{1b}[2J (image nginx)"
+            ),
+            "{line}"
+        );
         assert!(!line.contains('\u{1b}'));
         let l = skipped_line(&targets(&inv(), &[])[2], &Skipped::Loopback);
         assert!(l.contains("127.0.0.1:9000->80/tcp") && l.contains("loopback only"), "{l}");
@@ -449,7 +502,8 @@ mod tests {
         ] {
             host.interfaces.insert(i.name.clone(), i);
         }
-        let down_uplink = Uplink { name: "eth1".into(), ifindex: 3, layer: LinkLayer::Ethernet, mac: None, addresses: vec![] };
+        let down_uplink =
+            Uplink { name: "eth1".into(), ifindex: 3, layer: LinkLayer::Ethernet, mac: None, addresses: vec![] };
         let got: Vec<String> = guarded_interfaces(&host, &[down_uplink]).into_keys().collect();
         assert_eq!(got, ["docker0", "eth0", "eth1", "wg0"]);
     }

@@ -50,23 +50,10 @@ pub enum Note {
 impl Note {
     pub fn line(&self) -> String {
         match self {
-            Note::Probe {
-                proto,
-                src,
-                sport,
-                dst,
-                dport,
-                isn,
-                ifindex,
-                mac,
-            } => {
-                let mac = mac
-                    .map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<String>())
-                    .unwrap_or_else(|| "-".into());
-                format!(
-                    "probe {} {src} {sport} {dst} {dport} {isn} {ifindex} {mac}",
-                    proto.as_str()
-                )
+            Note::Probe { proto, src, sport, dst, dport, isn, ifindex, mac } => {
+                let mac =
+                    mac.map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<String>()).unwrap_or_else(|| "-".into());
+                format!("probe {} {src} {sport} {dst} {dport} {isn} {ifindex} {mac}", proto.as_str())
             }
             Note::Neighbour { addr, dev } => format!("neigh {addr} {dev}"),
         }
@@ -76,9 +63,7 @@ impl Note {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w.as_slice() {
             ["probe", proto, src, sport, dst, dport, isn, ifindex, mac] => {
-                let proto = [Proto::Tcp, Proto::Udp, Proto::Sctp]
-                    .into_iter()
-                    .find(|p| p.as_str() == *proto)?;
+                let proto = [Proto::Tcp, Proto::Udp, Proto::Sctp].into_iter().find(|p| p.as_str() == *proto)?;
                 let mac = match *mac {
                     "-" => None,
                     hex if hex.len() == 12 => {
@@ -101,10 +86,7 @@ impl Note {
                     mac,
                 })
             }
-            ["neigh", addr, dev] => Some(Note::Neighbour {
-                addr: addr.parse().ok()?,
-                dev: dev.to_string(),
-            }),
+            ["neigh", addr, dev] => Some(Note::Neighbour { addr: addr.parse().ok()?, dev: dev.to_string() }),
             _ => None,
         }
     }
@@ -120,12 +102,7 @@ impl Sentinel {
     /// Starts the sentinel of this run (pid), whose guard is pinned under `pins`.
     pub fn spawn(pins: &Path) -> std::io::Result<Sentinel> {
         let mut child = Command::new("/proc/self/exe")
-            .args([
-                "verify-sentinel",
-                "--parent",
-                &std::process::id().to_string(),
-                "--pins",
-            ])
+            .args(["verify-sentinel", "--parent", &std::process::id().to_string(), "--pins"])
             .arg(pins)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -162,9 +139,7 @@ pub fn pin_dir() -> Result<PathBuf, String> {
 fn remove_pins(dir: &Path) -> usize {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with("guard-")
-            && std::fs::remove_file(entry.path()).is_ok()
-        {
+        if entry.file_name().to_string_lossy().starts_with("guard-") && std::fs::remove_file(entry.path()).is_ok() {
             n += 1;
         }
     }
@@ -195,10 +170,7 @@ fn sentinel_of(pid: u32) -> bool {
         .into_iter()
         .flatten()
         .flatten()
-        .any(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&want))
-        })
+        .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&want)))
 }
 
 /// `dockexpose verify-sentinel --parent PID --pins DIR`: waits for the run's pipe to
@@ -223,43 +195,17 @@ pub fn run(parent: u32, pins: &Path) -> i32 {
 
 /// The cleanup of a run that died; returns what was done, in words.
 fn clean_after(notes: &[Note], pins: &Path) -> String {
-    let probes: Vec<&Note> = notes
-        .iter()
-        .filter(|n| matches!(n, Note::Probe { .. }))
-        .collect();
+    let probes: Vec<&Note> = notes.iter().filter(|n| matches!(n, Note::Probe { .. })).collect();
     let mut rsts = 0;
-    if probes.iter().any(|n| {
-        matches!(
-            n,
-            Note::Probe {
-                proto: Proto::Tcp,
-                ..
-            }
-        )
-    }) {
+    if probes.iter().any(|n| matches!(n, Note::Probe { proto: Proto::Tcp, .. })) {
         rsts = send_rsts(&probes).unwrap_or(0);
     }
     std::thread::sleep(Duration::from_millis(30));
     let sent: Vec<Sent> = probes
         .iter()
         .filter_map(|n| match n {
-            Note::Probe {
-                proto,
-                src,
-                sport,
-                dst,
-                dport,
-                isn,
-                ..
-            } => Some(Sent {
-                probe: Probe {
-                    target: 0,
-                    uplink: 0,
-                    source: *src,
-                    dst: *dst,
-                    dst_port: *dport,
-                    proto: *proto,
-                },
+            Note::Probe { proto, src, sport, dst, dport, isn, .. } => Some(Sent {
+                probe: Probe { target: 0, uplink: 0, source: *src, dst: *dst, dst_port: *dport, proto: *proto },
                 sport: *sport,
                 isn: *isn,
                 at: SystemTime::now(),
@@ -287,26 +233,12 @@ fn clean_after(notes: &[Note], pins: &Path) -> String {
 
 /// A RST for each TCP probe, into the uplink it entered by.
 fn send_rsts(probes: &[&Note]) -> anyhow::Result<usize> {
-    let (mut kernel, _events) =
-        Kernel::load(KernelSettings::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let _answers = kernel
-        .prepare_probes()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (mut injector, _) =
-        super::inject::Injector::choose(&mut kernel, crate::cli::InjectionArg::Auto)?;
+    let (mut kernel, _events) = Kernel::load(KernelSettings::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _answers = kernel.prepare_probes().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut injector, _) = super::inject::Injector::choose(&mut kernel, crate::cli::InjectionArg::Auto)?;
     let mut n = 0;
     for note in probes {
-        let Note::Probe {
-            proto: Proto::Tcp,
-            src,
-            sport,
-            dst,
-            dport,
-            isn,
-            ifindex,
-            mac,
-        } = note
-        else {
+        let Note::Probe { proto: Proto::Tcp, src, sport, dst, dport, isn, ifindex, mac } = note else {
             continue;
         };
         let spec = FrameSpec {
@@ -315,15 +247,10 @@ fn send_rsts(probes: &[&Note]) -> anyhow::Result<usize> {
             dst: *dst,
             sport: *sport,
             dport: *dport,
-            segment: Segment::Rst {
-                seq: isn.wrapping_add(1),
-            },
+            segment: Segment::Rst { seq: isn.wrapping_add(1) },
             ip_id: *sport,
         };
-        if injector
-            .inject(&mut kernel, &frame::build(&spec), *ifindex)
-            .is_ok()
-        {
+        if injector.inject(&mut kernel, &frame::build(&spec), *ifindex).is_ok() {
             n += 1;
         }
     }
@@ -357,10 +284,7 @@ mod tests {
                 ifindex: 9,
                 mac: None,
             },
-            Note::Neighbour {
-                addr: "198.51.100.77".parse().unwrap(),
-                dev: "eth0".into(),
-            },
+            Note::Neighbour { addr: "198.51.100.77".parse().unwrap(), dev: "eth0".into() },
         ];
         for n in &notes {
             assert_eq!(Note::parse(&n.line()).as_ref(), Some(n), "{}", n.line());

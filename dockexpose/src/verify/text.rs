@@ -22,7 +22,11 @@ pub fn header_line(prepared: &Prepared, default_sources: bool) -> String {
         prepared.plan.probes.len(),
         prepared.uplinks.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "),
         prepared.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
-        if default_sources { " (documentation addresses no rule should trust; test an allow-list with --from CIDR)" } else { "" }
+        if default_sources {
+            " (documentation addresses no rule should trust; test an allow-list with --from CIDR)"
+        } else {
+            ""
+        }
     )
 }
 
@@ -68,7 +72,11 @@ pub fn cleanup_text(outcome: &Outcome) -> String {
         "cleanup: guard on {} dropped {} packets to probe sources{}; {} conntrack entries of probes deleted, {} remain",
         outcome.guards.join(", "),
         outcome.guard_dropped,
-        if outcome.answers_lost > 0 { format!(" ({} answers not recorded: ring full)", outcome.answers_lost) } else { String::new() },
+        if outcome.answers_lost > 0 {
+            format!(" ({} answers not recorded: ring full)", outcome.answers_lost)
+        } else {
+            String::new()
+        },
         outcome.conntrack_deleted,
         outcome.conntrack_remaining,
     )

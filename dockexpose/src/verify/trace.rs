@@ -28,7 +28,9 @@ pub struct Tracer {
 /// Runs `nft ARGS` (with `stdin` fed to it); true when it succeeded.
 fn nft(args: &[&str], stdin: Option<&str>) -> bool {
     use std::io::Write;
-    let Ok(mut child) = Command::new("nft").args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
+    let Ok(mut child) =
+        Command::new("nft").args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+    else {
         return false;
     };
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -54,12 +56,8 @@ impl Tracer {
     /// Starts tracing the probe sources' packets; None where it is not possible.
     pub fn start(sources: &[IpAddr]) -> Option<Tracer> {
         remove_stale_tables();
-        let mut child = Command::new("nft")
-            .args(["monitor", "trace"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
+        let mut child =
+            Command::new("nft").args(["monitor", "trace"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
         let stdout = child.stdout.take()?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -152,7 +150,8 @@ fn packet_id(lines: &[String], src: IpAddr, sport: u16) -> Option<String> {
     lines.iter().find_map(|l| {
         let rest = l.strip_prefix("trace id ")?;
         let packet = format!("{} ", l.split(" packet: ").nth(1)?);
-        (packet.contains(&saddr) && packet.contains(&port)).then(|| rest.split_whitespace().next().map(str::to_string))?
+        (packet.contains(&saddr) && packet.contains(&port))
+            .then(|| rest.split_whitespace().next().map(str::to_string))?
     })
 }
 
@@ -241,7 +240,11 @@ trace id 8 ip filter FORWARD policy accept meta mark 0x00000001 "#,
         );
         let src: IpAddr = "198.18.3.77".parse().unwrap();
         assert_eq!(accept_of(&trace, src, 41000).as_deref(), Some(r#"ip filter DOCKER-USER: iifname "dxu1" accept"#));
-        assert_eq!(accept_of(&trace, src, 41001).as_deref(), Some("ip filter FORWARD: policy accept"), "nat's policy is not the answer");
+        assert_eq!(
+            accept_of(&trace, src, 41001).as_deref(),
+            Some("ip filter FORWARD: policy accept"),
+            "nat's policy is not the answer"
+        );
         assert_eq!(drop_of(&trace, src, 41001), None);
     }
 
@@ -258,7 +261,10 @@ trace id 5 ip filter DOCKER rule ip daddr 172.17.0.2 oifname "docker0" tcp dport
             dnat_of(&trace, src, 42000).as_deref(),
             Some(r#"ip nat DOCKER: iifname != "docker0" meta l4proto tcp tcp dport 8080 dnat to 172.17.0.2:80"#)
         );
-        assert_eq!(accept_of(&trace, src, 42000).as_deref(), Some(r#"ip filter DOCKER: ip daddr 172.17.0.2 oifname "docker0" tcp dport 80 accept"#));
+        assert_eq!(
+            accept_of(&trace, src, 42000).as_deref(),
+            Some(r#"ip filter DOCKER: ip daddr 172.17.0.2 oifname "docker0" tcp dport 80 accept"#)
+        );
         assert_eq!(dnat_of(&trace, src, 42001), None);
     }
 }

@@ -65,7 +65,10 @@ impl Watcher {
         for name in attached {
             let now = interfaces::ifindex(&name);
             if now.is_some() && now != self.kernel.attached_ifindex(&name) {
-                crate::say!("dockexpose: {} was recreated (new ifindex); attaching again", human::escape_untrusted(&name));
+                crate::say!(
+                    "dockexpose: {} was recreated (new ifindex); attaching again",
+                    human::escape_untrusted(&name)
+                );
                 self.kernel.detach_bridge(&name);
                 self.kernel.detach_uplink(&name);
                 self.ifnames.retain(|_, n| n != &name);
@@ -87,7 +90,9 @@ impl Watcher {
             let name = human::escape_untrusted(&b);
             if gone {
                 // Its containers are not watched until it comes back: a health alert.
-                let line = format!("dockexpose: bridge {name} disappeared; no longer watched (attached again if it comes back)");
+                let line = format!(
+                    "dockexpose: bridge {name} disappeared; no longer watched (attached again if it comes back)"
+                );
                 self.outputs.alerts.health_failing(HealthCondition::Detached, Some(&b), line);
             } else {
                 crate::say!("dockexpose: bridge {name} is no longer a Docker network; no longer watched");
@@ -120,7 +125,9 @@ impl Watcher {
                 .iter()
                 .flat_map(|u| if interfaces::is_bridge(u) { interfaces::bridge_ports(u) } else { vec![u.clone()] })
                 .collect(),
-            UplinkSelection::Auto => self.host.uplink_candidates(&container_bridges).into_iter().map(|u| u.name).collect(),
+            UplinkSelection::Auto => {
+                self.host.uplink_candidates(&container_bridges).into_iter().map(|u| u.name).collect()
+            }
         };
         want.retain(|u| !self.kernel.bridges().any(|b| b == u));
         want
@@ -171,7 +178,9 @@ impl Watcher {
             self.ifnames.retain(|_, n| n != &u);
             let name = human::escape_untrusted(&u);
             if gone {
-                let line = format!("dockexpose: uplink {name} disappeared; no longer watched (attached again if it comes back)");
+                let line = format!(
+                    "dockexpose: uplink {name} disappeared; no longer watched (attached again if it comes back)"
+                );
                 self.outputs.alerts.health_failing(HealthCondition::Detached, Some(&u), line);
             } else {
                 crate::say!("dockexpose: uplink {name} is no longer an uplink (no global address)");
@@ -231,7 +240,8 @@ mod tests {
     #[test]
     pub(super) fn plans_detach_the_gone_and_unwanted_and_attach_the_new_that_exist() {
         let attached = vec!["docker0".to_string(), "br-old".to_string(), "br-gone".to_string()];
-        let want: BTreeSet<String> = ["docker0", "br-gone", "br-new", "br-later"].iter().map(|s| s.to_string()).collect();
+        let want: BTreeSet<String> =
+            ["docker0", "br-gone", "br-new", "br-later"].iter().map(|s| s.to_string()).collect();
         let exists = |n: &str| n != "br-gone" && n != "br-later";
         let plan = Plan::new(&attached, &want, exists);
         assert_eq!(plan.detach, vec![("br-old".to_string(), false), ("br-gone".to_string(), true)]);

@@ -26,15 +26,7 @@ pub(super) fn verdicts(outcome: &Outcome) -> BTreeMap<VerdictKey, &'static str> 
         .into_iter()
         .map(|((proto, host_port, v6, uplink), r)| {
             let family = if v6 { "ipv6" } else { "ipv4" };
-            (
-                VerdictKey {
-                    host_port,
-                    proto: proto.as_str(),
-                    family,
-                    uplink,
-                },
-                r.verdict.as_str(),
-            )
+            (VerdictKey { host_port, proto: proto.as_str(), family, uplink }, r.verdict.as_str())
         })
         .collect()
 }
@@ -61,17 +53,9 @@ impl Watcher {
             return None;
         }
         v.run_causes = v.debounce.take();
-        let first = v
-            .run_causes
-            .first()
-            .map(drift::describe)
-            .unwrap_or_else(|| "a change".into());
+        let first = v.run_causes.first().map(drift::describe).unwrap_or_else(|| "a change".into());
         let more = v.run_causes.len().saturating_sub(1);
-        Some(RunKind::Drift(if more > 0 {
-            format!("{first} and {more} more")
-        } else {
-            first
-        }))
+        Some(RunKind::Drift(if more > 0 { format!("{first} and {more} more") } else { first }))
     }
 
     /// A run ended: verdicts that changed since the last run that probed the same
@@ -93,17 +77,9 @@ impl Watcher {
         for (key, from, to) in changed {
             let ts = Timestamp(std::time::SystemTime::now()).format();
             let ts = std::str::from_utf8(&ts).unwrap_or_default().to_string();
-            self.outputs
-                .notice(&drift::exposure_changed(&ts, &key, from, to, &cause));
-            let text = format!(
-                "EXPOSURE CHANGED: {}",
-                drift::exposure_changed_text(&key, from, to, &cause)
-            );
-            let mut alert = Alert::new(
-                AlertKind::ExposureChanged,
-                crate::output::human::escape_untrusted(&text),
-                None,
-            );
+            self.outputs.notice(&drift::exposure_changed(&ts, &key, from, to, &cause));
+            let text = format!("EXPOSURE CHANGED: {}", drift::exposure_changed_text(&key, from, to, &cause));
+            let mut alert = Alert::new(AlertKind::ExposureChanged, crate::output::human::escape_untrusted(&text), None);
             alert.priority = true;
             self.outputs.alerts.raise(alert);
         }

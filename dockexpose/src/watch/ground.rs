@@ -51,47 +51,30 @@ pub fn spawn(tx: UnboundedSender<Cause>, own_pid: u32, poll_legacy: bool) -> Vec
             let tx = tx.clone();
             start(&mut lines, "dx-ruleset", "ruleset changes", move || ruleset_loop(events, tx, own_pid));
         }
-        Err(e) => lines.push(format!("ruleset changes are not watched (nftables notifications: {e}); verify runs on its schedule only")),
+        Err(e) => lines.push(format!(
+            "ruleset changes are not watched (nftables notifications: {e}); verify runs on its schedule only"
+        )),
     }
     // Polling costs two commands every few seconds: only where a change would
     // start a verify run (the intent is read again on its own schedule anyway).
     if poll_legacy && ruleset_events::detect_legacy() {
         let tx = tx.clone();
         let secs = LEGACY_POLL.as_secs();
-        if start(
-            &mut lines,
-            "dx-legacy",
-            "iptables-legacy changes",
-            move || legacy_loop(tx),
-        ) {
-            lines.push(format!(
-                "polling every {secs} s: iptables-legacy sends no change notifications"
-            ));
+        if start(&mut lines, "dx-legacy", "iptables-legacy changes", move || legacy_loop(tx)) {
+            lines.push(format!("polling every {secs} s: iptables-legacy sends no change notifications"));
         }
     }
     match LinkEvents::subscribe(READ_TIMEOUT) {
         Ok(events) => {
-            start(
-                &mut lines,
-                "dx-links",
-                "link and address changes",
-                move || link_loop(events, tx),
-            );
+            start(&mut lines, "dx-links", "link and address changes", move || link_loop(events, tx));
         }
-        Err(e) => lines.push(format!(
-            "link and address changes are not watched (rtnetlink: {e})"
-        )),
+        Err(e) => lines.push(format!("link and address changes are not watched (rtnetlink: {e})")),
     }
     lines
 }
 
 /// Starts one watcher thread; a thread that cannot start is a line for the operator.
-fn start(
-    lines: &mut Vec<String>,
-    name: &str,
-    what: &str,
-    f: impl FnOnce() + Send + 'static,
-) -> bool {
+fn start(lines: &mut Vec<String>, name: &str, what: &str, f: impl FnOnce() + Send + 'static) -> bool {
     match thread::Builder::new().name(name.into()).spawn(f) {
         Ok(_) => true,
         Err(e) => {
@@ -114,9 +97,7 @@ fn ruleset_loop(mut events: RulesetEvents, tx: UnboundedSender<Cause>, own_pid: 
                 kind: "ruleset",
                 process: None,
                 pid: None,
-                detail: Some(
-                    "ruleset notifications were lost (the socket's queue overflowed)".into(),
-                ),
+                detail: Some("ruleset notifications were lost (the socket's queue overflowed)".into()),
             }],
             Ok(ruleset_events::Received::Idle) => vec![],
             Err(e) => return stopped("ruleset", &e),
@@ -133,12 +114,7 @@ fn link_loop(mut events: LinkEvents, tx: UnboundedSender<Cause>) {
             Ok(link_events::Received::Events(evs)) => evs
                 .into_iter()
                 .filter(|e| !is_own_link(e))
-                .map(|e| Cause {
-                    kind: e.kind(),
-                    process: None,
-                    pid: None,
-                    detail: Some(e.to_string()),
-                })
+                .map(|e| Cause { kind: e.kind(), process: None, pid: None, detail: Some(e.to_string()) })
                 .collect(),
             Ok(link_events::Received::Lost) => vec![Cause {
                 kind: "link",
@@ -189,19 +165,9 @@ fn stopped(what: &str, e: &io::Error) {
 }
 
 /// Whether dockexpose made this change (see the module's comment).
-pub fn is_own(
-    change: &RulesetChange,
-    own_pid: u32,
-    parent_of: impl Fn(u32) -> Option<u32>,
-) -> bool {
-    let by_us = change
-        .pid
-        .is_some_and(|pid| pid == own_pid || parent_of(pid) == Some(own_pid));
-    let only_our_tables = !change.tables.is_empty()
-        && change
-            .tables
-            .iter()
-            .all(|t| t.starts_with(OWN_TABLE_PREFIX));
+pub fn is_own(change: &RulesetChange, own_pid: u32, parent_of: impl Fn(u32) -> Option<u32>) -> bool {
+    let by_us = change.pid.is_some_and(|pid| pid == own_pid || parent_of(pid) == Some(own_pid));
+    let only_our_tables = !change.tables.is_empty() && change.tables.iter().all(|t| t.starts_with(OWN_TABLE_PREFIX));
     by_us || only_our_tables
 }
 
@@ -218,27 +184,18 @@ fn is_own_link(e: &link_events::LinkEvent) -> bool {
 
 /// A ruleset change as a cause: "firewalld" when firewalld made it.
 pub fn ruleset_cause(change: RulesetChange, is_firewalld_pid: impl Fn(u32) -> bool) -> Cause {
-    let firewalld =
-        change.process.as_deref() == Some("firewalld") || change.pid.is_some_and(is_firewalld_pid);
+    let firewalld = change.process.as_deref() == Some("firewalld") || change.pid.is_some_and(is_firewalld_pid);
     let detail = (!change.tables.is_empty()).then(|| {
         let names: Vec<&str> = change.tables.iter().map(String::as_str).collect();
         format!("tables: {}", names.join(", "))
     });
-    Cause {
-        kind: if firewalld { "firewalld" } else { "ruleset" },
-        process: change.process,
-        pid: change.pid,
-        detail,
-    }
+    Cause { kind: if firewalld { "firewalld" } else { "ruleset" }, process: change.process, pid: change.pid, detail }
 }
 
 /// The parent of a live process (/proc/PID/status PPid); None once it has exited.
 fn parent_of(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|v| v.trim().parse().ok())
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// firewalld itself (nftables backend: libnftables in process) or its
@@ -253,10 +210,7 @@ fn is_firewalld_pid(pid: u32) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    cmdline
-        .split(|&b| b == 0)
-        .take(2)
-        .any(|arg| arg.rsplit(|&b| b == b'/').next() == Some(b"firewalld"))
+    cmdline.split(|&b| b == 0).take(2).any(|arg| arg.rsplit(|&b| b == b'/').next() == Some(b"firewalld"))
 }
 
 #[cfg(test)]
@@ -270,59 +224,32 @@ mod tests {
             gen_id: Some(5),
             pid: Some(pid),
             process: Some(process.into()),
-            tables: tables
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<BTreeSet<_>>(),
+            tables: tables.iter().map(|t| t.to_string()).collect::<BTreeSet<_>>(),
         }
     }
 
     #[test]
     fn own_changes_are_left_out() {
         let no_parent = |_| None;
-        assert!(is_own(
-            &change(100, "dockexpose", &["filter"]),
-            100,
-            no_parent
-        ));
-        assert!(!is_own(
-            &change(101, "iptables", &["filter"]),
-            100,
-            no_parent
-        ));
+        assert!(is_own(&change(100, "dockexpose", &["filter"]), 100, no_parent));
+        assert!(!is_own(&change(101, "iptables", &["filter"]), 100, no_parent));
         // The trace table, even when the `nft` that made it has exited.
-        assert!(is_own(
-            &change(101, "nft", &["dockexpose_verify_4026531836_100"]),
-            100,
-            no_parent
-        ));
+        assert!(is_own(&change(101, "nft", &["dockexpose_verify_4026531836_100"]), 100, no_parent));
         // A transaction touching the trace table and another table is not ours alone.
-        assert!(!is_own(
-            &change(101, "nft", &["dockexpose_verify_1_100", "nat"]),
-            100,
-            no_parent
-        ));
+        assert!(!is_own(&change(101, "nft", &["dockexpose_verify_1_100", "nat"]), 100, no_parent));
         // A live child of ours.
-        assert!(is_own(&change(101, "nft", &["x"]), 100, |p| (p == 101)
-            .then_some(100)));
+        assert!(is_own(&change(101, "nft", &["x"]), 100, |p| (p == 101).then_some(100)));
         // No tables seen (notifications lost before it) and not ours: reported.
         assert!(!is_own(&change(101, "nft", &[]), 100, no_parent));
     }
 
     #[test]
     fn parent_of_a_live_child_is_us() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .expect("sleep");
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().expect("sleep");
         assert_eq!(parent_of(child.id()), Some(std::process::id()));
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(
-            parent_of(child.id()),
-            None,
-            "a reaped child has no /proc entry"
-        );
+        assert_eq!(parent_of(child.id()), None, "a reaped child has no /proc entry");
     }
 
     #[test]
@@ -330,19 +257,11 @@ mod tests {
         let c = ruleset_cause(change(7, "firewalld", &["firewalld"]), |_| false);
         assert_eq!(c.kind, "firewalld");
         assert_eq!(c.detail.as_deref(), Some("tables: firewalld"));
-        assert_eq!(
-            ruleset_cause(change(7, "python3", &[]), |p| p == 7).kind,
-            "firewalld"
-        );
+        assert_eq!(ruleset_cause(change(7, "python3", &[]), |p| p == 7).kind, "firewalld");
         let c = ruleset_cause(change(8, "iptables", &["filter", "nat"]), |_| false);
         assert_eq!(
             (c.kind, c.process.as_deref(), c.pid, c.detail.as_deref()),
-            (
-                "ruleset",
-                Some("iptables"),
-                Some(8),
-                Some("tables: filter, nat")
-            )
+            ("ruleset", Some("iptables"), Some(8), Some("tables: filter, nat"))
         );
         // This test's own process is no firewalld.
         assert!(!is_firewalld_pid(std::process::id()));
@@ -356,24 +275,18 @@ mod tests {
         let script = dir.join("firewalld");
         std::fs::write(&script, "#!/bin/sh\nsleep 5\n").unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut fw = std::process::Command::new(&script)
-            .spawn()
-            .expect("the script");
+        let mut fw = std::process::Command::new(&script).spawn().expect("the script");
         let children = format!("/proc/{0}/task/{0}/children", fw.id());
         let mut child = None;
         for _ in 0..200 {
-            child = std::fs::read_to_string(&children)
-                .ok()
-                .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
+            child =
+                std::fs::read_to_string(&children).ok().and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
             if child.is_some() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let result = (
-            is_firewalld_or_child(fw.id()),
-            child.map(is_firewalld_or_child),
-        );
+        let result = (is_firewalld_or_child(fw.id()), child.map(is_firewalld_or_child));
         fw.kill().unwrap();
         fw.wait().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
@@ -385,11 +298,7 @@ mod tests {
     #[test]
     fn verify_veths_are_ours() {
         use link_events::LinkEvent;
-        assert!(is_own_link(&LinkEvent::LinkAdded {
-            name: format!("{VETH_PREFIX}0a1b2c3da")
-        }));
-        assert!(!is_own_link(&LinkEvent::LinkAdded {
-            name: "eth0".into()
-        }));
+        assert!(is_own_link(&LinkEvent::LinkAdded { name: format!("{VETH_PREFIX}0a1b2c3da") }));
+        assert!(!is_own_link(&LinkEvent::LinkAdded { name: "eth0".into() }));
     }
 }

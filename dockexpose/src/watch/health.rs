@@ -62,7 +62,10 @@ impl Watcher {
     /// At exit: the run's summary, then every counter on one line, the run's record.
     pub(super) fn report_final_counters(&mut self) -> Result<()> {
         let now = self.counters()?;
-        crate::say!("dockexpose: this run: {}", now.summary(&PipelineCounters::default()).replace(". Every counter: dockexpose status", ""));
+        crate::say!(
+            "dockexpose: this run: {}",
+            now.summary(&PipelineCounters::default()).replace(". Every counter: dockexpose status", "")
+        );
         crate::say!("dockexpose: final counters: {}", now.format());
         self.warn_about_loss()
     }
@@ -83,11 +86,8 @@ impl Watcher {
     pub(super) fn status_report(&self) -> StatusReport {
         let counters = self.counters().unwrap_or_default();
         let audit = self.outputs.audit_stats();
-        let sinks: Vec<SinkHealth> = self
-            .sinks
-            .iter()
-            .map(|s| SinkHealth { name: s.name().to_string(), stats: s.stats() })
-            .collect();
+        let sinks: Vec<SinkHealth> =
+            self.sinks.iter().map(|s| SinkHealth { name: s.name().to_string(), stats: s.stats() }).collect();
         let losses = Losses {
             kernel_ring_full: counters.kernel.get(Counter::RingbufFull),
             reader_lost: counters.reader_lost,
@@ -124,7 +124,9 @@ impl Watcher {
             if stale {
                 reasons.push(format!(
                     "Docker does not answer{}: records lack container identity",
-                    self.docker_problem.as_deref().map_or(String::new(), |p| format!(" ({})", human::escape_untrusted(p)))
+                    self.docker_problem
+                        .as_deref()
+                        .map_or(String::new(), |p| format!(" ({})", human::escape_untrusted(p)))
                 ));
             }
         }
@@ -141,11 +143,15 @@ impl Watcher {
             reasons.push("records were lost in the last 5 minutes (see losses)".into());
         }
         if self.prefixes_left_out > 0 {
-            reasons.push(format!("{} local and trusted prefixes are over the kernel's bound and left out", self.prefixes_left_out));
+            reasons.push(format!(
+                "{} local and trusted prefixes are over the kernel's bound and left out",
+                self.prefixes_left_out
+            ));
         }
         for s in &sinks {
             if s.stats.last_error.is_some() && s.stats.queued >= s.stats.capacity {
-                reasons.push(format!("alert sink {} is failing and its queue is full", human::escape_untrusted(&s.name)));
+                reasons
+                    .push(format!("alert sink {} is failing and its queue is full", human::escape_untrusted(&s.name)));
             }
         }
         StatusReport {
@@ -169,7 +175,12 @@ impl Watcher {
                     rotations: audit.rotations,
                 },
                 sinks,
-                maps: self.kernel.map_fill().into_iter().map(|(m, e, c)| MapFill { map: m.into(), entries: e, capacity: c }).collect(),
+                maps: self
+                    .kernel
+                    .map_fill()
+                    .into_iter()
+                    .map(|(m, e, c)| MapFill { map: m.into(), entries: e, capacity: c })
+                    .collect(),
                 records: self.outputs.records(),
                 kernel: self.kernel.features().clone(),
                 verify: self.verify.as_ref().map(|v| VerifyHealth {

@@ -31,17 +31,7 @@ pub(super) struct IntentState {
 impl IntentState {
     pub(super) fn new(root: PathBuf) -> (Self, mpsc::UnboundedReceiver<IntentBook>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Self {
-                root,
-                tx,
-                reading: false,
-                again: false,
-                last: None,
-                summary: None,
-            },
-            rx,
-        )
+        (Self { root, tx, reading: false, again: false, last: None, summary: None }, rx)
     }
 
     /// The first reading, before any record: done in place (at start, a few
@@ -84,10 +74,7 @@ impl Watcher {
             state.read();
         }
         if state.summary.as_deref() != Some(book.summary.as_str()) {
-            crate::say!(
-                "dockexpose: firewall intent: {}",
-                escape_untrusted(&book.summary)
-            );
+            crate::say!("dockexpose: firewall intent: {}", escape_untrusted(&book.summary));
             for w in &book.warnings {
                 crate::say!("warning: firewall intent: {}", escape_untrusted(w));
             }

@@ -304,7 +304,10 @@ impl Watcher {
         }
         match self.outputs.audit.reopen() {
             Some(line) => self.outputs.audit_health(Some(line)),
-            None => crate::say!("dockexpose: {signal}: audit log {} reopened", self.outputs.audit.path().map_or(String::new(), |p| p.display().to_string())),
+            None => crate::say!(
+                "dockexpose: {signal}: audit log {} reopened",
+                self.outputs.audit.path().map_or(String::new(), |p| p.display().to_string())
+            ),
         }
     }
 
@@ -360,7 +363,11 @@ impl Watcher {
             self.settings.trusted.len(),
             self.settings.alert_window.as_secs(),
             self.sinks.len(),
-            if restart.is_empty() { String::new() } else { format!("; changed, applied at the next restart: {}", restart.join(", ")) }
+            if restart.is_empty() {
+                String::new()
+            } else {
+                format!("; changed, applied at the next restart: {}", restart.join(", "))
+            }
         );
         // What needs a restart stays as it runs, so that it is reported again until then.
         let running = &mut self.config.effective;

@@ -15,7 +15,7 @@ use tokio::{
 use super::{
     next_docker_state, sleep_until,
     verifying::{next_verify_result, VerifyResult},
-    Watcher, BATCHES_PER_FLUSH, AUDIT_RETRY, VERIFY_STOP_WAIT,
+    Watcher, AUDIT_RETRY, BATCHES_PER_FLUSH, VERIFY_STOP_WAIT,
 };
 use crate::{
     error::{Error, Result},
@@ -57,14 +57,21 @@ pub(super) struct Inputs {
 impl Watcher {
     /// The loop, until a signal (Ok: its name) or the reader's end (Err). A failure
     /// that must end the daemon at once is the outer Err.
-    pub(super) async fn serve(&mut self, inputs: &mut Inputs, continuity: &mut Continuity) -> Result<Result<&'static str>> {
+    pub(super) async fn serve(
+        &mut self,
+        inputs: &mut Inputs,
+        continuity: &mut Continuity,
+    ) -> Result<Result<&'static str>> {
         // SIGINT/SIGTERM while a verify run goes: wait for it to clean up, then stop.
         let mut stopping: Option<(&'static str, Instant)> = None;
         loop {
             let verify_due = if stopping.is_some() {
                 None
             } else {
-                self.verify.as_ref().and_then(|v| v.schedule.due()).map(|due| self.drift_due().map_or(due, |d| d.min(due)))
+                self.verify
+                    .as_ref()
+                    .and_then(|v| v.schedule.due())
+                    .map(|due| self.drift_due().map_or(due, |d| d.min(due)))
             };
             let holding_all = self.outputs.audit.full();
             let holding = self.outputs.audit.holding();
@@ -142,7 +149,12 @@ impl Watcher {
 
     /// What the reader handed over, then what is still in the ring, gets written;
     /// the final lines; the kernel side detached or left recording, and said so.
-    pub(super) async fn stop(mut self, outcome: Result<&'static str>, mut inputs: Inputs, continuity: Continuity) -> Result<()> {
+    pub(super) async fn stop(
+        mut self,
+        outcome: Result<&'static str>,
+        mut inputs: Inputs,
+        continuity: Continuity,
+    ) -> Result<()> {
         state::notify::tell("STOPPING=1");
         if let Some(stop) = inputs.stop_reader.take() {
             let _ = stop.send(());
@@ -158,7 +170,10 @@ impl Watcher {
         self.release_pending(true)?;
         self.flush();
         if !self.attempts.is_empty() {
-            crate::say!("dockexpose: {} attempts were still within their --blocked-after window at exit: no verdict", self.attempts.len());
+            crate::say!(
+                "dockexpose: {} attempts were still within their --blocked-after window at exit: no verdict",
+                self.attempts.len()
+            );
         }
         let reason = outcome?;
         self.outputs.tick(Instant::now() + self.settings.alert_window);

@@ -98,27 +98,33 @@ pub(super) fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings
              ports, which only Docker's inventory names; only what reaches the bridges is reported"
         );
     }
-    let verify = match args.verify_every {
-        None => None,
-        Some(every) if every < verifyd::MIN_EVERY => {
-            return Err(Error::InvalidSetting {
-                name: "--verify-every",
-                reason: format!("must be at least {} (new published ports are verified on their own)", humantime::format_duration(verifyd::MIN_EVERY)),
-            })
-        }
-        Some(every) => {
-            let sources = verify::sources_from(&args.verify_from)
-                .map_err(|(input, reason)| Error::InvalidCidr { option: "--verify-from", input, reason })?;
-            Some(VerifySettings { every, sources, uplinks: args.uplinks.clone() })
-        }
-    };
+    let verify =
+        match args.verify_every {
+            None => None,
+            Some(every) if every < verifyd::MIN_EVERY => {
+                return Err(Error::InvalidSetting {
+                    name: "--verify-every",
+                    reason: format!(
+                        "must be at least {} (new published ports are verified on their own)",
+                        humantime::format_duration(verifyd::MIN_EVERY)
+                    ),
+                })
+            }
+            Some(every) => {
+                let sources = verify::sources_from(&args.verify_from)
+                    .map_err(|(input, reason)| Error::InvalidCidr { option: "--verify-from", input, reason })?;
+                Some(VerifySettings { every, sources, uplinks: args.uplinks.clone() })
+            }
+        };
     Ok(Settings {
         verify,
         explicit_bridges: args.bridges.clone(),
         uplinks: if args.no_uplinks {
             UplinkSelection::Off("off (--no-uplinks)")
         } else if args.no_docker {
-            UplinkSelection::Off("off (--no-docker: without Docker's published ports there is nothing to call an attempt)")
+            UplinkSelection::Off(
+                "off (--no-docker: without Docker's published ports there is nothing to call an attempt)",
+            )
         } else if args.uplinks.is_empty() {
             UplinkSelection::Auto
         } else {
@@ -144,7 +150,8 @@ pub(super) fn validate(args: &WatchArgs, host: &HostSnapshot) -> Result<Settings
 
 /// Size-based rotation of the audit log, when asked for.
 pub(super) fn rotation(args: &WatchArgs) -> Option<Rotation> {
-    (args.rotate_size_mb > 0).then(|| Rotation { size: args.rotate_size_mb.saturating_mul(1 << 20), max_files: args.max_files })
+    (args.rotate_size_mb > 0)
+        .then(|| Rotation { size: args.rotate_size_mb.saturating_mul(1 << 20), max_files: args.max_files })
 }
 
 /// The trusted networks (command line, environment or file), checked: a /0 or host
@@ -153,7 +160,11 @@ pub(super) fn rotation(args: &WatchArgs) -> Option<Rotation> {
 pub(super) fn trusted(list: &[String]) -> Result<Vec<Prefix>> {
     list.iter()
         .map(|s| {
-            s.parse::<Prefix>().map_err(|e| Error::InvalidCidr { option: "--trusted", input: s.clone(), reason: e.0 })?;
+            s.parse::<Prefix>().map_err(|e| Error::InvalidCidr {
+                option: "--trusted",
+                input: s.clone(),
+                reason: e.0,
+            })?;
             let (p, warning) = prefix::trusted_network(s).map_err(|r| Error::TrustedRefused {
                 option: "--trusted",
                 input: s.clone(),
@@ -171,7 +182,9 @@ pub(super) fn trusted(list: &[String]) -> Result<Vec<Prefix>> {
 /// `--host-name`: written into every record, so a name a store can key on: 1 to 255
 /// printable characters, no whitespace.
 pub(super) fn host_name(name: &str) -> Result<String> {
-    let ok = !name.is_empty() && name.len() <= 255 && name.chars().all(|c| c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control() && !c.is_whitespace()));
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name.chars().all(|c| c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control() && !c.is_whitespace()));
     if !ok {
         return Err(Error::Config(format!(
             "--host-name {:?}: a host name is 1 to 255 printable characters without spaces.\n  Fix: give e.g. --host-name web-01, or leave it out to use the hostname",
@@ -180,8 +193,6 @@ pub(super) fn host_name(name: &str) -> Result<String> {
     }
     Ok(name.to_string())
 }
-
-
 
 #[cfg(test)]
 mod tests {

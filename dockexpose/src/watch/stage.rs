@@ -42,7 +42,10 @@ impl Watcher {
         if left.is_empty() {
             return Ok(());
         }
-        crate::say!("dockexpose: {} records the previous daemon held for their container's identity are written now", left.len());
+        crate::say!(
+            "dockexpose: {} records the previous daemon held for their container's identity are written now",
+            left.len()
+        );
         for ev in &left {
             self.handle(ev)?;
         }
@@ -110,7 +113,12 @@ impl Watcher {
         awaits_identity(self.inventory.as_ref(), self.docker_connected, obs)
     }
 
-    fn hold_for_identity(&mut self, ev: &ConnEvent, obs: Observation, iface: String) -> std::result::Result<(), (Observation, String)> {
+    fn hold_for_identity(
+        &mut self,
+        ev: &ConnEvent,
+        obs: Observation,
+        iface: String,
+    ) -> std::result::Result<(), (Observation, String)> {
         if self.pending.len() >= MAX_PENDING {
             self.pending.refused += 1;
             return Err((obs, iface));
@@ -150,7 +158,11 @@ impl Watcher {
 /// A reach of an address on a Docker network that no known container holds: most
 /// likely a container that just started, which the next inventory will name. Not the
 /// routing mesh's ingress-sbox, which no inventory will ever name as a container.
-fn awaits_identity(inventory: Option<&crate::inventory::model::Inventory>, docker_connected: bool, obs: &Observation) -> bool {
+fn awaits_identity(
+    inventory: Option<&crate::inventory::model::Inventory>,
+    docker_connected: bool,
+    obs: &Observation,
+) -> bool {
     let Some(inv) = inventory.filter(|_| docker_connected) else { return false };
     obs.stage == Stage::Reached
         && inv.container_at(obs.dst).is_none()
@@ -171,7 +183,10 @@ mod tests {
     fn only_an_unnamed_address_of_a_docker_network_waits_for_identity() {
         let inv = crate::inventory::model::tests::swarm_sample();
         assert!(awaits_identity(Some(&inv), true, &reached("172.18.0.77")), "no container there yet: it waits");
-        assert!(!awaits_identity(Some(&inv), true, &reached("172.18.0.2")), "swarm's ingress-sbox never gets a container's name");
+        assert!(
+            !awaits_identity(Some(&inv), true, &reached("172.18.0.2")),
+            "swarm's ingress-sbox never gets a container's name"
+        );
         assert!(!awaits_identity(Some(&inv), true, &reached("172.18.0.3")), "a known container");
         assert!(!awaits_identity(Some(&inv), true, &reached("10.99.0.5")), "not a Docker network");
         assert!(!awaits_identity(Some(&inv), false, &reached("172.18.0.77")), "Docker away: nothing to wait for");

@@ -14,8 +14,9 @@ use tokio::{
 };
 
 use super::{
-    alert_outs, effective, ground, human, intent, settings,
+    alert_outs, effective, ground, human, intent,
     serve::{Inputs, Signals},
+    settings,
     settings::{UplinkSelection, VerifySettings},
     start_sinks,
     verifying::{VerifyResult, VerifyState},
@@ -27,12 +28,7 @@ use crate::{
     error::{Error, Result},
     host::{interfaces::HostSnapshot, privileges},
     inventory::docker::{self, DockerState},
-    kernel::{
-        event::KernelClock,
-        loader::ConntrackAccess,
-        reader::ReaderStats,
-        ring,
-    },
+    kernel::{event::KernelClock, loader::ConntrackAccess, reader::ReaderStats, ring},
     output::{
         alerts::HealthCondition,
         audit::AuditLog,
@@ -95,8 +91,9 @@ pub(super) fn open(cli: WatchArgs, matches: ArgMatches) -> Result<Opened> {
     });
     let (intent_state, intent_rx) = intent::IntentState::new(args.intent_root.clone());
     let clock = KernelClock::now();
-    let outputs = Outputs::new(audit, settings.quiet, AlertStage::new(settings.alert_window, alert_outs(&sinks)), clock)
-        .named_by(&formatter.observer);
+    let outputs =
+        Outputs::new(audit, settings.quiet, AlertStage::new(settings.alert_window, alert_outs(&sinks)), clock)
+            .named_by(&formatter.observer);
     let w = Watcher {
         kernel,
         settings,
@@ -190,7 +187,9 @@ impl Watcher {
                 Some(s)
             }
             Err(e) => {
-                crate::say!("warning: no status socket ({e}); `dockexpose status` cannot ask this daemon, detection goes on");
+                crate::say!(
+                    "warning: no status socket ({e}); `dockexpose status` cannot ask this daemon, detection goes on"
+                );
                 None
             }
         };
@@ -211,7 +210,8 @@ impl Watcher {
         };
         let mut refresh = interval(HOST_REFRESH);
         refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut stats = interval(self.settings.stats_interval.unwrap_or(std::time::Duration::from_secs(3600 * 24 * 365)));
+        let mut stats =
+            interval(self.settings.stats_interval.unwrap_or(std::time::Duration::from_secs(3600 * 24 * 365)));
         stats.tick().await;
         Ok(Inputs {
             batches,
@@ -242,7 +242,11 @@ impl Watcher {
         // A defence this kernel cannot give is a health alert (condition kernel_limits),
         // printed and sent to the sinks like any other.
         for (feature, limit) in self.kernel.features().limits() {
-            self.outputs.alerts.health_failing(HealthCondition::KernelLimits, Some(feature), format!("dockexpose: this kernel: {limit}"));
+            self.outputs.alerts.health_failing(
+                HealthCondition::KernelLimits,
+                Some(feature),
+                format!("dockexpose: this kernel: {limit}"),
+            );
         }
         match self.kernel.conntrack() {
             ConntrackAccess::Kfuncs => crate::say!(

@@ -78,7 +78,8 @@ impl Watcher {
             v.schedule.finished();
             return;
         }
-        let (uplinks, sources, ports, tx) = (v.settings.uplinks.clone(), v.settings.sources.clone(), kind.ports(), v.tx.clone());
+        let (uplinks, sources, ports, tx) =
+            (v.settings.uplinks.clone(), v.settings.sources.clone(), kind.ports(), v.tx.clone());
         let probed = inventory.clone();
         v.probes.begin();
         let noted = v.probes.noted();
@@ -98,7 +99,10 @@ impl Watcher {
                     .map_err(|e| format!("{e:#}"))
             }));
             let result = run.unwrap_or_else(|panic| {
-                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned());
                 Err(format!("the verify run panicked ({})", what.unwrap_or_default()))
             });
             let _ = tx.send(result);
@@ -116,7 +120,11 @@ impl Watcher {
             Ok(o) => o,
             Err(e) => {
                 v.runs_failed += 1;
-                crate::say!("warning: verify ({}) failed: {}; trying again at the next run", kind.describe(), human::escape_untrusted(&e));
+                crate::say!(
+                    "warning: verify ({}) failed: {}; trying again at the next run",
+                    kind.describe(),
+                    human::escape_untrusted(&e)
+                );
                 return Ok(());
             }
         };

@@ -81,7 +81,10 @@ fn a_second_daemon_on_the_same_ring_is_refused_naming_the_first() {
     assert!(err.contains(&format!("another dockexpose (pid {})", w1.pid())), "{err}");
     assert!(err.contains("Fix:"), "{err}");
     // cleanup refuses too while it runs.
-    let out = Command::new(BIN).args(["cleanup", "--pin-dir", &story.pins.dir, "--lock-file", &story.pins.lock]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["cleanup", "--pin-dir", &story.pins.dir, "--lock-file", &story.pins.lock])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "cleanup under a running daemon: {}", String::from_utf8_lossy(&out.stdout));
     let sport = story.connect().expect("bypass");
     std::thread::sleep(Duration::from_millis(300));
@@ -89,7 +92,10 @@ fn a_second_daemon_on_the_same_ring_is_refused_naming_the_first() {
     assert!(status.success());
     assert!(story.records().iter().any(|r| r["src_port"] == sport && r["stage"] == "reached"));
     // Once it stopped, cleanup removes everything and the programs detach.
-    let out = Command::new(BIN).args(["cleanup", "--pin-dir", &story.pins.dir, "--lock-file", &story.pins.lock]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["cleanup", "--pin-dir", &story.pins.dir, "--lock-file", &story.pins.lock])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!Path::new(&story.pins.dir).exists());
     assert!(!tcx_programs(&story.outside.uplink, false).iter().any(|p| p.starts_with("uplink")), "detached by cleanup");
@@ -132,7 +138,8 @@ fn links_the_next_daemon_does_not_claim_are_detached() {
         sh(&["ip", "link", "set", b, "up"]);
     }
     let json = json_path("dx10-claim");
-    let common = ["--no-docker", "--stats-interval", "0", "--pin-dir", pins.dir.as_str(), "--lock-file", pins.lock.as_str()];
+    let common =
+        ["--no-docker", "--stats-interval", "0", "--pin-dir", pins.dir.as_str(), "--lock-file", pins.lock.as_str()];
     let mut a = common.to_vec();
     a.extend(["--bridge", keep.as_str(), "--bridge", drop_.as_str()]);
     let (_, status, _) = Watcher::restart(&a, json.clone()).stop();
@@ -146,7 +153,11 @@ fn links_the_next_daemon_does_not_claim_are_detached() {
     w.wait_for_line("is not watched now: detached", Duration::from_secs(25));
     assert!(tcx_programs(&drop_, true).is_empty(), "released");
     assert_eq!(tcx_programs(&keep, true), ["bridge_egress"], "claimed: still attached");
-    let links: Vec<String> = std::fs::read_dir(pins.version_dir().join("links")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let links: Vec<String> = std::fs::read_dir(pins.version_dir().join("links"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(links.len(), 2, "only the kept bridge's two links stay pinned: {links:?}");
     let (_, status, _) = w.stop();
     assert!(status.success());
@@ -170,7 +181,8 @@ fn xdp_links_are_adopted_too_and_dropped_when_the_hook_changes() {
     let (_, status, _) = start("xdp").stop();
     assert!(status.success());
     assert!(xdp_attached(&story.outside.uplink), "the XDP link stays attached after SIGTERM");
-    let xdp_pin = format!("uplink_xdp@{}", sh(&["cat", &format!("/sys/class/net/{}/ifindex", story.outside.uplink)]).trim());
+    let xdp_pin =
+        format!("uplink_xdp@{}", sh(&["cat", &format!("/sys/class/net/{}/ifindex", story.outside.uplink)]).trim());
     let before = link_programs(&story.pins.version_dir());
     let during = story.connect().expect("bypass");
     let mut w = start("xdp");

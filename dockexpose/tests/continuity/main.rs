@@ -46,7 +46,8 @@ struct Pins {
 impl Pins {
     fn new(tag: &str) -> Self {
         let id = std::process::id();
-        let p = Self { dir: format!("/sys/fs/bpf/dx10-{tag}-{id}"), lock: format!("/run/dockexpose/dx10-{tag}-{id}.lock") };
+        let p =
+            Self { dir: format!("/sys/fs/bpf/dx10-{tag}-{id}"), lock: format!("/run/dockexpose/dx10-{tag}-{id}.lock") };
         p.cleanup();
         p
     }
@@ -85,17 +86,28 @@ impl Story {
         let image = docker::echo_image();
         let outside = OutsideHost::with_n(&format!("10{tag}"), n);
         let port = 46_000 + n as u16;
-        let web = docker::Container::run(&format!("dx10-{tag}-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+        let web =
+            docker::Container::run(&format!("dx10-{tag}-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
         let json = json_path(&format!("dx10-{tag}"));
         let _ = std::fs::remove_file(&json);
         Self { outside, _web: web, port, pins: Pins::new(tag), json }
     }
 
     fn args(&self) -> Vec<String> {
-        ["--stats-interval", "0", "--quiet", "--uplink", &self.outside.uplink, "--pin-dir", &self.pins.dir, "--lock-file", &self.pins.lock]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "--stats-interval",
+            "0",
+            "--quiet",
+            "--uplink",
+            &self.outside.uplink,
+            "--pin-dir",
+            &self.pins.dir,
+            "--lock-file",
+            &self.pins.lock,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 
     fn start(&self) -> Watcher {
@@ -144,7 +156,8 @@ struct Traffic {
 
 impl Traffic {
     fn start(story: &Story, every: Duration) -> Self {
-        let (stop, ports, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(0)));
+        let (stop, ports, failed) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(0)));
         let (s, p, f) = (stop.clone(), ports.clone(), failed.clone());
         let (ns, src, dst) = (story.outside.ns.clone(), story.outside.src4(), story.outside.host4(story.port));
         let thread = std::thread::spawn(move || {
@@ -191,7 +204,11 @@ fn gap(records: &[Value], src: &str, ports: &[u16]) -> (Gap, Vec<String>) {
     let mut by: BTreeMap<(u64, &str), Vec<RecordName>> = BTreeMap::new();
     for r in records.iter().filter(|r| r["src_ip"] == src && r["proto"] == "tcp") {
         let (Some(port), Some(stage)) = (r["src_port"].as_u64(), r["stage"].as_str()) else { continue };
-        let id = (r["boot_id"].as_str().unwrap_or("").to_string(), r["cpu"].as_u64().unwrap_or(u64::MAX), r["kseq"].as_u64().unwrap_or(u64::MAX));
+        let id = (
+            r["boot_id"].as_str().unwrap_or("").to_string(),
+            r["cpu"].as_u64().unwrap_or(u64::MAX),
+            r["kseq"].as_u64().unwrap_or(u64::MAX),
+        );
         by.entry((port, stage)).or_default().push(id);
     }
     let mut g = Gap { connections: ports.len(), ..Gap::default() };
@@ -205,7 +222,10 @@ fn gap(records: &[Value], src: &str, ports: &[u16]) -> (Gap, Vec<String>) {
         for stage in ["attempted", "reached"] {
             let ids = by.get(&(u64::from(port), stage)).cloned().unwrap_or_default();
             for id in &ids {
-                assert!(!id.0.is_empty() && id.1 != u64::MAX && id.2 != u64::MAX, "record without boot_id/cpu/kseq: {id:?}");
+                assert!(
+                    !id.0.is_empty() && id.1 != u64::MAX && id.2 != u64::MAX,
+                    "record without boot_id/cpu/kseq: {id:?}"
+                );
             }
             let mut distinct = ids.clone();
             distinct.sort();
@@ -214,10 +234,16 @@ fn gap(records: &[Value], src: &str, ports: &[u16]) -> (Gap, Vec<String>) {
             g.flagged += ids.len() - distinct.len();
             if distinct.len() < expected {
                 g.lost += expected - distinct.len();
-                problems.push(format!("{stage} of source port {port}: {} records for {expected} connections", distinct.len()));
+                problems.push(format!(
+                    "{stage} of source port {port}: {} records for {expected} connections",
+                    distinct.len()
+                ));
             } else if distinct.len() > expected {
                 g.undetectable += distinct.len() - expected;
-                problems.push(format!("{stage} of source port {port}: {} distinct records for {expected} connections: {ids:?}", distinct.len()));
+                problems.push(format!(
+                    "{stage} of source port {port}: {} distinct records for {expected} connections: {ids:?}",
+                    distinct.len()
+                ));
             }
         }
     }
@@ -241,10 +267,22 @@ fn report(test: &str, g: &Gap, problems: &[String]) {
 fn link_programs(version_dir: &Path) -> BTreeMap<String, (u64, u64)> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(version_dir.join("links")).unwrap().flatten() {
-        let o = Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(e.path()).output().expect("bpftool (cargo xtask setup installs it)");
-        assert!(o.status.success(), "bpftool link show pinned {}: {}", e.path().display(), String::from_utf8_lossy(&o.stderr));
+        let o = Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(e.path())
+            .output()
+            .expect("bpftool (cargo xtask setup installs it)");
+        assert!(
+            o.status.success(),
+            "bpftool link show pinned {}: {}",
+            e.path().display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        out.insert(e.file_name().to_string_lossy().into_owned(), (v["id"].as_u64().unwrap(), v["prog_id"].as_u64().unwrap()));
+        out.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            (v["id"].as_u64().unwrap(), v["prog_id"].as_u64().unwrap()),
+        );
     }
     out
 }

@@ -83,7 +83,8 @@ fn sigterm_then_a_second_binary_adopts_links_and_ring() {
     // Same links (never detached), new programs behind them.
     assert!(!links_before.is_empty());
     for (pin, (link, prog)) in &links_before {
-        let (link2, prog2) = links_after.get(pin).unwrap_or_else(|| panic!("{pin} gone after the upgrade: {links_after:?}"));
+        let (link2, prog2) =
+            links_after.get(pin).unwrap_or_else(|| panic!("{pin} gone after the upgrade: {links_after:?}"));
         assert_eq!(link, link2, "{pin}: the link itself is kept");
         assert_ne!(prog, prog2, "{pin}: its program is replaced by the new daemon's");
     }
@@ -93,7 +94,10 @@ fn sigterm_then_a_second_binary_adopts_links_and_ring() {
     assert_eq!((s[1]["kernel_state"].as_str(), s[1]["previous_stop"].as_str()), (Some("resumed"), Some("clean")));
     let backlog = s[1]["backlog_records"].as_u64().unwrap();
     let gap_connections = (at_restart - at_stop) as u64;
-    assert!(backlog >= gap_connections * 2 - 2, "the ring held the gap's records: backlog {backlog}, {gap_connections} connections");
+    assert!(
+        backlog >= gap_connections * 2 - 2,
+        "the ring held the gap's records: backlog {backlog}, {gap_connections} connections"
+    );
     assert!(records.iter().any(|r| r["event"] == "daemon_stop" && r["kernel_side"] == "kept"));
     let (g, problems) = gap(&records, &story.outside.v4(2), &ports);
     eprintln!("{gap_connections} connections while no daemon ran; backlog at start {backlog} records");
@@ -126,7 +130,12 @@ fn records_written_but_not_released_before_a_crash_come_back_flagged() {
     assert!(status.success());
     let records = story.records();
     let s = starts(&records);
-    assert_eq!(s[1]["backlog_records"].as_u64(), Some(first.len() as u64 * 2), "everything written is still in the ring: {}", s[1]);
+    assert_eq!(
+        s[1]["backlog_records"].as_u64(),
+        Some(first.len() as u64 * 2),
+        "everything written is still in the ring: {}",
+        s[1]
+    );
     let mut all = first.clone();
     all.extend(after);
     let (g, problems) = gap(&records, &story.outside.v4(2), &all);

@@ -29,7 +29,12 @@ fn thirty_seconds_without_a_daemon_are_written_by_the_next() {
     let s = starts(&records);
     assert_eq!(s.len(), 2);
     assert_eq!(s[1]["kernel_state"], "resumed");
-    assert_eq!(s[1]["backlog_records"].as_u64(), Some(gap_ports.len() as u64 * 2), "attempted + reached per connection: {:?}", s[1]);
+    assert_eq!(
+        s[1]["backlog_records"].as_u64(),
+        Some(gap_ports.len() as u64 * 2),
+        "attempted + reached per connection: {:?}",
+        s[1]
+    );
     assert_eq!(s[1]["lost_since_last_stop"], 0);
     // The gap's records come after the start record, before the last connection's.
     let pos = |port: u16| records.iter().position(|r| r["src_port"] == port && r["stage"] == "reached").unwrap();
@@ -42,7 +47,11 @@ fn thirty_seconds_without_a_daemon_are_written_by_the_next() {
     report("no_daemon_30s", &g, &problems);
     // Their timestamps are when the kernel saw them, not when they were written.
     let r = records.iter().find(|r| r["src_port"] == all[1] && r["stage"] == "reached").unwrap();
-    assert!(r["ts"].as_str().unwrap() < s[1]["ts"].as_str().unwrap(), "{r} written with the time it was seen, before {}", s[1]);
+    assert!(
+        r["ts"].as_str().unwrap() < s[1]["ts"].as_str().unwrap(),
+        "{r} written with the time it was seen, before {}",
+        s[1]
+    );
 }
 
 #[test]
@@ -171,16 +180,16 @@ fn record_seq(path: &Path) -> BTreeMap<u64, u64> {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let entry = &v[0];
-    let values = entry["values"].as_array().or_else(|| entry["formatted"]["values"].as_array()).unwrap_or_else(|| panic!("{v}"));
+    let values =
+        entry["values"].as_array().or_else(|| entry["formatted"]["values"].as_array()).unwrap_or_else(|| panic!("{v}"));
     values
         .iter()
         .map(|c| {
             let value = match &c["value"] {
                 Value::Number(n) => n.as_u64().unwrap(),
-                Value::Array(bytes) => bytes
-                    .iter()
-                    .rev()
-                    .fold(0u64, |acc, b| (acc << 8) | u64::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()),
+                Value::Array(bytes) => bytes.iter().rev().fold(0u64, |acc, b| {
+                    (acc << 8) | u64::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+                }),
                 other => panic!("{other}"),
             };
             (c["cpu"].as_u64().unwrap(), value)

@@ -27,7 +27,8 @@ impl PrivateFirewalld {
         // setting Docker hosts run firewalld with.
         let conf = root.join("etc/firewalld/firewalld.conf");
         let text = std::fs::read_to_string(&conf).unwrap_or_default();
-        let text: String = text.lines().filter(|l| !l.starts_with("FlushAllOnReload=")).map(|l| format!("{l}\n")).collect();
+        let text: String =
+            text.lines().filter(|l| !l.starts_with("FlushAllOnReload=")).map(|l| format!("{l}\n")).collect();
         std::fs::write(&conf, text + "FlushAllOnReload=no\n").unwrap();
         let script = format!(
             "mount -t tmpfs tmpfs /run/dbus && mount --bind {r}/etc/firewalld /etc/firewalld && mount --bind {r}/run/firewalld /run/firewalld \
@@ -78,7 +79,9 @@ impl Drop for PrivateFirewalld {
         // firewalld (the exec'd shell); the bus dies with its mount namespace's last user.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(pid) = std::fs::read_to_string(self.root.join("dbus.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+        if let Some(pid) =
+            std::fs::read_to_string(self.root.join("dbus.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok())
+        {
             // SAFETY: the private bus this guard started (its pid, printed by itself).
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
@@ -95,7 +98,9 @@ fn firewalld_zones_are_the_intent_and_its_reload_is_drift_named_firewalld() {
     if !docker::ready(test) {
         return;
     }
-    if Command::new("firewalld").arg("--help").output().is_err() || Command::new("dbus-daemon").arg("--version").output().is_err() {
+    if Command::new("firewalld").arg("--help").output().is_err()
+        || Command::new("dbus-daemon").arg("--version").output().is_err()
+    {
         skip(test, "firewalld or dbus-daemon is not installed (Debian's firewalld; `cargo xtask setup` installs it)");
         return;
     }
@@ -118,7 +123,11 @@ fn firewalld_zones_are_the_intent_and_its_reload_is_drift_named_firewalld() {
         assert_eq!(r["intent"]["source"], "firewalld", "{r}");
         assert_eq!(r["intent"]["action"], action, "{r}");
         let reachable = r["reality"] != "HELD";
-        let contradicts = if action == "deny" { reachable } else { !reachable && !r["intent"]["rule"].as_str().unwrap().contains("target") };
+        let contradicts = if action == "deny" {
+            reachable
+        } else {
+            !reachable && !r["intent"]["rule"].as_str().unwrap().contains("target")
+        };
         assert_eq!(r["contradiction"], contradicts, "{r}");
     }
     assert!(row(&rows, 9090, "ipv4")["intent"]["rule"].as_str().unwrap().contains("9090/tcp"), "{rows:#?}");
@@ -139,7 +148,11 @@ fn firewalld_zones_are_the_intent_and_its_reload_is_drift_named_firewalld() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let changed = loop {
         let text = std::fs::read_to_string(&json).unwrap_or_default();
-        let found: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v["event"] == "exposure_changed").collect();
+        let found: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["event"] == "exposure_changed")
+            .collect();
         if !found.is_empty() || Instant::now() > deadline {
             break found;
         }
@@ -147,8 +160,14 @@ fn firewalld_zones_are_the_intent_and_its_reload_is_drift_named_firewalld() {
     };
     eprintln!("firewalld reload: {changed:#?}");
     assert!(!changed.is_empty(), "the reload changed verdicts: an exposure_changed line");
-    assert!(changed.iter().all(|c| c["cause"]["kind"] == "firewalld" && c["cause"]["process"] == "firewalld"), "{changed:#?}");
-    assert!(!w.lines().iter().any(|l| l.contains("service ssh (zone public) not found")), "services read from the host's /usr/lib/firewalld");
+    assert!(
+        changed.iter().all(|c| c["cause"]["kind"] == "firewalld" && c["cause"]["process"] == "firewalld"),
+        "{changed:#?}"
+    );
+    assert!(
+        !w.lines().iter().any(|l| l.contains("service ssh (zone public) not found")),
+        "services read from the host's /usr/lib/firewalld"
+    );
     let (_, _, _) = w.stop();
     let _ = std::fs::remove_file(&json);
 }

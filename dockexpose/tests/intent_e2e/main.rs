@@ -44,42 +44,33 @@ impl PrivateUfw {
         let root = std::env::temp_dir().join(format!("dx-ufw-root-{}", run_id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("etc/default")).unwrap();
-        sh(&[
-            "cp",
-            "-a",
-            "/etc/ufw",
-            root.join("etc/ufw").to_str().unwrap(),
-        ]);
+        sh(&["cp", "-a", "/etc/ufw", root.join("etc/ufw").to_str().unwrap()]);
         // The machine's copy may carry rules of its own: start from none.
         for f in ["user.rules", "user6.rules"] {
             let path = root.join("etc/ufw").join(f);
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let kept: Vec<&str> = text
-                .lines()
-                .filter(|l| !l.starts_with("### tuple") && !l.starts_with("-A ufw"))
-                .collect();
+            let kept: Vec<&str> =
+                text.lines().filter(|l| !l.starts_with("### tuple") && !l.starts_with("-A ufw")).collect();
             std::fs::write(&path, kept.join("\n") + "\n").unwrap();
         }
         let defaults = std::fs::read_to_string("/etc/default/ufw").unwrap();
         // No sysctl changes from this UFW (some are not per namespace).
         let empty = root.join("etc/ufw/no-sysctl.conf");
         std::fs::write(&empty, "").unwrap();
-        let defaults: String = defaults
-            .lines()
-            .map(|l| {
-                if l.starts_with("IPT_SYSCTL=") {
-                    format!("IPT_SYSCTL={}", empty.display())
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let defaults: String =
+            defaults
+                .lines()
+                .map(|l| {
+                    if l.starts_with("IPT_SYSCTL=") {
+                        format!("IPT_SYSCTL={}", empty.display())
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
         std::fs::write(root.join("etc/default/ufw"), defaults + "\n").unwrap();
-        Self {
-            root,
-            ns: ns.to_string(),
-        }
+        Self { root, ns: ns.to_string() }
     }
 
     /// Runs `ufw ARGS` in the namespace, against the private files.
@@ -89,16 +80,7 @@ impl PrivateUfw {
             r = self.root.display(),
             ns = self.ns
         );
-        let mut full = vec![
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script.as_str(),
-            "ufw",
-        ];
+        let mut full = vec!["unshare", "-m", "--propagation", "private", "sh", "-c", script.as_str(), "ufw"];
         full.extend_from_slice(args);
         sh(&full)
     }
@@ -110,9 +92,7 @@ impl PrivateUfw {
         status
             .lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-            .find(|l| {
-                l.starts_with('[') && l.contains(&format!("] {what} ")) && l.contains("(v6)") == v6
-            })
+            .find(|l| l.starts_with('[') && l.contains(&format!("] {what} ")) && l.contains("(v6)") == v6)
             .unwrap_or_else(|| panic!("no line for {what} (v6: {v6}) in:\n{status}"))
     }
 }
@@ -128,10 +108,7 @@ fn ready(test: &str) -> bool {
         return false;
     }
     if Command::new("ufw").arg("--version").output().is_err() {
-        return skip(
-            test,
-            "ufw is not installed (Debian's ufw; `cargo xtask setup` installs it)",
-        );
+        return skip(test, "ufw is not installed (Debian's ufw; `cargo xtask setup` installs it)");
     }
     true
 }
@@ -142,12 +119,7 @@ fn engine(tag: &str) -> SecondEngine {
     SecondEngine::start_with(
         tag,
         Proxy::Off,
-        &[
-            "--experimental",
-            "--ipv6",
-            &format!("--fixed-cidr-v6=fd42:251:{n}::/64"),
-            "--ip6tables",
-        ],
+        &["--experimental", "--ipv6", &format!("--fixed-cidr-v6=fd42:251:{n}::/64"), "--ip6tables"],
     )
 }
 
@@ -157,7 +129,17 @@ fn explain_cmd(e: &SecondEngine, root: &Path, args: &[&str]) -> std::process::Ou
     let (from4, from6) = (format!("{}/32", e.outside_v4()), format!("{}/128", e.outside_v6()));
     // `ip netns exec`: /sys of the namespace too (verify reads the uplink's MAC there).
     let out = Command::new("ip")
-        .args(["netns", "exec", e.ns.as_str(), env!("CARGO_BIN_EXE_dockexpose"), "explain", "--docker-host", &e.socket, "--uplink", &e.uplink])
+        .args([
+            "netns",
+            "exec",
+            e.ns.as_str(),
+            env!("CARGO_BIN_EXE_dockexpose"),
+            "explain",
+            "--docker-host",
+            &e.socket,
+            "--uplink",
+            &e.uplink,
+        ])
         .args(["--from", &from4, "--from", &from6, "--intent-root", root.to_str().unwrap()])
         .args(args)
         .output()

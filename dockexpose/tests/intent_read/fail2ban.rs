@@ -8,10 +8,7 @@ fn intent_fail2ban_jail_in_a_namespace_is_a_ban() {
     if !support::privileged(test) {
         return;
     }
-    if !have("fail2ban-server")
-        || !have("fail2ban-client")
-        || !Path::new("/etc/fail2ban/jail.conf").exists()
-    {
+    if !have("fail2ban-server") || !have("fail2ban-client") || !Path::new("/etc/fail2ban/jail.conf").exists() {
         skip(test, "fail2ban is not installed");
         return;
     }
@@ -24,11 +21,7 @@ fn intent_fail2ban_jail_in_a_namespace_is_a_ban() {
     }
     let log = bed.dir.join("dxi.log");
     std::fs::write(&log, "").unwrap();
-    std::fs::write(
-        conf.join("fail2ban.local"),
-        "[Definition]\ndbfile = :memory:\n",
-    )
-    .unwrap();
+    std::fs::write(conf.join("fail2ban.local"), "[Definition]\ndbfile = :memory:\n").unwrap();
     std::fs::write(
         conf.join("jail.local"),
         format!(
@@ -38,11 +31,8 @@ fn intent_fail2ban_jail_in_a_namespace_is_a_ban() {
     )
     .unwrap();
     let sock = bed.dir.join("f2b.sock");
-    let (sock_s, pid, srv_log) = (
-        sock.to_string_lossy().into_owned(),
-        bed.dir.join("f2b.pid"),
-        bed.dir.join("server.log"),
-    );
+    let (sock_s, pid, srv_log) =
+        (sock.to_string_lossy().into_owned(), bed.dir.join("f2b.pid"), bed.dir.join("server.log"));
     bed.f2b_sock = Some(sock.clone());
     bed.exec(&[
         "fail2ban-server",
@@ -57,21 +47,10 @@ fn intent_fail2ban_jail_in_a_namespace_is_a_ban() {
         "-x",
         "-b",
     ]);
-    sh(&[
-        "fail2ban-client",
-        "-s",
-        &sock_s,
-        "set",
-        "dxi",
-        "banip",
-        "198.18.7.10",
-    ]);
+    sh(&["fail2ban-client", "-s", &sock_s, "set", "dxi", "banip", "198.18.7.10"]);
     // The action inserts its chain when the ban is carried out: wait for it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !bed
-        .exec(&["iptables-save", "-t", "filter"])
-        .contains("-A f2b-dxi -s 198.18.7.10/32")
-    {
+    while !bed.exec(&["iptables-save", "-t", "filter"]).contains("-A f2b-dxi -s 198.18.7.10/32") {
         assert!(
             std::time::Instant::now() < deadline,
             "fail2ban did not ban: {}",
@@ -80,9 +59,7 @@ fn intent_fail2ban_jail_in_a_namespace_is_a_ban() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let book = bed.read(&bed.dir);
-    let ban = book
-        .ban_of("198.18.7.10".parse().unwrap())
-        .unwrap_or_else(|| panic!("no ban: {:?}", book.bans));
+    let ban = book.ban_of("198.18.7.10".parse().unwrap()).unwrap_or_else(|| panic!("no ban: {:?}", book.bans));
     assert_eq!(ban.name, "fail2ban jail dxi");
     assert!(book.ban_of("198.18.7.11".parse().unwrap()).is_none());
 }

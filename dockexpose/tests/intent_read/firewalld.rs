@@ -37,11 +37,7 @@ fn intent_firewalld_zones_written_by_firewall_offline_cmd() {
     );
     let rich = sh(&["unshare", "-m", "sh", "-c", &script]);
     let rich_line = |has: &str| -> String {
-        rich.lines()
-            .find(|l| l.contains(has))
-            .unwrap_or_else(|| panic!("no {has} in:\n{rich}"))
-            .trim()
-            .to_string()
+        rich.lines().find(|l| l.contains(has)).unwrap_or_else(|| panic!("no {has} in:\n{rich}")).trim().to_string()
     };
     let none = || Err::<String, String>("not asked".into());
     let book = IntentBook::read_with(
@@ -55,47 +51,18 @@ fn intent_firewalld_zones_written_by_firewall_offline_cmd() {
             firewalld_runs: true,
         },
     );
-    assert_eq!(
-        book.source,
-        Some(Source::Firewalld),
-        "{}: {:?}",
-        book.summary,
-        book.warnings
-    );
-    assert_eq!(
-        book.summary,
-        "firewalld: active, default zone public, interfaces dxi0→trusted"
-    );
-    let at = |port, v6, iface| {
-        book.for_port(port, Proto::Tcp, v6, iface)
-            .expect("an intent")
-    };
+    assert_eq!(book.source, Some(Source::Firewalld), "{}: {:?}", book.summary, book.warnings);
+    assert_eq!(book.summary, "firewalld: active, default zone public, interfaces dxi0→trusted");
+    let at = |port, v6, iface| book.for_port(port, Proto::Tcp, v6, iface).expect("an intent");
     let p = at(8080, false, None);
-    assert_eq!(
-        (p.action, p.rule.as_str()),
-        (Action::Allow, "zone public: port 8080/tcp")
-    );
+    assert_eq!((p.action, p.rule.as_str()), (Action::Allow, "zone public: port 8080/tcp"));
     assert_eq!(at(80, true, None).rule, "zone public: service http");
     let r = at(5432, false, None);
-    assert_eq!(
-        (r.action, r.rule),
-        (Action::Deny, format!("zone public: {}", rich_line("5432")))
-    );
+    assert_eq!((r.action, r.rule), (Action::Deny, format!("zone public: {}", rich_line("5432"))));
     let d = at(18080, false, None);
-    assert_eq!(
-        (d.action, d.rule.as_str()),
-        (Action::Deny, "zone public: target default (reject)")
-    );
+    assert_eq!((d.action, d.rule.as_str()), (Action::Deny, "zone public: target default (reject)"));
     let t = at(18080, false, Some("dxi0"));
-    assert_eq!(
-        (t.action, t.rule.as_str()),
-        (Action::Allow, "zone trusted: target ACCEPT")
-    );
-    let ban = book
-        .ban_of("198.18.7.3".parse().unwrap())
-        .expect("the rich drop rule is a ban");
-    assert_eq!(
-        ban.name,
-        format!("firewalld zone public: {}", rich_line("198.18.7.3"))
-    );
+    assert_eq!((t.action, t.rule.as_str()), (Action::Allow, "zone trusted: target ACCEPT"));
+    let ban = book.ban_of("198.18.7.3".parse().unwrap()).expect("the rich drop rule is a ban");
+    assert_eq!(ban.name, format!("firewalld zone public: {}", rich_line("198.18.7.3")));
 }

@@ -18,49 +18,13 @@ fn intent_iptables_input_and_ipset_in_a_namespace() {
     bed.exec(&["ipset", "create", "dxi-block", "hash:ip"]);
     bed.exec(&["ipset", "add", "dxi-block", "198.18.7.9"]);
     bed.exec(&["iptables", "-P", "INPUT", "DROP"]);
-    bed.exec(&[
-        "iptables",
-        "-A",
-        "INPUT",
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "RELATED,ESTABLISHED",
-        "-j",
-        "ACCEPT",
-    ]);
-    bed.exec(&[
-        "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT",
-    ]);
-    bed.exec(&[
-        "iptables",
-        "-I",
-        "INPUT",
-        "-m",
-        "set",
-        "--match-set",
-        "dxi-block",
-        "src",
-        "-j",
-        "DROP",
-    ]);
-    bed.exec(&[
-        "ip6tables",
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "8443",
-        "-j",
-        "REJECT",
-    ]);
+    bed.exec(&["iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]);
+    bed.exec(&["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT"]);
+    bed.exec(&["iptables", "-I", "INPUT", "-m", "set", "--match-set", "dxi-block", "src", "-j", "DROP"]);
+    bed.exec(&["ip6tables", "-A", "INPUT", "-p", "tcp", "--dport", "8443", "-j", "REJECT"]);
     let listed = bed.exec(&["iptables", "-S", "INPUT"]);
-    let rule_8080 = listed
-        .lines()
-        .find(|l| l.contains("--dport 8080"))
-        .expect("iptables -S shows the rule")
-        .to_string();
+    let rule_8080 =
+        listed.lines().find(|l| l.contains("--dport 8080")).expect("iptables -S shows the rule").to_string();
 
     // The pure path, on the tools' output taken from outside the namespace.
     let empty = bed.dir.join("root");
@@ -76,42 +40,21 @@ fn intent_iptables_input_and_ipset_in_a_namespace() {
     // And `read` itself, running the tools inside the namespace.
     let book = bed.read(&empty);
     for b in [&fed, &book] {
-        assert_eq!(
-            b.source,
-            Some(Source::Iptables),
-            "{}: {:?}",
-            b.summary,
-            b.warnings
-        );
+        assert_eq!(b.source, Some(Source::Iptables), "{}: {:?}", b.summary, b.warnings);
         let allow = b.for_port(8080, Proto::Tcp, false, None).unwrap();
-        assert_eq!(
-            (allow.action, allow.rule),
-            (Action::Allow, rule_8080.clone())
-        );
+        assert_eq!((allow.action, allow.rule), (Action::Allow, rule_8080.clone()));
         let other = b.for_port(8081, Proto::Tcp, false, None).unwrap();
-        assert_eq!(
-            (other.action, other.rule.as_str()),
-            (Action::Deny, "policy DROP")
-        );
+        assert_eq!((other.action, other.rule.as_str()), (Action::Deny, "policy DROP"));
         let v6 = b.for_port(8443, Proto::Tcp, true, None).unwrap();
         assert_eq!(v6.action, Action::Deny);
         assert!(v6.rule.contains("--dport 8443 -j REJECT"), "{}", v6.rule);
         // ip6tables' INPUT accepts: 8080 over IPv6 reads as its policy.
-        assert_eq!(
-            b.for_port(8080, Proto::Tcp, true, None).unwrap().rule,
-            "policy ACCEPT"
-        );
-        let ban = b
-            .ban_of("198.18.7.9".parse().unwrap())
-            .expect("the ipset is a ban");
+        assert_eq!(b.for_port(8080, Proto::Tcp, true, None).unwrap().rule, "policy ACCEPT");
+        let ban = b.ban_of("198.18.7.9".parse().unwrap()).expect("the ipset is a ban");
         assert_eq!(ban.name, "ipset dxi-block");
         assert!(b.ban_of("198.18.7.8".parse().unwrap()).is_none());
     }
-    assert!(
-        book.warnings.iter().all(|w| !w.contains("iptables-save")),
-        "{:?}",
-        book.warnings
-    );
+    assert!(book.warnings.iter().all(|w| !w.contains("iptables-save")), "{:?}", book.warnings);
 }
 
 #[test]

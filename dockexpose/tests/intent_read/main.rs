@@ -37,11 +37,7 @@ impl Bed {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         sh(&["ip", "netns", "add", &ns]);
-        Bed {
-            ns,
-            dir,
-            f2b_sock: None,
-        }
+        Bed { ns, dir, f2b_sock: None }
     }
 
     /// Runs a command inside the namespace, panicking on failure.
@@ -76,10 +72,7 @@ impl Drop for Bed {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
 }
 
 /// A `ufw status numbered` line with its column padding collapsed, as the book shows it.

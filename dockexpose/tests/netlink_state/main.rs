@@ -44,11 +44,7 @@ struct Bed {
 impl Bed {
     fn new() -> Self {
         let n = run_id();
-        for prefix in [
-            format!("198.18.{n}.0/24"),
-            format!("fd42:198:{n}::/64"),
-            format!("10.251.{n}.0/24"),
-        ] {
+        for prefix in [format!("198.18.{n}.0/24"), format!("fd42:198:{n}::/64"), format!("10.251.{n}.0/24")] {
             assert_unrouted(&prefix);
         }
         let (outside, container) = (format!("dxnlo{n}"), format!("dxnlc{n}"));
@@ -57,67 +53,31 @@ impl Bed {
         // Last undone: the conntrack entries of the test's flows, also when it failed
         // before deleting them (by the `conntrack` program, not the code under test).
         undo.push(&["conntrack", "-D", "-s", &format!("198.18.{n}.2")]);
-        undo.push(&[
-            "conntrack",
-            "-D",
-            "-f",
-            "ipv6",
-            "-s",
-            &format!("fd42:198:{n}::1"),
-        ]);
+        undo.push(&["conntrack", "-D", "-f", "ipv6", "-s", &format!("fd42:198:{n}::1")]);
         for (ns, host_end, addr4, addr6) in [
-            (
-                &outside,
-                &uplink,
-                format!("198.18.{n}"),
-                Some(format!("fd42:198:{n}:")),
-            ),
+            (&outside, &uplink, format!("198.18.{n}"), Some(format!("fd42:198:{n}:"))),
             (&container, &bridge, format!("10.251.{n}"), None),
         ] {
             sh(&["ip", "netns", "add", ns]);
             undo.push(&["ip", "netns", "del", ns]);
             let peer = format!("{host_end}p");
-            sh(&[
-                "ip", "link", "add", host_end, "type", "veth", "peer", "name", &peer,
-            ]);
+            sh(&["ip", "link", "add", host_end, "type", "veth", "peer", "name", &peer]);
             undo.push(&["ip", "link", "del", host_end]);
             sh(&["ip", "link", "set", &peer, "netns", ns]);
-            sh(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{addr4}.1/24"),
-                "dev",
-                host_end,
-            ]);
+            sh(&["ip", "addr", "add", &format!("{addr4}.1/24"), "dev", host_end]);
             sh(&["ip", "link", "set", host_end, "up"]);
             let o = |args: &[&str]| sh(&[&["ip", "-n", ns.as_str()], args].concat());
             o(&["link", "set", "lo", "up"]);
             o(&["link", "set", &peer, "name", "eth0"]);
             o(&["addr", "add", &format!("{addr4}.2/24"), "dev", "eth0"]);
             if let Some(v6) = &addr6 {
-                sh(&[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("{v6}:1/64"),
-                    "dev",
-                    host_end,
-                    "nodad",
-                ]);
+                sh(&["ip", "addr", "add", &format!("{v6}:1/64"), "dev", host_end, "nodad"]);
                 o(&["addr", "add", &format!("{v6}:2/64"), "dev", "eth0", "nodad"]);
             }
             o(&["link", "set", "eth0", "up"]);
             o(&["route", "add", "default", "via", &format!("{addr4}.1")]);
         }
-        Bed {
-            n,
-            outside,
-            container,
-            uplink,
-            bridge,
-            undo,
-        }
+        Bed { n, outside, container, uplink, bridge, undo }
     }
 
     fn v4(&self, host: u32) -> IpAddr {

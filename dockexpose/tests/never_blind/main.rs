@@ -25,10 +25,7 @@ use serde_json::Value;
 use support::{craft::craft, docker, *};
 
 fn reached(records: &[Value], sport: u16) -> Vec<&Value> {
-    records
-        .iter()
-        .filter(|r| r["stage"] == "reached" && r["src_port"] == sport)
-        .collect()
+    records.iter().filter(|r| r["stage"] == "reached" && r["src_port"] == sport).collect()
 }
 
 /// A host on docker0 that no container is: a VM or LXC guest bridged into Docker's
@@ -51,70 +48,25 @@ impl Guest {
     }
 
     fn new(n: u32, port: u16) -> Self {
-        let subnet = sh(&[
-            "docker",
-            "network",
-            "inspect",
-            "bridge",
-            "-f",
-            "{{(index .IPAM.Config 0).Subnet}}",
-        ]);
-        assert_eq!(
-            subnet.trim(),
-            "172.17.0.0/16",
-            "docker0's subnet: this test places a guest in 172.17.254.0/24"
-        );
+        let subnet = sh(&["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Subnet}}"]);
+        assert_eq!(subnet.trim(), "172.17.0.0/16", "docker0's subnet: this test places a guest in 172.17.254.0/24");
         let (ns, host_end) = (format!("dxg{n}"), format!("dxgv{n}"));
         let addr = format!("172.17.254.{n}");
-        let in_use = sh(&[
-            "docker",
-            "network",
-            "inspect",
-            "bridge",
-            "-f",
-            "{{range .Containers}}{{.IPv4Address}} {{end}}",
-        ]);
-        assert!(
-            !in_use.contains(&format!("{addr}/")),
-            "{addr} is a container's address"
-        );
+        let in_use =
+            sh(&["docker", "network", "inspect", "bridge", "-f", "{{range .Containers}}{{.IPv4Address}} {{end}}"]);
+        assert!(!in_use.contains(&format!("{addr}/")), "{addr} is a container's address");
         let mut undo = Undo::default();
         sh(&["ip", "netns", "add", &ns]);
         undo.push(&["ip", "netns", "del", &ns]);
-        sh(&[
-            "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ]);
+        sh(&["ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
         undo.push(&["ip", "link", "del", &host_end]);
         sh(&["ip", "link", "set", &host_end, "master", "docker0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/16"),
-            "dev",
-            "eth0",
-        ]);
+        sh(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/16"), "dev", "eth0"]);
         sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "172.17.0.1",
-        ]);
+        sh(&["ip", "-n", &ns, "route", "add", "default", "via", "172.17.0.1"]);
         let services = Services::start(&ns, port, port + 1);
-        Guest {
-            ns,
-            addr,
-            _services: services,
-            _undo: undo,
-        }
+        Guest { ns, addr, _services: services, _undo: undo }
     }
 }
 

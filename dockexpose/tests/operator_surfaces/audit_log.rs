@@ -14,7 +14,16 @@ fn the_audit_log_follows_logrotate_and_survives_a_full_disk() {
     let log = fs.0.join("audit.jsonl");
     let socket = dir.join("dockexpose.sock");
     let mut w = Watcher::start(
-        &["--bridge", &bed.bridge, "--no-uplinks", "--stats-interval", "0", "--quiet", "--status-socket", socket.to_str().unwrap()],
+        &[
+            "--bridge",
+            &bed.bridge,
+            "--no-uplinks",
+            "--stats-interval",
+            "0",
+            "--quiet",
+            "--status-socket",
+            socket.to_str().unwrap(),
+        ],
         log.clone(),
     );
     let src = Some(bed.outside.v4(2).parse().unwrap());
@@ -35,21 +44,28 @@ fn the_audit_log_follows_logrotate_and_survives_a_full_disk() {
     let conf = dir.join("logrotate.conf");
     std::fs::write(&conf, format!("{snippet}\n")).unwrap();
     let require = std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some();
-    let have = Command::new("sh").args(["-c", "command -v logrotate"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let have =
+        Command::new("sh").args(["-c", "command -v logrotate"]).output().map(|o| o.status.success()).unwrap_or(false);
     assert!(have || !require, "logrotate is not installed: run `cargo xtask setup`");
     assert!(have, "logrotate is not installed: run `cargo xtask setup`");
     sh(&["logrotate", "-f", "-s", dir.join("logrotate.state").to_str().unwrap(), conf.to_str().unwrap()]);
     w.wait_for_line("SIGUSR1: audit log", Duration::from_secs(5));
     let rotated = fs.0.join("audit.jsonl.1");
     let second = connect();
-    assert!(within(Duration::from_secs(5), || has_port(&log, second).then_some(())).is_some(), "the new file gets the next record");
+    assert!(
+        within(Duration::from_secs(5), || has_port(&log, second).then_some(())).is_some(),
+        "the new file gets the next record"
+    );
     assert!(has_port(&rotated, first) && !has_port(&rotated, second), "the old file keeps only what came before");
     std::fs::remove_file(&rotated).unwrap();
 
     // The disk fills: detection goes on, the records are held (in memory and in the
     // ring, which is not released past them), and it is said.
     let filler = fs.0.join("filler");
-    let _ = Command::new("dd").args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"]).stderr(Stdio::null()).status();
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"])
+        .stderr(Stdio::null())
+        .status();
     // tmpfs fills page by page: connect until a write fails.
     let mut made = Vec::new();
     let failed = within(Duration::from_secs(30), || {
@@ -80,7 +96,11 @@ fn the_audit_log_follows_logrotate_and_survives_a_full_disk() {
     let written = records(&log);
     assert!(written.iter().all(|r| r["schema"] == 1), "only whole lines in the file");
     let missing: Vec<u16> = made.iter().copied().filter(|p| !has_port(&log, *p)).collect();
-    eprintln!("full disk: {} connections made while it filled and was full, {} missing from the log", made.len(), missing.len());
+    eprintln!(
+        "full disk: {} connections made while it filled and was full, {} missing from the log",
+        made.len(),
+        missing.len()
+    );
     assert!(missing.is_empty(), "every connection made while the disk was full is in the log: missing {missing:?}");
     let (records, status, _) = w.stop();
     assert!(status.success());
@@ -99,23 +119,47 @@ fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_file_is_bad() {
     std::fs::write(&config, "[watch]\ntrusted = []\nstats_interval = 0\n").unwrap();
     let log = dir.join("audit.jsonl");
     let mut w = Watcher::start(
-        &["--config", config.to_str().unwrap(), "--bridge", &bed.bridge, "--no-uplinks", "--status-socket", dir.join("s.sock").to_str().unwrap()],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--bridge",
+            &bed.bridge,
+            "--no-uplinks",
+            "--status-socket",
+            dir.join("s.sock").to_str().unwrap(),
+        ],
         log.clone(),
     );
-    assert!(w.lines().iter().any(|l| l.contains("configuration from") && l.contains("dockexpose.toml")), "{:?}", w.lines());
-    let from = |host: u32| tcp_connect(&bed.outside.ns, Some(bed.outside.v4(host).parse().unwrap()), bed.host_tcp_v4()).expect("connect");
+    assert!(
+        w.lines().iter().any(|l| l.contains("configuration from") && l.contains("dockexpose.toml")),
+        "{:?}",
+        w.lines()
+    );
+    let from = |host: u32| {
+        tcp_connect(&bed.outside.ns, Some(bed.outside.v4(host).parse().unwrap()), bed.host_tcp_v4()).expect("connect")
+    };
 
     let before = from(2);
-    assert!(within(Duration::from_secs(5), || has_port(&log, before).then_some(())).is_some(), "reported before the reload");
+    assert!(
+        within(Duration::from_secs(5), || has_port(&log, before).then_some(())).is_some(),
+        "reported before the reload"
+    );
 
     // The .2 source becomes trusted: not reported any more; .3 still is.
-    std::fs::write(&config, format!("[watch]\ntrusted = [\"{}/32\"]\nstats_interval = 0\n[alerts]\nwindow = 30\n", bed.outside.v4(2))).unwrap();
+    std::fs::write(
+        &config,
+        format!("[watch]\ntrusted = [\"{}/32\"]\nstats_interval = 0\n[alerts]\nwindow = 30\n", bed.outside.v4(2)),
+    )
+    .unwrap();
     unsafe { libc::kill(w.pid() as i32, libc::SIGHUP) };
     let said = w.wait_for_line("SIGHUP: configuration reloaded", Duration::from_secs(5));
     assert!(said.contains("1 trusted networks") && said.contains("alert window 30 s"), "{said}");
     let trusted = from(2);
     let other = from(3);
-    assert!(within(Duration::from_secs(5), || has_port(&log, other).then_some(())).is_some(), "an untrusted source is still reported");
+    assert!(
+        within(Duration::from_secs(5), || has_port(&log, other).then_some(())).is_some(),
+        "an untrusted source is still reported"
+    );
     assert!(!has_port(&log, trusted), "the newly trusted source is not reported");
 
     // A bad file: the running configuration stays, and the reason is given.
@@ -128,11 +172,18 @@ fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_file_is_bad() {
     assert!(w.is_running());
     let still_trusted = from(2);
     let still_reported = from(3);
-    assert!(within(Duration::from_secs(5), || has_port(&log, still_reported).then_some(())).is_some(), "detection goes on");
+    assert!(
+        within(Duration::from_secs(5), || has_port(&log, still_reported).then_some(())).is_some(),
+        "detection goes on"
+    );
     assert!(!has_port(&log, still_trusted), "the previous configuration still holds");
 
     // A change that needs a restart is said, not half-applied.
-    std::fs::write(&config, format!("[watch]\ntrusted = [\"{}/32\"]\nstats_interval = 0\nudp_idle = 5\n", bed.outside.v4(2))).unwrap();
+    std::fs::write(
+        &config,
+        format!("[watch]\ntrusted = [\"{}/32\"]\nstats_interval = 0\nudp_idle = 5\n", bed.outside.v4(2)),
+    )
+    .unwrap();
     unsafe { libc::kill(w.pid() as i32, libc::SIGHUP) };
     let said = w.wait_for_line("applied at the next restart", Duration::from_secs(5));
     assert!(said.contains("watch.udp_idle"), "{said}");

@@ -15,7 +15,11 @@ struct Prometheus {
 impl Prometheus {
     fn start(target: SocketAddr, dir: &Path) -> Self {
         let require = std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some();
-        let bin = Command::new("sh").args(["-c", "command -v prometheus"]).output().map(|o| o.status.success()).unwrap_or(false);
+        let bin = Command::new("sh")
+            .args(["-c", "command -v prometheus"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
         assert!(bin || !require, "prometheus is not installed: run `cargo xtask setup` (Debian's prometheus package)");
         assert!(bin, "prometheus is not installed: run `cargo xtask setup` (Debian's prometheus package)");
         let config = dir.join("prometheus.yml");
@@ -43,14 +47,24 @@ impl Prometheus {
         let Some((200, body)) = http_get(self.api, "/api/v1/rules") else { return Vec::new() };
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         let groups = v["data"]["groups"].as_array().cloned().unwrap_or_default();
-        groups.into_iter().filter(|g| g["name"] == "dockexpose").flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect()
+        groups
+            .into_iter()
+            .filter(|g| g["name"] == "dockexpose")
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect()
     }
 
     /// The value of an instant query's first sample.
     fn query(&self, q: &str) -> Option<f64> {
         let encoded: String = q
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"_-.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
         let (code, body) = http_get(self.api, &format!("/api/v1/query?query={encoded}"))?;
         if code != 200 {
@@ -96,7 +110,8 @@ fn status_and_a_real_prometheus_show_the_bypass_story() {
         dir.join("audit.jsonl"),
     );
     assert!(w.lines().iter().any(|l| l.contains("Prometheus metrics on http://")), "{:?}", w.lines());
-    let mode = std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
+    let mode =
+        std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
     assert_eq!(mode, 0o600, "the status socket is root's alone");
     let prometheus = Prometheus::start(metrics, &dir);
 
@@ -109,7 +124,11 @@ fn status_and_a_real_prometheus_show_the_bypass_story() {
     let row = within(Duration::from_secs(10), || {
         let (code, out, _) = dockexpose(&["status", "--socket", socket.to_str().unwrap(), "--json"]);
         let report: Value = serde_json::from_str(&out).ok()?;
-        let row = report["exposures"].as_array()?.iter().find(|r| r["container"] == name.as_str() && r["host_port"] == web_port)?.clone();
+        let row = report["exposures"]
+            .as_array()?
+            .iter()
+            .find(|r| r["container"] == name.as_str() && r["host_port"] == web_port)?
+            .clone();
         (row["reached"].as_u64()? >= 3).then_some((code, report, row))
     });
     let (code, report, row) = row.expect("status shows the three reaches");
@@ -121,11 +140,19 @@ fn status_and_a_real_prometheus_show_the_bypass_story() {
     assert_eq!(row["container_port"], 80);
     assert!(row["last_seen"].as_str().is_some_and(|t| t.ends_with('Z')), "{row:#}");
     let attachments = report["health"]["attachments"].as_array().unwrap();
-    assert!(attachments.iter().any(|a| a["iface"] == outside.uplink.as_str() && a["role"] == "uplink" && a["mode"] == "tcx"), "{attachments:?}");
+    assert!(
+        attachments
+            .iter()
+            .any(|a| a["iface"] == outside.uplink.as_str() && a["role"] == "uplink" && a["mode"] == "tcx"),
+        "{attachments:?}"
+    );
     assert!(attachments.iter().any(|a| a["iface"] == "docker0" && a["role"] == "bridge"), "{attachments:?}");
     let (code, table, _) = dockexpose(&["status", "--socket", socket.to_str().unwrap()]);
     assert_eq!(code, Some(0));
-    assert!(table.contains(&name) && table.contains(&format!(":{web_port} -> 80/tcp")) && table.contains("HEALTHY"), "{table}");
+    assert!(
+        table.contains(&name) && table.contains(&format!(":{web_port} -> 80/tcp")) && table.contains("HEALTHY"),
+        "{table}"
+    );
 
     // Prometheus scraped the daemon: its own API gives the figures back.
     let selector = format!("dockexpose_exposure_reached_total{{container=\"{name}\",host_port=\"{web_port}\"}}");
@@ -139,7 +166,11 @@ fn status_and_a_real_prometheus_show_the_bypass_story() {
     // evaluates without error on the real figures, and nothing was lost.
     let firing = format!("ALERTS{{alertname=\"DockexposePortExposed\",alertstate=\"firing\",container=\"{name}\",host_port=\"{web_port}\"}}");
     let t = Instant::now();
-    assert_eq!(within(Duration::from_secs(20), || prometheus.query(&firing)), Some(1.0), "DockexposePortExposed fires for {name}");
+    assert_eq!(
+        within(Duration::from_secs(20), || prometheus.query(&firing)),
+        Some(1.0),
+        "DockexposePortExposed fires for {name}"
+    );
     eprintln!("DockexposePortExposed firing in Prometheus {:?} after the reaches were scraped", t.elapsed());
     let rules = within(Duration::from_secs(5), || {
         let rules = prometheus.rules();

@@ -23,20 +23,38 @@ fn a_stalled_webhook_never_holds_back_the_audit_log() {
     let config = dir.join("dockexpose.toml");
     // A one-alert queue and a one-second alert window: new alerts every second, which
     // the stalled sink cannot take.
-    std::fs::write(&config, format!("[alerts]\nwindow = 1\n\n[[sinks.webhook]]\nurl = \"http://{hook}/hook\"\nqueue = 1\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[alerts]\nwindow = 1\n\n[[sinks.webhook]]\nurl = \"http://{hook}/hook\"\nqueue = 1\n"),
+    )
+    .unwrap();
     let socket = dir.join("s.sock");
     let log = dir.join("audit.jsonl");
     let w = Watcher::start(
-        &["--config", config.to_str().unwrap(), "--bridge", &bed.bridge, "--no-uplinks", "--stats-interval", "0", "--status-socket", socket.to_str().unwrap()],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--bridge",
+            &bed.bridge,
+            "--no-uplinks",
+            "--stats-interval",
+            "0",
+            "--status-socket",
+            socket.to_str().unwrap(),
+        ],
         log.clone(),
     );
     assert!(w.lines().iter().any(|l| l.contains("alerts also go to webhook http://")), "{:?}", w.lines());
     let mut slowest = Duration::ZERO;
     for _ in 0..6 {
         for host in [2, 3] {
-            let port = tcp_connect(&bed.outside.ns, Some(bed.outside.v4(host).parse().unwrap()), bed.host_tcp_v4()).expect("connect");
+            let port = tcp_connect(&bed.outside.ns, Some(bed.outside.v4(host).parse().unwrap()), bed.host_tcp_v4())
+                .expect("connect");
             let t = Instant::now();
-            assert!(within(Duration::from_secs(2), || has_port(&log, port).then_some(())).is_some(), "record of {port} written");
+            assert!(
+                within(Duration::from_secs(2), || has_port(&log, port).then_some(())).is_some(),
+                "record of {port} written"
+            );
             slowest = slowest.max(t.elapsed());
         }
         std::thread::sleep(Duration::from_millis(1100));
@@ -78,7 +96,11 @@ fn collecting_webhook() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Valu
                     if let Some(end) = text.find("\r\n\r\n") {
                         let length = text[..end]
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
                             .unwrap_or(0);
                         if buf.len() >= end + 4 + length {
                             let body: Vec<u8> = buf.drain(..end + 4 + length).skip(end + 4).collect();
@@ -117,18 +139,35 @@ fn a_full_disk_raises_a_health_alert_at_the_webhook() {
     let fs = Tmpfs::mount(&dir.join("fs"), "256k");
     let log = fs.0.join("audit.jsonl");
     let (url, socket) = (format!("http://{hook}/hook"), dir.join("s.sock"));
-    let args = ["--bridge", &bed.bridge, "--no-uplinks", "--stats-interval", "0", "--quiet", "--status-socket", socket.to_str().unwrap()];
+    let args = [
+        "--bridge",
+        &bed.bridge,
+        "--no-uplinks",
+        "--stats-interval",
+        "0",
+        "--quiet",
+        "--status-socket",
+        socket.to_str().unwrap(),
+    ];
     let w = Watcher::start(&[&args[..], &["--webhook", &url]].concat(), log.clone());
     let src = Some(bed.outside.v4(2).parse().unwrap());
     let connect = || tcp_connect(&bed.outside.ns, src, bed.host_tcp_v4()).expect("outside reaches the container");
     let first = connect();
     assert!(within(Duration::from_secs(5), || has_port(&log, first).then_some(())).is_some(), "first record written");
     let health = |state: &str| {
-        bodies.lock().unwrap().iter().find(|b| b["kind"] == "health" && b["health"]["condition"] == "audit_log" && b["health"]["state"] == state).cloned()
+        bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|b| b["kind"] == "health" && b["health"]["condition"] == "audit_log" && b["health"]["state"] == state)
+            .cloned()
     };
 
     let filler = fs.0.join("filler");
-    let _ = Command::new("dd").args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"]).stderr(Stdio::null()).status();
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"])
+        .stderr(Stdio::null())
+        .status();
     let t0 = Instant::now();
     let failing = within(Duration::from_secs(30), || {
         connect();
@@ -136,7 +175,9 @@ fn a_full_disk_raises_a_health_alert_at_the_webhook() {
     });
     let took = t0.elapsed();
     let kinds: Vec<Value> = bodies.lock().unwrap().iter().map(|b| b["kind"].clone()).collect();
-    let failing = failing.unwrap_or_else(|| panic!("no health alert at the webhook within 30 s; it got {kinds:?}; stderr: {:?}", w.lines()));
+    let failing = failing.unwrap_or_else(|| {
+        panic!("no health alert at the webhook within 30 s; it got {kinds:?}; stderr: {:?}", w.lines())
+    });
     eprintln!("health alert at the webhook {took:?} after the disk filled: {failing}");
     assert!(failing["text"].as_str().unwrap().contains("audit log"), "{failing}");
     assert!(failing["record"].is_null(), "{failing}");

@@ -21,13 +21,26 @@ impl Compose {
 
     /// The id of the container of `service` (`docker-compose ps -q`).
     fn id(&self, service: &str) -> String {
-        sh(&["docker-compose", "-p", &self.project, "-f", self.file.to_str().unwrap(), "ps", "-q", service]).trim().to_string()
+        sh(&["docker-compose", "-p", &self.project, "-f", self.file.to_str().unwrap(), "ps", "-q", service])
+            .trim()
+            .to_string()
     }
 }
 
 impl Drop for Compose {
     fn drop(&mut self) {
-        sh_quiet(&["docker-compose", "-p", &self.project, "-f", self.file.to_str().unwrap(), "down", "-v", "--remove-orphans", "-t", "0"]);
+        sh_quiet(&[
+            "docker-compose",
+            "-p",
+            &self.project,
+            "-f",
+            self.file.to_str().unwrap(),
+            "down",
+            "-v",
+            "--remove-orphans",
+            "-t",
+            "0",
+        ]);
         let _ = std::fs::remove_file(&self.file);
     }
 }
@@ -79,10 +92,15 @@ networks:
 
     let mut w = Watcher::start(&["--stats-interval", "0", "--uplink", &outside.uplink], json_path("11compose"));
     for br in [&front_br, &back_br] {
-        assert!(within(Duration::from_secs(5), || tcx_programs(br, true) == ["bridge_egress"]), "{br} not watched: {:?}", w.lines());
+        assert!(
+            within(Duration::from_secs(5), || tcx_programs(br, true) == ["bridge_egress"]),
+            "{br} not watched: {:?}",
+            w.lines()
+        );
     }
     // The published port, from outside: the firewall-bypass story of a compose project.
-    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(web_port)).expect("compose port reachable from outside");
+    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(web_port))
+        .expect("compose port reachable from outside");
     // The database publishes nothing; a careless DOCKER-USER accept routes to it.
     let _accept = docker::docker_user_rule(&["-i", outside.uplink.as_str(), "-o", back_br.as_str(), "-j", "ACCEPT"]);
     let db_sport = tcp_connect(&outside.ns, Some(outside.src4()), SocketAddr::new(db_ip.parse().unwrap(), 5432))
@@ -99,22 +117,35 @@ networks:
     let iface = r["iface"].as_str().unwrap();
     let net = if iface == front_br { "front" } else { "back" };
     assert!(iface == front_br || iface == back_br, "{r:#}");
-    assert_eq!(r["dst_ip"], inspect(&web, &format!("{{{{(index .NetworkSettings.Networks \"{project}_{net}\").IPAddress}}}}")).as_str());
+    assert_eq!(
+        r["dst_ip"],
+        inspect(&web, &format!("{{{{(index .NetworkSettings.Networks \"{project}_{net}\").IPAddress}}}}")).as_str()
+    );
     let c = &r["container"];
     assert_eq!((c["id"].as_str(), c["name"].as_str()), (Some(web.as_str()), Some(web_name.as_str())));
     assert_eq!((c["compose_project"].as_str(), c["compose_service"].as_str()), (Some(project.as_str()), Some("web")));
     let a = one(&records, "attempted", "tcp", sport);
-    assert_eq!((a["host_port"].as_u64(), a["container"]["compose_service"].as_str()), (Some(web_port as u64), Some("web")));
+    assert_eq!(
+        (a["host_port"].as_u64(), a["container"]["compose_service"].as_str()),
+        (Some(web_port as u64), Some("web"))
+    );
 
     let d = one(&records, "reached", "tcp", db_sport);
-    assert_eq!((d["exposure"].as_str(), d["iface"].as_str(), d["dst_ip"].as_str()), (Some("unpublished"), Some(back_br.as_str()), Some(db_ip.as_str())));
+    assert_eq!(
+        (d["exposure"].as_str(), d["iface"].as_str(), d["dst_ip"].as_str()),
+        (Some("unpublished"), Some(back_br.as_str()), Some(db_ip.as_str()))
+    );
     assert!(d["host_port"].is_null() && d["published"].as_array().unwrap().is_empty(), "{d:#}");
     let c = &d["container"];
-    assert_eq!((c["id"].as_str(), c["compose_project"].as_str(), c["compose_service"].as_str()), (Some(db.as_str()), Some(project.as_str()), Some("db")));
+    assert_eq!(
+        (c["id"].as_str(), c["compose_project"].as_str(), c["compose_service"].as_str()),
+        (Some(db.as_str()), Some(project.as_str()), Some("db"))
+    );
     // Nothing was attempted at a published port for the database: no attempt, no block.
     assert!(!records.iter().any(|r| r["src_port"] == db_sport && r["stage"] != "reached"), "{records:#?}");
     assert!(!records.iter().any(|r| r["stage"] == "blocked"), "{records:#?}");
-    let alert = format!("EXPOSED {web_name} ({image}) {}:{web_port} -> 80/tcp reached from {}", outside.v4(1), outside.v4(2));
+    let alert =
+        format!("EXPOSED {web_name} ({image}) {}:{web_port} -> 80/tcp reached from {}", outside.v4(1), outside.v4(2));
     assert!(lines.iter().any(|l| l == &alert), "alert {alert:?} missing: {lines:#?}");
 }
 
@@ -128,7 +159,12 @@ fn expose_image() -> String {
         let dir = std::env::temp_dir().join(format!("dx11-expose-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("Dockerfile"), format!("FROM {base}\nEXPOSE 80 8443 5300/udp\n")).unwrap();
-        let out = Command::new("docker").env("DOCKER_BUILDKIT", "0").args(["build", "-q", "-t", &image]).arg(&dir).output().unwrap();
+        let out = Command::new("docker")
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "-q", "-t", &image])
+            .arg(&dir)
+            .output()
+            .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(out.status.success(), "docker build {image}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -138,7 +174,10 @@ fn expose_image() -> String {
 /// The host port Docker gave `port` ("80/tcp") of `container` on 0.0.0.0.
 fn docker_port(container: &str, port: &str) -> u16 {
     let out = sh(&["docker", "port", container, port]);
-    let line = out.lines().find(|l| l.starts_with("0.0.0.0:")).unwrap_or_else(|| panic!("{container} {port} not published on 0.0.0.0: {out}"));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("0.0.0.0:"))
+        .unwrap_or_else(|| panic!("{container} {port} not published on 0.0.0.0: {out}"));
     line.rsplit(':').next().unwrap().parse().unwrap()
 }
 
@@ -161,13 +200,18 @@ fn publish_all_ports_and_a_shared_network_namespace_name_the_owner() {
         &image,
         &["8443", "5301"],
     );
-    let (p80, p8443, p5300) = (docker_port(&owner.name, "80/tcp"), docker_port(&owner.name, "8443/tcp"), docker_port(&owner.name, "5300/udp"));
+    let (p80, p8443, p5300) = (
+        docker_port(&owner.name, "80/tcp"),
+        docker_port(&owner.name, "8443/tcp"),
+        docker_port(&owner.name, "5300/udp"),
+    );
     assert!(p80 != p8443 && p80 != p5300, "three host ports: {p80} {p8443} {p5300}");
     let owner_ip = owner.ip("bridge");
 
     let w = Watcher::start(&["--stats-interval", "0", "--uplink", &outside.uplink], json_path("11publishall"));
     let s80 = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(p80)).expect("-P port of 80 reachable");
-    let s8443 = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(p8443)).expect("-P port of 8443 reaches the sidecar");
+    let s8443 = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(p8443))
+        .expect("-P port of 8443 reaches the sidecar");
     let (s5300, echoed) = udp_exchange(&outside.ns, Some(outside.src4()), outside.host4(p5300), 1);
     assert_eq!(echoed, 1, "-P port of 5300/udp echoes");
     std::thread::sleep(Duration::from_millis(500));
@@ -175,7 +219,9 @@ fn publish_all_ports_and_a_shared_network_namespace_name_the_owner() {
     assert!(status.success());
     let records = outside.own(records);
 
-    for (proto, sport, host_port, container_port) in [("tcp", s80, p80, 80), ("tcp", s8443, p8443, 8443), ("udp", s5300, p5300, 5300)] {
+    for (proto, sport, host_port, container_port) in
+        [("tcp", s80, p80, 80), ("tcp", s8443, p8443, 8443), ("udp", s5300, p5300, 5300)]
+    {
         let r = one(&records, "reached", proto, sport);
         assert_eq!(
             (r["host_ip"].as_str(), r["host_port"].as_u64(), r["dst_ip"].as_str(), r["dst_port"].as_u64()),
@@ -184,9 +230,16 @@ fn publish_all_ports_and_a_shared_network_namespace_name_the_owner() {
         );
         assert_eq!(r["exposure"], "published", "{r:#}");
         // The published port belongs to the owner, even where the sidecar answered.
-        assert_eq!((r["container"]["id"].as_str(), r["container"]["name"].as_str()), (Some(owner.id().as_str()), Some(owner.name.as_str())), "{r:#}");
+        assert_eq!(
+            (r["container"]["id"].as_str(), r["container"]["name"].as_str()),
+            (Some(owner.id().as_str()), Some(owner.name.as_str())),
+            "{r:#}"
+        );
         let a = one(&records, "attempted", proto, sport);
-        assert_eq!((a["host_port"].as_u64(), a["container"]["name"].as_str()), (Some(host_port as u64), Some(owner.name.as_str())));
+        assert_eq!(
+            (a["host_port"].as_u64(), a["container"]["name"].as_str()),
+            (Some(host_port as u64), Some(owner.name.as_str()))
+        );
     }
     assert!(!records.iter().any(|r| r["container"]["name"] == side.name.as_str()), "{records:#?}");
 }

@@ -43,7 +43,8 @@ fn have(test: &str, tool: &str) -> bool {
     match Command::new(tool).arg("--version").output() {
         Ok(o) if o.status.success() => true,
         other => {
-            let why = format!("`{tool} --version` failed ({:?}); `cargo xtask setup` installs it", other.map(|o| o.status));
+            let why =
+                format!("`{tool} --version` failed ({:?}); `cargo xtask setup` installs it", other.map(|o| o.status));
             if std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some() {
                 panic!("{test}: SKIPPED: {why}, and DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS is set");
             }
@@ -90,7 +91,15 @@ fn tcp_open(ns: &str, src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<u
             return Err(std::io::Error::last_os_error());
         }
         let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
-        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as u32) };
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
+        };
         let (da, dlen) = raw_sockaddr(dst);
         if unsafe { libc::connect(fd, da.as_ptr().cast(), dlen) } != 0 {
             return Err(std::io::Error::last_os_error());
@@ -108,7 +117,10 @@ fn raw_sockaddr(addr: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
                 sin.sin_family = libc::AF_INET as u16;
                 sin.sin_port = a.port().to_be();
                 sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-                let b = std::slice::from_raw_parts((&sin as *const libc::sockaddr_in).cast::<u8>(), size_of::<libc::sockaddr_in>());
+                let b = std::slice::from_raw_parts(
+                    (&sin as *const libc::sockaddr_in).cast::<u8>(),
+                    size_of::<libc::sockaddr_in>(),
+                );
                 (b.to_vec(), b.len() as u32)
             }
             SocketAddr::V6(a) => {
@@ -116,7 +128,10 @@ fn raw_sockaddr(addr: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
                 sin6.sin6_family = libc::AF_INET6 as u16;
                 sin6.sin6_port = a.port().to_be();
                 sin6.sin6_addr.s6_addr = a.ip().octets();
-                let b = std::slice::from_raw_parts((&sin6 as *const libc::sockaddr_in6).cast::<u8>(), size_of::<libc::sockaddr_in6>());
+                let b = std::slice::from_raw_parts(
+                    (&sin6 as *const libc::sockaddr_in6).cast::<u8>(),
+                    size_of::<libc::sockaddr_in6>(),
+                );
                 (b.to_vec(), b.len() as u32)
             }
         }

@@ -26,13 +26,18 @@ fn ip_n(ns: &str, args: &[&str]) -> String {
 /// the prerouting hook.)
 fn docker_bridges_table(family: &str, br: &str, subnet: &str, container: &str, ports: &[(&str, u16, u16)]) -> String {
     let addr = if family == "ip" { "ip" } else { "ip6" };
-    let dnat_to = |port: u16| if family == "ip" { format!("{container}:{port}") } else { format!("[{container}]:{port}") };
+    let dnat_to =
+        |port: u16| if family == "ip" { format!("{container}:{port}") } else { format!("[{container}]:{port}") };
     let dnat: String = ports
         .iter()
-        .map(|(proto, host, cport)| format!("\t\t{proto} dport {host} counter dnat to {} comment \"DNAT\"\n", dnat_to(*cport)))
+        .map(|(proto, host, cport)| {
+            format!("\t\t{proto} dport {host} counter dnat to {} comment \"DNAT\"\n", dnat_to(*cport))
+        })
         .collect();
-    let accept: String =
-        ports.iter().map(|(proto, _, cport)| format!("\t\t{addr} daddr {container} {proto} dport {cport} counter accept\n")).collect();
+    let accept: String = ports
+        .iter()
+        .map(|(proto, _, cport)| format!("\t\t{addr} daddr {container} {proto} dport {cport} counter accept\n"))
+        .collect();
     format!(
         r#"table {family} docker-bridges {{
 	map filter-forward-in-jumps {{
@@ -109,7 +114,12 @@ fn nftables_backend_bypass_is_reported_without_any_iptables_rule() {
     let (c4, c6) = (format!("10.251.{n}.2"), format!("fd42:251:{n}::2"));
     let (h4, h6) = (format!("198.18.{n}.1"), format!("fd42:198:{n}::1"));
     let (o4, o6) = (format!("198.18.{n}.2"), format!("fd42:198:{n}::2"));
-    for prefix in [format!("10.251.{n}.0/24"), format!("fd42:251:{n}::/64"), format!("198.18.{n}.0/24"), format!("fd42:198:{n}::/64")] {
+    for prefix in [
+        format!("10.251.{n}.0/24"),
+        format!("fd42:251:{n}::/64"),
+        format!("198.18.{n}.0/24"),
+        format!("fd42:198:{n}::/64"),
+    ] {
         assert_unrouted(&prefix);
     }
     let mut undo = Undo::default();
@@ -145,7 +155,13 @@ fn nftables_backend_bypass_is_reported_without_any_iptables_rule() {
     // Docker 28's tables, and a host firewall in nftables too: an input chain that
     // drops all but SSH (UFW's effect), ICMPv6 kept for neighbour discovery.
     let (tcp_port, udp_port, own_port) = (18_200 + n as u16, 18_300 + n as u16, 18_400 + n as u16);
-    let mut rules = docker_bridges_table("ip", &br, &format!("10.251.{n}.0/24"), &c4, &[("tcp", tcp_port, 80), ("udp", udp_port, 5300)]);
+    let mut rules = docker_bridges_table(
+        "ip",
+        &br,
+        &format!("10.251.{n}.0/24"),
+        &c4,
+        &[("tcp", tcp_port, 80), ("udp", udp_port, 5300)],
+    );
     rules.push_str(&docker_bridges_table("ip6", &br, &format!("fd42:251:{n}::/64"), &c6, &[("tcp", tcp_port, 80)]));
     rules.push_str(
         "table inet dx11-host-firewall {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t\tct state established,related accept\n\t\tiifname \"lo\" accept\n\t\tmeta l4proto ipv6-icmp accept\n\t\ttcp dport 22 accept\n\t}\n}\n",
@@ -159,11 +175,13 @@ fn nftables_backend_bypass_is_reported_without_any_iptables_rule() {
         let saved = in_ns(&host, &[tool]);
         assert!(!saved.lines().any(|l| l.starts_with("-A")), "{tool} in {host} must show no rule:\n{saved}");
     }
-    assert!(in_ns(&host, &["nft", "list", "chain", "ip", "docker-bridges", "nat-prerouting-and-output"]).contains(&format!("dnat to {c4}:80")));
+    assert!(in_ns(&host, &["nft", "list", "chain", "ip", "docker-bridges", "nat-prerouting-and-output"])
+        .contains(&format!("dnat to {c4}:80")));
 
     let _services = Services::start(&ctr, 80, 5300);
     let _own = Services::start(&host, own_port, own_port);
-    let mut w = Watcher::start_in_netns(&host, &["--no-docker", "--bridge", &br, "--stats-interval", "0"], json_path("11nft"));
+    let mut w =
+        Watcher::start_in_netns(&host, &["--no-docker", "--bridge", &br, "--stats-interval", "0"], json_path("11nft"));
     w.wait_for_line(&format!("watching {br}"), Duration::from_secs(5));
 
     let src4: IpAddr = o4.parse().unwrap();
@@ -175,14 +193,17 @@ fn nftables_backend_bypass_is_reported_without_any_iptables_rule() {
     let direct = tcp_connect(&out, Some(src4), SocketAddr::new(c4.parse().unwrap(), 80));
     assert!(direct.is_err(), "DROP DIRECT ACCESS must hold: {direct:?}");
     // The published ports: reached, the input chain never consulted.
-    let t4 = tcp_connect(&out, Some(src4), SocketAddr::new(h4.parse().unwrap(), tcp_port)).expect("published TCP port through nftables DNAT");
-    let t6 = tcp_connect(&out, Some(src6), SocketAddr::new(h6.parse().unwrap(), tcp_port)).expect("published TCP port over IPv6");
+    let t4 = tcp_connect(&out, Some(src4), SocketAddr::new(h4.parse().unwrap(), tcp_port))
+        .expect("published TCP port through nftables DNAT");
+    let t6 = tcp_connect(&out, Some(src6), SocketAddr::new(h6.parse().unwrap(), tcp_port))
+        .expect("published TCP port over IPv6");
     let (u4, echoed) = udp_exchange(&out, Some(src4), SocketAddr::new(h4.parse().unwrap(), udp_port), 2);
     assert_eq!(echoed, 2, "published UDP port answers");
     std::thread::sleep(Duration::from_millis(500));
     let (records, status, _) = w.stop();
     assert!(status.success());
-    let ours: Vec<Value> = records.into_iter().filter(|r| r["src_ip"] == o4.as_str() || r["src_ip"] == o6.as_str()).collect();
+    let ours: Vec<Value> =
+        records.into_iter().filter(|r| r["src_ip"] == o4.as_str() || r["src_ip"] == o6.as_str()).collect();
     assert_eq!(ours.len(), 3, "one record per connection through a published port, none for the held ones:\n{ours:#?}");
     for (proto, sport, family, host_ip, dst_ip, host_port, dport) in [
         ("tcp", t4, "ipv4", &h4, &c4, tcp_port, 80),
@@ -196,7 +217,11 @@ fn nftables_backend_bypass_is_reported_without_any_iptables_rule() {
             "{r:#}"
         );
         // The exact host side, from the conntrack entry nftables' DNAT made.
-        assert_eq!((r["host_ip"].as_str(), r["host_port"].as_u64()), (Some(host_ip.as_str()), Some(host_port as u64)), "{r:#}");
+        assert_eq!(
+            (r["host_ip"].as_str(), r["host_port"].as_u64()),
+            (Some(host_ip.as_str()), Some(host_port as u64)),
+            "{r:#}"
+        );
         assert!(r["container"].is_null(), "no runtime here, no identity: {r:#}");
     }
     drop(undo);

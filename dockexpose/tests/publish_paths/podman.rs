@@ -28,7 +28,10 @@ impl PodmanService {
         let up = within(Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&sock).is_ok());
         if !up {
             let _ = s.child.kill();
-            panic!("podman system service did not come up: {}", std::fs::read_to_string(s.dir.join("service.log")).unwrap_or_default());
+            panic!(
+                "podman system service did not come up: {}",
+                std::fs::read_to_string(s.dir.join("service.log")).unwrap_or_default()
+            );
         }
         s
     }
@@ -56,7 +59,8 @@ fn podman_netavark_bridge_is_watched_with_its_published_port_and_identity() {
     let image = docker::echo_image();
     let n = n11();
     let outside = OutsideHost::with_n("11m", n);
-    let (net, br, subnet, name) = (format!("dx11mn{n}"), format!("dx11mb{n}"), format!("10.251.{n}.0/24"), format!("dx11m-web-{n}"));
+    let (net, br, subnet, name) =
+        (format!("dx11mn{n}"), format!("dx11mb{n}"), format!("10.251.{n}.0/24"), format!("dx11m-web-{n}"));
     assert_unrouted(&subnet);
     let port = 18_500 + n as u16;
 
@@ -82,7 +86,10 @@ fn podman_netavark_bridge_is_watched_with_its_published_port_and_identity() {
             "iptables -F NETAVARK_FORWARD",
             "iptables -D FORWARD -m comment --comment netavark_firewall_plugin_rules -j NETAVARK_FORWARD",
         ] {
-            let args: Vec<&str> = cmd.split(' ').map(|a| if a == "netavark_firewall_plugin_rules" { "netavark firewall plugin rules" } else { a }).collect();
+            let args: Vec<&str> = cmd
+                .split(' ')
+                .map(|a| if a == "netavark_firewall_plugin_rules" { "netavark firewall plugin rules" } else { a })
+                .collect();
             undo.push(&args);
         }
     }
@@ -105,17 +112,36 @@ fn podman_netavark_bridge_is_watched_with_its_published_port_and_identity() {
     undo.push(&["podman", "network", "rm", "-f", &net]);
     // The test image, from Docker's store into Podman's.
     let loaded = sh(&["sh", "-c", &format!("docker save {image} | podman load -q")]);
-    let pimage = loaded.lines().find_map(|l| l.split_once(": ").map(|(_, i)| i.trim().to_string())).unwrap_or_else(|| panic!("podman load: {loaded}"));
+    let pimage = loaded
+        .lines()
+        .find_map(|l| l.split_once(": ").map(|(_, i)| i.trim().to_string()))
+        .unwrap_or_else(|| panic!("podman load: {loaded}"));
     undo.push(&["podman", "rmi", "-f", &pimage]);
     undo.push(&["podman", "rm", "-f", "-t", "0", &name]);
     let podman = PodmanService::start(n, undo);
     sh_quiet(&["podman", "rm", "-f", "-t", "0", &name]);
     sh(&[
-        "podman", "run", "-d", "--name", &name, "--network", &net, "-p", &format!("{port}:80"),
-        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", &pimage, "80", "5300",
+        "podman",
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        &net,
+        "-p",
+        &format!("{port}:80"),
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        &pimage,
+        "80",
+        "5300",
     ]);
     let id = sh(&["podman", "inspect", "-f", "{{.Id}}", &name]).trim().to_string();
-    let cip = sh(&["podman", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &name]).trim().to_string();
+    let cip = sh(&["podman", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &name])
+        .trim()
+        .to_string();
     assert!(cip.starts_with(&format!("10.251.{n}.")), "{cip}");
     assert!(sh(&["ip", "-o", "link", "show", "dev", &br]).contains(&br), "netavark made bridge {br}");
 
@@ -124,7 +150,11 @@ fn podman_netavark_bridge_is_watched_with_its_published_port_and_identity() {
         json_path("11podman"),
     );
     w.wait_for_line("Docker inventory: ", Duration::from_secs(10));
-    assert!(within(Duration::from_secs(5), || tcx_programs(&br, true) == ["bridge_egress"]), "{br} not watched: {:?}", w.lines());
+    assert!(
+        within(Duration::from_secs(5), || tcx_programs(&br, true) == ["bridge_egress"]),
+        "{br} not watched: {:?}",
+        w.lines()
+    );
     // On a host where Docker runs, FORWARD's policy is DROP, and netavark 1.4 accepts
     // only replies and what its containers open: Docker's policy holds Podman's
     // published port. dockexpose says so: attempted, then blocked.
@@ -136,11 +166,26 @@ fn podman_netavark_bridge_is_watched_with_its_published_port_and_identity() {
         w.wait_for_line(&format!("BLOCKED {name} "), Duration::from_secs(8));
     }
     // A host without Docker's policy (or an operator's accept) lets it through.
-    let rule = ["FORWARD", "-o", br.as_str(), "-m", "conntrack", "--ctstate", "DNAT", "-m", "comment", "--comment", "dx11 podman test", "-j", "ACCEPT"];
+    let rule = [
+        "FORWARD",
+        "-o",
+        br.as_str(),
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "DNAT",
+        "-m",
+        "comment",
+        "--comment",
+        "dx11 podman test",
+        "-j",
+        "ACCEPT",
+    ];
     sh(&[&["iptables", "-I"][..], &rule[..]].concat());
     let mut accept = Undo::default();
     accept.push(&[&["iptables", "-D"][..], &rule[..]].concat());
-    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port)).expect("Podman's published port reachable from outside");
+    let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(port))
+        .expect("Podman's published port reachable from outside");
     std::thread::sleep(Duration::from_millis(500));
     let (records, status, _) = w.stop();
     drop(accept);
@@ -149,14 +194,30 @@ fn podman_netavark_bridge_is_watched_with_its_published_port_and_identity() {
     let blocked: Vec<&Value> = records.iter().filter(|r| r["stage"] == "blocked").collect();
     assert_eq!(blocked.is_empty(), !policy_drop, "{records:#?}");
     for b in blocked {
-        assert_eq!((b["host_port"].as_u64(), b["container"]["name"].as_str()), (Some(port as u64), Some(name.as_str())), "{b:#}");
+        assert_eq!(
+            (b["host_port"].as_u64(), b["container"]["name"].as_str()),
+            (Some(port as u64), Some(name.as_str())),
+            "{b:#}"
+        );
     }
     let r = one(&records, "reached", "tcp", sport);
-    assert_eq!((r["iface"].as_str(), r["dst_ip"].as_str(), r["dst_port"].as_u64()), (Some(br.as_str()), Some(cip.as_str()), Some(80)), "{r:#}");
+    assert_eq!(
+        (r["iface"].as_str(), r["dst_ip"].as_str(), r["dst_port"].as_u64()),
+        (Some(br.as_str()), Some(cip.as_str()), Some(80)),
+        "{r:#}"
+    );
     // The host side from the DNAT'd original destination (conntrack), exactly.
-    assert_eq!((r["host_ip"].as_str(), r["host_port"].as_u64()), (Some(outside.v4(1).as_str()), Some(port as u64)), "{r:#}");
+    assert_eq!(
+        (r["host_ip"].as_str(), r["host_port"].as_u64()),
+        (Some(outside.v4(1).as_str()), Some(port as u64)),
+        "{r:#}"
+    );
     assert_eq!(r["exposure"], "published", "{r:#}");
-    assert_eq!((r["container"]["id"].as_str(), r["container"]["name"].as_str()), (Some(id.as_str()), Some(name.as_str())), "{r:#}");
+    assert_eq!(
+        (r["container"]["id"].as_str(), r["container"]["name"].as_str()),
+        (Some(id.as_str()), Some(name.as_str())),
+        "{r:#}"
+    );
     let a = one(&records, "attempted", "tcp", sport);
     assert_eq!((a["host_port"].as_u64(), a["container"]["name"].as_str()), (Some(port as u64), Some(name.as_str())));
     drop(podman);

@@ -4,8 +4,7 @@
 use super::*;
 
 pub(super) fn demanded() -> bool {
-    std::env::var_os("CI").is_some()
-        || std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some()
+    std::env::var_os("CI").is_some() || std::env::var_os("DOCKEXPOSE_REQUIRE_PRIVILEGED_TESTS").is_some()
 }
 
 /// The program is installed, or the test is skipped (a failure when the run demands it).
@@ -16,7 +15,8 @@ pub(super) fn have(program: &str, package: &str, test: &str) -> bool {
     if found {
         return true;
     }
-    let why = format!("{test}: SKIPPED: {program} not installed (Debian package {package}; `cargo xtask setup` installs it)");
+    let why =
+        format!("{test}: SKIPPED: {program} not installed (Debian package {package}; `cargo xtask setup` installs it)");
     assert!(!demanded(), "{why}, and this run demands it");
     eprintln!("{why}");
     false
@@ -27,11 +27,7 @@ pub(super) fn have(program: &str, package: &str, test: &str) -> bool {
 /// from /etc/apt at run time (one-line and deb822 sources).
 pub(super) fn host_release_and_mirror() -> Option<(String, String)> {
     let os = std::fs::read_to_string("/etc/os-release").ok()?;
-    let codename = os
-        .lines()
-        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))?
-        .trim_matches('"')
-        .to_string();
+    let codename = os.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME="))?.trim_matches('"').to_string();
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut more: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -72,9 +68,7 @@ pub(super) fn mirror_for(sources: &str, codename: &str) -> Option<String> {
                 .find_map(|l| l.strip_prefix(name))
                 .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
         };
-        let (Some(types), Some(uris), Some(suites)) =
-            (field("Types:"), field("URIs:"), field("Suites:"))
-        else {
+        let (Some(types), Some(uris), Some(suites)) = (field("Types:"), field("URIs:"), field("Suites:")) else {
             continue;
         };
         if types.iter().any(|t| t == "deb") && suites.iter().any(|s| s == codename) {
@@ -104,8 +98,7 @@ pub(super) fn debian_tree(test: &str) -> Option<PathBuf> {
     let partial = base.join(format!("debian-{codename}.partial"));
     for dir in [&tree, &partial] {
         if dir.exists() {
-            std::fs::remove_dir_all(dir)
-                .unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
+            std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
         }
     }
     std::fs::create_dir_all(&base).unwrap();
@@ -115,11 +108,7 @@ pub(super) fn debian_tree(test: &str) -> Option<PathBuf> {
         partial.display()
     );
     let out = Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            &format!("--include={INCLUDE}"),
-            &codename,
-        ])
+        .args(["--variant=minbase", &format!("--include={INCLUDE}"), &codename])
         .arg(&partial)
         .arg(&mirror)
         .output()
@@ -134,38 +123,26 @@ pub(super) fn debian_tree(test: &str) -> Option<PathBuf> {
     // The container shares the host's network namespace and may write its net sysctls
     // (as the daemon does on a host): systemd-sysctl must not apply Debian's defaults
     // (rp_filter, default_qdisc ...) to the host. Nothing in it needs a console.
-    for unit in [
-        "systemd-sysctl.service",
-        "getty.target",
-        "console-getty.service",
-    ] {
+    for unit in ["systemd-sysctl.service", "getty.target", "console-getty.service"] {
         let link = partial.join("etc/systemd/system").join(unit);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink("/dev/null", &link).unwrap();
     }
     std::fs::write(partial.join(".dockexpose-tree"), &wanted).unwrap();
     std::fs::rename(&partial, &tree).unwrap();
-    eprintln!(
-        "Debian tree: built in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("Debian tree: built in {:.0} s", started.elapsed().as_secs_f64());
     Some(tree)
 }
 
 #[test]
 fn the_mirror_is_read_from_both_source_formats() {
-    let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n\
+    let deb822 =
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n\
                   Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n";
-    assert_eq!(
-        mirror_for(deb822, "bookworm").as_deref(),
-        Some("http://mirror.example/debian")
-    );
+    assert_eq!(mirror_for(deb822, "bookworm").as_deref(), Some("http://mirror.example/debian"));
     assert_eq!(mirror_for(deb822, "trixie"), None);
     let one_line = "# comment\ndeb-src http://src.example/debian bookworm main\n\
                     deb [arch=amd64 signed-by=/k.gpg] http://other.example/apt cloud-bookworm main\n\
                     deb [signed-by=/k.gpg] http://mirror.example/debian bookworm main\n";
-    assert_eq!(
-        mirror_for(one_line, "bookworm").as_deref(),
-        Some("http://mirror.example/debian")
-    );
+    assert_eq!(mirror_for(one_line, "bookworm").as_deref(), Some("http://mirror.example/debian"));
 }

@@ -18,17 +18,8 @@ impl Machine {
         // /proc/sys/net writable, as on the host the unit runs on (verify turns IPv6
         // off on its private veth); the rest of /proc/sys and /sys stays read-only.
         cmd.env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network");
-        cmd.args([
-            "--boot",
-            "--quiet",
-            "--register=no",
-            "--keep-unit",
-            "--volatile=overlay",
-            "--console=read-only",
-        ]);
-        cmd.arg(format!("--machine={name}"))
-            .arg("--directory")
-            .arg(tree);
+        cmd.args(["--boot", "--quiet", "--register=no", "--keep-unit", "--volatile=overlay", "--console=read-only"]);
+        cmd.arg(format!("--machine={name}")).arg("--directory").arg(tree);
         // The unit's capabilities (its CapabilityBoundingSet); no --private-network.
         cmd.arg("--capability=CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN,CAP_NET_RAW");
         // nspawn's own seccomp filter denies bpf() and perf_event_open() (the map
@@ -36,10 +27,7 @@ impl Machine {
         // is the filter under test.
         cmd.arg("--system-call-filter=bpf perf_event_open");
         for (from, to, ro) in binds {
-            cmd.arg(format!(
-                "--bind{}={from}:{to}",
-                if *ro { "-ro" } else { "" }
-            ));
+            cmd.arg(format!("--bind{}={from}:{to}", if *ro { "-ro" } else { "" }));
         }
         let log = std::fs::File::create(&console).unwrap();
         let nspawn = cmd
@@ -48,21 +36,13 @@ impl Machine {
             .stderr(log)
             .spawn()
             .expect("start systemd-nspawn");
-        let mut m = Machine {
-            nspawn,
-            leader: 0,
-            console,
-        };
+        let mut m = Machine { nspawn, leader: 0, console };
         let deadline = Instant::now() + Duration::from_secs(30);
         while m.leader == 0 {
             if let Ok(Some(status)) = m.nspawn.try_wait() {
                 panic!("systemd-nspawn exited ({status}): {}", m.console_text());
             }
-            assert!(
-                Instant::now() < deadline,
-                "no PID 1 in the container: {}",
-                m.console_text()
-            );
+            assert!(Instant::now() < deadline, "no PID 1 in the container: {}", m.console_text());
             m.leader = container_init(m.nspawn.id()).unwrap_or(0);
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -96,18 +76,7 @@ impl Machine {
     }
 
     pub(super) fn journal(&self) -> String {
-        text(
-            &self
-                .run(&[
-                    "journalctl",
-                    "--no-pager",
-                    "-o",
-                    "cat",
-                    "-u",
-                    "dockexpose.service",
-                ])
-                .stdout,
-        )
+        text(&self.run(&["journalctl", "--no-pager", "-o", "cat", "-u", "dockexpose.service"]).stdout)
     }
 
     pub(super) fn show(&self, props: &str) -> String {
@@ -141,11 +110,7 @@ pub(super) fn text(b: &[u8]) -> String {
 pub(super) fn container_init(nspawn: u32) -> Option<u32> {
     let status = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         let Some(st) = status(pid) else { continue };
@@ -161,9 +126,7 @@ pub(super) fn container_init(nspawn: u32) -> Option<u32> {
         let mut p = pid;
         for _ in 0..4 {
             let parent = status(p).and_then(|st| {
-                st.lines()
-                    .find_map(|l| l.strip_prefix("PPid:"))
-                    .and_then(|v| v.trim().parse::<u32>().ok())
+                st.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<u32>().ok())
             });
             // Another container's init (Docker's) leads elsewhere: try the next.
             let Some(ppid) = parent else { break };
@@ -184,27 +147,14 @@ pub(super) fn host_state(probe_src: &str) -> (Vec<String>, Vec<String>, usize) {
         .filter_map(|l| l.split(':').nth(1))
         .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
         .collect();
-    let tables: Vec<String> = sh(&["nft", "list", "tables"])
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let out = Command::new("conntrack")
-        .args(["-L", "-s", probe_src])
-        .output()
-        .unwrap();
-    let entries = text(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(probe_src))
-        .count();
+    let tables: Vec<String> = sh(&["nft", "list", "tables"]).lines().map(str::to_string).collect();
+    let out = Command::new("conntrack").args(["-L", "-s", probe_src]).output().unwrap();
+    let entries = text(&out.stdout).lines().filter(|l| l.contains(probe_src)).count();
     (links, tables, entries)
 }
 
 pub(super) fn audit(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 pub(super) fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -230,11 +180,7 @@ pub(super) struct Paths(pub(super) Vec<PathBuf>);
 impl Drop for Paths {
     fn drop(&mut self) {
         for p in self.0.drain(..).rev() {
-            let _ = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
         }
     }
 }

@@ -101,8 +101,7 @@ fn the_unit_runs_verify_under_a_real_systemd_and_leaves_the_host_as_found() {
     std::fs::create_dir_all(&dropin).unwrap();
     std::fs::create_dir(&bpf_dir).unwrap();
     paths.0.push(bpf_dir.clone());
-    let unit =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/dockexpose.service");
+    let unit = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/dockexpose.service");
     std::fs::write(
         dropin.join("verify.conf"),
         format!(
@@ -116,63 +115,23 @@ fn the_unit_runs_verify_under_a_real_systemd_and_leaves_the_host_as_found() {
     let before = host_state(&probe_src);
 
     let binds = [
-        (
-            bpf_dir.display().to_string(),
-            "/sys/fs/bpf".to_string(),
-            false,
-        ),
-        (
-            "/var/run/docker.sock".to_string(),
-            "/run/docker.sock".to_string(),
-            false,
-        ),
-        (
-            BIN.to_string(),
-            "/usr/local/bin/dockexpose".to_string(),
-            true,
-        ),
-        (
-            unit.display().to_string(),
-            "/etc/systemd/system/dockexpose.service".to_string(),
-            true,
-        ),
-        (
-            dropin.display().to_string(),
-            "/etc/systemd/system/dockexpose.service.d".to_string(),
-            true,
-        ),
-        (
-            logs.display().to_string(),
-            "/var/log/dockexpose".to_string(),
-            false,
-        ),
+        (bpf_dir.display().to_string(), "/sys/fs/bpf".to_string(), false),
+        ("/var/run/docker.sock".to_string(), "/run/docker.sock".to_string(), false),
+        (BIN.to_string(), "/usr/local/bin/dockexpose".to_string(), true),
+        (unit.display().to_string(), "/etc/systemd/system/dockexpose.service".to_string(), true),
+        (dropin.display().to_string(), "/etc/systemd/system/dockexpose.service.d".to_string(), true),
+        (logs.display().to_string(), "/var/log/dockexpose".to_string(), false),
     ];
     let boot_at = Instant::now();
-    let machine = Machine::boot(
-        &tree,
-        &format!("dxnspawn{id}"),
-        &binds,
-        work.join("console.log"),
-    );
-    let state = wait_for(
-        "the container's systemd up",
-        Duration::from_secs(60),
-        || {
-            let out = machine.run(&["systemctl", "is-system-running", "--wait"]);
-            let s = text(&out.stdout).trim().to_string();
-            (s == "running" || s == "degraded").then_some(s)
-        },
-    );
+    let machine = Machine::boot(&tree, &format!("dxnspawn{id}"), &binds, work.join("console.log"));
+    let state = wait_for("the container's systemd up", Duration::from_secs(60), || {
+        let out = machine.run(&["systemctl", "is-system-running", "--wait"]);
+        let s = text(&out.stdout).trim().to_string();
+        (s == "running" || s == "degraded").then_some(s)
+    });
     let booted = boot_at.elapsed();
     if state == "degraded" {
-        eprintln!(
-            "container degraded: {}",
-            text(
-                &machine
-                    .run(&["systemctl", "--failed", "--no-legend"])
-                    .stdout
-            )
-        );
+        eprintln!("container degraded: {}", text(&machine.run(&["systemctl", "--failed", "--no-legend"]).stdout));
     }
 
     // Type=notify: `systemctl start` returns once READY=1 arrived (or fails).
@@ -187,31 +146,15 @@ fn the_unit_runs_verify_under_a_real_systemd_and_leaves_the_host_as_found() {
     );
     let ready = start_at.elapsed();
     let props = machine.show("ActiveState,SubState,Type,NRestarts");
-    for want in [
-        "ActiveState=active",
-        "SubState=running",
-        "Type=notify",
-        "NRestarts=0",
-    ] {
-        assert!(
-            props.contains(want),
-            "{want} not in {props}\n{}",
-            machine.journal()
-        );
+    for want in ["ActiveState=active", "SubState=running", "Type=notify", "NRestarts=0"] {
+        assert!(props.contains(want), "{want} not in {props}\n{}", machine.journal());
     }
     // The sandbox is really there: seccomp, no new privileges, exactly the unit's four
     // capabilities (NET_ADMIN 12, NET_RAW 13, PERFMON 38, BPF 39).
-    let main_pid = machine
-        .show("MainPID")
-        .trim()
-        .trim_start_matches("MainPID=")
-        .to_string();
+    let main_pid = machine.show("MainPID").trim().trim_start_matches("MainPID=").to_string();
     let status = machine.sh(&["cat", &format!("/proc/{main_pid}/status")]);
     for want in ["Seccomp:\t2", "NoNewPrivs:\t1", "CapEff:\t000000c000003000"] {
-        assert!(
-            status.contains(want),
-            "{want} not in the daemon's status: {status}"
-        );
+        assert!(status.contains(want), "{want} not in the daemon's status: {status}");
     }
     assert!(
         !tcx_programs(&outside.uplink, false).is_empty(),
@@ -224,26 +167,15 @@ fn the_unit_runs_verify_under_a_real_systemd_and_leaves_the_host_as_found() {
     let json = logs.join("audit.jsonl");
     let verified = |port: u16| {
         let found = wait_until(Duration::from_secs(20), || {
-            audit(&json)
-                .into_iter()
-                .find(|r| r["stage"] == "verified" && r["host_port"] == port)
+            audit(&json).into_iter().find(|r| r["stage"] == "verified" && r["host_port"] == port)
         });
         found.unwrap_or_else(|| {
-            panic!(
-                "no verified record for port {port} within 20 s: {:?}\n{}",
-                audit(&json),
-                machine.journal()
-            )
+            panic!("no verified record for port {port} within 20 s: {:?}\n{}", audit(&json), machine.journal())
         })
     };
     let (exposed, held) = (verified(open), verified(dropped));
     let verify_time = start_at.elapsed();
-    assert_eq!(
-        exposed["verdict"],
-        "EXPOSED",
-        "{exposed}\n{}",
-        machine.journal()
-    );
+    assert_eq!(exposed["verdict"], "EXPOSED", "{exposed}\n{}", machine.journal());
     assert_eq!(held["verdict"], "HELD", "{held}\n{}", machine.journal());
     for r in [&exposed, &held] {
         assert_eq!(r["src_ip"], probe_src.as_str(), "{r}");
@@ -252,46 +184,25 @@ fn the_unit_runs_verify_under_a_real_systemd_and_leaves_the_host_as_found() {
     }
     // nft monitor trace ran under the sandbox: the rule is named.
     assert!(
-        held["why"]
-            .as_str()
-            .is_some_and(|w| w.starts_with("dropped by ip filter DOCKER-USER: ")),
+        held["why"].as_str().is_some_and(|w| w.starts_with("dropped by ip filter DOCKER-USER: ")),
         "{held}\n{}",
         machine.journal()
     );
-    let summary = wait_for(
-        "the verify summary in the journal",
-        Duration::from_secs(10),
-        || {
-            machine
-                .journal()
-                .lines()
-                .find(|l| l.contains("dockexpose: verify ("))
-                .map(str::to_string)
-        },
-    );
-    assert!(
-        summary.contains("1 exposed")
-            && summary.contains("1 held")
-            && summary.contains(" 0 remain"),
-        "{summary}"
-    );
+    let summary = wait_for("the verify summary in the journal", Duration::from_secs(10), || {
+        machine.journal().lines().find(|l| l.contains("dockexpose: verify (")).map(str::to_string)
+    });
+    assert!(summary.contains("1 exposed") && summary.contains("1 held") && summary.contains(" 0 remain"), "{summary}");
     let journal = machine.journal();
     assert!(journal.contains("dockexpose: watching"), "{journal}");
 
     // A real connection from outside.
     let sport = tcp_connect(&outside.ns, Some(outside.src4()), outside.host4(open))
         .expect("published port reachable from outside");
-    let reached = wait_for(
-        "the outsider's connection in the audit log",
-        Duration::from_secs(10),
-        || {
-            audit(&json).into_iter().find(|r| {
-                r["stage"] == "reached"
-                    && r["src_port"] == sport
-                    && r["src_ip"] == outside.v4(2).as_str()
-            })
-        },
-    );
+    let reached = wait_for("the outsider's connection in the audit log", Duration::from_secs(10), || {
+        audit(&json)
+            .into_iter()
+            .find(|r| r["stage"] == "reached" && r["src_port"] == sport && r["src_ip"] == outside.v4(2).as_str())
+    });
     assert_eq!(reached["container"]["name"], name.as_str(), "{reached}");
     assert_eq!(reached["host_port"], open, "{reached}");
 
@@ -307,27 +218,17 @@ fn the_unit_runs_verify_under_a_real_systemd_and_leaves_the_host_as_found() {
         machine.journal()
     );
     let journal = machine.journal();
-    let after = wait_for(
-        "verify's conntrack entries gone",
-        Duration::from_secs(10),
-        || {
-            let s = host_state(&probe_src);
-            (s.2 == before.2).then_some(s)
-        },
-    );
+    let after = wait_for("verify's conntrack entries gone", Duration::from_secs(10), || {
+        let s = host_state(&probe_src);
+        (s.2 == before.2).then_some(s)
+    });
     assert_eq!(after.0, before.0, "links");
     assert_eq!(after.1, before.1, "nftables tables");
     assert!(
         !bpf_dir.join("dockexpose-verify").exists()
-            || std::fs::read_dir(bpf_dir.join("dockexpose-verify"))
-                .unwrap()
-                .next()
-                .is_none()
+            || std::fs::read_dir(bpf_dir.join("dockexpose-verify")).unwrap().next().is_none()
     );
-    assert!(
-        bpf_dir.join("dockexpose").exists(),
-        "the kernel side stays pinned across a stop: {journal}"
-    );
+    assert!(bpf_dir.join("dockexpose").exists(), "the kernel side stays pinned across a stop: {journal}");
     let cleanup = machine.sh(&[
         "dockexpose",
         "cleanup",
@@ -336,47 +237,24 @@ fn the_unit_runs_verify_under_a_real_systemd_and_leaves_the_host_as_found() {
         "--lock-file",
         "/run/dockexpose/lock",
     ]);
-    let detached = wait_until(Duration::from_secs(5), || {
-        tcx_programs(&outside.uplink, false)
-            .is_empty()
-            .then_some(())
-    });
+    let detached = wait_until(Duration::from_secs(5), || tcx_programs(&outside.uplink, false).is_empty().then_some(()));
     assert!(
         detached.is_some(),
         "cleanup did not detach the uplink: {:?} attached; cleanup said {cleanup}; processes: {}",
         tcx_programs(&outside.uplink, false),
         text(&machine.run(&["ps", "-e", "-o", "pid,args"]).stdout)
     );
-    let left: Vec<String> = std::fs::read_dir(&bpf_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        left.iter().all(|n| n == "dockexpose-verify"),
-        "pins left after cleanup: {left:?}"
-    );
+    let left: Vec<String> =
+        std::fs::read_dir(&bpf_dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| n == "dockexpose-verify"), "pins left after cleanup: {left:?}");
     // BPF firewalling (IPAddressDeny=) needs cgroup v2: say whether systemd applied it.
-    let boot_log = text(
-        &machine
-            .run(&["journalctl", "-b", "--no-pager", "-o", "cat"])
-            .stdout,
-    );
-    let firewall = boot_log
-        .lines()
-        .find(|l| l.contains("BPF firewalling"))
-        .unwrap_or("no BPF firewalling warning")
-        .to_string();
+    let boot_log = text(&machine.run(&["journalctl", "-b", "--no-pager", "-o", "cat"]).stdout);
+    let firewall =
+        boot_log.lines().find(|l| l.contains("BPF firewalling")).unwrap_or("no BPF firewalling warning").to_string();
     drop(machine);
     let records = audit(&json);
-    let from_probes = records
-        .iter()
-        .filter(|r| r["src_ip"] == probe_src.as_str() && r["stage"] != "verified")
-        .count();
-    assert_eq!(
-        from_probes, 0,
-        "the probes were reported as connections: {records:#?}"
-    );
+    let from_probes = records.iter().filter(|r| r["src_ip"] == probe_src.as_str() && r["stage"] != "verified").count();
+    assert_eq!(from_probes, 0, "the probes were reported as connections: {records:#?}");
     drop(paths);
     eprintln!(
         "tree {:.1} s, boot {:.1} s, READY=1 {:.1} s, verified {:.1} s after start, stop {:.1} s, whole test {:.1} s; {summary}; {firewall}",

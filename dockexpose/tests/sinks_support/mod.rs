@@ -83,7 +83,8 @@ fn required() -> bool {
 /// Whether `program` can be run; otherwise records that the test is skipped, or panics when
 /// the run demands every test.
 pub fn have_tool(test: &str, program: &str, package: &str) -> bool {
-    let found = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success());
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success());
     if found {
         return true;
     }

@@ -193,7 +193,14 @@ impl Bed {
         for prefix in [format!("10.251.{n}.0/24"), format!("fd42:251:{n}::/64")] {
             assert_unrouted(&prefix);
         }
-        let mut bed = Bed { n, bridge: bridge.clone(), outside, c1_ns: format!("dx{tag}c1-{n}"), c2_ns: format!("dx{tag}c2-{n}"), undo: Undo::default() };
+        let mut bed = Bed {
+            n,
+            bridge: bridge.clone(),
+            outside,
+            c1_ns: format!("dx{tag}c1-{n}"),
+            c2_ns: format!("dx{tag}c2-{n}"),
+            undo: Undo::default(),
+        };
         sh(&["ip", "link", "add", &bridge, "type", "bridge"]);
         undo.push(&["ip", "link", "del", &bridge]);
         sh(&["ip", "addr", "add", &format!("{}/24", bed.bridge_v4(1)), "dev", &bridge]);
@@ -226,15 +233,57 @@ impl Bed {
         // DNAT and FORWARD, in chains of our own so that cleanup is exact.
         let uplink = bed.outside.uplink.clone();
         for (tool, c_tcp, c_udp, host_ip) in [
-            ("iptables", format!("{}:{C_TCP}", bed.bridge_v4(2)), format!("{}:{C_UDP}", bed.bridge_v4(2)), bed.outside.v4(1)),
-            ("ip6tables", format!("[{}]:{C_TCP}", bed.bridge_v6(2)), format!("[{}]:{C_UDP}", bed.bridge_v6(2)), bed.outside.v6(1)),
+            (
+                "iptables",
+                format!("{}:{C_TCP}", bed.bridge_v4(2)),
+                format!("{}:{C_UDP}", bed.bridge_v4(2)),
+                bed.outside.v4(1),
+            ),
+            (
+                "ip6tables",
+                format!("[{}]:{C_TCP}", bed.bridge_v6(2)),
+                format!("[{}]:{C_UDP}", bed.bridge_v6(2)),
+                bed.outside.v6(1),
+            ),
         ] {
             let (nat, fwd) = (format!("DXN{tag}{n}"), format!("DXF{tag}{n}"));
             sh(&[tool, "-t", "nat", "-N", &nat]);
             undo.push(&[tool, "-t", "nat", "-X", &nat]);
             undo.push(&[tool, "-t", "nat", "-F", &nat]);
-            sh(&[tool, "-t", "nat", "-A", &nat, "-d", &host_ip, "-p", "tcp", "--dport", &HOST_TCP.to_string(), "-j", "DNAT", "--to-destination", &c_tcp]);
-            sh(&[tool, "-t", "nat", "-A", &nat, "-d", &host_ip, "-p", "udp", "--dport", &HOST_UDP.to_string(), "-j", "DNAT", "--to-destination", &c_udp]);
+            sh(&[
+                tool,
+                "-t",
+                "nat",
+                "-A",
+                &nat,
+                "-d",
+                &host_ip,
+                "-p",
+                "tcp",
+                "--dport",
+                &HOST_TCP.to_string(),
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &c_tcp,
+            ]);
+            sh(&[
+                tool,
+                "-t",
+                "nat",
+                "-A",
+                &nat,
+                "-d",
+                &host_ip,
+                "-p",
+                "udp",
+                "--dport",
+                &HOST_UDP.to_string(),
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &c_udp,
+            ]);
             sh(&[tool, "-t", "nat", "-I", "PREROUTING", "1", "-i", &uplink, "-j", &nat]);
             undo.push(&[tool, "-t", "nat", "-D", "PREROUTING", "-i", &uplink, "-j", &nat]);
 

@@ -9,7 +9,8 @@ use std::{
 
 /// The shapes `craft.py` knows (see its docstring for what each one hides).
 pub const TCP4_SHAPES: [&str; 3] = ["tcp4-plain", "tcp4-options", "tcp4-tiny-frags"];
-pub const TCP6_SHAPES: [&str; 6] = ["tcp6-plain", "tcp6-hbh", "tcp6-dstopts", "tcp6-routing", "tcp6-frag", "tcp6-chain"];
+pub const TCP6_SHAPES: [&str; 6] =
+    ["tcp6-plain", "tcp6-hbh", "tcp6-dstopts", "tcp6-routing", "tcp6-frag", "tcp6-chain"];
 pub const UDP4_SHAPES: [&str; 2] = ["udp4-plain", "udp4-frags"];
 pub const UDP6_SHAPES: [&str; 1] = ["udp6-dstopts"];
 pub const SCTP_SHAPES: [&str; 2] = ["sctp4-init", "sctp6-init"];
@@ -39,11 +40,33 @@ pub fn craft(ns: &str, shape: &str, src: IpAddr, dst: SocketAddr, sport: u16, ti
 }
 
 /// `craft` with extra arguments for the script (e.g. `["--rh-type", "4"]`).
-pub fn craft_args(ns: &str, shape: &str, src: IpAddr, dst: SocketAddr, sport: u16, timeout: Duration, extra: &[&str]) -> Crafted {
+pub fn craft_args(
+    ns: &str,
+    shape: &str,
+    src: IpAddr,
+    dst: SocketAddr,
+    sport: u16,
+    timeout: Duration,
+    extra: &[&str],
+) -> Crafted {
     let script = script();
     let args: Vec<String> = [
-        "netns", "exec", ns, "python3", &script, shape, "--src", &src.to_string(), "--dst", &dst.ip().to_string(),
-        "--dport", &dst.port().to_string(), "--sport", &sport.to_string(), "--timeout", &format!("{:.3}", timeout.as_secs_f64()),
+        "netns",
+        "exec",
+        ns,
+        "python3",
+        &script,
+        shape,
+        "--src",
+        &src.to_string(),
+        "--dst",
+        &dst.ip().to_string(),
+        "--dport",
+        &dst.port().to_string(),
+        "--sport",
+        &sport.to_string(),
+        "--timeout",
+        &format!("{:.3}", timeout.as_secs_f64()),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -56,8 +79,13 @@ pub fn craft_args(ns: &str, shape: &str, src: IpAddr, dst: SocketAddr, sport: u1
         panic!("craft {shape}: scapy is missing: install it with `python3 -m pip install scapy`\n{stderr}");
     }
     assert!(out.status.success(), "craft {shape} from {ns} failed ({}):\n{stdout}{stderr}", out.status);
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("craft {shape}: no JSON line:\n{stdout}{stderr}"));
-    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("craft {shape}: bad JSON {line:?}: {e}"));
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("craft {shape}: no JSON line:\n{stdout}{stderr}"));
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("craft {shape}: bad JSON {line:?}: {e}"));
     assert_eq!(v["shape"], shape, "craft.py answered for another shape: {line}");
     assert_eq!(v["sport"], sport, "craft.py answered for another port: {line}");
     Crafted {

@@ -38,7 +38,8 @@ pub fn echo_image() -> String {
     let mut h = DefaultHasher::new();
     text.hash(&mut h);
     let image = format!("dockexpose-test/echo:{:012x}", h.finish() & 0xffff_ffff_ffff);
-    let exists = Command::new("docker").args(["image", "inspect", &image]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let exists =
+        Command::new("docker").args(["image", "inspect", &image]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     if exists.map(|s| s.success()).unwrap_or(false) {
         return image;
     }
@@ -46,7 +47,17 @@ pub fn echo_image() -> String {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
     let bin = rootfs.join("echo_server");
-    sh(&["rustc", "--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o", bin.to_str().unwrap(), src.to_str().unwrap()]);
+    sh(&[
+        "rustc",
+        "--edition",
+        "2021",
+        "-O",
+        "-C",
+        "target-feature=+crt-static",
+        "-o",
+        bin.to_str().unwrap(),
+        src.to_str().unwrap(),
+    ]);
     let tar = dir.join("rootfs.tar");
     sh(&["tar", "-C", rootfs.to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."]);
     sh(&["docker", "import", "--change", "ENTRYPOINT [\"/echo_server\"]", tar.to_str().unwrap(), &image]);
@@ -68,7 +79,8 @@ pub fn http_image() -> String {
     let mut h = DefaultHasher::new();
     (&busybox, &html, ENTRYPOINT).hash(&mut h);
     let image = format!("dockexpose-test/http:{:012x}", h.finish() & 0xffff_ffff_ffff);
-    let exists = Command::new("docker").args(["image", "inspect", &image]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let exists =
+        Command::new("docker").args(["image", "inspect", &image]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     if exists.map(|s| s.success()).unwrap_or(false) {
         return image;
     }
@@ -189,7 +201,10 @@ impl SocketRelay {
                 client.set_nonblocking(false).unwrap();
                 let Ok(engine) = UnixStream::connect("/var/run/docker.sock") else { continue };
                 let mut list = st.lock().unwrap();
-                for (mut from, mut to) in [(client.try_clone().unwrap(), engine.try_clone().unwrap()), (engine.try_clone().unwrap(), client.try_clone().unwrap())] {
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), engine.try_clone().unwrap()),
+                    (engine.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
                     std::thread::spawn(move || {
                         let _ = std::io::copy(&mut from, &mut to);
                         let _ = to.shutdown(std::net::Shutdown::Write);

@@ -22,7 +22,10 @@ pub fn tcx_programs(iface: &str, egress: bool) -> Vec<String> {
             if os_error == Some(libc::ENODEV) {
                 return Vec::new();
             }
-            panic!("querying the TCX {} programs of {iface} failed: {e} ({e:?})", if egress { "egress" } else { "ingress" })
+            panic!(
+                "querying the TCX {} programs of {iface} failed: {e} ({e:?})",
+                if egress { "egress" } else { "ingress" }
+            )
         }
     }
 }

@@ -28,7 +28,14 @@ fn checksum(chunks: &[&[u8]]) -> u16 {
 /// random ports) to `dst`, through a raw socket, at about `per_second` (faster, the
 /// veth's small ring drops part of it before any hook runs). Stops after `count` or
 /// `limit`; returns how many were sent.
-pub fn syn_flood(ns: &str, src_net: [u8; 3], dst: std::net::SocketAddrV4, count: usize, per_second: u32, limit: Duration) -> usize {
+pub fn syn_flood(
+    ns: &str,
+    src_net: [u8; 3],
+    dst: std::net::SocketAddrV4,
+    count: usize,
+    per_second: u32,
+    limit: Duration,
+) -> usize {
     in_netns(ns, move || {
         // SAFETY: plain socket syscalls on an fd owned here and closed at the end.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
@@ -118,7 +125,13 @@ pub fn connect_loop(ns: &str, src: IpAddr, dst: SocketAddr, length: Duration) ->
             let linger = libc::linger { l_onoff: 1, l_linger: 0 };
             unsafe {
                 libc::bind(fd, sa.as_ptr().cast(), len);
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), size_of::<libc::linger>() as u32);
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    size_of::<libc::linger>() as u32,
+                );
             }
             let (da, dlen) = sockaddr(dst);
             let rc = unsafe { libc::connect(fd, da.as_ptr().cast(), dlen) };

@@ -27,8 +27,7 @@ pub mod tun;
 
 #[allow(unused_imports, reason = "each test binary uses a different part of the test bed")]
 pub use bed::{
-    assert_unrouted, free_ports, run_id, Bed, OutsideHost, C_TCP, C_UDP, HOST_INPUT_TCP, HOST_TCP,
-    HOST_UDP,
+    assert_unrouted, free_ports, run_id, Bed, OutsideHost, C_TCP, C_UDP, HOST_INPUT_TCP, HOST_TCP, HOST_UDP,
 };
 #[allow(unused_imports, reason = "each test binary uses a different part of the test bed")]
 pub use hooks::{tcx_programs, xdp_attached};

@@ -102,7 +102,13 @@ pub fn tcp_connect(ns: &str, bind: Option<IpAddr>, dst: SocketAddr) -> std::io::
                 let (da, dlen) = sockaddr(dst);
                 let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
                 unsafe {
-                    libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as u32);
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_SNDTIMEO,
+                        (&tv as *const libc::timeval).cast(),
+                        size_of::<libc::timeval>() as u32,
+                    );
                 }
                 let rc = unsafe { libc::connect(fd, da.as_ptr().cast(), dlen) };
                 // SAFETY: fd is a socket we own from here on.
@@ -130,7 +136,12 @@ pub(super) fn sockaddr(addr: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
                 sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
                 sin_zero: [0; 8],
             };
-            let bytes = unsafe { std::slice::from_raw_parts((&sin as *const libc::sockaddr_in).cast::<u8>(), size_of::<libc::sockaddr_in>()) };
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&sin as *const libc::sockaddr_in).cast::<u8>(),
+                    size_of::<libc::sockaddr_in>(),
+                )
+            };
             (bytes.to_vec(), size_of::<libc::sockaddr_in>() as u32)
         }
         SocketAddr::V6(a) => {
@@ -141,7 +152,12 @@ pub(super) fn sockaddr(addr: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
                 sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
                 sin6_scope_id: 0,
             };
-            let bytes = unsafe { std::slice::from_raw_parts((&sin6 as *const libc::sockaddr_in6).cast::<u8>(), size_of::<libc::sockaddr_in6>()) };
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&sin6 as *const libc::sockaddr_in6).cast::<u8>(),
+                    size_of::<libc::sockaddr_in6>(),
+                )
+            };
             (bytes.to_vec(), size_of::<libc::sockaddr_in6>() as u32)
         }
     }

@@ -25,10 +25,7 @@ pub fn skip(test: &str, reason: &str) -> bool {
             .and_then(|mut f| f.write_all(line.as_bytes()));
         if let Err(e) = written {
             // An unrecorded skip would be counted as passed: that must not pass quietly.
-            panic!(
-                "{test}: could not record the skip in {} ({SKIP_LOG_VAR}): {e}",
-                path.to_string_lossy()
-            );
+            panic!("{test}: could not record the skip in {} ({SKIP_LOG_VAR}): {e}", path.to_string_lossy());
         }
     }
     false
@@ -38,15 +35,9 @@ pub fn skip(test: &str, reason: &str) -> bool {
 /// test files may hold tests of the same name.
 fn binary() -> String {
     let exe = std::env::current_exe().ok();
-    let stem = exe
-        .as_ref()
-        .and_then(|p| p.file_stem())
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = exe.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     match stem.rsplit_once('-') {
-        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            name.to_string()
-        }
+        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => name.to_string(),
         _ => stem,
     }
 }

@@ -37,7 +37,6 @@ impl Watcher {
         Self::spawn_command(Command::new(env!("CARGO_BIN_EXE_dockexpose")), args, json)
     }
 
-
     fn start_with(cmd: Command, args: &[&str], json: PathBuf) -> Self {
         let _ = std::fs::remove_file(&json);
         Self::spawn_command(cmd, args, json)
@@ -88,7 +87,11 @@ impl Watcher {
                 std::thread::sleep(Duration::from_millis(100));
                 panic!("dockexpose exited ({status}) before printing {needle:?}:\n{}", self.lines().join("\n"));
             }
-            assert!(Instant::now() < deadline, "no {needle:?} from dockexpose in {timeout:?}:\n{}", self.lines().join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} from dockexpose in {timeout:?}:\n{}",
+                self.lines().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -126,7 +129,9 @@ impl Watcher {
         // `daemon_stop`, `kernel_state_reset`: an `event` key) are not connections.
         let records = text
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))
+            })
             .filter(|r| r.get("event").is_none())
             .collect();
         let lines = self.lines();

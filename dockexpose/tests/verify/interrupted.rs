@@ -65,7 +65,12 @@ fn interrupted_run(test: &str, signal: i32) {
         assert_eq!(status.code(), None, "killed outright");
         // The sentinel sees the run's pipe close and cleans up; the pins go last.
         // Named by the run's pid namespace and pid (the child shares ours).
-        let pidns = std::fs::read_link("/proc/self/ns/pid").unwrap().to_string_lossy().trim_start_matches("pid:[").trim_end_matches(']').to_string();
+        let pidns = std::fs::read_link("/proc/self/ns/pid")
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("pid:[")
+            .trim_end_matches(']')
+            .to_string();
         let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/dockexpose-verify/{pidns}_{pid}"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while pins.exists() && Instant::now() < deadline {

@@ -103,7 +103,11 @@ fn verify(args: &[&str]) -> VerifyRun {
     let out = Command::new(env!("CARGO_BIN_EXE_dockexpose")).arg("verify").args(args).output().unwrap();
     let elapsed = start.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("--- dockexpose verify {args:?} ({} ms)\n{stdout}{}", elapsed.as_millis(), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "--- dockexpose verify {args:?} ({} ms)\n{stdout}{}",
+        elapsed.as_millis(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     VerifyRun { code: out.status.code().unwrap_or(-1), lines: stdout.lines().map(str::to_string).collect(), elapsed }
 }
 
@@ -121,7 +125,8 @@ fn verdicts(lines: &[String]) -> Vec<(String, String, String, String)> {
 }
 
 fn verdict_of(v: &[(String, String, String, String)], proto: &str, endpoint: &str, via: &str) -> String {
-    let found: Vec<&String> = v.iter().filter(|x| x.1 == proto && x.2 == endpoint && x.3 == via).map(|x| &x.0).collect();
+    let found: Vec<&String> =
+        v.iter().filter(|x| x.1 == proto && x.2 == endpoint && x.3 == via).map(|x| &x.0).collect();
     assert_eq!(found.len(), 1, "one verdict for {proto} {endpoint} via {via}: {v:?}");
     found[0].clone()
 }
@@ -137,7 +142,8 @@ fn guard_drops(lines: &[String]) -> u64 {
 fn nmap(ns: &str, args: &[&str]) -> BTreeMap<u16, String> {
     let mut full = vec!["netns", "exec", ns, "nmap", "-n", "-Pn", "--max-retries", "1", "--host-timeout", "60s"];
     full.extend_from_slice(args);
-    let out = Command::new("ip").args(&full).output().expect("nmap (Debian package nmap; cargo xtask setup installs it)");
+    let out =
+        Command::new("ip").args(&full).output().expect("nmap (Debian package nmap; cargo xtask setup installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("--- nmap {args:?}\n{text}");
     let mut states = BTreeMap::new();
@@ -160,6 +166,9 @@ fn connects(ns: &str, ip: &str, port: u16) -> bool {
 
 fn conntrack_from(addr: &str) -> usize {
     let fam = if addr.contains(':') { "ipv6" } else { "ipv4" };
-    let out = Command::new("conntrack").args(["-L", "-f", fam, "-s", addr]).output().expect("conntrack (Debian package conntrack)");
+    let out = Command::new("conntrack")
+        .args(["-L", "-f", fam, "-s", addr])
+        .output()
+        .expect("conntrack (Debian package conntrack)");
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
 }

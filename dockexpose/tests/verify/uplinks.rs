@@ -19,7 +19,8 @@ fn an_l3_uplink_is_verified_as_a_real_connection_through_it_finds_it() {
     let m = 230 + (n + 7) % 20;
     let name = format!("dxvl3{n}");
     let tun = Tun::create(&name, &format!("198.18.{m}.1/24"), &format!("fd42:198:{m}::1/64"));
-    let (host, peer): (Ipv4Addr, Ipv4Addr) = (format!("198.18.{m}.1").parse().unwrap(), format!("198.18.{m}.2").parse().unwrap());
+    let (host, peer): (Ipv4Addr, Ipv4Addr) =
+        (format!("198.18.{m}.1").parse().unwrap(), format!("198.18.{m}.2").parse().unwrap());
 
     // Reality: a SYN from the far end of the tunnel gets the container's SYN-ACK back.
     tun.write(&ipv4_tcp_syn(peer, host, 45100, port, 0x5100_0000));
@@ -35,7 +36,8 @@ fn an_l3_uplink_is_verified_as_a_real_connection_through_it_finds_it() {
     assert!(reachable, "the container answers through the tunnel");
     // IPv6 the same way (the engine has no IPv6 network: docker-proxy, if it listens,
     // answers on the host).
-    let (host6, peer6): (Ipv6Addr, Ipv6Addr) = (format!("fd42:198:{m}::1").parse().unwrap(), format!("fd42:198:{m}::2").parse().unwrap());
+    let (host6, peer6): (Ipv6Addr, Ipv6Addr) =
+        (format!("fd42:198:{m}::1").parse().unwrap(), format!("fd42:198:{m}::2").parse().unwrap());
     tun.write(&ipv6_tcp_syn(peer6, host6, 45101, port, 0x5100_0001));
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut reachable6 = false;
@@ -86,18 +88,42 @@ fn both_ways_in_agree_with_a_real_connection_and_nothing_leaks() {
         &image,
         &["80", "5300"],
     );
-    let _drop = docker::docker_user_rule(&["-i", &outside.uplink, "-p", "tcp", "-m", "conntrack", "--ctorigdstport", &dropped.to_string(), "-j", "DROP"]);
+    let _drop = docker::docker_user_rule(&[
+        "-i",
+        &outside.uplink,
+        "-p",
+        "tcp",
+        "-m",
+        "conntrack",
+        "--ctorigdstport",
+        &dropped.to_string(),
+        "-j",
+        "DROP",
+    ]);
     std::thread::sleep(Duration::from_millis(300));
     // The truth, from the outside host: a real connection to each port.
     let reach = |port: u16| connects(&outside.ns, &outside.v4(1), port);
     assert!(reach(open) && !reach(dropped), "the test bed: {open} open, {dropped} dropped from outside");
     let ports = [format!("{open}/tcp"), format!("{dropped}/tcp")];
     let from = format!("{}/32", outside.v4(77));
-    let qdiscs = || sh(&["tc", "qdisc", "show"]).lines().filter(|l| l.contains("clsact")).map(str::to_string).collect::<Vec<_>>();
+    let qdiscs = || {
+        sh(&["tc", "qdisc", "show"]).lines().filter(|l| l.contains("clsact")).map(str::to_string).collect::<Vec<_>>()
+    };
     let qdiscs_before = qdiscs();
     for way in ["redirect", "live-frames"] {
         let capture = Capture::start(&outside.ns, &format!("host {}", outside.v4(77)), way);
-        let run = verify(&["--uplink", &outside.uplink, "--from", &from, "--port", &ports[0], "--port", &ports[1], "--injection", way]);
+        let run = verify(&[
+            "--uplink",
+            &outside.uplink,
+            "--from",
+            &from,
+            "--port",
+            &ports[0],
+            "--port",
+            &ports[1],
+            "--injection",
+            way,
+        ]);
         let leaked = capture.stop();
         if way == "live-frames" && run.code == 2 {
             // This kernel refuses live frames: the error says so and names the way round.
@@ -139,7 +165,8 @@ fn a_reply_policy_routing_sends_elsewhere_meets_the_guard_too() {
     let second = SecondUplink::new(outside.n);
     let n = outside.n as u16;
     let port = free_ports(13900 + n, 1);
-    let c = docker::Container::run(&format!("dx-verify-p-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
+    let c =
+        docker::Container::run(&format!("dx-verify-p-{n}"), &["-p", &format!("{port}:80")], &image, &["80", "5300"]);
     let src = outside.v4(77);
     // `ip route get` names the first uplink for the probe source; a rule sends the
     // container's replies to it out of the second one instead.

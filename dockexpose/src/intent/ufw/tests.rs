@@ -109,80 +109,33 @@ fn ufw_rules_give_port_intents_and_bans() {
     let (mut rules, bans, w) = rules_of(&tuples());
     assert!(w.is_empty(), "{w:?}");
     rules.push(default_rule("DROP").unwrap());
-    let book =
-        super::super::IntentBook::from_rules(Some(Source::Ufw), String::new(), rules, bans);
-    let at = |port, proto, v6, iface| {
-        book.for_port(port, proto, v6, iface)
-            .map(|i| (i.action, i.rule))
-    };
-    assert_eq!(
-        at(8080, Proto::Tcp, false, None),
-        Some((Action::Deny, "[ 2] 8080/tcp DENY IN Anywhere".into()))
-    );
+    let book = super::super::IntentBook::from_rules(Some(Source::Ufw), String::new(), rules, bans);
+    let at = |port, proto, v6, iface| book.for_port(port, proto, v6, iface).map(|i| (i.action, i.rule));
+    assert_eq!(at(8080, Proto::Tcp, false, None), Some((Action::Deny, "[ 2] 8080/tcp DENY IN Anywhere".into())));
     assert_eq!(
         at(8080, Proto::Tcp, true, None),
-        Some((
-            Action::Deny,
-            "[15] 8080/tcp (v6) DENY IN Anywhere (v6)".into()
-        ))
+        Some((Action::Deny, "[15] 8080/tcp (v6) DENY IN Anywhere (v6)".into()))
     );
     assert_eq!(at(9005, Proto::Udp, false, None).unwrap().0, Action::Allow);
-    assert_eq!(
-        at(9005, Proto::Tcp, false, None).unwrap().1,
-        "default deny (incoming)"
-    );
+    assert_eq!(at(9005, Proto::Tcp, false, None).unwrap().1, "default deny (incoming)");
     assert_eq!(
         at(5001, Proto::Tcp, true, None).unwrap(),
-        (
-            Action::Deny,
-            "[17] 5000,5001/tcp (v6) REJECT IN Anywhere (v6)".into()
-        )
+        (Action::Deny, "[17] 5000,5001/tcp (v6) REJECT IN Anywhere (v6)".into())
     );
-    assert_eq!(
-        at(2222, Proto::Tcp, false, None).unwrap().0,
-        Action::Allow,
-        "limit counts as allow"
-    );
+    assert_eq!(at(2222, Proto::Tcp, false, None).unwrap().0, Action::Allow, "limit counts as allow");
     // Interface rules hold only on that interface.
-    assert_eq!(
-        at(7000, Proto::Tcp, false, Some("eth1")).unwrap().0,
-        Action::Allow
-    );
-    assert_eq!(
-        at(7000, Proto::Tcp, false, None).unwrap().1,
-        "default deny (incoming)"
-    );
+    assert_eq!(at(7000, Proto::Tcp, false, Some("eth1")).unwrap().0, Action::Allow);
+    assert_eq!(at(7000, Proto::Tcp, false, None).unwrap().1, "default deny (incoming)");
     // From one network only: not from anywhere, so the default speaks.
-    assert_eq!(
-        at(6000, Proto::Tcp, false, None).unwrap().1,
-        "default deny (incoming)"
-    );
-    assert_eq!(
-        at(3000, Proto::Tcp, true, None).unwrap().1,
-        "default deny (incoming)"
-    );
+    assert_eq!(at(6000, Proto::Tcp, false, None).unwrap().1, "default deny (incoming)");
+    assert_eq!(at(3000, Proto::Tcp, true, None).unwrap().1, "default deny (incoming)");
     // App rules: both port lists, one number.
-    assert_eq!(
-        at(443, Proto::Tcp, false, None).unwrap().1,
-        "[ 9] DxiWeb ALLOW IN Anywhere # web here"
-    );
-    assert_eq!(
-        at(8443, Proto::Udp, true, None).unwrap().1,
-        "[20] DxiWeb (v6) ALLOW IN Anywhere (v6) # web here"
-    );
+    assert_eq!(at(443, Proto::Tcp, false, None).unwrap().1, "[ 9] DxiWeb ALLOW IN Anywhere # web here");
+    assert_eq!(at(8443, Proto::Udp, true, None).unwrap().1, "[20] DxiWeb (v6) ALLOW IN Anywhere (v6) # web here");
     // Routed and outgoing rules are not incoming intent.
-    assert_eq!(
-        at(80, Proto::Tcp, false, None).unwrap().1,
-        "[ 9] DxiWeb ALLOW IN Anywhere # web here"
-    );
-    assert_eq!(
-        at(25, Proto::Tcp, false, None).unwrap().1,
-        "default deny (incoming)"
-    );
-    assert_eq!(
-        at(1234, Proto::Tcp, false, None).unwrap().1,
-        "[13] 1234/tcp ALLOW IN Anywhere (log)"
-    );
+    assert_eq!(at(80, Proto::Tcp, false, None).unwrap().1, "[ 9] DxiWeb ALLOW IN Anywhere # web here");
+    assert_eq!(at(25, Proto::Tcp, false, None).unwrap().1, "default deny (incoming)");
+    assert_eq!(at(1234, Proto::Tcp, false, None).unwrap().1, "[13] 1234/tcp ALLOW IN Anywhere (log)");
     assert_eq!(book.bans.len(), 1);
     assert_eq!(book.bans[0].name, "ufw [ 4] Anywhere DENY IN 198.18.3.2");
     assert!(book.ban_of("198.18.3.2".parse().unwrap()).is_some());
@@ -193,16 +146,10 @@ fn ufw_rules_give_port_intents_and_bans() {
 fn ufw_conf_values_and_defaults() {
     // Debian's /etc/default/ufw lines.
     let d = "# Set to yes to apply rules to support IPv6\nIPV6=yes\nDEFAULT_INPUT_POLICY=\"DROP\"\nDEFAULT_OUTPUT_POLICY=\"ACCEPT\"\n";
-    assert_eq!(
-        conf_value(d, "DEFAULT_INPUT_POLICY").as_deref(),
-        Some("DROP")
-    );
+    assert_eq!(conf_value(d, "DEFAULT_INPUT_POLICY").as_deref(), Some("DROP"));
     assert_eq!(conf_value(d, "IPV6").as_deref(), Some("yes"));
     assert_eq!(conf_value("ENABLED=no\n", "ENABLED").as_deref(), Some("no"));
-    assert_eq!(
-        default_rule("REJECT").unwrap().intent.rule,
-        "default reject (incoming)"
-    );
+    assert_eq!(default_rule("REJECT").unwrap().intent.rule, "default reject (incoming)");
     assert_eq!(default_rule("ACCEPT").unwrap().intent.action, Action::Allow);
     assert!(default_rule("bogus").is_none());
 }
@@ -212,9 +159,6 @@ fn ufw_malformed_tuples_warn() {
     let (t, w) = parse_tuples("### tuple ### allow tcp 22\n", false);
     assert!(t.is_empty());
     assert_eq!(w.len(), 1);
-    assert_eq!(
-        parse_ports("80,443,8000:8100"),
-        Some(vec![(80, 80), (443, 443), (8000, 8100)])
-    );
+    assert_eq!(parse_ports("80,443,8000:8100"), Some(vec![(80, 80), (443, 443), (8000, 8100)]));
     assert_eq!(parse_ports("any"), None);
 }

@@ -52,7 +52,11 @@ impl Kernel {
             }
         }
         self.prefixes = table;
-        for (proto, base) in [(dockexpose_common::PROTO_TCP, 0u32), (dockexpose_common::PROTO_UDP, 65_536), (dockexpose_common::PROTO_SCTP, 2 * 65_536)] {
+        for (proto, base) in [
+            (dockexpose_common::PROTO_TCP, 0u32),
+            (dockexpose_common::PROTO_UDP, 65_536),
+            (dockexpose_common::PROTO_SCTP, 2 * 65_536),
+        ] {
             for port in 0..=u16::MAX {
                 if self.published.get(&(base + u32::from(port)), 0).unwrap_or(0) != 0 {
                     self.ports.insert(PortKey { port, proto, _pad: 0 });
@@ -82,7 +86,8 @@ impl Kernel {
         // The adopted LOCAL_IFACES may still name bridges the previous daemon watched
         // and this one does not: their traffic is no longer the host's own.
         let watched: BTreeSet<u32> = self.bridges.values().map(|b| b.ifindex).chain([ifindex_of("lo")]).collect();
-        let stale: Vec<u32> = self.local_ifaces.keys().filter_map(|k| k.ok()).filter(|i| !watched.contains(i)).collect();
+        let stale: Vec<u32> =
+            self.local_ifaces.keys().filter_map(|k| k.ok()).filter(|i| !watched.contains(i)).collect();
         for i in stale {
             let _ = self.local_ifaces.remove(&i);
         }

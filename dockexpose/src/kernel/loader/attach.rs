@@ -140,14 +140,16 @@ impl Kernel {
         }
         let ifindex = ifindex_of(iface);
         self.ensure_clsact(iface);
-        let (egress, _) = self.attach_link(program_names::BRIDGE_EGRESS, iface, ifindex, Hook::Tc(TcAttachType::Egress))?;
-        let (ingress, _) = match self.attach_link(program_names::BRIDGE_INGRESS, iface, ifindex, Hook::Tc(TcAttachType::Ingress)) {
-            Ok(l) => l,
-            Err(e) => {
-                egress.detach();
-                return Err(e);
-            }
-        };
+        let (egress, _) =
+            self.attach_link(program_names::BRIDGE_EGRESS, iface, ifindex, Hook::Tc(TcAttachType::Egress))?;
+        let (ingress, _) =
+            match self.attach_link(program_names::BRIDGE_INGRESS, iface, ifindex, Hook::Tc(TcAttachType::Ingress)) {
+                Ok(l) => l,
+                Err(e) => {
+                    egress.detach();
+                    return Err(e);
+                }
+            };
         self.bridges.insert(iface.to_string(), BridgeLinks { ifindex, egress, ingress });
         // Traffic routed from a watched bridge is the host's own (container to container).
         self.local_ifaces.insert(ifindex, 1, 0).map_err(map_err(map_names::LOCAL_IFACES))?;
@@ -216,7 +218,9 @@ impl Kernel {
                 }),
             UplinkHook::Xdp => match self.attach_link(xdp_name, iface, ifindex, Hook::Xdp(XdpMode::Driver)) {
                 Ok((l, adopted)) => Ok((l, if adopted { UplinkAttachMode::Adopted } else { UplinkAttachMode::Native })),
-                Err(_) => self.attach_link(xdp_name, iface, ifindex, Hook::Xdp(XdpMode::Skb)).map(|(l, _)| (l, UplinkAttachMode::Generic)),
+                Err(_) => self
+                    .attach_link(xdp_name, iface, ifindex, Hook::Xdp(XdpMode::Skb))
+                    .map(|(l, _)| (l, UplinkAttachMode::Generic)),
             },
         };
         match attached {
@@ -304,13 +308,22 @@ fn hook_name(hook: Hook, mechanism: TcMechanism) -> &'static str {
     }
 }
 
-fn attach_error<'a>(name: &'static str, iface: &'a str, hook: &'static str) -> impl Fn(aya::programs::ProgramError) -> Error + 'a {
+fn attach_error<'a>(
+    name: &'static str,
+    iface: &'a str,
+    hook: &'static str,
+) -> impl Fn(aya::programs::ProgramError) -> Error + 'a {
     move |source| Error::Attach { program: name, iface: iface.to_string(), hook, source: Box::new(source) }
 }
 
 /// Replaces the program behind a pinned link with ours (BPF_LINK_UPDATE: atomic, the
 /// hook never runs without a program), and hands the link back.
-fn replace_program(ebpf: &mut Ebpf, name: &'static str, link: FdLink, hook: Hook) -> std::result::Result<FdLink, String> {
+fn replace_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    link: FdLink,
+    hook: Hook,
+) -> std::result::Result<FdLink, String> {
     match hook {
         Hook::Tc(_) => {
             let prog: &mut SchedClassifier = program(ebpf, name).map_err(|e| e.to_string())?;

@@ -103,7 +103,9 @@ impl Kernel {
 
     /// Makes the kernel's published-port set equal to `next`.
     pub fn sync_published_ports(&mut self, next: &BTreeSet<PortKey>) -> Result<()> {
-        for (key, value) in self.ports.difference(next).map(|k| (k, 0)).chain(next.difference(&self.ports).map(|k| (k, 1))) {
+        for (key, value) in
+            self.ports.difference(next).map(|k| (k, 0)).chain(next.difference(&self.ports).map(|k| (k, 1)))
+        {
             self.published
                 .set(published_port_index(key.port, key.proto), value, 0)
                 .map_err(map_err(map_names::PUBLISHED_PORTS))?;
@@ -162,7 +164,9 @@ fn count_keys(map: &MapData, key_size: usize) -> u64 {
         }
         const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
         // SAFETY: attr lives through the call and holds valid pointers of key_size bytes.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, attr.as_mut_ptr(), std::mem::size_of_val(&attr))
+        };
         if rc != 0 || n > 10_000_000 {
             return n;
         }

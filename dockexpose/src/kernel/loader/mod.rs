@@ -38,14 +38,14 @@ mod attach;
 mod maps;
 mod probes;
 
-pub use self::{
-    attach::{UplinkAttachMode, UplinkHook},
-    maps::{addr16, CounterSnapshot, WatchMaps},
-};
 use self::{
     attach::{attach_classifier, ifindex_of, program, BridgeLinks, Filter, UplinkLinks},
     maps::{map_err, take_map},
     probes::ProbeMaps,
+};
+pub use self::{
+    attach::{UplinkAttachMode, UplinkHook},
+    maps::{addr16, CounterSnapshot, WatchMaps},
 };
 
 /// The kernel object, built by build.rs from dockexpose-ebpf.
@@ -182,8 +182,10 @@ impl Kernel {
             aya::maps::Map::Array(d) | aya::maps::Map::PerCpuArray(d) => Some(d),
             _ => None,
         };
-        let daemon_state = data(take_map(&mut kernel.ebpf, map_names::DAEMON_STATE)?).ok_or(Error::MissingMap(map_names::DAEMON_STATE))?;
-        let record_seq = data(take_map(&mut kernel.ebpf, map_names::RECORD_SEQ)?).ok_or(Error::MissingMap(map_names::RECORD_SEQ))?;
+        let daemon_state = data(take_map(&mut kernel.ebpf, map_names::DAEMON_STATE)?)
+            .ok_or(Error::MissingMap(map_names::DAEMON_STATE))?;
+        let record_seq =
+            data(take_map(&mut kernel.ebpf, map_names::RECORD_SEQ)?).ok_or(Error::MissingMap(map_names::RECORD_SEQ))?;
         let aya::maps::Map::HashMap(pending) = take_map(&mut kernel.ebpf, map_names::PENDING)? else {
             return Err(Error::MissingMap(map_names::PENDING));
         };
@@ -251,11 +253,14 @@ impl Kernel {
         }
 
         let events = take_map(&mut ebpf, map_names::EVENTS)?;
-        let local_v4 = LpmTrie::try_from(take_map(&mut ebpf, map_names::LOCAL_V4)?).map_err(map_err(map_names::LOCAL_V4))?;
-        let local_v6 = LpmTrie::try_from(take_map(&mut ebpf, map_names::LOCAL_V6)?).map_err(map_err(map_names::LOCAL_V6))?;
+        let local_v4 =
+            LpmTrie::try_from(take_map(&mut ebpf, map_names::LOCAL_V4)?).map_err(map_err(map_names::LOCAL_V4))?;
+        let local_v6 =
+            LpmTrie::try_from(take_map(&mut ebpf, map_names::LOCAL_V6)?).map_err(map_err(map_names::LOCAL_V6))?;
         let published = Array::try_from(take_map(&mut ebpf, map_names::PUBLISHED_PORTS)?)
             .map_err(map_err(map_names::PUBLISHED_PORTS))?;
-        let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?).map_err(map_err(map_names::COUNTERS))?;
+        let counters =
+            PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?).map_err(map_err(map_names::COUNTERS))?;
         let mut local_ifaces = HashMap::try_from(take_map(&mut ebpf, map_names::LOCAL_IFACES)?)
             .map_err(map_err(map_names::LOCAL_IFACES))?;
         // Loopback: the host talking to itself.

@@ -13,8 +13,8 @@ use aya::{
 use dockexpose_common::{map_names, program_names};
 
 use super::{
-    addr16, attach_classifier, cls_bpf, ifindex_of, load_program, map_err, program, take_map, Filter, Kernel, LinkLayer,
-    ProgramKind, TcMechanism,
+    addr16, attach_classifier, cls_bpf, ifindex_of, load_program, map_err, program, take_map, Filter, Kernel,
+    LinkLayer, ProgramKind, TcMechanism,
 };
 use crate::error::{Error, Result};
 
@@ -45,13 +45,19 @@ enum GuardLink {
 /// loses its guard at once.
 fn pin_guard(ebpf: &mut Ebpf, id: tc::SchedClassifierLinkId, path: &std::path::Path) -> Result<GuardLink> {
     let prog: &mut SchedClassifier = program(ebpf, program_names::UPLINK_PROBE_GUARD)?;
-    let failed = |source: aya::programs::ProgramError| Error::LoadProgram { program: program_names::UPLINK_PROBE_GUARD, source: Box::new(source) };
+    let failed = |source: aya::programs::ProgramError| Error::LoadProgram {
+        program: program_names::UPLINK_PROBE_GUARD,
+        source: Box::new(source),
+    };
     let link = prog.take_link(id).map_err(failed)?;
     if <&FdLink>::try_from(&link).is_err() {
         return Ok(GuardLink::Held(link));
     }
-    let fd_link = FdLink::try_from(link).map_err(|e| failed(aya::programs::ProgramError::IOError(std::io::Error::other(e.to_string()))))?;
-    let pinned = fd_link.pin(path).map_err(|e| failed(aya::programs::ProgramError::IOError(std::io::Error::other(e.to_string()))))?;
+    let fd_link = FdLink::try_from(link)
+        .map_err(|e| failed(aya::programs::ProgramError::IOError(std::io::Error::other(e.to_string()))))?;
+    let pinned = fd_link
+        .pin(path)
+        .map_err(|e| failed(aya::programs::ProgramError::IOError(std::io::Error::other(e.to_string()))))?;
     Ok(GuardLink::Pinned(pinned))
 }
 
@@ -69,7 +75,15 @@ impl Kernel {
             .map_err(map_err(map_names::PROBE_GUARD_L3))?;
         let counters = PerCpuArray::try_from(take_map(&mut self.ebpf, map_names::PROBE_COUNTERS)?)
             .map_err(map_err(map_names::PROBE_COUNTERS))?;
-        self.probes = Some(ProbeMaps { sources, guard_l3, counters, guards: BTreeMap::new(), guard_pins: None, qdiscs_made: Vec::new(), redirect: None });
+        self.probes = Some(ProbeMaps {
+            sources,
+            guard_l3,
+            counters,
+            guards: BTreeMap::new(),
+            guard_pins: None,
+            qdiscs_made: Vec::new(),
+            redirect: None,
+        });
         Ok(events)
     }
 
@@ -192,7 +206,8 @@ impl Kernel {
     /// named by `set_redirect_target`.
     pub fn prepare_redirect(&mut self, veth: &str) -> Result<()> {
         load_program(&mut self.ebpf, program_names::PROBE_REDIRECT, ProgramKind::Classifier)?;
-        let map = Array::try_from(take_map(&mut self.ebpf, map_names::PROBE_REDIRECT)?).map_err(map_err(map_names::PROBE_REDIRECT))?;
+        let map = Array::try_from(take_map(&mut self.ebpf, map_names::PROBE_REDIRECT)?)
+            .map_err(map_err(map_names::PROBE_REDIRECT))?;
         // The veth is ours and deleted at the end, qdisc and all.
         if self.features.tc_mechanism() == TcMechanism::ClsBpf {
             let _ = cls_bpf::add_clsact(veth);
@@ -209,5 +224,4 @@ impl Kernel {
         let map = self.probe_maps()?.redirect.as_mut().ok_or(Error::MissingMap(map_names::PROBE_REDIRECT))?;
         map.set(0, ifindex, 0).map_err(map_err(map_names::PROBE_REDIRECT))
     }
-
 }

@@ -140,7 +140,13 @@ impl HealthLimiter {
 
     /// The condition was noticed (`text`: the line for people). Returns the alert to
     /// send now: the first at once, then at most one a window (`flush` says the rest).
-    pub fn failing(&mut self, condition: HealthCondition, subject: Option<&str>, text: String, now: Instant) -> Option<Alert> {
+    pub fn failing(
+        &mut self,
+        condition: HealthCondition,
+        subject: Option<&str>,
+        text: String,
+        now: Instant,
+    ) -> Option<Alert> {
         let window = self.window;
         let (subject, c) = self.entry(condition, subject);
         c.failing = true;
@@ -156,7 +162,13 @@ impl HealthLimiter {
 
     /// The condition cleared. A `recovered` alert when a failing one went out;
     /// otherwise (it was held back) the next flush says it.
-    pub fn recovered(&mut self, condition: HealthCondition, subject: Option<&str>, text: String, now: Instant) -> Option<Alert> {
+    pub fn recovered(
+        &mut self,
+        condition: HealthCondition,
+        subject: Option<&str>,
+        text: String,
+        now: Instant,
+    ) -> Option<Alert> {
         let (subject, c) = self.entry(condition, subject);
         if !c.failing {
             return None;
@@ -187,7 +199,9 @@ impl HealthLimiter {
             out.push(alert(*condition, state, count, subject.clone(), text));
             (c.last_sent, c.held, c.told) = (Some(now), 0, c.failing);
         }
-        self.conds.retain(|_, c| c.failing || c.held_text.is_some() || c.last_sent.is_some_and(|t| now.duration_since(t) < window));
+        self.conds.retain(|_, c| {
+            c.failing || c.held_text.is_some() || c.last_sent.is_some_and(|t| now.duration_since(t) < window)
+        });
         out
     }
 }

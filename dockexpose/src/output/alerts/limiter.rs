@@ -182,7 +182,12 @@ impl Alerter {
     /// Registers a record; returns the line to show now, if any.
     pub fn observe(&mut self, rec: &Arc<Record>, now: Instant) -> Option<Alert> {
         let kind = text::kind(rec)?;
-        let exposure = ExposureKey { kind, target: Target::of(rec), port: rec.host_port.unwrap_or(rec.dst_port), proto: rec.proto };
+        let exposure = ExposureKey {
+            kind,
+            target: Target::of(rec),
+            port: rec.host_port.unwrap_or(rec.dst_port),
+            proto: rec.proto,
+        };
         if let Some(e) = self.exposures.get_mut(&exposure) {
             e.last = now;
         }
@@ -222,7 +227,10 @@ impl Alerter {
                     e.window_start = now;
                     e.shown = 0;
                 }
-                if self.open.len() >= MAX_OPEN || self.new_this_second >= MAX_NEW_PER_SECOND || e.shown >= MAX_SOURCES_PER_EXPOSURE {
+                if self.open.len() >= MAX_OPEN
+                    || self.new_this_second >= MAX_NEW_PER_SECOND
+                    || e.shown >= MAX_SOURCES_PER_EXPOSURE
+                {
                     self.suppressed += 1;
                     return None;
                 }
@@ -258,7 +266,8 @@ impl Alerter {
                     }
                 };
             }
-            let fresh = TargetWindow { start: now, last: now, shown: 0, held: 0, ports: PortSpan::default(), first_held: None };
+            let fresh =
+                TargetWindow { start: now, last: now, shown: 0, held: 0, ports: PortSpan::default(), first_held: None };
             self.targets.insert(target.clone(), fresh);
             self.address_targets += usize::from(!container);
         }

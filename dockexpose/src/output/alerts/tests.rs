@@ -7,7 +7,10 @@ use std::{
 };
 
 use super::{
-    limiter::{MAX_ADDRESS_TARGETS, MAX_EXPOSURES, MAX_NEW_EXPOSURES_PER_TARGET, MAX_NEW_PER_SECOND, MAX_OPEN, MAX_SOURCES_PER_EXPOSURE},
+    limiter::{
+        MAX_ADDRESS_TARGETS, MAX_EXPOSURES, MAX_NEW_EXPOSURES_PER_TARGET, MAX_NEW_PER_SECOND, MAX_OPEN,
+        MAX_SOURCES_PER_EXPOSURE,
+    },
     *,
 };
 use crate::{
@@ -73,7 +76,10 @@ fn first_connection_alerts_and_repeats_are_counted() {
     let mut a = Alerter::new(Duration::from_secs(60));
     let t0 = Instant::now();
     let r = rec("198.18.3.2", "172.17.0.2", 80);
-    assert_eq!(a.observe_text(&r, t0).unwrap(), "EXPOSED web (nginx:1.27) 198.18.3.1:8080 -> 80/tcp reached from 198.18.3.2");
+    assert_eq!(
+        a.observe_text(&r, t0).unwrap(),
+        "EXPOSED web (nginx:1.27) 198.18.3.1:8080 -> 80/tcp reached from 198.18.3.2"
+    );
     assert!(a.observe_text(&r, t0 + Duration::from_secs(1)).is_none());
     assert!(a.observe_text(&r, t0 + Duration::from_secs(2)).is_none());
     assert!(a.flush_text(t0 + Duration::from_secs(30)).is_empty(), "window still open");
@@ -103,7 +109,9 @@ fn a_flood_of_new_sources_is_rate_limited_and_said() {
     let mut a = Alerter::new(Duration::from_secs(60));
     let t0 = Instant::now();
     let shown = (0..200u32)
-        .filter(|i| a.observe_text(&rec(&format!("198.18.{}.{}", i / 250, i % 250 + 1), "172.17.0.2", 80), t0).is_some())
+        .filter(|i| {
+            a.observe_text(&rec(&format!("198.18.{}.{}", i / 250, i % 250 + 1), "172.17.0.2", 80), t0).is_some()
+        })
         .count();
     assert_eq!(shown, MAX_NEW_PER_SECOND as usize);
     let lines = a.flush_text(t0 + Duration::from_millis(1500));
@@ -117,7 +125,9 @@ fn spoofed(i: u32) -> IpAddr {
 
 /// The count in a "N more alerts not shown" line, 0 for any other line.
 fn not_shown(line: &str) -> u64 {
-    line.strip_prefix("WARNING: ").and_then(|l| l.split_once(" more alerts not shown")).map_or(0, |(n, _)| n.parse().unwrap())
+    line.strip_prefix("WARNING: ")
+        .and_then(|l| l.split_once(" more alerts not shown"))
+        .map_or(0, |(n, _)| n.parse().unwrap())
 }
 
 #[test]
@@ -265,7 +275,11 @@ fn a_port_scan_of_one_container_yields_a_bounded_number_of_alerts() {
         shown.extend(a.observe_text(&scan_of_db(port as u16, proto), at));
     }
     assert_eq!(shown.len(), MAX_NEW_EXPOSURES_PER_TARGET as usize, "alerts for one scan of one container");
-    assert!(shown[0].starts_with("EXPOSED UNPUBLISHED PORT db (postgres) port 1/tcp"), "the first is shown: {}", shown[0]);
+    assert!(
+        shown[0].starts_with("EXPOSED UNPUBLISHED PORT db (postgres) port 1/tcp"),
+        "the first is shown: {}",
+        shown[0]
+    );
     let lines = a.flush_text(t0 + window + Duration::from_secs(1));
     let summary: Vec<&String> = lines.iter().filter(|l| l.contains("more ports of db (postgres)")).collect();
     assert_eq!(summary.len(), 1, "one summary line for the window: {lines:?}");
@@ -300,14 +314,20 @@ fn a_health_condition_alerts_at_once_then_once_a_window_with_counts() {
     let t0 = Instant::now();
     let first = h.failing(RecordsLost, None, "WARNING: 3 connection records lost".into(), t0).unwrap();
     assert_eq!(first.severity(), 3, "records lost: err");
-    assert_eq!(health_of(vec![first]), [(RecordsLost, HealthState::Failing, 1, "WARNING: 3 connection records lost".into())]);
+    assert_eq!(
+        health_of(vec![first]),
+        [(RecordsLost, HealthState::Failing, 1, "WARNING: 3 connection records lost".into())]
+    );
     // A loss every second for a minute: held, then one line with the count.
     for s in 1..60 {
         assert!(h.failing(RecordsLost, None, format!("WARNING: {s} more"), t0 + Duration::from_secs(s)).is_none());
         assert!(h.flush(t0 + Duration::from_secs(s)).is_empty(), "within the window");
     }
     let closing = health_of(h.flush(t0 + window));
-    assert_eq!(closing, [(RecordsLost, HealthState::Failing, 59, "WARNING: 59 more (59 times in the last 60 s)".into())]);
+    assert_eq!(
+        closing,
+        [(RecordsLost, HealthState::Failing, 59, "WARNING: 59 more (59 times in the last 60 s)".into())]
+    );
     assert!(h.flush(t0 + window * 3).is_empty(), "nothing new, nothing said");
     // Events have no recovery; a later one alerts at once again.
     assert!(h.failing(RecordsLost, None, "again".into(), t0 + window * 3).is_some());
@@ -329,7 +349,10 @@ fn a_state_that_clears_says_recovered_and_subjects_are_apart() {
     assert!(h.failing(Docker, None, "warning: Docker down".into(), t0 + Duration::from_secs(6)).is_none());
     assert!(h.recovered(Docker, None, "Docker answers again".into(), t0 + Duration::from_secs(7)).is_none());
     let closing = health_of(h.flush(t0 + Duration::from_secs(65)));
-    assert_eq!(closing, [(Docker, HealthState::Recovered, 1, "Docker answers again (1 times in the last 60 s)".into())]);
+    assert_eq!(
+        closing,
+        [(Docker, HealthState::Recovered, 1, "Docker answers again (1 times in the last 60 s)".into())]
+    );
     // Each interface has its own limit; the audit log its own.
     let a = h.failing(Detached, Some("br-a"), "bridge br-a disappeared".into(), t0).unwrap();
     assert_eq!(a.health.as_ref().unwrap().subject.as_deref(), Some("br-a"));

@@ -26,7 +26,9 @@ fn host_side(rec: &Record) -> String {
     match (rec.host_ip, rec.host_port) {
         (Some(ip), Some(port)) => endpoint(ip, port),
         (None, Some(port)) => format!("*:{port}"),
-        _ if !rec.published.is_empty() => rec.published.iter().map(|h| endpoint(h.host_ip, h.host_port)).collect::<Vec<_>>().join("|"),
+        _ if !rec.published.is_empty() => {
+            rec.published.iter().map(|h| endpoint(h.host_ip, h.host_port)).collect::<Vec<_>>().join("|")
+        }
         _ => "?".into(),
     }
 }
@@ -113,7 +115,8 @@ impl PortSpan {
 
     /// "1-65000/tcp, 1-65000/udp"
     fn describe(&self) -> String {
-        let one = |(p, lo, hi): &(&str, u16, u16)| if lo == hi { format!("{lo}/{p}") } else { format!("{lo}-{hi}/{p}") };
+        let one =
+            |(p, lo, hi): &(&str, u16, u16)| if lo == hi { format!("{lo}/{p}") } else { format!("{lo}-{hi}/{p}") };
         self.spans.iter().map(one).collect::<Vec<_>>().join(", ")
     }
 }

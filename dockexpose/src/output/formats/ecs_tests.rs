@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 use super::*;
 use crate::output::{
@@ -105,7 +105,11 @@ fn nothing_of_the_record_is_lost() {
                 "dst_ip" | "dst_port" => {
                     let field = &key[4..];
                     let nat = &e["destination"]["nat"][field];
-                    if nat.is_null() { e["destination"][field] == *value } else { nat == value }
+                    if nat.is_null() {
+                        e["destination"][field] == *value
+                    } else {
+                        nat == value
+                    }
                 }
                 "host_ip" | "host_port" if value.is_null() => e["dockexpose"]["host_side_known"] == false,
                 "host_ip" | "host_port" => e["destination"][&key[5..]] == *value,

@@ -53,7 +53,8 @@ pub struct Observer {
 impl Observer {
     /// This host.
     pub fn this_host() -> Self {
-        let host_id = std::fs::read_to_string("/etc/machine-id").ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let host_id =
+            std::fs::read_to_string("/etc/machine-id").ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
         Self { hostname: super::sinks::hostname(), host_id, version: env!("CARGO_PKG_VERSION") }
     }
 }

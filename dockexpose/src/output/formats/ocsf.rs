@@ -11,9 +11,9 @@
 
 use std::time::SystemTime;
 
-use serde_json::{Map, Value, json};
+use serde_json::{json, Map, Value};
 
-use super::{Observer, iana_number, native_map};
+use super::{iana_number, native_map, Observer};
 use crate::output::{
     alerts::{Alert, AlertKind, HealthState},
     record::Record,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 use super::*;
 use crate::output::{
@@ -86,7 +86,11 @@ fn nothing_of_the_record_is_lost() {
                 "dst_ip" | "dst_port" => {
                     let field = &key[4..];
                     let nat = &dst["proxy_endpoint"][field];
-                    if nat.is_null() { dst[field] == *value } else { nat == value }
+                    if nat.is_null() {
+                        dst[field] == *value
+                    } else {
+                        nat == value
+                    }
                 }
                 "host_ip" | "host_port" if value.is_null() => e["unmapped"]["host_side_known"] == false,
                 "host_ip" | "host_port" => dst[&key[5..]] == *value,

@@ -85,7 +85,14 @@ pub struct WebhookConfig {
 
 impl Default for WebhookConfig {
     fn default() -> Self {
-        Self { url: String::new(), format: WebhookFormat::Json, headers: BTreeMap::new(), ca_file: None, queue: DEFAULT_QUEUE, kinds: None }
+        Self {
+            url: String::new(),
+            format: WebhookFormat::Json,
+            headers: BTreeMap::new(),
+            ca_file: None,
+            queue: DEFAULT_QUEUE,
+            kinds: None,
+        }
     }
 }
 
@@ -107,7 +114,12 @@ pub enum SinkError {
 }
 
 impl SinkError {
-    pub(super) fn config(key: impl Into<String>, value: impl Into<String>, reason: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub(super) fn config(
+        key: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         SinkError::Config { key: key.into(), value: value.into(), reason: reason.into(), fix: fix.into() }
     }
 }
@@ -143,7 +155,12 @@ impl KindSet {
             match AlertKind::ALL.iter().find(|k| k.as_str() == name) {
                 Some(&k) => set |= Self::bit(k),
                 None => {
-                    return Err(SinkError::config(key, name.as_str(), "no such alert kind", format!("use one of: {}", names())));
+                    return Err(SinkError::config(
+                        key,
+                        name.as_str(),
+                        "no such alert kind",
+                        format!("use one of: {}", names()),
+                    ));
                 }
             }
         }

@@ -121,7 +121,10 @@ impl Journald {
 impl Deliver for Journald {
     async fn deliver(&mut self, alert: &Alert) -> Result<(), Failure> {
         let datagram = encode(alert);
-        let retry = |what: &str, e: io::Error| Failure::Retry { after: None, reason: format!("{what} {}: {e}", self.socket.display()) };
+        let retry = |what: &str, e: io::Error| Failure::Retry {
+            after: None,
+            reason: format!("{what} {}: {e}", self.socket.display()),
+        };
         let sock = match &mut self.conn {
             Some(s) => s,
             None => {
@@ -180,7 +183,9 @@ mod tests {
     fn message_ids_are_distinct_128_bit_hex() {
         let ids: std::collections::HashSet<_> = AlertKind::ALL.iter().map(|&k| message_id(k)).collect();
         assert_eq!(ids.len(), AlertKind::ALL.len());
-        assert!(ids.iter().all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))));
+        assert!(ids
+            .iter()
+            .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))));
     }
 
     #[test]
@@ -225,7 +230,9 @@ mod tests {
     fn a_health_alert_has_its_priority_and_condition() {
         let mut h = HealthLimiter::new(std::time::Duration::from_secs(60));
         let now = std::time::Instant::now();
-        let alert = h.failing(HealthCondition::Detached, Some("br-x"), "dockexpose: bridge br-x disappeared".into(), now).unwrap();
+        let alert = h
+            .failing(HealthCondition::Detached, Some("br-x"), "dockexpose: bridge br-x disappeared".into(), now)
+            .unwrap();
         let fields = parse(&encode(&alert));
         let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
         assert_eq!(get("PRIORITY").as_deref(), Some("4"));
@@ -234,7 +241,9 @@ mod tests {
         assert_eq!(get("DOCKEXPOSE_HEALTH").as_deref(), Some("detached"));
         assert_eq!(get("DOCKEXPOSE_HEALTH_STATE").as_deref(), Some("failing"));
         assert_eq!(get("DOCKEXPOSE_HEALTH_SUBJECT").as_deref(), Some("br-x"));
-        let back = h.recovered(HealthCondition::Detached, Some("br-x"), "dockexpose: bridge br-x watched".into(), now).unwrap();
+        let back = h
+            .recovered(HealthCondition::Detached, Some("br-x"), "dockexpose: bridge br-x watched".into(), now)
+            .unwrap();
         let fields = parse(&encode(&back));
         assert!(fields.contains(&("PRIORITY".to_string(), b"5".to_vec())), "recovered: notice");
     }

@@ -31,8 +31,8 @@ mod queue;
 pub mod syslog;
 pub mod webhook;
 
-pub use config::{JournaldConfig, SinkError, SinksConfig, SyslogConfig, WebhookConfig, WebhookFormat};
 use config::{check_queue, KindSet};
+pub use config::{JournaldConfig, SinkError, SinksConfig, SyslogConfig, WebhookConfig, WebhookFormat};
 pub use journald::stderr_is_journal;
 
 /// Queue length of a sink when the config does not say.
@@ -306,7 +306,10 @@ async fn deliver_one<S: Deliver>(sink: &mut S, alert: &Alert, stats: &Shared, po
             Ok(outcome) => outcome,
             Err(_) => {
                 stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(Failure::Retry { after: None, reason: format!("no answer within {} s", policy.timeout.as_secs_f32()) })
+                Err(Failure::Retry {
+                    after: None,
+                    reason: format!("no answer within {} s", policy.timeout.as_secs_f32()),
+                })
             }
         };
         let (after, reason) = match outcome {

@@ -33,8 +33,30 @@ use crate::output::{
 pub const SD_ID: &str = "dockexpose@32473";
 
 const FACILITIES: [&str; 24] = [
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp", "ntp", "security",
-    "console", "solaris-cron", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "security",
+    "console",
+    "solaris-cron",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
 ];
 
 /// Where messages go.
@@ -59,7 +81,9 @@ pub fn parse_address(address: &str) -> Result<Target, String> {
         (_, Some(rest)) => (false, rest),
         _ => return Err("the address starts with udp://, tcp:// or unix://".into()),
     };
-    let Some((host, port)) = rest.rsplit_once(':').filter(|(h, _)| !h.is_empty() && (!h.contains(':') || h.starts_with('['))) else {
+    let Some((host, port)) =
+        rest.rsplit_once(':').filter(|(h, _)| !h.is_empty() && (!h.contains(':') || h.starts_with('[')))
+    else {
         return Err("no port: write HOST:PORT, with [brackets] around an IPv6 address".into());
     };
     if port.parse::<u16>().map_or(true, |p| p == 0) {
@@ -90,7 +114,11 @@ pub fn escape_param(value: &str) -> String {
 /// characters; "-" when empty.
 fn header_field(s: &str, max: usize) -> String {
     let out: String = s.chars().filter(|c| c.is_ascii_graphic()).take(max).collect();
-    if out.is_empty() { "-".into() } else { out }
+    if out.is_empty() {
+        "-".into()
+    } else {
+        out
+    }
 }
 
 /// The RFC 5424 message of an alert: TEXT for the native format, else the event's JSON.
@@ -220,7 +248,8 @@ impl Syslog {
 impl Deliver for Syslog {
     async fn deliver(&mut self, alert: &Alert) -> Result<(), Failure> {
         let msg = format(alert, self.facility, &self.host, self.pid, SystemTime::now(), &self.formatter);
-        let failed = |what: &str, e: io::Error| Failure::Retry { after: None, reason: format!("{what} {}: {e}", self.address) };
+        let failed =
+            |what: &str, e: io::Error| Failure::Retry { after: None, reason: format!("{what} {}: {e}", self.address) };
         // A TCP peer that closed (a restarted server): reconnect rather than write
         // into a connection that will only answer with a reset.
         if self.conn.as_ref().is_some_and(|c| matches!(c, Conn::Tcp(s) if !peer_open(s))) {
@@ -265,7 +294,17 @@ mod tests {
         assert_eq!(parse_address("tcp://[::1]:6514"), Ok(Target::Tcp("[::1]:6514".into())));
         assert_eq!(parse_address("tcp://logs.example.com:601"), Ok(Target::Tcp("logs.example.com:601".into())));
         assert_eq!(parse_address("unix:///dev/log"), Ok(Target::Unix("/dev/log".into())));
-        for bad in ["127.0.0.1:514", "udp://127.0.0.1", "udp://::1:514", "udp://[::1]", "tcp://h:0", "tcp://h:99999", "tcp://:514", "unix://dev/log", "tcp://[zz]:1"] {
+        for bad in [
+            "127.0.0.1:514",
+            "udp://127.0.0.1",
+            "udp://::1:514",
+            "udp://[::1]",
+            "tcp://h:0",
+            "tcp://h:99999",
+            "tcp://:514",
+            "unix://dev/log",
+            "tcp://[zz]:1",
+        ] {
             assert!(parse_address(bad).is_err(), "{bad}");
         }
     }
@@ -292,12 +331,15 @@ mod tests {
         );
         let summary = Alert::new(AlertKind::Blocked, "x".into(), None);
         // local0 (16) * 8 + notice (5).
-        assert!(format(&summary, 16, "", 1, at, &formatter(JsonFormat::Native)).starts_with("<133>1 2026-11-29T07:20:34.123456Z - dockexpose 1 blocked [dockexpose@32473 kind=\"blocked\"] x"));
+        assert!(format(&summary, 16, "", 1, at, &formatter(JsonFormat::Native)).starts_with(
+            "<133>1 2026-11-29T07:20:34.123456Z - dockexpose 1 blocked [dockexpose@32473 kind=\"blocked\"] x"
+        ));
     }
 
     #[test]
     fn in_ecs_and_ocsf_the_message_is_the_event_as_compact_json() {
-        let alert = Alert::new(AlertKind::Reached, "EXPOSED web\nx".into(), Some(Arc::new(super::super::test_record())));
+        let alert =
+            Alert::new(AlertKind::Reached, "EXPOSED web\nx".into(), Some(Arc::new(super::super::test_record())));
         let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_936_834_123_456);
         let native = format(&alert, 3, "host one", 42, at, &formatter(JsonFormat::Native));
         let header = native.split_once("] ").unwrap().0;

@@ -27,13 +27,15 @@ fn retry_after_is_honoured_up_to_60_s() {
 fn config_defaults_and_unknown_keys() {
     let c: SinksConfig = serde_json::from_str("{}").unwrap();
     assert_eq!(c, SinksConfig::default());
-    let c: SinksConfig = serde_json::from_str(r#"{"journald": {}, "syslog": [{"address": "udp://127.0.0.1:514"}]}"#).unwrap();
+    let c: SinksConfig =
+        serde_json::from_str(r#"{"journald": {}, "syslog": [{"address": "udp://127.0.0.1:514"}]}"#).unwrap();
     assert_eq!(c.journald, Some(JournaldConfig::default()));
     assert_eq!(c.syslog[0].queue, DEFAULT_QUEUE);
     assert_eq!(c.syslog[0].facility, "daemon");
     let err = serde_json::from_str::<SinksConfig>(r#"{"webhook": [{"url": "http://x", "header": {}}]}"#).unwrap_err();
     assert!(err.to_string().contains("unknown field `header`"), "{err}");
-    let err = serde_json::from_str::<SinksConfig>(r#"{"webhook": [{"url": "http://x", "format": "teams"}]}"#).unwrap_err();
+    let err =
+        serde_json::from_str::<SinksConfig>(r#"{"webhook": [{"url": "http://x", "format": "teams"}]}"#).unwrap_err();
     assert!(err.to_string().contains("unknown variant `teams`"), "{err}");
 }
 
@@ -109,7 +111,8 @@ fn alert() -> Arc<Alert> {
 #[tokio::test(start_paused = true)]
 async fn the_worker_retries_gives_up_and_counts() {
     let retry = || Err(Failure::Retry { after: None, reason: "refused".into() });
-    let script = vec![retry(), retry(), Ok(()), retry(), retry(), retry(), retry(), retry(), Err(Failure::GiveUp("404".into()))];
+    let script =
+        vec![retry(), retry(), Ok(()), retry(), retry(), retry(), retry(), retry(), Err(Failure::GiveUp("404".into()))];
     let queue = Queue::new(8);
     let stats = Arc::new(Shared::default());
     for _ in 0..3 {
@@ -233,7 +236,10 @@ async fn a_flood_never_pushes_the_first_alert_of_a_container_out_of_a_small_queu
     let delivered = shared.delivered.load(Ordering::Relaxed);
     eprintln!("{offered} alerts offered, {delivered} delivered, {} dropped (queue full)", stats.dropped_full);
     assert_eq!(delivered + stats.dropped_full, offered, "every alert is delivered or counted");
-    assert!(kept.iter().any(|t| t.starts_with("EXPOSED UNPUBLISHED PORT web (nginx:1.27) port 1/tcp")), "web's first: {kept:?}");
+    assert!(
+        kept.iter().any(|t| t.starts_with("EXPOSED UNPUBLISHED PORT web (nginx:1.27) port 1/tcp")),
+        "web's first: {kept:?}"
+    );
     assert!(kept.iter().any(|t| t.starts_with("EXPOSED UNPUBLISHED PORT db (postgres)")), "db's first: {kept:?}");
     assert!(kept.iter().any(|t| t.contains("more ports of web (nginx:1.27) reached")), "the scan's summary: {kept:?}");
 }
@@ -247,7 +253,8 @@ async fn offer_drops_when_full_and_stop_is_bounded() {
     let s = h.stats();
     // The worker has not run yet (nothing awaited): the queue holds 4.
     assert_eq!((s.queued, s.capacity, s.dropped_full), (4, 4, 6));
-    let filtered = SinkHandle::spawn("blocked only".into(), KindSet::parse("k", Some(&["blocked".into()])).unwrap(), 4, Stalled);
+    let filtered =
+        SinkHandle::spawn("blocked only".into(), KindSet::parse("k", Some(&["blocked".into()])).unwrap(), 4, Stalled);
     filtered.offer(&alert());
     assert_eq!(filtered.stats().queued, 0, "a kind the sink does not take is not queued");
     let t0 = tokio::time::Instant::now();

@@ -214,11 +214,15 @@ impl Webhook {
     }
 
     async fn connect(&self) -> Result<(SendRequest<Full<Bytes>>, JoinHandle<()>), Failure> {
-        let retry = |what: &str, e: &dyn std::fmt::Display| Failure::Retry { after: None, reason: format!("{what} {}: {e}", self.origin) };
+        let retry = |what: &str, e: &dyn std::fmt::Display| Failure::Retry {
+            after: None,
+            reason: format!("{what} {}: {e}", self.origin),
+        };
         let tcp = TcpStream::connect(&self.connect_to).await.map_err(|e| retry("connect", &e))?;
         let _ = tcp.set_nodelay(true);
         let Some((connector, server)) = &self.tls else {
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| retry("HTTP to", &e))?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| retry("HTTP to", &e))?;
             return Ok((sender, tokio::spawn(async move { drop(conn.await) })));
         };
         let stream = connector.connect(server.clone(), tcp).await.map_err(|e| {
@@ -233,7 +237,8 @@ impl Webhook {
                 _ => retry("TLS to", &e),
             }
         })?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| retry("HTTP to", &e))?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| retry("HTTP to", &e))?;
         Ok((sender, tokio::spawn(async move { drop(conn.await) })))
     }
 
@@ -285,7 +290,8 @@ impl Deliver for Webhook {
         }
         let text: String = String::from_utf8_lossy(&answer).chars().take(200).filter(|c| !c.is_control()).collect();
         let reason = format!("POST to {} answered {status}: {text}", self.origin);
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error()
+        {
             Err(Failure::Retry { after, reason })
         } else {
             Err(Failure::GiveUp(reason))
@@ -334,14 +340,21 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Json, &ocsf)).unwrap();
         assert_eq!((v["class_uid"].as_u64(), v["dst_endpoint"]["port"].as_u64()), (Some(4001), Some(8080)));
         let slack: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Slack, &ocsf)).unwrap();
-        assert_eq!(slack, serde_json::json!({"text": "dockexpose on h1: EXPOSED web"}), "Slack's body is text in every format");
+        assert_eq!(
+            slack,
+            serde_json::json!({"text": "dockexpose on h1: EXPOSED web"}),
+            "Slack's body is text in every format"
+        );
     }
 
     #[test]
     fn slack_body_is_escaped_text() {
         let alert = Alert::new(AlertKind::Reached, "EXPOSED a&b <web> 1.2.3.4:80 -> 80/tcp \"q\"".into(), None);
         let v: serde_json::Value = serde_json::from_slice(&body(&alert, WebhookFormat::Slack, &native("h1"))).unwrap();
-        assert_eq!(v, serde_json::json!({"text": "dockexpose on h1: EXPOSED a&amp;b &lt;web&gt; 1.2.3.4:80 -&gt; 80/tcp \"q\""}));
+        assert_eq!(
+            v,
+            serde_json::json!({"text": "dockexpose on h1: EXPOSED a&amp;b &lt;web&gt; 1.2.3.4:80 -&gt; 80/tcp \"q\""})
+        );
     }
 
     #[test]
@@ -356,7 +369,10 @@ mod tests {
     fn origin_hides_the_path_and_defaults_the_port() {
         let config = WebhookConfig { url: "https://hooks.example.com/services/SECRET".into(), ..Default::default() };
         let w = Webhook::new("k", &config, &native("h1")).unwrap();
-        assert_eq!((w.origin(), w.target.as_str(), w.connect_to.as_str()), ("https://hooks.example.com:443", "/services/SECRET", "hooks.example.com:443"));
+        assert_eq!(
+            (w.origin(), w.target.as_str(), w.connect_to.as_str()),
+            ("https://hooks.example.com:443", "/services/SECRET", "hooks.example.com:443")
+        );
         let config = WebhookConfig { url: "http://[::1]:8080".into(), ..Default::default() };
         let w = Webhook::new("k", &config, &native("h1")).unwrap();
         assert_eq!((w.origin(), w.target.as_str()), ("http://[::1]:8080", "/"));

@@ -32,7 +32,8 @@ impl EngineContainer<'_> {
         let text = fs::read_to_string(format!("/proc/{}/net/snmp", self.pid())).expect("container snmp");
         let mut rows = text.lines().filter(|l| l.starts_with(&format!("{group}:")));
         let (names, values) = (rows.next().expect("snmp names"), rows.next().expect("snmp values"));
-        let i = names.split_whitespace().position(|n| n == field).unwrap_or_else(|| panic!("no {group} {field} in snmp"));
+        let i =
+            names.split_whitespace().position(|n| n == field).unwrap_or_else(|| panic!("no {group} {field} in snmp"));
         values.split_whitespace().nth(i).unwrap().parse().unwrap()
     }
 }

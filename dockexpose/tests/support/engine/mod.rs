@@ -137,7 +137,8 @@ impl SecondEngine {
         let Place { prefix, n, uplink_v4, uplink_v6, bip } = place;
         let (ns, outside_ns, uplink) = (format!("{prefix}{n}"), format!("{prefix}o{n}"), format!("{prefix}u{n}"));
         assert!(uplink.len() <= 15, "prefix {prefix:?} too long: interface name {uplink} exceeds 15 characters");
-        let bip_net = bip.rsplit_once('.').map(|(net, _)| format!("{net}.0/{}", bip.rsplit('/').next().unwrap())).unwrap();
+        let bip_net =
+            bip.rsplit_once('.').map(|(net, _)| format!("{net}.0/{}", bip.rsplit('/').next().unwrap())).unwrap();
         // The prefixes live only inside our namespaces, but must not shadow anything
         // the machine routes either (testbed rule).
         for prefix in [format!("{uplink_v4}.0/24"), format!("{uplink_v6}:/64"), bip_net] {
@@ -283,7 +284,8 @@ impl SecondEngine {
         // Bounded wait for the API.
         let deadline = start + Duration::from_secs(30);
         loop {
-            let out = Command::new("docker").args(["-H", &engine.socket, "info", "--format", "{{.ServerVersion}}"]).output();
+            let out =
+                Command::new("docker").args(["-H", &engine.socket, "info", "--format", "{{.ServerVersion}}"]).output();
             if out.is_ok_and(|o| o.status.success()) {
                 break;
             }
@@ -291,7 +293,11 @@ impl SecondEngine {
                 panic!("second engine {ns}: dockerd exited ({status}) before answering:\n{}", engine.log_tail(40));
             }
             if Instant::now() > deadline {
-                panic!("second engine {ns}: dockerd did not answer on {} within 30 s:\n{}", engine.socket, engine.log_tail(40));
+                panic!(
+                    "second engine {ns}: dockerd did not answer on {} within 30 s:\n{}",
+                    engine.socket,
+                    engine.log_tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -299,9 +305,11 @@ impl SecondEngine {
 
     /// Copies an image of the machine's engine into this one (`docker save | docker load`).
     pub fn load_image(&self, image: &str) {
-        let mut save = Command::new("docker").args(["save", image]).stdout(Stdio::piped()).spawn().expect("docker save");
+        let mut save =
+            Command::new("docker").args(["save", image]).stdout(Stdio::piped()).spawn().expect("docker save");
         let pipe = save.stdout.take().unwrap();
-        let load = Command::new("docker").args(["-H", &self.socket, "load", "-q"]).stdin(pipe).output().expect("docker load");
+        let load =
+            Command::new("docker").args(["-H", &self.socket, "load", "-q"]).stdin(pipe).output().expect("docker load");
         let saved = save.wait().unwrap();
         assert!(
             saved.success() && load.status.success(),
@@ -417,7 +425,11 @@ impl SecondEngine {
         // What dockerd leaves when it dies hard: containerd, shims, proxies, all in
         // the engine namespace and all ours.
         for _ in 0..2 {
-            let pids = Command::new("ip").args(["netns", "pids", &self.ns]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            let pids = Command::new("ip")
+                .args(["netns", "pids", &self.ns])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
             let pids: Vec<i32> = pids.split_whitespace().filter_map(|p| p.parse().ok()).collect();
             if pids.is_empty() {
                 break;
