@@ -36,7 +36,7 @@ pub(crate) const DEB_PACKAGES: &[&str] = &[
     "netavark",
     // `python3 -m pip`, for scapy (see ensure_python_modules) when python3 is Debian's.
     "python3-pip",
-    // ApacheBench (`ab`): the load of tests/bench_saturation.rs.
+    // ApacheBench (`ab`): the load of tests/bench_saturation/.
     "apache2-utils",
     // `dockexpose verify`: conntrack is the tests' reference for the probes' entries
     // (verify itself deletes them over netlink); nmap is what tests/verify/ compares
