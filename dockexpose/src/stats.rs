@@ -143,7 +143,6 @@ impl PipelineCounters {
         if self.record_latency.p99_us > 0 {
             line.push_str(&format!("; record latency p99 {:.1} ms", self.record_latency.p99_us as f64 / 1000.0));
         }
-        line.push_str(". Every counter: dockexpose status");
         line
     }
 }

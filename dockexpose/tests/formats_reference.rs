@@ -218,7 +218,7 @@ fn render(format: JsonFormat) -> Vec<(&'static str, Value)> {
         .map(|(name, input)| {
             let event = match input {
                 Input::Record(rec) => f.record(&rec),
-                Input::Alert(alert) => f.alert(&alert),
+                Input::Alert(alert) => serde_json::from_slice(&f.alert_json(&alert, SystemTime::now())).unwrap(),
                 Input::Daemon(line) => f.daemon_line(line),
             };
             (name, event)

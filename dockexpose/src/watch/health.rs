@@ -54,7 +54,10 @@ impl Watcher {
     /// last one (every counter is in `dockexpose status`).
     pub(super) fn report_counters(&mut self) -> Result<()> {
         let now = self.counters()?;
-        crate::say!("dockexpose: since the last summary: {}", now.summary(&self.counters_said));
+        crate::say!(
+            "dockexpose: since the last summary: {}. Every counter: dockexpose status",
+            now.summary(&self.counters_said)
+        );
         self.counters_said = now;
         self.warn_about_loss()
     }
@@ -62,10 +65,7 @@ impl Watcher {
     /// At exit: the run's summary, then every counter on one line, the run's record.
     pub(super) fn report_final_counters(&mut self) -> Result<()> {
         let now = self.counters()?;
-        crate::say!(
-            "dockexpose: this run: {}",
-            now.summary(&PipelineCounters::default()).replace(". Every counter: dockexpose status", "")
-        );
+        crate::say!("dockexpose: this run: {}", now.summary(&PipelineCounters::default()));
         crate::say!("dockexpose: final counters: {}", now.format());
         self.warn_about_loss()
     }

@@ -49,10 +49,6 @@ pub fn record(rec: &Record, observer: &Observer) -> Value {
     Value::Object(connection(rec, observer))
 }
 
-pub fn alert(alert: &Alert, observer: &Observer) -> Value {
-    alert_at(alert, observer, SystemTime::now())
-}
-
 /// An alert; `now` is its time when no record gives one.
 pub fn alert_at(alert: &Alert, observer: &Observer, now: SystemTime) -> Value {
     let mut event = match &alert.record {

@@ -80,23 +80,22 @@ impl Formatter {
         }
     }
 
-    /// An alert as the webhook's JSON body and the syslog message carry it.
-    pub fn alert(&self, alert: &Alert) -> Value {
+    /// An alert as the webhook's JSON body and the syslog message carry it, `now`
+    /// standing for its time when it has no record (a health alert, a rate-limit
+    /// summary). Native: `{kind, text, host, record, health}`, in that order.
+    pub fn alert_json(&self, alert: &Alert, now: std::time::SystemTime) -> Vec<u8> {
         match self.format {
-            JsonFormat::Native => native_alert(alert, &self.observer),
-            JsonFormat::Ecs => ecs::alert(alert, &self.observer),
-            JsonFormat::Ocsf => ocsf::alert(alert, &self.observer),
+            JsonFormat::Native => serde_json::to_vec(&NativeAlert {
+                kind: alert.kind.as_str(),
+                text: &alert.text,
+                host: &self.observer.hostname,
+                record: alert.record.as_deref(),
+                health: alert.health.as_ref(),
+            }),
+            JsonFormat::Ecs => serde_json::to_vec(&ecs::alert_at(alert, &self.observer, now)),
+            JsonFormat::Ocsf => serde_json::to_vec(&ocsf::alert_at(alert, &self.observer, now)),
         }
-    }
-
-    /// An alert, `now` standing for its time when it has no record (a health alert, a
-    /// rate-limit summary): the syslog sink gives its message's time.
-    pub fn alert_at(&self, alert: &Alert, now: std::time::SystemTime) -> Value {
-        match self.format {
-            JsonFormat::Native => native_alert(alert, &self.observer),
-            JsonFormat::Ecs => ecs::alert_at(alert, &self.observer, now),
-            JsonFormat::Ocsf => ocsf::alert_at(alert, &self.observer, now),
-        }
+        .expect("serializing to memory cannot fail")
     }
 
     /// A line about the daemon itself (`daemon_start`, `daemon_stop`,
@@ -128,18 +127,14 @@ fn iana_number(proto: &str) -> Option<u8> {
     }
 }
 
-/// Today's webhook body: `{kind, text, host, record, health}`, the same keys and
-/// values; but a `Value`'s keys are sorted (serde_json without `preserve_order`), so the
-/// webhook sink keeps its own struct for the native body's bytes.
-fn native_alert(alert: &Alert, observer: &Observer) -> Value {
-    let mut body = serde_json::json!({
-        "kind": alert.kind.as_str(),
-        "text": alert.text,
-        "host": observer.hostname,
-        "record": alert.record.as_deref(),
-    });
-    if let Some(h) = &alert.health {
-        body["health"] = serde_json::to_value(h).expect("HealthInfo always serializes");
-    }
-    body
+/// The native alert body: a struct, so that its keys keep the contract's order.
+#[derive(serde::Serialize)]
+struct NativeAlert<'a> {
+    kind: &'a str,
+    text: &'a str,
+    host: &'a str,
+    record: Option<&'a Record>,
+    /// Only on `health` alerts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<&'a crate::output::alerts::HealthInfo>,
 }

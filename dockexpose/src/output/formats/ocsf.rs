@@ -236,10 +236,6 @@ fn network_activity(rec: &Record, observer: &Observer, severity_id: u32) -> Map<
     event
 }
 
-pub fn alert(alert: &Alert, observer: &Observer) -> Value {
-    alert_at(alert, observer, SystemTime::now())
-}
-
 /// An alert; `now` is its time when no record gives one. Health alerts and summaries
 /// without a record are about dockexpose itself: Application Lifecycle, "Other".
 pub fn alert_at(alert: &Alert, observer: &Observer, now: SystemTime) -> Value {

@@ -156,7 +156,7 @@ pub fn format(alert: &Alert, facility: u8, host: &str, pid: u32, now: SystemTime
         out.push_str(&escape_controls(&alert.text));
     } else {
         // Compact JSON holds no control character: strings are escaped.
-        out.push_str(&formatter.alert_at(alert, now).to_string());
+        out.push_str(&String::from_utf8_lossy(&formatter.alert_json(alert, now)));
     }
     out
 }

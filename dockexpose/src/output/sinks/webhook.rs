@@ -37,11 +37,7 @@ use tokio_rustls::{
 };
 
 use super::{Deliver, Failure, SinkError, WebhookConfig, WebhookFormat};
-use crate::output::{
-    alerts::{Alert, HealthInfo},
-    formats::{Formatter, JsonFormat},
-    record::Record,
-};
+use crate::output::{alerts::Alert, formats::Formatter};
 
 /// Most bytes of an answer read (the rest is not waited for).
 const MAX_ANSWER: usize = 64 * 1024;
@@ -61,17 +57,6 @@ pub struct Webhook {
 }
 
 #[derive(Serialize)]
-struct JsonBody<'a> {
-    kind: &'a str,
-    text: &'a str,
-    host: &'a str,
-    record: Option<&'a Record>,
-    /// Only on `health` alerts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    health: Option<&'a HealthInfo>,
-}
-
-#[derive(Serialize)]
 struct SlackBody {
     text: String,
 }
@@ -81,19 +66,12 @@ struct SlackBody {
 pub fn body(alert: &Alert, format: WebhookFormat, formatter: &Formatter) -> Vec<u8> {
     let host = formatter.observer.hostname.as_str();
     match format {
-        WebhookFormat::Json if formatter.format != JsonFormat::Native => serde_json::to_vec(&formatter.alert(alert)),
-        WebhookFormat::Json => serde_json::to_vec(&JsonBody {
-            kind: alert.kind.as_str(),
-            text: &alert.text,
-            host,
-            record: alert.record.as_deref(),
-            health: alert.health.as_ref(),
-        }),
+        WebhookFormat::Json => formatter.alert_json(alert, std::time::SystemTime::now()),
         WebhookFormat::Slack => {
             serde_json::to_vec(&SlackBody { text: slack_escape(&format!("dockexpose on {host}: {}", alert.text)) })
+                .expect("serializing to memory cannot fail")
         }
     }
-    .expect("serializing to memory cannot fail")
 }
 
 /// Slack's escaping of message text: `&`, `<` and `>` (they start links and mentions).
@@ -308,7 +286,10 @@ impl Deliver for Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::{alerts::AlertKind, formats::Observer};
+    use crate::output::{
+        alerts::AlertKind,
+        formats::{JsonFormat, Observer},
+    };
 
     fn native(host: &str) -> Formatter {
         Formatter::new(JsonFormat::Native, Observer { hostname: host.into(), host_id: None, version: "0.1.0" })
