@@ -37,6 +37,9 @@ pub enum Command {
     /// Configuration file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Many hosts in one store (ClickHouse): its schema, and what the fleet exposes.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Remove the pinned kernel side (programs, links, maps under the pin directory):
     /// detaches every program a stopped or killed `watch` left attached.
     Cleanup(CleanupArgs),
@@ -101,6 +104,21 @@ pub enum ConfigCommand {
     Check {
         /// Default: /etc/dockexpose/dockexpose.toml.
         path: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum FleetCommand {
+    /// Print the store's DDL: a ReplacingMergeTree keyed by (host, record_id), so a
+    /// record delivered twice counts once; with --shards, a local table per shard and
+    /// a Distributed table over them sharded by host (run it on every shard).
+    Schema {
+        /// The ClickHouse cluster (remote_servers) whose shards hold the records.
+        #[arg(long, value_name = "CLUSTER")]
+        shards: Option<String>,
+        /// The table, as DATABASE.TABLE.
+        #[arg(long, value_name = "DB.TABLE", default_value = "dockexpose.records")]
+        table: String,
     },
 }
 

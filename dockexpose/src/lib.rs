@@ -30,6 +30,7 @@ pub mod config;
 pub mod correlate;
 pub mod error;
 pub mod explain;
+pub mod fleet;
 pub mod host;
 pub mod intent;
 pub mod inventory;

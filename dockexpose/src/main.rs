@@ -1,5 +1,5 @@
 use clap::{CommandFactory, FromArgMatches};
-use dockexpose::cli::{Cli, Command, ConfigCommand};
+use dockexpose::cli::{Cli, Command, ConfigCommand, FleetCommand};
 
 fn main() {
     let matches = Cli::command().get_matches();
@@ -50,6 +50,9 @@ fn main() {
                 }
                 Err(e) => Err(e.to_string()),
             }
+        }
+        Command::Fleet(FleetCommand::Schema { shards, table }) => {
+            dockexpose::fleet::schema::print(&table, shards.as_deref())
         }
         Command::Watch(args) => {
             let sub = matches.subcommand_matches("watch").cloned().unwrap_or_default();

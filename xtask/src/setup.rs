@@ -78,6 +78,10 @@ pub(crate) const DEB_PACKAGES: &[&str] = &[
     // systemd-nspawn.
     "systemd-container",
     "debootstrap",
+    // The fleet store: tests/fleet_*.rs start real ClickHouse shards and a NATS
+    // JetStream server on 127.0.0.1 as plain processes (installing them starts none).
+    "clickhouse-server",
+    "nats-server",
 ];
 
 /// Python modules the tests drive, as (module to import, PyPI package): scapy crafts

@@ -1,3 +1,4 @@
-//! Address arithmetic shared by the rest of the daemon.
+//! Network plumbing shared by the rest of the daemon: address arithmetic, an HTTP client.
 
+pub mod http;
 pub mod prefix;

@@ -19,6 +19,7 @@ mod netns;
 mod shell;
 mod watcher;
 
+pub mod clickhouse;
 pub mod craft;
 pub mod docker;
 pub mod engine;

@@ -15,45 +15,33 @@
 //! seconds); other answers give up at once. https verifies the server's certificate
 //! against Mozilla's roots (webpki-roots) plus `ca_file` when given.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::{
-    client::conn::http1::SendRequest,
     header::{self, HeaderMap, HeaderName, HeaderValue},
     Method, Request, StatusCode, Uri,
 };
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::{net::TcpStream, task::JoinHandle};
-use tokio_rustls::{
-    rustls::{
-        self,
-        pki_types::{pem::PemObject, CertificateDer, ServerName},
-        ClientConfig, RootCertStore,
-    },
-    TlsConnector,
-};
 
 use super::{Deliver, Failure, SinkError, WebhookConfig, WebhookFormat};
-use crate::output::{alerts::Alert, formats::Formatter};
+use crate::{
+    net::http::{Answer, HttpClient, HttpError, SetupError},
+    output::{alerts::Alert, formats::Formatter},
+};
 
 /// Most bytes of an answer read (the rest is not waited for).
 const MAX_ANSWER: usize = 64 * 1024;
 
 pub struct Webhook {
-    /// "https://hooks.example.com:443": no user info, no path (it may hold a secret).
-    origin: String,
-    /// HOST:PORT to connect to.
-    connect_to: String,
+    /// The connection, kept between alerts.
+    http: HttpClient,
     /// Origin-form request target: path and query.
     target: String,
     headers: HeaderMap,
     format: WebhookFormat,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
     formatter: Formatter,
-    conn: Option<(SendRequest<Full<Bytes>>, JoinHandle<()>)>,
 }
 
 #[derive(Serialize)]
@@ -84,36 +72,6 @@ pub fn retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
     value?.to_str().ok()?.trim().parse().ok().map(Duration::from_secs)
 }
 
-fn tls_config(key: &str, ca_file: Option<&Path>) -> Result<ClientConfig, SinkError> {
-    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    if let Some(path) = ca_file {
-        let bad = |reason: String| {
-            SinkError::config(
-                format!("{key}.ca_file"),
-                path.display().to_string(),
-                reason,
-                "give a readable PEM file of the CA certificate(s) that signed the server's, or leave it out",
-            )
-        };
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(path).and_then(Iterator::collect).map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no certificate in it".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
 impl Webhook {
     /// `key`: the config key of this sink ("sinks.webhook[0]"), for errors.
     pub fn new(key: &str, config: &WebhookConfig, formatter: &Formatter) -> Result<Self, SinkError> {
@@ -126,24 +84,22 @@ impl Webhook {
             )
         };
         let uri: Uri = config.url.parse().map_err(|e: hyper::http::uri::InvalidUri| url_error(&e.to_string()))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(url_error("the URL must start with https:// or http://")),
-        };
-        let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
-            return Err(url_error("no host in the URL"));
-        };
-        if authority.as_str().contains('@') {
-            return Err(url_error("credentials in the URL are not sent; put them in headers (Authorization)"));
-        }
-        let host = authority.host().to_string();
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let origin = format!("{}://{host}:{port}", if https { "https" } else { "http" });
+        let http = HttpClient::new(&uri, config.ca_file.as_deref()).map_err(|e| match e {
+            SetupError::Url(reason) if reason.starts_with("credentials") => {
+                url_error("credentials in the URL are not sent; put them in headers (Authorization)")
+            }
+            SetupError::Url(reason) => url_error(&reason),
+            SetupError::CaFile(reason) => SinkError::config(
+                format!("{key}.ca_file"),
+                config.ca_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                reason,
+                "give a readable PEM file of the CA certificate(s) that signed the server's, or leave it out",
+            ),
+        })?;
         let target = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
 
         let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_str(authority.as_str()).map_err(|e| url_error(&e.to_string()))?);
+        headers.insert(header::HOST, http.host_header().clone());
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::USER_AGENT, HeaderValue::from_static(concat!("dockexpose/", env!("CARGO_PKG_VERSION"))));
         for (name_text, value) in &config.headers {
@@ -167,107 +123,37 @@ impl Webhook {
             headers.insert(name, value);
         }
 
-        let tls = if https {
-            let sni = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-            let server = ServerName::try_from(sni).map_err(|e| url_error(&e.to_string()))?;
-            Some((TlsConnector::from(Arc::new(tls_config(key, config.ca_file.as_deref())?)), server))
-        } else {
-            None
-        };
-        Ok(Self {
-            origin,
-            connect_to: format!("{host}:{port}"),
-            target,
-            headers,
-            format: config.format,
-            tls,
-            formatter: formatter.clone(),
-            conn: None,
-        })
+        Ok(Self { http, target, headers, format: config.format, formatter: formatter.clone() })
     }
 
     /// "https://hooks.example.com:443": where alerts go, without the path.
     pub fn origin(&self) -> &str {
-        &self.origin
+        self.http.origin()
     }
 
-    async fn connect(&self) -> Result<(SendRequest<Full<Bytes>>, JoinHandle<()>), Failure> {
-        let retry = |what: &str, e: &dyn std::fmt::Display| Failure::Retry {
-            after: None,
-            reason: format!("{what} {}: {e}", self.origin),
-        };
-        let tcp = TcpStream::connect(&self.connect_to).await.map_err(|e| retry("connect", &e))?;
-        let _ = tcp.set_nodelay(true);
-        let Some((connector, server)) = &self.tls else {
-            let (sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| retry("HTTP to", &e))?;
-            return Ok((sender, tokio::spawn(async move { drop(conn.await) })));
-        };
-        let stream = connector.connect(server.clone(), tcp).await.map_err(|e| {
-            let rustls_error = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
-            match rustls_error {
-                // Trying again cannot fix a certificate.
-                Some(rustls::Error::InvalidCertificate(why)) => Failure::GiveUp(format!(
-                    "TLS to {}: the server's certificate is not trusted ({why:?}); fix the server's certificate, \
-                     or give its CA in ca_file",
-                    self.origin
-                )),
-                _ => retry("TLS to", &e),
-            }
-        })?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| retry("HTTP to", &e))?;
-        Ok((sender, tokio::spawn(async move { drop(conn.await) })))
-    }
-
-    /// Sends one POST of `body` on the kept connection (made first if there is none).
-    async fn post(&mut self, body: Bytes) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
-        if self.conn.is_none() {
-            self.conn = Some(self.connect().await?);
-        }
+    /// Sends one POST of `body` and reads the answer.
+    async fn post(&mut self, body: Bytes) -> Result<Answer, Failure> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.target.parse().expect("checked at start");
         *req.headers_mut() = self.headers.clone();
-        let origin = &self.origin;
-        let retry = |e: hyper::Error| Failure::Retry { after: None, reason: format!("POST to {origin}: {e}") };
-        let (sender, _) = self.conn.as_mut().expect("connected");
-        sender.ready().await.map_err(retry)?;
-        sender.send_request(req).await.map_err(retry)
+        // The worker bounds the attempt; this only keeps a hung server from holding it.
+        self.http.send(req, MAX_ANSWER, Duration::from_secs(3600)).await.map_err(|e| match e {
+            HttpError::Retry(reason) => Failure::Retry { after: None, reason },
+            HttpError::Fatal(reason) => Failure::GiveUp(reason),
+        })
     }
 }
 
 impl Deliver for Webhook {
     async fn deliver(&mut self, alert: &Alert) -> Result<(), Failure> {
-        let body = Bytes::from(body(alert, self.format, &self.formatter));
-        if self.conn.as_ref().is_some_and(|(s, _)| s.is_closed()) {
-            self.reset();
-        }
-        let reused = self.conn.is_some();
-        let resp = match self.post(body.clone()).await {
-            // A kept connection the server closed while idle (its close not seen yet):
-            // once more on a new connection, within this attempt.
-            Err(_) if reused => {
-                self.reset();
-                self.post(body).await?
-            }
-            other => other?,
-        };
-        let status = resp.status();
-        let after = retry_after(resp.headers().get(header::RETRY_AFTER));
-        // Read the answer, so that the connection serves the next alert.
-        let answer = match Limited::new(resp.into_body(), MAX_ANSWER).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(_) => {
-                self.reset();
-                Bytes::new()
-            }
-        };
-        if status.is_success() {
+        let answer = self.post(Bytes::from(body(alert, self.format, &self.formatter))).await?;
+        if answer.status.is_success() {
             return Ok(());
         }
-        let text: String = String::from_utf8_lossy(&answer).chars().take(200).filter(|c| !c.is_control()).collect();
-        let reason = format!("POST to {} answered {status}: {text}", self.origin);
+        let status = answer.status;
+        let after = retry_after(answer.headers.get(header::RETRY_AFTER));
+        let reason = format!("POST to {} answered {status}: {}", self.http.origin(), answer.text(200));
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error()
         {
             Err(Failure::Retry { after, reason })
@@ -277,14 +163,14 @@ impl Deliver for Webhook {
     }
 
     fn reset(&mut self) {
-        if let Some((_, task)) = self.conn.take() {
-            task.abort();
-        }
+        self.http.reset();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::output::{
         alerts::AlertKind,
@@ -351,8 +237,8 @@ mod tests {
         let config = WebhookConfig { url: "https://hooks.example.com/services/SECRET".into(), ..Default::default() };
         let w = Webhook::new("k", &config, &native("h1")).unwrap();
         assert_eq!(
-            (w.origin(), w.target.as_str(), w.connect_to.as_str()),
-            ("https://hooks.example.com:443", "/services/SECRET", "hooks.example.com:443")
+            (w.origin(), w.target.as_str(), w.http.host_header().to_str().unwrap()),
+            ("https://hooks.example.com:443", "/services/SECRET", "hooks.example.com")
         );
         let config = WebhookConfig { url: "http://[::1]:8080".into(), ..Default::default() };
         let w = Webhook::new("k", &config, &native("h1")).unwrap();
