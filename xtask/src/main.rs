@@ -108,7 +108,7 @@ fn run_task(task: Task) -> Result<()> {
                 ),
                 (
                     "bench_saturation",
-                    "at saturation: ApacheBench through a published port, attached vs detached (about 2 min)",
+                    "at saturation: ApacheBench through a published port, each tool (dockexpose, tcpdump, conntrack -E, ulogd2 with NFLOG, the empty program) attached vs detached, then the peers table (about 5 min)",
                 ),
                 ("bench_flood", "a SYN flood from 1M+ spoofed sources at the highest rate (about 90 s)"),
             ] {
