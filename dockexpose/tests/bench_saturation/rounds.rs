@@ -143,12 +143,10 @@ fn attached_round(tool: &mut dyn Tool, load: &Load) -> Round {
 
 /// Until the tool has recorded `complete` connections, or its count stops growing
 /// for a second (a peer that loses events), at most 10 s. A tool whose output can
-/// only be read once it stops gets a short grace instead.
+/// only be read once it stops is not waited for: a fixed wait would add the machine's
+/// other work to its host CPU, and to no other tool's.
 fn settle(tool: &dyn Tool, complete: u64) {
-    let Some(mut seen) = tool.recorded() else {
-        std::thread::sleep(Duration::from_millis(200));
-        return;
-    };
+    let Some(mut seen) = tool.recorded() else { return };
     let (deadline, mut grew) = (Instant::now() + Duration::from_secs(10), Instant::now());
     while seen < complete && Instant::now() < deadline && grew.elapsed() < Duration::from_secs(1) {
         std::thread::sleep(Duration::from_millis(50));

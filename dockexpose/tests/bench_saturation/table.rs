@@ -86,8 +86,8 @@ pub(crate) fn print_peers_table(all: &[Rounds]) -> (usize, usize) {
                 (Some(us), false) => show(Some(us), "µs"),
                 (None, _) => "none (kernel only)".to_string(),
             },
-            show(r.med(true, |x| x.records), ""),
-            show(r.med(true, |x| x.wakeups), ""),
+            show(r.med(true, |x| x.records), "").trim_end(),
+            show(r.med(true, |x| x.wakeups), "").trim_end(),
         );
     }
     println!();
