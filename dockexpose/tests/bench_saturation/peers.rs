@@ -162,6 +162,9 @@ impl Tool for Tcpdump {
     }
 
     fn stop(&mut self, complete: u64) -> Stopped {
+        // The round's CPU is sampled already. tcpdump reads the kernel's ring by blocks
+        // retired after 1 s at most: let the last one reach the pcap before SIGTERM.
+        std::thread::sleep(Duration::from_millis(1100));
         let said = self.proc.take().expect("tcpdump started").stop("tcpdump");
         let packets = pcap_packets(&self.pcap());
         if let Some(l) = said.lines().find(|l| l.contains("dropped by kernel")) {

@@ -76,6 +76,7 @@ impl Rounds {
 /// hits both alike.
 pub(crate) fn run_rounds(tool: &mut dyn Tool, rounds: usize, load: &Load) -> Rounds {
     eprintln!("{}: {rounds} rounds each way", tool.name());
+    let started = Instant::now();
     let mut out = Rounds { tool: tool.name(), peer: tool.is_peer(), detached: Vec::new(), attached: Vec::new() };
     for round in 0..rounds {
         for attach in if round % 2 == 0 { [false, true] } else { [true, false] } {
@@ -88,6 +89,8 @@ pub(crate) fn run_rounds(tool: &mut dyn Tool, rounds: usize, load: &Load) -> Rou
             }
         }
     }
+    // What each tool adds to the bench's length.
+    eprintln!("{}: {rounds} rounds each way took {:.0} s", tool.name(), started.elapsed().as_secs_f64());
     out
 }
 
