@@ -95,7 +95,9 @@ fn saturation_attached_vs_detached() {
     sh(&["ip", "netns", "exec", &outside.ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
     let port = 31000 + outside.n as u16;
     let _web = docker::Container::run(&format!("dx-sat-{}", outside.n), &["-p", &format!("{port}:80")], &image, &[]);
-    let json = std::env::temp_dir().join(format!("dockexpose-sat-{}.json", outside.n));
+    // The audit log's dir goes on drop, also when the bench panics.
+    let json_dir = peers::TempDir::new("sat");
+    let json = json_dir.0.join("audit.json");
     let url = format!("http://{}:{port}/", outside.v4(1));
     let src = outside.src4();
     let src_text = src.to_string();
@@ -198,7 +200,6 @@ fn saturation_attached_vs_detached() {
     assert!(status.success());
     let last = lines.iter().find(|l| l.contains("final counters")).expect("a final counters line");
     let [p50, p99, alert_p99] = tools::latencies(last);
-    let _ = std::fs::remove_file(&json);
 
     let missing = IDLE_CONNECTIONS - seen_ms.len();
     let idle = report::Idle { p50, p99, alert_p99, seen_ms, missing };

@@ -18,12 +18,12 @@ use crate::{
     tools::{Stopped, Tool},
 };
 
-/// A temp dir removed on drop.
+/// A temp dir of the bench's, removed on drop.
 pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub(crate) fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dockexpose-peer-{tag}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("dockexpose-bench-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -104,10 +104,11 @@ fn recorded_something(what: &str, records: u64, complete: u64) {
 
 /// `tcpdump -i BRIDGE -w FILE` with a SYN-only filter, default buffering (no -U: the
 /// pcap is written in blocks, as a capture left running would be).
+// Fields drop in order: the process stops before its dir goes.
 pub(crate) struct Tcpdump {
     pub bridge: String,
-    dir: TempDir,
     proc: Option<Proc>,
+    dir: TempDir,
 }
 
 impl Tcpdump {
@@ -179,8 +180,8 @@ impl Tool for Tcpdump {
 pub(crate) struct Conntrack {
     /// Its events of the load are those with this source.
     pub src: String,
-    dir: TempDir,
     proc: Option<Proc>,
+    dir: TempDir,
 }
 
 impl Conntrack {
@@ -234,10 +235,10 @@ pub(crate) struct Ulogd {
     pub bridge: String,
     pub src: String,
     group: u16,
-    dir: TempDir,
-    proc: Option<Proc>,
-    /// Removes the NFLOG rule by its exact spec.
+    /// Removes the NFLOG rule by its exact spec (first: fields drop in order).
     rule: Option<Undo>,
+    proc: Option<Proc>,
+    dir: TempDir,
 }
 
 impl Ulogd {
