@@ -55,8 +55,8 @@ enum Task {
     /// in each (also the last step of `test`; see xtask/src/vm.rs).
     TestVm,
     /// Build, then run the kernel-program benchmark (benches/kernel_programs.rs) as root
-    /// with ARGS, then the daemon benchmarks
-    /// (tests bench_rate, bench_saturation and bench_flood; they need root and Docker).
+    /// with ARGS, then the daemon benchmarks (tests bench_rate, bench_saturation with its
+    /// peers table, and bench_flood; they need root and Docker).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -108,7 +108,7 @@ fn run_task(task: Task) -> Result<()> {
                 ),
                 (
                     "bench_saturation",
-                    "at saturation: ApacheBench through a published port, attached vs detached (about 2 min)",
+                    "at saturation: ApacheBench through a published port, each tool (dockexpose, tcpdump, conntrack -E, ulogd2 with NFLOG, the empty program) attached vs detached, then the peers table (about 4 min)",
                 ),
                 ("bench_flood", "a SYN flood from 1M+ spoofed sources at the highest rate (about 90 s)"),
             ] {

@@ -36,8 +36,12 @@ pub(crate) const DEB_PACKAGES: &[&str] = &[
     "netavark",
     // `python3 -m pip`, for scapy (see ensure_python_modules) when python3 is Debian's.
     "python3-pip",
-    // ApacheBench (`ab`): the load of tests/bench_saturation/.
+    // ApacheBench (`ab`): the load of tests/bench_saturation/; ulogd2 with its JSON
+    // output is one of the peers it measures dockexpose against (tcpdump and
+    // conntrack, the others, are below).
     "apache2-utils",
+    "ulogd2",
+    "ulogd2-json",
     // `dockexpose verify`: conntrack is the tests' reference for the probes' entries
     // (verify itself deletes them over netlink); nmap is what tests/verify/ compares
     // its verdicts with; tcpdump watches that none leaks; nft reads back the netfilter
