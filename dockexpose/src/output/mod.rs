@@ -12,4 +12,5 @@ pub mod formats;
 pub mod human;
 pub mod record;
 pub mod record_id;
+pub mod record_json;
 pub mod sinks;

@@ -7,7 +7,7 @@
 mod ecs;
 mod ocsf;
 #[cfg(test)]
-mod samples;
+pub(crate) mod samples;
 
 use serde_json::{Map, Value};
 
