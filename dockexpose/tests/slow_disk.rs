@@ -4,6 +4,8 @@
 //! every connection made during the slowness is in the log exactly once, with nothing
 //! lost in the ring or by the reader. Needs root, python3 with fusepy (PyPI) and
 //! libfuse2 (`cargo xtask setup` installs both); the mount is removed by a guard.
+//! The same for stderr: a pipe nobody reads never stalls the loop, and the lines it
+//! could not take are counted (`stderr_lines_dropped`).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -210,4 +212,92 @@ fn a_slow_disk_costs_no_record_and_never_stalls_the_loop() {
     assert_eq!((missing, twice), (0, 0), "every connection once in the log: {counts:?}");
     assert!(slowest < STATUS_LIMIT, "the loop stalled behind the disk: a status answer took {slowest:?}");
     drop(fs);
+}
+
+/// The daemon with its stderr on a pipe this test never reads; killed on drop.
+struct Unread(Child);
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_stderr_nobody_reads_never_stalls_the_loop_and_its_dropped_lines_are_counted() {
+    let test = "a_stderr_nobody_reads_never_stalls_the_loop_and_its_dropped_lines_are_counted";
+    if !privileged(test) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("dockexpose-stderr-{}", run_id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bed = Bed::new("se");
+    let _c1 = Services::start(&bed.c1_ns, C_TCP, C_UDP);
+    let (socket, log) = (dir.join("dockexpose.sock"), dir.join("audit.jsonl"));
+    // Not --quiet: a line per connection, into a pipe whose 64 KiB fill at once.
+    let mut daemon = Unread(
+        Command::new(env!("CARGO_BIN_EXE_dockexpose"))
+            .args(["watch", "--no-pin", "--bridge", &bed.bridge, "--no-uplinks", "--stats-interval", "0"])
+            .args(["--status-socket", socket.to_str().unwrap(), "--json", log.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dockexpose"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&socket).1.is_none() {
+        assert!(Instant::now() < deadline, "the daemon never answered on {}", socket.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Two clients, for more lines than the pipe and the daemon's queue hold.
+    let clients: Vec<_> = [2, 3]
+        .into_iter()
+        .map(|host| {
+            let (ns, src, dst) = (bed.outside.ns.clone(), bed.outside.v4(host).parse().unwrap(), bed.host_tcp_v4());
+            std::thread::spawn(move || connect_loop(&ns, src, dst, Duration::from_secs(10)))
+        })
+        .collect();
+    let (mut answers, mut slowest) = (0, Duration::ZERO);
+    while !clients.iter().all(|c| c.is_finished()) {
+        slowest = slowest.max(status(&socket).0);
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let made: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    std::thread::sleep(Duration::from_secs(1));
+    let out = Command::new(env!("CARGO_BIN_EXE_dockexpose"))
+        .args(["status", "--json", "--socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a status answer");
+    let dropped = report["counters"]["stderr_lines_dropped"].as_u64().expect("stderr_lines_dropped");
+    let lost = report["health"]["losses"]["stderr_lines_lost"].as_u64().unwrap_or(0);
+    let (ring_lost, reader_lost) =
+        (report["counters"]["ringbuf_full_lost"].as_u64(), report["counters"]["reader_lost"].as_u64());
+    let written =
+        std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.contains("\"reached\"")).count();
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    let stop_from = Instant::now();
+    let status_code = loop {
+        if let Some(s) = daemon.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stop_from.elapsed() < Duration::from_secs(10), "dockexpose did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "{test}: {made} connections, {written} reached records in the log; {answers} status answers, slowest {} ms; \
+         stderr lines dropped {dropped} (lost in all {lost}); ring lost {ring_lost:?}, reader lost {reader_lost:?}; \
+         stopped in {} ms",
+        slowest.as_millis(),
+        stop_from.elapsed().as_millis(),
+    );
+    assert!(status_code.success(), "{status_code}");
+    assert!(made >= 1000, "too few connections to fill the pipe and the queue: {made}");
+    assert!(dropped > 0 && lost >= dropped, "the lines the stalled stderr could not take are counted");
+    assert_eq!((ring_lost, reader_lost), (Some(0), Some(0)));
+    assert!(written >= made, "every connection in the log: {written} of {made}");
+    assert!(slowest < STATUS_LIMIT, "the loop stalled behind stderr: a status answer took {slowest:?}");
 }

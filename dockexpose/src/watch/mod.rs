@@ -224,6 +224,9 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     if cli.print_config {
         return print_config(&cli, &matches);
     }
+    // stderr through a bounded queue and a thread of its own: a reader that stops
+    // reading never stalls the loop. Written out (bounded) when `run` returns.
+    let _console = crate::output::console::Detached::start();
     let (mut w, mut continuity, mut inputs, config_path) = start::open(cli, matches)?.connect().await?;
     w.announce(config_path.as_deref());
     let outcome = w.serve(&mut inputs, &mut continuity).await?;
