@@ -312,19 +312,26 @@ impl Outputs {
         if !self.unflushed.is_empty() {
             self.unwritten.push_back((self.audit.handed(), std::mem::take(&mut self.unflushed)));
         }
+        // No log (nothing is ever acknowledged): measured at once, never kept.
+        self.measure_written();
         self.audit_health(said.map(|line| (line, Some(true))));
     }
 
-    /// What the audit log's writer said: an acknowledgement (the latency of what it
-    /// wrote), or a line for the operator.
-    pub fn audit_report(&mut self, report: Report) {
-        let said = self.audit.report(report);
+    /// The latency of the records the writer has written by now.
+    fn measure_written(&mut self) {
         let (written, now) = (self.audit.written(), self.clock.ktime_now());
         while self.unwritten.front().is_some_and(|(seq, _)| *seq <= written) {
             for t in self.unwritten.pop_front().map(|(_, ts)| ts).unwrap_or_default() {
                 self.record_latency.record(now.saturating_sub(t) / 1000);
             }
         }
+    }
+
+    /// What the audit log's writer said: an acknowledgement (the latency of what it
+    /// wrote), or a line for the operator.
+    pub fn audit_report(&mut self, report: Report) {
+        let said = self.audit.report(report);
+        self.measure_written();
         self.audit_health(said);
     }
 
@@ -411,6 +418,22 @@ mod tests {
         assert_eq!(seen.borrow().len(), 2, "one alert per new source");
         assert_eq!(out.alert_counts().iter().find(|(k, _)| *k == AlertKind::Reached).unwrap().1, 2);
         assert_eq!(out.records(), 3);
+    }
+
+    #[test]
+    fn without_an_audit_log_the_latency_is_measured_at_once_and_nothing_is_kept() {
+        let stage = AlertStage::new(Duration::from_secs(60), Vec::new());
+        let mut out = Outputs::new(AuditLog::open(None, None).unwrap(), true, stage, KernelClock::now());
+        let mut ev = dockexpose_common::ConnEvent::zeroed();
+        (ev.family, ev.proto, ev.stage) =
+            (dockexpose_common::FAMILY_IPV4, dockexpose_common::PROTO_TCP, dockexpose_common::STAGE_REACHED);
+        let obs = Observation::from_event(&ev).unwrap();
+        for _ in 0..3 {
+            out.connection(reached("198.18.3.2"), Some(&obs));
+            out.flush();
+        }
+        assert!(out.unwritten.is_empty(), "nothing waits for an acknowledgement that never comes");
+        assert!(out.latencies().0.p50_us > 0);
     }
 
     #[test]
