@@ -23,6 +23,9 @@ pub struct PipelineCounters {
     /// Times the kernel woke the ring-buffer reader, and records it took.
     pub reader_wakeups: u64,
     pub records_read: u64,
+    /// stderr lines dropped because the stderr thread was behind (a reader that
+    /// stopped reading): `output::console`.
+    pub stderr_lines_dropped: u64,
     /// From a packet's kernel timestamp to its record in the audit log (attempted and
     /// reached records; verdicts wait for their window by design), and to its alert.
     pub record_latency: LatencySummary,
@@ -112,6 +115,7 @@ impl PipelineCounters {
             ("probe_records", self.probe_records),
             ("reader_wakeups", self.reader_wakeups),
             ("records_read", self.records_read),
+            ("stderr_lines_dropped", self.stderr_lines_dropped),
             ("record_latency_p50_us", self.record_latency.p50_us),
             ("record_latency_p99_us", self.record_latency.p99_us),
             ("alert_latency_p50_us", self.alert_latency.p50_us),

@@ -86,17 +86,23 @@ pub(crate) const DEB_PACKAGES: &[&str] = &[
     // JetStream server on 127.0.0.1 as plain processes (installing them starts none).
     "clickhouse-server",
     "nats-server",
+    // tests/slow_disk.rs puts the audit log on a FUSE filesystem whose writes sleep
+    // (tests/support/slowfs.py, on fusepy, which loads libfuse2; fuse3: the fuse tools).
+    "libfuse2",
+    "fuse3",
 ];
 
 /// Python modules the tests drive, as (module to import, PyPI package): scapy crafts
 /// packets from an outside namespace; communityid is the reference Community ID
 /// implementation (tests/community_id_reference.rs); ocsf-json-schema builds OCSF's JSON
-/// Schema offline and jsonschema checks events against it (tests/formats_reference.rs).
+/// Schema offline and jsonschema checks events against it (tests/formats_reference.rs);
+/// fusepy serves the slow disk of tests/slow_disk.rs.
 pub(crate) const PYTHON_MODULES: &[(&str, &str)] = &[
     ("scapy", "scapy"),
     ("communityid", "communityid"),
     ("ocsf_json_schema", "ocsf-json-schema"),
     ("jsonschema", "jsonschema"),
+    ("fuse", "fusepy"),
 ];
 
 pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";

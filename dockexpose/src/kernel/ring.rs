@@ -9,7 +9,8 @@
 //! - the reader's own cursor, which runs ahead: records copied out and handed to the
 //!   daemon loop;
 //! - the kernel's consumer position, which the committer moves, and only to the end
-//!   of batches the loop has written and flushed.
+//!   of batches whose records the audit log's writer has acknowledged as written
+//!   (`state::release`).
 //!
 //! The consumer position lives in the map itself. With the map pinned, the next daemon
 //! starts reading where this one last committed: a record written but not committed
@@ -255,7 +256,6 @@ impl Drop for Batch {
 pub struct Committer {
     shared: Arc<RingShared>,
     committable: u64,
-    held: bool,
     /// Fault injection for tests (hidden): never release, as a daemon killed between
     /// every write and its release would.
     never: bool,
@@ -269,15 +269,20 @@ impl Committer {
     pub fn new(shared: Arc<RingShared>) -> Self {
         let committable = shared.ring.committed();
         let never = std::env::var_os(FAULT_NEVER_RELEASE_ENV).is_some_and(|v| v == "1");
-        Self { shared, committable, held: false, never }
+        Self { shared, committable, never }
     }
 
-    /// Call once the audit log is flushed. Every record of every batch handled so far
-    /// is written, unless the log is `holding` lines it could not write (a full
-    /// disk): that holds the ring at the last position written.
-    pub fn flushed(&mut self, holding: bool) {
-        let handled = self.shared.handled.load(Ordering::Acquire);
-        (self.committable, self.held) = releasable(self.committable, self.held, handled, holding);
+    /// The end of every batch the loop has handled (dropped): each of its records is
+    /// encoded for the audit log, or kept by `state::pending`.
+    pub fn handled(&self) -> u64 {
+        self.shared.handled.load(Ordering::Acquire)
+    }
+
+    /// The audit log's writer has written every record before `position`
+    /// (`state::release` says which): its ring space goes back to the kernel. Never
+    /// backwards.
+    pub fn release(&mut self, position: u64) {
+        self.committable = self.committable.max(position);
         if !self.never {
             self.shared.ring.commit(self.committable);
         }
@@ -286,18 +291,6 @@ impl Committer {
     /// The position released so far.
     pub fn position(&self) -> u64 {
         self.shared.ring.committed()
-    }
-}
-
-/// After a flush: the position that may be released, and whether it is held. Every
-/// batch handled up to `handled` is written, unless lines are still `waiting` in the
-/// audit log (it could not write them): the position of the last flush that wrote
-/// everything is kept until none waits; then everything handled goes. (Records that
-/// wait for their container's identity never hold it: `state::pending` keeps them.)
-pub fn releasable(committable: u64, held: bool, handled: u64, waiting: bool) -> (u64, bool) {
-    match (waiting, held) {
-        (false, _) => (handled, false),
-        (true, _) => (committable, true),
     }
 }
 
@@ -379,24 +372,5 @@ struct PollFd(RawFd);
 impl AsRawFd for PollFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::releasable;
-
-    #[test]
-    fn the_ring_is_released_up_to_what_is_written_and_held_at_waiting_records() {
-        // Nothing waits: everything handled is released.
-        assert_eq!(releasable(0, false, 960, false), (960, false));
-        // A record began waiting in a batch since the last flush (at 960): held there,
-        // however many batches follow, until it is written.
-        assert_eq!(releasable(960, false, 1920, true), (960, true));
-        assert_eq!(releasable(960, true, 4800, true), (960, true));
-        assert_eq!(releasable(960, true, 4800, false), (4800, false));
-        // Never backwards.
-        let (pos, _) = releasable(4800, false, 4800, false);
-        assert_eq!(pos, 4800);
     }
 }

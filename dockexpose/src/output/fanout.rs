@@ -1,7 +1,8 @@
 //! The fan-out: every connection record the daemon's stage makes goes to each
 //! consumer, in this order:
 //! 1. the audit log, the system of record: written in order, never waiting on anything
-//!    else (its buffer goes to the file after each batch);
+//!    else (its buffer goes to its writer thread after each batch; the loop never
+//!    waits on the disk);
 //! 2. the status state (`ExposureTable`), read by `dockexpose status` and the metrics;
 //! 3. human lines on stderr (unless `--quiet`);
 //! 4. the alert stage, whose alerts go to stderr and to every alert sink. Each sink has
@@ -15,13 +16,14 @@
 //! `AlertOut`.
 
 use std::{
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use super::{
     alerts::{Alert, AlertKind, Alerter, HealthCondition, HealthLimiter},
-    audit::{AuditLog, AuditStats},
+    audit::{AuditLog, AuditStats, Report},
     community_id,
     contradictions::Contradictions,
     exposures::ExposureTable,
@@ -193,8 +195,11 @@ pub struct Outputs {
     /// The firewall's word, set against each `reached` record.
     pub contradictions: Contradictions,
     clock: KernelClock,
-    /// Kernel timestamps of the records written since the last flush.
+    /// Kernel timestamps of the records encoded since the last flush.
     unflushed: Vec<u64>,
+    /// Those of each chunk handed to the audit log's writer and not yet written: the
+    /// latency is measured once the writer says they are in the file.
+    unwritten: VecDeque<(u64, Vec<u64>)>,
     record_latency: LatencyHistogram,
     alert_latency: LatencyHistogram,
     records: u64,
@@ -213,6 +218,7 @@ impl Outputs {
             contradictions: Contradictions::default(),
             clock,
             unflushed: Vec::new(),
+            unwritten: VecDeque::new(),
             record_latency: LatencyHistogram::default(),
             alert_latency: LatencyHistogram::default(),
             records: 0,
@@ -263,7 +269,7 @@ impl Outputs {
         self.audit.record(&rec);
         let seen_ns = kernel.map(|o| o.ktime_ns);
         if let Some(t) = seen_ns {
-            // Measured once the buffer reaches the file (`flush`).
+            // Measured once the line reaches the file (`audit_report`).
             self.unflushed.push(t);
         }
         self.exposures.record(&rec);
@@ -300,28 +306,46 @@ impl Outputs {
         self.audit.write_record(rec);
     }
 
-    /// The batch is over: the audit log's buffer goes to the file. What the operator
-    /// must know about the log (a failure, a recovery) is a health alert.
+    /// The batch is over: the audit log's buffer goes to its writer (never waiting).
     pub fn flush(&mut self) {
         let said = self.audit.flush();
-        let now = self.clock.ktime_now();
-        for t in self.unflushed.drain(..) {
-            self.record_latency.record(now.saturating_sub(t) / 1000);
+        if !self.unflushed.is_empty() {
+            self.unwritten.push_back((self.audit.handed(), std::mem::take(&mut self.unflushed)));
         }
+        // No log (nothing is ever acknowledged): measured at once, never kept.
+        self.measure_written();
+        self.audit_health(said.map(|line| (line, Some(true))));
+    }
+
+    /// The latency of the records the writer has written by now.
+    fn measure_written(&mut self) {
+        let (written, now) = (self.audit.written(), self.clock.ktime_now());
+        while self.unwritten.front().is_some_and(|(seq, _)| *seq <= written) {
+            for t in self.unwritten.pop_front().map(|(_, ts)| ts).unwrap_or_default() {
+                self.record_latency.record(now.saturating_sub(t) / 1000);
+            }
+        }
+    }
+
+    /// What the audit log's writer said: an acknowledgement (the latency of what it
+    /// wrote), or a line for the operator.
+    pub fn audit_report(&mut self, report: Report) {
+        let said = self.audit.report(report);
+        self.measure_written();
         self.audit_health(said);
     }
 
-    /// A line about the audit log (from a flush or a reopen): a health alert, failing
-    /// or recovered, as the log is now; any other notice (a reopen that failed while
-    /// the old file still takes data) goes to stderr.
-    pub fn audit_health(&mut self, said: Option<String>) {
-        let Some(line) = said else { return };
-        if self.audit.stats().failing {
-            self.alerts.health_failing(HealthCondition::AuditLog, None, line);
-        } else if self.alerts.health_is_failing(HealthCondition::AuditLog, None) {
-            self.alerts.health_recovered(HealthCondition::AuditLog, None, line);
-        } else {
-            crate::say!("{line}");
+    /// A line about the audit log: a health alert when it says the log fails
+    /// (`Some(true)`) or works again (`Some(false)`, if it was failing); any other
+    /// notice (a reopen) goes to stderr.
+    pub fn audit_health(&mut self, said: Option<(String, Option<bool>)>) {
+        let Some((line, failing)) = said else { return };
+        match failing {
+            Some(true) => self.alerts.health_failing(HealthCondition::AuditLog, None, line),
+            Some(false) if self.alerts.health_is_failing(HealthCondition::AuditLog, None) => {
+                self.alerts.health_recovered(HealthCondition::AuditLog, None, line);
+            }
+            _ => crate::say!("{line}"),
         }
     }
 
@@ -361,6 +385,13 @@ mod tests {
         }
     }
 
+    /// Until the writer wrote all that was handed.
+    fn settle(out: &mut Outputs, rx: &mut tokio::sync::mpsc::UnboundedReceiver<Report>) {
+        while out.audit.written() < out.audit.handed() {
+            out.audit_report(rx.blocking_recv().unwrap());
+        }
+    }
+
     fn reached(src: &str) -> Record {
         crate::output::alerts::tests::rec(src, "172.17.0.2", 80)
     }
@@ -374,17 +405,35 @@ mod tests {
         let seen = Rc::new(RefCell::new(Vec::new()));
         let stage = AlertStage::new(Duration::from_secs(60), vec![Box::new(Collect(seen.clone()))]);
         let mut out = Outputs::new(AuditLog::open(Some(&path), None).unwrap(), true, stage, KernelClock::now());
+        let mut rx = out.audit.take_reports().unwrap();
         out.exposures.sync(&sample());
         out.connection(reached("198.18.3.2"), None);
         out.connection(reached("198.18.3.2"), None);
         out.connection(reached("198.18.3.3"), None);
         out.flush();
+        settle(&mut out, &mut rx);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3, "every record in the audit log");
         let web = out.exposures.rows().into_iter().find(|r| r.host_port == Some(8080)).unwrap();
         assert_eq!((web.reached, web.distinct_sources), (3, 2));
         assert_eq!(seen.borrow().len(), 2, "one alert per new source");
         assert_eq!(out.alert_counts().iter().find(|(k, _)| *k == AlertKind::Reached).unwrap().1, 2);
         assert_eq!(out.records(), 3);
+    }
+
+    #[test]
+    fn without_an_audit_log_the_latency_is_measured_at_once_and_nothing_is_kept() {
+        let stage = AlertStage::new(Duration::from_secs(60), Vec::new());
+        let mut out = Outputs::new(AuditLog::open(None, None).unwrap(), true, stage, KernelClock::now());
+        let mut ev = dockexpose_common::ConnEvent::zeroed();
+        (ev.family, ev.proto, ev.stage) =
+            (dockexpose_common::FAMILY_IPV4, dockexpose_common::PROTO_TCP, dockexpose_common::STAGE_REACHED);
+        let obs = Observation::from_event(&ev).unwrap();
+        for _ in 0..3 {
+            out.connection(reached("198.18.3.2"), Some(&obs));
+            out.flush();
+        }
+        assert!(out.unwritten.is_empty(), "nothing waits for an acknowledgement that never comes");
+        assert!(out.latencies().0.p50_us > 0);
     }
 
     #[test]
@@ -395,6 +444,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let stage = AlertStage::new(Duration::from_secs(60), Vec::new());
         let mut out = Outputs::new(AuditLog::open(Some(&path), None).unwrap(), true, stage, KernelClock::now());
+        let mut rx = out.audit.take_reports().unwrap();
         out.connection(reached("198.18.3.2"), None);
         let verified =
             Record { stage: crate::output::record::STAGE_VERIFIED, verdict: Some("EXPOSED"), ..reached("198.18.3.2") };
@@ -403,6 +453,7 @@ mod tests {
         (unnamed.host_ip, unnamed.host_port) = (None, None);
         out.connection(unnamed, None);
         out.flush();
+        settle(&mut out, &mut rx);
         let text = std::fs::read_to_string(&path).unwrap();
         let ids: Vec<String> = text
             .lines()
@@ -433,10 +484,17 @@ mod tests {
             stage,
             KernelClock::now(),
         );
+        let mut rx = out.audit.take_reports().unwrap();
         out.connection(reached("198.18.3.2"), None);
         out.flush();
+        out.audit_report(rx.blocking_recv().unwrap());
         out.connection(reached("198.18.3.3"), None);
         out.flush();
+        // A few retries of the writer: still failing, not said again.
+        std::thread::sleep(Duration::from_millis(1500));
+        while let Ok(r) = rx.try_recv() {
+            out.audit_report(r);
+        }
         let health: Vec<_> = seen.borrow().iter().filter(|a| a.kind == AlertKind::Health).cloned().collect();
         assert_eq!(health.len(), 1, "the first at once, then held: {health:?}");
         let h = health[0].health.as_ref().unwrap();

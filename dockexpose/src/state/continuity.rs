@@ -260,12 +260,19 @@ impl Continuity {
         self.shared.clone()
     }
 
-    /// After each audit-log flush: releases the ring space of what was written
-    /// (`holding`: the audit log holds lines it could not write, so the ring is held
-    /// where it was when the failure began), and now and then checkpoints the loss
-    /// counter for the next daemon's `daemon_start`.
-    pub fn flushed(&mut self, holding: bool) {
-        self.committer.flushed(holding);
+    /// The end of every batch the loop has handled (`state::release` notes it at each
+    /// hand-off to the audit log's writer).
+    pub fn handled(&self) -> u64 {
+        self.committer.handled()
+    }
+
+    /// After each turn of the loop: releases the ring up to `written` (what the audit
+    /// log's writer has written, if it wrote more), and now and then checkpoints the
+    /// loss counter for the next daemon's `daemon_start`.
+    pub fn released(&mut self, written: Option<u64>) {
+        if let Some(position) = written {
+            self.committer.release(position);
+        }
         if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.checkpoint();
         }
@@ -292,11 +299,11 @@ impl Continuity {
         }
     }
 
-    /// At exit, after the last flush: the kernel side stays for the next daemon, or
-    /// goes (`--detach-on-exit`); a `daemon_stop` record says which.
+    /// At exit, once the ring is released as far as the audit log is written (what it
+    /// could not write stays in the ring for the next daemon): the kernel side stays
+    /// for the next daemon, or goes (`--detach-on-exit`); a `daemon_stop` record says
+    /// which (handed to the writer: the caller closes the log).
     pub fn stop(mut self, kernel: &mut Kernel, sink: &mut AuditLog, reason: &str) -> Result<()> {
-        // Lines the log still could not write stay in the ring for the next daemon.
-        self.committer.flushed(sink.holding());
         self.checkpoint();
         let _ = self.state.set(DAEMON_STATE_RUNNING, 0, 0);
         let left = self.shared.ring.backlog().0;

@@ -6,6 +6,7 @@ pub mod continuity;
 pub mod lock;
 pub mod notify;
 pub mod pending;
+pub mod release;
 
 /// `dockexpose cleanup`: removes what dockexpose pinned (links first: the programs detach).
 pub fn cleanup(args: &crate::cli::CleanupArgs) -> crate::error::Result<()> {

@@ -32,7 +32,7 @@ pub struct PendingRecords {
     /// Records the map refused (full or failing): written at once without identity.
     pub refused: u64,
     /// Written, but perhaps only into the audit log's memory: their pinned copies go
-    /// once a flush wrote everything.
+    /// once its writer has written them (`take_written`, `forget`).
     written: Vec<PendingKey>,
 }
 
@@ -87,29 +87,35 @@ impl PendingRecords {
         due.into_iter().map(|w| (w.obs, w.iface)).collect()
     }
 
-    /// The record went to the audit log: its pinned copy goes once that is flushed.
+    /// The record went to the audit log: its pinned copy goes once that is written.
     pub fn written(&mut self, obs: &Observation) {
         if self.map.is_some() {
             self.written.push(key_of(obs.cpu, obs.rec_seq));
         }
     }
 
-    /// A previous daemon's records, handled again: their pinned copies go after the
-    /// next complete flush, unless held again.
+    /// A previous daemon's records, handled again: their pinned copies go once they
+    /// are written, unless held again.
     pub fn forget_unless_held(&mut self, left: &[ConnEvent]) {
         if self.map.is_some() {
             self.written.extend(left.iter().map(|ev| key_of(ev.cpu, ev.rec_seq)));
         }
     }
 
-    /// After an audit-log flush; `complete`: it wrote everything (held nothing back).
-    pub fn flushed(&mut self, complete: bool) {
-        if !complete || self.written.is_empty() {
+    /// The pinned copies of the records written since the last hand-off to the audit
+    /// log's writer: `state::release` gives them back (`forget`) once it wrote them.
+    pub fn take_written(&mut self) -> Vec<PendingKey> {
+        std::mem::take(&mut self.written)
+    }
+
+    /// Their records are in the file: the pinned copies go.
+    pub fn forget(&mut self, keys: Vec<PendingKey>) {
+        if keys.is_empty() {
             return;
         }
         let waiting: Vec<PendingKey> = self.waiting.iter().map(|w| key_of(w.obs.cpu, w.obs.rec_seq)).collect();
         if let Some(map) = &mut self.map {
-            for key in self.written.drain(..) {
+            for key in keys {
                 // Held again since (a record a previous daemon left): it stays.
                 if !waiting.contains(&key) {
                     let _ = map.remove(&key);

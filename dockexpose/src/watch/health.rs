@@ -29,6 +29,7 @@ impl Watcher {
             reader_lost: self.reader.lost(),
             reader_wakeups: self.reader.wakeups(),
             records_read: self.reader.records(),
+            stderr_lines_dropped: crate::output::console::stderr_lines_dropped(),
             record_latency,
             alert_latency,
             unbound_attempts: self.unbound_attempts,

@@ -51,7 +51,7 @@ use crate::{
         human,
         sinks::{self, SinkHandle, SinksConfig},
     },
-    state::pending::PendingRecords,
+    state::{pending::PendingRecords, release::ReleaseLedger},
     stats::{LossTracker, PipelineCounters},
     verdict::AttemptTracker,
     verify::daemon::{self as verifyd, RunKind},
@@ -73,8 +73,10 @@ const HOST_REFRESH: Duration = Duration::from_secs(1);
 const IDENTITY_GRACE: Duration = Duration::from_secs(1);
 /// Most records waiting for identity; past that they are written without.
 const MAX_PENDING: usize = dockexpose_common::PENDING_MAX as usize;
-/// How often an audit log that failed is tried again.
+/// How soon chunks the audit log's hand-off had no room for are offered again.
 const AUDIT_RETRY: Duration = Duration::from_millis(500);
+/// How long stopping waits for the audit log's writer to write what it was handed.
+const AUDIT_STOP_WAIT: Duration = Duration::from_secs(8);
 /// How long start-up waits for Docker's first answer before choosing bridges.
 const DOCKER_FIRST_ANSWER: Duration = Duration::from_secs(3);
 /// How long shutdown waits for a verify run in progress to finish and clean up.
@@ -132,6 +134,8 @@ struct Watcher {
     pending: PendingRecords,
     /// Ring bytes not yet released to the kernel (status).
     ring_unreleased: u64,
+    /// What each hand-off to the audit log's writer completes: released once written.
+    release: ReleaseLedger<dockexpose_common::PendingKey>,
     /// Attempts awaiting their verdict.
     attempts: AttemptTracker,
     /// Attempts at a published port number on an address it is not bound to.
@@ -220,6 +224,9 @@ pub async fn run(cli: WatchArgs, matches: ArgMatches) -> Result<()> {
     if cli.print_config {
         return print_config(&cli, &matches);
     }
+    // stderr through a bounded queue and a thread of its own: a reader that stops
+    // reading never stalls the loop. Written out (bounded) when `run` returns.
+    let _console = crate::output::console::Detached::start();
     let (mut w, mut continuity, mut inputs, config_path) = start::open(cli, matches)?.connect().await?;
     w.announce(config_path.as_deref());
     let outcome = w.serve(&mut inputs, &mut continuity).await?;
@@ -291,24 +298,15 @@ impl Watcher {
         Ok(())
     }
 
-    /// Pushes the audit log's buffer to the file; what the operator must know about
-    /// it (a write failure, once a minute; a recovery) is a health alert.
+    /// Hands the audit log's buffer to its writer (never waiting on the disk).
     fn flush(&mut self) {
         self.outputs.flush();
     }
 
-    /// SIGUSR1 / SIGHUP: logrotate moved the log; write to the path anew.
-    fn reopen_audit_log(&mut self, signal: &str) {
-        if self.outputs.audit.path().is_none() {
-            return;
-        }
-        match self.outputs.audit.reopen() {
-            Some(line) => self.outputs.audit_health(Some(line)),
-            None => crate::say!(
-                "dockexpose: {signal}: audit log {} reopened",
-                self.outputs.audit.path().map_or(String::new(), |p| p.display().to_string())
-            ),
-        }
+    /// SIGUSR1 / SIGHUP: logrotate moved the log; write to the path anew (after what
+    /// was handed before). The writer says how it went.
+    fn reopen_audit_log(&mut self, signal: &'static str) {
+        self.outputs.audit.reopen(signal);
     }
 
     /// SIGHUP: reads the configuration again and applies what can change without a

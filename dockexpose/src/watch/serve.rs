@@ -1,9 +1,10 @@
 //! `watch` running and stopping: the loop that takes the ring's batches and every
-//! other input in turn (`serve`), writing and flushing before each wait so that the
-//! ring is released only past what is written; then the stop that drains what is left
-//! and says what stays attached (`stop`).
+//! other input in turn (`serve`), handing what it encoded to the audit log's writer
+//! thread before each wait and releasing the ring only as far as the writer says it
+//! wrote (the loop itself never waits on the disk); then the stop that drains what is
+//! left, waits (bounded) for the writer, and says what stays attached (`stop`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::{
     signal::unix::Signal,
@@ -15,13 +16,14 @@ use tokio::{
 use super::{
     next_docker_state, sleep_until,
     verifying::{next_verify_result, VerifyResult},
-    Watcher, AUDIT_RETRY, BATCHES_PER_FLUSH, VERIFY_STOP_WAIT,
+    Watcher, AUDIT_RETRY, AUDIT_STOP_WAIT, BATCHES_PER_FLUSH, VERIFY_STOP_WAIT,
 };
 use crate::{
     error::{Error, Result},
     intent::IntentBook,
     inventory::docker::DockerState,
     kernel::ring,
+    output::audit,
     state::{self, continuity::Continuity},
     status::Query,
     verify::drift::Cause,
@@ -39,6 +41,8 @@ pub(super) struct Signals {
 pub(super) struct Inputs {
     /// The ring reader's batches, and the reader itself.
     pub(super) batches: mpsc::Receiver<ring::Batch>,
+    /// What the audit log's writer thread says (how far it wrote, failures).
+    pub(super) audit: mpsc::UnboundedReceiver<audit::Report>,
     pub(super) reader_task: JoinHandle<Result<u64>>,
     pub(super) reader_ended: bool,
     pub(super) stop_reader: Option<oneshot::Sender<()>>,
@@ -74,9 +78,10 @@ impl Watcher {
                     .map(|due| self.drift_due().map_or(due, |d| d.min(due)))
             };
             let holding_all = self.outputs.audit.full();
-            let holding = self.outputs.audit.holding();
+            let unsent = self.outputs.audit.unsent();
             tokio::select! {
-                // While the audit log holds all it may (a full disk), records wait in the ring.
+                // While the audit log holds all it may (a slow or full disk), records
+                // wait in the ring.
                 Some(batch) = inputs.batches.recv(), if !holding_all => {
                     self.handle_batch(&batch)?;
                     // Take the rest of a burst now; flushed below, once.
@@ -85,6 +90,7 @@ impl Watcher {
                         self.handle_batch(&batch)?;
                     }
                 }
+                Some(report) = inputs.audit.recv() => self.outputs.audit_report(report),
                 Some(state) = next_docker_state(&mut inputs.docker) => self.docker_changed(state)?,
                 Some(book) = inputs.intent.recv() => self.intent_read(book),
                 Some(cause) = inputs.ground.recv() => self.ground_moved(cause),
@@ -102,8 +108,9 @@ impl Watcher {
                     self.reload().await;
                 }
                 _ = inputs.signals.user1.recv() => self.reopen_audit_log("SIGUSR1"),
-                // The audit log failed: try it again (the flush below) now and then.
-                _ = tokio::time::sleep(AUDIT_RETRY), if holding => {}
+                // The hand-off to the audit log's writer was full: try again (the
+                // flush below) soon, even if nothing else wakes the loop.
+                _ = tokio::time::sleep(AUDIT_RETRY), if unsent => {}
                 _ = inputs.signals.interrupt.recv() => {
                     if !self.verify_running() {
                         return Ok(Ok("SIGINT"));
@@ -125,13 +132,10 @@ impl Watcher {
                     });
                 }
             }
-            // Before waiting again, everything seen so far is written out; then (only
-            // then) its ring space is released.
+            // Before waiting again, everything seen so far goes to the writer; the ring
+            // is released as far as it has written.
             self.flush();
-            let holding = self.outputs.audit.holding();
-            continuity.flushed(holding);
-            self.pending.flushed(!holding);
-            self.ring_unreleased = continuity.unreleased();
+            self.release_written(continuity);
             if let Some((reason, deadline)) = stopping {
                 if !self.verify_running() {
                     return Ok(Ok(reason));
@@ -147,13 +151,48 @@ impl Watcher {
         }
     }
 
+    /// After a hand-off: notes what the chunks handed so far complete, then releases
+    /// the ring and forgets the pinned copies as far as the writer has written.
+    fn release_written(&mut self, continuity: &mut Continuity) {
+        let handed = self.outputs.audit.handed();
+        self.release.handed(handed, continuity.handled(), self.pending.take_written());
+        let (ring, keys) = self.release.written(self.outputs.audit.written());
+        continuity.released(ring);
+        self.pending.forget(keys);
+        self.ring_unreleased = continuity.unreleased();
+    }
+
+    /// At stop: waits, until `by` at most, for the writer to write all that was
+    /// handed, releasing the ring as it goes. A failing log is not waited for (what it
+    /// holds stays in the ring for the next daemon; the failure was said).
+    async fn await_written(&mut self, inputs: &mut Inputs, continuity: &mut Continuity, by: Instant) {
+        loop {
+            self.release_written(continuity);
+            let a = &self.outputs.audit;
+            if (a.written() >= a.handed() && !a.unsent()) || a.stats().failing {
+                return;
+            }
+            match tokio::time::timeout_at(by.into(), inputs.audit.recv()).await {
+                Ok(Some(report)) => self.outputs.audit_report(report),
+                Ok(None) => return,
+                Err(_) => {
+                    crate::say!(
+                        "warning: the audit log's writer did not finish within {} s at exit; what it has not written stays in the kernel's ring for the next daemon",
+                        AUDIT_STOP_WAIT.as_secs()
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
     /// What the reader handed over, then what is still in the ring, gets written;
     /// the final lines; the kernel side detached or left recording, and said so.
     pub(super) async fn stop(
         mut self,
         outcome: Result<&'static str>,
         mut inputs: Inputs,
-        continuity: Continuity,
+        mut continuity: Continuity,
     ) -> Result<()> {
         state::notify::tell("STOPPING=1");
         if let Some(stop) = inputs.stop_reader.take() {
@@ -169,6 +208,8 @@ impl Watcher {
         }
         self.release_pending(true)?;
         self.flush();
+        let write_by = Instant::now() + AUDIT_STOP_WAIT;
+        self.await_written(&mut inputs, &mut continuity, write_by).await;
         if !self.attempts.is_empty() {
             crate::say!(
                 "dockexpose: {} attempts were still within their --blocked-after window at exit: no verdict",
@@ -181,6 +222,11 @@ impl Watcher {
         let bridges: Vec<String> = self.kernel.bridges().chain(self.kernel.uplinks()).map(str::to_string).collect();
         let kept = continuity.pin_dir().filter(|_| !continuity.detach_on_exit).map(|d| d.dir.display().to_string());
         continuity.stop(&mut self.kernel, &mut self.outputs.audit, reason)?;
+        // The last lines (daemon_stop) written before exit, within the same bound.
+        let left = write_by.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        for (line, _) in self.outputs.audit.close(&mut inputs.audit, left).await {
+            crate::say!("{line}");
+        }
         // Give the sinks a moment to deliver the last alerts.
         let sinks = std::mem::take(&mut self.sinks);
         drop(self);

@@ -35,7 +35,9 @@ use crate::{
         fanout::{AlertStage, Outputs},
         formats::{Formatter, Observer},
     },
-    state::{self, continuity::Continuity, continuity::ServiceSettings, pending::PendingRecords},
+    state::{
+        self, continuity::Continuity, continuity::ServiceSettings, pending::PendingRecords, release::ReleaseLedger,
+    },
     stats::{LossTracker, PipelineCounters},
     status::{self, Query},
     verdict::AttemptTracker,
@@ -113,6 +115,7 @@ pub(super) fn open(cli: WatchArgs, matches: ArgMatches) -> Result<Opened> {
         docker_problem: None,
         pending: PendingRecords::new(continuity.take_pending_map(), MAX_PENDING),
         ring_unreleased: 0,
+        release: ReleaseLedger::default(),
         attempts: AttemptTracker::new(blocked_after_ns),
         unbound_attempts: 0,
         attempts_untracked: 0,
@@ -213,8 +216,11 @@ impl Watcher {
         let mut stats =
             interval(self.settings.stats_interval.unwrap_or(std::time::Duration::from_secs(3600 * 24 * 365)));
         stats.tick().await;
+        // A log that is off never reports: a channel that stays empty.
+        let audit = self.outputs.audit.take_reports().unwrap_or_else(|| mpsc::unbounded_channel().1);
         Ok(Inputs {
             batches,
+            audit,
             reader_task,
             reader_ended: false,
             stop_reader: Some(stop_reader),
