@@ -1,6 +1,6 @@
 //! The rows for people (an aligned table) and for programs (`--json`: one object
 //! per line). Host and container names come from the world: in the table every
-//! control character, bidi override and backslash is escaped, so a name cannot move
+//! control character, bidi override and backslash is escaped (as everywhere else), so a name cannot move
 //! the cursor, recolour the terminal or pose as another row; JSON escapes them
 //! itself.
 
@@ -10,25 +10,13 @@ use serde::Serialize;
 
 use super::rows::Exposure;
 
-/// `s` safe for a terminal: `\\`, and `\u{..}` for control and invisible
-/// direction-changing characters.
+/// `s` safe for a terminal (the house escaper, cut at 96 characters); `""` for an
+/// empty name, which would otherwise leave a hole in its column.
 pub fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        let invisible =
-            matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}');
-        if c == '\\' {
-            out.push_str("\\\\");
-        } else if c.is_control() || invisible {
-            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
-        } else {
-            out.push(c);
-        }
+    if s.is_empty() {
+        return "\"\"".into();
     }
-    if out.is_empty() {
-        out.push_str("\"\"");
-    }
-    out
+    crate::output::human::escape_untrusted(s)
 }
 
 fn time(secs: u64) -> String {
