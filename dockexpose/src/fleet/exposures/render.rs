@@ -112,7 +112,7 @@ pub fn json_lines(rows: &[Exposure]) -> String {
     let mut out = String::new();
     for row in rows {
         let container = (row.container_id.is_some() || row.container_name.is_some())
-            .then(|| JsonContainer { id: row.container_id.as_deref(), name: row.container_name.as_deref() });
+            .then_some(JsonContainer { id: row.container_id.as_deref(), name: row.container_name.as_deref() });
         let line = JsonRow {
             host: &row.host,
             proto: &row.proto,
