@@ -63,7 +63,18 @@ fn for_store(record: &Value) -> String {
 }
 
 fn exposures(args: &[&str]) -> Output {
-    Command::new(BIN).args(["fleet", "exposures"]).args(args).output().unwrap()
+    exposures_as(None, args)
+}
+
+/// As `exposures`, with credentials in the environment (the only place they are read).
+fn exposures_as(user: Option<(&str, &str)>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["fleet", "exposures"]).args(args);
+    cmd.env_remove("DOCKEXPOSE_STORE_USER").env_remove("DOCKEXPOSE_STORE_PASSWORD");
+    if let Some((user, password)) = user {
+        cmd.env("DOCKEXPOSE_STORE_USER", user).env("DOCKEXPOSE_STORE_PASSWORD", password);
+    }
+    cmd.output().unwrap()
 }
 
 fn json_rows(out: &Output) -> Vec<Value> {
@@ -244,7 +255,17 @@ fn rows_count_each_record_once_across_shards_and_exit_codes_tell() {
     insert(&ch, 0, "dockexpose.single", &rows);
     insert(&ch, 0, "dockexpose.single", &rows);
     let out = exposures(&["--store", &ch.url(0, "dockexpose.single"), "--json"]);
-    assert_eq!((out.status.code(), json_rows(&out)), (Some(1), got));
+    assert_eq!((out.status.code(), json_rows(&out)), (Some(1), got.clone()));
+
+    // Credentials from the environment: the right ones read, wrong ones are an error.
+    let shipper = support::clickhouse::SHIPPER_USER;
+    let out = exposures_as(Some((shipper, support::clickhouse::SHIPPER_PASSWORD)), &["--store", &url, "--json"]);
+    assert_eq!((out.status.code(), json_rows(&out)), (Some(1), got.clone()), "{out:?}");
+    let out = exposures_as(Some((shipper, "not-the-pass-4711")), &["--store", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refused the credentials") && stderr.contains("DOCKEXPOSE_STORE_PASSWORD"), "{stderr}");
+    assert!(!stderr.contains("not-the-pass-4711"), "the password is never shown: {stderr}");
 
     // Errors: exit 2, with the fix.
     let out = exposures(&["--store", &ch.url(0, "dockexpose.nope")]);
