@@ -120,6 +120,28 @@ pub enum FleetCommand {
         #[arg(long, value_name = "DB.TABLE", default_value = "dockexpose.records")]
         table: String,
     },
+    /// What the fleet exposes: one row per host, protocol, port and container that a
+    /// connection from outside reached (`reached` records), each record counted once
+    /// however often it was delivered. Credentials: DOCKEXPOSE_STORE_USER and
+    /// DOCKEXPOSE_STORE_PASSWORD. Exit 0: none; 1: some; 2: error.
+    Exposures {
+        /// The store: clickhouse+http(s)://HOST:PORT/DATABASE.TABLE (the Distributed
+        /// table, or the only one).
+        #[arg(long, value_name = "URL")]
+        store: String,
+        /// Only records of the last DURATION, such as 24h or 7d.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only this host's records (the records' `host`).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// A private CA for clickhouse+https, trusted besides the public roots.
+        #[arg(long, value_name = "PATH")]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args, Clone)]

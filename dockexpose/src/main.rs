@@ -54,6 +54,22 @@ fn main() {
         Command::Fleet(FleetCommand::Schema { shards, table }) => {
             dockexpose::fleet::schema::print(&table, shards.as_deref())
         }
+        Command::Fleet(FleetCommand::Exposures { store, since, host, json, ca_file }) => {
+            // 0: no exposure, 1: some, 2: error.
+            let req = dockexpose::fleet::exposures::Request {
+                store,
+                since,
+                host,
+                json,
+                ca_file,
+                timeout: std::time::Duration::from_secs(60),
+            };
+            let code = runtime.block_on(dockexpose::fleet::exposures::run(req)).unwrap_or_else(|e| {
+                dockexpose::say!("error: {e}");
+                2
+            });
+            std::process::exit(code);
+        }
         Command::Watch(args) => {
             let sub = matches.subcommand_matches("watch").cloned().unwrap_or_default();
             runtime.block_on(dockexpose::watch::run(args, sub)).map_err(|e| e.to_string())

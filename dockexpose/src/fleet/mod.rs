@@ -1,8 +1,10 @@
 //! The fleet: every host's records in one store. `target` parses where they go,
 //! `schema` is the store's DDL, `clickhouse` talks to ClickHouse over HTTP, `store`
-//! is what every store (ClickHouse, NATS) takes from a shipper.
+//! is what every store (ClickHouse, NATS) takes from a shipper, `exposures` asks the
+//! store what the fleet exposes.
 
 pub mod clickhouse;
+pub mod exposures;
 pub mod schema;
 pub mod store;
 pub mod target;
