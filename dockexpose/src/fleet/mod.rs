@@ -1,8 +1,13 @@
 //! The fleet: every host's records in one store. `target` parses where they go,
 //! `schema` is the store's DDL, `clickhouse` talks to ClickHouse over HTTP, `store`
-//! is what every store (ClickHouse, NATS) takes from a shipper.
+//! is what every store (ClickHouse, NATS) takes from a shipper; `nats` publishes to
+//! JetStream and `bridge` moves JetStream's records into ClickHouse in large
+//! batches (`rows` picks and shapes them).
 
+pub mod bridge;
 pub mod clickhouse;
+pub mod nats;
+pub mod rows;
 pub mod schema;
 pub mod store;
 pub mod target;
