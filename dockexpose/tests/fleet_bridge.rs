@@ -35,14 +35,14 @@ const TABLE: &str = "dockexpose.records";
 /// attempt on an uplink), which 18.16 would refuse as `null`.
 fn record(host: usize, n: usize) -> ShipRecord {
     let record_id = format!("{host:016x}{n:016x}");
-    let container = if n % 5 == 0 {
+    let container = if n.is_multiple_of(5) {
         "null".to_string()
     } else {
         format!(
             r#"{{"id":"c{host}","name":"web","image":"nginx:1.27","compose_project":null,"compose_service":null,"swarm_service":null,"swarm_task":null}}"#
         )
     };
-    let stage = if n % 5 == 0 { "attempted" } else { "reached" };
+    let stage = if n.is_multiple_of(5) { "attempted" } else { "reached" };
     let line = format!(
         r#"{{"schema":1,"ts":"2026-12-07T10:{:02}:{:02}.123456Z","stage":"{stage}","proto":"tcp","family":"ipv4","src_ip":"198.18.7.{}","src_port":{},"dst_ip":"172.17.0.2","dst_port":80,"host_ip":"198.18.7.1","host_port":8080,"community_id":"1:x","iface":"docker0","container":{container},"exposure":"published","published":[{{"host_ip":"0.0.0.0","host_port":8080}}],"path":"bridge","spoofed_local":false,"spoofed_trusted":false,"shape":[],"boot_id":"b{host}","cpu":0,"kseq":{n},"record_id":"{record_id}","host":"host-{host}","host_id":"m{host}"}}"#,
         n / 60 % 60,
