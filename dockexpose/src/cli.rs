@@ -142,6 +142,44 @@ pub enum FleetCommand {
         #[arg(long, value_name = "PATH")]
         ca_file: Option<PathBuf>,
     },
+    /// Move records from NATS JetStream into ClickHouse: a durable pull consumer that
+    /// inserts batches of --batch records and acknowledges them only once ClickHouse
+    /// answered 2xx. Several bridges with one --durable share the work. Credentials
+    /// from the environment only: DOCKEXPOSE_NATS_USER/PASSWORD for NATS,
+    /// DOCKEXPOSE_STORE_USER/PASSWORD for ClickHouse. Exit code 0: stopped by
+    /// SIGTERM/SIGINT; 1: bad arguments; 2: refused by NATS or ClickHouse.
+    Bridge(BridgeArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BridgeArgs {
+    /// The JetStream subject the shippers publish to: nats://HOST:PORT/SUBJECT.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The ClickHouse table: clickhouse+http(s)://HOST:PORT/DB.TABLE (the Distributed
+    /// one when sharded).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Most records per insert (ClickHouse wants few, large inserts).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch: u32,
+    /// Insert what came within this long when fewer than --batch records wait.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub max_wait: std::time::Duration,
+    /// The durable consumer's name: bridges with the same name share the records.
+    #[arg(long, value_name = "NAME", default_value = "dockexpose-bridge")]
+    pub durable: String,
+    /// The stream created when no stream takes the subject yet (work-queue retention,
+    /// file storage, 2 min duplicate window).
+    #[arg(long, value_name = "NAME", default_value = "DOCKEXPOSE")]
+    pub stream: String,
+    /// How long a batch a bridge took stays its own before the server hands it to
+    /// another (set when the consumer is created; longer than an insert takes).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ack_wait: std::time::Duration,
+    /// CA certificates (PEM) for clickhouse+https, instead of the built-in roots.
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

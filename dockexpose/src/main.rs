@@ -70,6 +70,14 @@ fn main() {
             });
             std::process::exit(code);
         }
+        Command::Fleet(FleetCommand::Bridge(args)) => {
+            // 0: stopped by a signal, 1: bad arguments, 2: refused by NATS or ClickHouse.
+            if let Err(e) = runtime.block_on(dockexpose::fleet::bridge::run(args)) {
+                dockexpose::say!("error: {e}");
+                std::process::exit(e.exit_code());
+            }
+            Ok(())
+        }
         Command::Watch(args) => {
             let sub = matches.subcommand_matches("watch").cloned().unwrap_or_default();
             runtime.block_on(dockexpose::watch::run(args, sub)).map_err(|e| e.to_string())

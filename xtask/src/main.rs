@@ -56,7 +56,8 @@ enum Task {
     TestVm,
     /// Build, then run the kernel-program benchmark (benches/kernel_programs.rs) as root
     /// with ARGS, then the daemon benchmarks (tests bench_rate, bench_saturation with its
-    /// peers table, and bench_flood; they need root and Docker).
+    /// peers table, and bench_flood; they need root and Docker), and bench_fleet (no
+    /// root: real nats-server and ClickHouse on 127.0.0.1).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -111,6 +112,10 @@ fn run_task(task: Task) -> Result<()> {
                     "at saturation: ApacheBench through a published port, each tool (dockexpose, tcpdump, conntrack -E, ulogd2 with NFLOG, the empty program) attached vs detached, then the peers table (about 4 min)",
                 ),
                 ("bench_flood", "a SYN flood from 1M+ spoofed sources at the highest rate (about 90 s)"),
+                (
+                    "bench_fleet",
+                    "a simulated fleet: 1 000 hosts x 10 records/s into two ClickHouse shards, directly and through NATS and `fleet bridge`, then an exposures GROUP BY over 1 M records (about 2 min; no root)",
+                ),
             ] {
                 say!("{what}");
                 run(
