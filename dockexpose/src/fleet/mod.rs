@@ -4,5 +4,6 @@
 
 pub mod clickhouse;
 pub mod schema;
+pub mod ship;
 pub mod store;
 pub mod target;
