@@ -90,6 +90,7 @@ impl Watcher {
                 Some(cause) = inputs.ground.recv() => self.ground_moved(cause),
                 _ = inputs.refresh.tick() => {
                     self.intent.tick(Instant::now());
+                    self.ship_alerts();
                     self.refresh_host()?;
                     continuity.refreshed(&mut self.kernel);
                 }
@@ -181,6 +182,9 @@ impl Watcher {
         let bridges: Vec<String> = self.kernel.bridges().chain(self.kernel.uplinks()).map(str::to_string).collect();
         let kept = continuity.pin_dir().filter(|_| !continuity.detach_on_exit).map(|d| d.dir.display().to_string());
         continuity.stop(&mut self.kernel, &mut self.outputs.audit, reason)?;
+        if let Some(ship) = self.ship.take() {
+            ship.stop();
+        }
         // Give the sinks a moment to deliver the last alerts.
         let sinks = std::mem::take(&mut self.sinks);
         drop(self);

@@ -217,3 +217,37 @@ mod tests {
         assert_eq!(trusted(&["10.8.0.0/24".into()]).unwrap().len(), 1);
     }
 }
+
+/// `--ship`, checked: a store URL, an audit log file in the native format to ship
+/// from, credentials from the environment over the file's.
+pub(super) fn ship(args: &WatchArgs) -> Result<Option<crate::fleet::ship::ShipSettings>> {
+    let s = &args.ship;
+    let Some(url) = &s.url else { return Ok(None) };
+    let bad = |reason: String| Error::Config(format!("--ship {url}: {reason}"));
+    let target = crate::fleet::target::parse(url).map_err(|e| bad(e))?;
+    let log = match args.json.as_deref() {
+        Some(p) if p != std::path::Path::new("-") => p.to_path_buf(),
+        _ => {
+            return Err(bad(
+                "shipping reads the audit log from its file, and there is none.\n  Fix: add --json /var/log/dockexpose/audit.jsonl (audit.path)".into(),
+            ))
+        }
+    };
+    if args.json_format != crate::cli::JsonFormat::Native {
+        return Err(bad(
+            "the store takes dockexpose's native records.\n  Fix: --json-format native (ship, and send ECS or OCSF to the alert sinks' own JSON)".into(),
+        ));
+    }
+    if s.batch_records == 0 || s.every == 0 {
+        return Err(bad("--ship-batch-records and --ship-every must be at least 1".into()));
+    }
+    Ok(Some(crate::fleet::ship::ShipSettings {
+        target,
+        credentials: crate::fleet::target::Credentials::from_env().or_else(|| s.credentials.clone()),
+        ca_file: s.ca_file.clone(),
+        batch_records: s.batch_records,
+        every: Duration::from_secs(s.every),
+        lag_degraded_seconds: s.lag_degraded_seconds,
+        log,
+    }))
+}
