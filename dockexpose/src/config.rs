@@ -522,4 +522,20 @@ mod shipped {
             .collect();
         FileConfig::parse(Path::new("uncommented"), &uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
     }
+
+    #[test]
+    fn a_file_holding_the_store_password_must_be_mode_0600() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::env::temp_dir().join(format!("dockexpose-ship-cfg-{}.toml", std::process::id()));
+        std::fs::write(&path, "[ship]\nurl = \"clickhouse+https://ch.example:8443/dockexpose.records\"\nuser = \"shipper\"\npassword = \"pw\"\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = FileConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("chmod 600") && e.contains("644"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (_, cfg) = FileConfig::load(Some(&path)).unwrap().unwrap();
+        assert_eq!(cfg.ship.user.as_deref(), Some("shipper"));
+        std::fs::remove_file(&path).unwrap();
+        let e = FileConfig::parse(Path::new("f"), "[ship]\nurl = \"clickhouse://x/y\"\n").unwrap_err().to_string();
+        assert!(e.contains("ship.url"), "{e}");
+    }
 }

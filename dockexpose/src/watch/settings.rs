@@ -194,37 +194,16 @@ pub(super) fn host_name(name: &str) -> Result<String> {
     Ok(name.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_host_name_is_printable_and_without_spaces() {
-        assert_eq!(super::host_name("web-01.example").unwrap(), "web-01.example");
-        for bad in ["", "web 01", "evil\n", "tab\there", &"x".repeat(256)] {
-            let e = super::host_name(bad).unwrap_err().to_string();
-            assert!(e.contains("--host-name") && e.contains("Fix:"), "{e}");
-        }
-    }
-
-    use super::*;
-
-    #[test]
-    fn a_reload_refuses_what_a_start_refuses() {
-        // SIGHUP reads the trusted networks through this: a refused one keeps the
-        // running configuration (and the daemon says why).
-        let e = trusted(&["198.51.100.0/24".into(), "10.8.0.1/0".into()]).expect_err("refused").to_string();
-        assert!(e.contains("every IPv4 address") && e.contains("Fix:"), "{e}");
-        assert!(trusted(&["10.8.0.1/24".into()]).is_err());
-        assert_eq!(trusted(&["10.8.0.0/24".into()]).unwrap().len(), 1);
-    }
-}
-
 /// `--ship`, checked: a store URL, an audit log file in the native format to ship
 /// from, credentials from the environment over the file's.
 pub(super) fn ship(args: &WatchArgs) -> Result<Option<crate::fleet::ship::ShipSettings>> {
     let s = &args.ship;
     let Some(url) = &s.url else { return Ok(None) };
     let bad = |reason: String| Error::Config(format!("--ship {url}: {reason}"));
-    let target = crate::fleet::target::parse(url).map_err(|e| bad(e))?;
+    let target = crate::fleet::target::parse(url).map_err(&bad)?;
+    // Checked again where the store is made (fleet/ship/shipper.rs `connect`); here so
+    // that it fails before the kernel side is loaded.
+    crate::fleet::ship::shipper::available(&target).map_err(&bad)?;
     let log = match args.json.as_deref() {
         Some(p) if p != std::path::Path::new("-") => p.to_path_buf(),
         _ => {
@@ -250,4 +229,49 @@ pub(super) fn ship(args: &WatchArgs) -> Result<Option<crate::fleet::ship::ShipSe
         lag_degraded_seconds: s.lag_degraded_seconds,
         log,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shipping_needs_an_audit_log_file_in_the_native_format() {
+        use clap::Parser as _;
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["dockexpose", "watch", "--ship", "clickhouse+http://127.0.0.1:8123/dockexpose.records"];
+            argv.extend_from_slice(extra);
+            let crate::cli::Command::Watch(w) = crate::cli::Cli::try_parse_from(argv).unwrap().command else {
+                panic!("watch")
+            };
+            w
+        };
+        let e = super::ship(&args(&[])).unwrap_err().to_string();
+        assert!(e.contains("--json") && e.contains("Fix:"), "{e}");
+        let e = super::ship(&args(&["--json", "-"])).unwrap_err().to_string();
+        assert!(e.contains("--json"), "{e}");
+        let e = super::ship(&args(&["--json", "/tmp/a.jsonl", "--json-format", "ecs"])).unwrap_err().to_string();
+        assert!(e.contains("native"), "{e}");
+        let s = super::ship(&args(&["--json", "/tmp/a.jsonl", "--ship-batch-records", "7"])).unwrap().unwrap();
+        assert_eq!((s.batch_records, s.every.as_secs(), s.lag_degraded_seconds), (7, 5, 300));
+    }
+
+    #[test]
+    fn a_host_name_is_printable_and_without_spaces() {
+        assert_eq!(super::host_name("web-01.example").unwrap(), "web-01.example");
+        for bad in ["", "web 01", "evil\n", "tab\there", &"x".repeat(256)] {
+            let e = super::host_name(bad).unwrap_err().to_string();
+            assert!(e.contains("--host-name") && e.contains("Fix:"), "{e}");
+        }
+    }
+
+    use super::*;
+
+    #[test]
+    fn a_reload_refuses_what_a_start_refuses() {
+        // SIGHUP reads the trusted networks through this: a refused one keeps the
+        // running configuration (and the daemon says why).
+        let e = trusted(&["198.51.100.0/24".into(), "10.8.0.1/0".into()]).expect_err("refused").to_string();
+        assert!(e.contains("every IPv4 address") && e.contains("Fix:"), "{e}");
+        assert!(trusted(&["10.8.0.1/24".into()]).is_err());
+        assert_eq!(trusted(&["10.8.0.0/24".into()]).unwrap().len(), 1);
+    }
 }

@@ -58,6 +58,14 @@ impl AnyStore {
     }
 }
 
+/// Whether this build ships to the target's kind of store.
+pub fn available(target: &StoreTarget) -> Result<(), String> {
+    match target {
+        StoreTarget::ClickHouse(_) => Ok(()),
+        StoreTarget::Nats(_) => Err("shipping to NATS is not available in this build yet.\n  Fix: ship to ClickHouse (clickhouse+http(s)://HOST:PORT/DB.TABLE)".into()),
+    }
+}
+
 /// The store for a target. Err: what is wrong, for the operator.
 fn connect(s: &ShipSettings) -> Result<AnyStore, String> {
     match &s.target {
