@@ -421,7 +421,52 @@ pub struct WatchArgs {
     pub journald: bool,
 
     #[command(flatten)]
+    pub ship: ShipArgs,
+
+    #[command(flatten)]
     pub service: ServiceArgs,
+}
+
+/// `watch --ship`: the audit log shipped to a fleet store. Credentials never come
+/// from the command line: the config file's `[ship]` (mode 0600) or
+/// DOCKEXPOSE_STORE_USER / DOCKEXPOSE_STORE_PASSWORD.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ShipArgs {
+    /// Ship every record of the audit log (--json PATH) to this store:
+    /// clickhouse+http(s)://HOST:PORT/DB.TABLE. The log is the spool: nothing is lost
+    /// while the store is away.
+    #[arg(long = "ship", value_name = "URL", env = "DOCKEXPOSE_SHIP")]
+    pub url: Option<String>,
+
+    /// Send a batch once this many records wait.
+    #[arg(
+        long = "ship-batch-records",
+        value_name = "N",
+        default_value_t = 5000,
+        env = "DOCKEXPOSE_SHIP_BATCH_RECORDS"
+    )]
+    pub batch_records: usize,
+
+    /// Send what waits at least this often (seconds).
+    #[arg(long = "ship-every", value_name = "SECONDS", default_value_t = 5, env = "DOCKEXPOSE_SHIP_EVERY")]
+    pub every: u64,
+
+    /// Trust this CA (PEM) for clickhouse+https:// instead of the built-in roots.
+    #[arg(long = "ship-ca-file", value_name = "PATH", env = "DOCKEXPOSE_SHIP_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Health turns degraded when the oldest record not shipped is older than this.
+    #[arg(
+        long = "ship-lag-degraded",
+        value_name = "SECONDS",
+        default_value_t = 300,
+        env = "DOCKEXPOSE_SHIP_LAG_DEGRADED"
+    )]
+    pub lag_degraded_seconds: u64,
+
+    /// From the config file's [ship] user and password (never argv).
+    #[arg(skip)]
+    pub credentials: Option<crate::fleet::target::Credentials>,
 }
 
 #[cfg(test)]

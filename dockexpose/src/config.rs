@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub status: StatusSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub ship: ShipSection,
     /// Alert sinks (`[sinks.journald]`, `[[sinks.syslog]]`, `[[sinks.webhook]]`).
     #[serde(default)]
     pub sinks: crate::output::sinks::SinksConfig,
@@ -85,6 +87,22 @@ pub struct AuditSection {
     pub json_format: Option<JsonFormat>,
 }
 
+/// `[ship]`: `watch --ship`. A file holding `password` must be mode 0600.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShipSection {
+    /// clickhouse+http(s)://HOST:PORT/DB.TABLE
+    pub url: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub batch_records: Option<usize>,
+    /// Seconds.
+    pub every: Option<u64>,
+    pub ca_file: Option<PathBuf>,
+    /// Seconds.
+    pub lag_degraded_seconds: Option<u64>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusSection {
@@ -108,6 +126,8 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {message}\n  Fix: correct the key or value named above; `dockexpose config check {path}` checks a file")]
     Parse { path: PathBuf, message: String },
+    #[error("the config file {path} holds the store's password ([ship] password) and can be read by others (mode {mode:o}).\n  Fix: chmod 600 {path}")]
+    Exposed { path: PathBuf, mode: u32 },
     #[error("invalid config file {path}: {key} = {value:?}: {reason}")]
     Value { path: PathBuf, key: &'static str, value: String, reason: String },
 }
@@ -131,6 +151,14 @@ impl FileConfig {
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
         let cfg = Self::parse(&path, &text)?;
+        if cfg.ship.password.is_some() {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let mode = mode.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(ConfigError::Exposed { path, mode });
+            }
+        }
         Ok(Some((path, cfg)))
     }
 
@@ -149,6 +177,9 @@ impl FileConfig {
         for t in self.watch.trusted.iter().flatten() {
             crate::net::prefix::trusted_network(t)
                 .map_err(|r| bad("watch.trusted", t, format!("{}.\n  Fix: {}", r.reason, r.fix)))?;
+        }
+        if let Some(u) = &self.ship.url {
+            crate::fleet::target::parse(u).map_err(|e| bad("ship.url", u, e))?;
         }
         if let Some(l) = &self.metrics.listen {
             l.parse::<SocketAddr>()
@@ -204,8 +235,25 @@ pub fn merge(args: &WatchArgs, m: &ArgMatches, file: &FileConfig) -> Result<Watc
         journald: args.journald,
         config: args.config.clone(),
         print_config: args.print_config,
+        ship: ship(args, m, &file.ship),
         service: args.service.clone(),
     })
+}
+
+/// `--ship` and its options over the file's `[ship]`; the file's user and password.
+fn ship(args: &WatchArgs, m: &ArgMatches, f: &ShipSection) -> crate::cli::ShipArgs {
+    let a = &args.ship;
+    crate::cli::ShipArgs {
+        url: pick(m, "url", a.url.clone(), f.url.clone().map(Some)),
+        batch_records: pick(m, "batch_records", a.batch_records, f.batch_records),
+        every: pick(m, "every", a.every, f.every),
+        ca_file: pick(m, "ca_file", a.ca_file.clone(), f.ca_file.clone().map(Some)),
+        lag_degraded_seconds: pick(m, "lag_degraded_seconds", a.lag_degraded_seconds, f.lag_degraded_seconds),
+        credentials: f
+            .user
+            .clone()
+            .map(|user| crate::fleet::target::Credentials { user, password: f.password.clone().unwrap_or_default() }),
+    }
 }
 
 /// The alert sinks: the file's, with every kind given on the command line replacing
@@ -256,6 +304,16 @@ pub fn effective_file(args: &WatchArgs, sinks: &crate::output::sinks::SinksConfi
         },
         status: StatusSection { socket: Some(args.status_socket.clone()) },
         metrics: MetricsSection { listen: args.metrics.clone(), allow_remote: Some(args.metrics_allow_remote) },
+        ship: ShipSection {
+            url: args.ship.url.clone(),
+            user: args.ship.credentials.as_ref().map(|c| c.user.clone()),
+            // Never printed.
+            password: args.ship.credentials.as_ref().map(|_| "<redacted>".into()),
+            batch_records: Some(args.ship.batch_records),
+            every: Some(args.ship.every),
+            ca_file: args.ship.ca_file.clone(),
+            lag_degraded_seconds: Some(args.ship.lag_degraded_seconds),
+        },
         sinks: sinks.clone(),
     }
 }
@@ -320,6 +378,7 @@ pub fn needs_restart(old: &WatchArgs, new: &WatchArgs) -> Vec<&'static str> {
     check("audit.json_format", old.json_format != new.json_format);
     check("watch.host_name", old.host_name != new.host_name);
     check("status.socket", old.status_socket != new.status_socket);
+    check("ship", old.ship.url != new.ship.url || old.ship.credentials != new.ship.credentials);
     check("metrics.listen", old.metrics != new.metrics || old.metrics_allow_remote != new.metrics_allow_remote);
     out
 }
@@ -462,5 +521,21 @@ mod shipped {
             .map(|l| format!("{l}\n"))
             .collect();
         FileConfig::parse(Path::new("uncommented"), &uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    }
+
+    #[test]
+    fn a_file_holding_the_store_password_must_be_mode_0600() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::env::temp_dir().join(format!("dockexpose-ship-cfg-{}.toml", std::process::id()));
+        std::fs::write(&path, "[ship]\nurl = \"clickhouse+https://ch.example:8443/dockexpose.records\"\nuser = \"shipper\"\npassword = \"pw\"\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = FileConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("chmod 600") && e.contains("644"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (_, cfg) = FileConfig::load(Some(&path)).unwrap().unwrap();
+        assert_eq!(cfg.ship.user.as_deref(), Some("shipper"));
+        std::fs::remove_file(&path).unwrap();
+        let e = FileConfig::parse(Path::new("f"), "[ship]\nurl = \"clickhouse://x/y\"\n").unwrap_err().to_string();
+        assert!(e.contains("ship.url"), "{e}");
     }
 }

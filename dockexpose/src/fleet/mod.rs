@@ -10,5 +10,6 @@ pub mod exposures;
 pub mod nats;
 pub mod rows;
 pub mod schema;
+pub mod ship;
 pub mod store;
 pub mod target;

@@ -92,6 +92,21 @@ pub fn encode_report(report: &StatusReport, alerts: &AlertCounts) -> String {
         runs.get_or_create(&vec![("result", "ok".into())]).inc_by(v.runs_ok);
         runs.get_or_create(&vec![("result", "failed".into())]).inc_by(v.runs_failed);
     }
+    if let Some(s) = &h.ship {
+        counter(&mut r, "ship_records", "Records the store took (watch --ship)", s.records_shipped);
+        counter(&mut r, "ship_batches", "Batches the store took, this run", s.batches);
+        counter(&mut r, "ship_retries", "Batches sent again after an error or a timeout, this run", s.retries);
+        counter(
+            &mut r,
+            "ship_lost_records",
+            "Records rotated out of the audit log before they were shipped",
+            s.lost_records,
+        );
+        gauge(&mut r, "ship_lag_records", "Records in the audit log the store does not have yet", s.lag_records as i64);
+        gauge(&mut r, "ship_lag_seconds", "Age of the oldest record the store does not have yet", s.lag_seconds as i64);
+        let stopped = s.state == crate::fleet::ship::ShipState::Stopped;
+        gauge(&mut r, "ship_stopped", "1 when the store refused a batch and shipping stopped", i64::from(stopped));
+    }
     counter(&mut r, "records", "Connection records made", h.records);
     let alerts_family = counter_family(&mut r, "alerts", "Alerts raised, by kind");
     for (kind, n) in alerts.iter() {

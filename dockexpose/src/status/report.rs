@@ -38,6 +38,9 @@ pub struct Health {
     /// `watch --verify-every`: its runs (null when off).
     #[serde(default)]
     pub verify: Option<VerifyHealth>,
+    /// `watch --ship`: how the store keeps up (null when off).
+    #[serde(default)]
+    pub ship: Option<crate::fleet::ship::ShipStatus>,
 }
 
 /// How `watch --verify-every` keeps up.

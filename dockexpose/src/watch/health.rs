@@ -14,6 +14,7 @@ use crate::{
         Query, StatusReport,
     },
 };
+use crate::{fleet::ship::ShipState, output::alerts::HealthCondition};
 use dockexpose_common::Counter;
 
 /// A loss keeps the status degraded this long after it was noticed.
@@ -69,6 +70,33 @@ impl Watcher {
         crate::say!("dockexpose: this run: {}", now.summary(&PipelineCounters::default()));
         crate::say!("dockexpose: final counters: {}", now.format());
         self.warn_about_loss()
+    }
+
+    /// `--ship`'s troubles as health alerts: stopped, records lost to rotation, lagging.
+    pub(super) fn ship_alerts(&mut self) {
+        let Some(s) = self.ship.as_ref().map(|s| s.stats.snapshot()) else { return };
+        let alerts = &mut self.outputs.alerts;
+        let cond = HealthCondition::Ship;
+        if s.state == ShipState::Stopped {
+            alerts.health_failing(cond, None, s.degraded().unwrap_or_default());
+        }
+        if s.lost_records > 0 {
+            alerts.health_failing(
+                cond,
+                Some("lost"),
+                format!(
+                    "{} records rotated out of the audit log before {} had them: lost to the store (the rotation keeps too little while the store is away; raise --max-files or --rotate-size-mb)",
+                    s.lost_records, s.target
+                ),
+            );
+        }
+        match s.degraded().filter(|_| s.state != ShipState::Stopped) {
+            Some(why) => alerts.health_failing(cond, Some("lag"), why),
+            None if alerts.health_is_failing(cond, Some("lag")) => {
+                alerts.health_recovered(cond, Some("lag"), format!("shipping to {} caught up", s.target));
+            }
+            None => {}
+        }
     }
 
     /// A question from the status socket or the metrics server.
@@ -155,6 +183,13 @@ impl Watcher {
                     .push(format!("alert sink {} is failing and its queue is full", human::escape_untrusted(&s.name)));
             }
         }
+        let ship = self.ship.as_ref().map(|s| s.stats.snapshot());
+        if let Some(why) = ship.as_ref().and_then(crate::fleet::ship::ShipStatus::degraded) {
+            reasons.push(human::escape_untrusted(&why));
+        }
+        if let Some(s) = ship.as_ref().filter(|s| s.lost_records > 0) {
+            reasons.push(format!("{} records rotated out of the audit log before they were shipped", s.lost_records));
+        }
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             health: Health {
@@ -190,6 +225,7 @@ impl Watcher {
                     runs_ok: v.runs_ok,
                     runs_failed: v.runs_failed,
                 }),
+                ship,
             },
             exposures: self.outputs.exposures.rows(),
             counters: counters.named().into_iter().map(|(name, value)| (name.to_string(), value)).collect(),

@@ -153,6 +153,8 @@ struct Watcher {
     probe_records: u64,
     config: ConfigState,
     started: Instant,
+    /// `--ship`: the shipper's thread (None when off).
+    ship: Option<crate::fleet::ship::Shipper>,
 }
 
 /// Sleeps until `at`, or forever.

@@ -96,6 +96,7 @@ impl Watcher {
                 Some(cause) = inputs.ground.recv() => self.ground_moved(cause),
                 _ = inputs.refresh.tick() => {
                     self.intent.tick(Instant::now());
+                    self.ship_alerts();
                     self.refresh_host()?;
                     continuity.refreshed(&mut self.kernel);
                 }
@@ -226,6 +227,9 @@ impl Watcher {
         let left = write_by.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
         for (line, _) in self.outputs.audit.close(&mut inputs.audit, left).await {
             crate::say!("{line}");
+        }
+        if let Some(ship) = self.ship.take() {
+            ship.stop();
         }
         // Give the sinks a moment to deliver the last alerts.
         let sinks = std::mem::take(&mut self.sinks);

@@ -194,8 +194,66 @@ pub(super) fn host_name(name: &str) -> Result<String> {
     Ok(name.to_string())
 }
 
+/// `--ship`, checked: a store URL, an audit log file in the native format to ship
+/// from, credentials from the environment over the file's.
+pub(super) fn ship(args: &WatchArgs) -> Result<Option<crate::fleet::ship::ShipSettings>> {
+    let s = &args.ship;
+    let Some(url) = &s.url else { return Ok(None) };
+    let bad = |reason: String| Error::Config(format!("--ship {url}: {reason}"));
+    let target = crate::fleet::target::parse(url).map_err(&bad)?;
+    // Checked again where the store is made (fleet/ship/shipper.rs `connect`); here so
+    // that it fails before the kernel side is loaded.
+    crate::fleet::ship::shipper::available(&target).map_err(&bad)?;
+    let log = match args.json.as_deref() {
+        Some(p) if p != std::path::Path::new("-") => p.to_path_buf(),
+        _ => {
+            return Err(bad(
+                "shipping reads the audit log from its file, and there is none.\n  Fix: add --json /var/log/dockexpose/audit.jsonl (audit.path)".into(),
+            ))
+        }
+    };
+    if args.json_format != crate::cli::JsonFormat::Native {
+        return Err(bad(
+            "the store takes dockexpose's native records.\n  Fix: --json-format native (ship, and send ECS or OCSF to the alert sinks' own JSON)".into(),
+        ));
+    }
+    if s.batch_records == 0 || s.every == 0 {
+        return Err(bad("--ship-batch-records and --ship-every must be at least 1".into()));
+    }
+    Ok(Some(crate::fleet::ship::ShipSettings {
+        target,
+        credentials: crate::fleet::target::Credentials::from_env().or_else(|| s.credentials.clone()),
+        ca_file: s.ca_file.clone(),
+        batch_records: s.batch_records,
+        every: Duration::from_secs(s.every),
+        lag_degraded_seconds: s.lag_degraded_seconds,
+        log,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shipping_needs_an_audit_log_file_in_the_native_format() {
+        use clap::Parser as _;
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["dockexpose", "watch", "--ship", "clickhouse+http://127.0.0.1:8123/dockexpose.records"];
+            argv.extend_from_slice(extra);
+            let crate::cli::Command::Watch(w) = crate::cli::Cli::try_parse_from(argv).unwrap().command else {
+                panic!("watch")
+            };
+            w
+        };
+        let e = super::ship(&args(&[])).unwrap_err().to_string();
+        assert!(e.contains("--json") && e.contains("Fix:"), "{e}");
+        let e = super::ship(&args(&["--json", "-"])).unwrap_err().to_string();
+        assert!(e.contains("--json"), "{e}");
+        let e = super::ship(&args(&["--json", "/tmp/a.jsonl", "--json-format", "ecs"])).unwrap_err().to_string();
+        assert!(e.contains("native"), "{e}");
+        let s = super::ship(&args(&["--json", "/tmp/a.jsonl", "--ship-batch-records", "7"])).unwrap().unwrap();
+        assert_eq!((s.batch_records, s.every.as_secs(), s.lag_degraded_seconds), (7, 5, 300));
+    }
+
     #[test]
     fn a_host_name_is_printable_and_without_spaces() {
         assert_eq!(super::host_name("web-01.example").unwrap(), "web-01.example");

@@ -61,6 +61,7 @@ pub(super) fn open(cli: WatchArgs, matches: ArgMatches) -> Result<Opened> {
     let host = HostSnapshot::read()?;
     let settings = settings::validate(&args, &host)?;
     let metrics_addr = config::metrics_addr(&args).map_err(Error::Config)?;
+    let ship_settings = settings::ship(&args)?;
     let mut audit = AuditLog::open(args.json.as_deref(), settings::rotation(&args))?;
     let mut observer = Observer::this_host();
     if let Some(name) = &args.host_name {
@@ -74,6 +75,8 @@ pub(super) fn open(cli: WatchArgs, matches: ArgMatches) -> Result<Opened> {
     // start records.
     let service = ServiceSettings::from_args(&args.service);
     let (kernel, mut continuity) = state::continuity::start(&service, settings.kernel, &mut audit)?;
+    // The start records are written: the shipper reads the file from here on.
+    let ship = ship_settings.map(crate::fleet::ship::Shipper::start).transpose().map_err(Error::Config)?;
 
     let blocked_after_ns = settings.blocked_after_ns;
     let (verify_tx, verify_rx) = mpsc::unbounded_channel::<VerifyResult>();
@@ -126,6 +129,7 @@ pub(super) fn open(cli: WatchArgs, matches: ArgMatches) -> Result<Opened> {
         probe_records: 0,
         config: ConfigState { cli, matches, effective: args, sinks: sink_config, formatter },
         started: Instant::now(),
+        ship,
     };
     Ok(Opened { w, continuity, intent_rx, verify_rx, metrics_addr, config_path })
 }

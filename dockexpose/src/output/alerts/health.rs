@@ -37,6 +37,9 @@ pub enum HealthCondition {
     /// The kernel lacks a feature a defence needs (subject: `tcx`, `conntrack_kfuncs`):
     /// said once at start, see kernel/features.rs.
     KernelLimits,
+    /// `watch --ship`: the store refused a batch (shipping stopped), records rotated
+    /// away unshipped (subject `lost`), or shipping lags (subject `lag`).
+    Ship,
 }
 
 impl HealthCondition {
@@ -50,6 +53,7 @@ impl HealthCondition {
             HealthCondition::Docker => "docker",
             HealthCondition::Detached => "detached",
             HealthCondition::KernelLimits => "kernel_limits",
+            HealthCondition::Ship => "ship",
         }
     }
 
