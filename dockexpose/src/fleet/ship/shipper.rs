@@ -47,9 +47,10 @@ pub struct ShipSettings {
 
 /// Every store the shipper can send to. A new store is a variant here and a line in
 /// `connect`.
+#[allow(clippy::large_enum_variant, reason = "one per shipper, never moved in a loop")]
 enum AnyStore {
     ClickHouse(ClickHouse),
-    Nats(Box<NatsStore>),
+    Nats(NatsStore),
 }
 
 impl AnyStore {
@@ -77,7 +78,7 @@ async fn connect(s: &ShipSettings) -> Result<AnyStore, String> {
         }
         StoreTarget::Nats(t) => {
             let credentials = s.credentials.clone().or_else(nats::credentials_from_env);
-            nats::connect(t, credentials.as_ref()).await.map(|n| AnyStore::Nats(Box::new(n)))
+            nats::connect(t, credentials.as_ref()).await.map(AnyStore::Nats)
         }
     }
 }
