@@ -12,6 +12,8 @@
 #[path = "../support/clickhouse.rs"]
 mod clickhouse;
 mod log;
+#[path = "../support/nats.rs"]
+mod nats;
 
 use std::{
     collections::BTreeSet,
@@ -150,5 +152,60 @@ fn ships_through_an_outage_a_restart_rotation_and_refusals() {
     println!("schema error: {s:?}");
     assert!(s.last_error.as_deref().unwrap_or("").contains("Code:"), "{s:?}");
     assert!(!checkpoint::path_for(log.path()).exists());
+    shipper.stop();
+}
+
+/// A child process killed on drop (also when the test fails).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `watch --ship nats://...`: the shipper publishes the log's records to JetStream, a
+/// `dockexpose fleet bridge` moves them into ClickHouse: every record once.
+#[test]
+fn ships_through_nats_and_the_bridge() {
+    let ch = ClickHouse::start("ship-nats", 2);
+    ch.create_schema(Path::new(BIN), TABLE);
+    let nats = nats::Nats::start("ship");
+    // The bridge makes the stream and its consumer.
+    let _bridge = Child(
+        std::process::Command::new(BIN)
+            .args(["fleet", "bridge", "--from", &nats.url("dockexpose.records"), "--to", &ch.url(0, TABLE)])
+            .args(["--max-wait", "300ms"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the bridge"),
+    );
+    let log = Log::new("nats");
+    log.append("host-nats", 0, 500);
+    let mut s = settings(&ch, TABLE, log.path(), "");
+    s.target = target::parse(&nats.url("dockexpose.records")).unwrap();
+    s.credentials = None;
+    // Until the bridge has made the stream, a shipper is refused ("no stream"), and says so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shipper = loop {
+        let shipper = Shipper::start(s.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let st = shipper.stats.snapshot();
+        if st.state != ShipState::Stopped {
+            break shipper;
+        }
+        assert!(Instant::now() < deadline, "the stream never came: {st:?}");
+        assert!(st.last_error.as_deref().unwrap_or("").contains("stream"), "{st:?}");
+        shipper.stop();
+    };
+    log.append("host-nats", 500, 250);
+    let want = log.record_ids();
+    wait_for("every record through NATS and the bridge", 60, || stored(&ch, "host-nats").0 == want);
+    wait_for("the shipper caught up", 20, || caught_up(&shipper.stats.snapshot()));
+    let (ids, rows) = stored(&ch, "host-nats");
+    assert_eq!((ids.len(), rows), (750, 750), "every record once");
+    println!("through NATS: {} records in the store; {:?}", ids.len(), shipper.stats.snapshot());
     shipper.stop();
 }
