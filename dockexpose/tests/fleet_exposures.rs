@@ -10,46 +10,22 @@ mod support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
-    process::{Command, Output, Stdio},
-    time::{Duration, Instant, UNIX_EPOCH},
+    process::{Command, Output},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use serde_json::{json, Value};
 use support::{clickhouse::ClickHouse, docker, *};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dockexpose");
-const SETTINGS: &str =
-    "input_format_skip_unknown_fields=1&input_format_import_nested_json=1&date_time_input_format=best_effort";
 
-/// POSTs JSONEachRow `rows` into `table` through shard `shard` with curl.
-fn insert(ch: &ClickHouse, shard: usize, table: &str, rows: &str) {
-    let out = Command::new("curl")
-        .args(["-sS", "-o", "/dev/stderr", "-w", "%{http_code}", "--data-binary", "@-"])
-        .arg(format!(
-            "http://127.0.0.1:{}/?query=INSERT%20INTO%20{table}%20FORMAT%20JSONEachRow&{SETTINGS}",
-            ch.shards[shard].http_port
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(rows.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "insert refused");
-}
-
-/// Waits until `table` on shard 0 holds `n` rows (a Distributed insert is forwarded
-/// in the background).
-fn wait_rows(ch: &ClickHouse, table: &str, n: usize) {
-    let sql = format!("SELECT count() FROM {table}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ch.query(0, &sql).trim() != n.to_string() {
-        assert!(Instant::now() < deadline, "rows forwarded: {} of {n}", ch.query(0, &sql));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Inserts `records` twice, through either shard's Distributed table (a shipper's
+/// re-send), and waits until both copies are in.
+fn insert_twice(ch: &ClickHouse, records: &[Value]) {
+    let rows: String = records.iter().map(|r| for_store(r) + "\n").collect();
+    ch.insert_rows(0, "dockexpose.records", &rows);
+    ch.insert_rows(1, "dockexpose.records", &rows);
+    ch.wait_rows("dockexpose.records", 2 * records.len());
 }
 
 /// A record as a shipper inserts it: `"container": null` becomes `{}` (a nested
@@ -185,11 +161,7 @@ fn rows_count_each_record_once_across_shards_and_exit_codes_tell() {
     let ch = ClickHouse::start("exposures", 2);
     ch.create_schema(Path::new(BIN), "dockexpose.records");
     let records = records();
-    let rows: String = records.iter().map(|r| for_store(r) + "\n").collect();
-    // Twice, through either shard's Distributed table: a shipper's re-send.
-    insert(&ch, 0, "dockexpose.records", &rows);
-    insert(&ch, 1, "dockexpose.records", &rows);
-    wait_rows(&ch, "dockexpose.records", 2 * records.len());
+    insert_twice(&ch, &records);
     let url = ch.url(0, "dockexpose.records");
 
     let out = exposures(&["--store", &url, "--json"]);
@@ -249,11 +221,12 @@ fn rows_count_each_record_once_across_shards_and_exit_codes_tell() {
 
     // A single (not Distributed) table answers the same.
     let ddl = Command::new(BIN).args(["fleet", "schema", "--table", "dockexpose.single"]).output().unwrap();
-    for statement in support::clickhouse::statements(&String::from_utf8_lossy(&ddl.stdout)) {
+    for statement in dockexpose::fleet::schema::statements(&String::from_utf8_lossy(&ddl.stdout)) {
         ch.query(0, &statement);
     }
-    insert(&ch, 0, "dockexpose.single", &rows);
-    insert(&ch, 0, "dockexpose.single", &rows);
+    let rows: String = records.iter().map(|r| for_store(r) + "\n").collect();
+    ch.insert_rows(0, "dockexpose.single", &rows);
+    ch.insert_rows(0, "dockexpose.single", &rows);
     let out = exposures(&["--store", &ch.url(0, "dockexpose.single"), "--json"]);
     assert_eq!((out.status.code(), json_rows(&out)), (Some(1), got.clone()));
 
@@ -325,11 +298,7 @@ fn exposures_match_the_json_log_exactly() {
 
     let ch = ClickHouse::start("exposures-log", 2);
     ch.create_schema(Path::new(BIN), "dockexpose.records");
-    let rows: String = records.iter().map(|r| for_store(r) + "\n").collect();
-    // Every line twice, as a shipper re-sending after a restart would.
-    insert(&ch, 0, "dockexpose.records", &rows);
-    insert(&ch, 1, "dockexpose.records", &rows);
-    wait_rows(&ch, "dockexpose.records", 2 * records.len());
+    insert_twice(&ch, &records);
 
     let url = ch.url(0, "dockexpose.records");
     let out = exposures(&["--store", &url, "--json"]);

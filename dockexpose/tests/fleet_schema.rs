@@ -21,27 +21,6 @@ fn record(host: usize, n: usize) -> String {
     )
 }
 
-fn insert(ch: &ClickHouse, shard: usize, rows: &str) {
-    let settings =
-        "input_format_skip_unknown_fields=1&input_format_import_nested_json=1&date_time_input_format=best_effort";
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-o", "/dev/stderr", "-w", "%{http_code}", "--data-binary", "@-"])
-        .arg(format!(
-            "http://127.0.0.1:{}/?query=INSERT%20INTO%20dockexpose.records%20FORMAT%20JSONEachRow&{settings}",
-            ch.shards[shard].http_port
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(rows.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "insert refused");
-}
-
 #[test]
 fn records_delivered_twice_count_once_across_two_shards() {
     let ch = ClickHouse::start("schema", 2);
@@ -49,8 +28,8 @@ fn records_delivered_twice_count_once_across_two_shards() {
     let batch: String = (0..20).flat_map(|h| (0..50).map(move |n| record(h, n) + "\n")).collect();
     // Through the Distributed table of shard 0, then again (a re-send after a
     // restart) through shard 1's: each copy goes to the shard its host hashes to.
-    insert(&ch, 0, &batch);
-    insert(&ch, 1, &batch);
+    ch.insert_rows(0, "dockexpose.records", &batch);
+    ch.insert_rows(1, "dockexpose.records", &batch);
     // Distributed inserts are forwarded in the background: wait for both copies.
     let all = "SELECT count() FROM dockexpose.records";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -164,6 +164,41 @@ impl ClickHouse {
         self.try_query(i, sql).unwrap_or_else(|e| panic!("shard {i}: {sql}: {e}"))
     }
 
+    /// POSTs JSONEachRow `rows` into `table` through shard `i`, with the settings a
+    /// shipper sends; panics unless the answer is 200.
+    pub fn insert_rows(&self, i: usize, table: &str, rows: &str) {
+        let settings: Vec<String> =
+            dockexpose::fleet::schema::INSERT_SETTINGS.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let url = format!(
+            "http://127.0.0.1:{}/?query=INSERT%20INTO%20{table}%20FORMAT%20JSONEachRow&{}",
+            self.shards[i].http_port,
+            settings.join("&")
+        );
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/stderr", "-w", "%{http_code}", "--data-binary", "@-", &url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().expect("stdin").write_all(rows.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("run curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "insert into {table} refused");
+    }
+
+    /// Waits until `table` on shard 0 holds `n` rows (a Distributed insert is
+    /// forwarded in the background).
+    pub fn wait_rows(&self, table: &str, n: usize) {
+        let sql = format!("SELECT count() FROM {table}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.query(0, &sql).trim() != n.to_string() {
+            assert!(Instant::now() < deadline, "rows forwarded: {} of {n}", self.query(0, &sql));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Creates `table` (DATABASE.TABLE) on every shard from `dockexpose fleet schema
     /// --shards fleet` (the binary's own DDL).
     pub fn create_schema(&self, binary: &Path, table: &str) {
@@ -174,20 +209,11 @@ impl ClickHouse {
         assert!(out.status.success(), "fleet schema: {}", String::from_utf8_lossy(&out.stderr));
         let ddl = String::from_utf8_lossy(&out.stdout).into_owned();
         for i in 0..self.shards.len() {
-            for statement in statements(&ddl) {
+            for statement in dockexpose::fleet::schema::statements(&ddl) {
                 self.query(i, &statement);
             }
         }
     }
-}
-
-/// The DDL's statements, without comments (the HTTP interface takes one at a time).
-pub fn statements(ddl: &str) -> Vec<String> {
-    ddl.split(";\n")
-        .map(|s| s.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n"))
-        .map(|s| s.trim().trim_end_matches(';').to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
 }
 
 impl Drop for ClickHouse {
