@@ -23,6 +23,7 @@ use futures_util::StreamExt as _;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::{
+    backoff::Backoff,
     clickhouse::{ClickHouse, StoreError},
     nats::{self, DUPLICATE_WINDOW},
     rows,
@@ -120,7 +121,7 @@ pub async fn run(args: BridgeArgs) -> Result<(), BridgeError> {
     let nats = nats::connect(&from, nats::credentials_from_env().as_ref()).await.map_err(BridgeError::Refused)?;
     let js = nats.jetstream().clone();
 
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(MAX_BACKOFF);
     let consumer = loop {
         let attempt = tokio::select! {
             c = consumer(&js, &from, &args) => c,
@@ -130,9 +131,10 @@ pub async fn run(args: BridgeArgs) -> Result<(), BridgeError> {
             Ok(c) => break c,
             Err(StoreError::Refused(why)) => return Err(BridgeError::Refused(why)),
             Err(StoreError::Retry(why)) => {
-                say!("dockexpose fleet bridge: {why}; trying again in {} s", backoff.peek().as_secs());
+                let wait = backoff.next_delay();
+                say!("dockexpose fleet bridge: {why}; trying again in {} s", wait.as_secs_f32().round());
                 tokio::select! {
-                    _ = backoff.sleep() => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.wait() => return Ok(()),
                 }
             }
@@ -161,12 +163,13 @@ pub async fn run(args: BridgeArgs) -> Result<(), BridgeError> {
         let messages = match pulled {
             Ok(m) => m,
             Err(why) => {
+                let wait = backoff.next_delay();
                 say!(
                     "dockexpose fleet bridge: pulling from {from} failed: {why}; trying again in {} s",
-                    backoff.peek().as_secs()
+                    wait.as_secs_f32().round()
                 );
                 tokio::select! {
-                    _ = backoff.sleep() => continue,
+                    _ = tokio::time::sleep(wait) => continue,
                     _ = stop.wait() => break,
                 }
             }
@@ -209,7 +212,7 @@ pub async fn run(args: BridgeArgs) -> Result<(), BridgeError> {
             }
             Err(StoreError::Retry(why)) => {
                 counts.failures += 1;
-                let wait = backoff.peek();
+                let wait = backoff.next_delay();
                 say!(
                     "dockexpose fleet bridge: inserting {rows} records failed: {why}; trying again in {} s",
                     wait.as_secs()
@@ -217,7 +220,7 @@ pub async fn run(args: BridgeArgs) -> Result<(), BridgeError> {
                 // Handed back with the same delay, so any bridge may take them then.
                 settle(&js, &messages, AckKind::Nak(Some(wait))).await;
                 tokio::select! {
-                    _ = backoff.sleep() => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.wait() => break,
                 }
             }
@@ -323,27 +326,5 @@ async fn settle(js: &jetstream::Context, messages: &[Message], kind: AckKind) {
     }
     if failed > 0 {
         say!("dockexpose fleet bridge: {failed} of {} acknowledgements not sent; the server will hand those records out again", messages.len());
-    }
-}
-
-/// 1 s, doubling to MAX_BACKOFF; back to 1 s after a success.
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn peek(&self) -> Duration {
-        Duration::from_secs(1u64 << self.failures.min(5)).min(MAX_BACKOFF)
-    }
-
-    async fn sleep(&mut self) {
-        let wait = self.peek();
-        self.failures = self.failures.saturating_add(1);
-        tokio::time::sleep(wait).await;
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
     }
 }

@@ -1,4 +1,6 @@
-//! From audit-log lines to the body of one ClickHouse insert (JSONEachRow): only
+//! From audit-log lines to the body of one ClickHouse insert (JSONEachRow), for the
+//! ClickHouse store and the bridge alike (a shipper to NATS sends lines as they are;
+//! the bridge shapes them): only
 //! native connection records go in (a top-level `stage` and `record_id`); the
 //! daemon's own lines (`event`), ECS and OCSF lines and anything unreadable are left
 //! out, so one stray message never gets a whole batch refused.
@@ -16,14 +18,29 @@ struct Probe<'a> {
     stage: Option<&'a str>,
     #[serde(borrow, default)]
     record_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    ts: Option<&'a str>,
+}
+
+/// What a shipper needs of a native record: its name and its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head<'a> {
+    pub record_id: &'a str,
+    pub ts: Option<&'a str>,
+}
+
+/// The head of a native connection record (a `stage` and a `record_id`); None for
+/// the daemon's own lines, ECS or OCSF lines and anything unreadable. One parse.
+pub fn head(line: &[u8]) -> Option<Head<'_>> {
+    let p = serde_json::from_slice::<Probe<'_>>(line).ok()?;
+    let record_id = p.record_id.filter(|s| !s.is_empty())?;
+    p.stage.filter(|s| !s.is_empty())?;
+    Some(Head { record_id, ts: p.ts })
 }
 
 /// Is `line` a native connection record?
 pub fn is_record(line: &[u8]) -> bool {
-    match serde_json::from_slice::<Probe<'_>>(line) {
-        Ok(p) => p.stage.is_some_and(|s| !s.is_empty()) && p.record_id.is_some_and(|s| !s.is_empty()),
-        Err(_) => false,
-    }
+    head(line).is_some()
 }
 
 const CONTAINER_NULL: &[u8] = br#""container":null"#;
@@ -79,6 +96,13 @@ mod tests {
         assert!(text.contains(r#""why":"x \"container\":null""#), "a string's text is left alone: {text}");
         let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(v["container"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn a_records_head_is_its_name_and_time() {
+        let h = head(br#"{"ts":"2026-12-07T10:00:00.5Z","stage":"blocked","container":null,"record_id":"ab12"}"#);
+        assert_eq!(h, Some(Head { record_id: "ab12", ts: Some("2026-12-07T10:00:00.5Z") }));
+        assert_eq!(head(br#"{"event":"start","note":"a \"stage\": here","record_id":"x"}"#), None);
     }
 
     #[test]

@@ -2,9 +2,7 @@
 //! `spool` follows the log across rotation, `checkpoint` says how far the store has
 //! it, `shipper` is the loop on its own thread, `stats` what status and metrics show.
 
-pub mod backoff;
 pub mod checkpoint;
-pub mod line;
 pub mod shipper;
 pub mod spool;
 pub mod stats;

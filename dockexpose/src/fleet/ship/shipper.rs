@@ -15,12 +15,12 @@ use std::{
 };
 
 use super::{
-    backoff::Backoff,
     checkpoint::{self, Checkpoint},
     spool::{Batch, Spool},
     stats::{ShipState, ShipStats},
 };
 use crate::fleet::{
+    backoff::Backoff,
     clickhouse::ClickHouse,
     nats::{self, NatsStore},
     store::{ShipRecord, Store, StoreError},
@@ -29,6 +29,8 @@ use crate::fleet::{
 
 /// How often the log is looked at while there is too little to send.
 const POLL: Duration = Duration::from_millis(250);
+/// The longest wait before sending a batch again.
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// One request's limit (a batch of thousands of records to a busy server).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -189,7 +191,7 @@ impl Loop {
         self.stats.update(|s| s.records_shipped = self.cp.shipped);
         let mut last_send = Instant::now();
         let mut in_flight: Option<Batch> = None;
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(MAX_BACKOFF);
         let mut stopped = false;
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = self.spool.poll() {
@@ -231,7 +233,7 @@ impl Loop {
                 Ok(()) => {
                     let n = batch.records.len() as u64;
                     in_flight = None;
-                    backoff = Backoff::default();
+                    backoff = Backoff::new(MAX_BACKOFF);
                     self.commit(n);
                 }
                 Err(StoreError::Retry(e)) => {

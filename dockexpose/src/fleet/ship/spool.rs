@@ -19,8 +19,8 @@ use std::{
 
 use bytes::Bytes;
 
-use super::{checkpoint::Checkpoint, line};
-use crate::fleet::store::ShipRecord;
+use super::checkpoint::Checkpoint;
+use crate::fleet::{rows, store::ShipRecord};
 
 /// Most bytes read at once (a batch stops at a line boundary within them).
 const CHUNK: usize = 4 << 20;
@@ -198,9 +198,9 @@ fn scan(s: &mut Segment) -> std::io::Result<()> {
         buf.truncate(got);
         let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') else { break };
         for l in buf[..last_nl].split(|&b| b == b'\n') {
-            if line::is_record(l) {
+            if let Some(head) = rows::head(l) {
                 if s.pending == 0 {
-                    s.next_ts = line::ts(l);
+                    s.next_ts = time_of(&head);
                 }
                 s.pending += 1;
             }
@@ -208,6 +208,11 @@ fn scan(s: &mut Segment) -> std::io::Result<()> {
         s.scanned += last_nl as u64 + 1;
     }
     Ok(())
+}
+
+/// A record's `ts` (RFC 3339), for the lag in seconds.
+fn time_of(head: &rows::Head<'_>) -> Option<SystemTime> {
+    humantime::parse_rfc3339(head.ts?).ok()
 }
 
 fn read_from(s: &mut Segment, max: usize) -> std::io::Result<Batch> {
@@ -224,15 +229,15 @@ fn read_from(s: &mut Segment, max: usize) -> std::io::Result<Batch> {
     while at < end {
         let nl = at + buf[at..end].iter().position(|&b| b == b'\n').unwrap_or(end - at);
         let l = &buf[at..nl];
-        if line::is_record(l) {
+        if let Some(head) = rows::head(l) {
             if records.len() == max {
-                s.next_ts = line::ts(l);
+                s.next_ts = time_of(&head);
                 break;
             }
             if records.is_empty() {
-                oldest = line::ts(l);
+                oldest = time_of(&head);
             }
-            records.push(line::ship_record(buf.slice(at..nl)));
+            records.push(ShipRecord { record_id: head.record_id.to_string(), line: buf.slice(at..nl) });
         }
         at = nl + 1;
     }
