@@ -86,6 +86,8 @@ pub(crate) const DEB_PACKAGES: &[&str] = &[
     // JetStream server on 127.0.0.1 as plain processes (installing them starts none).
     "clickhouse-server",
     "nats-server",
+    // The fleet tests talk to ClickHouse's HTTP interface with curl (its status code checked).
+    "curl",
     // tests/slow_disk.rs puts the audit log on a FUSE filesystem whose writes sleep
     // (tests/support/slowfs.py, on fusepy, which loads libfuse2; fuse3: the fuse tools).
     "libfuse2",
