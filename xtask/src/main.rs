@@ -114,7 +114,7 @@ fn run_task(task: Task) -> Result<()> {
                 ("bench_flood", "a SYN flood from 1M+ spoofed sources at the highest rate (about 90 s)"),
                 (
                     "bench_fleet",
-                    "a simulated fleet: 1 000 hosts x 10 records/s into two ClickHouse shards, directly and through NATS and `fleet bridge`, then an exposures GROUP BY over 1 M records (about 2 min; no root)",
+                    "a simulated fleet: 1 000 hosts x 10 records/s into two ClickHouse shards, directly and through NATS and `fleet bridge`, then `fleet exposures` over 1 M records (about 2 min; no root)",
                 ),
             ] {
                 say!("{what}");
