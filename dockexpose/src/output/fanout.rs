@@ -319,10 +319,20 @@ impl Outputs {
 
     /// The latency of the records the writer has written by now.
     fn measure_written(&mut self) {
-        let (written, now) = (self.audit.written(), self.clock.ktime_now());
+        // The times first: every write they name is within `written`, read after.
+        let times = self.audit.write_times();
+        let written = self.audit.written();
+        let (now, now_instant) = (self.clock.ktime_now(), Instant::now());
         while self.unwritten.front().is_some_and(|(seq, _)| *seq <= written) {
-            for t in self.unwritten.pop_front().map(|(_, ts)| ts).unwrap_or_default() {
-                self.record_latency.record(now.saturating_sub(t) / 1000);
+            let Some((seq, stamps)) = self.unwritten.pop_front() else { break };
+            // When the write that took chunk `seq` finished (now, if its time gave way
+            // or there is no log), on the kernel's clock.
+            let at = times
+                .iter()
+                .find(|(s, _)| *s >= seq)
+                .map_or(now, |(_, t)| now.saturating_sub(now_instant.saturating_duration_since(*t).as_nanos() as u64));
+            for t in stamps {
+                self.record_latency.record(at.saturating_sub(t) / 1000);
             }
         }
     }

@@ -12,7 +12,12 @@ impl AlertOut for Collect {
 
 /// Until the writer wrote all that was handed.
 fn settle(out: &mut Outputs, rx: &mut tokio::sync::mpsc::UnboundedReceiver<Report>) {
-    while out.audit.written() < out.audit.handed() {
+    loop {
+        out.audit.wake_on_write();
+        if out.audit.written() >= out.audit.handed() {
+            out.audit_report(Report::Written { seq: out.audit.written() });
+            return;
+        }
         out.audit_report(rx.blocking_recv().unwrap());
     }
 }

@@ -77,6 +77,12 @@ impl Watcher {
                     .and_then(|v| v.schedule.due())
                     .map(|due| self.drift_due().map_or(due, |d| d.min(due)))
             };
+            // The writer's acknowledgements are read on each turn; they wake the loop
+            // only while the log holds it back.
+            if self.outputs.audit.full() || self.outputs.audit.unsent() {
+                let said = self.outputs.audit.wake_on_write();
+                self.outputs.audit_health(said.map(|line| (line, Some(true))));
+            }
             let holding_all = self.outputs.audit.full();
             let unsent = self.outputs.audit.unsent();
             tokio::select! {
@@ -168,6 +174,8 @@ impl Watcher {
     /// holds stays in the ring for the next daemon; the failure was said).
     async fn await_written(&mut self, inputs: &mut Inputs, continuity: &mut Continuity, by: Instant) {
         loop {
+            let said = self.outputs.audit.wake_on_write();
+            self.outputs.audit_health(said.map(|line| (line, Some(true))));
             self.release_written(continuity);
             let a = &self.outputs.audit;
             if (a.written() >= a.handed() && !a.unsent()) || a.stats().failing {

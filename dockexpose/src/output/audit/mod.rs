@@ -5,9 +5,10 @@
 //! thread only, and the loop goes on reading the ring and answering `status`.
 //!
 //! Nothing is lost silently and nothing is released early:
-//! - the writer acknowledges the last chunk it wrote (`Report::Written`); the ring and
-//!   the pinned copies of `state::pending` are released only that far
-//!   (`state::release`), so a crash loses nothing that was not yet written;
+//! - the writer acknowledges the last chunk it wrote (`acks`, read by the loop on its
+//!   turns; `Report::Written` wakes the loop only when it asked); the ring and the
+//!   pinned copies of `state::pending` are released only that far (`state::release`),
+//!   so a crash loses nothing that was not yet written;
 //! - the hand-off is bounded: chunks the writer has not taken wait here, in order;
 //!   past `HOLD_MAX` bytes not yet written (a slow or full disk) the daemon stops taking
 //!   records (`full`): they wait in the kernel's ring, whose loss the kernel counts;
@@ -19,6 +20,7 @@
 //!   (`rotate_size`, `max_files`: path.1, path.2, ...);
 //! - at exit, `close` hands over what is left and waits (bounded) for the writer.
 
+mod acks;
 mod writer;
 
 use std::{
@@ -30,12 +32,13 @@ use std::{
         mpsc::{sync_channel, SyncSender, TrySendError},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use acks::Acks;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 pub use writer::Report;
-use writer::{Command, Target, Writer};
+use writer::{Command, Spares, Target, Writer};
 
 use super::{
     formats::{Formatter, JsonFormat},
@@ -106,6 +109,12 @@ pub struct AuditLog {
     writer_gone: bool,
     /// `--json-format` ecs or ocsf; None: native, written straight from the record.
     formatter: Option<Formatter>,
+    /// How far the writer wrote (read on the loop's turns).
+    acks: Arc<Acks>,
+    /// Buffers the writer gave back, for the next chunks.
+    spares: Spares,
+    /// The size of the last chunk handed: the next buffer starts that large.
+    last_chunk: usize,
 }
 
 impl AuditLog {
@@ -135,6 +144,7 @@ impl AuditLog {
         path: Option<PathBuf>,
     ) -> Result<(Self, UnboundedReceiver<Report>)> {
         let stats = Arc::new(Mutex::new(AuditStats::default()));
+        let (acks, spares) = (Arc::new(Acks::default()), Spares::default());
         // Unbounded, yet bounded by the hand-off: at most one acknowledgement per
         // chunk or reopen, and a warning a minute.
         let (report_tx, reports) = unbounded_channel();
@@ -142,7 +152,7 @@ impl AuditLog {
             None => None,
             Some(target) => {
                 let (tx, rx) = sync_channel(HANDOFF_CHUNKS);
-                let writer = Writer::new(target, rotation, stats.clone());
+                let writer = Writer::new(target, rotation, stats.clone(), acks.clone(), spares.clone());
                 let thread = std::thread::Builder::new()
                     .name("audit-writer".into())
                     .spawn(move || writer.run(rx, report_tx))
@@ -167,6 +177,9 @@ impl AuditLog {
             lines_lost: 0,
             writer_gone: false,
             formatter: None,
+            acks,
+            spares,
+            last_chunk: 1 << 16,
         };
         Ok((log, reports))
     }
@@ -262,15 +275,55 @@ impl AuditLog {
     /// hand-off has no room for waits here, in order, for the next flush. Returns the
     /// warning to give if the writer thread is gone (once).
     pub fn flush(&mut self) -> Option<String> {
+        self.sync();
         if !self.buf.is_empty() {
             self.handed += 1;
-            let bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 16));
+            self.last_chunk = self.buf.len();
+            let next = self.next_buffer();
+            let bytes = std::mem::replace(&mut self.buf, next);
             self.in_flight.push_back((self.handed, bytes.len()));
             self.in_flight_bytes += bytes.len();
             let lines = std::mem::take(&mut self.buffered);
             self.outbox.push_back(Command::Chunk { seq: self.handed, bytes, lines });
         }
         self.send()
+    }
+
+    /// A spare buffer from the writer, or a new one as large as the last chunk.
+    fn next_buffer(&self) -> Vec<u8> {
+        let spare = self.spares.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        let mut buf = spare.unwrap_or_default();
+        buf.reserve(self.last_chunk.clamp(1 << 12, FLUSH_AT) + (self.last_chunk >> 3));
+        buf
+    }
+
+    /// Takes in how far the writer has written (chunks no longer held) and hands over
+    /// what waited for room. Returns the warning to give if the writer thread is gone.
+    pub fn sync(&mut self) -> Option<String> {
+        let seq = self.acks.written();
+        if seq > self.written {
+            self.written = seq;
+            while self.in_flight.front().is_some_and(|(s, _)| *s <= seq) {
+                if let Some((_, n)) = self.in_flight.pop_front() {
+                    self.in_flight_bytes -= n;
+                }
+            }
+        }
+        self.send()
+    }
+
+    /// The loop is about to wait while the log holds it back (the hand-off full, or as
+    /// much unwritten as allowed), or while it stops: the next write wakes it. Reads
+    /// the writer's progress after asking, so no write is missed (`full` and `unsent`
+    /// are up to date after). Returns the warning to give if the writer is gone.
+    pub fn wake_on_write(&mut self) -> Option<String> {
+        self.acks.wake_on_write();
+        self.sync()
+    }
+
+    /// When the writer finished its writes since the last call: (last chunk, when).
+    pub fn write_times(&self) -> VecDeque<(u64, Instant)> {
+        self.acks.take_times()
     }
 
     /// Sends what waits in the outbox, as far as the hand-off has room.
@@ -314,16 +367,8 @@ impl AuditLog {
     /// the operator is returned, with whether the log is failing.
     pub fn report(&mut self, report: Report) -> Option<(String, Option<bool>)> {
         match report {
-            Report::Written { seq } => {
-                self.written = self.written.max(seq);
-                while self.in_flight.front().is_some_and(|(s, _)| *s <= seq) {
-                    if let Some((_, n)) = self.in_flight.pop_front() {
-                        self.in_flight_bytes -= n;
-                    }
-                }
-                // Room in the hand-off again.
-                self.send().map(|w| (w, Some(true)))
-            }
+            // Room in the hand-off again (the acknowledgement itself is in `acks`).
+            Report::Written { .. } => self.sync().map(|w| (w, Some(true))),
             Report::Health { line, failing } => Some((line, Some(failing))),
             Report::Notice(line) => Some((line, None)),
             Report::Closed => None,
@@ -337,7 +382,7 @@ impl AuditLog {
 
     /// The last chunk number the writer wrote.
     pub fn written(&self) -> u64 {
-        self.written
+        self.written.max(self.acks.written())
     }
 
     /// Chunks wait for room in the hand-off: try again soon.

@@ -1,7 +1,7 @@
 use std::{fs::OpenOptions, time::Duration};
 
 use super::{
-    writer::{numbered, Command, Report, Target, Writer},
+    writer::{numbered, write_chunks, Command, Report, Spares, Target, Writer},
     *,
 };
 
@@ -15,11 +15,15 @@ fn temp(name: &str) -> PathBuf {
 /// Waits until the writer wrote all that was handed; returns the lines it said.
 fn settle(log: &mut AuditLog, rx: &mut UnboundedReceiver<Report>) -> Vec<(String, Option<bool>)> {
     let mut said = Vec::new();
-    while log.written() < log.handed() || log.unsent() {
+    loop {
+        // Asked first, then read: a write in between is either seen here or said.
+        said.extend(log.wake_on_write().map(|w| (w, Some(true))));
+        if log.written() >= log.handed() && !log.unsent() {
+            return said;
+        }
         let r = rx.blocking_recv().expect("the writer runs");
         said.extend(log.report(r));
     }
-    said
 }
 
 /// What the writer says within `wait`, with nothing more handed.
@@ -109,7 +113,14 @@ fn lines_held_through_a_failure_are_written_once_it_clears() {
     let stats = Arc::new(Mutex::new(AuditStats::default()));
     // The file descriptor is /dev/full: the same as the disk filling up.
     let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let mut w = Writer::new(Target::File { path: path.clone(), file: full, size: 0 }, None, stats.clone());
+    let acks = Arc::new(Acks::default());
+    let mut w = Writer::new(
+        Target::File { path: path.clone(), file: full, size: 0 },
+        None,
+        stats.clone(),
+        acks.clone(),
+        Spares::default(),
+    );
     let mut said = Vec::new();
     for n in 0..30u64 {
         let bytes = format!("{{\"n\":{n}}}\n").into_bytes();
@@ -121,10 +132,12 @@ fn lines_held_through_a_failure_are_written_once_it_clears() {
     assert_eq!(stats.lock().unwrap().lines_held, 30);
     // Space again.
     w.target = Target::File { path: path.clone(), file: open_file(&path).unwrap(), size: 0 };
+    acks.wake_on_write();
     let said = w.write();
     let Some(Report::Health { line, failing: false }) = said.first() else { panic!("the recovery is said: {said:?}") };
     assert!(line.contains("30 records held"), "{line}");
-    assert_eq!(said.last(), Some(&Report::Written { seq: 30 }), "every chunk acknowledged at once");
+    assert_eq!(said.last(), Some(&Report::Written { seq: 30 }), "every chunk acknowledged at once (asked to say so)");
+    assert_eq!(acks.written(), 30);
     let lines: Vec<u64> = std::fs::read_to_string(&path)
         .unwrap()
         .lines()
@@ -193,4 +206,45 @@ fn close_writes_the_last_lines_and_waits_for_the_writer() {
 fn a_bad_path_fails_at_open() {
     let e = AuditLog::open(Some(Path::new("/nonexistent/dir/audit.jsonl")), None).err().unwrap();
     assert!(e.to_string().contains("/nonexistent/dir/audit.jsonl"), "{e}");
+}
+
+/// Takes at most 7 bytes a call, as a slow pipe or a signal-interrupted writev may.
+struct Trickle(Vec<u8>);
+
+impl std::io::Write for Trickle {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(7);
+        self.0.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        // Across slices, as writev does.
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(7 - n);
+            self.0.extend_from_slice(&b[..take]);
+            n += take;
+            if n == 7 {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn chunks_are_written_whole_and_in_order_however_little_each_write_takes() {
+    let chunks: VecDeque<Vec<u8>> =
+        ["{\"n\":1}\n", "{\"n\":2}\n{\"n\":3}\n", "x\n", "{\"pad\":\"yyyyyyyyyyyyyyyyyyyyyy\"}\n"]
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
+    let mut out = Trickle(Vec::new());
+    write_chunks(&mut out, &chunks).unwrap();
+    assert_eq!(out.0, chunks.iter().flatten().copied().collect::<Vec<u8>>());
 }

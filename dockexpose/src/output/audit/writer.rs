@@ -1,9 +1,10 @@
 //! The audit log's writer thread: it owns the file, so that a slow or stalled disk
 //! (a write that blocks for seconds, an fsync, a rotation) stalls this thread and never
 //! the daemon's loop. It takes numbered chunks of whole lines in order from a bounded
-//! hand-off, writes them (all that waits at once: a slow disk gets fewer, larger
-//! writes), and acknowledges the last number written; the loop releases the ring only
-//! that far.
+//! hand-off, writes them (all that waits at once, in one writev: a slow disk gets
+//! fewer, larger writes; the chunks are never copied), and acknowledges the last number
+//! written (`acks`); the loop releases the ring only that far. Written chunks go back
+//! to the loop as spare buffers.
 //!
 //! A write that fails (ENOSPC, EIO, ...) cuts the file back to its last whole line and
 //! keeps the lines, retrying every RETRY_EVERY and taking what the loop hands over
@@ -11,8 +12,9 @@
 //! written. The failure is said at most once a minute, the recovery once.
 
 use std::{
+    collections::VecDeque,
     fs::File,
-    io::{self, Write},
+    io::{self, IoSlice, Write},
     path::{Path, PathBuf},
     sync::{
         mpsc::{Receiver, RecvTimeoutError},
@@ -23,7 +25,7 @@ use std::{
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{open_file, AuditStats, Rotation};
+use super::{acks::Acks, open_file, AuditStats, Rotation};
 
 /// How often the file is tried again after a failed write.
 pub(super) const RETRY_EVERY: Duration = Duration::from_millis(500);
@@ -48,7 +50,8 @@ pub(super) enum Command {
 /// What the writer tells the loop.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Report {
-    /// Every chunk up to `seq` is in the file (or on stdout).
+    /// Every chunk up to `seq` is in the file (or on stdout). Said only when the loop
+    /// asked to be woken (`Acks::wake_on_write`); otherwise it reads `Acks`.
     Written { seq: u64 },
     /// About the log's health: a failure (`failing`), or its recovery.
     Health { line: String, failing: bool },
@@ -72,14 +75,25 @@ impl Target {
     }
 }
 
+/// Spare buffers the writer gives back to the loop (fewer allocations and no regrowth
+/// of a fresh buffer every turn); a few, and none larger than `SPARE_LARGEST`, so a
+/// burst's buffers do not stay in memory.
+pub(super) type Spares = Arc<Mutex<Vec<Vec<u8>>>>;
+pub(super) const SPARES_KEPT: usize = 4;
+const SPARE_LARGEST: usize = 1 << 20;
+
 pub(super) struct Writer {
     pub(super) target: Target,
     rotation: Option<Rotation>,
-    /// Lines taken and not yet written (several chunks while the disk is slow or fails).
-    held: Vec<u8>,
+    /// Chunks taken and not yet written (several while the disk is slow or fails).
+    held: VecDeque<Vec<u8>>,
+    held_bytes: usize,
     held_lines: u64,
     /// The last chunk number in `held`.
     held_seq: u64,
+    /// How far it wrote, for the loop.
+    acks: Arc<Acks>,
+    spares: Spares,
     /// Shared with the loop (status, metrics, counters).
     stats: Arc<Mutex<AuditStats>>,
     /// The failure being reported, and when it was last said.
@@ -87,8 +101,25 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(target: Target, rotation: Option<Rotation>, stats: Arc<Mutex<AuditStats>>) -> Self {
-        Self { target, rotation, held: Vec::new(), held_lines: 0, held_seq: 0, stats, failure: None }
+    pub(super) fn new(
+        target: Target,
+        rotation: Option<Rotation>,
+        stats: Arc<Mutex<AuditStats>>,
+        acks: Arc<Acks>,
+        spares: Spares,
+    ) -> Self {
+        Self {
+            target,
+            rotation,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            held_lines: 0,
+            held_seq: 0,
+            acks,
+            spares,
+            stats,
+            failure: None,
+        }
     }
 
     /// The thread: until the hand-off closes, then one last write of what is held.
@@ -136,7 +167,8 @@ impl Writer {
     pub(super) fn take(&mut self, cmd: Command) -> Vec<Report> {
         match cmd {
             Command::Chunk { seq, bytes, lines } => {
-                self.held.extend_from_slice(&bytes);
+                self.held_bytes += bytes.len();
+                self.held.push_back(bytes);
                 self.held_lines += lines;
                 self.held_seq = seq;
                 Vec::new()
@@ -155,10 +187,10 @@ impl Writer {
             return Vec::new();
         }
         let result = match &mut self.target {
-            Target::Stdout(out) => out.write_all(&self.held).and_then(|()| out.flush()),
-            Target::File { file, size, .. } => match file.write_all(&self.held) {
+            Target::Stdout(out) => write_chunks(out, &self.held).and_then(|()| out.flush()),
+            Target::File { file, size, .. } => match write_chunks(file, &self.held) {
                 Ok(()) => {
-                    *size += self.held.len() as u64;
+                    *size += self.held_bytes as u64;
                     Ok(())
                 }
                 Err(e) => {
@@ -173,10 +205,8 @@ impl Writer {
         match result {
             Ok(()) => {
                 let lines = std::mem::take(&mut self.held_lines);
-                self.held.clear();
-                if self.held.capacity() > super::HOLD_MAX {
-                    self.held.shrink_to(1 << 16);
-                }
+                self.held_bytes = 0;
+                self.give_back_spares();
                 let recovered = self.failure.take().is_some();
                 {
                     let mut st = self.stats();
@@ -192,13 +222,15 @@ impl Writer {
                         failing: false,
                     });
                 }
-                out.push(Report::Written { seq: self.held_seq });
+                if self.acks.wrote(self.held_seq, Instant::now()) {
+                    out.push(Report::Written { seq: self.held_seq });
+                }
                 self.rotate_if_due();
             }
             Err(e) => {
                 {
                     let mut st = self.stats();
-                    (st.lines_held, st.bytes_held, st.failing) = (self.held_lines, self.held.len() as u64, true);
+                    (st.lines_held, st.bytes_held, st.failing) = (self.held_lines, self.held_bytes as u64, true);
                 }
                 let now = Instant::now();
                 let due = self.failure.as_ref().is_none_or(|(_, at)| now.duration_since(*at) >= WARN_EVERY);
@@ -217,6 +249,17 @@ impl Writer {
             }
         }
         out
+    }
+
+    /// The written chunks, emptied, back to the loop (a few, not the large ones).
+    fn give_back_spares(&mut self) {
+        let mut spares = self.spares.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for mut chunk in self.held.drain(..) {
+            if spares.len() < SPARES_KEPT && chunk.capacity() <= SPARE_LARGEST {
+                chunk.clear();
+                spares.push(chunk);
+            }
+        }
     }
 
     fn stats(&self) -> std::sync::MutexGuard<'_, AuditStats> {
@@ -266,6 +309,42 @@ impl Writer {
             }
         }
     }
+}
+
+/// Writes every chunk, in order, with as few writev calls as the kernel allows.
+pub(super) fn write_chunks(out: &mut impl Write, chunks: &VecDeque<Vec<u8>>) -> io::Result<()> {
+    // Where the next byte to write is: a chunk and an offset into it.
+    let (mut chunk, mut offset) = (0, 0);
+    while chunk < chunks.len() {
+        // IOV_MAX is 1024; the hand-off holds fewer chunks than that (HANDOFF_CHUNKS),
+        // but a failing disk's held chunks can be more: written in slices.
+        let slices: Vec<IoSlice<'_>> = chunks
+            .iter()
+            .skip(chunk)
+            .take(1024)
+            .enumerate()
+            .map(|(i, c)| IoSlice::new(if i == 0 { &c[offset..] } else { c }))
+            .collect();
+        let mut n = match out.write_vectored(&slices) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the audit log took no bytes")),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while n > 0 && chunk < chunks.len() {
+            let left = chunks[chunk].len() - offset;
+            if n >= left {
+                (n, chunk, offset) = (n - left, chunk + 1, 0);
+            } else {
+                (offset, n) = (offset + n, 0);
+            }
+        }
+        // Empty chunks never reach the writer, but skip any all the same.
+        while chunk < chunks.len() && chunks[chunk].len() == offset {
+            (chunk, offset) = (chunk + 1, 0);
+        }
+    }
+    Ok(())
 }
 
 /// path.N
