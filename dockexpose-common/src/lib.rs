@@ -173,6 +173,9 @@ pub const DAEMON_STATE_RUNNING: u32 = 1;
 pub const DAEMON_STATE_RECORDS: u32 = 2;
 /// Unix time (seconds) when these maps were created (a fresh start).
 pub const DAEMON_STATE_CREATED: u32 = 3;
+/// Non-zero while the reader sleeps without a timer (it found the ring quiet): the
+/// next record clears it and wakes the reader. A quiet host then costs no wakeups.
+pub const DAEMON_STATE_READER_IDLE: u32 = 4;
 pub const DAEMON_STATE_LEN: u32 = 8;
 
 /// Index of (port, protocol) in the PUBLISHED_PORTS array.

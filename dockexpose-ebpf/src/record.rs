@@ -7,10 +7,10 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_get_smp_processor_id,
 };
-use dockexpose_common::{ConnEvent, Counter};
+use dockexpose_common::{ConnEvent, Counter, DAEMON_STATE_READER_IDLE};
 
 use crate::{
-    maps::{COUNTERS, EVENTS, RECORD_SEQ, WAKEUP_BYTES},
+    maps::{COUNTERS, DAEMON_STATE, EVENTS, RECORD_SEQ, WAKEUP_BYTES},
     packet::Flow,
 };
 
@@ -27,6 +27,21 @@ pub struct Extra {
     pub orig_addr: [u8; 16],
     pub orig_port: u16,
     pub flags: u8,
+}
+
+/// The reader sleeps without a timer: this record wakes it (and clears the flag). Two
+/// CPUs may both see the flag: one wakeup too many, never one too few.
+#[inline(always)]
+fn first_since_idle() -> bool {
+    let Some(flag) = DAEMON_STATE.get_ptr_mut(DAEMON_STATE_READER_IDLE) else { return false };
+    // SAFETY: an array slot, valid for the program's run; the daemon writes it too.
+    unsafe {
+        if core::ptr::read_volatile(flag) == 0 {
+            return false;
+        }
+        core::ptr::write_volatile(flag, 0);
+    }
+    true
 }
 
 /// A record's size in the ring buffer: the record and its 8-byte header.
@@ -65,11 +80,13 @@ pub fn emit(flow: &Flow, stage: u8, ifindex: u32, now: u64, extra: &Extra) -> bo
     ev.rec_seq = rec_seq;
     entry.write(ev);
     // Wake the reader once per batch: when this record (counted in the unread bytes,
-    // being reserved) is the one that crosses the threshold. A wakeup costs
+    // being reserved) is the one that crosses the threshold, or when it is the first
+    // since the reader went to sleep without a timer (a quiet host). A wakeup costs
     // microseconds (irq_work); a record without one, nanoseconds.
     let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let threshold = WAKEUP_BYTES.load();
-    let wake = unread >= threshold && unread < threshold + RECORD_BYTES;
+    let woke_idle = first_since_idle();
+    let wake = woke_idle || (unread >= threshold && unread < threshold + RECORD_BYTES);
     if wake {
         count(Counter::RingWakeups);
     }

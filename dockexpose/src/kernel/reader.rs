@@ -5,7 +5,10 @@
 //! Wakeups are batched: the kernel programs submit records without waking the reader
 //! unless the ring holds more than `WAKEUP_BYTES`; a short timer in ring.rs collects the
 //! rest. On a busy host that is one wakeup per batch instead of one per record, and
-//! never more than `DRAIN_EVERY` of delay.
+//! never more than `DRAIN_EVERY` of delay. On a quiet host the timer stops: once a
+//! tick finds nothing new, the reader raises the idle flag (`IdleFlag`) and sleeps
+//! until the next record, which clears the flag and wakes it (a slow safety tick,
+//! `IDLE_CHECK`, bounds the wait should a wakeup ever be missed).
 
 use std::{
     sync::{
@@ -15,10 +18,36 @@ use std::{
     time::Duration,
 };
 
+use aya::maps::{Array, MapData};
+use dockexpose_common::DAEMON_STATE_READER_IDLE;
+
 /// The longest a record waits in the ring when no batch is large enough to wake us.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// Most records in one batch handed over.
 pub const MAX_BATCH: usize = 1024;
+/// While idle (no timer), the ring is looked at this often all the same.
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The DAEMON_STATE slot the kernel programs look at when they write a record: raised,
+/// the next record clears it and wakes the reader.
+pub struct IdleFlag(Array<MapData, u64>);
+
+impl IdleFlag {
+    pub fn new(state: Array<MapData, u64>) -> Self {
+        Self(state)
+    }
+
+    /// Raises the flag. False if the map refused (the reader then keeps its timer).
+    pub fn raise(&mut self) -> bool {
+        self.0.set(DAEMON_STATE_READER_IDLE, 1, 0).is_ok()
+    }
+
+    /// Lowers it (at stop: the next daemon starts with its timer, and no record wakes
+    /// a reader that is gone).
+    pub fn lower(&mut self) {
+        let _ = self.0.set(DAEMON_STATE_READER_IDLE, 0, 0);
+    }
+}
 
 /// What the reader did, shared with the daemon loop for reports.
 #[derive(Clone, Default)]

@@ -35,7 +35,7 @@ use tokio::{
     time::{interval, MissedTickBehavior},
 };
 
-use super::reader::{ReaderStats, DRAIN_EVERY, MAX_BATCH};
+use super::reader::{IdleFlag, ReaderStats, DRAIN_EVERY, IDLE_CHECK, MAX_BATCH};
 use crate::error::{Error, Result};
 
 /// A record being written (BPF_RINGBUF_BUSY_BIT) or thrown away (BPF_RINGBUF_DISCARD_BIT).
@@ -297,10 +297,15 @@ impl Committer {
 /// Reads the ring from the committed position until told to stop (or the channel
 /// closes). A batch the channel has no room for stays in the ring (the cursor goes
 /// back to it): the kernel counts what the ring then cannot hold.
+///
+/// With an idle flag (`reader::IdleFlag`), the timer runs only while records come: a
+/// tick that finds nothing new raises the flag and the reader sleeps until the next
+/// record wakes it (or `IDLE_CHECK`). Without one it ticks always.
 pub async fn run(
     shared: Arc<RingShared>,
     tx: mpsc::Sender<Batch>,
     stats: ReaderStats,
+    mut idle_flag: Option<IdleFlag>,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<u64> {
     let poll = PollFd(shared.ring.fd.as_raw_fd());
@@ -311,21 +316,54 @@ pub async fn run(
     let mut cursor = shared.ring.committed();
     let mut tick = interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
+    let mut idle_check = interval(IDLE_CHECK);
+    idle_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut idle = false;
+    let result = loop {
         let open = tokio::select! {
-            _ = &mut stop => return Ok(cursor),
+            _ = &mut stop => break Ok(cursor),
             guard = fd.readable_mut() => {
-                let mut guard = guard.map_err(Error::RingBuffer)?;
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => break Err(Error::RingBuffer(e)),
+                };
                 stats.add_wakeup();
                 guard.clear_ready();
+                if idle {
+                    // Records come again: the timer batches them from now on.
+                    idle = false;
+                    tick.reset();
+                }
                 drain(&shared, &mut cursor, &tx, &stats)
             }
-            _ = tick.tick() => drain(&shared, &mut cursor, &tx, &stats),
+            _ = tick.tick(), if !idle => {
+                let before = cursor;
+                let open = drain(&shared, &mut cursor, &tx, &stats);
+                if cursor == before {
+                    idle = go_idle(&shared, cursor, idle_flag.as_mut());
+                    idle_check.reset();
+                }
+                open
+            }
+            _ = idle_check.tick(), if idle => drain(&shared, &mut cursor, &tx, &stats),
         };
         if !open {
-            return Ok(cursor);
+            break Ok(cursor);
         }
+    };
+    if let Some(flag) = &mut idle_flag {
+        flag.lower();
     }
+    result
+}
+
+/// Nothing new since the last tick: raises the idle flag, then looks at the ring once
+/// more (a record written before the kernel could see the flag does not wake us; it
+/// is seen here). True: the reader may sleep without its timer.
+fn go_idle(shared: &RingShared, cursor: u64, flag: Option<&mut IdleFlag>) -> bool {
+    let Some(flag) = flag else { return false };
+    // The map update is a system call: a full barrier before the read below.
+    flag.raise() && shared.ring.produced() == cursor
 }
 
 /// Takes every record still in the ring past `cursor` (at exit, once the reader has

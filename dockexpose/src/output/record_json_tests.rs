@@ -104,3 +104,40 @@ fn strings_the_world_controls_are_escaped_as_serde_does() {
         assert_eq!(parsed["stage"], "verified", "a string cannot forge a key");
     }
 }
+
+#[test]
+fn the_eight_byte_escape_check_agrees_with_the_byte_by_byte_one() {
+    let naive = |s: &[u8]| s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+    // Every byte value at every position of strings of 1 to 19 bytes, among bytes that
+    // need nothing (ASCII and UTF-8 continuation bytes alike).
+    for len in 1..20 {
+        for at in 0..len {
+            for b in 0..=255u8 {
+                let mut s = vec![b'a'; len];
+                if len > 3 {
+                    s[(at + 1) % len] = 0xc3;
+                }
+                s[at] = b;
+                assert_eq!(needs_escape(&s), naive(&s), "byte {b:#04x} at {at} of {len}");
+            }
+        }
+    }
+    assert!(!needs_escape(b""));
+}
+
+#[test]
+fn the_encoder_reuses_a_container_only_while_it_is_the_same_one() {
+    let mut enc = Encoder::default();
+    let first = samples::reached();
+    let mut other = samples::reached();
+    let mut c = (**first.container.as_ref().unwrap()).clone();
+    c.name = "other \"quoted\" name".into();
+    other.container = Some(Arc::new(c));
+    let mut no_container = samples::reached();
+    no_container.container = None;
+    for rec in [&first, &first, &other, &first, &no_container, &other] {
+        let mut out = Vec::new();
+        enc.write(rec, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), reference(rec));
+    }
+}

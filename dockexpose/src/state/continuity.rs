@@ -260,6 +260,15 @@ impl Continuity {
         self.shared.clone()
     }
 
+    /// The reader's idle flag (a DAEMON_STATE slot), on a handle of its own. None if
+    /// the map's fd cannot be shared: the reader then keeps its timer, as before.
+    pub fn idle_flag(&self) -> Option<crate::kernel::reader::IdleFlag> {
+        use std::os::fd::AsFd as _;
+        let fd = aya::maps::IterableMap::map(&self.state).fd().as_fd().try_clone_to_owned().ok()?;
+        let state = Array::try_from(Map::Array(MapData::from_fd(fd).ok()?)).ok()?;
+        Some(crate::kernel::reader::IdleFlag::new(state))
+    }
+
     /// The end of every batch the loop has handled (`state::release` notes it at each
     /// hand-off to the audit log's writer).
     pub fn handled(&self) -> u64 {

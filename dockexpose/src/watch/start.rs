@@ -208,7 +208,8 @@ impl Watcher {
 
         let (tx, batches) = mpsc::channel::<ring::Batch>(CHANNEL_BATCHES);
         let (stop_reader, reader_stop) = oneshot::channel();
-        let reader_task = tokio::spawn(ring::run(continuity.ring(), tx, self.reader.clone(), reader_stop));
+        let reader_task =
+            tokio::spawn(ring::run(continuity.ring(), tx, self.reader.clone(), continuity.idle_flag(), reader_stop));
         let signals = Signals {
             interrupt: signal(SignalKind::interrupt()).map_err(Error::Signals)?,
             terminate: signal(SignalKind::terminate()).map_err(Error::Signals)?,

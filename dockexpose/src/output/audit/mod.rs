@@ -115,6 +115,8 @@ pub struct AuditLog {
     spares: Spares,
     /// The size of the last chunk handed: the next buffer starts that large.
     last_chunk: usize,
+    /// The native record's encoder (it keeps the last container's bytes).
+    encoder: crate::output::record_json::Encoder,
 }
 
 impl AuditLog {
@@ -180,6 +182,7 @@ impl AuditLog {
             acks,
             spares,
             last_chunk: 1 << 16,
+            encoder: Default::default(),
         };
         Ok((log, reports))
     }
@@ -229,7 +232,7 @@ impl AuditLog {
         if self.is_off() {
             return;
         }
-        crate::output::record_json::write(rec, &mut self.buf);
+        self.encoder.write(rec, &mut self.buf);
         self.buf.push(b'\n');
         self.buffered += 1;
         if self.buf.len() >= FLUSH_AT {
