@@ -182,7 +182,13 @@ fn a_slow_disk_costs_no_record_and_never_stalls_the_loop() {
             .filter(|l| l.contains(&format!("\"src_port\":{port},")) && l.contains("\"reached\""))
             .count()
     };
-    while made.iter().any(|p| in_log(*p) == 0) && Instant::now() < deadline {
+    // The server closes first, so the client may use a source port again at once:
+    // each port has as many records as connections were made from it.
+    let mut per_port: std::collections::BTreeMap<u16, usize> = std::collections::BTreeMap::new();
+    for p in &made {
+        *per_port.entry(*p).or_default() += 1;
+    }
+    while per_port.iter().any(|(p, times)| in_log(*p) < *times) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     let (_, status_code, lines) = w.stop();
@@ -191,9 +197,9 @@ fn a_slow_disk_costs_no_record_and_never_stalls_the_loop() {
     let (ring_lost, reader_lost) = (counter(last, "ringbuf_full_lost"), counter(last, "reader_lost"));
     let writes = fs.write_times();
     let longest_write = writes.iter().copied().fold(0.0, f64::max);
-    let counts: Vec<(u16, usize)> = made.iter().map(|p| (*p, in_log(*p))).collect();
-    let missing = counts.iter().filter(|(_, n)| *n == 0).count();
-    let twice = counts.iter().filter(|(_, n)| *n > 1).count();
+    let counts: Vec<(u16, usize, usize)> = per_port.iter().map(|(p, times)| (*p, *times, in_log(*p))).collect();
+    let missing = counts.iter().filter(|(_, times, n)| n < times).count();
+    let twice = counts.iter().filter(|(_, times, n)| n > times).count();
     eprintln!(
         "{test}: {} connections ({} made while each write blocked {} s); {} writes, longest {longest_write:.3} s, \
          {blocked_at_end} of them blocked >= 1 s; {answers} status answers, slowest {} ms; ring bytes unreleased \
@@ -209,7 +215,7 @@ fn a_slow_disk_costs_no_record_and_never_stalls_the_loop() {
     assert!(longest_write >= SLOW_WRITE.as_secs_f64() * 0.9, "the disk was never slow: {writes:?}");
     assert!(made.len() >= 30, "too few connections to mean anything: {}", made.len());
     assert_eq!((ring_lost, reader_lost), (0, 0), "{last}");
-    assert_eq!((missing, twice), (0, 0), "every connection once in the log: {counts:?}");
+    assert_eq!((missing, twice), (0, 0), "every connection once in the log (port, made, logged): {counts:?}");
     assert!(slowest < STATUS_LIMIT, "the loop stalled behind the disk: a status answer took {slowest:?}");
     drop(fs);
 }

@@ -23,27 +23,36 @@ fn a_trickle_to_an_address_no_container_holds_never_blinds_the_ring_during_a_flo
     let stop = Arc::new(AtomicBool::new(false));
     let (ns, src, dst, s) =
         (outside.ns.clone(), outside.src4(), SocketAddr::new(guest.addr.parse().unwrap(), 7000), stop.clone());
+    // A connection the flood crowds out (its SYN dropped twice in the veth's backlog:
+    // the 2 s connect timeout) is no fault of the daemon's: counted, not made.
     let trickle = std::thread::spawn(move || {
-        let mut sports = Vec::new();
+        let (mut sports, mut failed) = (Vec::new(), 0usize);
         while !s.load(Ordering::Relaxed) {
-            sports.push(tcp_connect(&ns, Some(src), dst).expect("the guest answers"));
+            match tcp_connect(&ns, Some(src), dst) {
+                Ok(sport) => sports.push(sport),
+                Err(_) => failed += 1,
+            }
             std::thread::sleep(Duration::from_millis(400));
         }
-        sports
+        (sports, failed)
     });
     std::thread::sleep(Duration::from_secs(2));
     let flood_dst = SocketAddrV4::new(outside.v4(1).parse().unwrap(), port);
     let sent = syn_flood(&outside.ns, [198, 19, n as u8], flood_dst, 300_000, 25_000, Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
-    let sports = trickle.join().unwrap();
+    let (sports, failed) = trickle.join().unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let (records, status, lines) = w.stop();
     assert!(status.success());
     let last = lines.iter().find(|l| l.contains("final counters")).expect("final counters");
     let lost = counter(last, "ringbuf_full_lost");
-    eprintln!("{test}: {sent} spoofed SYNs, {} trickle connections; ring lost {lost} ({last})", sports.len());
+    eprintln!(
+        "{test}: {sent} spoofed SYNs, {} trickle connections ({failed} crowded out by the flood); ring lost {lost} ({last})",
+        sports.len()
+    );
     assert!(sent >= 150_000, "the flood was too slow to mean anything: {sent}");
+    assert!(sports.len() >= 10, "too few trickle connections got through to mean anything: {}", sports.len());
     assert_eq!(lost, 0, "the ring lost records while the trickle waited for identity");
     // The guest closes first, so the client may use a source port again at once: each
     // port has as many records as connections were made from it.
@@ -54,7 +63,12 @@ fn a_trickle_to_an_address_no_container_holds_never_blinds_the_ring_during_a_flo
     for (sport, times) in made {
         let r: Vec<_> =
             reached(&records, sport).into_iter().filter(|r| r["src_ip"] == outside.v4(2).as_str()).collect();
-        assert_eq!(r.len(), times, "trickle connections from port {sport}: {r:?}");
+        // A crowded-out connect may have reached the guest from a port used again later.
+        if failed == 0 {
+            assert_eq!(r.len(), times, "trickle connections from port {sport}: {r:?}");
+        } else {
+            assert!(r.len() >= times, "trickle connections from port {sport}: {r:?}");
+        }
         assert!(r.iter().all(|r| r["dst_ip"] == guest.addr.as_str() && r["container"].is_null()), "{r:?}");
     }
     assert!(!guest.ns.is_empty());
