@@ -362,6 +362,11 @@ pub async fn run(
 /// is seen here). True: the reader may sleep without its timer.
 fn go_idle(shared: &RingShared, cursor: u64, flag: Option<&mut IdleFlag>) -> bool {
     let Some(flag) = flag else { return false };
+    // Records wait that the loop has no room for yet (its channel full): no sleep, and
+    // no system call to raise the flag on every tick.
+    if shared.ring.produced() != cursor {
+        return false;
+    }
     // The map update is a system call: a full barrier before the read below.
     flag.raise() && shared.ring.produced() == cursor
 }
