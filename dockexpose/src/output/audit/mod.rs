@@ -96,8 +96,9 @@ pub struct AuditLog {
     buffered: u64,
     /// Commands the hand-off had no room for, in order.
     outbox: VecDeque<Command>,
-    /// The last chunk number handed (how far the writer wrote is in `acks`).
+    /// The last chunk number handed, and the last the writer wrote.
     handed: u64,
+    written: u64,
     /// Each chunk handed and not yet written, with its size: what is held.
     in_flight: VecDeque<(u64, usize)>,
     in_flight_bytes: usize,
@@ -171,6 +172,7 @@ impl AuditLog {
             buffered: 0,
             outbox: VecDeque::new(),
             handed: 0,
+            written: 0,
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
             stats,
@@ -302,9 +304,12 @@ impl AuditLog {
     /// what waited for room. Returns the warning to give if the writer thread is gone.
     pub fn sync(&mut self) -> Option<String> {
         let seq = self.acks.written();
-        while self.in_flight.front().is_some_and(|(s, _)| *s <= seq) {
-            if let Some((_, n)) = self.in_flight.pop_front() {
-                self.in_flight_bytes -= n;
+        if seq > self.written {
+            self.written = seq;
+            while self.in_flight.front().is_some_and(|(s, _)| *s <= seq) {
+                if let Some((_, n)) = self.in_flight.pop_front() {
+                    self.in_flight_bytes -= n;
+                }
             }
         }
         self.send()
@@ -380,7 +385,7 @@ impl AuditLog {
 
     /// The last chunk number the writer wrote.
     pub fn written(&self) -> u64 {
-        self.acks.written()
+        self.written.max(self.acks.written())
     }
 
     /// Chunks wait for room in the hand-off: try again soon.
