@@ -45,8 +45,9 @@ pub enum RunKind {
     /// Ports Docker published since the last inventory.
     NewPorts(BTreeSet<(u16, Proto)>),
     /// Every published port, because the ground moved (a ruleset, link or address
-    /// change): "after a ruleset change by iptables (pid 1234)".
-    Drift(String),
+    /// change): "after a ruleset change by iptables (pid 1234)". It covers the new
+    /// ports queued when it started, and names them, so no second run follows.
+    Drift { why: String, new_ports: BTreeSet<(u16, Proto)> },
 }
 
 impl RunKind {
@@ -54,21 +55,26 @@ impl RunKind {
     pub fn describe(&self) -> String {
         match self {
             RunKind::Scheduled => "scheduled".into(),
-            RunKind::Drift(why) => format!("after {why}"),
-            RunKind::NewPorts(ports) => format!(
-                "new ports {}",
-                ports.iter().map(|(p, proto)| format!("{p}/{}", proto.as_str())).collect::<Vec<_>>().join(", ")
-            ),
+            RunKind::Drift { why, new_ports } if new_ports.is_empty() => format!("after {why}"),
+            RunKind::Drift { why, new_ports } => {
+                format!("new ports {}, with every published port after {why}", port_list(new_ports))
+            }
+            RunKind::NewPorts(ports) => format!("new ports {}", port_list(ports)),
         }
     }
 
     /// The `ports` argument of `verify::prepare` (empty: every published port).
     pub fn ports(&self) -> Vec<(u16, Proto)> {
         match self {
-            RunKind::Scheduled | RunKind::Drift(_) => Vec::new(),
+            RunKind::Scheduled | RunKind::Drift { .. } => Vec::new(),
             RunKind::NewPorts(ports) => ports.iter().copied().collect(),
         }
     }
+}
+
+/// "53/udp, 9090/tcp".
+fn port_list(ports: &BTreeSet<(u16, Proto)>) -> String {
+    ports.iter().map(|(p, proto)| format!("{p}/{}", proto.as_str())).collect::<Vec<_>>().join(", ")
 }
 
 /// When runs are due. At most one runs at a time: what falls due meanwhile waits.
@@ -149,14 +155,16 @@ impl Schedule {
         Some(RunKind::NewPorts(ports))
     }
 
-    /// Starts a run outside the schedule (the ground moved), unless one runs or
-    /// Docker has not answered yet; true when it started.
-    pub fn start_unscheduled(&mut self) -> bool {
+    /// Starts a run of every published port outside the schedule (the ground
+    /// moved), unless one runs or Docker has not answered yet. When it starts, it
+    /// takes the new ports queued so far (it probes them too) and returns them.
+    pub fn start_unscheduled(&mut self) -> Option<BTreeSet<(u16, Proto)>> {
         if self.running || self.known.is_none() {
-            return false;
+            return None;
         }
         self.running = true;
-        true
+        (self.queued_first, self.queued_last) = (None, None);
+        Some(std::mem::take(&mut self.queued))
     }
 
     pub fn finished(&mut self) {
@@ -371,20 +379,43 @@ mod tests {
     fn a_drift_run_starts_only_between_runs_and_after_the_first_inventory() {
         let t0 = Instant::now();
         let mut s = Schedule::new(Duration::from_secs(3600), t0);
-        assert!(!s.start_unscheduled(), "nothing to probe before Docker answers");
+        assert_eq!(s.start_unscheduled(), None, "nothing to probe before Docker answers");
         s.inventory(set(&[(8080, Proto::Tcp)]), t0);
         assert_eq!(s.start(t0), Some(RunKind::Scheduled));
-        assert!(!s.start_unscheduled(), "one run at a time");
+        assert_eq!(s.start_unscheduled(), None, "one run at a time");
         s.finished();
-        assert!(s.start_unscheduled());
+        assert_eq!(s.start_unscheduled(), Some(set(&[])));
         assert_eq!(s.due(), None, "running");
         s.finished();
         assert_eq!(s.due(), Some(t0 + Duration::from_secs(3600)), "the schedule is untouched");
-        assert_eq!(
-            RunKind::Drift("a ruleset change by nft (pid 7)".into()).describe(),
-            "after a ruleset change by nft (pid 7)"
-        );
-        assert!(RunKind::Drift(String::new()).ports().is_empty(), "every published port");
+        let drift = |ports: &[(u16, Proto)]| RunKind::Drift {
+            why: "a ruleset change by nft (pid 7)".into(),
+            new_ports: set(ports),
+        };
+        assert_eq!(drift(&[]).describe(), "after a ruleset change by nft (pid 7)");
+        assert!(drift(&[(9090, Proto::Tcp)]).ports().is_empty(), "every published port");
+    }
+
+    #[test]
+    fn a_drift_run_takes_the_queued_new_ports_and_names_them() {
+        // Seen in CI: a new container's veth (a link change) and its published port
+        // arrive together; the drift run probed the port but was named only by the
+        // link, and a second run of the same port was still queued behind it.
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(3600), t0);
+        s.inventory(set(&[(8080, Proto::Tcp)]), t0);
+        s.start(t0);
+        s.finished();
+        let t1 = t0 + Duration::from_secs(100);
+        s.inventory(set(&[(8080, Proto::Tcp), (39447, Proto::Tcp)]), t1);
+        assert_eq!(s.due(), Some(t1 + DEBOUNCE));
+        let taken = s.start_unscheduled().expect("no run goes");
+        assert_eq!(taken, set(&[(39447, Proto::Tcp)]));
+        s.finished();
+        assert_eq!(s.due(), Some(t0 + Duration::from_secs(3600)), "no second run of the same port");
+        let run = RunKind::Drift { why: "a link change: veth1 added".into(), new_ports: taken };
+        assert_eq!(run.describe(), "new ports 39447/tcp, with every published port after a link change: veth1 added");
+        assert!(run.ports().is_empty(), "every published port");
     }
 
     fn obs(stage: Stage, src: &str, dst: &str) -> Observation {

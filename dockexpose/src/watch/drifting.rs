@@ -49,13 +49,15 @@ impl Watcher {
     /// The drift run to start now, if one is due and none runs.
     pub(super) fn take_drift_run(&mut self) -> Option<RunKind> {
         let v = self.verify.as_mut()?;
-        if v.debounce.due().is_none_or(|t| t > Instant::now()) || !v.schedule.start_unscheduled() {
+        if v.debounce.due().is_none_or(|t| t > Instant::now()) {
             return None;
         }
+        let new_ports = v.schedule.start_unscheduled()?;
         v.run_causes = v.debounce.take();
         let first = v.run_causes.first().map(drift::describe).unwrap_or_else(|| "a change".into());
         let more = v.run_causes.len().saturating_sub(1);
-        Some(RunKind::Drift(if more > 0 { format!("{first} and {more} more") } else { first }))
+        let why = if more > 0 { format!("{first} and {more} more") } else { first };
+        Some(RunKind::Drift { why, new_ports })
     }
 
     /// A run ended: verdicts that changed since the last run that probed the same

@@ -72,6 +72,10 @@ impl Watcher {
                 let now = verifyd::published_ports(&inventory);
                 RunKind::NewPorts(ports.into_iter().filter(|p| now.contains(p)).collect())
             }
+            RunKind::Drift { why, new_ports } => {
+                let now = verifyd::published_ports(&inventory);
+                RunKind::Drift { why, new_ports: new_ports.into_iter().filter(|p| now.contains(p)).collect() }
+            }
             k => k,
         };
         if kind == RunKind::NewPorts(BTreeSet::new()) {
