@@ -174,8 +174,11 @@ impl ClickHouse {
             self.shards[i].http_port,
             settings.join("&")
         );
+        // The body and then the status on a line of its own, both on stdout: never
+        // `-o /dev/stderr`, whose O_TRUNC empties the file the test's stderr goes to
+        // (a CI log redirected into a file was found full of NUL bytes).
         let out = Command::new("curl")
-            .args(["-sS", "-o", "/dev/stderr", "-w", "%{http_code}", "--data-binary", "@-", &url])
+            .args(["-sS", "-w", "\n%{http_code}", "--data-binary", "@-", &url])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -185,7 +188,9 @@ impl ClickHouse {
                 c.wait_with_output()
             })
             .expect("run curl");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "insert into {table} refused");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        assert_eq!(code, "200", "insert into {table} refused: {body}");
     }
 
     /// Waits until `table` on shard 0 holds `n` rows (a Distributed insert is
