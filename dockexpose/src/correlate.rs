@@ -5,13 +5,19 @@ use std::{sync::Arc, time::SystemTime};
 
 use crate::{
     inventory::model::{exposure_of, Exposure, Inventory, PublishedPort},
-    kernel::event::{Observation, Stage},
+    kernel::event::{IfName, Observation, Stage},
     output::record::{ContainerRef, HostSide, Record},
     verdict::Verdict,
 };
 
 /// Builds the record of an observation, enriched from the inventory when there is one.
-pub fn record(obs: &Observation, stage: Stage, at: SystemTime, iface: &str, inventory: Option<&Inventory>) -> Record {
+pub fn record(
+    obs: &Observation,
+    stage: Stage,
+    at: SystemTime,
+    iface: impl Into<IfName>,
+    inventory: Option<&Inventory>,
+) -> Record {
     let mut rec = Record::from_observation(obs, stage, at, iface);
     let Some(inv) = inventory else { return rec };
     match stage {
@@ -25,12 +31,12 @@ pub fn record(obs: &Observation, stage: Stage, at: SystemTime, iface: &str, inve
 pub fn verdict_record(verdict: &Verdict, clock: impl Fn(u64) -> SystemTime, inventory: Option<&Inventory>) -> Record {
     match verdict {
         Verdict::Blocked { attempt, iface } => {
-            record(attempt, Stage::Blocked, clock(attempt.ktime_ns), iface, inventory)
+            record(attempt, Stage::Blocked, clock(attempt.ktime_ns), iface.clone(), inventory)
         }
         Verdict::ReachedViaProxy { attempt, iface } => {
             // Described from the uplink: the destination is the host side the proxy
             // answered on; the container comes from the published mapping.
-            let mut rec = record(attempt, Stage::Attempted, clock(attempt.ktime_ns), iface, inventory);
+            let mut rec = record(attempt, Stage::Attempted, clock(attempt.ktime_ns), iface.clone(), inventory);
             rec.stage = Stage::Reached.as_str();
             rec.path = Some("proxy");
             rec
@@ -106,21 +112,17 @@ fn enrich_attempt(rec: &mut Record, obs: &Observation, inv: &Inventory) {
 /// `-p`), and not the loopback-bound ones while others exist (those are what an
 /// outsider reaches; a reach of only loopback-bound ports is flagged as such).
 fn candidates(mappings: &[&PublishedPort], ipv4: bool) -> Vec<HostSide> {
-    let same_family = prefer(mappings.to_vec(), |m| m.host_ip.is_ipv4() == ipv4);
-    prefer(same_family, |m| !m.loopback_only())
-        .into_iter()
+    // Two preferences, each falling back to all when nothing passes it; decided
+    // first, so that the one Vec made is the answer (this runs for every record).
+    let same_family = |m: &PublishedPort| m.host_ip.is_ipv4() == ipv4;
+    let any_same_family = mappings.iter().any(|m| same_family(m));
+    let in_family = |m: &PublishedPort| !any_same_family || same_family(m);
+    let any_open = mappings.iter().any(|m| in_family(m) && !m.loopback_only());
+    mappings
+        .iter()
+        .filter(|m| in_family(m) && (!any_open || !m.loopback_only()))
         .map(|m| HostSide { host_ip: m.host_ip, host_port: m.host_port })
         .collect()
-}
-
-/// The items that pass `keep`, or all of them when none does.
-fn prefer(items: Vec<&PublishedPort>, keep: impl Fn(&PublishedPort) -> bool) -> Vec<&PublishedPort> {
-    let kept: Vec<&PublishedPort> = items.iter().copied().filter(|m| keep(m)).collect();
-    if kept.is_empty() {
-        items
-    } else {
-        kept
-    }
 }
 
 #[cfg(test)]
@@ -232,7 +234,7 @@ mod tests {
         let clock = |_| SystemTime::UNIX_EPOCH;
         let blocked =
             verdict_record(&Verdict::Blocked { attempt: attempt.clone(), iface: "eth0".into() }, clock, Some(&inv));
-        assert_eq!((blocked.stage, blocked.path, blocked.iface.as_str()), ("blocked", None, "eth0"));
+        assert_eq!((blocked.stage, blocked.path, &*blocked.iface), ("blocked", None, "eth0"));
         assert_eq!(blocked.container.as_ref().unwrap().name, "web");
         let proxied = verdict_record(&Verdict::ReachedViaProxy { attempt, iface: "eth0".into() }, clock, Some(&inv));
         assert_eq!((proxied.stage, proxied.path), ("reached", Some("proxy")));

@@ -18,7 +18,7 @@ use std::{
     net::IpAddr,
 };
 
-use crate::kernel::event::{Observation, Proto};
+use crate::kernel::event::{IfName, Observation, Proto};
 
 /// Outsiders choose these keys (addresses, ports): a randomly seeded hasher, much
 /// cheaper than SipHash and still resistant to crafted collisions.
@@ -67,7 +67,7 @@ impl Key {
 
 struct Waiting {
     attempt: Observation,
-    iface: String,
+    iface: IfName,
     answered: bool,
 }
 
@@ -75,9 +75,9 @@ struct Waiting {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Answered by the host itself: relayed by a proxy.
-    ReachedViaProxy { attempt: Observation, iface: String },
+    ReachedViaProxy { attempt: Observation, iface: IfName },
     /// Nothing answered: the firewall held.
-    Blocked { attempt: Observation, iface: String },
+    Blocked { attempt: Observation, iface: IfName },
 }
 
 impl Verdict {
@@ -111,7 +111,7 @@ impl AttemptTracker {
         }
     }
 
-    pub fn attempted(&mut self, obs: &Observation, iface: &str) {
+    pub fn attempted(&mut self, obs: &Observation, iface: impl Into<IfName>) {
         let key = Key::of_attempt(obs);
         if !self.waiting.contains_key(&key) {
             if self.waiting.len() >= MAX_TRACKED {
@@ -120,7 +120,7 @@ impl AttemptTracker {
             }
             self.by_source.entry(key.source()).or_default().push(key);
         }
-        self.waiting.insert(key, Waiting { attempt: obs.clone(), iface: iface.to_string(), answered: false });
+        self.waiting.insert(key, Waiting { attempt: obs.clone(), iface: iface.into(), answered: false });
         self.deadlines.push_back((obs.ktime_ns.saturating_add(self.window_ns), key));
     }
 
@@ -286,7 +286,9 @@ mod tests {
         t.attempted(&obs(Stage::Attempted, 1000, 10 * S), "eth0");
         assert!(t.expire(11 * S).is_empty(), "window still open");
         let v = t.expire(12 * S);
-        assert!(matches!(&v[..], [Verdict::Blocked { attempt, iface }] if attempt.src_port == 1000 && iface == "eth0"));
+        assert!(
+            matches!(&v[..], [Verdict::Blocked { attempt, iface }] if attempt.src_port == 1000 && &**iface == "eth0")
+        );
         assert!(t.expire(30 * S).is_empty(), "one verdict per attempt");
     }
 

@@ -206,6 +206,10 @@ impl Observation {
     }
 }
 
+/// An interface's name as records carry it: shared, so that a record costs a
+/// reference count, not a copy.
+pub type IfName = std::sync::Arc<str>;
+
 /// Turns kernel timestamps (CLOCK_MONOTONIC, as bpf_ktime_get_ns) into wall-clock time.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelClock {

@@ -7,7 +7,7 @@ use std::{net::IpAddr, time::SystemTime};
 
 use serde::Serialize;
 
-use crate::kernel::event::{Observation, Stage};
+use crate::kernel::event::{IfName, Observation, Stage};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -114,7 +114,7 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub community_id: Option<String>,
     /// Interface where the kernel saw it.
-    pub iface: String,
+    pub iface: std::sync::Arc<str>,
     pub container: Option<std::sync::Arc<ContainerRef>>,
     /// `published` (through a published port), `loopback_only` (the port is published
     /// only on 127.0.0.1/::1, yet reached from outside), `unpublished` (not published at
@@ -193,7 +193,7 @@ fn shape_of(obs: &Observation, stage: Stage, conntrack: bool) -> Vec<&'static st
 
 impl Record {
     /// The record of an observation, before any Docker enrichment.
-    pub fn from_observation(obs: &Observation, stage: Stage, at: SystemTime, iface: &str) -> Self {
+    pub fn from_observation(obs: &Observation, stage: Stage, at: SystemTime, iface: impl Into<IfName>) -> Self {
         Self {
             schema: SCHEMA_VERSION,
             ts: Timestamp(at),
@@ -207,7 +207,7 @@ impl Record {
             host_ip: obs.orig_dst.map(|(ip, _)| ip),
             host_port: obs.orig_dst.map(|(_, port)| port),
             community_id: None,
-            iface: iface.to_string(),
+            iface: iface.into(),
             container: None,
             exposure: "unknown",
             published: Vec::new(),

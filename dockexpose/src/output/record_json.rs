@@ -45,11 +45,11 @@ fn encode(rec: &Record, out: &mut Vec<u8>, mut container: impl FnMut(&mut Vec<u8
     out.extend_from_slice(b",\"ts\":\"");
     out.extend_from_slice(&rec.ts.format());
     out.extend_from_slice(b"\",\"stage\":");
-    string(out, rec.stage);
+    ours(out, rec.stage);
     out.extend_from_slice(b",\"proto\":");
-    string(out, rec.proto);
+    ours(out, rec.proto);
     out.extend_from_slice(b",\"family\":");
-    string(out, rec.family);
+    ours(out, rec.family);
     out.extend_from_slice(b",\"src_ip\":");
     ip(out, rec.src_ip);
     out.extend_from_slice(b",\"src_port\":");
@@ -80,7 +80,7 @@ fn encode(rec: &Record, out: &mut Vec<u8>, mut container: impl FnMut(&mut Vec<u8
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"exposure\":");
-    string(out, rec.exposure);
+    ours(out, rec.exposure);
     out.extend_from_slice(b",\"published\":[");
     for (i, side) in rec.published.iter().enumerate() {
         if i > 0 {
@@ -89,7 +89,10 @@ fn encode(rec: &Record, out: &mut Vec<u8>, mut container: impl FnMut(&mut Vec<u8
         host_side(out, side);
     }
     out.extend_from_slice(b"],\"path\":");
-    optional_string(out, rec.path);
+    match rec.path {
+        Some(p) => ours(out, p),
+        None => out.extend_from_slice(b"null"),
+    }
     out.extend_from_slice(b",\"spoofed_local\":");
     boolean(out, rec.spoofed_local);
     out.extend_from_slice(b",\"spoofed_trusted\":");
@@ -99,12 +102,12 @@ fn encode(rec: &Record, out: &mut Vec<u8>, mut container: impl FnMut(&mut Vec<u8
         if i > 0 {
             out.push(b',');
         }
-        string(out, word);
+        ours(out, word);
     }
     out.push(b']');
     if let Some(v) = rec.verdict {
         out.extend_from_slice(b",\"verdict\":");
-        string(out, v);
+        ours(out, v);
     }
     if let Some(why) = &rec.why {
         out.extend_from_slice(b",\"why\":");
@@ -202,7 +205,7 @@ fn ip(out: &mut Vec<u8>, addr: IpAddr) {
                 if i > 0 {
                     out.push(b'.');
                 }
-                int(out, octet);
+                octet_digits(out, octet);
             }
         }
         // Rarer, and its shortest form has rules of its own: std's Display.
@@ -211,6 +214,26 @@ fn ip(out: &mut Vec<u8>, addr: IpAddr) {
         }
     }
     out.push(b'"');
+}
+
+/// One of the daemon's own words (a stage, a protocol, an exposure, a path, a shape,
+/// a verdict): never anything to escape, so not looked at.
+fn ours(out: &mut Vec<u8>, s: &'static str) {
+    debug_assert!(!needs_escape(s.as_bytes()), "{s:?} needs escaping");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+/// 0 to 255 in decimal, without a general-purpose formatter (three per address).
+fn octet_digits(out: &mut Vec<u8>, n: u8) {
+    if n >= 100 {
+        out.extend_from_slice(&[b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10]);
+    } else if n >= 10 {
+        out.extend_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
+    } else {
+        out.push(b'0' + n);
+    }
 }
 
 /// A JSON string: as it is when nothing in it needs escaping, else serde_json's.

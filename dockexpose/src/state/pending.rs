@@ -14,12 +14,12 @@ use std::time::Instant;
 use aya::maps::{HashMap, MapData};
 use dockexpose_common::{ConnEvent, PendingKey};
 
-use crate::kernel::event::Observation;
+use crate::kernel::event::{IfName, Observation};
 
 /// One record waiting: its observation, interface name and deadline.
 struct Waiting {
     obs: Observation,
-    iface: String,
+    iface: IfName,
     deadline: Instant,
 }
 
@@ -56,7 +56,7 @@ impl PendingRecords {
 
     /// Holds `ev` until `deadline`. False when it cannot be kept safely (full): the
     /// caller writes it now.
-    pub fn hold(&mut self, ev: &ConnEvent, obs: Observation, iface: String, deadline: Instant) -> bool {
+    pub fn hold(&mut self, ev: &ConnEvent, obs: Observation, iface: IfName, deadline: Instant) -> bool {
         if self.waiting.len() >= self.capacity {
             self.refused += 1;
             return false;
@@ -78,7 +78,7 @@ impl PendingRecords {
         &mut self,
         all: bool,
         mut still_waits: impl FnMut(&Observation) -> bool,
-    ) -> Vec<(Observation, String)> {
+    ) -> Vec<(Observation, IfName)> {
         let now = Instant::now();
         let (due, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
             .into_iter()

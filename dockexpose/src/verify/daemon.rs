@@ -253,7 +253,7 @@ pub fn verified_record(r: &ProbeResult, inventory: Option<&Inventory>) -> Record
         cpu: 0,
         rec_seq: 0,
     };
-    let mut rec = correlate::record(&obs, Stage::Attempted, r.at, &r.uplink, inventory);
+    let mut rec = correlate::record(&obs, Stage::Attempted, r.at, r.uplink.as_str(), inventory);
     rec.stage = STAGE_VERIFIED;
     rec.host_ip = Some(dst);
     rec.host_port = Some(dst_port);

@@ -71,7 +71,7 @@ impl Watcher {
                 );
                 self.kernel.detach_bridge(&name);
                 self.kernel.detach_uplink(&name);
-                self.ifnames.retain(|_, n| n != &name);
+                self.ifnames.retain(|_, n| **n != *name);
             } else {
                 kept.push(name);
             }
@@ -86,7 +86,7 @@ impl Watcher {
         let plan = Plan::new(&attached, &self.desired_bridges(), interfaces::exists);
         for (b, gone) in plan.detach {
             self.kernel.detach_bridge(&b);
-            self.ifnames.retain(|_, n| n != &b);
+            self.ifnames.retain(|_, n| **n != *b);
             let name = human::escape_untrusted(&b);
             if gone {
                 // Its containers are not watched until it comes back: a health alert.
@@ -137,7 +137,7 @@ impl Watcher {
         let layer = interfaces::link_layer(name);
         let mode = self.kernel.attach_uplink(name, layer, self.settings.uplink_hook)?;
         if let Ok(idx) = nix::net::if_::if_nametoindex(name) {
-            self.ifnames.insert(idx, name.to_string());
+            self.ifnames.insert(idx, name.into());
         }
         self.uplink_modes.insert(
             name.to_string(),
@@ -175,7 +175,7 @@ impl Watcher {
         let plan = Plan::new(&attached, &self.desired_uplinks(), interfaces::exists);
         for (u, gone) in plan.detach {
             self.kernel.detach_uplink(&u);
-            self.ifnames.retain(|_, n| n != &u);
+            self.ifnames.retain(|_, n| **n != *u);
             let name = human::escape_untrusted(&u);
             if gone {
                 let line = format!(
@@ -204,7 +204,7 @@ impl Watcher {
     pub(super) fn attach_bridge(&mut self, name: &str) -> Result<()> {
         self.kernel.attach_bridge(name)?;
         if let Ok(idx) = nix::net::if_::if_nametoindex(name) {
-            self.ifnames.insert(idx, name.to_string());
+            self.ifnames.insert(idx, name.into());
         }
         Ok(())
     }

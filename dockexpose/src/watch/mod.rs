@@ -111,7 +111,7 @@ struct Watcher {
     settings: Settings,
     host: HostSnapshot,
     /// ifindex -> interface name, for the records.
-    ifnames: BTreeMap<u32, String>,
+    ifnames: BTreeMap<u32, crate::kernel::event::IfName>,
     /// How each uplink is attached ("tcx", "xdp native", "xdp generic").
     uplink_modes: BTreeMap<String, &'static str>,
     outputs: Outputs,

@@ -9,7 +9,7 @@ use super::{Watcher, IDENTITY_GRACE, MAX_PENDING};
 use crate::{
     correlate,
     error::Result,
-    kernel::event::{Observation, Stage},
+    kernel::event::{IfName, Observation, Stage},
     output::alerts::HealthCondition,
 };
 
@@ -73,7 +73,9 @@ impl Watcher {
             self.probe_records += 1;
             return Ok(());
         }
-        let iface = self.ifnames.get(&obs.ifindex).cloned().unwrap_or_else(|| format!("if{}", obs.ifindex));
+        // A shared name: a reference count per record, not a copy.
+        let iface: IfName =
+            self.ifnames.get(&obs.ifindex).cloned().unwrap_or_else(|| format!("if{}", obs.ifindex).into());
         match obs.stage {
             Stage::Answered => {
                 self.answers_received += 1;
@@ -87,7 +89,7 @@ impl Watcher {
                 self.unbound_attempts += 1;
                 return Ok(());
             }
-            Stage::Attempted => self.attempts.attempted(&obs, &iface),
+            Stage::Attempted => self.attempts.attempted(&obs, iface.clone()),
             Stage::Reached => {
                 if let Some(host_side) = self.attempts.reached(&obs) {
                     obs.orig_dst = Some(host_side);
@@ -117,8 +119,8 @@ impl Watcher {
         &mut self,
         ev: &ConnEvent,
         obs: Observation,
-        iface: String,
-    ) -> std::result::Result<(), (Observation, String)> {
+        iface: IfName,
+    ) -> std::result::Result<(), (Observation, IfName)> {
         if self.pending.len() >= MAX_PENDING {
             self.pending.refused += 1;
             return Err((obs, iface));
@@ -148,8 +150,9 @@ impl Watcher {
         Ok(())
     }
 
-    pub(super) fn emit(&mut self, obs: &Observation, iface: &str) -> Result<()> {
-        let rec = correlate::record(obs, obs.stage, self.clock.wall(obs.ktime_ns), iface, self.inventory.as_ref());
+    pub(super) fn emit(&mut self, obs: &Observation, iface: &IfName) -> Result<()> {
+        let rec =
+            correlate::record(obs, obs.stage, self.clock.wall(obs.ktime_ns), iface.clone(), self.inventory.as_ref());
         self.outputs.connection(rec, Some(obs));
         Ok(())
     }

@@ -53,10 +53,27 @@ pub(super) const MAX_ADDRESS_TARGETS: usize = 4_096;
 
 /// The container reached (its shared identity: a clone is a reference count), or
 /// the destination address when no container is known.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Target {
     Container(Arc<ContainerRef>),
     Address(IpAddr),
+}
+
+/// A container is hashed by its id alone, not by every field of its identity (equal
+/// targets have equal ids, so this agrees with `Eq`): up to three lookups a record.
+impl std::hash::Hash for Target {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Target::Container(c) => {
+                state.write_u8(0);
+                c.id.hash(state);
+            }
+            Target::Address(a) => {
+                state.write_u8(1);
+                a.hash(state);
+            }
+        }
+    }
 }
 
 impl Target {
@@ -168,7 +185,7 @@ impl Alerter {
             target: Target::of(rec),
             port: rec.host_port.unwrap_or(rec.dst_port),
             proto: rec.proto,
-            uplink: rec.iface.clone(),
+            uplink: rec.iface.to_string(),
         };
         if self.verified.get(&key).is_some_and(|t| now.duration_since(*t) < self.window) {
             return None;
