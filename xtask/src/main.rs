@@ -55,7 +55,7 @@ enum Task {
     /// in each (also the last step of `test`; see xtask/src/vm.rs).
     TestVm,
     /// Build, then run the kernel-program benchmark (benches/kernel_programs.rs) as root
-    /// with ARGS, then the daemon benchmarks (tests bench_rate, bench_saturation with its
+    /// with ARGS, the record path (benches/record_path.rs), then the daemon benchmarks (tests bench_rate, bench_saturation with its
     /// peers table, and bench_flood; they need root and Docker), and bench_fleet (no
     /// root: real nats-server and ClickHouse on 127.0.0.1).
     Bench {
@@ -100,6 +100,11 @@ fn run_task(task: Task) -> Result<()> {
             let bin = build_kernel_bench()?;
             let mut kernel = privileged(root, &bin, &args)?;
             run(&mut kernel, "the kernel-program benchmark failed")?;
+            say!("the daemon's loop per connection, without the kernel (benches/record_path.rs; no root; about 10 s)");
+            run(
+                cargo().args(["bench", "--package", "dockexpose", "--bench", "record_path"]),
+                "the record-path benchmark failed",
+            )?;
             // The daemon-side benchmarks are ignored tests, so that they share the
             // namespace and Docker test bed with the tests; one after the other.
             for (test, what) in [
