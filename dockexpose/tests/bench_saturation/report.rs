@@ -46,10 +46,14 @@ pub(crate) fn print_dockexpose(dx: &Rounds, ctx: &Context, idle: &Idle) {
     let (rec50, rec99, alert99) =
         (med(attached, &|r| r.record_p50), med(attached, &|r| r.record_p99), med(attached, &|r| r.alert_p99));
     let failed: u64 = detached.iter().chain(attached).map(|r| r.failed).sum();
-    let (rate_ratio, host_ratio) = (a_rate / d_rate, a_host / d_host);
+    let (rate_ratio, host_ratio) = (dx.rate_ratio(), dx.host_ratio());
+    let (rate_of_medians, host_of_medians) = (a_rate / d_rate, a_host / d_host);
     let all = |v: &[Round]| v.iter().map(|r| format!("{:.0}", r.rate)).collect::<Vec<_>>().join(" ");
 
-    println!("dockexpose at saturation: {} rounds of {LENGTH_S} s each way, interleaved; medians", attached.len());
+    println!(
+        "dockexpose at saturation: {} rounds of {LENGTH_S} s each way, interleaved; medians, ratios as the median of each round's own",
+        attached.len()
+    );
     println!("  load: {}", ctx.invocation);
     println!(
         "  CPUs busy during the load: detached {:.1}%, attached {:.1}% (saturated: >= {:.0}%)",
@@ -64,8 +68,8 @@ pub(crate) fn print_dockexpose(dx: &Rounds, ctx: &Context, idle: &Idle) {
         println!("  WARNING: other work shared the CPUs ({:.0}% busy before the load, {skewed} rounds where other builds took over {:.0}% of the CPUs): these figures are not the daemon's alone; rerun on a quiet machine", ctx.background * 100.0, SKEWED * 100.0);
     }
     println!("  ab failed requests: {failed} in all rounds");
-    println!("  connections/s        detached {d_rate:>8.0}   attached {a_rate:>8.0}   ratio {rate_ratio:.3}  (all: detached {}; attached {})", all(detached), all(attached));
-    println!("  host CPU µs/conn     detached {d_host:>8.2}   attached {a_host:>8.2}   ratio {host_ratio:.3}");
+    println!("  connections/s        detached {d_rate:>8.0}   attached {a_rate:>8.0}   ratio {rate_ratio:.3} (of the medians {rate_of_medians:.3})  (all: detached {}; attached {})", all(detached), all(attached));
+    println!("  host CPU µs/conn     detached {d_host:>8.2}   attached {a_host:>8.2}   ratio {host_ratio:.3} (of the medians {host_of_medians:.3})");
     println!(
         "  daemon CPU µs/conn   total {} (schedstat, ns precision)   user {}   system {} (utime/stime: 10 ms jiffies, ±{:.2} µs/conn a round)",
         show(daemon, "µs"),

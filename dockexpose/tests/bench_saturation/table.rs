@@ -6,7 +6,7 @@ use crate::{
     rounds::Rounds,
 };
 
-// The goals of issue 22, as medians against no tool at all.
+// The goals of issue 22, as median ratios against no tool at all (`Rounds::ratio`).
 pub(crate) const GOAL_RATE_RATIO: f64 = 0.99;
 pub(crate) const GOAL_HOST_CPU_RATIO: f64 = 1.02;
 pub(crate) const GOAL_DAEMON_US: f64 = 2.0;
@@ -58,7 +58,7 @@ pub(crate) fn print_peers_table(all: &[Rounds]) -> (usize, usize) {
 
     println!();
     println!(
-        "PEERS: the same load through a published port, each tool attached vs no tool at all, interleaved; medians"
+        "PEERS: the same load through a published port, each tool attached vs no tool at all, interleaved; each ratio is the median of the rounds' own (attached / the detached half next to it)"
     );
     println!("machine: {}", machine());
     println!();
