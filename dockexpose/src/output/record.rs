@@ -114,7 +114,7 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub community_id: Option<String>,
     /// Interface where the kernel saw it.
-    pub iface: std::sync::Arc<str>,
+    pub iface: IfName,
     pub container: Option<std::sync::Arc<ContainerRef>>,
     /// `published` (through a published port), `loopback_only` (the port is published
     /// only on 127.0.0.1/::1, yet reached from outside), `unpublished` (not published at

@@ -63,6 +63,17 @@ impl RunKind {
         }
     }
 
+    /// Without the new ports that are no longer published (gone again since they
+    /// were queued).
+    pub fn published_now(self, published: &BTreeSet<(u16, Proto)>) -> Self {
+        let keep = |ports: BTreeSet<(u16, Proto)>| ports.into_iter().filter(|p| published.contains(p)).collect();
+        match self {
+            RunKind::NewPorts(ports) => RunKind::NewPorts(keep(ports)),
+            RunKind::Drift { why, new_ports } => RunKind::Drift { why, new_ports: keep(new_ports) },
+            RunKind::Scheduled => RunKind::Scheduled,
+        }
+    }
+
     /// The `ports` argument of `verify::prepare` (empty: every published port).
     pub fn ports(&self) -> Vec<(u16, Proto)> {
         match self {
@@ -416,6 +427,8 @@ mod tests {
         let run = RunKind::Drift { why: "a link change: veth1 added".into(), new_ports: taken };
         assert_eq!(run.describe(), "new ports 39447/tcp, with every published port after a link change: veth1 added");
         assert!(run.ports().is_empty(), "every published port");
+        let gone = run.published_now(&set(&[(8080, Proto::Tcp)]));
+        assert_eq!(gone.describe(), "after a link change: veth1 added", "a port gone again is not named");
     }
 
     fn obs(stage: Stage, src: &str, dst: &str) -> Observation {

@@ -67,17 +67,7 @@ impl Watcher {
         let Some(inventory) = self.inventory.clone() else { return };
         let Some(kind) = drift.or_else(|| v.schedule.start(Instant::now())) else { return };
         // Ports gone again since they were queued are not probed.
-        let kind = match kind {
-            RunKind::NewPorts(ports) => {
-                let now = verifyd::published_ports(&inventory);
-                RunKind::NewPorts(ports.into_iter().filter(|p| now.contains(p)).collect())
-            }
-            RunKind::Drift { why, new_ports } => {
-                let now = verifyd::published_ports(&inventory);
-                RunKind::Drift { why, new_ports: new_ports.into_iter().filter(|p| now.contains(p)).collect() }
-            }
-            k => k,
-        };
+        let kind = kind.published_now(&verifyd::published_ports(&inventory));
         if kind == RunKind::NewPorts(BTreeSet::new()) {
             v.schedule.finished();
             return;

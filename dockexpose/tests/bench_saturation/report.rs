@@ -47,7 +47,7 @@ pub(crate) fn print_dockexpose(dx: &Rounds, ctx: &Context, idle: &Idle) {
         (med(attached, &|r| r.record_p50), med(attached, &|r| r.record_p99), med(attached, &|r| r.alert_p99));
     let failed: u64 = detached.iter().chain(attached).map(|r| r.failed).sum();
     let (rate_ratio, host_ratio) = (dx.rate_ratio(), dx.host_ratio());
-    let (rate_of_medians, host_of_medians) = (a_rate / d_rate, a_host / d_host);
+    let (rate_of_medians, host_of_medians) = (dx.ratio_of_medians(|r| r.rate), dx.ratio_of_medians(|r| r.host_us));
     let all = |v: &[Round]| v.iter().map(|r| format!("{:.0}", r.rate)).collect::<Vec<_>>().join(" ");
 
     println!(
