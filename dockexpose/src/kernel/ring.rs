@@ -178,6 +178,11 @@ impl EventRing {
     /// Copies out up to `max` records from `from`; returns the position after the last.
     /// Records too short to be a `ConnEvent` are skipped and counted in `short`.
     pub fn read(&self, from: u64, max: usize, out: &mut Vec<ConnEvent>, short: &mut u64) -> u64 {
+        // Room for what is there at once (one record's span, header included): no
+        // regrowth, and no copy of the records taken so far, on the way.
+        let span = (size_of::<ConnEvent>() as u64 + HEADER).div_ceil(8) * 8;
+        let waiting = self.produced().saturating_sub(from) / span;
+        out.reserve(usize::try_from(waiting).unwrap_or(max).min(max));
         let mut pos = from;
         let mut taken = 0;
         while taken < max {

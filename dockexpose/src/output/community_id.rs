@@ -6,7 +6,7 @@
 //! (1 byte) + 0 (1 byte) + src port (2 bytes, BE) + dst port (2 bytes, BE)))`, the
 //! endpoints ordered so that the smaller (address, port) comes first, seed 0.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use base64::Engine as _;
 use sha1::{Digest as _, Sha1};
@@ -87,16 +87,77 @@ fn proto_number(proto: &str) -> u8 {
     }
 }
 
-/// The Community ID of the tuple the outsider used: from the source to the host side
+/// The tuple the outsider used, as a record tells it: from the source to the host side
 /// (`host_ip`, `host_port`: the tuple before DNAT) when the record knows it, otherwise
 /// the tuple observed (`src_ip`/`src_port` to `dst_ip`/`dst_port`).
-pub fn of_record(rec: &Record) -> String {
-    let proto = proto_number(rec.proto);
-    match (rec.host_ip, rec.host_port) {
-        (Some(host_ip), Some(host_port)) if host_ip.is_ipv4() == rec.src_ip.is_ipv4() => {
-            community_id_v1(proto, rec.src_ip, rec.src_port, host_ip, host_port)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FlowTuple {
+    proto: u8,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+}
+
+impl FlowTuple {
+    fn of_record(rec: &Record) -> Self {
+        let proto = proto_number(rec.proto);
+        let (src, sport) = (rec.src_ip, rec.src_port);
+        match (rec.host_ip, rec.host_port) {
+            (Some(dst), Some(dport)) if dst.is_ipv4() == src.is_ipv4() => Self { proto, src, sport, dst, dport },
+            _ => Self { proto, src, sport, dst: rec.dst_ip, dport: rec.dst_port },
         }
-        _ => community_id_v1(proto, rec.src_ip, rec.src_port, rec.dst_ip, rec.dst_port),
+    }
+
+    fn id(&self) -> String {
+        community_id_v1(self.proto, self.src, self.sport, self.dst, self.dport)
+    }
+
+    /// A slot of `Recent` (its source port and the low bits of its source address:
+    /// what differs between the connections of a busy moment).
+    fn slot(&self) -> usize {
+        let low = match self.src {
+            IpAddr::V4(a) => u32::from(a),
+            IpAddr::V6(a) => (u128::from(a) & 0xffff_ffff) as u32,
+        };
+        (usize::from(self.sport) ^ (low as usize).wrapping_mul(0x9e37)) % RECENT_SLOTS
+    }
+}
+
+/// The Community ID of the tuple the outsider used (see `FlowTuple`).
+pub fn of_record(rec: &Record) -> String {
+    FlowTuple::of_record(rec).id()
+}
+
+/// Slots of `Recent`.
+const RECENT_SLOTS: usize = 256;
+
+/// The ids made lately, by tuple: a connection's `reached` record names the very tuple
+/// its `attempted` record named a moment before, so its id (a SHA-1 and a base64) is
+/// not made twice. A tuple is kept until another one takes its slot.
+pub struct Recent {
+    slots: Vec<Option<(FlowTuple, Arc<str>)>>,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self { slots: vec![None; RECENT_SLOTS] }
+    }
+}
+
+impl Recent {
+    /// The record's Community ID (`of_record`), made again only for a tuple not seen lately.
+    pub fn of_record(&mut self, rec: &Record) -> Arc<str> {
+        let flow = FlowTuple::of_record(rec);
+        let slot = &mut self.slots[flow.slot()];
+        match slot {
+            Some((seen, id)) if *seen == flow => id.clone(),
+            _ => {
+                let id: Arc<str> = flow.id().into();
+                *slot = Some((flow, id.clone()));
+                id
+            }
+        }
     }
 }
 
@@ -205,8 +266,37 @@ mod tests {
         let mut rec = record(Some(("198.18.3.1", 8080)));
         let v: serde_json::Value = serde_json::from_str(&rec.to_json_line()).unwrap();
         assert!(v.get("community_id").is_none(), "set by the fan-out, not before");
-        rec.community_id = Some(of_record(&rec));
+        rec.community_id = Some(of_record(&rec).into());
         let v: serde_json::Value = serde_json::from_str(&rec.to_json_line()).unwrap();
         assert_eq!(v["community_id"], "1:aXRMY0laAR6kRty6zK3tARBmywY=");
+    }
+
+    #[test]
+    fn recent_ids_are_the_ids_of_their_own_tuples_only() {
+        let mut recent = Recent::default();
+        let attempt = record(Some(("198.18.3.1", 8080)));
+        let first = recent.of_record(&attempt);
+        assert_eq!(*first, of_record(&attempt));
+        // The reach of the same connection: the same tuple (its host side), not made again.
+        let mut reach = attempt.clone();
+        (reach.dst_ip, reach.dst_port) = (ip("172.17.0.2"), 80);
+        assert!(Arc::ptr_eq(&recent.of_record(&reach), &first));
+        // Every other tuple gets its own id, also where it shares a slot: 3 000 sources
+        // over 256 slots, each asked twice, in turn.
+        let mut others = Vec::new();
+        for i in 0..3000u32 {
+            let mut rec = attempt.clone();
+            rec.src_ip = IpAddr::V4(std::net::Ipv4Addr::from(0xc613_0000 + i / 7));
+            rec.src_port = 20_000 + (i % 7) as u16;
+            others.push(rec);
+        }
+        for rec in others.iter().chain(others.iter().rev()) {
+            assert_eq!(*recent.of_record(rec), of_record(rec), "{}:{}", rec.src_ip, rec.src_port);
+        }
+        // The tuple observed, when a record has no host side.
+        let mut observed = attempt.clone();
+        (observed.host_ip, observed.host_port) = (None, None);
+        assert_eq!(*recent.of_record(&observed), of_record(&observed));
+        assert_ne!(*recent.of_record(&observed), *recent.of_record(&attempt));
     }
 }

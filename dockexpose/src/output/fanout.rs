@@ -203,6 +203,8 @@ pub struct Outputs {
     record_latency: LatencyHistogram,
     alert_latency: LatencyHistogram,
     records: u64,
+    /// Community IDs made lately (a reach names its attempt's tuple).
+    community_ids: community_id::Recent,
     /// The `host` and `host_id` of every record.
     host: Arc<str>,
     host_id: Option<Arc<str>>,
@@ -222,6 +224,7 @@ impl Outputs {
             record_latency: LatencyHistogram::default(),
             alert_latency: LatencyHistogram::default(),
             records: 0,
+            community_ids: community_id::Recent::default(),
             host: "-".into(),
             host_id: None,
         }
@@ -236,8 +239,8 @@ impl Outputs {
     }
 
     /// What every record written carries: its host, and its Community ID.
-    fn stamp(&self, rec: &mut Record) {
-        rec.community_id = Some(community_id::of_record(rec));
+    fn stamp(&mut self, rec: &mut Record) {
+        rec.community_id = Some(self.community_ids.of_record(rec));
         (rec.host, rec.host_id) = (Some(self.host.clone()), self.host_id.clone());
     }
 

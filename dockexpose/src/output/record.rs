@@ -24,26 +24,47 @@ pub struct Timestamp(pub SystemTime);
 impl Timestamp {
     /// The 27 bytes of its RFC 3339 form.
     pub fn format(&self) -> [u8; 27] {
+        let (secs, micros) = self.parts();
+        let mut out = *b"0000-00-00T00:00:00.000000Z";
+        out[..19].copy_from_slice(&Self::format_second(secs));
+        out[20..26].copy_from_slice(&Self::format_micros(micros));
+        out
+    }
+
+    /// Whole seconds since the epoch, and the microseconds within the second.
+    pub fn parts(&self) -> (u64, u32) {
         let since = self.0.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
+        (since.as_secs(), since.subsec_micros())
+    }
+
+    /// "YYYY-MM-DDTHH:MM:SS" of a second since the epoch (the same for every record
+    /// of that second: the encoder keeps the last one).
+    pub fn format_second(secs: u64) -> [u8; 19] {
         let (days, rem) = (secs / 86_400, secs % 86_400);
         let (y, m, d) = civil_from_days(days as i64);
-        let mut out = *b"0000-00-00T00:00:00.000000Z";
-        let mut put = |at: usize, value: u64, width: usize| {
-            let mut v = value;
-            for i in (0..width).rev() {
-                out[at + i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        };
-        put(0, y as u64, 4);
-        put(5, m, 2);
-        put(8, d, 2);
-        put(11, rem / 3600, 2);
-        put(14, rem % 3600 / 60, 2);
-        put(17, rem % 60, 2);
-        put(20, u64::from(since.subsec_micros()), 6);
+        let mut out = *b"0000-00-00T00:00:00";
+        digits(&mut out[0..4], y as u64);
+        digits(&mut out[5..7], m);
+        digits(&mut out[8..10], d);
+        digits(&mut out[11..13], rem / 3600);
+        digits(&mut out[14..16], rem % 3600 / 60);
+        digits(&mut out[17..19], rem % 60);
         out
+    }
+
+    /// The six digits of the microseconds.
+    pub fn format_micros(micros: u32) -> [u8; 6] {
+        let mut out = [b'0'; 6];
+        digits(&mut out, u64::from(micros));
+        out
+    }
+}
+
+/// `value`'s last `out.len()` decimal digits, zero-padded.
+fn digits(out: &mut [u8], mut value: u64) {
+    for b in out.iter_mut().rev() {
+        *b = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 
@@ -112,7 +133,7 @@ pub struct Record {
     /// `host_port` when known, else the observed tuple. Set by the fan-out, so every
     /// record written carries it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub community_id: Option<String>,
+    pub community_id: Option<std::sync::Arc<str>>,
     /// Interface where the kernel saw it.
     pub iface: IfName,
     pub container: Option<std::sync::Arc<ContainerRef>>,

@@ -11,39 +11,128 @@
 
 use std::{io::Write as _, net::IpAddr, sync::Arc};
 
-use super::record::{ContainerRef, HostSide, Record};
+use super::record::{ContainerRef, HostSide, Record, Timestamp};
+use crate::kernel::event::IfName;
 
-/// Encodes records, keeping the last container object's bytes: under load most records
-/// name the container of the record before (the same `Arc`).
+/// Encodes records, keeping the encoded bytes of what most records share with the one
+/// before: under load they name the same container and interface (the same `Arc`),
+/// the same host and boot, and the same second.
 #[derive(Default)]
 pub struct Encoder {
     container: Option<(Arc<ContainerRef>, Vec<u8>)>,
+    /// A few interfaces' (an uplink's attempt and a bridge's reach alternate).
+    ifaces: Vec<(IfName, Vec<u8>)>,
+    /// `,"host":…,"host_id":…` (either may be absent).
+    host: Option<(Hosts, Vec<u8>)>,
+    /// `,"boot_id":…` of a boot id (static: compared by address).
+    boot: Option<(&'static str, Vec<u8>)>,
+    /// "YYYY-MM-DDTHH:MM:SS" of the last record's second (a date is divisions).
+    second: Option<(u64, [u8; 19])>,
 }
+
+/// A record's `host` and `host_id`.
+type Hosts = (Option<Arc<str>>, Option<Arc<str>>);
+
+/// Interfaces whose encoded names are kept (the oldest goes first).
+const IFACES_KEPT: usize = 8;
+
+/// The longest record the daemon writes without a rare key (intent, why, ban) is
+/// under 1 KiB: reserved once, so that no append on the way grows the buffer.
+const RESERVE: usize = 1024;
 
 impl Encoder {
     /// Appends `rec` as one JSON object (no newline).
     pub fn write(&mut self, rec: &Record, out: &mut Vec<u8>) {
-        encode(rec, out, |out, c| match &self.container {
+        out.reserve(RESERVE);
+        encode(rec, out, self);
+    }
+
+    fn timestamp(&mut self, out: &mut Vec<u8>, ts: Timestamp) {
+        let (secs, micros) = ts.parts();
+        let date = match self.second {
+            Some((s, date)) if s == secs => date,
+            _ => {
+                let date = Timestamp::format_second(secs);
+                self.second = Some((secs, date));
+                date
+            }
+        };
+        out.extend_from_slice(&date);
+        out.push(b'.');
+        out.extend_from_slice(&Timestamp::format_micros(micros));
+        out.push(b'Z');
+    }
+
+    fn container(&mut self, out: &mut Vec<u8>, c: &Arc<ContainerRef>) {
+        match &self.container {
             Some((last, bytes)) if Arc::ptr_eq(last, c) => out.extend_from_slice(bytes),
             _ => {
                 let start = out.len();
                 container(out, c);
                 self.container = Some((c.clone(), out[start..].to_vec()));
             }
-        });
+        }
+    }
+
+    fn iface(&mut self, out: &mut Vec<u8>, name: &IfName) {
+        if let Some((_, bytes)) = self.ifaces.iter().find(|(known, _)| Arc::ptr_eq(known, name)) {
+            out.extend_from_slice(bytes);
+            return;
+        }
+        let start = out.len();
+        string(out, name);
+        if self.ifaces.len() == IFACES_KEPT {
+            self.ifaces.remove(0);
+        }
+        self.ifaces.push((name.clone(), out[start..].to_vec()));
+    }
+
+    fn host(&mut self, out: &mut Vec<u8>, host: &Option<Arc<str>>, host_id: &Option<Arc<str>>) {
+        let same = |a: &Option<Arc<str>>, b: &Option<Arc<str>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        match &self.host {
+            Some(((h, id), bytes)) if same(h, host) && same(id, host_id) => out.extend_from_slice(bytes),
+            _ => {
+                let start = out.len();
+                if let Some(host) = host {
+                    out.extend_from_slice(b",\"host\":");
+                    string(out, host);
+                }
+                if let Some(host_id) = host_id {
+                    out.extend_from_slice(b",\"host_id\":");
+                    string(out, host_id);
+                }
+                self.host = Some(((host.clone(), host_id.clone()), out[start..].to_vec()));
+            }
+        }
+    }
+
+    fn boot(&mut self, out: &mut Vec<u8>, boot: &'static str) {
+        match &self.boot {
+            Some((last, bytes)) if std::ptr::eq(*last, boot) => out.extend_from_slice(bytes),
+            _ => {
+                let start = out.len();
+                out.extend_from_slice(b",\"boot_id\":");
+                string(out, boot);
+                self.boot = Some((boot, out[start..].to_vec()));
+            }
+        }
     }
 }
 
 /// Appends `rec` as one JSON object (no newline).
 pub fn write(rec: &Record, out: &mut Vec<u8>) {
-    encode(rec, out, |out, c| container(out, c));
+    Encoder::default().write(rec, out);
 }
 
-fn encode(rec: &Record, out: &mut Vec<u8>, mut container: impl FnMut(&mut Vec<u8>, &Arc<ContainerRef>)) {
+fn encode(rec: &Record, out: &mut Vec<u8>, enc: &mut Encoder) {
     out.extend_from_slice(b"{\"schema\":");
     int(out, rec.schema);
     out.extend_from_slice(b",\"ts\":\"");
-    out.extend_from_slice(&rec.ts.format());
+    enc.timestamp(out, rec.ts);
     out.extend_from_slice(b"\",\"stage\":");
     ours(out, rec.stage);
     out.extend_from_slice(b",\"proto\":");
@@ -73,10 +162,10 @@ fn encode(rec: &Record, out: &mut Vec<u8>, mut container: impl FnMut(&mut Vec<u8
         string(out, id);
     }
     out.extend_from_slice(b",\"iface\":");
-    string(out, &rec.iface);
+    enc.iface(out, &rec.iface);
     out.extend_from_slice(b",\"container\":");
     match &rec.container {
-        Some(c) => container(out, c),
+        Some(c) => enc.container(out, c),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"exposure\":");
@@ -127,8 +216,7 @@ fn encode(rec: &Record, out: &mut Vec<u8>, mut container: impl FnMut(&mut Vec<u8
         string(out, ban);
     }
     if let Some(boot) = rec.boot_id {
-        out.extend_from_slice(b",\"boot_id\":");
-        string(out, boot);
+        enc.boot(out, boot);
     }
     if let Some(cpu) = rec.cpu {
         out.extend_from_slice(b",\"cpu\":");
@@ -143,14 +231,7 @@ fn encode(rec: &Record, out: &mut Vec<u8>, mut container: impl FnMut(&mut Vec<u8
         out.extend_from_slice(&id.hex());
         out.push(b'"');
     }
-    if let Some(host) = &rec.host {
-        out.extend_from_slice(b",\"host\":");
-        string(out, host);
-    }
-    if let Some(host_id) = &rec.host_id {
-        out.extend_from_slice(b",\"host_id\":");
-        string(out, host_id);
-    }
+    enc.host(out, &rec.host, &rec.host_id);
     out.push(b'}');
 }
 
@@ -198,22 +279,27 @@ fn int(out: &mut Vec<u8>, n: impl itoa::Integer) {
 /// An address in its Display form, quoted (as serde writes `IpAddr`): digits, dots,
 /// colons and hex letters, never escaped.
 fn ip(out: &mut Vec<u8>, addr: IpAddr) {
-    out.push(b'"');
     match addr {
         IpAddr::V4(v4) => {
+            // Built on the stack, appended at once: "255.255.255.255" and quotes.
+            let mut buf = [0u8; 17];
+            buf[0] = b'"';
+            let mut n = 1;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    buf[n] = b'.';
+                    n += 1;
                 }
-                octet_digits(out, octet);
+                n += octet_digits(&mut buf[n..n + 3], octet);
             }
+            buf[n] = b'"';
+            out.extend_from_slice(&buf[..=n]);
         }
         // Rarer, and its shortest form has rules of its own: std's Display.
         IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
+            let _ = write!(out, "\"{v6}\"");
         }
     }
-    out.push(b'"');
 }
 
 /// One of the daemon's own words (a stage, a protocol, an exposure, a path, a shape,
@@ -225,14 +311,18 @@ fn ours(out: &mut Vec<u8>, s: &'static str) {
     out.push(b'"');
 }
 
-/// 0 to 255 in decimal, without a general-purpose formatter (three per address).
-fn octet_digits(out: &mut Vec<u8>, n: u8) {
+/// 0 to 255 in decimal, without a general-purpose formatter (three per address),
+/// into the start of `out`; the number of digits.
+fn octet_digits(out: &mut [u8], n: u8) -> usize {
     if n >= 100 {
-        out.extend_from_slice(&[b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10]);
+        out[..3].copy_from_slice(&[b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10]);
+        3
     } else if n >= 10 {
-        out.extend_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
+        out[..2].copy_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
+        2
     } else {
-        out.push(b'0' + n);
+        out[0] = b'0' + n;
+        1
     }
 }
 

@@ -141,3 +141,50 @@ fn the_encoder_reuses_a_container_only_while_it_is_the_same_one() {
         assert_eq!(String::from_utf8(out).unwrap(), reference(rec));
     }
 }
+
+#[test]
+fn the_encoder_reuses_a_second_an_interface_a_host_and_a_boot_only_while_they_are_the_same() {
+    use std::time::{Duration, SystemTime};
+
+    use crate::output::record::Timestamp;
+
+    let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+    let first = samples::reached();
+    let mut next_micro = first.clone();
+    next_micro.ts = Timestamp(base + Duration::from_micros(999_999));
+    let mut next_second = first.clone();
+    next_second.ts = Timestamp(base + Duration::from_secs(1));
+    let mut next_day = first.clone();
+    next_day.ts = Timestamp(base + Duration::from_secs(86_400));
+    let mut other_iface = first.clone();
+    other_iface.iface = "br-\"odd\\name".into();
+    let mut other_host = first.clone();
+    other_host.host = Some("edge \"7\"".into());
+    let mut no_host_id = first.clone();
+    no_host_id.host_id = None;
+    let mut no_host = first.clone();
+    (no_host.host, no_host.host_id) = (None, None);
+    static OTHER_BOOT: &str = "6f1c6a0e-5b7e-4d7e-9a9e-1f6b0c0d0e0f";
+    let mut other_boot = first.clone();
+    other_boot.boot_id = Some(OTHER_BOOT);
+    let mut enc = Encoder::default();
+    for rec in [
+        &first,
+        &next_micro,
+        &next_second,
+        &next_day,
+        &first,
+        &other_iface,
+        &first,
+        &other_host,
+        &no_host_id,
+        &no_host,
+        &first,
+        &other_boot,
+        &first,
+    ] {
+        let mut out = Vec::new();
+        enc.write(rec, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), reference(rec));
+    }
+}

@@ -197,7 +197,7 @@ fn connection(rec: &Record, observer: &Observer) -> Map<String, Value> {
         network["iana_number"] = n.to_string().into();
     }
     if let Some(id) = &rec.community_id {
-        network["community_id"] = id.as_str().into();
+        network["community_id"] = (**id).into();
     }
     event.insert("network".into(), network);
     event["observer"]["ingress"] = json!({ "interface": { "name": rec.iface } });

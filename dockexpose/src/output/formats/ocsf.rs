@@ -219,7 +219,7 @@ fn network_activity(rec: &Record, observer: &Observer, severity_id: u32) -> Map<
 
     let mut info = connection_info(rec.proto, rec.family);
     if let Some(id) = &rec.community_id {
-        info["community_uid"] = id.as_str().into();
+        info["community_uid"] = (**id).into();
     }
     event.insert("connection_info".into(), info);
 
