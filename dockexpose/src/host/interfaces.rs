@@ -1,6 +1,7 @@
-//! The host's interfaces and addresses, read with getifaddrs(3) and /sys/class/net.
-//! Polled by the watcher (cheap: one syscall batch) so that address changes and
-//! vanished interfaces are noticed within a second.
+//! The host's interfaces and addresses, read with getifaddrs(3) and one rtnetlink
+//! link dump (what /sys/class/net has as files, without five file reads an interface).
+//! Polled by the watcher so that address changes and vanished interfaces are noticed
+//! within a second.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -8,7 +9,15 @@ use std::{
     path::Path,
 };
 
+use netlink_packet_core::NLM_F_DUMP;
+use netlink_packet_route::{
+    link::{InfoKind, InfoPortKind, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage},
+    RouteNetlinkMessage,
+};
+use netlink_sys::protocols::NETLINK_ROUTE;
 use nix::{ifaddrs::getifaddrs, net::if_::InterfaceFlags};
+
+use super::netlink::Netlink;
 
 use crate::{
     error::{Error, Result},
@@ -70,24 +79,114 @@ pub struct HostSnapshot {
     pub interfaces: BTreeMap<String, Interface>,
 }
 
+impl Interface {
+    /// What /sys/class/net tells of an interface (no addresses yet).
+    fn from_sys(name: String) -> Self {
+        let sys = Path::new("/sys/class/net").join(&name);
+        let number =
+            |file: &str| std::fs::read_to_string(sys.join(file)).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        Interface {
+            is_bridge: sys.join("bridge").exists(),
+            is_bridge_port: sys.join("brport").exists(),
+            ports: bridge_ports(&name),
+            ifindex: number("ifindex").unwrap_or(0),
+            link_layer: LinkLayer::from_arphrd(number("type").unwrap_or(1)),
+            name,
+            ..Default::default()
+        }
+    }
+}
+
+/// What a link dump says of one link: the facts /sys/class/net has as files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LinkFacts {
+    ifindex: u32,
+    /// ARPHRD_* (the type file).
+    arphrd: u16,
+    /// Its kind is "bridge" (the bridge directory).
+    is_bridge: bool,
+    /// Its port kind is "bridge" (the brport directory).
+    is_bridge_port: bool,
+    /// The ifindex of the device it is enslaved to (IFLA_MASTER).
+    controller: Option<u32>,
+}
+
+impl LinkFacts {
+    /// Every link, by name, from one RTM_GETLINK dump (statistics left out).
+    fn dump() -> std::io::Result<BTreeMap<String, LinkFacts>> {
+        let mut nl = Netlink::open(NETLINK_ROUTE)?;
+        let mut ask = LinkMessage::default();
+        ask.attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        let links = nl.request(RouteNetlinkMessage::GetLink(ask), NLM_F_DUMP)?;
+        let mut out = BTreeMap::new();
+        for message in links {
+            let RouteNetlinkMessage::NewLink(link) = message else { continue };
+            let mut name = None;
+            let mut facts = LinkFacts {
+                ifindex: link.header.index,
+                arphrd: u16::from(link.header.link_layer_type),
+                is_bridge: false,
+                is_bridge_port: false,
+                controller: None,
+            };
+            for attribute in link.attributes {
+                match attribute {
+                    LinkAttribute::IfName(n) => name = Some(n),
+                    LinkAttribute::Controller(index) => facts.controller = Some(index),
+                    LinkAttribute::LinkInfo(infos) => {
+                        for info in infos {
+                            match info {
+                                LinkInfo::Kind(InfoKind::Bridge) => facts.is_bridge = true,
+                                LinkInfo::PortKind(InfoPortKind::Bridge) => facts.is_bridge_port = true,
+                                _ => {}
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(name) = name {
+                out.insert(name, facts);
+            }
+        }
+        Ok(out)
+    }
+
+    /// For a bridge: the names of its ports, sorted (the brif directory).
+    fn ports_of(&self, links: &BTreeMap<String, LinkFacts>) -> Vec<String> {
+        if !self.is_bridge {
+            return Vec::new();
+        }
+        // A BTreeMap: its names come sorted.
+        links
+            .iter()
+            .filter(|(_, l)| l.is_bridge_port && l.controller == Some(self.ifindex))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
 impl HostSnapshot {
     pub fn read() -> Result<Self> {
         let mut interfaces: BTreeMap<String, Interface> = BTreeMap::new();
+        // Every link's kind, ports and index in one netlink dump; /sys only for a link
+        // the dump did not have (created since, or netlink refused).
+        let links = LinkFacts::dump().unwrap_or_default();
         let addrs = getifaddrs().map_err(|e| Error::Interfaces(e.into()))?;
         for ifa in addrs {
             let entry = interfaces.entry(ifa.interface_name.clone()).or_insert_with(|| {
-                let sys = Path::new("/sys/class/net").join(&ifa.interface_name);
-                let number = |file: &str| {
-                    std::fs::read_to_string(sys.join(file)).ok().and_then(|s| s.trim().parse::<u32>().ok())
-                };
-                Interface {
-                    name: ifa.interface_name.clone(),
-                    is_bridge: sys.join("bridge").exists(),
-                    is_bridge_port: sys.join("brport").exists(),
-                    ports: bridge_ports(&ifa.interface_name),
-                    ifindex: number("ifindex").unwrap_or(0),
-                    link_layer: LinkLayer::from_arphrd(number("type").unwrap_or(1)),
-                    ..Default::default()
+                let name = ifa.interface_name.clone();
+                match links.get(&name) {
+                    Some(link) => Interface {
+                        is_bridge: link.is_bridge,
+                        is_bridge_port: link.is_bridge_port,
+                        ports: link.ports_of(&links),
+                        ifindex: link.ifindex,
+                        link_layer: LinkLayer::from_arphrd(u32::from(link.arphrd)),
+                        name,
+                        ..Default::default()
+                    },
+                    None => Interface::from_sys(name),
                 }
             });
             entry.is_loopback |= ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK);

@@ -9,6 +9,7 @@
 mod support;
 
 mod conntrack_flows;
+mod interfaces;
 mod neighbours;
 mod route_lookups;
 
