@@ -14,9 +14,11 @@
 //! counted: untracked (the table was full) or still open at exit.
 
 use std::{
-    collections::{HashMap as StdHashMap, VecDeque},
+    collections::{hash_map::Entry, HashMap as StdHashMap, VecDeque},
     net::IpAddr,
 };
+
+use smallvec::SmallVec;
 
 use crate::kernel::event::{IfName, Observation, Proto};
 
@@ -92,8 +94,9 @@ impl Verdict {
 pub struct AttemptTracker {
     window_ns: u64,
     waiting: HashMap<Key, Waiting>,
-    /// The waiting attempts by source, for reaches whose host side is unknown.
-    by_source: HashMap<SourceKey, Vec<Key>>,
+    /// The waiting attempts by source, for reaches whose host side is unknown (nearly
+    /// always one a source: kept inline, no allocation an attempt).
+    by_source: HashMap<SourceKey, SmallVec<[Key; 1]>>,
     /// Keys in arrival order with their deadlines (an entry may be stale: the key
     /// was settled or re-attempted; checked against `waiting`).
     deadlines: VecDeque<(u64, Key)>,
@@ -113,14 +116,22 @@ impl AttemptTracker {
 
     pub fn attempted(&mut self, obs: &Observation, iface: impl Into<IfName>) {
         let key = Key::of_attempt(obs);
-        if !self.waiting.contains_key(&key) {
-            if self.waiting.len() >= MAX_TRACKED {
+        let full = self.waiting.len() >= MAX_TRACKED;
+        let waiting = Waiting { attempt: obs.clone(), iface: iface.into(), answered: false };
+        match self.waiting.entry(key) {
+            // Attempted again (a retransmit past the kernel's window): a new wait.
+            Entry::Occupied(mut known) => {
+                known.insert(waiting);
+            }
+            Entry::Vacant(_) if full => {
                 self.untracked += 1;
                 return;
             }
-            self.by_source.entry(key.source()).or_default().push(key);
+            Entry::Vacant(new) => {
+                new.insert(waiting);
+                self.by_source.entry(key.source()).or_default().push(key);
+            }
         }
-        self.waiting.insert(key, Waiting { attempt: obs.clone(), iface: iface.into(), answered: false });
         self.deadlines.push_back((obs.ktime_ns.saturating_add(self.window_ns), key));
     }
 
@@ -146,9 +157,9 @@ impl AttemptTracker {
             return None;
         }
         let source = SourceKey { src: obs.src, src_port: obs.src_port, proto: obs.proto, seq: obs.seq };
-        let keys = self.by_source.get(&source).cloned().unwrap_or_default();
+        let keys = self.by_source.remove(&source).unwrap_or_default();
         for key in &keys {
-            self.settle(key);
+            self.waiting.remove(key);
         }
         match keys[..] {
             [only] => Some((only.host, only.host_port)),

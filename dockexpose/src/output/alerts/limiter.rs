@@ -205,7 +205,9 @@ impl Alerter {
             port: rec.host_port.unwrap_or(rec.dst_port),
             proto: rec.proto,
         };
-        if let Some(e) = self.exposures.get_mut(&exposure) {
+        // One lookup of the exposure a record (a container's id is hashed each time).
+        let mut known = self.exposures.get_mut(&exposure);
+        if let Some(e) = known.as_deref_mut() {
             e.last = now;
         }
         let key = AlertKey { exposure, src: rec.src_ip };
@@ -218,7 +220,7 @@ impl Alerter {
             self.new_this_second = 0;
         }
         let mut priority = false;
-        match self.exposures.get_mut(&key.exposure) {
+        match known {
             // A new exposure: judged by its target's window; remembered while there is room.
             None => {
                 match self.new_exposure(&key.exposure.target, rec, now) {
