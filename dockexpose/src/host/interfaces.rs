@@ -1,6 +1,6 @@
-//! The host's interfaces and addresses, read with getifaddrs(3) and one rtnetlink
-//! link dump (what /sys/class/net has as files, without five file reads an interface).
-//! Polled by the watcher so that address changes and vanished interfaces are noticed
+//! The host's interfaces and addresses, read with two rtnetlink dumps (links, without
+//! their statistics, and addresses): what getifaddrs(3) and /sys/class/net would
+//! tell, without five file reads an interface. Polled by the watcher so that address changes and vanished interfaces are noticed
 //! within a second.
 
 use std::{
@@ -11,11 +11,11 @@ use std::{
 
 use netlink_packet_core::NLM_F_DUMP;
 use netlink_packet_route::{
-    link::{InfoKind, InfoPortKind, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage},
+    address::{AddressAttribute, AddressMessage},
+    link::{InfoKind, InfoPortKind, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage},
     RouteNetlinkMessage,
 };
 use netlink_sys::protocols::NETLINK_ROUTE;
-use nix::{ifaddrs::getifaddrs, net::if_::InterfaceFlags};
 
 use super::netlink::Netlink;
 
@@ -79,28 +79,12 @@ pub struct HostSnapshot {
     pub interfaces: BTreeMap<String, Interface>,
 }
 
-impl Interface {
-    /// What /sys/class/net tells of an interface (no addresses yet).
-    fn from_sys(name: String) -> Self {
-        let sys = Path::new("/sys/class/net").join(&name);
-        let number =
-            |file: &str| std::fs::read_to_string(sys.join(file)).ok().and_then(|s| s.trim().parse::<u32>().ok());
-        Interface {
-            is_bridge: sys.join("bridge").exists(),
-            is_bridge_port: sys.join("brport").exists(),
-            ports: bridge_ports(&name),
-            ifindex: number("ifindex").unwrap_or(0),
-            link_layer: LinkLayer::from_arphrd(number("type").unwrap_or(1)),
-            name,
-            ..Default::default()
-        }
-    }
-}
-
 /// What a link dump says of one link: the facts /sys/class/net has as files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct LinkFacts {
     ifindex: u32,
+    /// IFF_UP, IFF_LOOPBACK, ...
+    flags: LinkFlags,
     /// ARPHRD_* (the type file).
     arphrd: u16,
     /// Its kind is "bridge" (the bridge directory).
@@ -113,8 +97,7 @@ struct LinkFacts {
 
 impl LinkFacts {
     /// Every link, by name, from one RTM_GETLINK dump (statistics left out).
-    fn dump() -> std::io::Result<BTreeMap<String, LinkFacts>> {
-        let mut nl = Netlink::open(NETLINK_ROUTE)?;
+    fn dump(nl: &mut Netlink) -> std::io::Result<BTreeMap<String, LinkFacts>> {
         let mut ask = LinkMessage::default();
         ask.attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
         let links = nl.request(RouteNetlinkMessage::GetLink(ask), NLM_F_DUMP)?;
@@ -124,6 +107,7 @@ impl LinkFacts {
             let mut name = None;
             let mut facts = LinkFacts {
                 ifindex: link.header.index,
+                flags: link.header.flags,
                 arphrd: u16::from(link.header.link_layer_type),
                 is_bridge: false,
                 is_bridge_port: false,
@@ -167,40 +151,48 @@ impl LinkFacts {
 }
 
 impl HostSnapshot {
+    /// Every interface and its addresses: one rtnetlink link dump (statistics left out)
+    /// and one address dump.
     pub fn read() -> Result<Self> {
-        let mut interfaces: BTreeMap<String, Interface> = BTreeMap::new();
-        // Every link's kind, ports and index in one netlink dump; /sys only for a link
-        // the dump did not have (created since, or netlink refused).
-        let links = LinkFacts::dump().unwrap_or_default();
-        let addrs = getifaddrs().map_err(|e| Error::Interfaces(e.into()))?;
-        for ifa in addrs {
-            let entry = interfaces.entry(ifa.interface_name.clone()).or_insert_with(|| {
-                let name = ifa.interface_name.clone();
-                match links.get(&name) {
-                    Some(link) => Interface {
-                        is_bridge: link.is_bridge,
-                        is_bridge_port: link.is_bridge_port,
-                        ports: link.ports_of(&links),
-                        ifindex: link.ifindex,
-                        link_layer: LinkLayer::from_arphrd(u32::from(link.arphrd)),
-                        name,
-                        ..Default::default()
-                    },
-                    None => Interface::from_sys(name),
+        let fail = |e: std::io::Error| Error::Interfaces(e);
+        let mut nl = Netlink::open(NETLINK_ROUTE).map_err(fail)?;
+        let links = LinkFacts::dump(&mut nl).map_err(fail)?;
+        let addrs = nl.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP).map_err(fail)?;
+        let mut interfaces: BTreeMap<String, Interface> = links
+            .iter()
+            .map(|(name, link)| {
+                let interface = Interface {
+                    name: name.clone(),
+                    is_bridge: link.is_bridge,
+                    is_bridge_port: link.is_bridge_port,
+                    is_loopback: link.flags.contains(LinkFlags::Loopback),
+                    is_up: link.flags.contains(LinkFlags::Up),
+                    ports: link.ports_of(&links),
+                    ifindex: link.ifindex,
+                    link_layer: LinkLayer::from_arphrd(u32::from(link.arphrd)),
+                    ..Default::default()
+                };
+                (name.clone(), interface)
+            })
+            .collect();
+        let names: BTreeMap<u32, &String> = links.iter().map(|(name, link)| (link.ifindex, name)).collect();
+        for message in addrs {
+            let RouteNetlinkMessage::NewAddress(a) = message else { continue };
+            // A link made since the link dump: seen on the next read.
+            let Some(entry) = names.get(&a.header.index).and_then(|name| interfaces.get_mut(*name)) else { continue };
+            // IFA_LOCAL, else IFA_ADDRESS (the peer's, on a point-to-point link), as
+            // getifaddrs(3) takes them.
+            let mut ip = None;
+            for attribute in &a.attributes {
+                match attribute {
+                    AddressAttribute::Local(local) => ip = Some(*local),
+                    AddressAttribute::Address(addr) if ip.is_none() => ip = Some(*addr),
+                    _ => {}
                 }
-            });
-            entry.is_loopback |= ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK);
-            entry.is_up |= ifa.flags.contains(InterfaceFlags::IFF_UP);
-            let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else { continue };
-            let (ip, len) = if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
-                (IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones() as u8)
-            } else if let (Some(a), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
-                (IpAddr::V6(a.ip()), u128::from(m.ip()).count_ones() as u8)
-            } else {
-                continue;
-            };
+            }
+            let Some(ip) = ip else { continue };
             entry.host_addresses.push(ip);
-            if let Some(p) = Prefix::new(ip, len) {
+            if let Some(p) = Prefix::new(ip, a.header.prefix_len) {
                 entry.addresses.push(p);
             }
         }

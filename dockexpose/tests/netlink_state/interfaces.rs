@@ -1,6 +1,7 @@
-//! The host's interfaces as `HostSnapshot::read` gives them (one rtnetlink link dump
-//! a second instead of /sys reads), in a namespace of the test's own holding each
-//! kind that matters: a bridge with two ports, a veth that is no port, an L3 tunnel.
+//! The host's interfaces as `HostSnapshot::read` gives them (two rtnetlink dumps a
+//! second, links and addresses, instead of getifaddrs and /sys reads), in a namespace
+//! of the test's own holding each kind that matters: a bridge with two ports and two
+//! addresses, a veth that is no port, one that is down, an L3 tunnel.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +31,8 @@ fn bridges_their_ports_indexes_and_link_layers_are_read_from_one_link_dump() {
     ip(&["link", "add", "br7", "type", "bridge"]);
     ip(&["addr", "add", &format!("10.251.{n}.1/24"), "dev", "br7"]);
     // Two ports, named so that their order is not their creation order.
-    for (end, peer) in [("vz", "vzp"), ("va", "vap"), ("loose", "loosep")] {
+    ip(&["addr", "add", &format!("fd42:251:{n}::1/64"), "dev", "br7", "nodad"]);
+    for (end, peer) in [("vz", "vzp"), ("va", "vap"), ("loose", "loosep"), ("down7", "down7p")] {
         ip(&["link", "add", end, "type", "veth", "peer", "name", peer]);
     }
     ip(&["link", "set", "vz", "master", "br7"]);
@@ -54,6 +56,10 @@ fn bridges_their_ports_indexes_and_link_layers_are_read_from_one_link_dump() {
     assert!(!loose.is_bridge_port && !loose.is_bridge, "a veth on no bridge: {loose:?}");
     assert_eq!(got("tun7").link_layer, LinkLayer::L3, "a tun device has no Ethernet header");
     assert_eq!(got("lo").link_layer, LinkLayer::Ethernet);
+    assert!(got("lo").is_loopback && !loose.is_loopback);
+    assert!(loose.is_up && !got("down7").is_up, "up as IFF_UP says");
+    let prefixes: Vec<String> = br.addresses.iter().map(|p| p.to_string()).collect();
+    assert_eq!(prefixes, [format!("10.251.{n}.0/24"), format!("fd42:251:{n}::/64")], "the bridge's subnets");
     for (name, index) in indexes(&ns) {
         assert_eq!(got(&name).ifindex, index, "{name}'s index");
     }
