@@ -117,18 +117,18 @@ impl AttemptTracker {
     pub fn attempted(&mut self, obs: &Observation, iface: impl Into<IfName>) {
         let key = Key::of_attempt(obs);
         let full = self.waiting.len() >= MAX_TRACKED;
-        let waiting = Waiting { attempt: obs.clone(), iface: iface.into(), answered: false };
+        let waiting = |iface: IfName| Waiting { attempt: obs.clone(), iface, answered: false };
         match self.waiting.entry(key) {
             // Attempted again (a retransmit past the kernel's window): a new wait.
             Entry::Occupied(mut known) => {
-                known.insert(waiting);
+                known.insert(waiting(iface.into()));
             }
             Entry::Vacant(_) if full => {
                 self.untracked += 1;
                 return;
             }
             Entry::Vacant(new) => {
-                new.insert(waiting);
+                new.insert(waiting(iface.into()));
                 self.by_source.entry(key.source()).or_default().push(key);
             }
         }

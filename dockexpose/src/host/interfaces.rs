@@ -11,13 +11,13 @@ use std::{
 
 use netlink_packet_core::NLM_F_DUMP;
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressMessage},
+    address::AddressMessage,
     link::{InfoKind, InfoPortKind, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage},
     RouteNetlinkMessage,
 };
 use netlink_sys::protocols::NETLINK_ROUTE;
 
-use super::netlink::Netlink;
+use super::{link_events::addr_key, netlink::Netlink};
 
 use crate::{
     error::{Error, Result},
@@ -178,21 +178,11 @@ impl HostSnapshot {
         let names: BTreeMap<u32, &String> = links.iter().map(|(name, link)| (link.ifindex, name)).collect();
         for message in addrs {
             let RouteNetlinkMessage::NewAddress(a) = message else { continue };
+            let Some((index, ip, prefix_len)) = addr_key(&a) else { continue };
             // A link made since the link dump: seen on the next read.
-            let Some(entry) = names.get(&a.header.index).and_then(|name| interfaces.get_mut(*name)) else { continue };
-            // IFA_LOCAL, else IFA_ADDRESS (the peer's, on a point-to-point link), as
-            // getifaddrs(3) takes them.
-            let mut ip = None;
-            for attribute in &a.attributes {
-                match attribute {
-                    AddressAttribute::Local(local) => ip = Some(*local),
-                    AddressAttribute::Address(addr) if ip.is_none() => ip = Some(*addr),
-                    _ => {}
-                }
-            }
-            let Some(ip) = ip else { continue };
+            let Some(entry) = names.get(&index).and_then(|name| interfaces.get_mut(*name)) else { continue };
             entry.host_addresses.push(ip);
-            if let Some(p) = Prefix::new(ip, a.header.prefix_len) {
+            if let Some(p) = Prefix::new(ip, prefix_len) {
                 entry.addresses.push(p);
             }
         }

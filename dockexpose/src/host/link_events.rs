@@ -186,9 +186,10 @@ fn link_name(l: &LinkMessage) -> Option<String> {
     })
 }
 
-/// An address's identity: IFA_ADDRESS (the peer on point-to-point links, else the
-/// local address), or IFA_LOCAL when only that is given.
-fn addr_key(a: &AddressMessage) -> Option<(u32, IpAddr, u8)> {
+/// An address's identity (interface index, address, prefix length): IFA_LOCAL, the
+/// host's own address, else IFA_ADDRESS (as getifaddrs(3) takes them; on a
+/// point-to-point link IFA_ADDRESS is the peer's).
+pub(super) fn addr_key(a: &AddressMessage) -> Option<(u32, IpAddr, u8)> {
     let mut addr = None;
     for attr in &a.attributes {
         match attr {

@@ -6,8 +6,9 @@
 //! byte, which was a quarter of the daemon's time per record, while most of a
 //! record's strings are ours (stage names, hex ids, addresses) and need none. A
 //! string that might need escaping is scanned once, eight bytes at a time; only one
-//! that does goes through serde_json's escaper. The container object, the same for
-//! every record of a busy container, is encoded once and reused (`Encoder`).
+//! that does goes through serde_json's escaper. What a busy host's records share (the
+//! container object, the interface's name, host and boot id, the second's date) is
+//! encoded once and reused while the next record shares it (`Encoder`).
 
 use std::{io::Write as _, net::IpAddr, sync::Arc};
 
@@ -19,19 +20,59 @@ use crate::kernel::event::IfName;
 /// the same host and boot, and the same second.
 #[derive(Default)]
 pub struct Encoder {
-    container: Option<(Arc<ContainerRef>, Vec<u8>)>,
+    container: Kept<Arc<ContainerRef>>,
     /// A few interfaces' (an uplink's attempt and a bridge's reach alternate).
     ifaces: Vec<(IfName, Vec<u8>)>,
     /// `,"host":…,"host_id":…` (either may be absent).
-    host: Option<(Hosts, Vec<u8>)>,
+    host: Kept<Hosts>,
     /// `,"boot_id":…` of a boot id (static: compared by address).
-    boot: Option<(&'static str, Vec<u8>)>,
+    boot: Kept<&'static str>,
     /// "YYYY-MM-DDTHH:MM:SS" of the last record's second (a date is divisions).
     second: Option<(u64, [u8; 19])>,
 }
 
+/// The bytes encoded from a value, kept while the next value is the same one (the same
+/// allocation: an `Arc` kept here cannot be freed and its address reused meanwhile).
+struct Kept<K>(Option<(K, Vec<u8>)>);
+
+impl<K> Default for Kept<K> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<K> Kept<K> {
+    /// The kept bytes if `same` says the kept value is this one; else `encode`s it and
+    /// keeps the bytes with `key()`.
+    fn put(
+        &mut self,
+        out: &mut Vec<u8>,
+        same: impl Fn(&K) -> bool,
+        key: impl FnOnce() -> K,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) {
+        match &self.0 {
+            Some((kept, bytes)) if same(kept) => out.extend_from_slice(bytes),
+            _ => {
+                let start = out.len();
+                encode(out);
+                self.0 = Some((key(), out[start..].to_vec()));
+            }
+        }
+    }
+}
+
 /// A record's `host` and `host_id`.
 type Hosts = (Option<Arc<str>>, Option<Arc<str>>);
+
+/// The same allocation, or both absent.
+fn same_arc<T: ?Sized>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
 
 /// Interfaces whose encoded names are kept (the oldest goes first).
 const IFACES_KEPT: usize = 8;
@@ -64,14 +105,7 @@ impl Encoder {
     }
 
     fn container(&mut self, out: &mut Vec<u8>, c: &Arc<ContainerRef>) {
-        match &self.container {
-            Some((last, bytes)) if Arc::ptr_eq(last, c) => out.extend_from_slice(bytes),
-            _ => {
-                let start = out.len();
-                container(out, c);
-                self.container = Some((c.clone(), out[start..].to_vec()));
-            }
-        }
+        self.container.put(out, |kept| Arc::ptr_eq(kept, c), || c.clone(), |out| container(out, c));
     }
 
     fn iface(&mut self, out: &mut Vec<u8>, name: &IfName) {
@@ -88,15 +122,12 @@ impl Encoder {
     }
 
     fn host(&mut self, out: &mut Vec<u8>, host: &Option<Arc<str>>, host_id: &Option<Arc<str>>) {
-        let same = |a: &Option<Arc<str>>, b: &Option<Arc<str>>| match (a, b) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        match &self.host {
-            Some(((h, id), bytes)) if same(h, host) && same(id, host_id) => out.extend_from_slice(bytes),
-            _ => {
-                let start = out.len();
+        let same = |(h, id): &Hosts| same_arc(h, host) && same_arc(id, host_id);
+        self.host.put(
+            out,
+            same,
+            || (host.clone(), host_id.clone()),
+            |out| {
                 if let Some(host) = host {
                     out.extend_from_slice(b",\"host\":");
                     string(out, host);
@@ -105,21 +136,20 @@ impl Encoder {
                     out.extend_from_slice(b",\"host_id\":");
                     string(out, host_id);
                 }
-                self.host = Some(((host.clone(), host_id.clone()), out[start..].to_vec()));
-            }
-        }
+            },
+        );
     }
 
     fn boot(&mut self, out: &mut Vec<u8>, boot: &'static str) {
-        match &self.boot {
-            Some((last, bytes)) if std::ptr::eq(*last, boot) => out.extend_from_slice(bytes),
-            _ => {
-                let start = out.len();
+        self.boot.put(
+            out,
+            |kept| std::ptr::eq(*kept, boot),
+            || boot,
+            |out| {
                 out.extend_from_slice(b",\"boot_id\":");
                 string(out, boot);
-                self.boot = Some((boot, out[start..].to_vec()));
-            }
-        }
+            },
+        );
     }
 }
 
