@@ -1,7 +1,7 @@
 //! The host's interfaces and addresses, read with two rtnetlink dumps (links, without
 //! their statistics, and addresses): what getifaddrs(3) and /sys/class/net would
-//! tell, without five file reads an interface. Polled by the watcher so that address changes and vanished interfaces are noticed
-//! within a second.
+//! tell, without five file reads an interface. Polled by the watcher so that address
+//! changes and vanished interfaces are noticed within a second.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
