@@ -9,12 +9,13 @@ mod support;
 
 use std::{
     process::Command,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use dockexpose::{
     verify::drift::Debounce,
-    watch::ground::{self, Cause},
+    watch::ground::{self, Cause, LinkChanges},
 };
 use support::*;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -98,11 +99,18 @@ impl Causes {
 /// Starts the watchers on this (namespace) thread; own_pid 1 so that this test's
 /// children are not taken for dockexpose's own.
 fn watch() -> (Causes, Vec<String>) {
+    let (causes, lines, _) = watch_counting();
+    (causes, lines)
+}
+
+/// `watch`, with what the link watcher receives counted.
+fn watch_counting() -> (Causes, Vec<String>, Arc<LinkChanges>) {
     let (tx, rx) = unbounded_channel();
-    let lines = ground::spawn(tx, 1, true);
+    let links = Arc::new(LinkChanges::default());
+    let lines = ground::spawn(tx, 1, true, links.clone());
     eprintln!("ground::spawn said: {lines:?}");
     assert!(!lines.iter().any(|l| l.contains("not watched")), "a watcher did not start: {lines:?}");
-    (Causes { rx, seen: Vec::new() }, lines)
+    (Causes { rx, seen: Vec::new() }, lines, links)
 }
 
 /// Runs `args` in namespace `ns`; its pid (ip netns exec execs the program in place,
@@ -252,6 +260,45 @@ fn links_and_addresses_name_the_interface() {
         step("veth del", &["ip", "link", "del", "dxd0"], "link", "dxd0 removed".into());
         // The peer went with it, and was announced too.
         causes.expect("peer removed", |c| c.detail.as_deref() == Some("dxd1 removed"));
+    });
+}
+
+/// The daemon reads the host's interfaces again only after the link watcher received
+/// something (watch::host_refresh): a port joining or leaving a bridge makes no cause
+/// (nothing verify needs), yet it decides which interfaces are uplinks, so it must be
+/// counted.
+#[test]
+fn a_port_joining_or_leaving_a_bridge_is_counted_though_it_makes_no_cause() {
+    const TEST: &str = "a_port_joining_or_leaving_a_bridge_is_counted_though_it_makes_no_cause";
+    if !ready(TEST, &["ip"]) {
+        return;
+    }
+    let ns = Netns::new("port");
+    let name = ns.0.clone();
+    in_netns(&ns.0, move || {
+        let (mut causes, _, links) = watch_counting();
+        assert!(links.count().is_some(), "the link watcher runs");
+        run(&name, &["ip", "link", "add", "dxdbr", "type", "bridge"]);
+        run(&name, &["ip", "link", "add", "dxd0", "type", "veth", "peer", "name", "dxd1"]);
+        causes.expect("veth add", |c| c.detail.as_deref() == Some("dxd0 added"));
+        causes.drain(Duration::from_millis(300));
+        for (what, args) in [
+            ("joining", &["ip", "link", "set", "dxd0", "master", "dxdbr"][..]),
+            ("leaving", &["ip", "link", "set", "dxd0", "nomaster"][..]),
+        ] {
+            let before = links.count().expect("watching");
+            let (_, t) = run(&name, args);
+            while links.count() == Some(before) {
+                assert!(t.elapsed() < ANNOUNCE, "a port {what} its bridge was not counted within {ANNOUNCE:?}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            eprintln!("port {what} the bridge: counted after {:?}", t.elapsed());
+            let said = causes.drain(Duration::from_millis(300));
+            assert!(
+                said.iter().all(|(c, _)| c.kind == "link"),
+                "only link causes, if any, for a port {what} its bridge: {said:?}"
+            );
+        }
     });
 }
 

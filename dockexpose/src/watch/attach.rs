@@ -108,6 +108,8 @@ impl Watcher {
                     }
                 }
                 Err(e) => {
+                    // Tried again at the next tick, as long as it fails.
+                    self.host_refresh.ask();
                     let line = format!("warning: bridge {name}: {e}");
                     self.outputs.alerts.health_failing(HealthCondition::Detached, Some(&b), line);
                 }
@@ -194,6 +196,7 @@ impl Watcher {
                     self.outputs.alerts.health_recovered(HealthCondition::Detached, Some(&u), line);
                 }
                 Err(e) => {
+                    self.host_refresh.ask();
                     let line = format!("warning: uplink {name}: {e}");
                     self.outputs.alerts.health_failing(HealthCondition::Detached, Some(&u), line);
                 }

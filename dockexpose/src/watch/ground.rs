@@ -20,10 +20,11 @@
 //! The pinned TC/TCX and XDP programs touch no nftables table: attaching them is no
 //! ruleset change.
 
-use std::{io, thread, time::Duration};
+use std::{io, sync::Arc, thread, time::Duration};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+pub use super::host_refresh::LinkChanges;
 pub use crate::verify::drift::Cause;
 use crate::{
     host::{
@@ -41,10 +42,11 @@ pub const LEGACY_POLL: Duration = Duration::from_secs(5);
 const OWN_TABLE_PREFIX: &str = "dockexpose_verify_";
 
 /// Starts the watchers on their own threads (blocking netlink reads) in the caller's
-/// network namespace; each cause goes to `tx`. Returns lines to tell the operator (the
-/// polling fallback, a watcher that could not start); never fails the daemon. The
-/// threads end once `tx`'s receiver is dropped.
-pub fn spawn(tx: UnboundedSender<Cause>, own_pid: u32, poll_legacy: bool) -> Vec<String> {
+/// network namespace; each cause goes to `tx`, and every datagram of the link watcher
+/// is counted in `links` (the host is read again after one, `host_refresh`). Returns
+/// lines to tell the operator (the polling fallback, a watcher that could not start);
+/// never fails the daemon. The threads end once `tx`'s receiver is dropped.
+pub fn spawn(tx: UnboundedSender<Cause>, own_pid: u32, poll_legacy: bool, links: Arc<LinkChanges>) -> Vec<String> {
     let mut lines = Vec::new();
     match RulesetEvents::subscribe(READ_TIMEOUT) {
         Ok(events) => {
@@ -66,7 +68,11 @@ pub fn spawn(tx: UnboundedSender<Cause>, own_pid: u32, poll_legacy: bool) -> Vec
     }
     match LinkEvents::subscribe(READ_TIMEOUT) {
         Ok(events) => {
-            start(&mut lines, "dx-links", "link and address changes", move || link_loop(events, tx));
+            links.watching();
+            let counted = links.clone();
+            if !start(&mut lines, "dx-links", "link and address changes", move || link_loop(events, tx, &counted)) {
+                links.stopped();
+            }
         }
         Err(e) => lines.push(format!("link and address changes are not watched (rtnetlink: {e})")),
     }
@@ -108,9 +114,19 @@ fn ruleset_loop(mut events: RulesetEvents, tx: UnboundedSender<Cause>, own_pid: 
     }
 }
 
-fn link_loop(mut events: LinkEvents, tx: UnboundedSender<Cause>) {
+/// Until nobody listens or the socket fails; then `links` says nobody watches.
+fn link_loop(events: LinkEvents, tx: UnboundedSender<Cause>, links: &LinkChanges) {
+    link_causes(events, tx, links);
+    links.stopped();
+}
+
+fn link_causes(mut events: LinkEvents, tx: UnboundedSender<Cause>, links: &LinkChanges) {
     loop {
-        let causes = match events.recv() {
+        let received = events.recv();
+        if matches!(received, Ok(link_events::Received::Events(_) | link_events::Received::Lost)) {
+            links.received();
+        }
+        let causes = match received {
             Ok(link_events::Received::Events(evs)) => evs
                 .into_iter()
                 .filter(|e| !is_own_link(e))

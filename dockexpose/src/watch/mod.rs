@@ -12,6 +12,7 @@
 //! - `serve`: the loop, and the stop that drains the ring;
 //! - `settings`: the options, validated;
 //! - `attach`: bridges and uplinks, attached and detached as the host changes;
+//! - `host_refresh`: when the host is read again (after a change, not every second);
 //! - `stage`: kernel records -> connection records;
 //! - `verifying`: `--verify-every` runs;
 //! - `health`: counters, loss warnings, the status report.
@@ -20,6 +21,7 @@ mod attach;
 mod drifting;
 pub mod ground;
 mod health;
+mod host_refresh;
 mod intent;
 mod serve;
 mod settings;
@@ -36,7 +38,11 @@ use std::{
 use clap::ArgMatches;
 use tokio::sync::watch;
 
-use self::{settings::Settings, verifying::VerifyState};
+use self::{
+    host_refresh::{HostRefresh, LinkChanges},
+    settings::Settings,
+    verifying::VerifyState,
+};
 use crate::{
     cli::WatchArgs,
     config::{self, FileConfig},
@@ -110,6 +116,10 @@ struct Watcher {
     kernel: Kernel,
     settings: Settings,
     host: HostSnapshot,
+    /// What the link watcher received (counted by its thread), and when the host was
+    /// last read against it.
+    links: std::sync::Arc<LinkChanges>,
+    host_refresh: HostRefresh,
     /// ifindex -> interface name, for the records.
     ifnames: BTreeMap<u32, crate::kernel::event::IfName>,
     /// How each uplink is attached ("tcx", "xdp native", "xdp generic").
@@ -279,6 +289,9 @@ impl Watcher {
                 self.outputs.exposures.sync(&inv);
                 self.inventory = Some(inv);
                 self.inventory_at = Some(Instant::now());
+                // Its networks decide the bridges now, and the uplinks (a bridge of
+                // Docker's is no uplink) at the next tick.
+                self.host_refresh.ask();
                 self.reconcile_bridges();
                 self.sync_prefixes();
                 self.release_pending(false)?;
@@ -379,13 +392,19 @@ impl Watcher {
         self.config.sinks = sinks;
     }
 
-    /// Re-reads interfaces and addresses: drops vanished bridges, picks up new ones,
-    /// keeps the local prefixes current, closes alert windows, and warns about loss.
+    /// Once a second: re-reads interfaces and addresses when they may have changed
+    /// (`host_refresh`), then drops vanished bridges, picks up new ones and keeps the
+    /// local prefixes current; every time, releases what waited for identity, decides
+    /// attempts, closes alert windows, and warns about loss.
     fn refresh_host(&mut self) -> Result<()> {
-        self.host = HostSnapshot::read()?;
-        self.reconcile_bridges();
-        self.reconcile_uplinks();
-        self.sync_prefixes();
+        let (count, now) = (self.links.count(), Instant::now());
+        if self.host_refresh.due(count, now) {
+            self.host = HostSnapshot::read()?;
+            self.host_refresh.read(count, now);
+            self.reconcile_bridges();
+            self.reconcile_uplinks();
+            self.sync_prefixes();
+        }
         self.release_pending(false)?;
         self.decide_attempts()?;
         self.outputs.tick(Instant::now());

@@ -103,6 +103,8 @@ pub(super) fn open(cli: WatchArgs, matches: ArgMatches) -> Result<Opened> {
         kernel,
         settings,
         host,
+        links: Default::default(),
+        host_refresh: Default::default(),
         ifnames: BTreeMap::new(),
         uplink_modes: BTreeMap::new(),
         outputs,
@@ -148,7 +150,7 @@ impl Watcher {
         // The ground: ruleset, link and address changes, each a reason to read the
         // firewall's word again (and, with --verify-every, to verify again).
         let (ground_tx, ground_rx) = mpsc::unbounded_channel();
-        for line in ground::spawn(ground_tx, std::process::id(), self.verify.is_some()) {
+        for line in ground::spawn(ground_tx, std::process::id(), self.verify.is_some(), self.links.clone()) {
             crate::say!("dockexpose: {line}");
         }
         let first_reading = self.intent.read_now();
