@@ -14,7 +14,7 @@
 //! counted: untracked (the table was full) or still open at exit.
 
 use std::{
-    collections::{hash_map::Entry, HashMap as StdHashMap, VecDeque},
+    collections::{hash_map::Entry, HashMap as StdHashMap},
     net::IpAddr,
 };
 
@@ -97,21 +97,12 @@ pub struct AttemptTracker {
     /// The waiting attempts by source, for reaches whose host side is unknown (nearly
     /// always one a source: kept inline, no allocation an attempt).
     by_source: HashMap<SourceKey, SmallVec<[Key; 1]>>,
-    /// Keys in arrival order with their deadlines (an entry may be stale: the key
-    /// was settled or re-attempted; checked against `waiting`).
-    deadlines: VecDeque<(u64, Key)>,
     untracked: u64,
 }
 
 impl AttemptTracker {
     pub fn new(window_ns: u64) -> Self {
-        Self {
-            window_ns,
-            waiting: HashMap::default(),
-            by_source: HashMap::default(),
-            deadlines: VecDeque::new(),
-            untracked: 0,
-        }
+        Self { window_ns, waiting: HashMap::default(), by_source: HashMap::default(), untracked: 0 }
     }
 
     pub fn attempted(&mut self, obs: &Observation, iface: impl Into<IfName>) {
@@ -132,11 +123,16 @@ impl AttemptTracker {
                 self.by_source.entry(key.source()).or_default().push(key);
             }
         }
-        self.deadlines.push_back((obs.ktime_ns.saturating_add(self.window_ns), key));
     }
 
     fn settle(&mut self, key: &Key) -> Option<Waiting> {
         let w = self.waiting.remove(key)?;
+        self.forget_source(key);
+        Some(w)
+    }
+
+    /// `key` no longer waits: its source no longer names it.
+    fn forget_source(&mut self, key: &Key) {
         let source = key.source();
         if let Some(keys) = self.by_source.get_mut(&source) {
             keys.retain(|k| k != key);
@@ -144,7 +140,6 @@ impl AttemptTracker {
                 self.by_source.remove(&source);
             }
         }
-        Some(w)
     }
 
     /// A reach settles its attempt. With the host side known (conntrack), exactly that
@@ -173,27 +168,26 @@ impl AttemptTracker {
         }
     }
 
-    /// Verdicts on the attempts whose window closed by `now_ns` (kernel clock).
+    /// Verdicts on the attempts whose window closed by `now_ns` (kernel clock), oldest
+    /// first. A scan of what waits (at most MAX_TRACKED, about once a second): nothing
+    /// is kept of an attempt once it is settled, so the memory is the table's, whatever
+    /// the rate of attempts and the window (a queue of deadlines kept every settled
+    /// attempt until its window ended: 2 s of a flood, tens of MiB).
     pub fn expire(&mut self, now_ns: u64) -> Vec<Verdict> {
-        let mut out = Vec::new();
-        while let Some(&(deadline, key)) = self.deadlines.front() {
-            if deadline > now_ns {
-                break;
-            }
-            self.deadlines.pop_front();
-            let due =
-                self.waiting.get(&key).is_some_and(|w| w.attempt.ktime_ns.saturating_add(self.window_ns) <= now_ns);
-            if !due {
-                continue;
-            }
-            let w = self.settle(&key).expect("checked above");
-            out.push(if w.answered {
-                Verdict::ReachedViaProxy { attempt: w.attempt, iface: w.iface }
-            } else {
-                Verdict::Blocked { attempt: w.attempt, iface: w.iface }
-            });
-        }
-        out
+        let window = self.window_ns;
+        let mut due: Vec<(Key, Waiting)> =
+            self.waiting.extract_if(|_, w| w.attempt.ktime_ns.saturating_add(window) <= now_ns).collect();
+        due.sort_unstable_by_key(|(_, w)| (w.attempt.ktime_ns, w.attempt.cpu, w.attempt.rec_seq));
+        due.into_iter()
+            .map(|(key, w)| {
+                self.forget_source(&key);
+                if w.answered {
+                    Verdict::ReachedViaProxy { attempt: w.attempt, iface: w.iface }
+                } else {
+                    Verdict::Blocked { attempt: w.attempt, iface: w.iface }
+                }
+            })
+            .collect()
     }
 
     /// Attempts dropped for lack of room since the last call.
@@ -207,6 +201,12 @@ impl AttemptTracker {
 
     pub fn is_empty(&self) -> bool {
         self.waiting.is_empty()
+    }
+
+    /// Entries held in all (the waits and their sources' index).
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.waiting.len() + self.by_source.len()
     }
 }
 
@@ -318,6 +318,31 @@ mod tests {
         t.attempted(&obs(Stage::Attempted, 1000, 11 * S), "eth0");
         assert!(t.expire(12 * S).is_empty());
         assert_eq!(t.expire(13 * S).len(), 1);
+    }
+
+    #[test]
+    fn a_flood_of_settled_attempts_leaves_nothing_held() {
+        let mut t = AttemptTracker::new(2 * S);
+        for i in 0..200_000u32 {
+            let mut a = obs(Stage::Attempted, (i % 60_000) as u16, S + u64::from(i));
+            a.src = IpAddr::from([198, 19, (i >> 16) as u8, (i >> 8) as u8]);
+            t.attempted(&a, "eth0");
+            t.reached(&reach_of(&a, i % 2 == 0));
+        }
+        assert_eq!(t.held(), 0, "a reached attempt is forgotten at once, not when its window ends");
+        assert!(t.expire(10 * S).is_empty());
+    }
+
+    #[test]
+    fn verdicts_come_oldest_first_and_forget_their_sources() {
+        let mut t = AttemptTracker::new(2 * S);
+        // Ports in an order a hash map would not keep.
+        for (n, port) in [5000u16, 17, 40_000, 3, 999, 12_345].into_iter().enumerate() {
+            t.attempted(&obs(Stage::Attempted, port, S + n as u64 * 1000), "eth0");
+        }
+        let ports: Vec<u16> = t.expire(4 * S).iter().map(|v| v.attempt().src_port).collect();
+        assert_eq!(ports, [5000, 17, 40_000, 3, 999, 12_345]);
+        assert_eq!(t.held(), 0);
     }
 
     #[test]
