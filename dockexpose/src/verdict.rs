@@ -114,10 +114,7 @@ impl AttemptTracker {
             Entry::Occupied(mut known) => {
                 known.insert(waiting(iface.into()));
             }
-            Entry::Vacant(_) if full => {
-                self.untracked += 1;
-                return;
-            }
+            Entry::Vacant(_) if full => self.untracked += 1,
             Entry::Vacant(new) => {
                 new.insert(waiting(iface.into()));
                 self.by_source.entry(key.source()).or_default().push(key);
