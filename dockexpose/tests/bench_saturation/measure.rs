@@ -75,6 +75,14 @@ pub(crate) fn proc_cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// CPU time of the calling thread so far, in µs.
+pub(crate) fn thread_cpu_us() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
+}
+
 pub(crate) fn us_per_jiffy() -> f64 {
     1e6 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }

@@ -132,8 +132,11 @@ fn attached_round(tool: &mut dyn Tool, load: &Load) -> Round {
     let ab = run_ab(&load.ns, &load.args);
     let (b1, t1) = cpu_jiffies();
     // The work the load caused includes what the tool still has queued when ab ends:
-    // wait until it has written it all, then sample.
+    // wait until it has written it all, then sample. Reading the tool's output to
+    // know that is the bench's own work: its CPU is taken back out of the host's.
+    let reading = thread_cpu_us();
     settle(tool, ab.complete);
+    let reading = thread_cpu_us() - reading;
     let after = tool.pid().map(|p| (proc_cpu(p), proc_cpu_ns(p)));
     let (b2, _) = cpu_jiffies();
     let conns = ab.complete.max(1) as f64;
@@ -143,7 +146,7 @@ fn attached_round(tool: &mut dyn Tool, load: &Load) -> Round {
         failed: ab.failed,
         busy_share: (b1 - b0) as f64 / (t1 - t0).max(1) as f64,
         compilers: compiler_use(&compilers0, &compiler_jiffies()) as f64 / (t1 - t0).max(1) as f64,
-        host_us: (b2 - b0) as f64 * load.jiffy / conns,
+        host_us: ((b2 - b0) as f64 * load.jiffy - reading).max(0.0) / conns,
         ..Round::default()
     };
     if let (Some(((u0, s0), ns0)), Some(((u1, s1), ns1))) = (before, after) {
