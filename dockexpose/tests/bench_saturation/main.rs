@@ -175,9 +175,7 @@ fn saturation_attached_vs_detached() {
     }
 
     // Latency when idle: a slow sequential client, attached. Also measured from
-    // outside: connect to the record appearing in the audit log (a log of this phase's
-    // records only, read every millisecond).
-    let _ = std::fs::remove_file(&json);
+    // outside: connect to the record appearing in the audit log.
     let w = Watcher::start(&watch_args, json.clone());
     let mut seen_ms = Vec::new();
     for _ in 0..IDLE_CONNECTIONS {

@@ -61,9 +61,6 @@ impl Tool for Dockexpose {
 
     fn start(&mut self) {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        // A log of this round's records only: the bench reads it whole to wait for the
-        // last one, and a log of every round so far made that reading grow each round.
-        let _ = std::fs::remove_file(&self.json);
         self.watcher = Some(Watcher::start(&args, self.json.clone()));
     }
 
