@@ -44,37 +44,53 @@ fn octets(addr: IpAddr, as_v6: bool) -> ([u8; 16], usize) {
 /// The Community ID v1 (seed 0) of a port-based flow (TCP 6, UDP 17, SCTP 132) from
 /// (`src`, `sport`) to (`dst`, `dport`); either direction gives the same id.
 pub fn community_id_v1(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> String {
-    let as_v6 = src.is_ipv6() || dst.is_ipv6();
-    let (mut a, len) = octets(src, as_v6);
-    let (mut b, _) = octets(dst, as_v6);
-    let (mut pa, mut pb) = (sport, dport);
-    // The smaller (address, port) first: addresses compared as bytes, ports on a tie.
-    if (&b[..len], pb) < (&a[..len], pa) {
-        std::mem::swap(&mut a, &mut b);
-        std::mem::swap(&mut pa, &mut pb);
+    IdText::of(proto, src, sport, dst, dport).as_str().to_owned()
+}
+
+/// An id's text, made on the stack (the caller chooses where it is kept).
+struct IdText {
+    bytes: [u8; ID_LEN],
+    len: usize,
+}
+
+impl IdText {
+    fn as_str(&self) -> &str {
+        // "1:" and base64: ASCII.
+        std::str::from_utf8(&self.bytes[..self.len]).expect("ASCII")
     }
 
-    let mut input = [0u8; MAX_INPUT];
-    let mut n = 0;
-    let mut put = |bytes: &[u8]| {
-        input[n..n + bytes.len()].copy_from_slice(bytes);
-        n += bytes.len();
-    };
-    put(&SEED.to_be_bytes());
-    put(&a[..len]);
-    put(&b[..len]);
-    put(&[proto, 0]);
-    put(&pa.to_be_bytes());
-    put(&pb.to_be_bytes());
-    let digest = Sha1::digest(&input[..n]);
+    fn of(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Self {
+        let as_v6 = src.is_ipv6() || dst.is_ipv6();
+        let (mut a, len) = octets(src, as_v6);
+        let (mut b, _) = octets(dst, as_v6);
+        let (mut pa, mut pb) = (sport, dport);
+        // The smaller (address, port) first: addresses compared as bytes, ports on a tie.
+        if (&b[..len], pb) < (&a[..len], pa) {
+            std::mem::swap(&mut a, &mut b);
+            std::mem::swap(&mut pa, &mut pb);
+        }
 
-    let mut id = [0u8; ID_LEN];
-    id[..2].copy_from_slice(b"1:");
-    let written = base64::engine::general_purpose::STANDARD
-        .encode_slice(digest.as_slice(), &mut id[2..])
-        .expect("28 bytes hold the base64 of 20");
-    // "1:" and base64: ASCII.
-    std::str::from_utf8(&id[..2 + written]).expect("ASCII").to_owned()
+        let mut input = [0u8; MAX_INPUT];
+        let mut n = 0;
+        let mut put = |bytes: &[u8]| {
+            input[n..n + bytes.len()].copy_from_slice(bytes);
+            n += bytes.len();
+        };
+        put(&SEED.to_be_bytes());
+        put(&a[..len]);
+        put(&b[..len]);
+        put(&[proto, 0]);
+        put(&pa.to_be_bytes());
+        put(&pb.to_be_bytes());
+        let digest = Sha1::digest(&input[..n]);
+
+        let mut id = [0u8; ID_LEN];
+        id[..2].copy_from_slice(b"1:");
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(digest.as_slice(), &mut id[2..])
+            .expect("28 bytes hold the base64 of 20");
+        Self { bytes: id, len: 2 + written }
+    }
 }
 
 /// The IANA number of a record's `proto` (TCP for an unknown name: a record's proto
@@ -109,8 +125,8 @@ impl FlowTuple {
         }
     }
 
-    fn id(&self) -> String {
-        community_id_v1(self.proto, self.src, self.sport, self.dst, self.dport)
+    fn id(&self) -> IdText {
+        IdText::of(self.proto, self.src, self.sport, self.dst, self.dport)
     }
 
     /// A slot of `Recent` (its source port and the low bits of its source address:
@@ -126,7 +142,7 @@ impl FlowTuple {
 
 /// The Community ID of the tuple the outsider used (see `FlowTuple`).
 pub fn of_record(rec: &Record) -> String {
-    FlowTuple::of_record(rec).id()
+    FlowTuple::of_record(rec).id().as_str().to_owned()
 }
 
 /// Slots of `Recent`.
@@ -153,7 +169,8 @@ impl Recent {
         match slot {
             Some((seen, id)) if *seen == flow => id.clone(),
             _ => {
-                let id: Arc<str> = flow.id().into();
+                // Straight from the stack into its one allocation.
+                let id: Arc<str> = flow.id().as_str().into();
                 *slot = Some((flow, id.clone()));
                 id
             }
