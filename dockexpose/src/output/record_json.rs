@@ -311,8 +311,9 @@ fn int(out: &mut Vec<u8>, n: impl itoa::Integer) {
 fn ip(out: &mut Vec<u8>, addr: IpAddr) {
     match addr {
         IpAddr::V4(v4) => {
-            // Built on the stack, appended at once: "255.255.255.255" and quotes.
-            let mut buf = [0u8; 17];
+            // Built on the stack from the octets' table, appended at once as a whole
+            // buffer (a copy of known size) and cut back to the address's length.
+            let mut buf = [0u8; IPV4_QUOTED];
             buf[0] = b'"';
             let mut n = 1;
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -320,10 +321,14 @@ fn ip(out: &mut Vec<u8>, addr: IpAddr) {
                     buf[n] = b'.';
                     n += 1;
                 }
-                n += octet_digits(&mut buf[n..n + 3], octet);
+                let [a, b, c, len] = OCTETS[usize::from(octet)];
+                buf[n..n + 3].copy_from_slice(&[a, b, c]);
+                n += usize::from(len);
             }
             buf[n] = b'"';
-            out.extend_from_slice(&buf[..=n]);
+            let start = out.len();
+            out.extend_from_slice(&buf);
+            out.truncate(start + n + 1);
         }
         // Rarer, and its shortest form has rules of its own: std's Display.
         IpAddr::V6(v6) => {
@@ -332,6 +337,28 @@ fn ip(out: &mut Vec<u8>, addr: IpAddr) {
     }
 }
 
+/// "255.255.255.255" and its quotes.
+const IPV4_QUOTED: usize = 17;
+
+/// 0 to 255 in decimal: up to three digits (the rest zero) and how many there are. A
+/// table, not divisions: four octets in every address, three addresses a record.
+const OCTETS: [[u8; 4]; 256] = {
+    let mut table = [[0u8; 4]; 256];
+    let mut n = 0;
+    while n < 256 {
+        let v = n as u8;
+        table[n] = if v >= 100 {
+            [b'0' + v / 100, b'0' + v / 10 % 10, b'0' + v % 10, 3]
+        } else if v >= 10 {
+            [b'0' + v / 10, b'0' + v % 10, 0, 2]
+        } else {
+            [b'0' + v, 0, 0, 1]
+        };
+        n += 1;
+    }
+    table
+};
+
 /// One of the daemon's own words (a stage, a protocol, an exposure, a path, a shape,
 /// a verdict): never anything to escape, so not looked at.
 fn ours(out: &mut Vec<u8>, s: &'static str) {
@@ -339,21 +366,6 @@ fn ours(out: &mut Vec<u8>, s: &'static str) {
     out.push(b'"');
     out.extend_from_slice(s.as_bytes());
     out.push(b'"');
-}
-
-/// 0 to 255 in decimal, without a general-purpose formatter (three per address),
-/// into the start of `out`; the number of digits.
-fn octet_digits(out: &mut [u8], n: u8) -> usize {
-    if n >= 100 {
-        out[..3].copy_from_slice(&[b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10]);
-        3
-    } else if n >= 10 {
-        out[..2].copy_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
-        2
-    } else {
-        out[0] = b'0' + n;
-        1
-    }
 }
 
 /// A JSON string: as it is when nothing in it needs escaping, else serde_json's.

@@ -188,3 +188,17 @@ fn the_encoder_reuses_a_second_an_interface_a_host_and_a_boot_only_while_they_ar
         assert_eq!(String::from_utf8(out).unwrap(), reference(rec));
     }
 }
+
+#[test]
+fn every_octet_in_every_position_is_written_as_serde_writes_it() {
+    for v in 0..=255u8 {
+        for at in 0..4 {
+            let mut octets = [198, 18, 0, 1];
+            octets[at] = v;
+            let addr = IpAddr::from(octets);
+            let mut out = b"x".to_vec();
+            ip(&mut out, addr);
+            assert_eq!(out, format!("x{}", serde_json::to_string(&addr).unwrap()).into_bytes(), "{addr}");
+        }
+    }
+}
